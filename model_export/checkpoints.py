@@ -1,0 +1,688 @@
+"""Checkpoint readers: a Llama checkpoint folder in, hyper-parameters and Meta-layout tensors out, lazily.
+
+In: a folder as Meta ships Code Llama (``consolidated.00.pth`` .. ``consolidated.NN.pth``, one per
+model-parallel rank, with ``params.json``) or as Hugging Face ships it (``config.json`` with
+``model.safetensors`` / ``model-0000N-of-0000M.safetensors`` + ``model.safetensors.index.json``, or
+``pytorch_model.bin`` [+ index]), and a ``tokenizer.model`` beside it (or, for Meta downloads, one folder up).
+
+Out: ``open_checkpoint(path) -> Checkpoint`` with
+- ``hparams``: dim, layers, heads, kv heads, norm eps, rope theta, declared vocab size / context length;
+- ``tensors``: every weight under its GGUF name with its *merged* shape in Meta orientation, in write order;
+- ``read_rows(name, start, stop)``: rows ``start:stop`` of a merged tensor, in the source dtype, with Meta
+  shards concatenated along their split axis and HF q/k rows un-permuted (see ``tensors``).
+
+Memory. Nothing is read up front but the pickles' tensor tables and safetensors headers. ``.pth``/``.bin``
+files are opened with ``torch.load(weights_only=True, mmap=True)``: the restricted unpickler builds only
+tensors and plain containers (a pickle that names any other callable is refused before it runs), and the
+tensor data stays in the page cache, paged in when a row is read. Mapped pages count toward the process'
+resident set while the mapping lives, so ``note_read`` counts the bytes read and every few dozen MB
+``release()`` hands the pages back (``madvise`` on Linux for torch files, closing and reopening
+safetensors handles, reloading otherwise): peak memory stays near one tensor, not the whole model.
+
+Every inconsistency (missing or truncated shard, params.json disagreeing with itself or with the
+tensors, a non-Llama folder, a pickle that would run code) raises ``ExportError`` naming the file.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import mmap
+import pickle
+import re
+import sys
+import warnings
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from model_export import tensors as tn
+from model_export.errors import ExportError
+
+Layout = Literal["meta", "hf-safetensors", "hf-bin"]
+
+_SHARD_RE = re.compile(r"^consolidated\.(\d+)\.pth$")
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class HParams:
+    """Hyper-parameters as the checkpoint's config declares them (None: the config does not say)."""
+
+    dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    norm_eps: float
+    rope_theta: float | None
+    vocab_size: int | None  # None for absent or -1 (some Meta releases): the embedding decides
+    context_length: int | None  # HF max_position_embeddings (Meta params.json has none)
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One weight: its role, merged shape (out, in) in Meta orientation, and source dtype."""
+
+    role: tn.Role
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def name(self) -> str:
+        return self.role.gguf_name
+
+    @property
+    def nbytes(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n * self.dtype.itemsize
+
+
+@dataclass
+class Checkpoint:
+    """An opened checkpoint folder. Use as a context manager (or call ``close()``) to drop file mappings."""
+
+    layout: Layout
+    root: Path
+    weight_files: tuple[Path, ...]
+    config_file: Path
+    tokenizer_path: Path | None
+    hparams: HParams
+    tensors: dict[str, TensorSpec] = field(default_factory=dict)  # GGUF name -> spec, in write order
+    _read_since_release: int = field(default=0, init=False, repr=False)
+
+    # ------------------------------------------------------------------ derived facts
+
+    @property
+    def n_vocab(self) -> int:
+        """Rows of the token embedding (may exceed the tokenizer's pieces: Code Llama pads to 32016)."""
+        return self.tensors[tn.gguf_name(tn.T.TOKEN_EMBD)].shape[0]
+
+    @property
+    def n_ff(self) -> int:
+        """Feed-forward hidden size, read from the w1 (ffn_gate) tensor: params.json only implies it."""
+        return self.tensors[tn.gguf_name(tn.T.FFN_GATE, 0)].shape[0]
+
+    @property
+    def n_params(self) -> int:
+        return sum(s.nbytes // s.dtype.itemsize for s in self.tensors.values())
+
+    @property
+    def source_files(self) -> list[Path]:
+        """Everything the output depends on: weights, config, tokenizer."""
+        files = [*self.weight_files, self.config_file]
+        if self.tokenizer_path is not None:
+            files.append(self.tokenizer_path)
+        return files
+
+    def source_sha256(self, chunk: int = 1 << 22) -> str:
+        """SHA-256 over the source files' bytes, in ``source_files`` order, streamed in 4 MiB reads."""
+        h = hashlib.sha256()
+        for path in self.source_files:
+            with open(path, "rb") as f:
+                while block := f.read(chunk):
+                    h.update(block)
+        return h.hexdigest()
+
+    # ------------------------------------------------------------------ reading
+
+    def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows ``start:stop`` (first axis) of the merged tensor ``name``, in the source dtype."""
+        raise NotImplementedError
+
+    def read_row_blocks(self, name: str, start: int, stop: int) -> list[tuple[int, torch.Tensor]]:
+        """Rows ``start:stop`` as (first column, block) pieces that tile them; saves a concatenation
+        when the caller copies the pieces into place anyway. One piece unless shards split the columns."""
+        return [(0, self.read_rows(name, start, stop))]
+
+    def read(self, name: str) -> torch.Tensor:
+        """The whole merged tensor (a copy owned by the caller)."""
+        spec = self.tensors[name]
+        return self.read_rows(name, 0, spec.shape[0]).clone()
+
+    def release(self) -> None:
+        """Hand back the resident pages of everything read so far; later reads page them in again."""
+
+    def note_read(self, nbytes: int, limit: int) -> None:
+        """Count source bytes paged in; past ``limit`` since the last release, ``release()``."""
+        self._read_since_release += nbytes
+        if self._read_since_release >= limit:
+            self.release()
+            self._read_since_release = 0
+
+    def close(self) -> None:
+        """Drop every open file and mapping."""
+        self.release()
+
+    def __enter__(self) -> "Checkpoint":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ shared validation
+
+    def _finish(self, found: dict[str, tuple[tn.Role, tuple[int, ...], torch.dtype]]) -> None:
+        """Order the tensors, and check them against each other and the hyper-parameters."""
+        hp = self.hparams
+        missing = []
+        for kind, bid in tn.write_order(hp.n_layers):
+            name = tn.gguf_name(kind, bid)
+            if name not in found:
+                missing.append(name)
+                continue
+            role, shape, dtype = found[name]
+            self.tensors[name] = TensorSpec(role, shape, dtype)
+        if missing:
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            raise ExportError(
+                f"expected all Llama weights for {hp.n_layers} layers in {self.root}, got none for "
+                f"{', '.join(missing[:3])}{more} (a missing shard, or not a Llama checkpoint)"
+            )
+        n_vocab, n_ff = self.n_vocab, self.n_ff
+        if hp.vocab_size is not None and hp.vocab_size != n_vocab:
+            raise ExportError(
+                f"expected vocab_size in {self.config_file.name} to match the embedding rows, got "
+                f"vocab_size={hp.vocab_size} and {n_vocab} rows"
+            )
+        for name, spec in self.tensors.items():
+            want = tn.expected_shape(
+                spec.role.kind, dim=hp.dim, n_heads=hp.n_heads, n_kv_heads=hp.n_kv_heads, n_vocab=n_vocab, n_ff=n_ff
+            )
+            if spec.shape != want:
+                raise ExportError(
+                    f"expected {name} of shape {want} from {self.config_file.name} (dim={hp.dim}, "
+                    f"n_heads={hp.n_heads}, n_kv_heads={hp.n_kv_heads}), got {spec.shape} in {self.root} "
+                    f"(a missing shard, or a config that does not belong to these weights)"
+                )
+            if spec.dtype not in _FLOAT_DTYPES:
+                raise ExportError(f"expected float32, float16 or bfloat16 weights, got {spec.dtype} for {name}")
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _check_hparams(source: Path, dim: Any, n_layers: Any, n_heads: Any, n_kv_heads: Any) -> None:
+    for key, value in (("dim", dim), ("n_layers", n_layers), ("n_heads", n_heads), ("n_kv_heads", n_kv_heads)):
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ExportError(f"expected a positive integer {key} in {source}, got {value!r}")
+    if dim % n_heads:
+        raise ExportError(f"expected dim divisible by n_heads in {source}, got dim={dim} n_heads={n_heads}")
+    if (dim // n_heads) % 2:
+        raise ExportError(f"expected an even head size (dim / n_heads) in {source}, got {dim // n_heads}")
+    if n_heads % n_kv_heads:
+        raise ExportError(
+            f"expected n_heads divisible by n_kv_heads in {source}, got n_heads={n_heads} n_kv_heads={n_kv_heads}"
+        )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ExportError(f"expected a readable JSON file at {path}, got {type(e).__name__}: {e}") from None
+    if not isinstance(data, dict):
+        raise ExportError(f"expected a JSON object in {path}, got {type(data).__name__}")
+    return data
+
+
+def _number(data: dict[str, Any], key: str, source: Path, default: float | None) -> float | None:
+    value = data.get(key, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ExportError(f"expected a positive number for {key} in {source}, got {value!r}")
+    return float(value)
+
+
+def torch_load_state(path: Path) -> dict[str, torch.Tensor]:
+    """A ``.pth``/``.bin`` state dict, memory-mapped, through torch's weights-only unpickler."""
+    return _torch_load(path)[0]
+
+
+def _torch_load(path: Path) -> tuple[dict[str, torch.Tensor], bool]:
+    """``torch_load_state`` and whether the tensors are file mappings (False: read into memory).
+
+    The weights-only unpickler resolves only tensor-rebuilding functions and plain containers; a pickle
+    naming anything else (``os.system`` via ``__reduce__``, a custom class) raises before it is called.
+    Files in torch's pre-1.6 (non-zip) format cannot be mapped and are read into memory instead.
+    """
+    def load(mmap: bool) -> Any:
+        with warnings.catch_warnings():  # torch warns about pickle protocols on stderr; errors say enough
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+
+    mapped = True
+    try:
+        try:
+            obj = load(mmap=True)
+        except RuntimeError as e:
+            if "mmap can only be used" not in str(e) and "_use_new_zipfile_serialization" not in str(e):
+                raise
+            obj = load(mmap=False)  # legacy format: still weights-only, just not mapped
+            mapped = False
+    except pickle.UnpicklingError as e:
+        if m := re.search(r"GLOBAL (\S+)", str(e)):
+            raise ExportError(
+                f"refusing to load {path}: expected only tensors in the pickle, got a reference to {m.group(1)}, "
+                f"code that unpickling would run (it was not run)"
+            ) from None
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        detail = next((ln for ln in lines if "Unsupported" in ln), lines[0][:120] if lines else "")
+        raise ExportError(
+            f"refusing to load {path}: expected a tensor-only pickle, got one the weights-only loader rejects ({detail})"
+        ) from None
+    except FileNotFoundError:
+        raise ExportError(f"expected the shard {path}, got no such file") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ExportError(f"expected a complete PyTorch checkpoint at {path}, got a truncated or corrupt file ({first})") from None
+    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict) and not any(
+        isinstance(v, torch.Tensor) for v in obj.values()
+    ):
+        obj = obj["model"]  # training checkpoints nest the weights
+    if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        raise ExportError(f"expected a dict of tensors in {path}, got {type(obj).__name__}")
+    return obj, mapped
+
+
+_MADV_DONTNEED = 4  # Linux: drop the pages; a private file mapping re-reads them from the file if touched
+_libc = None
+if sys.platform.startswith("linux"):
+    try:
+        _libc = ctypes.CDLL(None, use_errno=True)
+        _libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    except (OSError, AttributeError):
+        _libc = None
+
+
+class _TorchFile:
+    """A loaded ``.pth``/``.bin`` whose resident pages can be given back without reloading it.
+
+    Re-running torch's pure-Python weights-only unpickler costs ~1 ms per tensor, too much to repeat every
+    few dozen MB on a 7B shard. On Linux the pages of a read-only private file mapping can instead be
+    dropped with ``madvise(MADV_DONTNEED)`` (they come back from the file if touched again). Only tensors
+    that are file mappings qualify: on anonymous memory (a legacy, non-mapped load) the same call would
+    zero the data, so such files are dropped and reloaded instead.
+    """
+
+    def __init__(self, path: Path):
+        self.tensors, self.mapped = _torch_load(path)
+        self.touched: set[str] = set()
+
+    def get(self, name: str) -> torch.Tensor:
+        self.touched.add(name)
+        return self.tensors[name]
+
+    def drop_pages(self) -> bool:
+        """Give back the touched tensors' resident pages; False if this file cannot (reload it instead)."""
+        if not self.mapped or _libc is None:
+            return False
+        page = mmap.PAGESIZE
+        for name in self.touched:
+            storage = self.tensors[name].untyped_storage()
+            start, size = storage.data_ptr(), storage.nbytes()
+            lo, hi = -(-start // page) * page, (start + size) // page * page
+            if hi > lo and _libc.madvise(lo, hi - lo, _MADV_DONTNEED) != 0:
+                return False
+        self.touched.clear()
+        return True
+
+
+def find_tokenizer(root: Path, layout: Layout) -> Path | None:
+    """``tokenizer.model`` beside the weights, or (Meta downloads keep one at the top) one folder up."""
+    candidates = [root / "tokenizer.model"]
+    if layout == "meta":
+        candidates.append(root.parent / "tokenizer.model")
+    return next((p for p in candidates if p.is_file()), None)
+
+
+# ---------------------------------------------------------------------------- Meta layout
+
+
+class MetaCheckpoint(Checkpoint):
+    """``consolidated.NN.pth`` model-parallel shards + ``params.json``."""
+
+    _parts: dict[str, list[tuple[int, str]]]  # GGUF name -> [(shard index, source name)] in rank order
+    _loaded: dict[int, _TorchFile]
+
+    @classmethod
+    def open(cls, root: Path) -> "MetaCheckpoint":
+        params_path = root / "params.json"
+        params = _read_json(params_path)
+        for key in ("dim", "n_layers", "n_heads"):
+            if key not in params:
+                raise ExportError(f"expected {key!r} in {params_path} (a Llama params.json), got keys {sorted(params)}")
+        n_kv = params.get("n_kv_heads") or params["n_heads"]
+        _check_hparams(params_path, params["dim"], params["n_layers"], params["n_heads"], n_kv)
+        vocab = params.get("vocab_size")
+        if vocab is not None and (not isinstance(vocab, int) or (vocab <= 0 and vocab != -1)):
+            raise ExportError(f"expected vocab_size to be a positive integer or -1 in {params_path}, got {vocab!r}")
+        ctx = params.get("max_seq_len")
+        hp = HParams(
+            dim=params["dim"],
+            n_layers=params["n_layers"],
+            n_heads=params["n_heads"],
+            n_kv_heads=n_kv,
+            norm_eps=_number(params, "norm_eps", params_path, 1e-5) or 1e-5,
+            rope_theta=_number(params, "rope_theta", params_path, None),
+            vocab_size=vocab if isinstance(vocab, int) and vocab > 0 else None,
+            context_length=int(ctx) if isinstance(ctx, int) and ctx > 0 else None,
+        )
+
+        shards: dict[int, Path] = {}
+        for p in root.iterdir():
+            if m := _SHARD_RE.match(p.name):
+                shards[int(m.group(1))] = p
+        if not shards:
+            raise ExportError(f"expected consolidated.00.pth beside {params_path}, got no shard files")
+        for i in range(max(shards) + 1):
+            if i not in shards:
+                raise ExportError(
+                    f"expected model-parallel shards consolidated.00..{max(shards):02d}.pth in {root}, "
+                    f"got consolidated.{i:02d}.pth missing"
+                )
+        files = tuple(shards[i] for i in range(len(shards)))
+        ckpt = cls(
+            layout="meta", root=root, weight_files=files, config_file=params_path,
+            tokenizer_path=find_tokenizer(root, "meta"), hparams=hp,
+        )
+        ckpt._parts, ckpt._loaded = {}, {}
+
+        # Merged shapes from the shards' tensor tables (no data is read).
+        seen: dict[str, list[tuple[int, str, tuple[int, ...], torch.dtype]]] = {}
+        roles: dict[str, tn.Role] = {}
+        for rank, path in enumerate(files):
+            state = torch_load_state(path)
+            for src, t in state.items():
+                role = tn.classify(src, hp.n_layers)
+                if role is None:
+                    continue
+                roles[role.gguf_name] = role
+                seen.setdefault(role.gguf_name, []).append((rank, src, tuple(t.shape), t.dtype))
+            del state  # drops the mapping
+        found: dict[str, tuple[tn.Role, tuple[int, ...], torch.dtype]] = {}
+        for name, parts in seen.items():
+            role = roles[name]
+            if len(parts) != len(files):
+                have = ", ".join(files[r].name for r, *_ in parts)
+                raise ExportError(f"expected {name} in every one of {len(files)} shards, got it only in {have}")
+            shapes = [s for _, _, s, _ in parts]
+            dtypes = {d for *_, d in parts}
+            if len(dtypes) != 1:
+                raise ExportError(f"expected one dtype for {name} across shards, got {sorted(map(str, dtypes))}")
+            axis = tn.META_SPLIT_AXIS[role.kind]
+            merged = list(shapes[0])
+            for s in shapes[1:]:
+                other_axes_equal = len(s) == len(merged) and all(
+                    a == b for k, (a, b) in enumerate(zip(s, shapes[0])) if k != axis
+                )
+                if not other_axes_equal or (axis is None and s != shapes[0]):
+                    raise ExportError(
+                        f"expected the shards of {name} to agree outside split axis {axis}, got shapes {shapes}"
+                    )
+                if axis is not None:
+                    merged[axis] += s[axis]
+            ckpt._parts[name] = [(r, src) for r, src, _, _ in parts]
+            found[name] = (role, tuple(merged), dtypes.pop())
+        ckpt._finish(found)
+        return ckpt
+
+    def read_row_blocks(self, name: str, start: int, stop: int) -> list[tuple[int, torch.Tensor]]:
+        if tn.META_SPLIT_AXIS[self.tensors[name].role.kind] != 1:
+            return [(0, self.read_rows(name, start, stop))]
+        blocks, col = [], 0
+        for r, src in self._parts[name]:
+            part = self._shard(r).get(src)
+            blocks.append((col, part[start:stop]))
+            col += part.shape[1]
+        return blocks
+
+    def _shard(self, rank: int) -> _TorchFile:
+        if rank not in self._loaded:
+            self._loaded[rank] = _TorchFile(self.weight_files[rank])
+        return self._loaded[rank]
+
+    def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        spec = self.tensors[name]
+        parts = [self._shard(r).get(src) for r, src in self._parts[name]]
+        axis = tn.META_SPLIT_AXIS[spec.role.kind]
+        if axis is None:  # replicated: rank 0's copy
+            return parts[0][start:stop]
+        if axis == 1:  # every shard holds a column block of every row
+            return torch.cat([p[start:stop] for p in parts], dim=1)
+        pieces, offset = [], 0  # axis 0: shard k holds a consecutive block of rows
+        for p in parts:
+            lo, hi = max(start, offset), min(stop, offset + p.shape[0])
+            if lo < hi:
+                pieces.append(p[lo - offset : hi - offset])
+            offset += p.shape[0]
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=0)
+
+    def release(self) -> None:
+        for rank in [r for r, f in self._loaded.items() if not f.drop_pages()]:
+            del self._loaded[rank]
+
+    def close(self) -> None:
+        self._loaded.clear()
+
+
+# ---------------------------------------------------------------------------- Hugging Face layout
+
+
+class HFCheckpoint(Checkpoint):
+    """``config.json`` + safetensors shards (with index) or ``pytorch_model.bin`` (with or without index)."""
+
+    _where: dict[str, tuple[Path, str]]  # GGUF name -> (file, HF tensor name)
+    _open: dict[Path, Any]
+
+    @classmethod
+    def open(cls, root: Path) -> "HFCheckpoint":
+        config_path = root / "config.json"
+        cfg = _read_json(config_path)
+        model_type = cfg.get("model_type")
+        archs = cfg.get("architectures") or []
+        if model_type != "llama" and "LlamaForCausalLM" not in archs:
+            raise ExportError(
+                f"expected a Llama config (model_type 'llama', LlamaForCausalLM) in {config_path}, got "
+                f"model_type={model_type!r} architectures={archs!r}"
+            )
+        if cfg.get("rope_scaling"):
+            raise ExportError(f"expected no rope_scaling in {config_path} (Code Llama has none), got {cfg['rope_scaling']!r}")
+        if cfg.get("hidden_act", "silu") != "silu":
+            raise ExportError(f"expected hidden_act 'silu' in {config_path}, got {cfg['hidden_act']!r}")
+        for key in ("hidden_size", "num_hidden_layers", "num_attention_heads"):
+            if key not in cfg:
+                raise ExportError(f"expected {key!r} in {config_path}, got keys {sorted(cfg)}")
+        n_kv = cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
+        _check_hparams(config_path, cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"], n_kv)
+        vocab = cfg.get("vocab_size")
+        ctx = cfg.get("max_position_embeddings")
+        hp = HParams(
+            dim=cfg["hidden_size"],
+            n_layers=cfg["num_hidden_layers"],
+            n_heads=cfg["num_attention_heads"],
+            n_kv_heads=n_kv,
+            norm_eps=_number(cfg, "rms_norm_eps", config_path, 1e-6) or 1e-6,
+            rope_theta=_number(cfg, "rope_theta", config_path, 10000.0),
+            vocab_size=vocab if isinstance(vocab, int) and vocab > 0 else None,
+            context_length=int(ctx) if isinstance(ctx, int) and ctx > 0 else None,
+        )
+
+        weight_map, layout = cls._weight_map(root)
+        files = tuple(sorted(set(weight_map.values())))
+        for f in files:
+            if not f.is_file():
+                raise ExportError(f"expected the weight file {f} listed in the index, got no such file")
+        ckpt = cls(
+            layout=layout, root=root, weight_files=files, config_file=config_path,
+            tokenizer_path=find_tokenizer(root, layout), hparams=hp,
+        )
+        ckpt._where, ckpt._open = {}, {}
+        found: dict[str, tuple[tn.Role, tuple[int, ...], torch.dtype]] = {}
+        listed: dict[Path, set[str]] = {f: set() for f in files}
+        for src, f in weight_map.items():
+            listed[f].add(src)
+        for f in files:
+            actual = ckpt._tables(f)
+            for src in sorted(listed[f]):
+                if src not in actual:
+                    raise ExportError(f"expected tensor {src!r} in {f.name} (as the index says), got no such tensor")
+                shape, dtype = actual[src]
+                role = tn.classify(src, hp.n_layers)
+                if role is None:
+                    continue
+                ckpt._where[role.gguf_name] = (f, src)
+                found[role.gguf_name] = (role, shape, dtype)
+        ckpt.close()
+        ckpt._finish(found)
+        return ckpt
+
+    @staticmethod
+    def _weight_map(root: Path) -> tuple[dict[str, Path], Layout]:
+        """HF tensor name -> file, from the index when there is one, else from the single weight file."""
+        for index_name, single, layout in (
+            ("model.safetensors.index.json", "model.safetensors", "hf-safetensors"),
+            ("pytorch_model.bin.index.json", "pytorch_model.bin", "hf-bin"),
+        ):
+            index = root / index_name
+            if index.is_file():
+                data = _read_json(index)
+                wm = data.get("weight_map")
+                if not isinstance(wm, dict) or not wm:
+                    raise ExportError(f"expected a non-empty weight_map in {index}, got {type(wm).__name__}")
+                return {k: root / v for k, v in wm.items()}, layout  # type: ignore[return-value]
+            if (root / single).is_file():
+                return _single_file_map(layout, root / single), layout  # type: ignore[arg-type]
+        raise ExportError(f"expected model.safetensors[.index.json] or pytorch_model.bin[.index.json] in {root}, got none")
+
+    def _tables(self, f: Path) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """Tensor name -> (shape, dtype) of one weight file, from its header / pickle table."""
+        out: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
+        if self.layout == "hf-safetensors":
+            handle = self._handle(f)
+            for key in handle.keys():
+                sl = handle.get_slice(key)
+                dt = sl.get_dtype()
+                if dt not in _SAFETENSORS_DTYPES:
+                    raise ExportError(f"expected F32, F16 or BF16 tensors in {f.name}, got {dt} for {key!r}")
+                out[key] = (tuple(sl.get_shape()), _SAFETENSORS_DTYPES[dt])
+        else:
+            for key, t in self._handle(f).tensors.items():
+                out[key] = (tuple(t.shape), t.dtype)
+        return out
+
+    def _handle(self, f: Path) -> Any:
+        if f not in self._open:
+            if self.layout == "hf-safetensors":
+                from safetensors import SafetensorError, safe_open
+
+                try:
+                    self._open[f] = safe_open(str(f), framework="pt")
+                except (SafetensorError, OSError) as e:
+                    raise ExportError(f"expected a complete safetensors file at {f}, got a truncated or corrupt file ({e})") from None
+            else:
+                self._open[f] = _TorchFile(f)
+        return self._open[f]
+
+    def _rows(self, f: Path, src: str, start: int, stop: int) -> torch.Tensor:
+        h = self._handle(f)
+        if self.layout == "hf-safetensors":
+            return h.get_slice(src)[start:stop]
+        return h.get(src)[start:stop]
+
+    def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        f, src = self._where[name]
+        spec = self.tensors[name]
+        kind = spec.role.kind
+        if kind not in (tn.T.ATTN_Q, tn.T.ATTN_K):
+            return self._rows(f, src, start, stop)
+        # q/k: un-permute whole heads, then cut the requested rows out of them
+        hd = self.hparams.head_dim
+        h0, h1 = start // hd, -(-stop // hd)
+        block = self._rows(f, src, h0 * hd, h1 * hd)
+        meta = tn.hf_unpermute(block, h1 - h0)
+        return meta[start - h0 * hd : stop - h0 * hd]
+
+    def release(self) -> None:
+        # safetensors handles are cheap to reopen (a JSON header); torch files give back pages instead
+        for f in [f for f, h in self._open.items() if not (isinstance(h, _TorchFile) and h.drop_pages())]:
+            del self._open[f]
+
+    def close(self) -> None:
+        self._open.clear()
+
+
+def _single_file_map(layout: Layout, f: Path) -> dict[str, Path]:
+    """Tensor name -> file for a checkpoint without an index (one weight file)."""
+    if layout == "hf-safetensors":
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(f), framework="pt") as h:
+                keys = list(h.keys())
+        except (SafetensorError, OSError) as e:
+            raise ExportError(f"expected a complete safetensors file at {f}, got a truncated or corrupt file ({e})") from None
+    else:
+        keys = list(torch_load_state(f))
+    return {k: f for k in keys}
+
+
+
+# ---------------------------------------------------------------------------- entry point
+
+
+def detect_layout(root: Path) -> Layout:
+    """Which reader a folder needs, from the files it holds."""
+    if (root / "params.json").is_file() or any(_SHARD_RE.match(p.name) for p in root.iterdir()):
+        return "meta"
+    if (root / "config.json").is_file():
+        if (root / "model.safetensors.index.json").is_file() or (root / "model.safetensors").is_file():
+            return "hf-safetensors"
+        if (root / "pytorch_model.bin.index.json").is_file() or (root / "pytorch_model.bin").is_file():
+            return "hf-bin"
+        raise ExportError(f"expected safetensors or pytorch_model.bin weights beside {root / 'config.json'}, got none")
+    names = sorted(p.name for p in root.iterdir())[:8]
+    raise ExportError(
+        f"expected a Llama checkpoint in {root} (consolidated.NN.pth + params.json, or Hugging Face "
+        f"config.json + safetensors / pytorch_model.bin), got {names or 'an empty folder'}"
+    )
+
+
+def open_checkpoint(path: str | Path) -> Checkpoint:
+    """Open a checkpoint folder of either layout; see the module docstring for what comes back."""
+    root = Path(path)
+    if not root.is_dir():
+        raise ExportError(f"expected a checkpoint folder, got {root} ({'a file' if root.exists() else 'no such folder'})")
+    layout = detect_layout(root)
+    if layout == "meta":
+        if not (root / "params.json").is_file():
+            raise ExportError(f"expected params.json beside the consolidated.NN.pth shards in {root}, got none")
+        return MetaCheckpoint.open(root)
+    return HFCheckpoint.open(root)
+
+
+def iter_row_chunks(spec: TensorSpec, max_bytes: int = 8 << 20) -> Iterator[tuple[int, int]]:
+    """(start, stop) row ranges of about ``max_bytes`` (in float32) covering a tensor's first axis."""
+    rows = spec.shape[0]
+    if len(spec.shape) == 1:
+        yield 0, rows
+        return
+    per_row = spec.shape[1] * 4
+    step = max(1, max_bytes // per_row)
+    for start in range(0, rows, step):
+        yield start, min(rows, start + step)
+
+
+__all__ = ["Checkpoint", "HParams", "TensorSpec", "open_checkpoint", "iter_row_chunks", "torch_load_state"]
