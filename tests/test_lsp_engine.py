@@ -1,0 +1,178 @@
+"""FIM prompt ids against a SentencePiece reference, and the llama.cpp engine's KV reuse and superseding.
+
+The reference for the prompt is Meta's ``infilling_prompt_tokens`` computed with the ``sentencepiece``
+library on the very ``tokenizer.model`` the GGUF was exported from: ``enc`` is ``sp.encode`` (with
+Llama's implicit leading space) and ``enc_infill`` is the same model with ``add_dummy_prefix`` off (what
+Meta's ``encode_infilling`` computes with its "☺" trick on Code Llama's vocabulary). The ids under test
+come from the engine, which tokenizes with llama.cpp from the GGUF alone.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from pathlib import Path
+
+import pytest
+import sentencepiece as spm
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sentencepiece import sentencepiece_model_pb2 as pb
+
+from lsp_server import fim
+from lsp_server.config import Settings
+from lsp_server.engines import CompletionRequest
+from lsp_server.engines.llama_cpp import LlamaCppEngine
+from model_train.tokenizer import fim_ids
+from tests.fixtures.lsp_models import lsp_codellama_layout_gguf, lsp_random_gguf  # noqa: F401
+
+
+class SpReference:
+    def __init__(self, model_path: Path) -> None:
+        self.sp = spm.SentencePieceProcessor(model_file=str(model_path))
+        proto = pb.ModelProto()
+        proto.ParseFromString(model_path.read_bytes())
+        proto.normalizer_spec.add_dummy_prefix = False
+        self.sp_infill = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
+        ids = fim_ids(model_path)
+        self.ids = fim.FimIds(bos=self.sp.bos_id(), pre=ids["pre"], suf=ids["suf"], mid=ids["mid"], eot=ids["eot"])
+
+    def encode(self, text: str) -> list[int]:
+        return self.sp.encode(text)
+
+    def encode_infill(self, text: str) -> list[int]:
+        return self.sp_infill.encode(text)
+
+    def meta_prompt(self, pre: str, suf: str, suffix_first: bool) -> list[int]:
+        """Meta's infilling_prompt_tokens, written out with this reference tokenizer."""
+        i = self.ids
+        if suffix_first:
+            return [i.bos, i.pre, i.suf] + self.encode_infill(suf) + [i.mid] + self.encode(pre)
+        return [i.bos, i.pre] + self.encode(pre) + [i.suf] + self.encode_infill(suf) + [i.mid]
+
+
+@pytest.fixture(scope="module")
+def engine(lsp_random_gguf: Path):
+    e = LlamaCppEngine(lsp_random_gguf, "tiny")
+    yield e
+    e.close()
+
+
+@pytest.fixture(scope="module")
+def cl_engine(lsp_codellama_layout_gguf: Path):
+    e = LlamaCppEngine(lsp_codellama_layout_gguf, "tiny-cl")
+    yield e
+    e.close()
+
+
+CASES = [
+    ("def add(a, b):\n    return ", "\n\nprint(add(1, 2))\n"),
+    ("", ""),
+    ("x", ""),
+    ("", "    pass\n"),
+    ("\tif x:\n\t\t", "y = 2\n"),
+    ("s = '😀中文' + ", " # コメント\n"),
+    ("literal = '<EOT> <PRE> ▁<SUF> <MID>'\n", "'▁<EOT>'"),
+    ("  leading spaces", "  trailing  \n\n"),
+    ("a\r\nb", "\n"),
+]
+
+CODE_CHARS = st.sampled_from(list("abcxyz_ ()[]:=+-*/.,'\"#\t\n0123456789") + ["    ", "def ", "return ", "😀", "中", "é", "<EOT>", "▁"])
+
+
+def _check_layouts(eng: LlamaCppEngine, ref: SpReference, pre: str, suf: str) -> None:
+    assert eng.fim_ids == ref.ids
+    ctx = fim.FimContext(prefix=pre, suffix=suf)
+    assert fim.prompt_tokens(ctx, eng, eng.fim_ids, fim.FimOrder.SPM) == ref.meta_prompt(pre, suf, True)
+    assert fim.prompt_tokens(ctx, eng, eng.fim_ids, fim.FimOrder.PSM) == ref.meta_prompt(pre, suf, False)
+
+
+def test_fim_sentinel_ids_come_from_the_gguf(engine: LlamaCppEngine, cl_engine: LlamaCppEngine, fixture_tokenizer: Path, codellama_tokenizer: Path) -> None:
+    assert engine.fim_ids == SpReference(fixture_tokenizer).ids
+    ids = cl_engine.fim_ids
+    assert (ids.pre, ids.suf, ids.mid, ids.eot) == (32007, 32008, 32009, 32010)  # Code Llama's real ids
+
+
+@pytest.mark.parametrize("pre,suf", CASES)
+def test_prompt_ids_match_reference(engine: LlamaCppEngine, fixture_tokenizer: Path, pre: str, suf: str) -> None:
+    _check_layouts(engine, SpReference(fixture_tokenizer), pre, suf)
+
+
+@pytest.mark.parametrize("pre,suf", CASES)
+def test_prompt_ids_match_reference_codellama_layout(cl_engine: LlamaCppEngine, codellama_tokenizer: Path, pre: str, suf: str) -> None:
+    _check_layouts(cl_engine, SpReference(codellama_tokenizer), pre, suf)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(CODE_CHARS, max_size=30).map("".join), st.lists(CODE_CHARS, max_size=30).map("".join))
+def test_prompt_ids_match_reference_fuzzed(engine: LlamaCppEngine, fixture_tokenizer: Path, pre: str, suf: str) -> None:
+    _check_layouts(engine, _REFS.setdefault(fixture_tokenizer, SpReference(fixture_tokenizer)), pre, suf)
+
+
+_REFS: dict[Path, SpReference] = {}
+
+
+def test_special_text_is_not_a_control_token(engine: LlamaCppEngine) -> None:
+    ids = engine.fim_ids
+    for text in ("<EOT>", "▁<EOT>", " <PRE>", "<SUF><MID>"):
+        toks = engine.encode(text) + engine.encode_infill(text)
+        assert not set(toks) & {ids.pre, ids.suf, ids.mid, ids.eot}, text
+
+
+# ---- engine behaviour --------------------------------------------------------------------------------
+DOC = "".join(f"def function_{i}(a, b):\n    return a * {i} + b\n\n" for i in range(60))
+
+
+def _run(engine: LlamaCppEngine, text: str, offset: int, **kw):
+    s = Settings(**{"max_tokens": 4, "time_budget_ms": 30_000, **kw})
+    return engine.submit(CompletionRequest(text=text, offset=offset, settings=s)).future.result(timeout=120)
+
+
+def test_kv_reuse_when_typing_at_the_cursor(engine: LlamaCppEngine) -> None:
+    """SPM + anchored windows: a keystroke re-evaluates a handful of tokens; PSM re-evaluates the suffix."""
+    cut = DOC.index("def function_30")
+    typed = "def fun"
+    results = {}
+    for order in ("spm", "psm"):
+        from lsp_server.fim import FimOrder
+
+        first = _run(engine, DOC[:cut] + DOC[cut:], cut, fim_order=FimOrder(order), context_tokens=800)
+        assert first.prompt_tokens > 200
+        evaluated = []
+        for k in range(1, len(typed) + 1):
+            text = DOC[:cut] + typed[:k] + DOC[cut:]
+            r = _run(engine, text, cut + k, fim_order=FimOrder(order), context_tokens=800)
+            assert r.reused_tokens + r.evaluated_tokens == r.prompt_tokens
+            evaluated.append(r.evaluated_tokens)
+        results[order] = evaluated
+    assert max(results["spm"]) <= 8, results
+    assert min(results["psm"]) > 50, results  # everything after the prefix (the whole suffix) again
+
+
+def test_identical_request_evaluates_one_token(engine: LlamaCppEngine) -> None:
+    _run(engine, DOC, 500)
+    r = _run(engine, DOC, 500)
+    assert r.evaluated_tokens == 1 and r.reused_tokens == r.prompt_tokens - 1
+
+
+def test_newest_request_supersedes(engine: LlamaCppEngine) -> None:
+    s = Settings(max_tokens=64, time_budget_ms=30_000)
+    jobs = [engine.submit(CompletionRequest(text=DOC, offset=100 + i, settings=s)) for i in range(20)]
+    results = [j.future.result(timeout=120) for j in jobs]
+    assert all(r.stop == "superseded" and r.texts == [] for r in results[:-1])
+    assert results[-1].stop not in ("superseded", "cancelled")
+    done, _ = concurrent.futures.wait([j.future for j in jobs], timeout=1)
+    assert len(done) == 20
+
+
+def test_cancel_stops_generation(engine: LlamaCppEngine) -> None:
+    s = Settings(max_tokens=2000, time_budget_ms=60_000, context_tokens=128)
+    job = engine.submit(CompletionRequest(text=DOC, offset=200, settings=s))
+    job.cancel()
+    r = job.future.result(timeout=60)
+    assert r.stop == "cancelled" and r.texts == []
+
+
+def test_time_budget(engine: LlamaCppEngine) -> None:
+    s = Settings(max_tokens=2000, time_budget_ms=10, context_tokens=2000)
+    r = engine.submit(CompletionRequest(text=DOC * 3, offset=len(DOC), settings=s)).future.result(timeout=60)
+    assert r.stop == "time"

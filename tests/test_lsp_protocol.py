@@ -1,0 +1,231 @@
+"""The real server over stdio (pytest-lsp client, real llama.cpp) on a tiny random GGUF from our exporter.
+
+Protocol behaviour that does not depend on what the model says: capabilities and position encoding,
+status and progress, bad inputs (unopened documents, positions past the end, bad settings, missing,
+truncated and non-GGUF models, a 20 MB document), malformed JSON-RPC, and the prefix-only path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from lsprotocol import types
+
+from tests.fixtures.lsp_client import SERVER, completion, inline, inline_params, items_of, lsp_session, open_doc, server_env
+from tests.fixtures.lsp_models import lsp_no_fim_gguf, lsp_random_gguf  # noqa: F401
+
+URI = "file:///work/example.py"
+CODE = "import os\n\n\ndef main(argv):\n    total = 0\n    for a in argv:\n        total += len(a)\n    return total\n"
+
+
+async def test_initialize_capabilities_status_and_progress(lsp_random_gguf: Path) -> None:
+    async with lsp_session(lsp_random_gguf) as client:
+        caps = client.init_result.capabilities
+        assert caps.inline_completion_provider
+        assert caps.completion_provider is not None
+        sync = caps.text_document_sync
+        assert (sync.change if hasattr(sync, "change") else sync) == types.TextDocumentSyncKind.Incremental
+        assert caps.position_encoding == types.PositionEncodingKind.Utf16
+        states = [s["state"] for s in client.status.items]
+        assert states[0] == "loading" and "ready" in states
+        ready = next(s for s in client.status.items if s["state"] == "ready")
+        assert ready["model"] == str(lsp_random_gguf)
+        reports = [v for values in client.progress_reports.values() for v in values]
+        assert any(isinstance(v, types.WorkDoneProgressBegin) for v in reports)
+        assert any(isinstance(v, types.WorkDoneProgressEnd) for v in reports)
+
+        open_doc(client, URI, CODE)
+        result = await inline(client, URI, 4, 4)
+        for item in items_of(result):
+            assert item.range.start == types.Position(line=4, character=4)
+            assert item.insert_text.strip()
+        after = await client.status.wait_for({"ready"}, after=len(client.status.items) - 1)
+        assert after["lastLatencyMs"] is not None
+
+
+async def test_utf8_position_encoding_when_offered(lsp_random_gguf: Path) -> None:
+    async with lsp_session(lsp_random_gguf, encodings=[types.PositionEncodingKind.Utf8, types.PositionEncodingKind.Utf16]) as client:
+        assert client.init_result.capabilities.position_encoding == types.PositionEncodingKind.Utf8
+        text = "s = '😀中'\nx = 1\n"
+        open_doc(client, URI, text)
+        # the end of line 0 in UTF-8 bytes is 13 (😀 = 4 bytes, 中 = 3); after 😀 it is 9
+        for col in (13, 9):
+            result = await inline(client, URI, 0, col)
+            for item in items_of(result):
+                assert item.range.start == types.Position(line=0, character=col)
+
+
+async def test_bad_requests_keep_the_server_alive(lsp_random_gguf: Path) -> None:
+    async with lsp_session(lsp_random_gguf) as client:
+        # a document that was never opened
+        assert items_of(await inline(client, "file:///never/opened.py", 0, 0)) == []
+        assert items_of(await completion(client, "file:///never/opened.py", 0, 0)) == []
+        open_doc(client, URI, CODE)
+        # positions past the end of the line and of the document are clamped, not errors
+        for line, character in ((1, 500), (500, 3), (7, 10_000)):
+            result = await inline(client, URI, line, character)
+            for item in items_of(result):
+                assert item.range.start.line <= CODE.count("\n")
+        # an unknown request gets MethodNotFound, and the server goes on
+        with pytest.raises(Exception) as err:
+            await asyncio.wait_for(client.protocol.send_request_async("codellama/noSuchMethod", {}), 30)
+        assert "not found" in str(err.value).lower() or "-32601" in str(err.value)
+        await inline(client, URI, 4, 4)
+
+
+async def test_invalid_settings_are_reported_and_defaults_used(lsp_random_gguf: Path) -> None:
+    async with lsp_session(lsp_random_gguf, options={"maxTokens": "lots", "bogus": 1, "prefixRatio": 0.5}) as client:
+        texts = [m.message for m in client.messages]
+        assert any("maxTokens" in t and "expected an integer, got 'lots'" in t for t in texts), texts
+        assert any("bogus" in t for t in texts), texts
+        client.workspace_did_change_configuration(
+            types.DidChangeConfigurationParams(settings={"codellama": {"temperature": -3, "fimOrder": "xyz"}})
+        )
+        open_doc(client, URI, CODE)
+        await inline(client, URI, 4, 4)  # still answers (the request is ordered after the notification)
+        texts = [m.message for m in client.messages]
+        assert any("temperature" in t for t in texts) and any("fimOrder" in t for t in texts), texts
+
+
+@pytest.mark.parametrize("kind", ["missing", "truncated", "not-gguf"])
+async def test_bad_model_file_then_recovery(lsp_random_gguf: Path, tmp_path: Path, kind: str) -> None:
+    bad = tmp_path / f"{kind}.gguf"
+    if kind == "truncated":
+        data = lsp_random_gguf.read_bytes()
+        bad.write_bytes(data[: len(data) // 2])
+    elif kind == "not-gguf":
+        bad.write_text("this is not a model\n" * 100)
+    async with lsp_session(bad, wait_ready=False) as client:
+        err = await client.status.wait_for({"error", "ready"})
+        assert err["state"] == "error", err
+        assert "expected" in err["message"]
+        assert any(m.type == types.MessageType.Error for m in client.messages)
+        open_doc(client, URI, CODE)
+        assert items_of(await inline(client, URI, 4, 4)) == []  # no model: empty, not an error
+        mark = len(client.status.items)
+        client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"model": str(lsp_random_gguf)}))
+        ok = await client.status.wait_for({"ready", "error"}, after=mark)
+        assert ok["state"] == "ready", ok
+        await inline(client, URI, 4, 4)
+
+
+async def test_twenty_megabyte_document(lsp_random_gguf: Path) -> None:
+    line = "value = compute(alpha, beta) + 12345  # filler\n"
+    big = line * (20_000_000 // len(line))
+    async with lsp_session(lsp_random_gguf, options={"contextTokens": 256, "maxTokens": 8}) as client:
+        open_doc(client, URI, big)
+        n = big.count("\n")
+        t0 = time.perf_counter()
+        await inline(client, URI, n // 2, 5, timeout=120)
+        await inline(client, URI, n, 0, timeout=120)
+        assert time.perf_counter() - t0 < 60
+        result = await completion(client, URI, n - 1, 8)
+        assert isinstance(result, types.CompletionList)
+
+
+async def test_model_without_fim_tokens_completes_prefix_only(lsp_no_fim_gguf: Path) -> None:
+    async with lsp_session(lsp_no_fim_gguf) as client:
+        ready = next(s for s in client.status.items if s["state"] == "ready")
+        assert "no FIM tokens" in (ready.get("message") or "")
+        assert any("no FIM tokens" in m.message for m in client.messages)
+        open_doc(client, URI, CODE)
+        await inline(client, URI, 4, 4)
+
+
+def _frame(payload: bytes) -> bytes:
+    return f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload
+
+
+def _read_message(stream) -> dict:
+    length = None
+    while True:
+        header = stream.readline()
+        if header in (b"\r\n", b""):
+            break
+        if header.lower().startswith(b"content-length:"):
+            length = int(header.split(b":")[1])
+    assert length is not None, "the server closed stdout"
+    return json.loads(stream.read(length))
+
+
+def test_malformed_json_rpc_over_raw_stdio(lsp_random_gguf: Path) -> None:
+    """Bytes a client library would never send: broken JSON, a non-object, a request without a method."""
+    proc = subprocess.Popen(SERVER, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=server_env())
+    try:
+        assert proc.stdin and proc.stdout
+        for junk in (b"{not json", b"[1, 2, 3]", b'{"jsonrpc": "2.0", "id": 7}', b'"just a string"'):
+            proc.stdin.write(_frame(junk))
+        init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                "params": {"processId": None, "rootUri": None, "capabilities": {},
+                           "initializationOptions": {"model": str(lsp_random_gguf)}}}  # fmt: skip
+        proc.stdin.write(_frame(json.dumps(init).encode()))
+        proc.stdin.flush()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            msg = _read_message(proc.stdout)
+            if msg.get("id") == 1:
+                assert "capabilities" in msg["result"]
+                break
+        else:
+            pytest.fail("no initialize reply")
+        shutdown = {"jsonrpc": "2.0", "id": 2, "method": "shutdown"}
+        proc.stdin.write(_frame(json.dumps(shutdown).encode()))
+        proc.stdin.write(_frame(json.dumps({"jsonrpc": "2.0", "method": "exit"}).encode()))
+        proc.stdin.flush()
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+async def test_cancel_request_ends_generation_early(lsp_random_gguf: Path) -> None:
+    """A long generation (random weights rarely say EOT) is cut short by $/cancelRequest."""
+    uri = "file:///work/cancel.py"
+    async with lsp_session(lsp_random_gguf, options={"maxTokens": 2000, "timeBudgetMs": 60000}) as client:
+        open_doc(client, uri, CODE + "\n")
+        msg_id = str(uuid.uuid4())
+        mark = len(client.status.items)
+        fut = client.protocol.send_request(types.TEXT_DOCUMENT_INLINE_COMPLETION, inline_params(uri, 9, 0), msg_id=msg_id)
+        await client.status.wait_for({"busy"}, after=mark)
+        t0 = time.perf_counter()
+        client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id=msg_id))
+        try:
+            result = await asyncio.wait_for(asyncio.wrap_future(fut) if not isinstance(fut, asyncio.Future) else fut, 30)
+            assert items_of(result) == []  # an empty answer or a RequestCancelled error; never text
+        except asyncio.CancelledError:
+            pass
+        except Exception as exc:  # pygls answers a cancelled request with an error response
+            assert "cancel" in str(exc).lower(), exc
+        cancel_ms = (time.perf_counter() - t0) * 1e3
+        assert cancel_ms < 3000, cancel_ms
+        # the worker is free again: the next request does not wait for 2000 tokens
+        client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"maxTokens": 8}))
+        client.text_document_did_change(
+            types.DidChangeTextDocumentParams(
+                text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=2),
+                content_changes=[types.TextDocumentContentChangeWholeDocument(text=CODE)],
+            )
+        )
+        mark = len(client.status.items)
+        await inline(client, uri, 4, 4, timeout=30)
+        done = await client.status.wait_for({"ready"}, after=mark)
+        assert done["lastLatencyMs"] < 5000
+        assert time.perf_counter() - t0 < 10
+
+
+def test_cli_complete_one_shot(lsp_random_gguf: Path, tmp_path: Path) -> None:
+    src = tmp_path / "demo.py"
+    src.write_text(CODE.replace("\n", "\r\n"))
+    cmd = [*SERVER[:3], "complete", str(src), "--line", "4", "--character", "4", "--model", str(lsp_random_gguf), "--max-tokens", "6"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=server_env(), timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    bad = subprocess.run([*cmd[:-4], "--model", str(tmp_path / "nope.gguf")], capture_output=True, text=True, env=server_env(), timeout=120)
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert "expected a GGUF model file" in bad.stderr
