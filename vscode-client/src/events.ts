@@ -1,0 +1,53 @@
+/**
+ * Shown/accepted events -> the `codellama/event` notifications the server counts locally.
+ *
+ * In: the completion items VS Code received for a request, and the acceptance command VS Code runs when
+ * the user takes one. Out: `{kind, languageId, chars, lines, latencyMs?, index?}` payloads. Only sizes
+ * and the language are reported, never the text, and they go to the local server only.
+ */
+export const EVENT_METHOD = 'codellama/event';
+export const ACCEPT_COMMAND = 'codellama.accepted';
+
+export interface CompletionEvent {
+  kind: 'shown' | 'accepted';
+  languageId: string;
+  /** Index of the item among the candidates returned (Invoked requests can return several). */
+  index: number;
+  candidates: number;
+  chars: number;
+  lines: number;
+  latencyMs?: number;
+  uri?: string;
+}
+
+export function describeText(text: string): { chars: number; lines: number } {
+  return { chars: text.length, lines: text === '' ? 0 : text.split(/\r?\n/).length };
+}
+
+export function shownEvent(
+  languageId: string,
+  texts: readonly string[],
+  latencyMs: number,
+  uri?: string,
+): CompletionEvent | undefined {
+  const first = texts.find((t) => t.trim() !== '');
+  if (first === undefined) return undefined;
+  return { kind: 'shown', languageId, index: texts.indexOf(first), candidates: texts.length, ...describeText(first), latencyMs, uri };
+}
+
+export function acceptedEvent(shown: CompletionEvent, index: number, text: string): CompletionEvent {
+  return { ...shown, kind: 'accepted', index, ...describeText(text), latencyMs: undefined };
+}
+
+/** Running totals, shown in the status tooltip and logged. */
+export class EventCounter {
+  shown = 0;
+  accepted = 0;
+  record(event: CompletionEvent): void {
+    if (event.kind === 'shown') this.shown += 1;
+    else this.accepted += 1;
+  }
+  get acceptanceRate(): number {
+    return this.shown === 0 ? 0 : this.accepted / this.shown;
+  }
+}

@@ -1,0 +1,319 @@
+/**
+ * The VS Code side of codellama-lsp: starts the server, shows its ghost text, and keeps the user informed.
+ *
+ * In: the `codellama.*` settings and the user's commands. Out: a running `codellama-lsp --stdio` (through
+ * vscode-languageclient, which registers the inline-completion provider the server advertises), one log
+ * channel that also receives the server's stderr, a status item fed by `codellama/status`, and
+ * `codellama/event` notifications (shown/accepted) for the server's local statistics.
+ *
+ * The extension is deliberately thin: all completion logic lives in the server. What it adds is the
+ * client-side switch (toggle, per-language enablement, applied before any request is made), restarts with
+ * back-off when the server dies, and the model picker.
+ */
+import * as readline from 'node:readline';
+import * as vscode from 'vscode';
+import {
+  CloseAction,
+  DidChangeConfigurationNotification,
+  ErrorAction,
+  LanguageClient,
+  LanguageClientOptions,
+  RevealOutputChannelOn,
+  ServerOptions,
+  TransportKind,
+} from 'vscode-languageclient/node';
+import { RestartPolicy } from './backoff';
+import { ACCEPT_COMMAND, CompletionEvent, EVENT_METHOD, EventCounter, acceptedEvent, shownEvent } from './events';
+import { LaunchError, launchSpec } from './launch';
+import { StderrLeveler } from './logLevel';
+import { modelLabel, parseModelSpec } from './modelSpec';
+import { RESTART_KEYS, clientSwitches, languageEnabled, serverSettings } from './settings';
+import { ServerStatus, parseStatus, renderStatus } from './status';
+
+const SECTION = 'codellama';
+const STATUS_METHOD = 'codellama/status';
+
+let manager: ServerManager | undefined;
+
+export async function activate(context: vscode.ExtensionContext): Promise<void> {
+  const log = vscode.window.createOutputChannel('Code Llama', { log: true });
+  context.subscriptions.push(log);
+  manager = new ServerManager(context, log);
+  context.subscriptions.push(
+    vscode.commands.registerCommand('codellama.toggle', () => manager?.toggle()),
+    vscode.commands.registerCommand('codellama.restart', () => manager?.restart('restart requested')),
+    vscode.commands.registerCommand('codellama.selectModel', () => selectModel(log)),
+    vscode.commands.registerCommand('codellama.showLogs', () => log.show(true)),
+    vscode.commands.registerCommand('codellama.trigger', () => vscode.commands.executeCommand('editor.action.inlineSuggest.trigger')),
+    vscode.commands.registerCommand('codellama.statusMenu', () => statusMenu()),
+    vscode.commands.registerCommand(ACCEPT_COMMAND, (event: CompletionEvent) => manager?.report(event)),
+    vscode.workspace.onDidChangeConfiguration((e) => manager?.configurationChanged(e)),
+  );
+  await manager.start();
+}
+
+export async function deactivate(): Promise<void> {
+  await manager?.dispose();
+  manager = undefined;
+}
+
+/** Owns the LanguageClient: one per server process; a restart builds a fresh one. */
+class ServerManager {
+  private client: LanguageClient | undefined;
+  private readonly policy = new RestartPolicy();
+  private readonly item: vscode.StatusBarItem;
+  private status: ServerStatus = { state: 'stopped' };
+  private readonly counter = new EventCounter();
+  private restartTimer: NodeJS.Timeout | undefined;
+  private stopping = false;
+
+  constructor(
+    context: vscode.ExtensionContext,
+    private readonly log: vscode.LogOutputChannel,
+  ) {
+    this.item = vscode.window.createStatusBarItem('codellama.status', vscode.StatusBarAlignment.Right, 100);
+    this.item.name = 'Code Llama';
+    this.item.command = 'codellama.statusMenu';
+    context.subscriptions.push(this.item);
+    this.render();
+    this.item.show();
+  }
+
+  private config(): vscode.WorkspaceConfiguration {
+    return vscode.workspace.getConfiguration(SECTION);
+  }
+
+  private get enabled(): boolean {
+    return clientSwitches((k) => this.config().get(k)).enable;
+  }
+
+  private setStatus(status: ServerStatus): void {
+    this.status = status;
+    this.render();
+  }
+
+  private render(): void {
+    const view = renderStatus(this.status, this.enabled);
+    this.item.text = view.text;
+    const stats = this.counter.shown > 0 ? `\nThis session: ${this.counter.accepted} of ${this.counter.shown} suggestions accepted` : '';
+    this.item.tooltip = view.tooltip + stats;
+    this.item.accessibilityInformation = { label: view.label };
+    this.item.backgroundColor =
+      view.severity === 'error'
+        ? new vscode.ThemeColor('statusBarItem.errorBackground')
+        : view.severity === 'warning'
+          ? new vscode.ThemeColor('statusBarItem.warningBackground')
+          : undefined;
+  }
+
+  async start(): Promise<void> {
+    const get = (k: string): unknown => this.config().get(k);
+    let spec;
+    try {
+      spec = launchSpec(get, process.env);
+    } catch (err) {
+      if (!(err instanceof LaunchError)) throw err;
+      this.log.error(err.message);
+      this.setStatus({ state: 'error', message: err.message });
+      return;
+    }
+    const serverOptions: ServerOptions = {
+      command: spec.command,
+      args: spec.args,
+      transport: TransportKind.stdio,
+      options: { env: spec.env, cwd: vscode.workspace.workspaceFolders?.[0]?.uri.fsPath },
+    };
+    const settings = serverSettings(get);
+    const clientOptions: LanguageClientOptions = {
+      documentSelector: [{ scheme: 'file' }, { scheme: 'untitled' }],
+      initializationOptions: settings,
+      outputChannel: this.log,
+      traceOutputChannel: this.log,
+      revealOutputChannelOn: RevealOutputChannelOn.Never,
+      stdioOptions: {
+        stdout: () => undefined, // stdout carries JSON-RPC only
+        stderr: (input, channel) => {
+          const leveler = new StderrLeveler();
+          readline
+            .createInterface({ input, crlfDelay: Infinity, terminal: false })
+            .on('line', (line) => channel[leveler.level(line)](line));
+        },
+      },
+      errorHandler: {
+        error: () => ({ action: ErrorAction.Continue }),
+        // We restart ourselves, with back-off, instead of languageclient's fixed "5 times in 3 minutes".
+        closed: () => {
+          if (this.stopping) return { action: CloseAction.DoNotRestart, handled: true };
+          setTimeout(() => void this.crashed(), 0);
+          return { action: CloseAction.DoNotRestart, handled: true, message: 'connection to the server closed' };
+        },
+      },
+      middleware: {
+        provideInlineCompletionItems: async (document, position, context, token, next) => {
+          const switches = clientSwitches(get);
+          if (!switches.enable || !languageEnabled(switches.enabledLanguages, document.languageId)) return null;
+          const t0 = Date.now();
+          const result = await next(document, position, context, token);
+          if (!result || token.isCancellationRequested) return result;
+          const items = Array.isArray(result) ? result : result.items;
+          const texts = items.map((i) => (typeof i.insertText === 'string' ? i.insertText : i.insertText.value));
+          const shown = shownEvent(document.languageId, texts, Date.now() - t0);
+          if (shown) {
+            this.report(shown);
+            items.forEach((item, index) => {
+              // VS Code runs an item's command when the user accepts it: that is our "accepted" signal.
+              item.command ??= { title: 'accepted', command: ACCEPT_COMMAND, arguments: [acceptedEvent(shown, index, texts[index])] };
+            });
+          }
+          return result;
+        },
+      },
+    };
+    const client = new LanguageClient('codellama', 'Code Llama', serverOptions, clientOptions);
+    client.onNotification(STATUS_METHOD, (params: unknown) => this.setStatus(parseStatus(params)));
+    this.client = client;
+    this.stopping = false;
+    this.setStatus({ state: 'starting', model: settings.model });
+    this.log.info(`starting server: ${spec.command} ${spec.args.join(' ')} (model ${settings.model})`);
+    this.policy.started(Date.now());
+    try {
+      await client.start();
+    } catch (err) {
+      const message = err instanceof Error ? err.message : String(err);
+      this.log.error(`server failed to start: ${message}`);
+      this.setStatus({ state: 'error', message: `expected a running codellama-lsp, got: ${message}` });
+      return;
+    }
+    // The end-to-end test waits for this line before typing (keys typed earlier would be lost).
+    this.log.info('language client started');
+    if (this.status.state === 'starting') this.setStatus({ ...this.status, state: 'loading' });
+  }
+
+  private async crashed(): Promise<void> {
+    const old = this.client;
+    this.client = undefined;
+    await old?.dispose().catch(() => undefined);
+    const delay = this.policy.crashed(Date.now());
+    if (delay === undefined) {
+      const message = `server exited ${this.policy.consecutiveCrashes} times in a row; not restarting`;
+      this.log.error(message);
+      this.setStatus({ state: 'error', message });
+      const choice = await vscode.window.showErrorMessage(`Code Llama: ${message}.`, 'Restart', 'Show Logs');
+      if (choice === 'Restart') await this.restart('restart requested');
+      else if (choice === 'Show Logs') this.log.show(true);
+      return;
+    }
+    this.log.warn(`server exited unexpectedly; restarting in ${delay} ms`);
+    this.setStatus({ state: 'stopped', message: `restarting in ${Math.round(delay / 1000)} s` });
+    clearTimeout(this.restartTimer);
+    this.restartTimer = setTimeout(() => void this.start(), delay);
+  }
+
+  async restart(reason: string): Promise<void> {
+    this.log.info(reason);
+    clearTimeout(this.restartTimer);
+    this.policy.reset();
+    await this.stop();
+    await this.start();
+  }
+
+  private async stop(): Promise<void> {
+    const old = this.client;
+    this.client = undefined;
+    if (!old) return;
+    this.stopping = true;
+    try {
+      await old.stop(5000);
+    } catch (err) {
+      this.log.warn(`server did not stop cleanly: ${err instanceof Error ? err.message : String(err)}`);
+    }
+    await old.dispose().catch(() => undefined);
+    this.setStatus({ state: 'stopped' });
+  }
+
+  async toggle(): Promise<void> {
+    await this.config().update('enable', !this.enabled, vscode.ConfigurationTarget.Global);
+  }
+
+  report(event: CompletionEvent): void {
+    this.counter.record(event);
+    this.render();
+    if (this.client?.isRunning()) {
+      this.client.sendNotification(EVENT_METHOD, event).catch(() => undefined);
+    }
+  }
+
+  configurationChanged(e: vscode.ConfigurationChangeEvent): void {
+    if (!e.affectsConfiguration(SECTION)) return;
+    if (RESTART_KEYS.some((k) => e.affectsConfiguration(`${SECTION}.${k}`))) {
+      void this.restart('launch settings changed; restarting the server');
+      return;
+    }
+    this.render();
+    const settings = serverSettings((k) => this.config().get(k));
+    if (settings.model !== this.status.model && this.status.state !== 'error') {
+      this.setStatus({ ...this.status, state: 'loading', model: settings.model });
+    }
+    if (this.client?.isRunning()) {
+      this.log.info(`settings changed: ${JSON.stringify(settings)}`);
+      void this.client.sendNotification(DidChangeConfigurationNotification.type, { settings });
+    }
+  }
+
+  async dispose(): Promise<void> {
+    clearTimeout(this.restartTimer);
+    await this.stop();
+  }
+
+  get modelName(): string {
+    return modelLabel(this.status.model);
+  }
+}
+
+async function statusMenu(): Promise<void> {
+  const enabled = vscode.workspace.getConfiguration(SECTION).get('enable') !== false;
+  const items: (vscode.QuickPickItem & { command: string })[] = [
+    { label: enabled ? '$(circle-slash) Disable completions' : '$(check) Enable completions', command: 'codellama.toggle' },
+    { label: '$(debug-restart) Restart server', command: 'codellama.restart' },
+    { label: '$(file-binary) Select model…', description: manager?.modelName, command: 'codellama.selectModel' },
+    { label: '$(output) Show logs', command: 'codellama.showLogs' },
+  ];
+  const pick = await vscode.window.showQuickPick(items, { title: 'Code Llama' });
+  if (pick) await vscode.commands.executeCommand(pick.command);
+}
+
+async function selectModel(log: vscode.LogOutputChannel): Promise<void> {
+  const pick = await vscode.window.showQuickPick(
+    [
+      { label: '$(file) Choose a .gguf file…', id: 'file' },
+      { label: '$(cloud-download) Hugging Face repo:file…', id: 'hf', description: 'downloaded once into the Hugging Face cache' },
+      { label: '$(beaker) Demo model', id: 'demo', description: 'tiny, shipped with the server' },
+    ],
+    { title: 'Code Llama: select model' },
+  );
+  if (!pick) return;
+  let value: string | undefined;
+  if (pick.id === 'demo') value = 'demo';
+  else if (pick.id === 'file') {
+    const uris = await vscode.window.showOpenDialog({ canSelectMany: false, filters: { 'GGUF model': ['gguf'] }, openLabel: 'Use model' });
+    value = uris?.[0]?.fsPath;
+  } else {
+    value = await vscode.window.showInputBox({
+      title: 'Hugging Face model',
+      prompt: 'owner/repo:file.gguf',
+      placeHolder: 'TheBloke/CodeLlama-7B-GGUF:codellama-7b.Q4_K_M.gguf',
+      validateInput: (v) => {
+        const spec = parseModelSpec(v);
+        return 'error' in spec ? spec.error : spec.kind === 'huggingface' ? undefined : 'expected owner/repo:file.gguf';
+      },
+    });
+  }
+  if (value === undefined) return;
+  const spec = parseModelSpec(value);
+  if ('error' in spec) {
+    void vscode.window.showErrorMessage(`Code Llama: ${spec.error}`);
+    return;
+  }
+  log.info(`model set to ${spec.value}`);
+  await vscode.workspace.getConfiguration(SECTION).update('model', spec.value, vscode.ConfigurationTarget.Global);
+}

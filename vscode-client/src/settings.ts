@@ -1,0 +1,114 @@
+/**
+ * VS Code settings (`codellama.*`) -> what the server and the launcher need.
+ *
+ * In: a getter over the `codellama` configuration section (VS Code's `WorkspaceConfiguration.get`, or a
+ * plain object in tests). Out: `ServerSettings`, the camelCase object the server receives as
+ * `initializationOptions` and again in every `workspace/didChangeConfiguration`, plus the client-side
+ * switches (enable, per-language enablement) the extension applies before asking the server at all.
+ *
+ * This module does not import `vscode`, so the unit tests run under plain Node.
+ */
+
+/** Reads one key of the `codellama` section; `undefined` when unset. */
+export type ConfigGetter = (key: string) => unknown;
+
+/**
+ * The settings the server understands, with its wire names (lsp_server/config.py): it reports unknown keys,
+ * so nothing else goes in here. `nCtx` and `nGpuLayers` size the llama.cpp context when the model loads;
+ * they travel as command-line arguments instead (see launch.ts), and changing them restarts the server.
+ */
+export interface ServerSettings {
+  model: string;
+  contextTokens?: number;
+  prefixRatio?: number;
+  maxTokens?: number;
+  temperature?: number;
+  maxItems?: number;
+  timeBudgetMs?: number;
+  fimOrder?: 'spm' | 'psm';
+  /** language id (or "*") -> on/off; VS Code's `codellama.enabledLanguages`. */
+  enable?: Record<string, boolean>;
+}
+
+export interface ClientSwitches {
+  enable: boolean;
+  enabledLanguages: Record<string, boolean>;
+}
+
+export const DEFAULT_LANGUAGES: Readonly<Record<string, boolean>> = Object.freeze({
+  '*': true,
+  plaintext: false,
+  markdown: false,
+  scminput: false,
+});
+
+function finiteNumber(value: unknown): number | undefined {
+  return typeof value === 'number' && Number.isFinite(value) ? value : undefined;
+}
+
+function integer(value: unknown, min: number): number | undefined {
+  const n = finiteNumber(value);
+  return n !== undefined && Number.isInteger(n) && n >= min ? n : undefined;
+}
+
+function languageMap(value: unknown): Record<string, boolean> {
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) {
+    return { ...DEFAULT_LANGUAGES };
+  }
+  const out: Record<string, boolean> = {};
+  for (const [language, on] of Object.entries(value as Record<string, unknown>)) {
+    if (typeof on === 'boolean') {
+      out[language] = on;
+    }
+  }
+  return out;
+}
+
+/**
+ * Builds the object sent to the server. Values of the wrong type are left out rather than sent, so the
+ * server applies its own default (and VS Code already flags them in the settings editor).
+ */
+export function serverSettings(get: ConfigGetter): ServerSettings {
+  const model = get('model');
+  const out: ServerSettings = { model: typeof model === 'string' && model.trim() !== '' ? model.trim() : 'demo' };
+  const contextTokens = integer(get('contextTokens'), 16);
+  if (contextTokens !== undefined) out.contextTokens = contextTokens;
+  const ratio = finiteNumber(get('prefixRatio'));
+  if (ratio !== undefined && ratio >= 0 && ratio <= 1) out.prefixRatio = ratio;
+  const maxTokens = integer(get('maxTokens'), 1);
+  if (maxTokens !== undefined) out.maxTokens = maxTokens;
+  const temperature = finiteNumber(get('temperature'));
+  if (temperature !== undefined && temperature >= 0) out.temperature = temperature;
+  const maxItems = integer(get('maxCandidates'), 1);
+  if (maxItems !== undefined) out.maxItems = maxItems;
+  const budget = integer(get('timeBudgetMs'), 1);
+  if (budget !== undefined) out.timeBudgetMs = budget;
+  const order = get('fimOrder');
+  if (order === 'spm' || order === 'psm') out.fimOrder = order;
+  out.enable = languageMap(get('enabledLanguages'));
+  return out;
+}
+
+/** llama.cpp sizing that only applies when the model loads: command-line arguments for the server. */
+export function loadArgs(get: ConfigGetter): string[] {
+  const args: string[] = [];
+  const nCtx = integer(get('nCtx'), 1); // 0: the server's own choice
+  if (nCtx !== undefined) args.push('--n-ctx', String(nCtx));
+  const gpu = integer(get('nGpuLayers'), -1);
+  if (gpu !== undefined && gpu !== 0) args.push('--n-gpu-layers', String(gpu));
+  return args;
+}
+
+/** Settings whose change needs a new server process. */
+export const RESTART_KEYS = ['server', 'nCtx', 'nGpuLayers'] as const;
+
+export function clientSwitches(get: ConfigGetter): ClientSwitches {
+  return { enable: get('enable') !== false, enabledLanguages: languageMap(get('enabledLanguages')) };
+}
+
+/** Whether completions are wanted in a document of `languageId`: its own entry, else `"*"`, else on. */
+export function languageEnabled(languages: Record<string, boolean>, languageId: string): boolean {
+  if (languageId in languages) return languages[languageId] === true;
+  if ('*' in languages) return languages['*'] === true;
+  return true;
+}

@@ -1,0 +1,99 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { RestartPolicy } from '../backoff';
+import { EventCounter, acceptedEvent, describeText, shownEvent } from '../events';
+import { modelLabel, parseModelSpec } from '../modelSpec';
+import { StderrLeveler } from '../logLevel';
+import { parseStatus, renderStatus } from '../status';
+
+test('back-off doubles, caps, gives up, and resets after a stable run', () => {
+  const p = new RestartPolicy({ initialMs: 1000, maxMs: 5000, stableMs: 60000, maxAttempts: 4 });
+  p.started(0);
+  assert.deepEqual([p.crashed(10), p.crashed(20), p.crashed(30), p.crashed(40)], [1000, 2000, 4000, 5000]);
+  assert.equal(p.crashed(50), undefined);
+  p.started(100);
+  assert.equal(p.crashed(100 + 60000), 1000, 'a run that stayed up a minute resets the sequence');
+  p.reset();
+  assert.equal(p.crashed(100 + 60001), 1000);
+});
+
+test('model spec: demo, paths, Hugging Face repo:file', () => {
+  assert.deepEqual(parseModelSpec(' demo '), { kind: 'demo', value: 'demo' });
+  assert.deepEqual(parseModelSpec('/m/codellama-7b.Q4_K_M.gguf'), { kind: 'path', value: '/m/codellama-7b.Q4_K_M.gguf' });
+  assert.deepEqual(parseModelSpec('C:\\models\\x.gguf'), { kind: 'path', value: 'C:\\models\\x.gguf' });
+  assert.deepEqual(parseModelSpec('TheBloke/CodeLlama-7B-GGUF:codellama-7b.Q4_K_M.gguf'), {
+    kind: 'huggingface',
+    value: 'TheBloke/CodeLlama-7B-GGUF:codellama-7b.Q4_K_M.gguf',
+    repo: 'TheBloke/CodeLlama-7B-GGUF',
+    file: 'codellama-7b.Q4_K_M.gguf',
+  });
+  assert.match((parseModelSpec('model.bin') as { error: string }).error, /expected a path ending in \.gguf, got "model\.bin"/);
+  assert.match((parseModelSpec('noslash:x.gguf') as { error: string }).error, /owner\/name/);
+  assert.match((parseModelSpec('a/b:weights.bin') as { error: string }).error, /\.gguf file name/);
+  assert.ok('error' in parseModelSpec('  '));
+  assert.equal(modelLabel('TheBloke/CodeLlama-7B-GGUF:codellama-7b.Q4_K_M.gguf'), 'codellama-7b.Q4_K_M');
+  assert.equal(modelLabel('/a/b/micro.gguf'), 'micro');
+  assert.equal(modelLabel('demo'), 'demo');
+});
+
+test('status: parses what the server sends, tolerates junk', () => {
+  assert.deepEqual(parseStatus({ state: 'ready', model: '/m/x.gguf', lastLatencyMs: 41.6, cachedTokens: 300, extra: 1 }), {
+    state: 'ready',
+    model: '/m/x.gguf',
+    lastLatencyMs: 41.6,
+    cachedTokens: 300,
+  });
+  assert.deepEqual(parseStatus({ state: 'loading', progress: 0.5 }), { state: 'loading', percentage: 50 });
+  assert.deepEqual(parseStatus({ state: 'loading', percentage: 73.2 }), { state: 'loading', percentage: 73 });
+  assert.equal(parseStatus({ state: 'weird' }).state, 'busy');
+  assert.equal(parseStatus(null).state, 'busy');
+  assert.deepEqual(parseStatus({ state: 'ERROR', message: 'expected a GGUF file, got text', lastLatencyMs: 'x' }), {
+    state: 'error',
+    message: 'expected a GGUF file, got text',
+  });
+});
+
+test('status: rendering per state', () => {
+  const ready = renderStatus({ state: 'ready', model: '/m/micro.gguf', lastLatencyMs: 41.6, cachedTokens: 12 }, true);
+  assert.equal(ready.text, '$(sparkle) Code Llama 42 ms');
+  assert.equal(ready.label, 'Code Llama: ready, micro');
+  assert.match(ready.tooltip, /Model: \/m\/micro\.gguf\nLast completion: 42 ms\nCached tokens: 12/);
+  assert.equal(ready.severity, 'normal');
+  const loading = renderStatus({ state: 'loading', percentage: 30 }, true);
+  assert.equal(loading.text, '$(loading~spin) Code Llama 30%');
+  const error = renderStatus({ state: 'error', message: 'expected a GGUF file' }, true);
+  assert.equal(error.severity, 'error');
+  assert.match(error.tooltip, /Server: error \(expected a GGUF file\)/);
+  const off = renderStatus({ state: 'ready' }, false);
+  assert.equal(off.text, '$(circle-slash) Code Llama');
+  assert.equal(off.label, 'Code Llama: disabled');
+  assert.equal(off.severity, 'warning');
+});
+
+test('events: shown carries sizes only; accepted keeps the request, counts add up', () => {
+  assert.deepEqual(describeText('a\nb\r\nc'), { chars: 6, lines: 3 });
+  assert.equal(shownEvent('python', ['', '  '], 5), undefined);
+  const shown = shownEvent('python', ['', 'return x\n'], 12, 'file:///a.py');
+  assert.deepEqual(shown, { kind: 'shown', languageId: 'python', index: 1, candidates: 2, chars: 9, lines: 2, latencyMs: 12, uri: 'file:///a.py' });
+  const accepted = acceptedEvent(shown!, 1, 'return x\n');
+  assert.equal(accepted.kind, 'accepted');
+  assert.equal(accepted.latencyMs, undefined);
+  const counter = new EventCounter();
+  counter.record(shown!);
+  counter.record(shown!);
+  counter.record(accepted);
+  assert.equal(counter.shown, 2);
+  assert.equal(counter.accepted, 1);
+  assert.equal(counter.acceptanceRate, 0.5);
+});
+
+test('stderr lines keep the level the server logged them at', () => {
+  const l = new StderrLeveler();
+  assert.equal(l.level('2026-11-22 04:36:45 INFO lsp_server.server: model loaded in 120 ms'), 'info');
+  assert.equal(l.level('2026-11-22 04:36:45 WARNING lsp_server.config: unknown setting'), 'warn');
+  assert.equal(l.level('  continued message'), 'warn');
+  assert.equal(l.level('Traceback (most recent call last):'), 'error');
+  assert.equal(l.level('  File "x.py", line 1'), 'error');
+  assert.equal(l.level('DEBUG:pygls.protocol:Sending data'), 'debug');
+  assert.equal(l.level(`INFO ${'x'.repeat(100)} ERROR late in the message`), 'info');
+});

@@ -1,0 +1,84 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { launchSpec, LaunchError } from '../launch';
+import { clientSwitches, languageEnabled, serverSettings } from '../settings';
+
+const getter = (values: Record<string, unknown>) => (key: string) => values[key];
+
+test('server settings: defaults leave the choice to the server', () => {
+  const s = serverSettings(getter({}));
+  assert.equal(s.model, 'demo');
+  assert.equal(s.contextTokens, undefined);
+  assert.deepEqual(s.enable, { '*': true, plaintext: false, markdown: false, scminput: false });
+});
+
+test('server settings: every setting is sent camelCase and typed', () => {
+  const s = serverSettings(
+    getter({
+      model: ' /models/codellama-7b.Q4_K_M.gguf ',
+      nCtx: 4096,
+      contextTokens: 1024,
+      prefixRatio: 0.5,
+      maxTokens: 32,
+      temperature: 0.2,
+      maxCandidates: 4,
+      timeBudgetMs: 800,
+      fimOrder: 'psm',
+      enabledLanguages: { '*': false, python: true },
+      nGpuLayers: -1,
+    }),
+  );
+  // The server's wire names (lsp_server/config.py); load-time sizes are not among them.
+  assert.deepEqual(s, {
+    model: '/models/codellama-7b.Q4_K_M.gguf',
+    contextTokens: 1024,
+    prefixRatio: 0.5,
+    maxTokens: 32,
+    temperature: 0.2,
+    maxItems: 4,
+    timeBudgetMs: 800,
+    fimOrder: 'psm',
+    enable: { '*': false, python: true },
+  });
+});
+
+test('server settings: wrongly typed values are dropped, not sent', () => {
+  const s = serverSettings(getter({ contextTokens: 8, prefixRatio: 2, maxTokens: 'many', temperature: -1, fimOrder: 'mps', enabledLanguages: { python: 'yes', go: true } }));
+  assert.deepEqual(s, { model: 'demo', enable: { go: true } });
+});
+
+test('per-language enablement: own entry, then "*", then on', () => {
+  assert.equal(languageEnabled({ '*': false, python: true }, 'python'), true);
+  assert.equal(languageEnabled({ '*': false, python: true }, 'rust'), false);
+  assert.equal(languageEnabled({ markdown: false }, 'markdown'), false);
+  assert.equal(languageEnabled({}, 'go'), true);
+  assert.equal(clientSwitches(getter({ enable: false })).enable, false);
+  assert.equal(clientSwitches(getter({})).enable, true);
+});
+
+test('launch: default command gets --stdio and extra args', () => {
+  const spec = launchSpec(getter({ 'server.extraArgs': ['--kv-type', 'q8_0'], 'server.env': { HF_HUB_OFFLINE: '1', BAD: 3 } }), { PATH: '/bin', UNSET: undefined });
+  assert.equal(spec.command, 'codellama-lsp');
+  assert.deepEqual(spec.args, ['--stdio', '--kv-type', 'q8_0']);
+  assert.equal(spec.env.HF_HUB_OFFLINE, '1');
+  assert.equal(spec.env.PATH, '/bin');
+  assert.equal(spec.env.PYTHONUNBUFFERED, '1');
+  assert.equal('BAD' in spec.env, false);
+  assert.equal('UNSET' in spec.env, false);
+});
+
+test('launch: context size and GPU layers become server arguments', () => {
+  assert.deepEqual(launchSpec(getter({ nCtx: 8192, nGpuLayers: -1, 'server.extraArgs': ['-v'] }), {}).args, ['--stdio', '--n-ctx', '8192', '--n-gpu-layers', '-1', '-v']);
+  assert.deepEqual(launchSpec(getter({ nCtx: 0, nGpuLayers: 0 }), {}).args, ['--stdio'], '0 leaves the choice to the server');
+});
+
+test('launch: a Python interpreter wins over the command', () => {
+  const spec = launchSpec(getter({ 'server.pythonPath': '/venv/bin/python', 'server.command': ['x'] }), {});
+  assert.equal(spec.command, '/venv/bin/python');
+  assert.deepEqual(spec.args, ['-m', 'lsp_server', '--stdio']);
+});
+
+test('launch: a command that already says --stdio is not doubled; an empty one is an error', () => {
+  assert.deepEqual(launchSpec(getter({ 'server.command': ['/opt/bin/codellama-lsp', '--stdio', '-v'] }), {}).args, ['--stdio', '-v']);
+  assert.throws(() => launchSpec(getter({ 'server.command': ['  '] }), {}), LaunchError);
+});
