@@ -15,6 +15,7 @@ changed while the model was running, so stale text never reaches the editor.
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
 import re
@@ -34,6 +35,7 @@ from .engines.llama_cpp import EngineOptions, LlamaCppEngine
 log = logging.getLogger(__name__)
 
 STATUS = "codellama/status"
+EVENT = "codellama/event"  # client -> server: {kind: "shown" | "accepted", languageId?}; counted locally only
 _WORD_BEFORE = re.compile(r"\w+\Z")
 VERSION = "0.1.0"
 
@@ -58,6 +60,9 @@ class CodeLlamaServer(LanguageServer):
         self._loaded_model: str | None = None
         self._load_generation = 0
         self._load_task: asyncio.Task[None] | None = None
+        self._loading_spec: str | None = None  # the model spec the newest load task is loading
+        self._load_lock: asyncio.Lock | None = None  # one load at a time (created on the event loop)
+        self.events: collections.Counter[tuple[str, str]] = collections.Counter()  # (kind, language) -> count
         self._ids = itertools.count(1)
         self._inflight = 0  # completion requests awaiting the engine ("busy" while > 0)
 
@@ -70,6 +75,8 @@ class CodeLlamaServer(LanguageServer):
             "lastLatencyMs": None if self.last_latency_ms is None else round(self.last_latency_ms, 1),
             "cachedTokens": self.engine.cached_tokens if self.engine else 0,
             "lastOverheadMs": None if self.overhead_ms is None else round(self.overhead_ms, 3),
+            "shown": sum(n for (kind, _), n in self.events.items() if kind == "shown"),
+            "accepted": sum(n for (kind, _), n in self.events.items() if kind == "accepted"),
         }
         if message:
             params["message"] = message
@@ -85,14 +92,29 @@ class CodeLlamaServer(LanguageServer):
         for p in problems:
             log.warning("settings: %s", p)
             self.show(types.MessageType.Warning, p)
-        if self.settings.model != self._loaded_model or self.engine is None:
-            self.start_loading()
+        if self.settings.model == self._loaded_model and self.engine is not None:
+            return
+        loading = self._load_task is not None and not self._load_task.done()
+        if loading and self._loading_spec == self.settings.model:
+            return  # that very model is loading already; a second load would only compete with it
+        self.start_loading()
 
     def start_loading(self) -> None:
         self._load_generation += 1
+        self._loading_spec = self.settings.model
         self._load_task = asyncio.get_running_loop().create_task(self._load(self._load_generation, self.settings.model))
 
     async def _load(self, generation: int, spec: str) -> None:
+        # Loads run one after another: two llama.cpp models initialising at once on two threads only
+        # slow each other down (and a superseded load is skipped once the lock is ours).
+        if self._load_lock is None:
+            self._load_lock = asyncio.Lock()
+        async with self._load_lock:
+            if generation != self._load_generation:
+                return
+            await self._load_locked(generation, spec)
+
+    async def _load_locked(self, generation: int, spec: str) -> None:
         token = f"codellama-load-{generation}"
         self.send_status("loading", f"loading {spec}")
         progress = await self._progress_begin(token, f"Loading {spec}")
@@ -279,6 +301,14 @@ def create_server(options: ServerOptions = ServerOptions()) -> CodeLlamaServer:
             sort_text="0",
         )
         return types.CompletionList(is_incomplete=True, items=[item])
+
+    @server.feature(EVENT)
+    def on_event(ls: CodeLlamaServer, params: Any) -> None:
+        # Local statistics only: nothing is sent anywhere. The totals ride along in codellama/status.
+        kind = str(getattr(params, "kind", None) or "unknown")
+        language = str(getattr(params, "languageId", None) or getattr(params, "language_id", None) or "unknown")
+        ls.events[(kind, language)] += 1
+        log.debug("event %s (%s): %d so far", kind, language, ls.events[(kind, language)])
 
     @server.feature(types.SHUTDOWN)
     async def on_shutdown(ls: CodeLlamaServer, *_args: Any) -> None:

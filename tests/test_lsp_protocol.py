@@ -229,3 +229,30 @@ def test_cli_complete_one_shot(lsp_random_gguf: Path, tmp_path: Path) -> None:
     bad = subprocess.run([*cmd[:-4], "--model", str(tmp_path / "nope.gguf")], capture_output=True, text=True, env=server_env(), timeout=120)
     assert bad.returncode == 2 and bad.stdout == ""
     assert "expected a GGUF model file" in bad.stderr
+
+
+async def test_settings_during_first_load_do_not_start_a_second_load(lsp_random_gguf: Path) -> None:
+    # Neovim sends workspace/didChangeConfiguration right after `initialized`, while the model loads.
+    async with lsp_session(lsp_random_gguf, wait_ready=False) as client:
+        for _ in range(3):
+            client.workspace_did_change_configuration(
+                types.DidChangeConfigurationParams(settings={"model": str(lsp_random_gguf), "maxTokens": 8})
+            )
+        ready = await client.status.wait_for({"ready", "error"})
+        assert ready["state"] == "ready", ready
+        open_doc(client, URI, CODE)
+        await inline(client, URI, 4, 4)
+        loads = [s for s in client.status.items if s["state"] == "loading"]
+        assert len(loads) == 1, client.status.items
+
+
+async def test_shown_and_accepted_events_are_counted_locally(lsp_random_gguf: Path) -> None:
+    async with lsp_session(lsp_random_gguf) as client:
+        open_doc(client, URI, CODE)
+        client.protocol.notify("codellama/event", {"kind": "shown", "languageId": "python", "chars": 5, "lines": 1})
+        client.protocol.notify("codellama/event", {"kind": "shown", "languageId": "python", "chars": 3, "lines": 1})
+        client.protocol.notify("codellama/event", {"kind": "accepted", "languageId": "python", "chars": 3, "lines": 1})
+        mark = len(client.status.items)
+        await inline(client, URI, 4, 4)  # ordered after the notifications; its status carries the totals
+        status = await client.status.wait_for({"ready"}, after=mark)
+        assert (status["shown"], status["accepted"]) == (2, 1), status
