@@ -13,7 +13,14 @@ How a request runs on the worker:
 3. KV reuse: the context still holds the tokens the previous request evaluated (prompt and generated
    tokens). The longest common prefix of those and the new prompt is kept; only the rest is evaluated.
    With SPM and anchored windows, typing one character re-evaluates a few tokens at the end of the prefix.
-4. Generation: greedy (or temperature sampling for extra items), one token at a time. Between tokens, and
+4. Token healing (SPM and prefix-only prompts, where the prefix ends the prompt): the prefix's last tokens
+   (up to ``MAX_HEAL``, while some vocabulary token starts with their text) are taken off the prompt, and
+   generation is constrained until its output covers their text (a token that starts with all of what is
+   left, or spells a first part of it). The cursor often
+   sits inside what the model saw as one token in training (after "negati" of "negative", or after the
+   space of " total", which SentencePiece attaches to the next word); a prompt that ends on such a
+   fragment is one the model never saw, and it answers badly. The healed text is removed from the output.
+5. Generation: greedy (or temperature sampling for extra items), one token at a time. Between tokens, and
    between prompt chunks, the worker checks whether the job was cancelled or superseded and whether its
    time budget is spent; it stops at EOT/EOS, at ``maxTokens`` or when the caller's stop rule fires.
 
@@ -24,6 +31,7 @@ tokens that made it into the KV cache count for the next request's common prefix
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import ctypes
 import logging
@@ -44,6 +52,7 @@ log = logging.getLogger(__name__)
 
 MAX_DEFAULT_CTX = 4096  # a 7B model's f16 KV cache at 16k tokens is about 8 GiB; ask for more explicitly
 PROMPT_CHUNK = 128  # tokens per llama_decode call while evaluating a prompt (a cancellation point)
+MAX_HEAL = 3  # prompt tokens token healing may take back at the cursor
 ALT_TEMPERATURE = 0.7  # for the extra items of an explicitly invoked completion
 KV_TYPES = {"f16": 1, "q8_0": 8}  # ggml_type ids
 
@@ -160,6 +169,15 @@ class LlamaCppEngine:
             lambda t: len(self.encode(t)), lambda t: len(self.encode_infill(t)), count_line=lambda t: len(self._tokenize(t))
         )
         self._tokens: list[int] = []  # what the KV cache holds, position by position
+        # every token's text, for token healing (control tokens have none, so they never qualify)
+        self._pieces = [self._piece_bytes([t]) for t in range(self._n_vocab)]
+        self._heal_memo: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        order = sorted((b, t) for t, b in enumerate(self._pieces) if b)
+        self._sorted_pieces = [b for b, _ in order]
+        self._sorted_ids = [t for _, t in order]
+        self._piece_ids: dict[bytes, np.ndarray] = {}
+        for b, t in order:
+            self._piece_ids[b] = np.append(self._piece_ids.get(b, np.empty(0, dtype=np.int64)), t)
         # llama.cpp sets up its compute graphs and thread pool on the first decode (~0.4 s even for a tiny
         # model): pay that here, before "ready", with the two batch shapes requests use
         warm = [self.bos if self.bos is not None else 0] * min(PROMPT_CHUNK, max(1, self.info.n_ctx // 2))
@@ -313,6 +331,12 @@ class LlamaCppEngine:
             prompt = fim.prompt_tokens(ctx, self, self.fim_ids, s.fim_order)
         else:
             prompt = fim.prefix_only_tokens(ctx, self, self.bos)
+        heal = b""
+        if self.fim_ids is None or s.fim_order is fim.FimOrder.SPM:  # the prefix ends the prompt
+            k = self._heal_length(prompt, len(self.encode(ctx.prefix)))
+            if k:
+                heal = b"".join(self._pieces[t] for t in prompt[-k:])
+                prompt = prompt[:-k]
         t1 = time.perf_counter()
         result = CompletionResult(texts=[], stop="eot", context=ctx, prompt_tokens=len(prompt), context_ms=(t1 - t0) * 1e3)
 
@@ -331,7 +355,9 @@ class LlamaCppEngine:
                 # back to the end of the prompt; re-run its last token to get its logits again
                 self._truncate(len(prompt) - 1)
                 self._eval(prompt[-1:])
-            text, stop_i, n_gen = self._generate(job, max_new, deadline, 0.0 if i == 0 else ALT_TEMPERATURE, s.temperature, req.stop_rule)
+            text, stop_i, n_gen = self._generate(
+                job, max_new, deadline, 0.0 if i == 0 else ALT_TEMPERATURE, s.temperature, req.stop_rule, heal
+            )
             result.generated_tokens += n_gen
             if i == 0:
                 result.stop = stop_i
@@ -387,8 +413,43 @@ class LlamaCppEngine:
             result.evaluated_tokens += len(chunk)
         return None
 
-    def _sample(self, temperature: float) -> int:
+    def _heal_length(self, prompt: list[int], n_prefix: int) -> int:
+        """How many of the prompt's last tokens (all from the prefix, at least one kept) to take back: the
+        longest tail, up to MAX_HEAL tokens, whose text some single token of the vocabulary starts with."""
+        best = 0
+        for k in range(1, min(MAX_HEAL, n_prefix - 1) + 1):
+            text = b"".join(self._pieces[t] for t in prompt[-k:])
+            if b"\n" in text or not self._healing_tokens(text).size:
+                break
+            best = k
+        return best
+
+    def _healing_choices(self, pending: bytes) -> np.ndarray:
+        """Tokens that may come next while ``pending`` healed text is not yet covered: those that start
+        with all of it, or that spell a first part of it (the model may re-tokenize it its own way)."""
+        parts = [self._piece_ids[pending[:i]] for i in range(1, len(pending)) if pending[:i] in self._piece_ids]
+        return np.concatenate([self._healing_tokens(pending), *parts]) if parts else self._healing_tokens(pending)
+
+    def _healing_tokens(self, heal: bytes) -> np.ndarray:
+        """Ids of the tokens whose text starts with ``heal`` (a contiguous run of the sorted texts)."""
+        ids = self._heal_memo.get(heal)
+        if ids is None:
+            i = bisect.bisect_left(self._sorted_pieces, heal)
+            j = i
+            while j < len(self._sorted_pieces) and self._sorted_pieces[j].startswith(heal):
+                j += 1
+            ids = np.asarray(self._sorted_ids[i:j], dtype=np.int64)
+            self._heal_memo[heal] = ids
+            if len(self._heal_memo) > 64:
+                self._heal_memo.popitem(last=False)
+        return ids
+
+    def _sample(self, temperature: float, allowed: np.ndarray | None = None) -> int:
         logits = np.ctypeslib.as_array(self._llm._ctx.get_logits(), shape=(self._n_vocab,))
+        if allowed is not None:
+            masked = np.full(self._n_vocab, -np.inf, dtype=np.float32)
+            masked[allowed] = logits[allowed]
+            logits = masked
         if temperature <= 0.0:
             return int(np.argmax(logits))
         z = logits.astype(np.float64) / temperature
@@ -398,7 +459,8 @@ class LlamaCppEngine:
         return int(top[self._rng.choice(top.size, p=p)])
 
     def _generate(
-        self, job: Job, max_new: int, deadline: float, alt_temp: float, temperature: float, stop_rule: object
+        self, job: Job, max_new: int, deadline: float, alt_temp: float, temperature: float, stop_rule: object,
+        heal: bytes = b"",
     ) -> tuple[str, Stop, int]:
         out: list[int] = []
         raw = b""
@@ -406,13 +468,16 @@ class LlamaCppEngine:
         rule: Callable[[str], bool] | None = stop_rule if callable(stop_rule) else None
         room = self.info.n_ctx - len(self._tokens)
         stop: Stop = "length"
+        pending = heal  # healed text the output has not covered yet
         for _ in range(min(max_new, room)):
-            tok = self._sample(temp)
+            tok = self._sample(temp, self._healing_choices(pending) if pending else None)
+            piece = self._pieces[tok]
+            pending = b"" if piece.startswith(pending) else pending[len(piece) :]
             if self._lc.llama_vocab_is_eog(self._vocab, tok) or (self.fim_ids is not None and tok == self.fim_ids.eot):
                 stop = "eot"
                 break
             out.append(tok)
-            raw = self._piece_bytes(out)
+            raw = self._piece_bytes(out)[len(heal) :]
             if rule is not None and rule(raw.decode("utf-8", errors="ignore")):
                 stop = "rule"
                 break
