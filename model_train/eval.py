@@ -12,8 +12,9 @@ window).
   generate until EOT or the first newline (at most 64 tokens); the prediction is the decoded middle up
   to its first newline.
 - ``next_line``: no suffix; ``[BOS] + enc(prefix)``; generate until the first newline.
-A prediction scores when it equals the removed line exactly (indentation included). Baselines on the
-same cases: ``empty`` (predict nothing - always wrong, since the lines are non-blank) and
+A prediction scores when it equals the removed line exactly (indentation included); a softer score,
+edit similarity (``difflib.SequenceMatcher`` ratio of prediction and line, 0..1, averaged), shows progress
+below exact match. Baselines on the same cases: ``empty`` (predict nothing - always wrong, since the lines are non-blank) and
 ``previous_line`` (repeat the closest non-blank line above).
 
 Long context (PyTorch forward pass on the checkpoints): windows of 4 x L tokens (L = the stage-1
@@ -25,6 +26,7 @@ rope_theta 1e4) and after LCFT (rope_theta 1e6).
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import logging
 import math
@@ -111,6 +113,7 @@ def line_tasks(cases: list[Case], codec: Codec, gen: Generator) -> dict:
     """Exact-match rates of FIM (PSM, SPM) and next-line completion, with the two baselines."""
     stop = {codec.eot_id, codec.eos_id}
     hits = {"fim_psm": 0, "fim_spm": 0, "next_line": 0, "empty": 0, "previous_line": 0}
+    sims = dict.fromkeys(hits, 0.0)
     examples = []
     t0 = time.time()
     for n, c in enumerate(cases):
@@ -126,6 +129,7 @@ def line_tasks(cases: list[Case], codec: Codec, gen: Generator) -> dict:
         preds["previous_line"] = c.previous_line
         for k, v in preds.items():
             hits[k] += v == c.line
+            sims[k] += difflib.SequenceMatcher(None, v, c.line, autojunk=False).ratio()
         if n < 12:
             examples.append({"path": c.path, "line_no": c.line_no, "line": c.line} | preds)
         if (n + 1) % 100 == 0:
@@ -133,6 +137,7 @@ def line_tasks(cases: list[Case], codec: Codec, gen: Generator) -> dict:
     return {
         "cases": len(cases),
         "exact_match": {k: round(v / len(cases), 4) for k, v in hits.items()},
+        "edit_similarity": {k: round(v / len(cases), 4) for k, v in sims.items()},
         "seconds": round(time.time() - t0, 1),
         "examples": examples,
     }
@@ -195,10 +200,12 @@ def evaluate(ckpt: Path, gguf: Path | None, stage1: Path | None, n_cases: int, s
 def markdown(report: dict) -> str:
     em = report["line_tasks"]["exact_match"]
     n = report["line_tasks"]["cases"]
-    rows = [f"| task ({n} held-out lines) | exact match |", "| --- | --- |"]
+    es = report["line_tasks"].get("edit_similarity", {})
+    rows = [f"| task ({n} held-out lines) | exact match | edit similarity |", "| --- | --- | --- |"]
     names = {"fim_psm": "infilling, PSM", "fim_spm": "infilling, SPM", "next_line": "next line, no suffix",
              "empty": "baseline: empty completion", "previous_line": "baseline: previous line repeated"}
-    rows += [f"| {names[k]} | {100 * em[k]:.1f}% |" for k in names]
+    rows += [f"| {names[k]} | {100 * em[k]:.1f}% | {es[k]:.3f} |" if k in es else f"| {names[k]} | {100 * em[k]:.1f}% | |"
+             for k in names]
     lc = report["long_context"]
     rows += ["", "| held-out perplexity | context L | context 4L |", "| --- | --- | --- |"]
     for k in ("before_lcft", "after_lcft"):
