@@ -79,6 +79,7 @@ def ship(ckpt: Path, eval_report: Path, out_dir: Path = DEMO_DIR, outtype: str =
         "checkpoint_sha256": train_log["checkpoint_sha256"],
         "heldout_scores": {
             "exact_match": report["line_tasks"]["exact_match"],
+            "edit_similarity": report["line_tasks"].get("edit_similarity"),
             "cases": report["line_tasks"]["cases"],
             "long_context_perplexity": report["long_context"],
         },

@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CTX = 512
 DEFAULT_CHUNKS = 40  # 40 * 511 = 20,440 scored tokens
+# A position whose reference top-1 and top-2 log-probabilities are closer than this is a near-tie: any
+# rounding may swap them, so agreement is also reported on the positions the reference is decided about.
+NEAR_TIE_NATS = 0.05
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,8 @@ class Quality:
     ppl_candidate: float
     ppl_ratio: float
     top1_agreement: float  # fraction in [0, 1]
+    near_tie_share: float  # fraction of positions where the reference's top-2 margin < NEAR_TIE_NATS
+    top1_agreement_decided: float  # agreement on the other positions
     reference_size: int
     candidate_size: int
     reference_bpw: float
@@ -151,7 +156,7 @@ def compare(reference: Reference, candidate_path: str | os.PathLike[str], *, thr
     info = read_info(cand)
     kld_parts: list[np.ndarray] = []
     nll_ref = nll_cand = 0.0
-    agree = total = 0
+    agree = total = ties = agree_decided = 0
     t0 = time.perf_counter()
     with open_session(cand, n_ctx=reference.n_ctx, threads=threads) as s:
         if s.n_vocab != reference.n_vocab:
@@ -165,7 +170,12 @@ def compare(reference: Reference, candidate_path: str | os.PathLike[str], *, thr
             kld_parts.append(np.einsum("ij,ij->i", np.exp(lp_r), lp_r - lp_c))
             nll_ref -= float(lp_r[rows, targets].sum())
             nll_cand -= float(lp_c[rows, targets].sum())
-            agree += int((lp_r.argmax(axis=1) == lp_c.argmax(axis=1)).sum())
+            same = lp_r.argmax(axis=1) == lp_c.argmax(axis=1)
+            top2 = np.partition(lp_r, -2, axis=1)[:, -2:]
+            decided = (top2[:, 1] - top2[:, 0]) >= NEAR_TIE_NATS
+            agree += int(same.sum())
+            ties += int((~decided).sum())
+            agree_decided += int((same & decided).sum())
             total += len(targets)
     kld = np.concatenate(kld_parts)
     ppl_r = math.exp(nll_ref / total)
@@ -187,6 +197,8 @@ def compare(reference: Reference, candidate_path: str | os.PathLike[str], *, thr
         ppl_candidate=ppl_c,
         ppl_ratio=ppl_c / ppl_r,
         top1_agreement=agree / total,
+        near_tie_share=ties / total,
+        top1_agreement_decided=agree_decided / (total - ties) if total > ties else 1.0,
         reference_size=reference.info.file_size,
         candidate_size=info.file_size,
         reference_bpw=reference.info.bits_per_weight,
@@ -223,16 +235,17 @@ def format_table(results: list[Quality]) -> str:
         f"corpus: {q0.corpus}\nscored: {q0.tokens} tokens ({q0.chunks} chunks of {q0.n_ctx})\n\n"
     )
     lines = [
-        "| type | size | bpw | KLD mean | KLD p99 | KLD max | PPL | PPL ratio | top-1 agree |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| type | size | bpw | KLD mean | KLD p99 | KLD max | PPL | PPL ratio | top-1 agree | top-1, no near-tie |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for q in results:
         lines.append(
             f"| {q.candidate_type} | {_mib(q.candidate_size)} | {q.candidate_bpw:.2f} | "
             f"{q.kld_mean:.6f} ± {q.kld_stderr:.6f} | {q.kld_p99:.5f} | {q.kld_max:.4f} | {q.ppl_candidate:.4f} | "
-            f"{q.ppl_ratio:.4f} | {100 * q.top1_agreement:.2f} % |"
+            f"{q.ppl_ratio:.4f} | {100 * q.top1_agreement:.2f} % | {100 * q.top1_agreement_decided:.2f} % |"
         )
-    return head + "\n".join(lines) + "\n"
+    tie = f"\nnear-ties (reference top-2 margin < {NEAR_TIE_NATS} nats): {100 * q0.near_tie_share:.2f} % of positions\n"
+    return head + "\n".join(lines) + "\n" + tie
 
 
 def main(argv: list[str] | None = None) -> int:
