@@ -73,8 +73,9 @@ async def complete(
     t2 = time.perf_counter()
     suffix = result.context.suffix if result.context else cur.line_suffix
     texts: list[str] = []
+    truncated = result.stop in ("length", "time")
     for raw in result.texts:
-        cleaned = postprocess.clean(raw, cur.line_prefix, cur.line_suffix, suffix)
+        cleaned = postprocess.clean(raw, cur.line_prefix, cur.line_suffix, suffix, truncated=truncated)
         if cleaned is not None and cleaned not in texts:
             texts.append(cleaned)
     if result.stop not in ("cancelled", "superseded"):

@@ -11,10 +11,13 @@ Rules, in order:
    completing inside an expression, and a newline would split their line.
 3. Otherwise keep whole lines while they stay inside the cursor's block: stop at the first non-blank
    line indented less than the cursor line (tabs count as 4 columns, like the editor default).
-4. Drop what duplicates the suffix: a completion line equal to the first non-blank line after the
+4. A multi-line completion whose generation was cut off (token limit or time budget) ends in a partial
+   line (``return os.path.``): drop that line when complete lines come before it, as ghost text that
+   stops mid-expression is worse than one line less.
+5. Drop what duplicates the suffix: a completion line equal to the first non-blank line after the
    cursor line (the model re-typing existing code), and characters at the end that repeat the start of
    the text after the cursor (a closing bracket that is already there).
-5. Never return whitespace-only text.
+6. Never return whitespace-only text.
 """
 
 from __future__ import annotations
@@ -36,8 +39,11 @@ def _overlap(text: str, following: str) -> int:
     return 0
 
 
-def clean(raw: str, line_prefix: str, line_suffix: str, suffix: str) -> str | None:
-    """Apply the module's rules to ``raw``; ``suffix`` starts at the cursor (so it begins with line_suffix)."""
+def clean(raw: str, line_prefix: str, line_suffix: str, suffix: str, truncated: bool = False) -> str | None:
+    """Apply the module's rules to ``raw``; ``suffix`` starts at the cursor (so it begins with line_suffix).
+
+    ``truncated``: generation stopped at the token limit or the time budget, not at EOT or a rule.
+    """
     text = raw
     cut = text.find(EOT_TEXT)
     if cut >= 0:
@@ -52,13 +58,15 @@ def clean(raw: str, line_prefix: str, line_suffix: str, suffix: str) -> str | No
     after_cursor_line = suffix[len(line_suffix) :].lstrip("\n")
     next_code = next((ln for ln in after_cursor_line.split("\n") if ln.strip()), "")
     kept = [lines[0]]
+    cut_short = truncated  # does the last kept line end where generation was cut off?
     for ln in lines[1:]:
         if ln.strip():
-            if indent(ln) < base:
-                break
-            if next_code and ln.rstrip() == next_code.rstrip():
+            if indent(ln) < base or (next_code and ln.rstrip() == next_code.rstrip()):
+                cut_short = False
                 break
         kept.append(ln)
+    if cut_short and len(kept) > 1 and kept[-1].strip():
+        kept.pop()
     text = "\n".join(kept).rstrip()
     if not text.strip():
         return None

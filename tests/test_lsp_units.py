@@ -121,6 +121,20 @@ def test_drops_line_that_repeats_the_suffix() -> None:
     assert postprocess.clean(raw, "", "", "\n    return x\n") == "    x = 1"
 
 
+def test_cut_off_generation_drops_the_partial_last_line() -> None:
+    raw = "if os.path.isfile(path):\n        return os.path.join(root, os.path."
+    assert postprocess.clean(raw, "    ", "", "\n", truncated=True) == "if os.path.isfile(path):"
+    # Not cut off (EOT or a rule): the last line is whole and stays.
+    assert postprocess.clean(raw, "    ", "", "\n") == raw
+    # A single line is all there is: keep it rather than nothing.
+    assert postprocess.clean("return os.path.", "    ", "", "\n", truncated=True) == "return os.path."
+    # The block ended before the cut: the kept lines are whole.
+    raw = "x = 1\nprint(x)\ny = os.pa"
+    assert postprocess.clean(raw, "    ", "", "\n", truncated=True) == "x = 1"
+    # Trailing newline: the line before it is complete.
+    assert postprocess.clean("a = 1\nb = 2\n", "", "", "\n", truncated=True) == "a = 1\nb = 2"
+
+
 def test_eot_text_and_whitespace_only() -> None:
     assert postprocess.clean("foo()<EOT>bar", "", "", "") == "foo()"
     assert postprocess.clean("   \n  ", "", "", "") is None
