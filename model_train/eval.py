@@ -200,12 +200,11 @@ def evaluate(ckpt: Path, gguf: Path | None, stage1: Path | None, n_cases: int, s
 def markdown(report: dict) -> str:
     em = report["line_tasks"]["exact_match"]
     n = report["line_tasks"]["cases"]
-    es = report["line_tasks"].get("edit_similarity", {})
+    es = report["line_tasks"]["edit_similarity"]
     rows = [f"| task ({n} held-out lines) | exact match | edit similarity |", "| --- | --- | --- |"]
     names = {"fim_psm": "infilling, PSM", "fim_spm": "infilling, SPM", "next_line": "next line, no suffix",
              "empty": "baseline: empty completion", "previous_line": "baseline: previous line repeated"}
-    rows += [f"| {names[k]} | {100 * em[k]:.1f}% | {es[k]:.3f} |" if k in es else f"| {names[k]} | {100 * em[k]:.1f}% | |"
-             for k in names]
+    rows += [f"| {names[k]} | {100 * em[k]:.1f}% | {es[k]:.3f} |" for k in names]
     lc = report["long_context"]
     rows += ["", "| held-out perplexity | context L | context 4L |", "| --- | --- | --- |"]
     for k in ("before_lcft", "after_lcft"):

@@ -103,7 +103,8 @@ def log_softmax64(logits: np.ndarray) -> np.ndarray:
 class Reference:
     """The reference model's logits over the corpus chunks (see :func:`reference_run`)."""
 
-    def __init__(self, path: Path, info: GGUFInfo, chunks: list[list[int]], logits: np.memmap, corpus: str, n_ctx: int):
+    def __init__(self, path: Path, info: GGUFInfo, chunks: list[list[int]], logits: np.memmap, corpus: str, n_ctx: int,
+                 decided: np.ndarray):
         self.path = path
         self.info = info
         self.chunks = chunks
@@ -111,6 +112,7 @@ class Reference:
         self.corpus = corpus
         self.n_ctx = n_ctx
         self.n_vocab = logits.shape[-1]
+        self.decided = decided  # (n_chunks, n_ctx) bool: top-2 margin >= NEAR_TIE_NATS (not a near-tie)
 
 
 def _chunks(tokens: list[int], bos: int, n_ctx: int, n_chunks: int) -> list[list[int]]:
@@ -142,11 +144,16 @@ def reference_run(
             store = np.lib.format.open_memmap(
                 Path(tmpdir) / "ref.npy", mode="w+", dtype=np.float32, shape=(len(chunks), n_ctx, s.n_vocab)
             )
+            decided = np.empty((len(chunks), n_ctx), dtype=bool)
             t0 = time.perf_counter()
             for i, chunk in enumerate(chunks):
-                store[i] = s.logits(chunk)
+                store[i] = logits = s.logits(chunk)
+                # A property of the reference alone, so computed once here; logit differences equal
+                # log-probability differences (the softmax normaliser cancels).
+                top2 = np.partition(logits, -2, axis=1)[:, -2:].astype(np.float64)
+                decided[i] = (top2[:, 1] - top2[:, 0]) >= NEAR_TIE_NATS
             log.info("reference %s: %d chunks in %.1f s", ref.name, len(chunks), time.perf_counter() - t0)
-        yield Reference(ref, info, chunks, store, corpus_name, n_ctx)
+        yield Reference(ref, info, chunks, store, corpus_name, n_ctx, decided)
         del store
 
 
@@ -171,8 +178,7 @@ def compare(reference: Reference, candidate_path: str | os.PathLike[str], *, thr
             nll_ref -= float(lp_r[rows, targets].sum())
             nll_cand -= float(lp_c[rows, targets].sum())
             same = lp_r.argmax(axis=1) == lp_c.argmax(axis=1)
-            top2 = np.partition(lp_r, -2, axis=1)[:, -2:]
-            decided = (top2[:, 1] - top2[:, 0]) >= NEAR_TIE_NATS
+            decided = reference.decided[i, : len(targets)]
             agree += int(same.sum())
             ties += int((~decided).sum())
             agree_decided += int((same & decided).sum())

@@ -21,6 +21,7 @@ import pytest
 
 from model_train.tokenizer import fim_ids
 from quantize.quantize import quantize_file
+from tests.fixtures.gguf_fields import field
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "lsp_server" / "models" / "demo"
@@ -34,12 +35,6 @@ def manifest() -> dict:
 @pytest.fixture(scope="module")
 def reader(manifest) -> gguf.GGUFReader:
     return gguf.GGUFReader(DEMO / manifest["gguf"])
-
-
-def field(r: gguf.GGUFReader, key: str):
-    f = r.get_field(key)
-    assert f is not None, f"expected key {key} in the demo GGUF, got none"
-    return f.contents()
 
 
 def test_manifest_describes_the_shipped_file(manifest):

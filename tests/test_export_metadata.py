@@ -17,14 +17,9 @@ import torch
 from model_export.convert import convert, default_context_length
 from model_train.tokenizer import fim_ids
 from tests.fixtures.checkpoints import TINY
+from tests.fixtures.gguf_fields import field
 
 ARCH = "llama"
-
-
-def field(reader: gguf.GGUFReader, key: str):
-    f = reader.get_field(key)
-    assert f is not None, f"expected key {key} in the GGUF, got none"
-    return f.contents()
 
 
 def llama_key(key: str) -> str:
