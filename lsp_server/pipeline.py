@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
-from . import postprocess
+from . import postprocess, syntax
 from .cache import TypeThroughCache
 from .config import Settings
 from .context import Cursor, cursor
@@ -32,17 +32,11 @@ class Completion:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def stop_rule(cur: Cursor):
-    """Stop generating once ``postprocess.clean`` would cut what follows anyway."""
-    mid_line = bool(cur.line_suffix.strip())
-    base = postprocess.indent(cur.line_prefix)
+def stop_rule(cur: Cursor, info: syntax.SyntaxInfo | None = None, rules: frozenset[str] = postprocess.RULES):
+    """Stop generating once ``postprocess.clean`` would cut what follows anyway (``postprocess.end``)."""
 
     def rule(raw: str) -> bool:
-        if mid_line:
-            return "\n" in raw
-        # a line after the first that leaves the cursor's block (its indentation is known as soon as it
-        # has a non-blank character)
-        return any(ln.strip() and postprocess.indent(ln) < base for ln in raw.split("\n")[1:])
+        return postprocess.end(raw, cur.line_prefix, cur.line_suffix, info, rules) is not None
 
     return rule
 
@@ -62,7 +56,12 @@ async def complete(
     if hit is not None:
         return Completion(texts=hit[: max(1, n)], source="cache", pipeline_ms=(time.perf_counter() - t0) * 1e3)
     cur = cursor(text, offset)
-    request = CompletionRequest(text=text, offset=offset, settings=settings, n=n, request_id=request_id, stop_rule=stop_rule(cur))
+    rules = settings.rule_set
+    # the syntax at the cursor (a parse of the edited tree: off the event loop)
+    info = await asyncio.to_thread(syntax.analyze, key, text, offset) if syntax.language_for(key) else None
+    request = CompletionRequest(
+        text=text, offset=offset, settings=settings, n=n, request_id=request_id, stop_rule=stop_rule(cur, info, rules)
+    )
     t1 = time.perf_counter()
     job = engine.submit(request)
     try:
@@ -72,12 +71,18 @@ async def complete(
         raise
     t2 = time.perf_counter()
     suffix = result.context.suffix if result.context else cur.line_suffix
-    texts: list[str] = []
     truncated = result.stop in ("length", "time")
-    for raw in result.texts:
-        cleaned = postprocess.clean(raw, cur.line_prefix, cur.line_suffix, suffix, truncated=truncated)
-        if cleaned is not None and cleaned not in texts:
-            texts.append(cleaned)
+
+    def clean_all() -> list[str]:
+        texts: list[str] = []
+        for raw in result.texts:
+            cleaned = postprocess.clean(raw, cur.line_prefix, cur.line_suffix, suffix, truncated, info, rules)
+            if cleaned is not None and cleaned not in texts:
+                texts.append(cleaned)
+        return texts
+
+    # with syntax, cleaning parses the document with each candidate inserted: off the event loop too
+    texts = await asyncio.to_thread(clean_all) if info is not None and result.texts else clean_all()
     if result.stop not in ("cancelled", "superseded"):
         cache.put(key, text, offset, texts)
     t3 = time.perf_counter()
