@@ -6,12 +6,16 @@ still with LF newlines, plus where they came from and what the engine spent).
 
 Stages, each a pure function elsewhere: type-through cache (``cache``) -> engine (``context`` +
 ``fim`` + llama.cpp on the worker) -> ``postprocess.clean``. The engine call is awaited, never run on
-the event loop.
+the event loop. For languages with a grammar, ``syntax.analyze`` parses the document on the syntax
+thread at the same time as the engine evaluates the prompt; the engine's early stop uses it once it is
+ready, and post-processing (which parses again, with each candidate inserted) runs on a thread too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Literal
@@ -21,6 +25,11 @@ from .cache import TypeThroughCache
 from .config import Settings
 from .context import Cursor, cursor
 from .engines import CompletionRequest, CompletionResult, Engine
+
+log = logging.getLogger(__name__)
+
+
+SyntaxSource = syntax.SyntaxInfo | concurrent.futures.Future | None
 
 
 @dataclass
@@ -32,13 +41,23 @@ class Completion:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def stop_rule(cur: Cursor, info: syntax.SyntaxInfo | None = None, rules: frozenset[str] = postprocess.RULES):
-    """Stop generating once ``postprocess.clean`` would cut what follows anyway (``postprocess.end``)."""
+def stop_rule(cur: Cursor, info: SyntaxSource = None, rules: frozenset[str] = postprocess.RULES):
+    """Stop generating once ``postprocess.clean`` would cut what follows anyway (``postprocess.end``).
+
+    ``info``: the syntax at the cursor, or the future of its parse (running beside the prompt's
+    evaluation): until that is done, the indentation rules decide.
+    """
 
     def rule(raw: str) -> bool:
-        return postprocess.end(raw, cur.line_prefix, cur.line_suffix, info, rules) is not None
+        return postprocess.end(raw, cur.line_prefix, cur.line_suffix, _syntax_now(info), rules) is not None
 
     return rule
+
+
+def _syntax_now(info: SyntaxSource) -> syntax.SyntaxInfo | None:
+    if not isinstance(info, concurrent.futures.Future):
+        return info
+    return info.result() if info.done() and info.exception() is None else None
 
 
 async def complete(
@@ -57,8 +76,8 @@ async def complete(
         return Completion(texts=hit[: max(1, n)], source="cache", pipeline_ms=(time.perf_counter() - t0) * 1e3)
     cur = cursor(text, offset)
     rules = settings.rule_set
-    # the syntax at the cursor (a parse of the edited tree: off the event loop)
-    info = await asyncio.to_thread(syntax.analyze, key, text, offset) if syntax.language_for(key) else None
+    # the syntax at the cursor: an incremental parse on the syntax thread, while the engine evaluates the prompt
+    info = syntax.submit(key, text, offset) if syntax.language_for(key) else None
     request = CompletionRequest(
         text=text, offset=offset, settings=settings, n=n, request_id=request_id, stop_rule=stop_rule(cur, info, rules)
     )
@@ -72,6 +91,12 @@ async def complete(
     t2 = time.perf_counter()
     suffix = result.context.suffix if result.context else cur.line_suffix
     truncated = result.stop in ("length", "time")
+    if info is not None:
+        try:
+            info = await asyncio.wrap_future(info)
+        except Exception:  # a grammar that fails on this text: indentation rules, and a trace in the log
+            log.exception("%s: syntax analysis failed", request_id)
+            info = None
 
     def clean_all() -> list[str]:
         texts: list[str] = []

@@ -199,16 +199,15 @@ def clean(
 
 
 def _checked(text: str, info: SyntaxInfo, rules: frozenset[str]) -> str | None:
-    """Rules 6 and 7: a completion whose insertion parses (balanced if need be), or None."""
+    """Rules 6 and 7: a completion whose insertion parses (balanced if need be), or None. In a document
+    with errors already (mid-typing) a variant that removes them all is taken, and nothing is dropped."""
     if not syntax_mod.inserted_has_error(info, text):
         return text
     if "balance" in rules:
         for variant in _balanced(text, info.language):
             if variant.strip() and not syntax_mod.inserted_has_error(info, variant):
                 return variant
-    if "parseCheck" in rules and info.error_free:
-        return None
-    return text
+    return None if "parseCheck" in rules and info.error_free else text
 
 
 def _balanced(text: str, language: str) -> list[str]:

@@ -21,6 +21,7 @@ every way text reaches it (server, CLI, eval) with one code path. Everything her
 
 from __future__ import annotations
 
+import concurrent.futures
 import importlib
 import threading
 from collections import OrderedDict
@@ -263,3 +264,13 @@ def inserted_has_error(info: SyntaxInfo, text: str) -> bool:
         start_point=start_point, old_end_point=start_point, new_end_point=_point(new, end),
     )
     return parse(info.language, new, tree).root_node.has_error
+
+
+# One thread parses: requests of one document come one after another anyway, and a second thread would
+# only contend for the same parser lock.
+_EXECUTOR = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="syntax")
+
+
+def submit(key: str, text: str, offset: int) -> concurrent.futures.Future[SyntaxInfo | None]:
+    """``analyze`` on the syntax thread; the future resolves to its result."""
+    return _EXECUTOR.submit(analyze, key, text, offset)

@@ -50,7 +50,7 @@ MODES = [
     ("a.c", "int f(void) {\n|\n}\n", "block", "empty body"),
     ("a.cpp", "int f(int a) {\n  if (a > |) {}\n}\n", "line", "condition_clause"),
     ("A.java", "class A {\n  void f() {\n    |\n  }\n}\n", "block", "empty body"),
-    ("A.java", "class A {\n  String s = \"x|\";\n}\n", "line", "string_fragment"),
+    ("A.java", "class A {\n  String s = \"x|\";\n}\n", "line", "string_literal"),
 ]
 
 
