@@ -2,31 +2,41 @@
 
 In: the LF-normalised document text, the cursor offset, the settings, how many distinct items are
 wanted, the engine and the type-through cache. Out: a ``Completion`` (texts relative to the cursor,
-still with LF newlines, plus where they came from and what the engine spent).
+still with LF newlines, plus where they came from, the context windows and what the engine spent).
 
-Stages, each a pure function elsewhere: type-through cache (``cache``) -> engine (``context`` +
-``fim`` + llama.cpp on the worker) -> ``postprocess.clean``. The engine call is awaited, never run on
-the event loop. For languages with a grammar, ``syntax.analyze`` parses the document on the syntax
-thread at the same time as the engine evaluates the prompt; the engine's early stop uses it once it is
-ready, and post-processing (which parses again, with each candidate inserted) runs on a thread too.
+The pipeline owns the prompt; data flows one way: type-through cache (``cache``) -> context windows
+(``context.build``, counted in the model's tokens) -> token ids (``fim.prompt_tokens`` with the engine's
+``Vocab`` and sentinels) -> token healing (``healing.take_back``, where the prefix ends the prompt) ->
+the engine (a leaf: token ids in, text out) -> ``postprocess.clean``. Building the prompt runs on a
+worker thread and the engine on its own, so the event loop is never blocked. For languages with a
+grammar, ``syntax.analyze`` parses the document on the syntax thread at the same time; the engine's
+early stop uses it once it is ready, and post-processing (which parses again, with each candidate
+inserted) runs on a thread too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import itertools
 import logging
+import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Literal
 
-from . import postprocess, syntax
+from . import context, fim, healing, postprocess, syntax
 from .cache import TypeThroughCache
 from .config import Settings
 from .context import Cursor, cursor
-from .engines import CompletionRequest, CompletionResult, Engine
+from .engines import Engine, GenerationRequest, GenerationResult, Sampling
+from .fim import FimContext
+from .vocab import Vocab
 
 log = logging.getLogger(__name__)
+
+SENTINEL_ROOM = 4  # prompt tokens that are not text: BOS and the three FIM sentinels
 
 
 SyntaxSource = syntax.SyntaxInfo | concurrent.futures.Future | None
@@ -36,7 +46,8 @@ SyntaxSource = syntax.SyntaxInfo | concurrent.futures.Future | None
 class Completion:
     texts: list[str]
     source: Literal["cache", "model", "none"]
-    result: CompletionResult | None = None
+    result: GenerationResult | None = None
+    context: FimContext | None = None
     pipeline_ms: float = 0.0  # time in this process outside the engine's worker
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -60,6 +71,47 @@ def _syntax_now(info: SyntaxSource) -> syntax.SyntaxInfo | None:
     return info.result() if info.done() and info.exception() is None else None
 
 
+# The newest request per engine (event-loop thread only): prompts are built on worker threads, so a
+# request whose prompt was built after a newer one's must not reach the engine after it.
+_TICKETS = itertools.count(1)
+_LATEST: weakref.WeakKeyDictionary[object, int] = weakref.WeakKeyDictionary()
+
+_COUNTERS: weakref.WeakKeyDictionary[object, context.TokenCounter] = weakref.WeakKeyDictionary()
+_COUNTERS_LOCK = threading.Lock()
+
+
+def token_counter(vocab: Vocab) -> context.TokenCounter:
+    """The ``TokenCounter`` of a vocabulary (its per-line memo lives as long as the vocabulary)."""
+    with _COUNTERS_LOCK:
+        counter = _COUNTERS.get(vocab)
+        if counter is None:
+            counter = context.TokenCounter(lambda t: len(vocab.encode(t)), lambda t: len(vocab.encode_infill(t)))
+            _COUNTERS[vocab] = counter
+        return counter
+
+
+def build_request(engine: Engine, text: str, offset: int, settings: Settings, n: int, request_id: str,
+                  cur: Cursor, info: SyntaxSource = None) -> tuple[GenerationRequest, FimContext]:
+    """Context windows -> prompt ids -> token healing -> the engine's request (blocking: run off the loop)."""
+    vocab = engine.vocab
+    s = vocab.sentinels
+    max_new = min(settings.max_tokens, engine.info.n_ctx // 4)
+    budget = min(settings.context_tokens, engine.info.n_ctx - max_new - SENTINEL_ROOM)
+    # without FIM the suffix cannot be shown to the model: the whole budget goes to the prefix
+    ratio = settings.prefix_ratio if s.has_fim else 1.0
+    ctx = context.build(text, offset, token_counter(vocab), budget, ratio)
+    prompt = fim.prompt_tokens(ctx, vocab, settings.fim_order)
+    heal = b""
+    if engine.info.can_heal and fim.prefix_ends_prompt(vocab, settings.fim_order):
+        prompt, heal = healing.take_back(prompt, len(vocab.encode(ctx.prefix)), vocab.piece, healing.index_for(vocab))
+    request = GenerationRequest(
+        prompt=prompt, max_tokens=max_new, time_budget_s=settings.time_budget_ms / 1000.0, stop_tokens=s.eog,
+        sampling=Sampling(temperature=settings.temperature), n=max(1, n), heal=heal, stop_text=stop_rule(cur, info, settings.rule_set),
+        request_id=request_id,
+    )  # fmt: skip
+    return request, ctx
+
+
 async def complete(
     engine: Engine,
     cache: TypeThroughCache,
@@ -75,13 +127,15 @@ async def complete(
     if hit is not None:
         return Completion(texts=hit[: max(1, n)], source="cache", pipeline_ms=(time.perf_counter() - t0) * 1e3)
     cur = cursor(text, offset)
-    rules = settings.rule_set
-    # the syntax at the cursor: an incremental parse on the syntax thread, while the engine evaluates the prompt
+    ticket = _LATEST[engine] = next(_TICKETS)
+    # the syntax at the cursor: an incremental parse on the syntax thread, beside the prompt's evaluation
     info = syntax.submit(key, text, offset) if syntax.language_for(key) else None
-    request = CompletionRequest(
-        text=text, offset=offset, settings=settings, n=n, request_id=request_id, stop_rule=stop_rule(cur, info, rules)
-    )
+    request, ctx = await asyncio.to_thread(build_request, engine, text, offset, settings, n, request_id, cur, info)
     t1 = time.perf_counter()
+    if _LATEST.get(engine) != ticket:  # a newer request arrived while this prompt was being built
+        ms = (t1 - t0) * 1e3
+        result = GenerationResult(candidates=[], stop="superseded", prompt_tokens=len(request.prompt), total_ms=ms)
+        return Completion(texts=[], source="none", result=result, context=ctx, pipeline_ms=ms)
     job = engine.submit(request)
     try:
         result = await asyncio.wrap_future(job.future)
@@ -89,25 +143,25 @@ async def complete(
         job.cancel("cancelled")  # $/cancelRequest or a closed connection: stop at the next token
         raise
     t2 = time.perf_counter()
-    suffix = result.context.suffix if result.context else cur.line_suffix
-    truncated = result.stop in ("length", "time")
     if info is not None:
         try:
             info = await asyncio.wrap_future(info)
         except Exception:  # a grammar that fails on this text: indentation rules, and a trace in the log
             log.exception("%s: syntax analysis failed", request_id)
             info = None
+    rules = settings.rule_set
 
     def clean_all() -> list[str]:
         texts: list[str] = []
-        for raw in result.texts:
-            cleaned = postprocess.clean(raw, cur.line_prefix, cur.line_suffix, suffix, truncated, info, rules)
+        for gen in result.candidates:
+            truncated = gen.stop in ("length", "time", "context")  # cut off, not ended by EOT or a rule
+            cleaned = postprocess.clean(gen.text, cur.line_prefix, cur.line_suffix, ctx.suffix, truncated, info, rules)
             if cleaned is not None and cleaned not in texts:
                 texts.append(cleaned)
         return texts
 
     # with syntax, cleaning parses the document with each candidate inserted: off the event loop too
-    texts = await asyncio.to_thread(clean_all) if info is not None and result.texts else clean_all()
+    texts = await asyncio.to_thread(clean_all) if info is not None and result.candidates else clean_all()
     if result.stop not in ("cancelled", "superseded"):
         cache.put(key, text, offset, texts)
     t3 = time.perf_counter()
@@ -115,5 +169,7 @@ async def complete(
         texts=texts,
         source="model" if texts else "none",
         result=result,
+        context=ctx,
         pipeline_ms=((t1 - t0) + (t3 - t2)) * 1e3,
+        timings={"prompt_build_ms": (t1 - t0) * 1e3},
     )
