@@ -233,7 +233,7 @@ def _mode(source: bytes, tree: ts.Tree, cur: int, language: str) -> tuple[Mode, 
         while node is not None and not (node.type == "block" and node.named_child_count and node.start_byte <= cur <= node.end_byte):
             node = node.parent
         if node is not None:
-            return "any", "in body", node.named_children[0].start_point[1]
+            return "any", "in body", _line_indent(source, node.named_children[0].start_byte)
     return "any", "", None
 
 
