@@ -75,6 +75,26 @@ def test_mode_rule_keeps_one_line_inside_call_args() -> None:
     assert clean("a.py", doc, "c,\n    d,\n", postprocess.RULES - {"mode"}) == "c,\n    d,"
 
 
+ARGS_AT_LINE_END = [
+    ("a.py", "x = foo(a, |\n    b)\n"),
+    ("a.js", "f(a, |\n  b);\n"),
+    ("a.ts", "const y = g(x, |\n  z);\n"),
+    ("a.tsx", "const y = g(x, |\n  z);\n"),
+    ("a.go", "package m\nfunc f() {\n\tg(a, |\n\t\tb)\n}\n"),
+    ("a.rs", "fn f() {\n    g(a, |\n      b);\n}\n"),
+    ("a.c", "int f(void) {\n  g(a, |\n    b);\n}\n"),
+    ("a.cpp", "int f() {\n  g(a, |\n    b);\n}\n"),
+    ("A.java", "class A {\n  void f() {\n    g(a, |\n      b);\n  }\n}\n"),
+]
+
+
+@pytest.mark.parametrize("key,doc", ARGS_AT_LINE_END, ids=[k for k, _ in ARGS_AT_LINE_END])
+def test_mode_rule_in_each_language(key: str, doc: str) -> None:
+    raw = "c,\n          d,"  # indented deeper than the cursor line: indentation alone would keep it
+    assert clean(key, doc, raw) == "c,"
+    assert clean(key, doc, raw, postprocess.RULES - {"mode"}) == raw
+
+
 def test_mode_rule_one_line_in_a_string_and_a_condition() -> None:
     assert clean("a.js", "const s = `a ${b} |c`;\n", "x\ny") == "x"
     assert clean("a.py", "if x and |\n    y:\n    pass\n", "z or\n    w") == "z or"
@@ -138,6 +158,27 @@ def test_balance_drops_a_closer_the_suffix_already_has() -> None:
     assert clean("a.py", doc, "b)", postprocess.RULES - {"balance", "parseCheck"}) == "b)"
 
 
+SUFFIX_CLOSES = [
+    ("a.js", "g(\n  a,\n  |\n);\n", "b)", "b"),
+    ("a.ts", "g(\n  a,\n  |\n);\n", "b)", "b"),
+    ("a.go", "package m\nfunc f() {\n\tg(\n\t\ta,\n\t\t|\n\t)\n}\n", "b,)", "b,"),
+    ("a.rs", "fn f() {\n    g(\n        a,\n        |\n    );\n}\n", "b)", "b"),
+    ("a.c", "int f(void) {\n  g(\n    a,\n    |\n  );\n}\n", "b)", "b"),
+    ("a.cpp", "int f() {\n  g(\n    a,\n    |\n  );\n}\n", "b)", "b"),
+    ("A.java", "class A {\n  void f() {\n    g(\n      a,\n      |\n    );\n  }\n}\n", "b)", "b"),
+    # the document has an error until the completion fills it: the variant that removes it is taken
+    ("a.rs", "fn f() {\n    let v = |;\n}\n", "g(xs", "g(xs)"),
+    ("a.c", "int x = |;\n", "f(1, g(2)", "f(1, g(2))"),
+    ("A.java", "class A {\n  int x = |;\n}\n", "f(1", "f(1)"),
+    ("a.go", "package m\nvar s = |\n", "f(xs", "f(xs)"),
+]
+
+
+@pytest.mark.parametrize("key,doc,raw,want", SUFFIX_CLOSES, ids=[f"{c[0]}:{c[2]}" for c in SUFFIX_CLOSES])
+def test_balance_in_each_language(key: str, doc: str, raw: str, want: str) -> None:
+    assert clean(key, doc, raw) == want
+
+
 def test_balance_closes_what_the_suffix_does_not() -> None:
     assert clean("a.py", "x = |\nprint(x)\n", "len(xs") == "len(xs)"
     assert clean("a.js", "const s = |\n", '"abc') == '"abc"'
@@ -149,6 +190,24 @@ def test_parse_check_drops_a_completion_that_breaks_the_document() -> None:
     assert clean("a.py", doc, "return x +") is None
     assert clean("a.py", doc, "return x +", postprocess.RULES - {"parseCheck"}) == "return x +"
     assert clean("a.py", doc, "return x + 1") == "return x + 1"
+
+
+BROKEN_BODY = [
+    ("a.js", "function f(x) {\n  |\n}\n", "return x +", "return x;"),
+    ("a.ts", "function f(x: number): number {\n  |\n}\n", "return x +", "return x;"),
+    ("a.go", "package m\nfunc f(x int) int {\n\t|\n}\n", "return x +", "return x"),
+    ("a.rs", "fn f(x: i32) -> i32 {\n    |\n}\n", "x +", "x"),
+    ("a.c", "int f(int x) {\n  |\n}\n", "return x +", "return x;"),
+    ("a.cpp", "int f(int x) {\n  |\n}\n", "return x +", "return x;"),
+    ("A.java", "class A {\n  int f(int x) {\n    |\n  }\n}\n", "return x +", "return x;"),
+]
+
+
+@pytest.mark.parametrize("key,doc,bad,good", BROKEN_BODY, ids=[c[0] for c in BROKEN_BODY])
+def test_parse_check_in_each_language(key: str, doc: str, bad: str, good: str) -> None:
+    assert clean(key, doc, bad) is None
+    assert clean(key, doc, bad, postprocess.RULES - {"parseCheck"}) == bad
+    assert clean(key, doc, good) == good
 
 
 def test_parse_check_jsx_unclosed_tag() -> None:
