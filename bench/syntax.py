@@ -3,8 +3,11 @@
 In: nothing (the files are built from the standard library: ``argparse.py`` + ``typing.py`` for Python,
 and a generated 5,000-line JavaScript file). Out: a Markdown table on stdout (``--json`` for the numbers).
 
-What a request pays, replayed keystroke by keystroke (each keystroke inserts one character at a cursor
-that moves through a function body, the way typing does):
+What a request pays, replayed keystroke by keystroke (each keystroke inserts one character of
+``value = compute(alpha, beta) + 1`` and a new line at a cursor that moves through a function body), once
+with brackets auto-closed as editors do by default (typing ``(`` inserts ``()``, typing ``)`` steps over it)
+and once typed as they are (the document has an unclosed ``(`` for half of the keystrokes, and
+tree-sitter's error recovery then re-parses much more of the file):
 
 - ``analyze``: ``syntax.analyze`` on the new text - the text diff against the last tree's text, the
   ``Tree.edit``, the incremental reparse, the mode at the cursor (what the pipeline runs before submitting);
@@ -54,14 +57,19 @@ def js_file() -> str:
     return "\n".join(out[:LINES]) + "\n"
 
 
-def replay(key: str, text: str, anchor: str, keystrokes: int) -> dict[str, float]:
+def replay(key: str, text: str, anchor: str, keystrokes: int, autoclose: bool) -> dict[str, float]:
     trees = syntax.SyntaxTrees()
     cur = text.index(anchor) + len(anchor)
     syntax.analyze(key, text, cur, trees)  # the first request parses the whole file
-    typed = "value = compute(alpha, beta) + 1\n        " * 8
+    typed = "value = compute(alpha, beta) + 1\n        "
     analyze, check, full = [], [], []
     for k in range(keystrokes):
-        text = text[:cur] + typed[k % len(typed)] + text[cur:]
+        ch = typed[k % len(typed)]
+        if autoclose and ch == ")" and text[cur] == ")":
+            pass  # typing over the closer the editor inserted
+        else:
+            # an editor that auto-closes brackets inserts "()" for "(" (VS Code's default)
+            text = text[:cur] + (ch + ")" if autoclose and ch == "(" else ch) + text[cur:]
         cur += 1
         t0 = time.perf_counter()
         info = syntax.analyze(key, text, cur, trees)
@@ -91,11 +99,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keystrokes", type=int, default=300)
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
-    runs = {
-        "Python (argparse.py + typing.py)": replay("bench.py", python_file(), "def _get_values(self, action, arg_strings):\n", args.keystrokes),
-        "JavaScript (generated)": replay("bench.js", js_file(), "function f300(a, b) {\n", args.keystrokes),
-    }
-    print("| file | lines | analyze p50 ms | check p50 ms | extra p50 ms | extra p95 ms | full parse p50 ms |")
+    runs = {}
+    for auto in (True, False):
+        how = "brackets auto-closed" if auto else "brackets typed"
+        runs[f"Python (argparse.py + typing.py), {how}"] = replay(
+            "bench.py", python_file(), "def _get_values(self, action, arg_strings):\n", args.keystrokes, auto
+        )
+        runs[f"JavaScript (generated), {how}"] = replay("bench.js", js_file(), "function f300(a, b) {\n", args.keystrokes, auto)
+    print("| file, typing | lines | analyze p50 ms | check p50 ms | extra p50 ms | extra p95 ms | full parse p50 ms |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, r in runs.items():
         print(f"| {name} | {r['lines']} | {r['analyze_p50_ms']:.2f} | {r['check_p50_ms']:.2f} | {r['extra_p50_ms']:.2f} | "

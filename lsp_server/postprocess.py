@@ -45,6 +45,7 @@ RULES = frozenset({"mode", "nodeEnd", "repetition", "balance", "parseCheck"})
 _OPEN = {"(": ")", "[": "]", "{": "}"}
 _CLOSE = {v: k for k, v in _OPEN.items()}
 _REPEAT_IN_LINE = re.compile(r"(.{3,}?)\1{3,}")
+MAX_SCAN = 400
 
 
 def indent(line: str) -> int:
@@ -103,10 +104,14 @@ def single_line(line_suffix: str, info: SyntaxInfo | None, rules: frozenset[str]
     return bool(line_suffix.strip()) or ("mode" in rules and info is not None and info.mode == "line")
 
 
-def end(raw: str, line_prefix: str, line_suffix: str, info: SyntaxInfo | None = None, rules: frozenset[str] = RULES) -> int | None:
+def end(
+    raw: str, line_prefix: str, line_suffix: str, info: SyntaxInfo | None = None, rules: frozenset[str] = RULES,
+    thorough: bool = False,
+) -> int | None:
     """Where in ``raw`` the completion ends for a structural reason (rules 2-3), or None: not (yet).
 
-    The engine's early stop is ``end(raw_so_far) is not None``; ``clean`` cuts ``raw`` there.
+    The engine's early stop is ``end(raw_so_far) is not None`` (called per token: cheap checks);
+    ``clean`` cuts ``raw`` there, with ``thorough`` (a repetition anywhere in a line, not only at its end).
     """
     cuts: list[int] = []
     if single_line(line_suffix, info, rules):
@@ -133,14 +138,16 @@ def end(raw: str, line_prefix: str, line_suffix: str, info: SyntaxInfo | None = 
                 line_start = raw.rfind("\n", 0, at) + 1
                 cuts.append(line_start - 1 if line_start > 0 and not raw[line_start:at].strip() else at)
     if "repetition" in rules:
-        cut = _repetition(raw)
+        cut = _repetition(raw, thorough)
         if cut is not None:
             cuts.append(cut)
     return min(cuts) if cuts else None
 
 
-def _repetition(raw: str) -> int | None:
-    """Where a loop starts repeating (after its first copy), or None."""
+def _repetition(raw: str, thorough: bool = False) -> int | None:
+    """Where a loop starts repeating (after its first copy), or None: the earliest of a run of 1-4 complete
+    lines repeated three times in a row and a 3+ character piece of a line (with a letter or digit in it)
+    repeated four times in a row."""
     lines = raw.split("\n")[:-1]  # complete lines only: the last one may still grow
     starts = [0]
     for ln in lines:
@@ -152,9 +159,33 @@ def _repetition(raw: str) -> int | None:
                 continue
             if lines[i + k : i + 2 * k] == block and lines[i + 2 * k : i + 3 * k] == block:
                 return starts[i + k] - 1
-    m = _REPEAT_IN_LINE.search(raw)
-    if m and any(c.isalnum() for c in m.group(1)):
-        return m.start() + len(m.group(1))
+    # within a line. While generating (per token) only the end of the raw text is checked: a run is seen
+    # as soon as it ends a copy, and that costs microseconds; ``clean`` (once per candidate) also searches
+    # each line (the lazy pattern is quadratic in the length searched: at most MAX_SCAN characters).
+    start = 0
+    for line in raw.split("\n"):
+        if thorough:
+            m = _REPEAT_IN_LINE.search(line, 0, MAX_SCAN)
+            at = m.start() + len(m.group(1)) if m and any(c.isalnum() for c in m.group(1)) else None
+        else:
+            at = _run_at_end(line)
+        if at is not None:
+            return start + at
+        start += len(line) + 1
+    return None
+
+
+def _run_at_end(line: str) -> int | None:
+    """Where the second copy starts of a 3+ character unit (with a letter or digit) that ``line`` ends
+    with four or more times in a row, or None."""
+    n = len(line)
+    for u in range(3, n // 4 + 1):
+        unit = line[n - u :]
+        if line.endswith(unit * 4) and any(c.isalnum() for c in unit):
+            k = 4
+            while line.endswith(unit * (k + 1)):
+                k += 1
+            return n - (k - 1) * u
     return None
 
 
@@ -171,7 +202,7 @@ def clean(
     cut = text.find(EOT_TEXT)
     if cut >= 0:
         text = text[:cut]
-    stop = end(text, line_prefix, line_suffix, info, rules)
+    stop = end(text, line_prefix, line_suffix, info, rules, thorough=True)
     if stop is not None:
         text = text[:stop]
         truncated = False  # what was cut off past the end does not matter

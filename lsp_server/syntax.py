@@ -203,7 +203,7 @@ def _mode(source: bytes, tree: ts.Tree, cur: int, language: str) -> tuple[Mode, 
     # 1. inside a string, a comment or brackets (strictly: a cursor right after a closing quote is outside)
     node: ts.Node | None = root.descendant_for_byte_range(cur, cur)
     while node is not None:
-        if node.start_byte < cur < node.end_byte or (node.start_byte < cur == node.end_byte and node.is_missing):
+        if node.start_byte < cur < node.end_byte:
             if node.type in _TEXTUAL:
                 return "line", node.type, None
             if node.type in _BRACKETED:
