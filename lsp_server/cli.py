@@ -2,7 +2,8 @@
 
 In: command-line arguments. Out: a server on stdio (the default) or TCP, or, for
 ``codellama-lsp complete FILE --line L --character C``, one completion printed to stdout, produced by
-exactly the pipeline the server uses (context -> FIM prompt -> llama.cpp -> post-processing).
+exactly the pipeline the server uses (context -> FIM prompt -> llama.cpp -> post-processing), or, for
+``codellama-lsp eval``, HumanEval infilling scores through that pipeline (``lsp_server.eval``).
 
 Logs go to stderr or ``--log-file``; in a stdio server stdout carries JSON-RPC only. Errors the user can
 fix (a missing model, a bad position) end the process with a one-line message and exit status 2.
@@ -48,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--max-tokens", type=int, default=None)
     c.add_argument("--fim-order", choices=["spm", "psm"], default=None)
     _common(c)
+    from . import eval as eval_mod
+
+    e = sub.add_parser("eval", help="HumanEval infilling through the completion pipeline (pip install 'codellama-lsp[eval]')")
+    eval_mod.add_arguments(e)
+    _common(e)
     return p
 
 
@@ -119,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     _logging(args)
     if args.command == "complete":
         return complete_file(args)
+    if args.command == "eval":
+        from . import eval as eval_mod
+
+        return eval_mod.run(args)
     from .server import ServerOptions, create_server
 
     server = create_server(ServerOptions(model=args.model, engine=_engine_options(args)))

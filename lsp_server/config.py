@@ -7,7 +7,8 @@ problems. A bad value never stops the server: it is reported (the server shows t
 typo would otherwise silently do nothing.
 
 Wire names: ``model, contextTokens, maxTokens, temperature, timeBudgetMs, fimOrder, prefixRatio,
-maxItems, enable`` (``enable`` maps a language id, or ``"*"`` for all, to true/false).
+maxItems, enable, rules`` (``enable`` maps a language id, or ``"*"`` for all, to true/false; ``rules`` maps
+post-processing rule names to true/false, see ``postprocess``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,13 @@ import cattrs
 from cattrs.gen import make_dict_unstructure_fn, override
 
 from .fim import FimOrder
+from .postprocess import RULES
+
+
+def _known_rules(rules: dict[str, bool]) -> None:
+    unknown = sorted(set(rules) - RULES)
+    if unknown:
+        raise ValueError(f"expected rules among {', '.join(sorted(RULES))}, got {', '.join(map(repr, unknown))}")
 
 
 def _camel(name: str) -> str:
@@ -45,6 +53,12 @@ class Settings:
     prefix_ratio: float = attrs.field(default=0.75, validator=_range(0.0, 1.0))
     max_items: int = attrs.field(default=3, validator=_range(1, 10))
     enable: dict[str, bool] = attrs.field(factory=lambda: {"*": True})
+    # post-processing rules by name (postprocess.RULES), all on unless switched off here
+    rules: dict[str, bool] = attrs.field(factory=dict, validator=lambda _i, _a, v: _known_rules(v))
+
+    @property
+    def rule_set(self) -> frozenset[str]:
+        return frozenset(r for r in RULES if self.rules.get(r, True))
 
     def enabled_for(self, language_id: str | None) -> bool:
         if language_id and language_id in self.enable:

@@ -8,20 +8,25 @@ The pipeline owns the prompt; data flows one way: type-through cache (``cache``)
 (``context.build``, counted in the model's tokens) -> token ids (``fim.prompt_tokens`` with the engine's
 ``Vocab`` and sentinels) -> token healing (``healing.take_back``, where the prefix ends the prompt) ->
 the engine (a leaf: token ids in, text out) -> ``postprocess.clean``. Building the prompt runs on a
-worker thread and the engine on its own, so the event loop is never blocked.
+worker thread and the engine on its own, so the event loop is never blocked. For languages with a
+grammar, ``syntax.analyze`` parses the document on the syntax thread at the same time; the engine's
+early stop uses it once it is ready, and post-processing (which parses again, with each candidate
+inserted) runs on a thread too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import itertools
+import logging
 import threading
 import time
 import weakref
 from dataclasses import dataclass, field
 from typing import Literal
 
-from . import context, fim, healing, postprocess
+from . import context, fim, healing, postprocess, syntax
 from .cache import TypeThroughCache
 from .config import Settings
 from .context import Cursor, cursor
@@ -29,7 +34,12 @@ from .engines import Engine, GenerationRequest, GenerationResult, Sampling
 from .fim import FimContext
 from .vocab import Vocab
 
+log = logging.getLogger(__name__)
+
 SENTINEL_ROOM = 4  # prompt tokens that are not text: BOS and the three FIM sentinels
+
+
+SyntaxSource = syntax.SyntaxInfo | concurrent.futures.Future | None
 
 
 @dataclass
@@ -42,19 +52,23 @@ class Completion:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def stop_rule(cur: Cursor):
-    """Stop generating once ``postprocess.clean`` would cut what follows anyway."""
-    mid_line = bool(cur.line_suffix.strip())
-    base = postprocess.indent(cur.line_prefix)
+def stop_rule(cur: Cursor, info: SyntaxSource = None, rules: frozenset[str] = postprocess.RULES):
+    """Stop generating once ``postprocess.clean`` would cut what follows anyway (``postprocess.end``).
+
+    ``info``: the syntax at the cursor, or the future of its parse (running beside the prompt's
+    evaluation): until that is done, the indentation rules decide.
+    """
 
     def rule(raw: str) -> bool:
-        if mid_line:
-            return "\n" in raw
-        # a line after the first that leaves the cursor's block (its indentation is known as soon as it
-        # has a non-blank character)
-        return any(ln.strip() and postprocess.indent(ln) < base for ln in raw.split("\n")[1:])
+        return postprocess.end(raw, cur.line_prefix, cur.line_suffix, _syntax_now(info), rules) is not None
 
     return rule
+
+
+def _syntax_now(info: SyntaxSource) -> syntax.SyntaxInfo | None:
+    if not isinstance(info, concurrent.futures.Future):
+        return info
+    return info.result() if info.done() and info.exception() is None else None
 
 
 # The newest request per engine (event-loop thread only): prompts are built on worker threads, so a
@@ -77,7 +91,7 @@ def token_counter(vocab: Vocab) -> context.TokenCounter:
 
 
 def build_request(engine: Engine, text: str, offset: int, settings: Settings, n: int, request_id: str,
-                  cur: Cursor) -> tuple[GenerationRequest, FimContext]:
+                  cur: Cursor, info: SyntaxSource = None) -> tuple[GenerationRequest, FimContext]:
     """Context windows -> prompt ids -> token healing -> the engine's request (blocking: run off the loop)."""
     vocab = engine.vocab
     s = vocab.sentinels
@@ -92,7 +106,7 @@ def build_request(engine: Engine, text: str, offset: int, settings: Settings, n:
         prompt, heal = healing.take_back(prompt, len(vocab.encode(ctx.prefix)), vocab.piece, healing.index_for(vocab))
     request = GenerationRequest(
         prompt=prompt, max_tokens=max_new, time_budget_s=settings.time_budget_ms / 1000.0, stop_tokens=s.eog,
-        sampling=Sampling(temperature=settings.temperature), n=max(1, n), heal=heal, stop_text=stop_rule(cur),
+        sampling=Sampling(temperature=settings.temperature), n=max(1, n), heal=heal, stop_text=stop_rule(cur, info, settings.rule_set),
         request_id=request_id,
     )  # fmt: skip
     return request, ctx
@@ -114,7 +128,9 @@ async def complete(
         return Completion(texts=hit[: max(1, n)], source="cache", pipeline_ms=(time.perf_counter() - t0) * 1e3)
     cur = cursor(text, offset)
     ticket = _LATEST[engine] = next(_TICKETS)
-    request, ctx = await asyncio.to_thread(build_request, engine, text, offset, settings, n, request_id, cur)
+    # the syntax at the cursor: an incremental parse on the syntax thread, beside the prompt's evaluation
+    info = syntax.submit(key, text, offset) if syntax.language_for(key) else None
+    request, ctx = await asyncio.to_thread(build_request, engine, text, offset, settings, n, request_id, cur, info)
     t1 = time.perf_counter()
     if _LATEST.get(engine) != ticket:  # a newer request arrived while this prompt was being built
         ms = (t1 - t0) * 1e3
@@ -127,12 +143,25 @@ async def complete(
         job.cancel("cancelled")  # $/cancelRequest or a closed connection: stop at the next token
         raise
     t2 = time.perf_counter()
-    texts: list[str] = []
-    for gen in result.candidates:
-        truncated = gen.stop in ("length", "time", "context")  # cut off, not ended by EOT or a rule
-        cleaned = postprocess.clean(gen.text, cur.line_prefix, cur.line_suffix, ctx.suffix, truncated=truncated)
-        if cleaned is not None and cleaned not in texts:
-            texts.append(cleaned)
+    if info is not None:
+        try:
+            info = await asyncio.wrap_future(info)
+        except Exception:  # a grammar that fails on this text: indentation rules, and a trace in the log
+            log.exception("%s: syntax analysis failed", request_id)
+            info = None
+    rules = settings.rule_set
+
+    def clean_all() -> list[str]:
+        texts: list[str] = []
+        for gen in result.candidates:
+            truncated = gen.stop in ("length", "time", "context")  # cut off, not ended by EOT or a rule
+            cleaned = postprocess.clean(gen.text, cur.line_prefix, cur.line_suffix, ctx.suffix, truncated, info, rules)
+            if cleaned is not None and cleaned not in texts:
+                texts.append(cleaned)
+        return texts
+
+    # with syntax, cleaning parses the document with each candidate inserted: off the event loop too
+    texts = await asyncio.to_thread(clean_all) if info is not None and result.candidates else clean_all()
     if result.stop not in ("cancelled", "superseded"):
         cache.put(key, text, offset, texts)
     t3 = time.perf_counter()

