@@ -183,7 +183,13 @@ def converter() -> cattrs.Converter:
             raise ValueError(f"expected a string, got {_json_kind(value)}")
         return value if kind is str else kind(value)
 
+    def strict_bool(value: Any, _kind: Any) -> bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"expected true or false, got {_json_kind(value)}")
+        return value
+
     conv.register_structure_hook(int, strict_int)
+    conv.register_structure_hook(bool, strict_bool)  # bool is an int: it needs its own hook
     conv.register_structure_hook(str, strict_str)
     return conv
 

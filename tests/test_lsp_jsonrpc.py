@@ -16,6 +16,7 @@ import pytest
 
 from lsp_server.rpc import MAX_CONTENT_LENGTH
 from tests.fixtures.raw_lsp import RawServer, frame
+from tests.fixtures.lsp_models import lsp_random_gguf  # noqa: F401
 
 NO_MODEL = "/nonexistent/model.gguf"
 URI = "file:///work/sync.py"
