@@ -191,6 +191,14 @@ def converter() -> cattrs.Converter:
     conv.register_structure_hook(int, strict_int)
     conv.register_structure_hook(bool, strict_bool)  # bool is an int: it needs its own hook
     conv.register_structure_hook(str, strict_str)
+    # Methods lsprotocol does not know (ours: codellama/...) keep their params as plain JSON: pygls
+    # would build a new namedtuple class per message for them (a type object each time).
+    conv.register_structure_hook(
+        JsonRPCRequestMessage, lambda o, _t: JsonRPCRequestMessage(id=o["id"], method=o["method"], jsonrpc=o["jsonrpc"], params=o.get("params"))
+    )
+    conv.register_structure_hook(
+        JsonRPCNotification, lambda o, _t: JsonRPCNotification(method=o["method"], jsonrpc=o["jsonrpc"], params=o.get("params"))
+    )
     return conv
 
 

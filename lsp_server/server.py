@@ -410,8 +410,9 @@ def create_server(options: ServerOptions = ServerOptions()) -> CodeLlamaServer:
     @server.feature(EVENT)
     def on_event(ls: CodeLlamaServer, params: Any) -> None:
         # Local statistics only: nothing is sent anywhere. The totals ride along in codellama/status.
-        kind = str(getattr(params, "kind", None) or "unknown")
-        language = str(getattr(params, "languageId", None) or getattr(params, "language_id", None) or "unknown")
+        fields = params if isinstance(params, dict) else {}
+        kind = str(fields.get("kind") or "unknown")[:40]
+        language = str(fields.get("languageId") or "unknown")[:40]
         ls.events[(kind, language)] += 1
         log.debug("event %s (%s): %d so far", kind, language, ls.events[(kind, language)])
 
@@ -419,7 +420,7 @@ def create_server(options: ServerOptions = ServerOptions()) -> CodeLlamaServer:
     def on_document_state(ls: CodeLlamaServer, params: Any) -> dict[str, Any] | None:
         # What the server holds for a document, to check that it is in sync with the editor's copy
         # (the text's SHA-256, never the text). None: not open here (or dropped after a bad change).
-        uri = params.get("uri") if isinstance(params, dict) else getattr(params, "uri", None)
+        uri = params.get("uri") if isinstance(params, dict) else None
         if not isinstance(uri, str):
             raise JsonRpcInvalidParams(f"{DOCUMENT_STATE}: expected params {{uri: string}}")
         doc = ls.document(uri)

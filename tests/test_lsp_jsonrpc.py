@@ -224,3 +224,60 @@ def test_client_pipe_closed_mid_request_exits_without_traceback(lsp_random_gguf:
         s.proc.stdout.close()
         assert s.exit_code(timeout=30) == 1
         assert "Traceback" not in s.stderr() and "BrokenPipe" not in s.stderr()
+
+
+async def test_no_growth_per_request_or_notification() -> None:
+    """The real protocol object, in-process (so its tables can be counted): pygls 2.1 keeps a Future per
+    handled notification in its request table; ours keeps none, and traced memory stays flat."""
+    import asyncio
+    import gc
+    import tracemalloc
+
+    from lsp_server.server import ServerOptions, create_server
+
+    server = create_server(ServerOptions(model=NO_MODEL))
+    proto = server.protocol
+    sent = [0]
+
+    class Sink:
+        def write(self, data: bytes) -> None:
+            sent[0] += 1
+
+        def close(self) -> None:
+            pass
+
+    proto.set_writer(Sink())
+
+    def send(msg: dict[str, Any]) -> None:
+        proto.dispatch(json.dumps({"jsonrpc": "2.0", **msg}).encode())
+
+    send({"id": 0, "method": "initialize", "params": {"processId": None, "rootUri": None, "capabilities": {}}})
+    send({"method": "textDocument/didOpen", "params": {"textDocument": {"uri": URI, "languageId": "python", "version": 1, "text": "x = 1\n"}}})
+    version = 1
+
+    async def burst(n: int) -> None:
+        nonlocal version
+        for i in range(n):
+            version += 1
+            send({"method": "textDocument/didChange", "params": change(version, [edit(0, 5, 0, 5, "1")])})
+            send({"method": "codellama/event", "params": {"kind": "shown", "languageId": "python"}})
+            send({"id": f"s{version}", "method": "codellama/documentState", "params": {"uri": URI}})
+            send({"id": f"c{version}", "method": INLINE, "params": inline_params(0, 5)})
+            if i % 50 == 0:
+                await asyncio.sleep(0)  # let the coroutine handlers finish (no timing involved)
+        while proto._pending or proto._request_futures:  # every request answered, every handler done
+            await asyncio.sleep(0)
+
+    for _ in range(2):  # warm-up: caches, lazily built cattrs hooks, hash tables at their working size
+        await burst(2000)
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    await burst(4000)
+    gc.collect()
+    grown = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert proto._request_futures == {} and proto._pending == set()
+    # the document grows by 4,000 characters; pygls' table alone would keep ~10 MB here (16,000 messages)
+    assert grown < 24_000, grown
+    assert sent[0] >= 2 * 8000  # every request was answered
