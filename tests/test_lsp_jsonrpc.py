@@ -278,6 +278,7 @@ async def test_no_growth_per_request_or_notification() -> None:
     grown = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
     assert proto._request_futures == {} and proto._pending == set()
-    # the document grows by 4,000 characters; pygls' table alone would keep ~10 MB here (16,000 messages)
-    assert grown < 24_000, grown
+    # 16,000 messages: pygls' table alone would keep ~10 MB; allocator and hash-table noise stays far
+    # below 10 bytes a message (the document itself grows by 4,000 characters)
+    assert grown < 160_000, grown
     assert sent[0] >= 2 * 8000  # every request was answered
