@@ -212,6 +212,8 @@ class LspProtocol(LanguageServerProtocol):
         self.exit_code: int | None = None  # set when the server should stop
         self.stopped = asyncio.Event()
         self._pending: set[Any] = set()  # ids of client requests not answered yet
+        # request id -> (uri, document object, version) when it was dispatched, for requests on a document
+        self._dispatched_on: dict[Any, tuple[str, Any, Any]] = {}
 
     # ---- lifecycle -----------------------------------------------------------------------------------
     def stop(self, code: int) -> None:
@@ -286,6 +288,10 @@ class LspProtocol(LanguageServerProtocol):
             self.reply_error(msg_id, INVALID_PARAMS, f"{method}: {_short(exc)}")
             return
         self._pending.add(msg_id)
+        uri = getattr(getattr(getattr(message, "params", None), "text_document", None), "uri", None)
+        if isinstance(uri, str):
+            doc = self._server.document(uri)
+            self._dispatched_on[msg_id] = (uri, doc, getattr(doc, "version", None))
         if method == types.INITIALIZE:
             self.initialize_seen = True
         elif method == types.SHUTDOWN:
@@ -333,6 +339,7 @@ class LspProtocol(LanguageServerProtocol):
         """An error response, for a request that was (or will never be) handed to pygls."""
         log.warning("error reply %s to %r: %s", code, msg_id, message)
         self._pending.discard(msg_id)
+        self._dispatched_on.pop(msg_id, None)
         if msg_id is None:  # lsprotocol's message type would leave out the null id JSON-RPC requires
             self._send_data({"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": message}})
             return
@@ -345,12 +352,23 @@ class LspProtocol(LanguageServerProtocol):
             log.warning("dropped a second response to request %r", msg_id)
             return
         self._pending.discard(msg_id)
+        self._dispatched_on.pop(msg_id, None)
         if error is not None and error.data is not None:
             error = types.ResponseError(code=error.code, message=error.message)
         super()._send_response(msg_id, result, error)
 
+    def _stale(self, dispatched_on: tuple[str, Any, Any] | None) -> bool:
+        """Whether the document a request was about changed between its dispatch and now (every
+        change makes a new document object, see ``lsp_text_document__did_change``)."""
+        if dispatched_on is None:
+            return False
+        uri, doc, version = dispatched_on
+        now = self._server.document(uri)
+        return now is not doc or (doc is not None and doc.version != version)
+
     def _send_handler_result(self, future: Any, *, msg_id: Any) -> None:
         self._request_futures.pop(msg_id, None)
+        dispatched_on = self._dispatched_on.pop(msg_id, None)
         if msg_id not in self._pending:
             log.warning("dropped a second response to request %r", msg_id)
             return
@@ -360,7 +378,13 @@ class LspProtocol(LanguageServerProtocol):
         exc = future.exception()
         if exc is None:
             try:
-                self._send_response(msg_id, result=future.result())
+                # A result for a document that changed after the request came is for a text the editor
+                # no longer has (also when the handler only ran after the change): null instead.
+                # Checked here, at the moment of sending, so no edit can slip in between.
+                stale = self._stale(dispatched_on)
+                if stale:
+                    log.debug("request %r: the document changed before the reply; sent null", msg_id)
+                self._send_response(msg_id, result=None if stale else future.result())
             except (TypeError, ValueError) as err:  # a result that does not serialise: a bug of ours
                 log.exception("request %r: could not send the result", msg_id)
                 self.reply_error(msg_id, INTERNAL_ERROR, f"internal error: {type(err).__name__}")

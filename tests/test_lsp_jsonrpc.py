@@ -277,7 +277,7 @@ async def test_no_growth_per_request_or_notification() -> None:
     gc.collect()
     grown = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
-    assert proto._request_futures == {} and proto._pending == set()
+    assert proto._request_futures == {} and proto._pending == set() and proto._dispatched_on == {}
     # 16,000 messages: pygls' table alone would keep ~10 MB; allocator and hash-table noise stays far
     # below 10 bytes a message (the document itself grows by 4,000 characters)
     assert grown < 160_000, grown
