@@ -98,7 +98,14 @@ def main() -> int:
         s.request("shutdown")
         s.notify("exit")
         code = s.exit_code()
-        tracebacks = s.stderr().count("Traceback")
+        err = s.stderr()
+        tracebacks = err.count("Traceback")
+        if tracebacks:
+            at = err.index("Traceback")
+            print(err[max(0, at - 300) : at + 3000], file=sys.stderr)
+        for r, _ in requests:
+            if len(s.responses[json.dumps(r)]) != 1:
+                print(f"request {r}: {s.responses[json.dumps(r)]}", file=sys.stderr)
     after = samples[len(samples) * args.warmup // max(args.requests, 1):]
     print(f"| model | requests | answered once | with items | stale | RSS after warm-up | RSS end | growth | RSS max | time | exit |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")

@@ -547,7 +547,10 @@ async def _pump(protocol: LspProtocol, reader: FrameReader) -> None:
         if isinstance(frame, FrameError):
             protocol.reply_error(None, PARSE_ERROR, str(frame))
             continue
-        protocol.dispatch(frame, reader)
+        try:
+            protocol.dispatch(frame, reader)
+        except Exception:  # a bug of ours: logged, and the server keeps reading (never alive but deaf)
+            log.exception("failed to dispatch a message")
 
 
 def _stdin_chunks(loop: asyncio.AbstractEventLoop, fd: int) -> Callable[[], Awaitable[bytes]]:
