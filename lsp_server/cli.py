@@ -6,7 +6,12 @@ exactly the pipeline the server uses (context -> FIM prompt -> llama.cpp -> post
 ``codellama-lsp eval``, HumanEval infilling scores through that pipeline (``lsp_server.eval``).
 
 Logs go to stderr or ``--log-file``; in a stdio server stdout carries JSON-RPC only. Errors the user can
-fix (a missing model, a bad position) end the process with a one-line message and exit status 2.
+fix (a missing model, a bad position, a port in use) end the process with a one-line message and exit
+status 2. A server exits with 0 after ``shutdown`` + ``exit``, 1 when the client left without
+``shutdown``, 128 + the signal number on SIGINT/SIGTERM.
+
+A TCP server needs a token from its client (``initializationOptions.token``): ``--token-file``, else
+``$CODELLAMA_LSP_TOKEN``, else a random one printed on stderr at start.
 """
 
 from __future__ import annotations
@@ -14,12 +19,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import secrets
 import sys
 from pathlib import Path
 
 from .engines.llama_cpp import KV_TYPES, EngineOptions
 
 log = logging.getLogger("lsp_server")
+TOKEN_ENV = "CODELLAMA_LSP_TOKEN"
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -41,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--tcp", action="store_true", help="serve over TCP")
     p.add_argument("--host", default="127.0.0.1", help="TCP host (loopback by default)")
     p.add_argument("--port", type=int, default=2087, help="TCP port")
+    p.add_argument("--token-file", type=Path, default=None,
+                   help=f"TCP: the token clients must send (default ${TOKEN_ENV}, else a random one printed at start)")
+    p.add_argument("--load-timeout", type=float, default=300.0, help="seconds llama.cpp may take to load a model")
     sub = p.add_subparsers(dest="command")
     c = sub.add_parser("complete", help="print one completion for FILE at a position")
     c.add_argument("file", type=Path)
@@ -120,6 +131,40 @@ def complete_file(args: argparse.Namespace) -> int:
     return 0
 
 
+def _token(args: argparse.Namespace) -> tuple[str, bool]:
+    """(the TCP token, whether it was generated here and so must be shown)."""
+    if args.token_file is not None:
+        try:
+            token = args.token_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SystemExit(f"codellama-lsp: expected a readable token file at {args.token_file}, got: {exc}") from None
+        if not token:
+            raise SystemExit(f"codellama-lsp: expected a token in {args.token_file}, got an empty file")
+        return token, False
+    if os.environ.get(TOKEN_ENV, "").strip():
+        return os.environ[TOKEN_ENV].strip(), False
+    return secrets.token_urlsafe(24), True
+
+
+def serve(args: argparse.Namespace) -> int:
+    from . import rpc
+    from .server import ServerOptions, create_server
+
+    if not args.load_timeout > 0:
+        print(f"codellama-lsp: expected --load-timeout > 0, got {args.load_timeout}", file=sys.stderr)
+        return 2
+    server = create_server(ServerOptions(model=args.model, engine=_engine_options(args), load_timeout_s=args.load_timeout))
+    if not args.tcp:
+        return asyncio.run(rpc.serve_stdio(server, server.close))
+    token, generated = _token(args)
+
+    def listening(addr: str) -> None:
+        shown = f"; token: {token}" if generated else f" (token from {args.token_file or '$' + TOKEN_ENV})"
+        print(f"codellama-lsp: listening on {addr}{shown}", file=sys.stderr, flush=True)
+
+    return asyncio.run(rpc.serve_tcp(server, args.host, args.port, token, server.close, listening))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _logging(args)
@@ -129,14 +174,15 @@ def main(argv: list[str] | None = None) -> int:
         from . import eval as eval_mod
 
         return eval_mod.run(args)
-    from .server import ServerOptions, create_server
+    code = serve(args)
+    from .server import busy_threads
 
-    server = create_server(ServerOptions(model=args.model, engine=_engine_options(args)))
-    if args.tcp:
-        server.start_tcp(args.host, args.port)
-    else:
-        server.start_io()
-    return 0
+    if busy_threads():
+        # a llama.cpp load cannot be interrupted and must not hold the exit up (Ctrl-C, SIGTERM)
+        logging.shutdown()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

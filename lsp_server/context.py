@@ -184,14 +184,18 @@ def _prefix_window(text: str, offset: int, counter: TokenCounter, budget: int) -
         start = starts[i]
         if counter.count(text[start:offset]) <= budget:
             return text[start:offset], start
-    # The cursor line alone is too long: cut it on a character grid anchored at the line start.
-    line_start = starts[-1]
-    start = line_start
-    while start < offset:
-        start = min(offset, start + CHAR_GRID)
-        if counter.count(text[start:offset]) <= budget:
-            return text[start:offset], start
-    return "", offset
+    # The cursor line alone is too long: cut it on a character grid anchored at the line's real start
+    # (so the window's start stays put while typing on it), taking the longest window that fits.
+    line_start = text.rfind("\n", 0, offset) + 1
+    first = max(0, -(-(region_start - line_start) // CHAR_GRID))  # the first grid point within reach
+    last = (offset - line_start - 1) // CHAR_GRID  # the last grid point before the cursor
+    if last < first:
+        return "", offset
+    j = _longest_fit(last - first, lambda j: counter.count(text[line_start + (last - j) * CHAR_GRID : offset]) <= budget)
+    if j is None:
+        return "", offset
+    start = line_start + (last - j) * CHAR_GRID
+    return text[start:offset], start
 
 
 def _suffix_window(text: str, offset: int, counter: TokenCounter, budget: int) -> tuple[str, int]:
@@ -219,13 +223,39 @@ def _suffix_window(text: str, offset: int, counter: TokenCounter, budget: int) -
             continue
         if counter.count_infill(text[offset:end]) <= budget:
             return text[offset:end], end
-    # Even the rest of the cursor line does not fit: cut it on the character grid.
-    end = ends[0][0]
-    while end > offset:
-        end = max(offset, offset + ((end - offset - 1) // CHAR_GRID) * CHAR_GRID)
-        if counter.count_infill(text[offset:end]) <= budget:
-            return text[offset:end], end
-    return "", offset
+    # Even the rest of the cursor line does not fit: cut it on a character grid counted from the cursor
+    # (typing before it leaves the window's text unchanged), taking the longest window that fits.
+    steps = (ends[0][0] - offset - 1) // CHAR_GRID
+    j = _longest_fit(steps - 1, lambda j: counter.count_infill(text[offset : offset + (j + 1) * CHAR_GRID]) <= budget) if steps > 0 else None
+    if j is None:
+        return "", offset
+    end = offset + (j + 1) * CHAR_GRID
+    return text[offset:end], end
+
+
+def _longest_fit(n: int, fits: Callable[[int], bool]) -> int | None:
+    """The largest ``j`` in [0, n] with ``fits(j)``, for a ``fits`` that holds up to some ``j`` and not
+    after (None when ``fits(0)`` does not hold). Galloping, then bisection: about 2 log2(j) calls, the
+    longest of them on about twice the answer's size, so the cost of a keystroke on a 1M-character line
+    depends on the token budget, not on the line."""
+    if n < 0 or not fits(0):
+        return None
+    good, step = 0, 1
+    while True:
+        j = min(n, good + step)
+        if j == good:
+            return good
+        if not fits(j):
+            bad = j
+            break
+        good, step = j, step * 2
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        if fits(mid):
+            good = mid
+        else:
+            bad = mid
+    return good
 
 
 @dataclass(frozen=True)

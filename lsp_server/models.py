@@ -3,14 +3,18 @@
 In: the ``model`` setting / ``--model`` argument, one of
 
 - ``demo``: the tiny Code Llama shipped inside the package (``lsp_server/models/demo/*.gguf``);
-- ``REPO:FILE``: a GGUF file of a Hugging Face repository (``TheBloke/CodeLlama-7B-GGUF:codellama-7b.Q4_K_M.gguf``),
-  fetched by ``huggingface_hub`` into its usual cache, so a second start is offline. ``HF_HUB_OFFLINE=1``
-  is honoured: then only the cache is used;
+- ``hf:REPO:FILE``, or ``REPO:FILE`` when it does not look like a local path: a GGUF file of a Hugging
+  Face repository (``TheBloke/CodeLlama-7B-GGUF:codellama-7b.Q4_K_M.gguf``), fetched by ``huggingface_hub``
+  into its usual cache, so a second start is offline. ``HF_HUB_OFFLINE=1`` is honoured: then only the
+  cache is used. Path-like means: it exists, starts with ``/``, ``.`` or ``~``, has more than one
+  ``/``, or its first component is an existing folder (``models/my-project:weights.gguf`` next to a
+  ``models`` folder is a file, never a repository);
 - anything else: a path to a GGUF file.
 
-Out: the path of a file that at least starts like a GGUF file, or a ``ModelError`` whose message says
-what was expected and what was found (the server shows it as an error status; the CLI prints it).
-Nothing is downloaded at import time or by the tests.
+Out: the path of a file that passed ``gguf_check`` (a consistent, sane GGUF header), with its summary
+and where it came from, or a ``ModelError`` whose message says what was expected and what was found
+(the server shows it as an error status; the CLI prints it). Nothing is downloaded at import time or by
+the tests.
 """
 
 from __future__ import annotations
@@ -21,9 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .gguf_check import GGUFCheckError, GGUFSummary, check_gguf
+
 DEMO_DIR = Path(__file__).resolve().parent / "models" / "demo"
-GGUF_MAGIC = b"GGUF"
-_HF_SPEC = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+):(?P<file>[^:]+\.gguf)$")
+HF_PREFIX = "hf:"
+_HF_SPEC = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+):(?P<file>[^:/\\]+\.gguf)$")
 
 Progress = Callable[[str, int | None], None]  # (message, percent or None)
 
@@ -36,35 +42,55 @@ class ModelError(Exception):
 class ResolvedModel:
     path: Path
     name: str  # what status messages show
+    source: str  # "the shipped demo model", "a local file", "the Hugging Face Hub (REPO:FILE)"
+    summary: GGUFSummary
 
 
 def resolve(spec: str, progress: Progress | None = None) -> ResolvedModel:
     spec = spec.strip()
     if not spec:
-        raise ModelError("expected a model (a GGUF path, 'demo' or REPO:FILE), got an empty string")
+        raise ModelError("expected a model (a GGUF path, 'demo' or [hf:]REPO:FILE), got an empty string")
     if spec == "demo":
         found = sorted(DEMO_DIR.glob("*.gguf")) if DEMO_DIR.is_dir() else []
         if not found:
             raise ModelError(f"expected the demo model in {DEMO_DIR}/*.gguf, got no such file (reinstall the package)")
-        return ResolvedModel(check_gguf(found[0]), "demo")
+        return ResolvedModel(found[0], "demo", "the shipped demo model", _checked(found[0]))
+    hub = hub_spec(spec)
+    if hub is not None:
+        repo, filename = hub
+        path = _download(repo, filename, progress)
+        return ResolvedModel(path, f"{repo}:{filename}", f"the Hugging Face Hub ({repo}:{filename})", _checked(path))
     path = Path(spec).expanduser()
-    if not path.exists() and (m := _HF_SPEC.match(spec)):
-        return ResolvedModel(check_gguf(_download(m["repo"], m["file"], progress)), spec)
-    return ResolvedModel(check_gguf(path), path.name)
+    return ResolvedModel(path, path.name, f"a local file ({path})", _checked(path, hint=_HF_SPEC.match(spec) is not None))
 
 
-def check_gguf(path: Path) -> Path:
-    """``path`` if it is a readable file starting with the GGUF magic; llama.cpp checks the rest."""
-    if not path.is_file():
-        raise ModelError(f"expected a GGUF model file at {path}, got {'a directory' if path.is_dir() else 'no such file'}")
+def hub_spec(spec: str) -> tuple[str, str] | None:
+    """(repo, file) when ``spec`` names a Hugging Face file (see the module docstring), else None."""
+    explicit = spec.startswith(HF_PREFIX)
+    body = spec[len(HF_PREFIX) :] if explicit else spec
+    m = _HF_SPEC.match(body)
+    if m is None:
+        if explicit:
+            raise ModelError(f"expected hf:OWNER/REPO:FILE.gguf, got {spec!r}")
+        return None
+    if not explicit and _path_like(spec):
+        return None
+    return m["repo"], m["file"]
+
+
+def _path_like(spec: str) -> bool:
+    if spec.startswith(("/", ".", "~", "\\")) or spec.count("/") > 1 or "\\" in spec:
+        return True
+    path = Path(spec).expanduser()
+    return path.exists() or Path(spec.split("/", 1)[0]).is_dir()
+
+
+def _checked(path: Path, hint: bool = False) -> GGUFSummary:
     try:
-        with path.open("rb") as f:
-            head = f.read(8)
-    except OSError as exc:
-        raise ModelError(f"expected a readable GGUF file at {path}, got {exc.strerror}") from None
-    if head[:4] != GGUF_MAGIC:
-        raise ModelError(f"expected a GGUF file (starting with {GGUF_MAGIC!r}) at {path}, got {head[:4]!r}")
-    return path
+        return check_gguf(path)
+    except GGUFCheckError as exc:
+        extra = " (for a Hugging Face file write hf:REPO:FILE)" if hint and not path.exists() else ""
+        raise ModelError(f"{exc}{extra}") from None
 
 
 def _download(repo: str, filename: str, progress: Progress | None) -> Path:

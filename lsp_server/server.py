@@ -6,7 +6,12 @@ the same completion as a single ``textDocument/completion`` item, ``codellama/st
 ``$/progress`` while a model loads, and ``window/showMessage`` for bad settings and model errors.
 
 Handlers are adapters: they read the document and position, call ``pipeline.complete`` (which awaits
-the engine's worker thread, so the event loop stays free), and shape the reply. Documents are kept by
+the engine's worker thread, so the event loop stays free), and shape the reply. The JSON-RPC edge
+(framing, every request answered once, lifecycle errors, the transports) is ``rpc``.
+
+A model is checked by ``gguf_check`` before llama.cpp sees it and loaded on a daemon thread within
+``ServerOptions.load_timeout_s``; whatever goes wrong in a load (a bad file, an exception of any kind,
+a timeout) ends in an ``error`` status with its message, and the next ``model`` setting starts afresh. Documents are kept by
 pygls with incremental sync; positions arrive in the negotiated encoding (UTF-16 unless the client
 offered UTF-8/32) and are converted by ``context.offset_at``. A reply is dropped when the document
 changed while the model was running, so stale text never reaches the editor.
@@ -16,39 +21,98 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hashlib
 import itertools
 import logging
 import re
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+from urllib.parse import unquote
 
 from lsprotocol import types
-from pygls.exceptions import JsonRpcException
+from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
 
 from . import config, context, models, pipeline, syntax
 from .cache import TypeThroughCache
 from .engines import EngineError
 from .engines.llama_cpp import EngineOptions, LlamaCppEngine
+from . import rpc
+from .rpc import LspProtocol
 
 log = logging.getLogger(__name__)
 
 STATUS = "codellama/status"
+DOCUMENT_STATE = "codellama/documentState"  # client -> server: {uri} -> {version, length, sha256} | null
 EVENT = "codellama/event"  # client -> server: {kind: "shown" | "accepted", languageId?}; counted locally only
 _WORD_BEFORE = re.compile(r"\w+\Z")
 VERSION = "0.1.0"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class ServerOptions:
     model: str = "demo"  # the default model; the client's `model` setting overrides it
     engine: EngineOptions = EngineOptions()
+    load_timeout_s: float = 300.0  # llama.cpp's load of a checked file; a slow disk may need more
+
+
+_THREADS: set[threading.Thread] = set()  # loads and closes still running (the CLI does not wait for them)
+
+
+def in_daemon_thread(fn: Callable[..., T], *args: Any, orphan: Callable[[T], None] | None = None) -> asyncio.Future[T]:
+    """``fn(*args)`` on a daemon thread, as a future of the event loop.
+
+    Unlike ``asyncio.to_thread`` the thread never keeps the process alive: a llama.cpp load cannot be
+    interrupted, and Ctrl-C, SIGTERM or a timeout must not wait for it. When the future was cancelled
+    meanwhile (a timeout), ``orphan`` gets the result instead (to close an engine nobody will use).
+    """
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[T] = loop.create_future()
+
+    def deliver(ok: bool, value: Any) -> None:
+        if fut.cancelled():
+            if ok and orphan is not None:
+                threading.Thread(target=orphan, args=(value,), daemon=True).start()
+        elif ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
+
+    def run() -> None:
+        try:
+            result: tuple[bool, Any] = (True, fn(*args))
+        except Exception as exc:
+            result = (False, exc)
+        finally:
+            _THREADS.discard(threading.current_thread())
+        try:
+            loop.call_soon_threadsafe(deliver, *result)
+        except RuntimeError:  # the loop has closed: the server is ending
+            pass
+
+    thread = threading.Thread(target=run, name=getattr(fn, "__name__", "worker"), daemon=True)
+    _THREADS.add(thread)
+    thread.start()
+    return fut
+
+
+def busy_threads() -> int:
+    """Loads or closes still running on daemon threads."""
+    return sum(t.is_alive() for t in list(_THREADS))
 
 
 class CodeLlamaServer(LanguageServer):
+    protocol: LspProtocol
+
     def __init__(self, options: ServerOptions) -> None:
-        super().__init__("codellama-lsp", VERSION, text_document_sync_kind=types.TextDocumentSyncKind.Incremental)
+        super().__init__(
+            "codellama-lsp", VERSION, text_document_sync_kind=types.TextDocumentSyncKind.Incremental,
+            protocol_cls=LspProtocol, converter_factory=rpc.converter,
+        )
         self.options = options
         self.settings = config.Settings(model=options.model)
         self.engine: LlamaCppEngine | None = None
@@ -126,33 +190,44 @@ class CodeLlamaServer(LanguageServer):
                 loop.call_soon_threadsafe(self.work_done_progress.report, token, value)
 
         try:
-            resolved = await asyncio.to_thread(models.resolve, spec, report)
+            resolved = await in_daemon_thread(models.resolve, spec, report)
+            log.info("model %s: %s", spec, resolved.source)
             report(f"loading {resolved.name}", None)
-            engine = await asyncio.to_thread(LlamaCppEngine, resolved.path, resolved.name, self.options.engine)
-        except Exception as exc:  # any failure (a bad file, a library error) is an error status, never a hang
+            timeout = self.options.load_timeout_s
+            try:
+                engine = await asyncio.wait_for(
+                    in_daemon_thread(LlamaCppEngine, resolved.path, resolved.name, self.options.engine, orphan=LlamaCppEngine.close),
+                    timeout,
+                )
+            except asyncio.TimeoutError:
+                raise EngineError(f"expected llama.cpp to load {resolved.path} within {timeout:g} s, got no result "
+                                  "(a slow disk? see --load-timeout)") from None
+        except Exception as exc:  # of any kind: the status must never stay "loading"
+            message = str(exc) if isinstance(exc, (models.ModelError, EngineError)) else (
+                f"expected to load {spec}, got {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+            )
             if not isinstance(exc, (models.ModelError, EngineError)):
-                log.exception("loading %s failed", spec)
-                exc = EngineError(f"expected to load {spec}, got {type(exc).__name__}: {exc}")
+                log.error("model %s: unexpected failure", spec, exc_info=exc)
             if generation == self._load_generation:
-                self.error = str(exc)
-                log.error("model %s: %s", spec, exc)
+                self.error = message
+                log.error("model %s: %s", spec, message)
                 old, self.engine, self._loaded_model = self.engine, None, None
                 if old is not None:
-                    await asyncio.to_thread(old.close)
-                self.show(types.MessageType.Error, str(exc))
+                    in_daemon_thread(old.close)
+                self.show(types.MessageType.Error, message)
             if progress:
                 self.work_done_progress.end(token, types.WorkDoneProgressEnd(message="failed"))
             if generation == self._load_generation:
-                self.send_status("error", str(exc))  # last: clients may treat the status as "done"
+                self.send_status("error", message)  # last: clients may treat the status as "done"
             return
         if generation != self._load_generation:  # a newer load started meanwhile
-            await asyncio.to_thread(engine.close)
+            in_daemon_thread(engine.close)
             return
         old, self.engine = self.engine, engine
         self._loaded_model, self.error = spec, None
         self.cache = TypeThroughCache()
         if old is not None:
-            await asyncio.to_thread(old.close)
+            in_daemon_thread(old.close)
         info, sentinels = engine.info, engine.vocab.sentinels
         log.info("model %s ready: n_ctx=%d (trained %d); sentinels %s", info.name, info.n_ctx, info.n_ctx_train, sentinels.describe())
         msg = None if sentinels.has_fim else "the model has no FIM tokens: completing from the prefix only"
@@ -177,6 +252,33 @@ class CodeLlamaServer(LanguageServer):
         self.work_done_progress.begin(token, types.WorkDoneProgressBegin(title=title, cancellable=False))
         return True
 
+    async def close(self) -> None:
+        """Stop loading and free the model (on exit, end of input or a signal); never waits long."""
+        if self._load_task is not None and not self._load_task.done():
+            self._load_generation += 1
+            self._load_task.cancel()
+        engine, self.engine = self.engine, None
+        if engine is not None:
+            try:
+                await asyncio.wait_for(in_daemon_thread(engine.close), 5)
+            except asyncio.TimeoutError:
+                log.warning("the engine did not close within 5 s; exiting anyway")
+
+    # ---- documents -------------------------------------------------------------------------------------
+    def document(self, uri: str) -> Any:
+        """The open document ``uri`` or None (pygls keys documents by the unquoted URI)."""
+        return self.workspace.text_documents.get(unquote(uri))
+
+    def document_lost(self, uri: str | None, reason: str) -> None:
+        """A document change could not be applied: forget the document (so no completion comes from a
+        copy that differs from the editor's) and tell the user."""
+        if uri is not None:
+            self.workspace.remove_text_document(uri)
+            self.cache.forget(uri)
+        where = uri or "a document"
+        log.error("%s is out of sync: %s", where, reason)
+        self.show(types.MessageType.Error, f"{where} is out of sync ({reason}); completions for it stop until it is reopened")
+
     # ---- completion --------------------------------------------------------------------------------
     async def complete_at(
         self, uri: str, position: types.Position, n: int, selected: types.SelectedCompletionInfo | None = None
@@ -184,7 +286,7 @@ class CodeLlamaServer(LanguageServer):
         """Completions at ``position`` (texts in the document's newline style), the range they replace and
         the identifier characters just before the cursor (for ``textDocument/completion`` items)."""
         rid = f"r{next(self._ids)}"
-        doc = self.workspace.text_documents.get(uri)
+        doc = self.document(uri)
         if doc is None:
             log.info("%s: %s is not open; nothing to complete", rid, uri)
             return None
@@ -229,7 +331,7 @@ class CodeLlamaServer(LanguageServer):
         finally:
             self._inflight -= 1
         t1 = time.perf_counter()
-        if doc.version != version or self.workspace.text_documents.get(uri) is not doc:
+        if doc.version != version or self.document(uri) is not doc:
             log.debug("%s: document changed while completing; dropped", rid)
             if not self._inflight:
                 self.send_status("ready")
@@ -313,18 +415,34 @@ def create_server(options: ServerOptions = ServerOptions()) -> CodeLlamaServer:
     @server.feature(EVENT)
     def on_event(ls: CodeLlamaServer, params: Any) -> None:
         # Local statistics only: nothing is sent anywhere. The totals ride along in codellama/status.
-        kind = str(getattr(params, "kind", None) or "unknown")
-        language = str(getattr(params, "languageId", None) or getattr(params, "language_id", None) or "unknown")
+        fields = params if isinstance(params, dict) else {}
+        kind = str(fields.get("kind") or "unknown")[:40]
+        language = str(fields.get("languageId") or "unknown")[:40]
         ls.events[(kind, language)] += 1
         log.debug("event %s (%s): %d so far", kind, language, ls.events[(kind, language)])
 
+    @server.feature(DOCUMENT_STATE)
+    def on_document_state(ls: CodeLlamaServer, params: Any) -> dict[str, Any] | None:
+        # What the server holds for a document, to check that it is in sync with the editor's copy
+        # (the text's SHA-256, never the text). None: not open here (or dropped after a bad change).
+        uri = params.get("uri") if isinstance(params, dict) else None
+        if not isinstance(uri, str):
+            raise JsonRpcInvalidParams(f"{DOCUMENT_STATE}: expected params {{uri: string}}")
+        doc = ls.document(uri)
+        if doc is None:
+            return None
+        source = doc.source
+        return {
+            "version": doc.version,
+            "length": len(source),
+            "sha256": hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest(),
+        }
+
     @server.feature(types.SHUTDOWN)
     async def on_shutdown(ls: CodeLlamaServer, *_args: Any) -> None:
-        if ls.engine is not None:
-            engine, ls.engine = ls.engine, None
-            await asyncio.to_thread(engine.close)
+        await ls.close()
 
     return server
 
 
-__all__ = ["CodeLlamaServer", "ServerOptions", "create_server", "STATUS"]
+__all__ = ["CodeLlamaServer", "ServerOptions", "create_server", "STATUS", "DOCUMENT_STATE", "busy_threads"]

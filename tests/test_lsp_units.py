@@ -200,8 +200,9 @@ def test_model_spec_errors_say_what_was_expected(tmp_path) -> None:
         models.resolve(str(tmp_path / "missing.gguf"))
     junk = tmp_path / "junk.gguf"
     junk.write_bytes(b"PK\x03\x04 not a gguf")
-    with _pytest.raises(models.ModelError, match=r"starting with b'GGUF'.*got b'PK"):
+    with _pytest.raises(models.ModelError, match=r"starting with 'GGUF'.*got a file that does not") as err:
         models.resolve(str(junk))
+    assert "PK" not in str(err.value)  # never the file's bytes (a TCP client could read files that way)
     with _pytest.raises(models.ModelError, match="got an empty string"):
         models.resolve("  ")
     # REPO:FILE offline with an empty cache: a clear message, no network (own process: the offline flag
@@ -217,3 +218,30 @@ def test_model_spec_errors_say_what_was_expected(tmp_path) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, cwd=str(tmp_path.parent))
     assert "expected someorg/somerepo:model.Q4_K_M.gguf in the Hugging Face cache" in out.stdout, out.stderr
     assert "HF_HUB_OFFLINE is set" in out.stdout
+
+
+def test_a_keystroke_on_a_huge_line_costs_what_the_window_needs_and_keeps_its_anchor() -> None:
+    """Typing at the end (and at the start) of a 100k- and a 1M-character line: the characters run
+    through the tokenizer per keystroke depend on the budget, not on the line, and the prefix window
+    keeps its start while typing (so the engine reuses its KV cache)."""
+    tokenized = [0]
+
+    def count(text: str) -> int:  # ~4 characters a token, like code in a real vocabulary
+        tokenized[0] += len(text)
+        return (len(text) + 3) // 4
+
+    counter = context.TokenCounter(count, count)
+    budget = 2000
+    work = {}
+    for n in (100_000, 1_000_000):
+        line = "x = [" + "1, " * (n // 3)
+        tokenized[0] = 0
+        first = context.build(line, len(line), counter, budget)
+        typed = context.build(line + "2", len(line) + 1, counter, budget)
+        assert typed.prefix_start == first.prefix_start and typed.prefix == first.prefix + "2"
+        assert len(first.prefix) > 4 * budget * 0.8  # most of the budget is used
+        head = context.build(line, 0, counter, budget, prefix_ratio=0.0)  # the cursor at the start: a long suffix
+        assert len(head.suffix) > 4 * budget * 0.8 and head.suffix_end - head.prefix_start <= 4 * budget + 4
+        work[n] = tokenized[0]
+    # before: 7.8M characters a keystroke (a linear walk over the 64K-character reach, re-tokenized per step)
+    assert work[1_000_000] <= 1.2 * work[100_000] and work[1_000_000] < 60 * 4 * budget, work

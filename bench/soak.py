@@ -1,0 +1,123 @@
+"""Soak: many edits and completion requests against the real ``codellama-lsp --stdio``; memory and stale replies.
+
+In: a model (default ``demo``), how many completion requests (default 10,000), the burst size.
+Out: a Markdown table on stdout: requests sent and answered (each exactly once), replies with items,
+stale replies, the server's RSS after warm-up and at the end, and its growth.
+
+Typing is simulated in bursts, as an editor sends them: each keystroke is a ``didChange`` (one
+character inserted at the cursor, every 40th a newline), a ``codellama/documentState`` probe and an
+``inlineCompletion`` request (every 10th, never the last of a burst, cancelled at once with ``$/cancelRequest``); after each burst
+the client waits for all replies. A reply is stale when it has items although the document was edited
+after its request and the server answered the probe sent after that edit first (so it had the edit
+before it replied). RSS is the server process's resident set (psutil), sampled after each burst; the
+first ``--warmup`` requests are warm-up (model pages, caches, allocator pools).
+
+Run: ``python bench/soak.py`` (about two minutes with the demo model on two cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.fixtures.raw_lsp import RawServer  # noqa: E402
+
+URI = "file:///soak/typing.py"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    p.add_argument("--model", default="demo")
+    p.add_argument("--requests", type=int, default=10_000)
+    p.add_argument("--burst", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=2_000)
+    args = p.parse_args()
+
+    t0 = time.perf_counter()
+    with RawServer(args=()) as s:
+        s.initialize(args.model, {"maxTokens": 16, "timeBudgetMs": 1000})
+        assert s.statuses()[-1]["state"] == "ready", s.statuses()[-1]
+        proc = psutil.Process(s.proc.pid)
+        text = "import os\n\n\ndef main(argv):\n    total = 0\n    "
+        line, col = text.count("\n"), len(text) - text.rfind("\n") - 1
+        s.notify("textDocument/didOpen", {"textDocument": {"uri": URI, "languageId": "python", "version": 1, "text": text}})
+        version, ids, edits = 1, iter(range(1, 10**9)), 0
+        requests: list[tuple[int, int]] = []  # (request id, edits before it)
+        probes: list[tuple[int, int]] = []  # (probe id, edits before it)
+        rss_warm = rss_max = 0
+        samples: list[int] = []
+        sent = 0
+        while sent < args.requests:
+            burst: list[int] = []
+            for _ in range(min(args.burst, args.requests - sent)):
+                ch = "\n" if edits % 40 == 39 else "abcdefghij"[edits % 10]
+                version += 1
+                edits += 1
+                pos = {"line": line, "character": col}
+                s.notify("textDocument/didChange", {"textDocument": {"uri": URI, "version": version},
+                                                    "contentChanges": [{"range": {"start": pos, "end": pos}, "text": ch}]})  # fmt: skip
+                line, col = (line + 1, 0) if ch == "\n" else (line, col + 1)
+                pid = next(ids)
+                s.send({"jsonrpc": "2.0", "id": pid, "method": "codellama/documentState", "params": {"uri": URI}})
+                probes.append((pid, edits))
+                rid = next(ids)
+                s.send({"jsonrpc": "2.0", "id": rid, "method": "textDocument/inlineCompletion", "params": {
+                    "textDocument": {"uri": URI}, "position": {"line": line, "character": col}, "context": {"triggerKind": 2}}})  # fmt: skip
+                if sent % 10 == 4:  # not the last of a burst (that one is answered with text)
+                    s.notify("$/cancelRequest", {"id": rid})
+                requests.append((rid, edits))
+                burst += [pid, rid]
+                sent += 1
+            for i in burst:
+                s.response(i, timeout=120)
+            rss = proc.memory_info().rss
+            samples.append(rss)
+            if sent <= args.warmup:
+                rss_warm = rss
+            rss_max = max(rss_max, rss)
+        elapsed = time.perf_counter() - t0
+        order = {json.dumps(f["id"]): i for i, f in enumerate(s.frames) if "id" in f and "method" not in f and f["id"] is not None}
+        answered_once = sum(len(s.responses[json.dumps(r)]) == 1 for r, _ in requests)
+        with_items = stale = 0
+        probe_by_edit = dict((n, pid) for pid, n in probes)
+        for rid, n in requests:
+            result = s.responses[json.dumps(rid)][0].get("result")
+            if not (result and result.get("items")):
+                continue
+            with_items += 1
+            nxt = probe_by_edit.get(n + 1)  # the probe right after the next edit
+            if nxt is not None and order[json.dumps(nxt)] < order[json.dumps(rid)]:
+                stale += 1
+        s.request("shutdown")
+        s.notify("exit")
+        code = s.exit_code()
+        err = s.stderr()
+        tracebacks = err.count("Traceback")
+        if tracebacks:
+            at = err.index("Traceback")
+            print(err[max(0, at - 300) : at + 3000], file=sys.stderr)
+        for r, _ in requests:
+            if len(s.responses[json.dumps(r)]) != 1:
+                print(f"request {r}: {s.responses[json.dumps(r)]}", file=sys.stderr)
+    after = samples[len(samples) * args.warmup // max(args.requests, 1):]
+    print(f"| model | requests | answered once | with items | stale | RSS after warm-up | RSS end | growth | RSS max | time | exit |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    mb = 1024 * 1024
+    print(
+        f"| {args.model} | {len(requests)} | {answered_once} | {with_items} | {stale} | {rss_warm / mb:.1f} MB | "
+        f"{samples[-1] / mb:.1f} MB | {(samples[-1] - rss_warm) / mb:+.1f} MB | {rss_max / mb:.1f} MB | {elapsed:.0f} s | {code} |"
+    )
+    if after:
+        print(f"\nRSS after warm-up: min {min(after) / mb:.1f} MB, max {max(after) / mb:.1f} MB over {len(after)} samples; tracebacks: {tracebacks}")
+    return 0 if answered_once == len(requests) and stale == 0 and tracebacks == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
