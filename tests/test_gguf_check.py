@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from lsp_server.gguf_check import MAX_CONTEXT, GGUFCheckError, check_gguf
+from tests.fixtures.lsp_models import lsp_random_gguf  # noqa: F401
 
 ARCH = "llama"
 N_EMBD, N_HEAD, N_HEAD_KV, N_LAYER, N_VOCAB = 8, 2, 1, 2, 5
