@@ -28,13 +28,15 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import json
+import math
 import mmap
+import os
 import pickle
 import re
 import sys
 import warnings
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -48,6 +50,7 @@ Layout = Literal["meta", "hf-safetensors", "hf-bin"]
 
 _SHARD_RE = re.compile(r"^consolidated\.(\d+)\.pth$")
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_INDEX_NAMES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 _SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
@@ -125,6 +128,12 @@ class Checkpoint:
         if self.tokenizer_path is not None:
             files.append(self.tokenizer_path)
         return files
+
+    @property
+    def input_files(self) -> list[Path]:
+        """Every file conversion reads (``source_files`` plus a Hugging Face index): what an output must not be."""
+        index = [self.root / n for n in _INDEX_NAMES if (self.root / n).is_file()]
+        return [*self.source_files, *index]
 
     def source_sha256(self, chunk: int = 1 << 22) -> str:
         """SHA-256 over the source files' bytes, in ``source_files`` order, streamed in 4 MiB reads."""
@@ -213,10 +222,60 @@ class Checkpoint:
 # ---------------------------------------------------------------------------- helpers
 
 
-def _check_hparams(source: Path, dim: Any, n_layers: Any, n_heads: Any, n_kv_heads: Any) -> None:
-    for key, value in (("dim", dim), ("n_layers", n_layers), ("n_heads", n_heads), ("n_kv_heads", n_kv_heads)):
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ExportError(f"expected a positive integer {key} in {source}, got {value!r}")
+# Hyper-parameters in either config format: (HParams field, params.json key, config.json key, accepted
+# values, test, default when absent or null in params.json / config.json). REQUIRED: no default.
+# The bounds keep every value representable in the GGUF (uint32 counts, float32 eps/theta) and away from
+# values llama.cpp aborts or stalls on; they are far beyond any released Llama (80 layers, dim 8192).
+REQUIRED = object()
+MAX_LAYERS = 1024
+MAX_DIM = 1 << 20
+FLOAT32_MAX = 3.4028234663852886e38
+_HPARAMS: tuple[tuple[str, str, str, str, Callable[[Any], bool], Any, Any], ...] = (
+    ("dim", "dim", "hidden_size", f"an integer in [1, {MAX_DIM}]", lambda v: 1 <= v <= MAX_DIM, REQUIRED, REQUIRED),
+    ("n_layers", "n_layers", "num_hidden_layers", f"an integer in [1, {MAX_LAYERS}]",
+     lambda v: 1 <= v <= MAX_LAYERS, REQUIRED, REQUIRED),
+    ("n_heads", "n_heads", "num_attention_heads", f"an integer in [1, {MAX_DIM}]",
+     lambda v: 1 <= v <= MAX_DIM, REQUIRED, REQUIRED),
+    ("n_kv_heads", "n_kv_heads", "num_key_value_heads", f"an integer in [1, {MAX_DIM}]",
+     lambda v: 1 <= v <= MAX_DIM, None, None),  # None: as many as query heads
+    ("norm_eps", "norm_eps", "rms_norm_eps", "a finite number in (0, 1)", lambda v: 0 < v < 1, 1e-5, 1e-6),
+    ("rope_theta", "rope_theta", "rope_theta", "a finite number in (0, 3.4e38] (a float32)",
+     lambda v: 0 < v <= FLOAT32_MAX, None, 10000.0),
+    ("vocab_size", "vocab_size", "vocab_size", "a positive integer (or -1 in params.json)",
+     lambda v: v >= 1 or v == -1, None, None),  # -1 (some Meta releases): the embedding decides
+    ("context_length", "max_seq_len", "max_position_embeddings", "a positive integer",
+     lambda v: v >= 1, None, None),
+)  # fmt: skip
+_INT_FIELDS = frozenset({"dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "context_length"})
+
+
+def read_hparams(data: dict[str, Any], source: Path, scheme: Literal["meta", "hf"]) -> HParams:
+    """A params.json (``meta``) or config.json (``hf``) object -> checked ``HParams``.
+
+    Every value must have the right type (integers for counts; ``true`` is not 1), be finite and lie in
+    its range; the counts must fit each other (heads divide dim into an even head size, query heads are a
+    multiple of kv heads). Anything else raises ``ExportError("expected <key> in <file> to be ..., got ...")``.
+    """
+    values: dict[str, Any] = {}
+    for field_name, meta_key, hf_key, what, ok, meta_default, hf_default in _HPARAMS:
+        key, default = (meta_key, meta_default) if scheme == "meta" else (hf_key, hf_default)
+        value = data.get(key)
+        if value is None:
+            if default is REQUIRED:
+                raise ExportError(f"expected {key!r} in {source}, got keys {sorted(data)}")
+            values[field_name] = default
+            continue
+        integer = field_name in _INT_FIELDS
+        typed = isinstance(value, int) if integer else isinstance(value, (int, float))
+        # (a huge JSON integer has no float value: isfinite would overflow, so integers skip that test)
+        if isinstance(value, bool) or not typed or not (integer or math.isfinite(value)) or not ok(value):
+            raise ExportError(f"expected {key} in {source} to be {what}, got {value!r}")
+        values[field_name] = value if integer else float(value)
+    if values["n_kv_heads"] is None:
+        values["n_kv_heads"] = values["n_heads"]
+    if values["vocab_size"] == -1:
+        values["vocab_size"] = None
+    dim, n_heads, n_kv_heads = values["dim"], values["n_heads"], values["n_kv_heads"]
     if dim % n_heads:
         raise ExportError(f"expected dim divisible by n_heads in {source}, got dim={dim} n_heads={n_heads}")
     if (dim // n_heads) % 2:
@@ -225,6 +284,7 @@ def _check_hparams(source: Path, dim: Any, n_layers: Any, n_heads: Any, n_kv_hea
         raise ExportError(
             f"expected n_heads divisible by n_kv_heads in {source}, got n_heads={n_heads} n_kv_heads={n_kv_heads}"
         )
+    return HParams(**values)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -235,15 +295,6 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ExportError(f"expected a JSON object in {path}, got {type(data).__name__}")
     return data
-
-
-def _number(data: dict[str, Any], key: str, source: Path, default: float | None) -> float | None:
-    value = data.get(key, default)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ExportError(f"expected a positive number for {key} in {source}, got {value!r}")
-    return float(value)
 
 
 def torch_load_state(path: Path) -> dict[str, torch.Tensor]:
@@ -361,25 +412,7 @@ class MetaCheckpoint(Checkpoint):
     def open(cls, root: Path) -> "MetaCheckpoint":
         params_path = root / "params.json"
         params = _read_json(params_path)
-        for key in ("dim", "n_layers", "n_heads"):
-            if key not in params:
-                raise ExportError(f"expected {key!r} in {params_path} (a Llama params.json), got keys {sorted(params)}")
-        n_kv = params.get("n_kv_heads") or params["n_heads"]
-        _check_hparams(params_path, params["dim"], params["n_layers"], params["n_heads"], n_kv)
-        vocab = params.get("vocab_size")
-        if vocab is not None and (not isinstance(vocab, int) or (vocab <= 0 and vocab != -1)):
-            raise ExportError(f"expected vocab_size to be a positive integer or -1 in {params_path}, got {vocab!r}")
-        ctx = params.get("max_seq_len")
-        hp = HParams(
-            dim=params["dim"],
-            n_layers=params["n_layers"],
-            n_heads=params["n_heads"],
-            n_kv_heads=n_kv,
-            norm_eps=_number(params, "norm_eps", params_path, 1e-5) or 1e-5,
-            rope_theta=_number(params, "rope_theta", params_path, None),
-            vocab_size=vocab if isinstance(vocab, int) and vocab > 0 else None,
-            context_length=int(ctx) if isinstance(ctx, int) and ctx > 0 else None,
-        )
+        hp = read_hparams(params, params_path, "meta")
 
         shards: dict[int, Path] = {}
         for p in root.iterdir():
@@ -502,23 +535,7 @@ class HFCheckpoint(Checkpoint):
             raise ExportError(f"expected no rope_scaling in {config_path} (Code Llama has none), got {cfg['rope_scaling']!r}")
         if cfg.get("hidden_act", "silu") != "silu":
             raise ExportError(f"expected hidden_act 'silu' in {config_path}, got {cfg['hidden_act']!r}")
-        for key in ("hidden_size", "num_hidden_layers", "num_attention_heads"):
-            if key not in cfg:
-                raise ExportError(f"expected {key!r} in {config_path}, got keys {sorted(cfg)}")
-        n_kv = cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
-        _check_hparams(config_path, cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"], n_kv)
-        vocab = cfg.get("vocab_size")
-        ctx = cfg.get("max_position_embeddings")
-        hp = HParams(
-            dim=cfg["hidden_size"],
-            n_layers=cfg["num_hidden_layers"],
-            n_heads=cfg["num_attention_heads"],
-            n_kv_heads=n_kv,
-            norm_eps=_number(cfg, "rms_norm_eps", config_path, 1e-6) or 1e-6,
-            rope_theta=_number(cfg, "rope_theta", config_path, 10000.0),
-            vocab_size=vocab if isinstance(vocab, int) and vocab > 0 else None,
-            context_length=int(ctx) if isinstance(ctx, int) and ctx > 0 else None,
-        )
+        hp = read_hparams(cfg, config_path, "hf")
 
         weight_map, layout = cls._weight_map(root)
         files = tuple(sorted(set(weight_map.values())))
@@ -562,7 +579,7 @@ class HFCheckpoint(Checkpoint):
                 wm = data.get("weight_map")
                 if not isinstance(wm, dict) or not wm:
                     raise ExportError(f"expected a non-empty weight_map in {index}, got {type(wm).__name__}")
-                return {k: root / v for k, v in wm.items()}, layout  # type: ignore[return-value]
+                return {k: _inside(root, v, index) for k, v in wm.items()}, layout  # type: ignore[return-value]
             if (root / single).is_file():
                 return _single_file_map(layout, root / single), layout  # type: ignore[arg-type]
         raise ExportError(f"expected model.safetensors[.index.json] or pytorch_model.bin[.index.json] in {root}, got none")
@@ -622,6 +639,21 @@ class HFCheckpoint(Checkpoint):
 
     def close(self) -> None:
         self._open.clear()
+
+
+def _inside(root: Path, name: object, index: Path) -> Path:
+    """A weight file named by an index's ``weight_map``: a relative path that stays inside ``root``.
+
+    Checked on the path as written, without resolving symlinks: Hugging Face's cache links every snapshot
+    file to a blob outside the snapshot folder, and that is fine; an absolute name or a ``..`` that climbs
+    out of the folder is not (it would make the converter read any file the user can read).
+    """
+    if not isinstance(name, str) or not name:
+        raise ExportError(f"expected file names as weight_map values in {index}, got {name!r}")
+    rel = os.path.normpath(name)
+    if os.path.isabs(name) or rel == ".." or rel.startswith(".." + os.sep) or "\0" in name:
+        raise ExportError(f"expected weight_map in {index} to name files inside {root}, got {name!r}")
+    return root / rel
 
 
 def _single_file_map(layout: Layout, f: Path) -> dict[str, Path]:

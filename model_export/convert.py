@@ -10,7 +10,7 @@ Steps: open the checkpoint (``checkpoints``: tensor tables only, nothing loaded)
 vocabulary (``vocab``) -> declare every tensor to gguf-py's ``GGUFWriter`` (name, shape, type) -> write the
 header, metadata and tensor table -> stream the tensors: each one is assembled from its shards in row
 chunks straight into its output encoding, written, and dropped before the next is read, so peak memory is
-about one tensor whatever the model size -> fsync -> atomic rename onto the requested path.
+about one tensor whatever the model size -> fsync -> atomic rename onto the requested path (``outfile.atomic_output``).
 
 Hyper-parameters written (gguf-py's named keys for the llama architecture):
 - ``llama.rope.freq_base``: ``--rope-theta``, else the config's ``rope_theta``, else 10000 (Llama 2's
@@ -26,17 +26,18 @@ Types: norms stay f32 (1-D, tiny, and llama.cpp adds them in f32); 2-D weights a
 (f32, f16, bf16 or q8_0 through ``gguf.quants``; a row length that is not a multiple of q8_0's block of 32
 falls back to f16).
 
-Failure: bad input raises ``ExportError``; the output path is never touched unless everything succeeded
-(the temporary file in the target folder is removed on any error, including Ctrl-C).
+Failure: bad input raises ``ExportError``; the output path is never touched unless everything succeeded.
+``model_export.outfile`` owns the output file: it refuses a path that is one of the checkpoint's files,
+writes a temporary file beside the target and removes it on any error, Ctrl-C or SIGTERM (the CLI then
+exits 130 / 143), and sweeps up temporary files a killed run left behind.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import os
+import math
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,8 +48,9 @@ import numpy as np
 import torch
 
 from model_export import tensors as tn
-from model_export.checkpoints import Checkpoint, TensorSpec, iter_row_chunks, open_checkpoint
+from model_export.checkpoints import FLOAT32_MAX, Checkpoint, TensorSpec, iter_row_chunks, open_checkpoint
 from model_export.errors import ExportError
+from model_export.outfile import Terminated, atomic_output, check_output, exit_code, sigterm_raises
 from model_export.vocab import FimIds, load_vocab, write_vocab
 
 log = logging.getLogger("model_export.convert")
@@ -176,16 +178,6 @@ def _declare(writer: gguf.GGUFWriter, spec: TensorSpec, qtype: gguf.GGMLQuantiza
         writer.add_tensor_info(spec.name, spec.shape, np.dtype(np.float32), nbytes, raw_dtype=qtype)
 
 
-def _check_output(out: Path) -> None:
-    if out.is_dir():
-        raise ExportError(f"expected an output file path, got the folder {out}")
-    parent = out.parent
-    if not parent.is_dir():
-        raise ExportError(f"expected an existing folder for the output {out}, got {'a file' if parent.exists() else 'no folder'} at {parent}")
-    if not os.access(parent, os.W_OK):
-        raise ExportError(f"expected a writable folder for the output, got {parent} (permission denied)")
-
-
 def convert(
     ckpt_dir: str | Path,
     out_path: str | Path,
@@ -202,18 +194,24 @@ def convert(
         raise ExportError(f"expected outtype one of {sorted(tn.OUTTYPES)}, got {outtype!r}")
     if ctx is not None and not 0 < ctx <= MAX_CONTEXT:
         raise ExportError(f"expected --ctx between 1 and {MAX_CONTEXT}, got {ctx}")
-    if rope_theta is not None and not rope_theta > 0:
-        raise ExportError(f"expected a positive --rope-theta, got {rope_theta}")
+    if rope_theta is not None and not (math.isfinite(rope_theta) and 0 < rope_theta <= FLOAT32_MAX):
+        raise ExportError(f"expected --rope-theta a finite number in (0, 3.4e38], got {rope_theta}")
     out = Path(out_path).absolute()
-    _check_output(out)
+    check_output(out, (), ExportError)  # before the checkpoint is read: a bad -o fails fast
 
     with open_checkpoint(ckpt_dir) as ckpt:
         hp = ckpt.hparams
         if ckpt.tokenizer_path is None:
             raise ExportError(f"expected tokenizer.model in {ckpt.root}, got none")
         vocab = load_vocab(ckpt.tokenizer_path, ckpt.n_vocab)
+        check_output(out, ckpt.input_files, ExportError)
         theta = rope_theta if rope_theta is not None else (hp.rope_theta or 10000.0)
         context_length = ctx or default_context_length(hp.context_length, theta)
+        if context_length > MAX_CONTEXT:
+            raise ExportError(
+                f"expected a context length of at most {MAX_CONTEXT} in {ckpt.config_file}, got {context_length} "
+                f"(pass --ctx N to write another)"
+            )
 
         writer = gguf.GGUFWriter(path=None, arch=gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
         writer.add_name(ckpt.root.name)
@@ -236,37 +234,24 @@ def convert(
             _declare(writer, spec, qtype)
         total = sum(tn.stored_nbytes(s.shape, q) for s, q in plan)
 
-        try:
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-        except OSError as e:
-            raise ExportError(f"expected a writable folder for the output, got {type(e).__name__}: {e}") from None
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
-            writer.write_header_to_file(path=tmp)
-            writer.write_kv_data_to_file()
-            writer.write_ti_data_to_file()
-            done = 0
-            for spec, qtype in plan:
-                data = encode_tensor(ckpt, spec, qtype)
-                writer.write_tensor_data(data)
-                done += data.nbytes
-                del data
-                if progress is not None:
-                    progress(spec.name, done, total)
-            writer.flush()
-            writer.close()
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644 & ~_umask())
-            os.replace(tmp, out)
-        except OSError as e:
-            raise ExportError(f"expected to write {out}, got {type(e).__name__}: {e}") from None
-        finally:
-            writer.close()
-            if tmp.exists():
-                tmp.unlink()
-        _fsync_dir(out.parent)
+        with atomic_output(out, ExportError) as tmp:
+            try:
+                writer.write_header_to_file(path=tmp)
+                writer.write_kv_data_to_file()
+                writer.write_ti_data_to_file()
+                done = 0
+                for spec, qtype in plan:
+                    data = encode_tensor(ckpt, spec, qtype)
+                    writer.write_tensor_data(data)
+                    done += data.nbytes
+                    del data
+                    if progress is not None:
+                        progress(spec.name, done, total)
+                writer.flush()
+            except OSError as e:
+                raise ExportError(f"expected to write {out}, got {type(e).__name__}: {e.strerror or e}") from None
+            finally:
+                writer.close()
         digest = ckpt.source_sha256() if hash_source else None
         n_params = ckpt.n_params
 
@@ -285,26 +270,6 @@ def convert(
         fim=vocab.fim,
         source_sha256=digest,
     )
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make the rename durable (best effort: not every filesystem lets a directory be opened)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # ---------------------------------------------------------------------------- command line
@@ -352,18 +317,19 @@ def main(argv: list[str] | None = None) -> int:
     out = args.outfile or args.ckpt_dir / f"ggml-model-{args.outtype}.gguf"
     progress, close_bar = _tqdm_progress()
     try:
-        summary = convert(
-            args.ckpt_dir, out, outtype=args.outtype, ctx=args.ctx, rope_theta=args.rope_theta,
-            progress=progress, hash_source=not args.no_hash,
-        )
+        with sigterm_raises():
+            summary = convert(
+                args.ckpt_dir, out, outtype=args.outtype, ctx=args.ctx, rope_theta=args.rope_theta,
+                progress=progress, hash_source=not args.no_hash,
+            )
     except ExportError as e:
         close_bar()
         print(f"codellama-convert: error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated) as e:
         close_bar()
         print("codellama-convert: interrupted, no output written", file=sys.stderr)
-        return 130
+        return exit_code(e)
     close_bar()
     print(summary.line())
     if summary.source_sha256:

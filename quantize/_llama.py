@@ -40,6 +40,23 @@ def backend_init() -> None:
         _backend_ready = True
 
 
+def clamp_threads(threads: int | None) -> int:
+    """A thread count for llama.cpp: None/0 -> every usable core; more than that -> that many, with a warning.
+
+    llama.cpp starts the threads it is asked for (``--threads 100000`` crashed it); more threads than cores
+    only make it slower. A negative count is an error.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if threads is None or threads == 0:
+        return max(1, cores)
+    if threads < 0:
+        raise QuantizeError(f"expected a positive number of threads, got {threads}")
+    if threads > cores:
+        log.warning("using %d threads, the number of usable CPU cores, instead of the %d asked for", cores, threads)
+        return cores
+    return threads
+
+
 class LlamaLog:
     """Collects llama.cpp log lines while installed (see :func:`capture_llama_log`)."""
 
@@ -158,7 +175,7 @@ def open_session(
     the caller keeps it alive for the duration.
     """
     backend_init()
-    threads = threads or max(1, os.cpu_count() or 1)
+    threads = clamp_threads(threads)
     mparams = llama_cpp.llama_model_default_params()
     mparams.n_gpu_layers = 0  # quality numbers are measured on the CPU backend: reproducible in CI
     # No "extra" CPU buffer types (AMX / repacked weights): on the Xeon VMs of our CI, whose CPUs report

@@ -35,6 +35,7 @@ import llama_cpp
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFReader, GGUFType, GGUFWriter, Keys
 
+from model_export.outfile import atomic_output, check_output
 from quantize._llama import open_session
 from quantize.errors import QuantizeError
 
@@ -233,8 +234,7 @@ def compute_imatrix(
 def save_imatrix(data: ImatrixData, path: str | os.PathLike[str]) -> Path:
     """Write llama.cpp's GGUF imatrix format (or the legacy binary one for a ``.dat`` path), atomically."""
     p = Path(path)
-    tmp = p.with_name(f".{p.name}.part")
-    try:
+    with atomic_output(p, QuantizeError) as tmp:
         if p.suffix == ".dat":
             _save_legacy(data, tmp)
         else:
@@ -251,9 +251,6 @@ def save_imatrix(data: ImatrixData, path: str | os.PathLike[str]) -> Path:
             w.write_kv_data_to_file()
             w.write_tensors_to_file()
             w.close()
-        os.replace(tmp, p)
-    finally:
-        tmp.unlink(missing_ok=True)
     return p
 
 
@@ -375,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr, format="%(message)s")
     try:
         out = Path(args.output)
+        check_output(out, [Path(args.model)], QuantizeError)
         if out.exists() and not args.force:
             raise QuantizeError(f"expected no file at {out}, got an existing one (pass --force to overwrite)")
         text, name = corpus_text(args.corpus, role="imatrix")
