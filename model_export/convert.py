@@ -8,9 +8,12 @@ Out: one GGUF file for llama.cpp's ``llama`` architecture, and a ``ConvertSummar
 
 Steps: open the checkpoint (``checkpoints``: tensor tables only, nothing loaded) -> hyper-parameters ->
 vocabulary (``vocab``) -> declare every tensor to gguf-py's ``GGUFWriter`` (name, shape, type) -> write the
-header, metadata and tensor table -> stream the tensors: each one is assembled from its shards in row
-chunks straight into its output encoding, written, and dropped before the next is read, so peak memory is
-about one tensor whatever the model size -> fsync -> atomic rename onto the requested path (``outfile.atomic_output``).
+header, metadata and tensor table -> stream the tensors (``_write_tensors``): in the order their bytes lie
+in the checkpoint files, chunks of rows are assembled from the shards straight into their output
+encoding by a few threads and written at their place in the file, while the source is hashed right
+behind the reads (one pass over it) and its mapped pages are handed back every few dozen MB, so peak
+memory is a few chunks whatever the model size -> fsync -> atomic rename onto the requested path
+(``outfile.atomic_output``). No torch: the readers are ``checkpoints`` / ``weightfiles`` and numpy.
 
 Hyper-parameters written (gguf-py's named keys for the llama architecture):
 - ``llama.rope.freq_base``: ``--rope-theta``, else the config's ``rope_theta``, else 10000 (Llama 2's
@@ -37,18 +40,20 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import gguf
 import numpy as np
-import torch
 
 from model_export import tensors as tn
-from model_export.checkpoints import FLOAT32_MAX, Checkpoint, TensorSpec, iter_row_chunks, open_checkpoint
+from model_export.checkpoints import FLOAT32_MAX, Checkpoint, TensorSpec, iter_row_chunks, open_checkpoint, to_float32
 from model_export.errors import ExportError
 from model_export.outfile import Terminated, atomic_output, check_output, exit_code, sigterm_raises
 from model_export.vocab import FimIds, load_vocab, write_vocab
@@ -61,6 +66,7 @@ ProgressFn = Callable[[str, int, int], None]  # (tensor name, bytes written so f
 # Drop the checkpoint's file mappings after this many source bytes have been paged in, so that resident
 # memory tracks the tensor being converted, not everything read so far.
 RELEASE_AFTER_BYTES = 32 << 20
+WORKERS = 4  # threads that encode and write chunks (at most the number of cores)
 CODE_LLAMA_THETA = 1e6
 MAX_CONTEXT = 1 << 20
 
@@ -81,7 +87,7 @@ class ConvertSummary:
     n_vocab: int  # embedding rows = GGUF tokens
     n_padding_tokens: int  # [PAD<id>] tokens added beyond the tokenizer's pieces
     fim: FimIds | None  # FIM prefix/suffix/middle and EOT ids (None: the tokenizer has no FIM pieces)
-    source_sha256: str | None  # of the checkpoint files (weights, config, tokenizer), streamed
+    source_sha256: str | None  # of the sha256sum listing of weights, config, tokenizer (Checkpoint.source_sha256)
 
     @property
     def fim_pre(self) -> int | None:
@@ -122,50 +128,106 @@ def default_context_length(config_value: int | None, rope_theta: float) -> int:
     return 16384 if rope_theta >= CODE_LLAMA_THETA else 4096
 
 
-def _encode_rows(rows: torch.Tensor, qtype: gguf.GGMLQuantizationType) -> np.ndarray:
-    """Whole source rows -> their blocks in a GGML block type (bf16 from non-bf16, q8_0) via gguf.quants."""
-    return gguf.quants.quantize(rows.to(torch.float32).numpy(), qtype)
+def encode_rows(ckpt: Checkpoint, spec: TensorSpec, qtype: gguf.GGMLQuantizationType, start: int, stop: int) -> np.ndarray:
+    """Rows ``start:stop`` of a tensor in its stored encoding: a C-contiguous array ready to be written.
 
-
-def encode_tensor(ckpt: Checkpoint, spec: TensorSpec, qtype: gguf.GGMLQuantizationType) -> np.ndarray:
-    """The whole tensor in its stored encoding, filled chunk by chunk (source rows never held twice).
-
-    f32/f16 (and bf16 from bf16, a bit copy) are converted by torch straight into the output array, one
-    shard's column block at a time; other types go through gguf-py's quantizers on whole rows.
-    Source pages read through the checkpoint's file mappings stay resident until the mapping is dropped,
-    so the mappings are released whenever ``RELEASE_AFTER_BYTES`` of source have been read, also in the
-    middle of a tensor: resident memory is then about the output array plus one release window.
+    f32/f16 (and bf16 from bf16, a bit copy) are converted by numpy straight into the output array, one
+    shard's column block at a time (bf16 -> f32 is a 16-bit shift; -> f16 goes through f32); bf16 from
+    other types and q8_0 go through gguf-py's quantizers on whole float32 rows.
     """
-    direct = qtype in (Q.F32, Q.F16) or (qtype == Q.BF16 and spec.dtype == torch.bfloat16)
-    if qtype in (Q.F32, Q.F16):
-        out = np.empty(spec.shape, dtype=np.float32 if qtype == Q.F32 else np.float16)
-        target = torch.from_numpy(out)
-    else:
-        out = np.empty(gguf.quant_shape_to_byte_shape(spec.shape, qtype), dtype=np.uint8)
-        target = torch.from_numpy(out).view(torch.int16) if direct else None  # bf16 bits as int16
-    row_bytes = spec.nbytes // spec.shape[0] if len(spec.shape) > 1 else spec.nbytes
-    for start, stop in iter_row_chunks(spec):
-        if direct:
-            assert target is not None
-            for col, block in ckpt.read_row_blocks(spec.name, start, stop):
-                if qtype == Q.BF16:
-                    block = block.view(torch.int16)
-                dst = target[start:stop] if block.dim() == 1 else target[start:stop, col : col + block.shape[1]]
-                dst.copy_(block)
-        else:
-            out[start:stop] = _encode_rows(ckpt.read_rows(spec.name, start, stop), qtype)
-        if qtype == Q.F16 and spec.dtype != torch.float16 and _has_inf_f16(out[start:stop]):
+    shape = (stop - start, *spec.shape[1:])
+    if qtype in (Q.F32, Q.F16) or (qtype == Q.BF16 and spec.dtype == "BF16"):
+        out = np.empty(shape, dtype={Q.F32: np.float32, Q.F16: np.float16, Q.BF16: np.uint16}[qtype])
+        for col, block in ckpt.read_row_blocks(spec.name, start, stop):
+            dst = out if block.ndim == 1 else out[:, col : col + block.shape[1]]
+            with np.errstate(over="ignore"):  # values beyond f16's range become inf, caught just below
+                if spec.dtype == "BF16" and qtype != Q.BF16:
+                    if qtype == Q.F32:
+                        np.left_shift(block, 16, out=dst.view(np.uint32), dtype=np.uint32)
+                    else:
+                        np.copyto(dst, to_float32(block, "BF16"), casting="same_kind")
+                else:
+                    np.copyto(dst, block, casting="same_kind")
+        if qtype == Q.F16 and spec.dtype != "F16" and _has_inf_f16(out):
             raise ExportError(
                 f"expected weights within float16 range (|x| <= 65504), got overflow in {spec.name}: "
                 f"use --outtype bf16 or f32"
             )
-        ckpt.note_read((stop - start) * row_bytes, RELEASE_AFTER_BYTES)
-    return out
+        return out
+    return gguf.quants.quantize(to_float32(ckpt.read_rows(spec.name, start, stop), spec.dtype), qtype)
 
 
 def _has_inf_f16(a: np.ndarray) -> bool:
     """Any inf/nan in a float16 array: exponent bits all ones (integer ops; numpy's f16 math is slow)."""
     return bool(np.any((a.view(np.uint16) & 0x7C00) == 0x7C00))
+
+
+def _write_tensors(
+    fd: int,
+    ckpt: Checkpoint,
+    plan: list[tuple[TensorSpec, gguf.GGMLQuantizationType]],
+    data_start: int,
+    alignment: int,
+    progress: ProgressFn | None,
+) -> None:
+    """Every tensor's data into the GGUF's data section, which starts at byte ``data_start`` of ``fd``.
+
+    The file lists tensors in ``plan`` order (each at the next ``alignment`` boundary), but they are read
+    in the order their bytes lie in the checkpoint files and each chunk of rows is written at its place
+    with ``pwrite``: the source is read front to back - and hashed right behind the reads
+    (``Checkpoint.note_read``), so it is read once - and only a few chunks are in memory at a time.
+    Chunks are encoded and written by ``WORKERS`` threads (numpy's casts and ``pwrite`` release the GIL);
+    this thread hands them out in order, hashes, releases mapped pages and reports progress.
+    """
+    offsets, end = {}, 0
+    for spec, qtype in plan:
+        offsets[spec.name] = end
+        end += gguf.GGUFWriter.ggml_pad(tn.stored_nbytes(spec.shape, qtype), alignment)
+    total, done = sum(tn.stored_nbytes(s.shape, q) for s, q in plan), 0  # progress counts data bytes
+
+    def work(spec: TensorSpec, qtype: gguf.GGMLQuantizationType, start: int, stop: int, at: int) -> int:
+        data = encode_rows(ckpt, spec, qtype, start, stop)
+        _pwrite_all(fd, data, at)
+        return data.nbytes
+
+    workers = max(1, min(WORKERS, os.cpu_count() or 1))
+    pending: deque[tuple[Future[int], str | None]] = deque()  # (chunk, tensor name when it is its last)
+    with ThreadPoolExecutor(workers, thread_name_prefix="convert") as pool:
+        try:
+            for spec, qtype in sorted(plan, key=lambda p: ckpt.position(p[0].name)):
+                one_row = (1, *spec.shape[1:]) if len(spec.shape) > 1 else spec.shape
+                src_row = spec.nbytes // math.prod(spec.shape) * math.prod(one_row)
+                out_row = tn.stored_nbytes(one_row, qtype)
+                chunks = list(iter_row_chunks(spec))
+                for start, stop in chunks:
+                    at = data_start + offsets[spec.name] + start * out_row
+                    last = spec.name if stop == chunks[-1][1] else None
+                    pending.append((pool.submit(work, spec, qtype, start, stop, at), last))
+                    while len(pending) > 2 * workers:
+                        done += _finish_chunk(pending.popleft(), done, total, progress)
+                    ckpt.note_read((stop - start) * src_row if len(spec.shape) > 1 else src_row, RELEASE_AFTER_BYTES)
+            while pending:
+                done += _finish_chunk(pending.popleft(), done, total, progress)
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)  # no worker writes into the file once it is removed
+            raise
+    os.ftruncate(fd, data_start + end)  # the padding after the last tensor
+
+
+def _finish_chunk(item: tuple[Future[int], str | None], done: int, total: int, progress: ProgressFn | None) -> int:
+    """Wait for one chunk (its error, if any, is raised here); report a finished tensor; its byte count."""
+    future, last = item
+    n = future.result()
+    if last is not None and progress is not None:
+        progress(last, done + n, total)
+    return n
+
+
+def _pwrite_all(fd: int, data: np.ndarray, pos: int) -> None:
+    view = memoryview(np.ascontiguousarray(data)).cast("B")
+    while view:
+        n = os.pwrite(fd, view, pos)
+        view, pos = view[n:], pos + n
 
 
 def _declare(writer: gguf.GGUFWriter, spec: TensorSpec, qtype: gguf.GGMLQuantizationType) -> None:
@@ -232,22 +294,17 @@ def convert(
         plan = [(spec, tn.tensor_qtype(spec.role.kind, spec.shape, outtype)) for spec in ckpt.tensors.values()]
         for spec, qtype in plan:
             _declare(writer, spec, qtype)
-        total = sum(tn.stored_nbytes(s.shape, q) for s, q in plan)
 
+        ckpt.hash_while_reading(hash_source)
         with atomic_output(out, ExportError) as tmp:
             try:
                 writer.write_header_to_file(path=tmp)
                 writer.write_kv_data_to_file()
                 writer.write_ti_data_to_file()
-                done = 0
-                for spec, qtype in plan:
-                    data = encode_tensor(ckpt, spec, qtype)
-                    writer.write_tensor_data(data)
-                    done += data.nbytes
-                    del data
-                    if progress is not None:
-                        progress(spec.name, done, total)
                 writer.flush()
+                data_start = gguf.GGUFWriter.ggml_pad(writer.fout[0].tell(), writer.data_alignment)
+                with open(tmp, "r+b") as f:
+                    _write_tensors(f.fileno(), ckpt, plan, data_start, writer.data_alignment, progress)
             except OSError as e:
                 raise ExportError(f"expected to write {out}, got {type(e).__name__}: {e.strerror or e}") from None
             finally:
