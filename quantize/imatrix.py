@@ -35,7 +35,7 @@ import llama_cpp
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFReader, GGUFType, GGUFWriter, Keys
 
-from model_export.outfile import atomic_output, check_output
+from model_export.outfile import Terminated, atomic_output, check_output, exit_code, sigterm_raises
 from quantize._llama import open_session
 from quantize.errors import QuantizeError
 
@@ -376,11 +376,15 @@ def main(argv: list[str] | None = None) -> int:
         if out.exists() and not args.force:
             raise QuantizeError(f"expected no file at {out}, got an existing one (pass --force to overwrite)")
         text, name = corpus_text(args.corpus, role="imatrix")
-        data = compute_imatrix(args.model, text, n_ctx=args.ctx, max_tokens=args.tokens, threads=args.threads, dataset=name)
-        save_imatrix(data, out)
+        with sigterm_raises():
+            data = compute_imatrix(args.model, text, n_ctx=args.ctx, max_tokens=args.tokens, threads=args.threads, dataset=name)
+            save_imatrix(data, out)
     except QuantizeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except (KeyboardInterrupt, Terminated) as exc:
+        print("python -m quantize.imatrix: interrupted, no output written", file=sys.stderr)
+        return exit_code(exc)
     print(f"wrote {out}: {len(data.sums)} weights, {data.chunk_count} chunks of {data.chunk_size} tokens")
     return 0
 

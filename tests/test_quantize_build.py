@@ -443,3 +443,28 @@ def test_headers_llama_cpp_trusts_are_checked_first(kq_f16, tmp_path, capsys, ke
     err = _run_err([str(src), "-o", str(tmp_path / "q.gguf"), "--type", "Q4_K_M"], capsys)
     assert err.startswith("error: expected") and phrase in err, err
     _no_output(tmp_path, "q.gguf")
+
+
+_SIGNAL_DURING_DECODE = """
+import os, signal, sys
+import llama_cpp
+real = llama_cpp.llama_decode
+def signal_then_decode(*args):
+    os.kill(os.getpid(), signal.SIGTERM)  # lands when this llama.cpp call returns
+    return real(*args)
+llama_cpp.llama_decode = signal_then_decode
+from quantize.imatrix import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_signal_during_imatrix_is_one_line(kq_f16, tmp_path):
+    out = tmp_path / "m.imatrix.gguf"
+    proc = subprocess.run(
+        [sys.executable, "-c", _SIGNAL_DURING_DECODE, str(kq_f16), "-o", str(out), "--ctx", "64", "--tokens", "256"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 143, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "python -m quantize.imatrix: interrupted, no output written"
+    assert "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []
