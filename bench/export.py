@@ -183,7 +183,8 @@ def main() -> int:
 
     mb = 1e6
     print(f"synthetic checkpoint: dim 2048, {a.layers} layers, vocab 32016, bf16, {a.shards} Meta shards, "
-          f"{n_params / 1e6:.0f}M params, {src_bytes / mb:.0f} MB (generated in {gen_s:.0f} s); {a.runs} runs each, "
+          f"{n_params / 1e6:.0f}M params, {src_bytes / mb:.0f} MB, largest tensor {largest / mb:.0f} MB (generated in "
+          f"{gen_s:.0f} s); {a.runs} runs each, "
           f"medians; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end")
     print()
     print(f"| {'step':<30} | {'wall s':>7} | {'CPU s':>7} | {'work s':>7} | {'MB/s (wall)':>11} | {'peak RSS MB':>11} |")

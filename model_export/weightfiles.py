@@ -81,7 +81,7 @@ class TensorRef:
         """One past the last byte of the tensor (its storage extent for this view)."""
         if 0 in self.shape:
             return self.offset
-        last = sum((d - 1) * s for d, s in zip(self.shape, self.strides))
+        last = sum((d - 1) * s for d, s in zip(self.shape, self.strides, strict=True))
         return self.offset + (last + 1) * self.itemsize
 
 
