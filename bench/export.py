@@ -1,24 +1,29 @@
-"""Export benchmark: how fast, and in how much memory, a ~1 GB checkpoint becomes a GGUF.
+"""Export benchmark: how fast, and in how much memory, a ~1 GB checkpoint becomes a GGUF - beside llama.cpp.
 
-In: nothing (a synthetic checkpoint is generated). Out: a table on stdout.
+In: nothing (a synthetic checkpoint is generated); optionally ``--llama-cpp DIR``, a llama.cpp source tree
+(``DIR/examples/convert_legacy_llama.py`` and ``DIR/gguf-py``; llama-cpp-python's sdist vendors one under
+``vendor/llama.cpp``). Out: a table on stdout.
 
-    .venv/bin/python bench/export.py [--dir /tmp/codellama-export-bench] [--layers 7] [--keep]
+    .venv/bin/python bench/export.py [--llama-cpp DIR] [--runs 3] [--dir /tmp/codellama-export-bench] [--layers 7]
 
 The checkpoint is Code-Llama-shaped and random: dim 2048, 16 heads, ``--layers`` layers (default 7, which
 makes it ~1 GB), vocab 32016, bf16, split over 2 Meta model-parallel shards exactly as fairscale splits
 them. Each measured step runs in its own child process so its peak resident set size (``ru_maxrss`` from
-``os.wait4``) belongs to that step alone:
+``os.wait4``) belongs to that step alone; the steps take turns, ``--runs`` rounds, and the table shows
+medians (peak RSS: the largest):
 
 - ``copy``: ``shutil.copy`` of the shard files (the floor: reading and writing the same bytes);
 - ``convert``: ``python -m model_export.convert --outtype f16`` (the real CLI, including the SHA-256 of
-  the source it reports), and once more with ``--no-hash``.
+  the source it reports), and once more with ``--no-hash``;
+- ``llama.cpp``: ``convert_legacy_llama.py --outtype f16`` on the same folder, with its own gguf-py.
 
-Wall time is the child's whole life (interpreter start and ``import torch`` included, ~2-4 s here);
-CPU is its user + system time (independent of other load on the machine); "work" is the converter's own
-figure from its summary line (after imports). Files are in the page cache for every step
-(they were just written), so the comparison is CPU- and write-bound, not disk-read-bound.
+Wall time is the child's whole life (interpreter start and imports included); CPU is its user + system
+time (less sensitive to other load on the machine); "work" is the converter's own figure from its
+summary line (after imports). Files are in the page cache for every step (they were just written), so the
+comparison is CPU- and write-bound, not disk-read-bound.
 
-Goals from the issue: peak RSS <= 2 x the largest tensor + 300 MB; time within 2 x of the copy.
+Goals (issue 17): wall time <= 1.0x llama.cpp's converter and peak RSS <= 0.4x of it; without the
+llama.cpp sources, the copy is the yardstick.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -97,19 +103,25 @@ def write_checkpoint(folder: Path, n_layers: int, shards: int) -> dict[str, int]
     return {"n_params": sum(sizes), "largest_bytes": max(sizes) * 2}
 
 
-def measured(argv: list[str]) -> tuple[float, float, int, str]:
+def measured(argv: list[str], env: dict[str, str] | None = None) -> tuple[float, float, int, str]:
     """(wall s, CPU s, peak RSS bytes, stdout) of ``argv`` run as a direct child, from its own rusage
     (``os.wait4``; Linux reports ru_maxrss in KiB). CPU seconds do not depend on what else the machine runs."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    out = proc.stdout.read() if proc.stdout else ""
-    err = proc.stderr.read() if proc.stderr else ""
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise SystemExit(f"expected {' '.join(argv[:4])} to succeed, got exit {proc.returncode}: {err.strip()}")
-    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024, out
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:  # files: no pipe can fill up
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(argv, cwd=REPO, stdout=out, stderr=err, text=True, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        if proc.returncode != 0:
+            raise SystemExit(f"expected {' '.join(argv[:4])} to succeed, got exit {proc.returncode}: {err.read()[-2000:]}")
+        return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024, out.read()
+
+
+def median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
 
 
 def main() -> int:
@@ -117,6 +129,8 @@ def main() -> int:
     ap.add_argument("--dir", type=Path, default=Path("/tmp/codellama-export-bench"))
     ap.add_argument("--layers", type=int, default=7)
     ap.add_argument("--shards", type=int, default=2)
+    ap.add_argument("--runs", type=int, default=3, help="rounds of every step (medians are shown)")
+    ap.add_argument("--llama-cpp", type=Path, help="llama.cpp source tree, to run convert_legacy_llama.py beside ours")
     ap.add_argument("--keep", action="store_true", help="keep the generated files")
     ap.add_argument("--generate", action="store_true", help=argparse.SUPPRESS)  # child mode
     a = ap.parse_args()
@@ -139,39 +153,57 @@ def main() -> int:
     src_bytes = sum(p.stat().st_size for p in shard_files)
     largest, n_params = facts["largest_bytes"], facts["n_params"]
 
-    copy_dir.mkdir()
-    copy_code = (
-        "import shutil, sys\n"
-        "for p in sys.argv[2:]: shutil.copy(p, sys.argv[1])\n"
-    )
-    rows = []
-    wall, cpu, rss, _ = measured([sys.executable, "-c", copy_code, str(copy_dir), *map(str, shard_files)])
-    rows.append(("copy (shutil.copy)", wall, cpu, None, rss))
-    shutil.rmtree(copy_dir)
-    for label, extra in (("convert f16", []), ("convert f16 --no-hash", ["--no-hash"])):
-        wall, cpu, rss, line = measured(
-            [sys.executable, "-m", "model_export.convert", str(ckpt), "-o", str(out), "--outtype", "f16", *extra]
+    copy_code = "import shutil, sys\nfor p in sys.argv[2:]: shutil.copy(p, sys.argv[1])\n"
+    convert = [sys.executable, "-m", "model_export.convert", str(ckpt), "-o", str(out), "--outtype", "f16"]
+    steps: dict[str, tuple[list[str], dict[str, str] | None]] = {
+        "copy (shutil.copy)": ([sys.executable, "-c", copy_code, str(copy_dir), *map(str, shard_files)], None),
+        "convert f16": (convert, None),
+        "convert f16 --no-hash": ([*convert, "--no-hash"], None),
+    }
+    if a.llama_cpp:
+        script = a.llama_cpp / "examples" / "convert_legacy_llama.py"
+        if not script.is_file():
+            raise SystemExit(f"expected {script}, got no such file")
+        env = {**os.environ, "PYTHONPATH": str(a.llama_cpp / "gguf-py")}
+        steps["llama.cpp convert_legacy_llama"] = (
+            [sys.executable, str(script), str(ckpt), "--outfile", str(out), "--outtype", "f16"], env
         )
-        m = re.search(r" in ([\d.]+) s ", line)
-        rows.append((label, wall, cpu, float(m.group(1)) if m else None, rss))
-        summary = line.strip()
-        out.unlink()
+    results: dict[str, list[tuple[float, float, int, float | None]]] = {k: [] for k in steps}
+    summary = ""
+    for _ in range(a.runs):
+        for label, (argv, env) in steps.items():
+            copy_dir.mkdir(exist_ok=True)
+            wall, cpu, rss, line = measured(argv, env)
+            m = re.search(r" in ([\d.]+) s ", line)
+            results[label].append((wall, cpu, rss, float(m.group(1)) if m and label.startswith("convert") else None))
+            if label == "convert f16":
+                summary = line.strip()
+            shutil.rmtree(copy_dir, ignore_errors=True)
+            out.unlink(missing_ok=True)
 
     mb = 1e6
     print(f"synthetic checkpoint: dim 2048, {a.layers} layers, vocab 32016, bf16, {a.shards} Meta shards, "
-          f"{n_params / 1e6:.0f}M params, {src_bytes / mb:.0f} MB (generated in {gen_s:.0f} s)")
-    print(f"largest tensor: {largest / mb:.0f} MB (bf16); RSS goal 2 x largest + 300 MB = {(2 * largest + 300 * mb) / mb:.0f} MB")
+          f"{n_params / 1e6:.0f}M params, {src_bytes / mb:.0f} MB, largest tensor {largest / mb:.0f} MB (generated in "
+          f"{gen_s:.0f} s); {a.runs} runs each, "
+          f"medians; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end")
     print()
-    print(f"| {'step':<24} | {'wall s':>7} | {'CPU s':>7} | {'work s':>7} | {'MB/s (wall)':>11} | {'peak RSS MB':>11} |")
-    print(f"|{'-' * 26}|{'-' * 9}|{'-' * 9}|{'-' * 9}|{'-' * 13}|{'-' * 13}|")
-    for label, wall, cpu, work, rss in rows:
-        work_s = f"{work:7.1f}" if work is not None else f"{'':>7}"
-        print(f"| {label:<24} | {wall:7.1f} | {cpu:7.1f} | {work_s} | {src_bytes / mb / wall:11.0f} | {rss / mb:11.0f} |")
+    print(f"| {'step':<30} | {'wall s':>7} | {'CPU s':>7} | {'work s':>7} | {'MB/s (wall)':>11} | {'peak RSS MB':>11} |")
+    print(f"|{'-' * 32}|{'-' * 9}|{'-' * 9}|{'-' * 9}|{'-' * 13}|{'-' * 13}|")
+    rows = {}
+    for label, rs in results.items():
+        wall, cpu = median([r[0] for r in rs]), median([r[1] for r in rs])
+        rss = max(r[2] for r in rs)
+        works = [r[3] for r in rs if r[3] is not None]
+        work_s = f"{median(works):7.1f}" if works else f"{'':>7}"
+        rows[label] = (wall, cpu, rss)
+        print(f"| {label:<30} | {wall:7.2f} | {cpu:7.2f} | {work_s} | {src_bytes / mb / wall:11.0f} | {rss / mb:11.0f} |")
     print()
-    copy_wall = rows[0][1]
-    conv = rows[1]
-    print(f"convert/copy wall ratio: {conv[1] / copy_wall:.2f} (goal <= 2); "
-          f"peak RSS {conv[4] / mb:.0f} MB vs goal {(2 * largest + 300 * mb) / mb:.0f} MB")
+    ours = rows["convert f16"]
+    if "llama.cpp convert_legacy_llama" in rows:
+        ref = rows["llama.cpp convert_legacy_llama"]
+        print(f"convert / llama.cpp: wall {ours[0] / ref[0]:.2f}x (goal <= 1.0), CPU {ours[1] / ref[1]:.2f}x, "
+              f"peak RSS {ours[2] / ref[2]:.2f}x (goal <= 0.4)")
+    print(f"convert / copy wall ratio: {ours[0] / rows['copy (shutil.copy)'][0]:.2f}")
     print(f"converter summary: {summary}")
     if not a.keep:
         shutil.rmtree(a.dir, ignore_errors=True)

@@ -210,6 +210,23 @@ class Model:
             self.handle = None
 
 
+def clamp_threads(threads: int | None) -> int:
+    """A thread count for llama.cpp: None/0 -> every usable core; more than that -> that many, with a warning.
+
+    llama.cpp starts as many threads as it is asked for (``--threads 100000`` crashed it), and more threads
+    than cores only make it slower. A negative count is an error.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if not threads:
+        return max(1, cores)
+    if threads < 0:
+        raise LlamaError(f"expected a positive number of threads, got {threads}")
+    if threads > cores:
+        log.warning("using %d threads, the number of usable CPU cores, instead of the %d asked for", cores, threads)
+        return cores
+    return threads
+
+
 @dataclass(frozen=True)
 class ContextOptions:
     n_ctx: int = 512
@@ -233,8 +250,8 @@ class Context:
         p.n_ctx = options.n_ctx
         p.n_batch = p.n_ubatch = min(options.n_batch, options.n_ctx)
         p.n_seq_max = 1
-        p.n_threads = options.threads or max(1, cores // 2)
-        p.n_threads_batch = options.threads or cores
+        p.n_threads = clamp_threads(options.threads) if options.threads else max(1, cores // 2)
+        p.n_threads_batch = clamp_threads(options.threads)
         p.type_k = p.type_v = KV_TYPES[options.kv_type]
         # llama.cpp needs flash attention for a quantized V cache; elsewhere the plain path is the reference
         quantized = options.kv_type not in ("f16", "f32")

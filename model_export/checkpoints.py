@@ -8,16 +8,18 @@ model-parallel rank, with ``params.json``) or as Hugging Face ships it (``config
 Out: ``open_checkpoint(path) -> Checkpoint`` with
 - ``hparams``: dim, layers, heads, kv heads, norm eps, rope theta, declared vocab size / context length;
 - ``tensors``: every weight under its GGUF name with its *merged* shape in Meta orientation, in write order;
-- ``read_rows(name, start, stop)``: rows ``start:stop`` of a merged tensor, in the source dtype, with Meta
-  shards concatenated along their split axis and HF q/k rows un-permuted (see ``tensors``).
+- ``read_rows(name, start, stop)``: rows ``start:stop`` of a merged tensor as numpy, in the stored dtype
+  (bfloat16 as its raw uint16 bits), with Meta shards concatenated along their split axis and HF q/k rows
+  un-permuted (see ``tensors``); ``read(name)``: a whole tensor as float32;
+- ``position(name)``: where a tensor's bytes start, so a caller can read tensors in file order;
+- ``source_sha256()``: the digest of the source files, hashed as the weights are read (one pass).
 
-Memory. Nothing is read up front but the pickles' tensor tables and safetensors headers. ``.pth``/``.bin``
-files are opened with ``torch.load(weights_only=True, mmap=True)``: the restricted unpickler builds only
-tensors and plain containers (a pickle that names any other callable is refused before it runs), and the
-tensor data stays in the page cache, paged in when a row is read. Mapped pages count toward the process'
-resident set while the mapping lives, so ``note_read`` counts the bytes read and every few dozen MB
-``release()`` hands the pages back (``madvise`` on Linux for torch files, closing and reopening
-safetensors handles, reloading otherwise): peak memory stays near one tensor, not the whole model.
+No torch. Weight files are opened by ``weightfiles``: PyTorch zip files through a restricted unpickler
+that only records tensor shapes and offsets (a pickle naming any other global is refused before anything
+is called), safetensors through their JSON header; the data is memory-mapped and paged in when a row is
+read. Mapped pages count toward the process' resident set while mapped in, so ``note_read`` counts the
+bytes read and every few dozen MB ``release()`` hands the pages back: peak memory stays near one chunk
+of one tensor, not the whole model.
 
 Every inconsistency (missing or truncated shard, params.json disagreeing with itself or with the
 tensors, a non-Llama folder, a pickle that would run code) raises ``ExportError`` naming the file.
@@ -25,30 +27,26 @@ tensors, a non-Llama folder, a pickle that would run code) raises ``ExportError`
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import json
-import mmap
-import pickle
+import math
+import os
 import re
-import sys
-import warnings
-import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
+import numpy as np
 
 from model_export import tensors as tn
 from model_export.errors import ExportError
+from model_export.weightfiles import FLOAT_DTYPES, NUMPY_DTYPES, WeightFile, open_weights
 
 Layout = Literal["meta", "hf-safetensors", "hf-bin"]
 
 _SHARD_RE = re.compile(r"^consolidated\.(\d+)\.pth$")
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+_INDEX_NAMES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 
 @dataclass(frozen=True)
@@ -71,11 +69,11 @@ class HParams:
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """One weight: its role, merged shape (out, in) in Meta orientation, and source dtype."""
+    """One weight: its role, merged shape (out, in) in Meta orientation, and source dtype ("F32", "F16", "BF16")."""
 
     role: tn.Role
     shape: tuple[int, ...]
-    dtype: torch.dtype
+    dtype: str
 
     @property
     def name(self) -> str:
@@ -86,7 +84,7 @@ class TensorSpec:
         n = 1
         for d in self.shape:
             n *= d
-        return n * self.dtype.itemsize
+        return n * NUMPY_DTYPES[self.dtype].itemsize
 
 
 @dataclass
@@ -100,7 +98,9 @@ class Checkpoint:
     tokenizer_path: Path | None
     hparams: HParams
     tensors: dict[str, TensorSpec] = field(default_factory=dict)  # GGUF name -> spec, in write order
+    _files: list[WeightFile] = field(default_factory=list, init=False, repr=False)  # open, weight_files order
     _read_since_release: int = field(default=0, init=False, repr=False)
+    _hashing: bool = field(default=True, init=False, repr=False)
 
     # ------------------------------------------------------------------ derived facts
 
@@ -116,7 +116,7 @@ class Checkpoint:
 
     @property
     def n_params(self) -> int:
-        return sum(s.nbytes // s.dtype.itemsize for s in self.tensors.values())
+        return sum(math.prod(s.shape) for s in self.tensors.values())
 
     @property
     def source_files(self) -> list[Path]:
@@ -126,44 +126,80 @@ class Checkpoint:
             files.append(self.tokenizer_path)
         return files
 
-    def source_sha256(self, chunk: int = 1 << 22) -> str:
-        """SHA-256 over the source files' bytes, in ``source_files`` order, streamed in 4 MiB reads."""
-        h = hashlib.sha256()
-        for path in self.source_files:
-            with open(path, "rb") as f:
-                while block := f.read(chunk):
-                    h.update(block)
-        return h.hexdigest()
+    @property
+    def input_files(self) -> list[Path]:
+        """Every file conversion reads (``source_files`` plus a Hugging Face index): what an output must not be."""
+        index = [self.root / n for n in _INDEX_NAMES if (self.root / n).is_file()]
+        return [*self.source_files, *index]
+
+    def source_sha256(self) -> str:
+        """One SHA-256 for the source: of the ``sha256sum``-style listing ``<hex>  <path>\\n`` of every file
+        in ``source_files``, paths relative to the checkpoint folder, i.e. what
+        ``cd CKPT && sha256sum FILES... | sha256sum`` prints. Weight files are hashed as they are read
+        (``note_read``); whatever was not read yet is hashed now, the small config and tokenizer too."""
+        if not self._hashing:
+            raise ExportError("expected source hashing to be on, got it turned off for this checkpoint")
+        digests = [f.finish_sha256() for f in self._weight_handles()]
+        for path in self.source_files[len(digests) :]:
+            with open(path, "rb") as fh:
+                digests.append(hashlib.file_digest(fh, "sha256").hexdigest())
+        listing = "".join(
+            f"{d}  {os.path.relpath(p, self.root)}\n" for d, p in zip(digests, self.source_files, strict=True)
+        )
+        return hashlib.sha256(listing.encode()).hexdigest()
+
+    def hash_while_reading(self, on: bool) -> None:
+        """Turn hashing of the weight files during reads off (``--no-hash``) or on (the default)."""
+        self._hashing = on
 
     # ------------------------------------------------------------------ reading
 
-    def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
-        """Rows ``start:stop`` (first axis) of the merged tensor ``name``, in the source dtype."""
+    def _weight_handles(self) -> list[WeightFile]:
+        if not self._files:
+            self._files = [open_weights(p) for p in self.weight_files]
+        return self._files
+
+    def _file(self, index: int) -> WeightFile:
+        return self._weight_handles()[index]
+
+    def position(self, name: str) -> tuple[int, int]:
+        """(index in ``weight_files``, byte offset) of the first bytes of ``name``: sort by it to read in file order."""
         raise NotImplementedError
 
-    def read_row_blocks(self, name: str, start: int, stop: int) -> list[tuple[int, torch.Tensor]]:
+    def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` (first axis) of the merged tensor ``name``, in the stored dtype (BF16 as uint16)."""
+        raise NotImplementedError
+
+    def read_row_blocks(self, name: str, start: int, stop: int) -> list[tuple[int, np.ndarray]]:
         """Rows ``start:stop`` as (first column, block) pieces that tile them; saves a concatenation
         when the caller copies the pieces into place anyway. One piece unless shards split the columns."""
         return [(0, self.read_rows(name, start, stop))]
 
-    def read(self, name: str) -> torch.Tensor:
-        """The whole merged tensor (a copy owned by the caller)."""
+    def read(self, name: str) -> np.ndarray:
+        """The whole merged tensor as float32 (a copy owned by the caller)."""
         spec = self.tensors[name]
-        return self.read_rows(name, 0, spec.shape[0]).clone()
+        return to_float32(self.read_rows(name, 0, spec.shape[0]), spec.dtype)
 
     def release(self) -> None:
         """Hand back the resident pages of everything read so far; later reads page them in again."""
+        for f in self._files:
+            f.release()
 
     def note_read(self, nbytes: int, limit: int) -> None:
-        """Count source bytes paged in; past ``limit`` since the last release, ``release()``."""
+        """After a read of ``nbytes``: hash what was read (in file order), and past ``limit`` bytes paged in
+        since the last release, ``release()``."""
         self._read_since_release += nbytes
+        if self._hashing:
+            self._read_since_release += sum(f.advance_hash() for f in self._files)
         if self._read_since_release >= limit:
             self.release()
             self._read_since_release = 0
 
     def close(self) -> None:
         """Drop every open file and mapping."""
-        self.release()
+        for f in self._files:
+            f.close()
+        self._files = []
 
     def __enter__(self) -> "Checkpoint":
         return self
@@ -173,7 +209,7 @@ class Checkpoint:
 
     # ------------------------------------------------------------------ shared validation
 
-    def _finish(self, found: dict[str, tuple[tn.Role, tuple[int, ...], torch.dtype]]) -> None:
+    def _finish(self, found: dict[str, tuple[tn.Role, tuple[int, ...], str]]) -> None:
         """Order the tensors, and check them against each other and the hyper-parameters."""
         hp = self.hparams
         missing = []
@@ -206,17 +242,67 @@ class Checkpoint:
                     f"n_heads={hp.n_heads}, n_kv_heads={hp.n_kv_heads}), got {spec.shape} in {self.root} "
                     f"(a missing shard, or a config that does not belong to these weights)"
                 )
-            if spec.dtype not in _FLOAT_DTYPES:
+            if spec.dtype not in FLOAT_DTYPES:
                 raise ExportError(f"expected float32, float16 or bfloat16 weights, got {spec.dtype} for {name}")
 
 
 # ---------------------------------------------------------------------------- helpers
 
 
-def _check_hparams(source: Path, dim: Any, n_layers: Any, n_heads: Any, n_kv_heads: Any) -> None:
-    for key, value in (("dim", dim), ("n_layers", n_layers), ("n_heads", n_heads), ("n_kv_heads", n_kv_heads)):
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ExportError(f"expected a positive integer {key} in {source}, got {value!r}")
+# Hyper-parameters in either config format: (HParams field, params.json key, config.json key, accepted
+# values, test, default when absent or null in params.json / config.json). REQUIRED: no default.
+# The bounds keep every value representable in the GGUF (uint32 counts, float32 eps/theta) and away from
+# values llama.cpp aborts or stalls on; they are far beyond any released Llama (80 layers, dim 8192).
+REQUIRED = object()
+MAX_LAYERS = 1024
+MAX_DIM = 1 << 20
+FLOAT32_MAX = 3.4028234663852886e38
+_HPARAMS: tuple[tuple[str, str, str, str, Callable[[Any], bool], Any, Any], ...] = (
+    ("dim", "dim", "hidden_size", f"an integer in [1, {MAX_DIM}]", lambda v: 1 <= v <= MAX_DIM, REQUIRED, REQUIRED),
+    ("n_layers", "n_layers", "num_hidden_layers", f"an integer in [1, {MAX_LAYERS}]",
+     lambda v: 1 <= v <= MAX_LAYERS, REQUIRED, REQUIRED),
+    ("n_heads", "n_heads", "num_attention_heads", f"an integer in [1, {MAX_DIM}]",
+     lambda v: 1 <= v <= MAX_DIM, REQUIRED, REQUIRED),
+    ("n_kv_heads", "n_kv_heads", "num_key_value_heads", f"an integer in [1, {MAX_DIM}]",
+     lambda v: 1 <= v <= MAX_DIM, None, None),  # None: as many as query heads
+    ("norm_eps", "norm_eps", "rms_norm_eps", "a finite number in (0, 1)", lambda v: 0 < v < 1, 1e-5, 1e-6),
+    ("rope_theta", "rope_theta", "rope_theta", "a finite number in (0, 3.4e38] (a float32)",
+     lambda v: 0 < v <= FLOAT32_MAX, None, 10000.0),
+    ("vocab_size", "vocab_size", "vocab_size", "a positive integer (or -1 in params.json)",
+     lambda v: v >= 1 or v == -1, None, None),  # -1 (some Meta releases): the embedding decides
+    ("context_length", "max_seq_len", "max_position_embeddings", "a positive integer",
+     lambda v: v >= 1, None, None),
+)  # fmt: skip
+_INT_FIELDS = frozenset({"dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "context_length"})
+
+
+def read_hparams(data: dict[str, Any], source: Path, scheme: Literal["meta", "hf"]) -> HParams:
+    """A params.json (``meta``) or config.json (``hf``) object -> checked ``HParams``.
+
+    Every value must have the right type (integers for counts; ``true`` is not 1), be finite and lie in
+    its range; the counts must fit each other (heads divide dim into an even head size, query heads are a
+    multiple of kv heads). Anything else raises ``ExportError("expected <key> in <file> to be ..., got ...")``.
+    """
+    values: dict[str, Any] = {}
+    for field_name, meta_key, hf_key, what, ok, meta_default, hf_default in _HPARAMS:
+        key, default = (meta_key, meta_default) if scheme == "meta" else (hf_key, hf_default)
+        value = data.get(key)
+        if value is None:
+            if default is REQUIRED:
+                raise ExportError(f"expected {key!r} in {source}, got keys {sorted(data)}")
+            values[field_name] = default
+            continue
+        integer = field_name in _INT_FIELDS
+        typed = isinstance(value, int) if integer else isinstance(value, (int, float))
+        # (a huge JSON integer has no float value: isfinite would overflow, so integers skip that test)
+        if isinstance(value, bool) or not typed or not (integer or math.isfinite(value)) or not ok(value):
+            raise ExportError(f"expected {key} in {source} to be {what}, got {value!r}")
+        values[field_name] = value if integer else float(value)
+    if values["n_kv_heads"] is None:
+        values["n_kv_heads"] = values["n_heads"]
+    if values["vocab_size"] == -1:
+        values["vocab_size"] = None
+    dim, n_heads, n_kv_heads = values["dim"], values["n_heads"], values["n_kv_heads"]
     if dim % n_heads:
         raise ExportError(f"expected dim divisible by n_heads in {source}, got dim={dim} n_heads={n_heads}")
     if (dim // n_heads) % 2:
@@ -225,6 +311,7 @@ def _check_hparams(source: Path, dim: Any, n_layers: Any, n_heads: Any, n_kv_hea
         raise ExportError(
             f"expected n_heads divisible by n_kv_heads in {source}, got n_heads={n_heads} n_kv_heads={n_kv_heads}"
         )
+    return HParams(**values)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -237,107 +324,11 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def _number(data: dict[str, Any], key: str, source: Path, default: float | None) -> float | None:
-    value = data.get(key, default)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ExportError(f"expected a positive number for {key} in {source}, got {value!r}")
-    return float(value)
-
-
-def torch_load_state(path: Path) -> dict[str, torch.Tensor]:
-    """A ``.pth``/``.bin`` state dict, memory-mapped, through torch's weights-only unpickler."""
-    return _torch_load(path)[0]
-
-
-def _torch_load(path: Path) -> tuple[dict[str, torch.Tensor], bool]:
-    """``torch_load_state`` and whether the tensors are file mappings (False: read into memory).
-
-    The weights-only unpickler resolves only tensor-rebuilding functions and plain containers; a pickle
-    naming anything else (``os.system`` via ``__reduce__``, a custom class) raises before it is called.
-    Files in torch's pre-1.6 (non-zip) format cannot be mapped and are read into memory instead.
-    """
-    def load(mmap: bool) -> Any:
-        with warnings.catch_warnings():  # torch warns about pickle protocols on stderr; errors say enough
-            warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-
-    mapped = True
-    try:
-        try:
-            obj = load(mmap=True)
-        except RuntimeError as e:
-            if "mmap can only be used" not in str(e) and "_use_new_zipfile_serialization" not in str(e):
-                raise
-            obj = load(mmap=False)  # legacy format: still weights-only, just not mapped
-            mapped = False
-    except pickle.UnpicklingError as e:
-        if m := re.search(r"GLOBAL (\S+)", str(e)):
-            raise ExportError(
-                f"refusing to load {path}: expected only tensors in the pickle, got a reference to {m.group(1)}, "
-                f"code that unpickling would run (it was not run)"
-            ) from None
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        detail = next((ln for ln in lines if "Unsupported" in ln), lines[0][:120] if lines else "")
-        raise ExportError(
-            f"refusing to load {path}: expected a tensor-only pickle, got one the weights-only loader rejects ({detail})"
-        ) from None
-    except FileNotFoundError:
-        raise ExportError(f"expected the shard {path}, got no such file") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ExportError(f"expected a complete PyTorch checkpoint at {path}, got a truncated or corrupt file ({first})") from None
-    if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict) and not any(
-        isinstance(v, torch.Tensor) for v in obj.values()
-    ):
-        obj = obj["model"]  # training checkpoints nest the weights
-    if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
-        raise ExportError(f"expected a dict of tensors in {path}, got {type(obj).__name__}")
-    return obj, mapped
-
-
-_MADV_DONTNEED = 4  # Linux: drop the pages; a private file mapping re-reads them from the file if touched
-_libc = None
-if sys.platform.startswith("linux"):
-    try:
-        _libc = ctypes.CDLL(None, use_errno=True)
-        _libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-    except (OSError, AttributeError):
-        _libc = None
-
-
-class _TorchFile:
-    """A loaded ``.pth``/``.bin`` whose resident pages can be given back without reloading it.
-
-    Re-running torch's pure-Python weights-only unpickler costs ~1 ms per tensor, too much to repeat every
-    few dozen MB on a 7B shard. On Linux the pages of a read-only private file mapping can instead be
-    dropped with ``madvise(MADV_DONTNEED)`` (they come back from the file if touched again). Only tensors
-    that are file mappings qualify: on anonymous memory (a legacy, non-mapped load) the same call would
-    zero the data, so such files are dropped and reloaded instead.
-    """
-
-    def __init__(self, path: Path):
-        self.tensors, self.mapped = _torch_load(path)
-        self.touched: set[str] = set()
-
-    def get(self, name: str) -> torch.Tensor:
-        self.touched.add(name)
-        return self.tensors[name]
-
-    def drop_pages(self) -> bool:
-        """Give back the touched tensors' resident pages; False if this file cannot (reload it instead)."""
-        if not self.mapped or _libc is None:
-            return False
-        page = mmap.PAGESIZE
-        for name in self.touched:
-            storage = self.tensors[name].untyped_storage()
-            start, size = storage.data_ptr(), storage.nbytes()
-            lo, hi = -(-start // page) * page, (start + size) // page * page
-            if hi > lo and _libc.madvise(lo, hi - lo, _MADV_DONTNEED) != 0:
-                return False
-        self.touched.clear()
-        return True
+def to_float32(a: np.ndarray, dtype: str) -> np.ndarray:
+    """Stored values -> float32 (a new array). bfloat16 is the top half of a float32: shift its bits up."""
+    if dtype == "BF16":
+        return np.left_shift(a, 16, dtype=np.uint32).view(np.float32)
+    return a.astype(np.float32)
 
 
 def find_tokenizer(root: Path, layout: Layout) -> Path | None:
@@ -355,31 +346,12 @@ class MetaCheckpoint(Checkpoint):
     """``consolidated.NN.pth`` model-parallel shards + ``params.json``."""
 
     _parts: dict[str, list[tuple[int, str]]]  # GGUF name -> [(shard index, source name)] in rank order
-    _loaded: dict[int, _TorchFile]
 
     @classmethod
     def open(cls, root: Path) -> "MetaCheckpoint":
         params_path = root / "params.json"
         params = _read_json(params_path)
-        for key in ("dim", "n_layers", "n_heads"):
-            if key not in params:
-                raise ExportError(f"expected {key!r} in {params_path} (a Llama params.json), got keys {sorted(params)}")
-        n_kv = params.get("n_kv_heads") or params["n_heads"]
-        _check_hparams(params_path, params["dim"], params["n_layers"], params["n_heads"], n_kv)
-        vocab = params.get("vocab_size")
-        if vocab is not None and (not isinstance(vocab, int) or (vocab <= 0 and vocab != -1)):
-            raise ExportError(f"expected vocab_size to be a positive integer or -1 in {params_path}, got {vocab!r}")
-        ctx = params.get("max_seq_len")
-        hp = HParams(
-            dim=params["dim"],
-            n_layers=params["n_layers"],
-            n_heads=params["n_heads"],
-            n_kv_heads=n_kv,
-            norm_eps=_number(params, "norm_eps", params_path, 1e-5) or 1e-5,
-            rope_theta=_number(params, "rope_theta", params_path, None),
-            vocab_size=vocab if isinstance(vocab, int) and vocab > 0 else None,
-            context_length=int(ctx) if isinstance(ctx, int) and ctx > 0 else None,
-        )
+        hp = read_hparams(params, params_path, "meta")
 
         shards: dict[int, Path] = {}
         for p in root.iterdir():
@@ -398,21 +370,27 @@ class MetaCheckpoint(Checkpoint):
             layout="meta", root=root, weight_files=files, config_file=params_path,
             tokenizer_path=find_tokenizer(root, "meta"), hparams=hp,
         )
-        ckpt._parts, ckpt._loaded = {}, {}
+        ckpt._parts = {}
+        try:
+            ckpt._merge_tables()
+        except BaseException:
+            ckpt.close()
+            raise
+        return ckpt
 
-        # Merged shapes from the shards' tensor tables (no data is read).
-        seen: dict[str, list[tuple[int, str, tuple[int, ...], torch.dtype]]] = {}
+    def _merge_tables(self) -> None:
+        """Merged shapes from the shards' tensor tables (no data is read)."""
+        files = self.weight_files
+        seen: dict[str, list[tuple[int, str, tuple[int, ...], str]]] = {}
         roles: dict[str, tn.Role] = {}
-        for rank, path in enumerate(files):
-            state = torch_load_state(path)
-            for src, t in state.items():
-                role = tn.classify(src, hp.n_layers)
+        for rank in range(len(files)):
+            for src, t in self._file(rank).tensors.items():
+                role = tn.classify(src, self.hparams.n_layers)
                 if role is None:
                     continue
                 roles[role.gguf_name] = role
-                seen.setdefault(role.gguf_name, []).append((rank, src, tuple(t.shape), t.dtype))
-            del state  # drops the mapping
-        found: dict[str, tuple[tn.Role, tuple[int, ...], torch.dtype]] = {}
+                seen.setdefault(role.gguf_name, []).append((rank, src, t.shape, t.dtype))
+        found: dict[str, tuple[tn.Role, tuple[int, ...], str]] = {}
         for name, parts in seen.items():
             role = roles[name]
             if len(parts) != len(files):
@@ -421,7 +399,7 @@ class MetaCheckpoint(Checkpoint):
             shapes = [s for _, _, s, _ in parts]
             dtypes = {d for *_, d in parts}
             if len(dtypes) != 1:
-                raise ExportError(f"expected one dtype for {name} across shards, got {sorted(map(str, dtypes))}")
+                raise ExportError(f"expected one dtype for {name} across shards, got {sorted(dtypes)}")
             axis = tn.META_SPLIT_AXIS[role.kind]
             merged = list(shapes[0])
             for s in shapes[1:]:
@@ -434,48 +412,42 @@ class MetaCheckpoint(Checkpoint):
                     )
                 if axis is not None:
                     merged[axis] += s[axis]
-            ckpt._parts[name] = [(r, src) for r, src, _, _ in parts]
+            self._parts[name] = [(r, src) for r, src, _, _ in parts]
             found[name] = (role, tuple(merged), dtypes.pop())
-        ckpt._finish(found)
-        return ckpt
+        self._finish(found)
 
-    def read_row_blocks(self, name: str, start: int, stop: int) -> list[tuple[int, torch.Tensor]]:
+    def position(self, name: str) -> tuple[int, int]:
+        rank, src = self._parts[name][0]
+        return rank, self._file(rank).position(src)
+
+    def read_row_blocks(self, name: str, start: int, stop: int) -> list[tuple[int, np.ndarray]]:
         if tn.META_SPLIT_AXIS[self.tensors[name].role.kind] != 1:
             return [(0, self.read_rows(name, start, stop))]
         blocks, col = [], 0
         for r, src in self._parts[name]:
-            part = self._shard(r).get(src)
-            blocks.append((col, part[start:stop]))
+            part = self._file(r).rows(src, start, stop)
+            blocks.append((col, part))
             col += part.shape[1]
         return blocks
 
-    def _shard(self, rank: int) -> _TorchFile:
-        if rank not in self._loaded:
-            self._loaded[rank] = _TorchFile(self.weight_files[rank])
-        return self._loaded[rank]
-
-    def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+    def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
         spec = self.tensors[name]
-        parts = [self._shard(r).get(src) for r, src in self._parts[name]]
         axis = tn.META_SPLIT_AXIS[spec.role.kind]
+        parts = self._parts[name]
         if axis is None:  # replicated: rank 0's copy
-            return parts[0][start:stop]
+            r, src = parts[0]
+            return self._file(r).rows(src, start, stop)
         if axis == 1:  # every shard holds a column block of every row
-            return torch.cat([p[start:stop] for p in parts], dim=1)
+            return np.concatenate([b for _, b in self.read_row_blocks(name, start, stop)], axis=1)
         pieces, offset = [], 0  # axis 0: shard k holds a consecutive block of rows
-        for p in parts:
-            lo, hi = max(start, offset), min(stop, offset + p.shape[0])
+        for r, src in parts:
+            f = self._file(r)
+            n = f.tensors[src].shape[0]
+            lo, hi = max(start, offset), min(stop, offset + n)
             if lo < hi:
-                pieces.append(p[lo - offset : hi - offset])
-            offset += p.shape[0]
-        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=0)
-
-    def release(self) -> None:
-        for rank in [r for r, f in self._loaded.items() if not f.drop_pages()]:
-            del self._loaded[rank]
-
-    def close(self) -> None:
-        self._loaded.clear()
+                pieces.append(f.rows(src, lo - offset, hi - offset))
+            offset += n
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=0)
 
 
 # ---------------------------------------------------------------------------- Hugging Face layout
@@ -484,8 +456,7 @@ class MetaCheckpoint(Checkpoint):
 class HFCheckpoint(Checkpoint):
     """``config.json`` + safetensors shards (with index) or ``pytorch_model.bin`` (with or without index)."""
 
-    _where: dict[str, tuple[Path, str]]  # GGUF name -> (file, HF tensor name)
-    _open: dict[Path, Any]
+    _where: dict[str, tuple[int, str]]  # GGUF name -> (index in weight_files, HF tensor name)
 
     @classmethod
     def open(cls, root: Path) -> "HFCheckpoint":
@@ -502,23 +473,7 @@ class HFCheckpoint(Checkpoint):
             raise ExportError(f"expected no rope_scaling in {config_path} (Code Llama has none), got {cfg['rope_scaling']!r}")
         if cfg.get("hidden_act", "silu") != "silu":
             raise ExportError(f"expected hidden_act 'silu' in {config_path}, got {cfg['hidden_act']!r}")
-        for key in ("hidden_size", "num_hidden_layers", "num_attention_heads"):
-            if key not in cfg:
-                raise ExportError(f"expected {key!r} in {config_path}, got keys {sorted(cfg)}")
-        n_kv = cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
-        _check_hparams(config_path, cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"], n_kv)
-        vocab = cfg.get("vocab_size")
-        ctx = cfg.get("max_position_embeddings")
-        hp = HParams(
-            dim=cfg["hidden_size"],
-            n_layers=cfg["num_hidden_layers"],
-            n_heads=cfg["num_attention_heads"],
-            n_kv_heads=n_kv,
-            norm_eps=_number(cfg, "rms_norm_eps", config_path, 1e-6) or 1e-6,
-            rope_theta=_number(cfg, "rope_theta", config_path, 10000.0),
-            vocab_size=vocab if isinstance(vocab, int) and vocab > 0 else None,
-            context_length=int(ctx) if isinstance(ctx, int) and ctx > 0 else None,
-        )
+        hp = read_hparams(cfg, config_path, "hf")
 
         weight_map, layout = cls._weight_map(root)
         files = tuple(sorted(set(weight_map.values())))
@@ -529,25 +484,32 @@ class HFCheckpoint(Checkpoint):
             layout=layout, root=root, weight_files=files, config_file=config_path,
             tokenizer_path=find_tokenizer(root, layout), hparams=hp,
         )
-        ckpt._where, ckpt._open = {}, {}
-        found: dict[str, tuple[tn.Role, tuple[int, ...], torch.dtype]] = {}
-        listed: dict[Path, set[str]] = {f: set() for f in files}
+        ckpt._where = {}
+        try:
+            ckpt._locate(weight_map)
+        except BaseException:
+            ckpt.close()
+            raise
+        return ckpt
+
+    def _locate(self, weight_map: dict[str, Path]) -> None:
+        """Where each listed tensor is, checked against the files' own tables."""
+        found: dict[str, tuple[tn.Role, tuple[int, ...], str]] = {}
+        index = {f: i for i, f in enumerate(self.weight_files)}
+        listed: dict[Path, set[str]] = {f: set() for f in self.weight_files}
         for src, f in weight_map.items():
             listed[f].add(src)
-        for f in files:
-            actual = ckpt._tables(f)
+        for f in self.weight_files:
+            actual = self._file(index[f]).tensors
             for src in sorted(listed[f]):
                 if src not in actual:
                     raise ExportError(f"expected tensor {src!r} in {f.name} (as the index says), got no such tensor")
-                shape, dtype = actual[src]
-                role = tn.classify(src, hp.n_layers)
+                role = tn.classify(src, self.hparams.n_layers)
                 if role is None:
                     continue
-                ckpt._where[role.gguf_name] = (f, src)
-                found[role.gguf_name] = (role, shape, dtype)
-        ckpt.close()
-        ckpt._finish(found)
-        return ckpt
+                self._where[role.gguf_name] = (index[f], src)
+                found[role.gguf_name] = (role, actual[src].shape, actual[src].dtype)
+        self._finish(found)
 
     @staticmethod
     def _weight_map(root: Path) -> tuple[dict[str, Path], Layout]:
@@ -562,82 +524,45 @@ class HFCheckpoint(Checkpoint):
                 wm = data.get("weight_map")
                 if not isinstance(wm, dict) or not wm:
                     raise ExportError(f"expected a non-empty weight_map in {index}, got {type(wm).__name__}")
-                return {k: root / v for k, v in wm.items()}, layout  # type: ignore[return-value]
+                return {k: _inside(root, v, index) for k, v in wm.items()}, layout  # type: ignore[return-value]
             if (root / single).is_file():
-                return _single_file_map(layout, root / single), layout  # type: ignore[arg-type]
+                f = open_weights(root / single)
+                try:
+                    return {k: root / single for k in f.tensors}, layout  # type: ignore[return-value]
+                finally:
+                    f.close()
         raise ExportError(f"expected model.safetensors[.index.json] or pytorch_model.bin[.index.json] in {root}, got none")
 
-    def _tables(self, f: Path) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
-        """Tensor name -> (shape, dtype) of one weight file, from its header / pickle table."""
-        out: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
-        if self.layout == "hf-safetensors":
-            handle = self._handle(f)
-            for key in handle.keys():
-                sl = handle.get_slice(key)
-                dt = sl.get_dtype()
-                if dt not in _SAFETENSORS_DTYPES:
-                    raise ExportError(f"expected F32, F16 or BF16 tensors in {f.name}, got {dt} for {key!r}")
-                out[key] = (tuple(sl.get_shape()), _SAFETENSORS_DTYPES[dt])
-        else:
-            for key, t in self._handle(f).tensors.items():
-                out[key] = (tuple(t.shape), t.dtype)
-        return out
+    def position(self, name: str) -> tuple[int, int]:
+        i, src = self._where[name]
+        return i, self._file(i).position(src)
 
-    def _handle(self, f: Path) -> Any:
-        if f not in self._open:
-            if self.layout == "hf-safetensors":
-                from safetensors import SafetensorError, safe_open
-
-                try:
-                    self._open[f] = safe_open(str(f), framework="pt")
-                except (SafetensorError, OSError) as e:
-                    raise ExportError(f"expected a complete safetensors file at {f}, got a truncated or corrupt file ({e})") from None
-            else:
-                self._open[f] = _TorchFile(f)
-        return self._open[f]
-
-    def _rows(self, f: Path, src: str, start: int, stop: int) -> torch.Tensor:
-        h = self._handle(f)
-        if self.layout == "hf-safetensors":
-            return h.get_slice(src)[start:stop]
-        return h.get(src)[start:stop]
-
-    def read_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
-        f, src = self._where[name]
-        spec = self.tensors[name]
-        kind = spec.role.kind
+    def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        i, src = self._where[name]
+        f = self._file(i)
+        kind = self.tensors[name].role.kind
         if kind not in (tn.T.ATTN_Q, tn.T.ATTN_K):
-            return self._rows(f, src, start, stop)
+            return f.rows(src, start, stop)
         # q/k: un-permute whole heads, then cut the requested rows out of them
         hd = self.hparams.head_dim
         h0, h1 = start // hd, -(-stop // hd)
-        block = self._rows(f, src, h0 * hd, h1 * hd)
-        meta = tn.hf_unpermute(block, h1 - h0)
+        meta = tn.hf_unpermute(f.rows(src, h0 * hd, h1 * hd), h1 - h0)
         return meta[start - h0 * hd : stop - h0 * hd]
 
-    def release(self) -> None:
-        # safetensors handles are cheap to reopen (a JSON header); torch files give back pages instead
-        for f in [f for f, h in self._open.items() if not (isinstance(h, _TorchFile) and h.drop_pages())]:
-            del self._open[f]
 
-    def close(self) -> None:
-        self._open.clear()
+def _inside(root: Path, name: object, index: Path) -> Path:
+    """A weight file named by an index's ``weight_map``: a relative path that stays inside ``root``.
 
-
-def _single_file_map(layout: Layout, f: Path) -> dict[str, Path]:
-    """Tensor name -> file for a checkpoint without an index (one weight file)."""
-    if layout == "hf-safetensors":
-        from safetensors import SafetensorError, safe_open
-
-        try:
-            with safe_open(str(f), framework="pt") as h:
-                keys = list(h.keys())
-        except (SafetensorError, OSError) as e:
-            raise ExportError(f"expected a complete safetensors file at {f}, got a truncated or corrupt file ({e})") from None
-    else:
-        keys = list(torch_load_state(f))
-    return {k: f for k in keys}
-
+    Checked on the path as written, without resolving symlinks: Hugging Face's cache links every snapshot
+    file to a blob outside the snapshot folder, and that is fine; an absolute name or a ``..`` that climbs
+    out of the folder is not (it would make the converter read any file the user can read).
+    """
+    if not isinstance(name, str) or not name:
+        raise ExportError(f"expected file names as weight_map values in {index}, got {name!r}")
+    rel = os.path.normpath(name)
+    if os.path.isabs(name) or rel == ".." or rel.startswith(".." + os.sep) or "\0" in name:
+        raise ExportError(f"expected weight_map in {index} to name files inside {root}, got {name!r}")
+    return root / rel
 
 
 # ---------------------------------------------------------------------------- entry point
@@ -685,4 +610,4 @@ def iter_row_chunks(spec: TensorSpec, max_bytes: int = 8 << 20) -> Iterator[tupl
         yield start, min(rows, start + step)
 
 
-__all__ = ["Checkpoint", "HParams", "TensorSpec", "open_checkpoint", "iter_row_chunks", "torch_load_state"]
+__all__ = ["Checkpoint", "HParams", "TensorSpec", "open_checkpoint", "iter_row_chunks", "to_float32"]

@@ -8,9 +8,12 @@ Out: one GGUF file for llama.cpp's ``llama`` architecture, and a ``ConvertSummar
 
 Steps: open the checkpoint (``checkpoints``: tensor tables only, nothing loaded) -> hyper-parameters ->
 vocabulary (``vocab``) -> declare every tensor to gguf-py's ``GGUFWriter`` (name, shape, type) -> write the
-header, metadata and tensor table -> stream the tensors: each one is assembled from its shards in row
-chunks straight into its output encoding, written, and dropped before the next is read, so peak memory is
-about one tensor whatever the model size -> fsync -> atomic rename onto the requested path.
+header, metadata and tensor table -> stream the tensors (``_write_tensors``): in the order their bytes lie
+in the checkpoint files, chunks of rows are assembled from the shards straight into their output
+encoding by a few threads and written at their place in the file, while the source is hashed right
+behind the reads (one pass over it) and its mapped pages are handed back every few dozen MB, so peak
+memory is a few chunks whatever the model size -> fsync -> atomic rename onto the requested path
+(``outfile.atomic_output``). No torch: the readers are ``checkpoints`` / ``weightfiles`` and numpy.
 
 Hyper-parameters written (gguf-py's named keys for the llama architecture):
 - ``llama.rope.freq_base``: ``--rope-theta``, else the config's ``rope_theta``, else 10000 (Llama 2's
@@ -26,29 +29,33 @@ Types: norms stay f32 (1-D, tiny, and llama.cpp adds them in f32); 2-D weights a
 (f32, f16, bf16 or q8_0 through ``gguf.quants``; a row length that is not a multiple of q8_0's block of 32
 falls back to f16).
 
-Failure: bad input raises ``ExportError``; the output path is never touched unless everything succeeded
-(the temporary file in the target folder is removed on any error, including Ctrl-C).
+Failure: bad input raises ``ExportError``; the output path is never touched unless everything succeeded.
+``model_export.outfile`` owns the output file: it refuses a path that is one of the checkpoint's files,
+writes a temporary file beside the target and removes it on any error, Ctrl-C or SIGTERM (the CLI then
+exits 130 / 143), and sweeps up temporary files a killed run left behind.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
-import tempfile
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import gguf
 import numpy as np
-import torch
 
 from model_export import tensors as tn
-from model_export.checkpoints import Checkpoint, TensorSpec, iter_row_chunks, open_checkpoint
+from model_export.checkpoints import FLOAT32_MAX, Checkpoint, TensorSpec, iter_row_chunks, open_checkpoint, to_float32
 from model_export.errors import ExportError
+from model_export.outfile import Terminated, atomic_output, check_output, exit_code, sigterm_raises
 from model_export.vocab import FimIds, load_vocab, write_vocab
 
 log = logging.getLogger("model_export.convert")
@@ -59,6 +66,7 @@ ProgressFn = Callable[[str, int, int], None]  # (tensor name, bytes written so f
 # Drop the checkpoint's file mappings after this many source bytes have been paged in, so that resident
 # memory tracks the tensor being converted, not everything read so far.
 RELEASE_AFTER_BYTES = 32 << 20
+WORKERS = 4  # threads that encode and write chunks (at most the number of cores)
 CODE_LLAMA_THETA = 1e6
 MAX_CONTEXT = 1 << 20
 
@@ -79,7 +87,7 @@ class ConvertSummary:
     n_vocab: int  # embedding rows = GGUF tokens
     n_padding_tokens: int  # [PAD<id>] tokens added beyond the tokenizer's pieces
     fim: FimIds | None  # FIM prefix/suffix/middle and EOT ids (None: the tokenizer has no FIM pieces)
-    source_sha256: str | None  # of the checkpoint files (weights, config, tokenizer), streamed
+    source_sha256: str | None  # of the sha256sum listing of weights, config, tokenizer (Checkpoint.source_sha256)
 
     @property
     def fim_pre(self) -> int | None:
@@ -120,50 +128,106 @@ def default_context_length(config_value: int | None, rope_theta: float) -> int:
     return 16384 if rope_theta >= CODE_LLAMA_THETA else 4096
 
 
-def _encode_rows(rows: torch.Tensor, qtype: gguf.GGMLQuantizationType) -> np.ndarray:
-    """Whole source rows -> their blocks in a GGML block type (bf16 from non-bf16, q8_0) via gguf.quants."""
-    return gguf.quants.quantize(rows.to(torch.float32).numpy(), qtype)
+def encode_rows(ckpt: Checkpoint, spec: TensorSpec, qtype: gguf.GGMLQuantizationType, start: int, stop: int) -> np.ndarray:
+    """Rows ``start:stop`` of a tensor in its stored encoding: a C-contiguous array ready to be written.
 
-
-def encode_tensor(ckpt: Checkpoint, spec: TensorSpec, qtype: gguf.GGMLQuantizationType) -> np.ndarray:
-    """The whole tensor in its stored encoding, filled chunk by chunk (source rows never held twice).
-
-    f32/f16 (and bf16 from bf16, a bit copy) are converted by torch straight into the output array, one
-    shard's column block at a time; other types go through gguf-py's quantizers on whole rows.
-    Source pages read through the checkpoint's file mappings stay resident until the mapping is dropped,
-    so the mappings are released whenever ``RELEASE_AFTER_BYTES`` of source have been read, also in the
-    middle of a tensor: resident memory is then about the output array plus one release window.
+    f32/f16 (and bf16 from bf16, a bit copy) are converted by numpy straight into the output array, one
+    shard's column block at a time (bf16 -> f32 is a 16-bit shift; -> f16 goes through f32); bf16 from
+    other types and q8_0 go through gguf-py's quantizers on whole float32 rows.
     """
-    direct = qtype in (Q.F32, Q.F16) or (qtype == Q.BF16 and spec.dtype == torch.bfloat16)
-    if qtype in (Q.F32, Q.F16):
-        out = np.empty(spec.shape, dtype=np.float32 if qtype == Q.F32 else np.float16)
-        target = torch.from_numpy(out)
-    else:
-        out = np.empty(gguf.quant_shape_to_byte_shape(spec.shape, qtype), dtype=np.uint8)
-        target = torch.from_numpy(out).view(torch.int16) if direct else None  # bf16 bits as int16
-    row_bytes = spec.nbytes // spec.shape[0] if len(spec.shape) > 1 else spec.nbytes
-    for start, stop in iter_row_chunks(spec):
-        if direct:
-            assert target is not None
-            for col, block in ckpt.read_row_blocks(spec.name, start, stop):
-                if qtype == Q.BF16:
-                    block = block.view(torch.int16)
-                dst = target[start:stop] if block.dim() == 1 else target[start:stop, col : col + block.shape[1]]
-                dst.copy_(block)
-        else:
-            out[start:stop] = _encode_rows(ckpt.read_rows(spec.name, start, stop), qtype)
-        if qtype == Q.F16 and spec.dtype != torch.float16 and _has_inf_f16(out[start:stop]):
+    shape = (stop - start, *spec.shape[1:])
+    if qtype in (Q.F32, Q.F16) or (qtype == Q.BF16 and spec.dtype == "BF16"):
+        out = np.empty(shape, dtype={Q.F32: np.float32, Q.F16: np.float16, Q.BF16: np.uint16}[qtype])
+        for col, block in ckpt.read_row_blocks(spec.name, start, stop):
+            dst = out if block.ndim == 1 else out[:, col : col + block.shape[1]]
+            with np.errstate(over="ignore"):  # values beyond f16's range become inf, caught just below
+                if spec.dtype == "BF16" and qtype != Q.BF16:
+                    if qtype == Q.F32:
+                        np.left_shift(block, 16, out=dst.view(np.uint32), dtype=np.uint32)
+                    else:
+                        np.copyto(dst, to_float32(block, "BF16"), casting="same_kind")
+                else:
+                    np.copyto(dst, block, casting="same_kind")
+        if qtype == Q.F16 and spec.dtype != "F16" and _has_inf_f16(out):
             raise ExportError(
                 f"expected weights within float16 range (|x| <= 65504), got overflow in {spec.name}: "
                 f"use --outtype bf16 or f32"
             )
-        ckpt.note_read((stop - start) * row_bytes, RELEASE_AFTER_BYTES)
-    return out
+        return out
+    return gguf.quants.quantize(to_float32(ckpt.read_rows(spec.name, start, stop), spec.dtype), qtype)
 
 
 def _has_inf_f16(a: np.ndarray) -> bool:
     """Any inf/nan in a float16 array: exponent bits all ones (integer ops; numpy's f16 math is slow)."""
     return bool(np.any((a.view(np.uint16) & 0x7C00) == 0x7C00))
+
+
+def _write_tensors(
+    fd: int,
+    ckpt: Checkpoint,
+    plan: list[tuple[TensorSpec, gguf.GGMLQuantizationType]],
+    data_start: int,
+    alignment: int,
+    progress: ProgressFn | None,
+) -> None:
+    """Every tensor's data into the GGUF's data section, which starts at byte ``data_start`` of ``fd``.
+
+    The file lists tensors in ``plan`` order (each at the next ``alignment`` boundary), but they are read
+    in the order their bytes lie in the checkpoint files and each chunk of rows is written at its place
+    with ``pwrite``: the source is read front to back - and hashed right behind the reads
+    (``Checkpoint.note_read``), so it is read once - and only a few chunks are in memory at a time.
+    Chunks are encoded and written by ``WORKERS`` threads (numpy's casts and ``pwrite`` release the GIL);
+    this thread hands them out in order, hashes, releases mapped pages and reports progress.
+    """
+    offsets, end = {}, 0
+    for spec, qtype in plan:
+        offsets[spec.name] = end
+        end += gguf.GGUFWriter.ggml_pad(tn.stored_nbytes(spec.shape, qtype), alignment)
+    total, done = sum(tn.stored_nbytes(s.shape, q) for s, q in plan), 0  # progress counts data bytes
+
+    def work(spec: TensorSpec, qtype: gguf.GGMLQuantizationType, start: int, stop: int, at: int) -> int:
+        data = encode_rows(ckpt, spec, qtype, start, stop)
+        _pwrite_all(fd, data, at)
+        return data.nbytes
+
+    workers = max(1, min(WORKERS, os.cpu_count() or 1))
+    pending: deque[tuple[Future[int], str | None]] = deque()  # (chunk, tensor name when it is its last)
+    with ThreadPoolExecutor(workers, thread_name_prefix="convert") as pool:
+        try:
+            for spec, qtype in sorted(plan, key=lambda p: ckpt.position(p[0].name)):
+                one_row = (1, *spec.shape[1:]) if len(spec.shape) > 1 else spec.shape
+                src_row = spec.nbytes // math.prod(spec.shape) * math.prod(one_row)
+                out_row = tn.stored_nbytes(one_row, qtype)
+                chunks = list(iter_row_chunks(spec))
+                for start, stop in chunks:
+                    at = data_start + offsets[spec.name] + start * out_row
+                    last = spec.name if stop == chunks[-1][1] else None
+                    pending.append((pool.submit(work, spec, qtype, start, stop, at), last))
+                    while len(pending) > 2 * workers:
+                        done += _finish_chunk(pending.popleft(), done, total, progress)
+                    ckpt.note_read((stop - start) * src_row if len(spec.shape) > 1 else src_row, RELEASE_AFTER_BYTES)
+            while pending:
+                done += _finish_chunk(pending.popleft(), done, total, progress)
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)  # no worker writes into the file once it is removed
+            raise
+    os.ftruncate(fd, data_start + end)  # the padding after the last tensor
+
+
+def _finish_chunk(item: tuple[Future[int], str | None], done: int, total: int, progress: ProgressFn | None) -> int:
+    """Wait for one chunk (its error, if any, is raised here); report a finished tensor; its byte count."""
+    future, last = item
+    n = future.result()
+    if last is not None and progress is not None:
+        progress(last, done + n, total)
+    return n
+
+
+def _pwrite_all(fd: int, data: np.ndarray, pos: int) -> None:
+    view = memoryview(np.ascontiguousarray(data)).cast("B")
+    while view:
+        n = os.pwrite(fd, view, pos)
+        view, pos = view[n:], pos + n
 
 
 def _declare(writer: gguf.GGUFWriter, spec: TensorSpec, qtype: gguf.GGMLQuantizationType) -> None:
@@ -174,16 +238,6 @@ def _declare(writer: gguf.GGUFWriter, spec: TensorSpec, qtype: gguf.GGMLQuantiza
         writer.add_tensor_info(spec.name, spec.shape, np.dtype(np.float16), nbytes)
     else:  # logical shape with a raw GGML type (a float dtype here tells gguf-py the shape is not in bytes)
         writer.add_tensor_info(spec.name, spec.shape, np.dtype(np.float32), nbytes, raw_dtype=qtype)
-
-
-def _check_output(out: Path) -> None:
-    if out.is_dir():
-        raise ExportError(f"expected an output file path, got the folder {out}")
-    parent = out.parent
-    if not parent.is_dir():
-        raise ExportError(f"expected an existing folder for the output {out}, got {'a file' if parent.exists() else 'no folder'} at {parent}")
-    if not os.access(parent, os.W_OK):
-        raise ExportError(f"expected a writable folder for the output, got {parent} (permission denied)")
 
 
 def convert(
@@ -202,18 +256,24 @@ def convert(
         raise ExportError(f"expected outtype one of {sorted(tn.OUTTYPES)}, got {outtype!r}")
     if ctx is not None and not 0 < ctx <= MAX_CONTEXT:
         raise ExportError(f"expected --ctx between 1 and {MAX_CONTEXT}, got {ctx}")
-    if rope_theta is not None and not rope_theta > 0:
-        raise ExportError(f"expected a positive --rope-theta, got {rope_theta}")
+    if rope_theta is not None and not (math.isfinite(rope_theta) and 0 < rope_theta <= FLOAT32_MAX):
+        raise ExportError(f"expected --rope-theta a finite number in (0, 3.4e38], got {rope_theta}")
     out = Path(out_path).absolute()
-    _check_output(out)
+    check_output(out, (), ExportError)  # before the checkpoint is read: a bad -o fails fast
 
     with open_checkpoint(ckpt_dir) as ckpt:
         hp = ckpt.hparams
         if ckpt.tokenizer_path is None:
             raise ExportError(f"expected tokenizer.model in {ckpt.root}, got none")
         vocab = load_vocab(ckpt.tokenizer_path, ckpt.n_vocab)
+        check_output(out, ckpt.input_files, ExportError)
         theta = rope_theta if rope_theta is not None else (hp.rope_theta or 10000.0)
         context_length = ctx or default_context_length(hp.context_length, theta)
+        if context_length > MAX_CONTEXT:
+            raise ExportError(
+                f"expected a context length of at most {MAX_CONTEXT} in {ckpt.config_file}, got {context_length} "
+                f"(pass --ctx N to write another)"
+            )
 
         writer = gguf.GGUFWriter(path=None, arch=gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
         writer.add_name(ckpt.root.name)
@@ -234,39 +294,21 @@ def convert(
         plan = [(spec, tn.tensor_qtype(spec.role.kind, spec.shape, outtype)) for spec in ckpt.tensors.values()]
         for spec, qtype in plan:
             _declare(writer, spec, qtype)
-        total = sum(tn.stored_nbytes(s.shape, q) for s, q in plan)
 
-        try:
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-        except OSError as e:
-            raise ExportError(f"expected a writable folder for the output, got {type(e).__name__}: {e}") from None
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
-            writer.write_header_to_file(path=tmp)
-            writer.write_kv_data_to_file()
-            writer.write_ti_data_to_file()
-            done = 0
-            for spec, qtype in plan:
-                data = encode_tensor(ckpt, spec, qtype)
-                writer.write_tensor_data(data)
-                done += data.nbytes
-                del data
-                if progress is not None:
-                    progress(spec.name, done, total)
-            writer.flush()
-            writer.close()
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644 & ~_umask())
-            os.replace(tmp, out)
-        except OSError as e:
-            raise ExportError(f"expected to write {out}, got {type(e).__name__}: {e}") from None
-        finally:
-            writer.close()
-            if tmp.exists():
-                tmp.unlink()
-        _fsync_dir(out.parent)
+        ckpt.hash_while_reading(hash_source)
+        with atomic_output(out, ExportError) as tmp:
+            try:
+                writer.write_header_to_file(path=tmp)
+                writer.write_kv_data_to_file()
+                writer.write_ti_data_to_file()
+                writer.flush()
+                data_start = gguf.GGUFWriter.ggml_pad(writer.fout[0].tell(), writer.data_alignment)
+                with open(tmp, "r+b") as f:
+                    _write_tensors(f.fileno(), ckpt, plan, data_start, writer.data_alignment, progress)
+            except OSError as e:
+                raise ExportError(f"expected to write {out}, got {type(e).__name__}: {e.strerror or e}") from None
+            finally:
+                writer.close()
         digest = ckpt.source_sha256() if hash_source else None
         n_params = ckpt.n_params
 
@@ -285,26 +327,6 @@ def convert(
         fim=vocab.fim,
         source_sha256=digest,
     )
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make the rename durable (best effort: not every filesystem lets a directory be opened)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # ---------------------------------------------------------------------------- command line
@@ -352,18 +374,19 @@ def main(argv: list[str] | None = None) -> int:
     out = args.outfile or args.ckpt_dir / f"ggml-model-{args.outtype}.gguf"
     progress, close_bar = _tqdm_progress()
     try:
-        summary = convert(
-            args.ckpt_dir, out, outtype=args.outtype, ctx=args.ctx, rope_theta=args.rope_theta,
-            progress=progress, hash_source=not args.no_hash,
-        )
+        with sigterm_raises():
+            summary = convert(
+                args.ckpt_dir, out, outtype=args.outtype, ctx=args.ctx, rope_theta=args.rope_theta,
+                progress=progress, hash_source=not args.no_hash,
+            )
     except ExportError as e:
         close_bar()
         print(f"codellama-convert: error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated) as e:
         close_bar()
         print("codellama-convert: interrupted, no output written", file=sys.stderr)
-        return 130
+        return exit_code(e)
     close_bar()
     print(summary.line())
     if summary.source_sha256:

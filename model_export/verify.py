@@ -116,7 +116,7 @@ def reference_logits(ckpt: Checkpoint, tokens: Sequence[int], rope_theta: float 
     rep = hp.n_heads // hp.n_kv_heads
 
     def w(kind: gguf.MODEL_TENSOR, bid: int | None = None) -> np.ndarray:
-        return ckpt.read(tn.gguf_name(kind, bid)).float().numpy()
+        return ckpt.read(tn.gguf_name(kind, bid))
 
     ids = np.asarray(tokens, dtype=np.int64)
     if ids.min() < 0 or ids.max() >= ckpt.n_vocab:

@@ -6,8 +6,9 @@ GGUF per type - at ``-o`` itself for a single ``--type``, else ``<stem>.<TYPE>.g
 directory - and a line per file on stdout (type, size, bits per weight, seconds).
 
 Errors (not a GGUF, truncated file, already quantized input without ``--allow-requantize``, unknown type,
-existing output without ``--force``, llama.cpp failing midway) print one ``error:`` line on stderr and exit
-with status 1; no partial output is left behind.
+existing output without ``--force``, an output that is the input, an unwritable folder, llama.cpp failing
+midway) print one ``error:`` line on stderr and exit with status 1; Ctrl-C / SIGTERM exit 130 / 143. No
+partial output is left behind in any case.
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ import logging
 import sys
 from pathlib import Path
 
+from model_export.outfile import Terminated, sigterm_raises
 from quantize.errors import QuantizeError
-from quantize.quantize import TARGETS, TYPES, default_name, model_stem, parse_types, quantize_file
+from quantize.quantize import (
+    TARGETS, TYPES, default_name, interrupt_status, make_folder, model_stem, parse_types, quantize_file,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,7 +63,7 @@ def _plan(args: argparse.Namespace) -> list[tuple[str, Path]]:
         return [(types[0], out)]
     if out.exists() and not out.is_dir():
         raise QuantizeError(f"expected a directory for {len(types)} builds at {out}, got a file")
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     stem = model_stem(Path(args.input))
     return [(t, out / default_name(stem, t)) for t in types]
 
@@ -68,24 +72,33 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, stream=sys.stderr, format="%(message)s")
     try:
-        for qtype, dst in _plan(args):
-            r = quantize_file(
-                args.input,
-                dst,
-                qtype,
-                threads=args.threads,
-                force=args.force,
-                allow_requantize=args.allow_requantize,
-                imatrix=args.imatrix,
-                output_tensor_type=args.output_tensor_type,
-                token_embedding_type=args.token_embedding_type,
-            )
-            mix = " ".join(f"{k}:{v}" for k, v in r.tensor_types.items())
-            print(f"{r.type:7s} {r.path}  {r.size / 2**20:.2f} MiB  {r.bits_per_weight:.2f} bpw  {r.seconds:.1f} s  [{mix}]")
+        with sigterm_raises():
+            _build(args)
     except QuantizeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except (KeyboardInterrupt, Terminated) as exc:
+        print("codellama-quantize: interrupted, no partial output left", file=sys.stderr)
+        return interrupt_status(exc)
     return 0
+
+
+def _build(args: argparse.Namespace) -> None:
+    """Every planned build, one line each on stdout."""
+    for qtype, dst in _plan(args):
+        r = quantize_file(
+            args.input,
+            dst,
+            qtype,
+            threads=args.threads,
+            force=args.force,
+            allow_requantize=args.allow_requantize,
+            imatrix=args.imatrix,
+            output_tensor_type=args.output_tensor_type,
+            token_embedding_type=args.token_embedding_type,
+        )
+        mix = " ".join(f"{k}:{v}" for k, v in r.tensor_types.items())
+        print(f"{r.type:7s} {r.path}  {r.size / 2**20:.2f} MiB  {r.bits_per_weight:.2f} bpw  {r.seconds:.1f} s  [{mix}]")
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ import numpy as np
 from gguf import GGMLQuantizationType, GGUFReader, GGUFType, GGUFWriter, Keys
 
 from lsp_server import llama
+from model_export.outfile import Terminated, atomic_output, check_output, exit_code, sigterm_raises
 from quantize.errors import QuantizeError, llama_session
 
 log = logging.getLogger(__name__)
@@ -232,8 +233,7 @@ def compute_imatrix(
 def save_imatrix(data: ImatrixData, path: str | os.PathLike[str]) -> Path:
     """Write llama.cpp's GGUF imatrix format (or the legacy binary one for a ``.dat`` path), atomically."""
     p = Path(path)
-    tmp = p.with_name(f".{p.name}.part")
-    try:
+    with atomic_output(p, QuantizeError) as tmp:
         if p.suffix == ".dat":
             _save_legacy(data, tmp)
         else:
@@ -250,9 +250,6 @@ def save_imatrix(data: ImatrixData, path: str | os.PathLike[str]) -> Path:
             w.write_kv_data_to_file()
             w.write_tensors_to_file()
             w.close()
-        os.replace(tmp, p)
-    finally:
-        tmp.unlink(missing_ok=True)
     return p
 
 
@@ -374,14 +371,19 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr, format="%(message)s")
     try:
         out = Path(args.output)
+        check_output(out, [Path(args.model)], QuantizeError)
         if out.exists() and not args.force:
             raise QuantizeError(f"expected no file at {out}, got an existing one (pass --force to overwrite)")
         text, name = corpus_text(args.corpus, role="imatrix")
-        data = compute_imatrix(args.model, text, n_ctx=args.ctx, max_tokens=args.tokens, threads=args.threads, dataset=name)
-        save_imatrix(data, out)
+        with sigterm_raises():
+            data = compute_imatrix(args.model, text, n_ctx=args.ctx, max_tokens=args.tokens, threads=args.threads, dataset=name)
+            save_imatrix(data, out)
     except QuantizeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except (KeyboardInterrupt, Terminated) as exc:
+        print("python -m quantize.imatrix: interrupted, no output written", file=sys.stderr)
+        return exit_code(exc)
     print(f"wrote {out}: {len(data.sums)} weights, {data.chunk_count} chunks of {data.chunk_size} tokens")
     return 0
 

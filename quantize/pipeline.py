@@ -28,9 +28,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from model_export.outfile import Terminated, atomic_output, sigterm_raises
 from quantize.errors import QuantizeError
 from quantize.gguf_info import read_info
-from quantize.quantize import TARGETS, TYPES, default_name, parse_types, quantize_file
+from quantize.quantize import TARGETS, TYPES, default_name, interrupt_status, make_folder, parse_types, quantize_file
 from quantize.report import DEFAULT_CHUNKS, DEFAULT_CTX, compare_many
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ def run_pipeline(
 
     ckpt = Path(ckpt_dir)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     stem = name or ckpt.resolve().name
     f16 = out / default_name(stem, "F16")
     manifest_path = out / "manifest.json"
@@ -140,9 +141,8 @@ def run_pipeline(
         "files": entries,
         "seconds": round(time.perf_counter() - t0, 2),
     }
-    tmp = manifest_path.with_name(".manifest.json.part")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, manifest_path)
+    with atomic_output(manifest_path, QuantizeError) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 
@@ -176,14 +176,18 @@ def main(argv: list[str] | None = None) -> int:
             types = list(TYPES)
         else:
             types = list(TARGETS[args.target or "cpu"])
-        m = run_pipeline(
-            args.ckpt_dir, args.output, types, imatrix=args.imatrix, report=not args.no_report, corpus=args.corpus,
-            n_ctx=args.ctx, n_chunks=args.chunks, imatrix_chunks=args.imatrix_chunks, threads=args.threads,
-            force=args.force, name=args.name,
-        )  # fmt: skip
+        with sigterm_raises():
+            m = run_pipeline(
+                args.ckpt_dir, args.output, types, imatrix=args.imatrix, report=not args.no_report, corpus=args.corpus,
+                n_ctx=args.ctx, n_chunks=args.chunks, imatrix_chunks=args.imatrix_chunks, threads=args.threads,
+                force=args.force, name=args.name,
+            )  # fmt: skip
     except QuantizeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except (KeyboardInterrupt, Terminated) as exc:
+        print("quantize.pipeline: interrupted, no partial output left", file=sys.stderr)
+        return interrupt_status(exc)
     for e in m["files"]:
         q = e["quality"] or {}
         kld = f"KLD {q['kld_mean']:.5f} top-1 {100 * q['top1_agreement']:.2f} %" if "kld_mean" in q else ""

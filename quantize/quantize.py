@@ -15,26 +15,37 @@ back to a legacy type of similar size (Q4_K -> Q5_0, Q6_K -> Q8_0 ...); tiny tes
 therefore not K-quantized at all.
 
 What we check before calling llama.cpp (because some malformed inputs make it abort the process): the
-input is a complete GGUF, not already quantized (unless ``allow_requantize``), the type is known, and the
-output does not exist (unless ``force``).
+input is a complete GGUF whose header passes ``lsp_server.gguf_check`` (block count matching the ``blk.N``
+tensors, finite epsilon and rope base, sane head counts and context length, tensor extents), not already quantized (unless ``allow_requantize``), the type is known, the
+output is not one of the inputs (same path, symlink or hard link), sits in a writable folder and does not
+exist (unless ``force``), and the thread count is clamped to the usable cores. The output file is
+``model_export.outfile``'s: written beside the target, given normal permissions (0644 under the usual
+umask), renamed into place on success and removed on any failure, Ctrl-C or SIGTERM (``run_native``).
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
-import tempfile
+import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import llama_cpp
 import numpy as np
 from gguf import GGMLQuantizationType
 
 from lsp_server import llama
+from lsp_server.gguf_check import GGUFCheckError, check_gguf
+from model_export.outfile import atomic_output, check_output, exit_code
 from quantize.errors import QuantizeError
 from quantize.gguf_info import GGUFInfo, read_info
+
+T = TypeVar("T")
 
 # Type name -> llama_ftype id. The order is the one tables use: legacy, K-quants, then floats.
 TYPES: dict[str, int] = {
@@ -153,7 +164,17 @@ def quantize_file(
     src_p, dst_p = Path(src), Path(dst)
     out_type = _tensor_type(output_tensor_type, "an output tensor type")
     emb_type = _tensor_type(token_embedding_type, "a token embedding type")
+    try:
+        nthread = llama.clamp_threads(threads)
+    except llama.LlamaError as exc:
+        raise QuantizeError(str(exc)) from None
+    inputs = [src_p] + ([Path(imatrix)] if imatrix is not None else [])
+    check_output(dst_p, inputs, QuantizeError)
     info = read_info(src_p)
+    try:  # the header facts llama.cpp trusts (it aborts or stalls on a bad block count, eps, heads, context)
+        check_gguf(src_p)
+    except GGUFCheckError as e:
+        raise QuantizeError(str(e)) from None
     if info.is_quantized and not allow_requantize:
         quantized = sorted({t.type for t in info.tensors} - {"F32", "F16", "BF16"})
         raise QuantizeError(
@@ -162,10 +183,6 @@ def quantize_file(
         )
     if dst_p.exists() and not force:
         raise QuantizeError(f"expected no file at {dst_p}, got an existing one (pass --force to overwrite)")
-    if dst_p.resolve() == src_p.resolve():
-        raise QuantizeError(f"expected an output path different from the input, got {dst_p} twice")
-    if not dst_p.parent.is_dir():
-        raise QuantizeError(f"expected an existing directory for {dst_p}, got none at {dst_p.parent}")
 
     imatrix_data = None
     if imatrix is not None:
@@ -180,7 +197,7 @@ def quantize_file(
             )
 
     params = llama_cpp.llama_model_quantize_default_params()
-    params.nthread = threads or max(1, os.cpu_count() or 1)
+    params.nthread = nthread
     params.ftype = TYPES[qtype]
     if out_type is not None:
         params.output_tensor_type = out_type
@@ -198,19 +215,13 @@ def quantize_file(
         keep.append(arr)
         params.imatrix = ctypes.cast(arr, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
 
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dst_p.name}.", suffix=".part", dir=dst_p.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
     t0 = time.perf_counter()
-    try:
+    with atomic_output(dst_p, QuantizeError) as tmp:
         try:
-            llama.model_quantize(src_p, tmp, params)
+            run_native(lambda: llama.model_quantize(src_p, tmp, params))
         except llama.LlamaError as exc:
             raise QuantizeError(f"expected llama.cpp to quantize {src_p} to {qtype}, got: {exc}") from None
         out_info: GGUFInfo = read_info(tmp)
-        os.replace(tmp, dst_p)
-    finally:
-        tmp.unlink(missing_ok=True)
     del keep
     return QuantizeResult(
         path=dst_p,
@@ -222,6 +233,61 @@ def quantize_file(
         seconds=time.perf_counter() - t0,
         imatrix=str(imatrix) if imatrix is not None else None,
     )
+
+
+_abandoned = threading.Event()  # set when an interrupt left a native call running (see run_native)
+
+
+def run_native(fn: Callable[[], T]) -> T:
+    """``fn()`` (a long llama.cpp call through ctypes) in a worker thread, the main thread waiting.
+
+    Python runs signal handlers only in the main thread and only between bytecodes, so during a call into
+    C that takes minutes Ctrl-C and SIGTERM would do nothing until it returns (and the exception would then
+    land in llama.cpp's log callback, be printed and ignored). Waiting on a thread is interruptible: the
+    ``KeyboardInterrupt``/``Terminated`` propagates at once, ``atomic_output`` removes the temporary file,
+    and the CLI ends the process (``interrupt_status``) while the worker is still in C.
+    """
+    result: list[T] = []
+    failure: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            result.append(fn())
+        except BaseException as e:  # handed to the waiting thread as is
+            failure.append(e)
+
+    worker = threading.Thread(target=work, name="llama.cpp", daemon=True)
+    worker.start()
+    try:
+        worker.join()
+    except BaseException:
+        _abandoned.set()
+        raise
+    if failure:
+        raise failure[0]
+    return result[0]
+
+
+def interrupt_status(exc: BaseException) -> int:
+    """For a CLI that caught Ctrl-C / SIGTERM (and said so): the exit status, 130 / 143.
+
+    If an interrupted ``run_native`` call may still be running in C, the process ends here with that status
+    (``os._exit``): a normal interpreter exit would tear llama.cpp down under its own running threads.
+    """
+    code = exit_code(exc)
+    if _abandoned.is_set():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def make_folder(path: Path) -> None:
+    """Create an output folder (and its parents) or say in one line why not."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise QuantizeError(f"expected to create the output folder {path}, got {type(e).__name__}: {e.strerror or e}") from None
 
 
 def default_name(stem: str, qtype: str) -> str:

@@ -6,6 +6,8 @@ create a marker file, unwritable output paths, a failure half-way through writin
 Each case runs the real CLI entry point (``model_export.convert.main``) and checks the exit code, that
 stderr is exactly one ``codellama-convert: error: ...`` line naming the problem, that nothing was written
 to the output folder (no output, no temporary file), and that an existing output file is left untouched.
+Also: out-of-range hyper-parameters, an index naming files outside the folder, an output path that is one
+of the inputs (same path, symlink, hard link).
 One case runs ``python -m model_export.convert`` in a subprocess to prove the module wiring.
 """
 
@@ -29,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 def refused(capsys, ckpt: Path, out: Path, *phrases: str, args: tuple[str, ...] = ()) -> str:
     """Run the CLI, assert the refusal contract, return the message."""
     before = sorted(out.parent.iterdir()) if out.parent.is_dir() else None
+    prior = out.read_bytes() if out.is_file() else None
     code = main([str(ckpt), "-o", str(out), *args])
     stdout, stderr = capsys.readouterr()
     lines = stderr.strip().splitlines()
@@ -38,7 +41,7 @@ def refused(capsys, ckpt: Path, out: Path, *phrases: str, args: tuple[str, ...] 
     assert lines[0].startswith("codellama-convert: error: expected") or "refusing" in lines[0], lines[0]
     for p in phrases:
         assert p in lines[0], f"expected {p!r} in the message, got {lines[0]!r}"
-    assert not out.is_file() or out.read_bytes() == b"previous", f"expected no new output at {out}"
+    assert (out.read_bytes() if out.is_file() else None) == prior, f"expected {out} untouched"
     if before is not None:
         assert sorted(out.parent.iterdir()) == before, "expected no file left behind in the output folder"
     return lines[0]
@@ -104,15 +107,59 @@ def test_missing_safetensors_shard(checkpoint_factory, capsys, out):
         ({"n_layers": 3}, "for 3 layers"),
         ({"n_layers": 1}, "for 1 layers"),
         ({"vocab_size": 999}, "vocab_size=999"),
-        ({"dim": "64"}, "positive integer dim"),
+        ({"dim": "64"}, "expected dim in"),
         ({"norm_eps": -1}, "norm_eps"),
+        ({"norm_eps": float("nan")}, "expected norm_eps in"),
+        ({"norm_eps": float("inf")}, "got inf"),
+        ({"rope_theta": float("nan")}, "expected rope_theta in"),
+        ({"rope_theta": 1e308}, "got 1e+308"),
+        ({"max_seq_len": 2**32}, "context length of at most 1048576"),
+        ({"n_layers": 10**6}, "expected n_layers in"),
+        ({"n_kv_heads": 0}, "expected n_kv_heads in"),
+        ({"dim": True}, "got True"),
     ],
-    ids=["dim-heads", "kv-heads", "dim-vs-tensors", "more-layers", "fewer-layers", "vocab", "dim-type", "eps"],
+    ids=["dim-heads", "kv-heads", "dim-vs-tensors", "more-layers", "fewer-layers", "vocab", "dim-type", "eps",
+         "eps-nan", "eps-inf", "theta-nan", "theta-huge", "ctx-2^32", "layers-1e6", "kv-zero", "dim-bool"],
 )
 def test_inconsistent_params_json(checkpoint_factory, capsys, out, changes, phrase):
     ckpt, _ = checkpoint_factory("meta", shards=2)
     edit_json(ckpt / "params.json", **changes)
     refused(capsys, ckpt, out, phrase)
+
+
+@pytest.mark.parametrize(
+    "changes, phrase",
+    [
+        ({"rms_norm_eps": float("nan")}, "expected rms_norm_eps in"),
+        ({"rope_theta": float("-inf")}, "expected rope_theta in"),
+        ({"max_position_embeddings": 2**32 - 1}, "got 4294967295"),
+        ({"num_hidden_layers": 10**6}, "expected num_hidden_layers in"),
+    ],
+    ids=["eps-nan", "theta-neg-inf", "ctx-2^32-1", "layers-1e6"],
+)
+def test_out_of_range_hf_config(checkpoint_factory, capsys, out, changes, phrase):
+    ckpt, _ = checkpoint_factory("hf", n_files=1)
+    edit_json(ckpt / "config.json", **changes)
+    refused(capsys, ckpt, out, phrase)
+
+
+def test_context_override_replaces_an_unusable_config_value(checkpoint_factory, capsys, out):
+    ckpt, _ = checkpoint_factory("meta")
+    edit_json(ckpt / "params.json", max_seq_len=2**32)
+    assert main([str(ckpt), "-o", str(out), "--ctx", "4096"]) == 0
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("name", ["/etc/hostname", "../outside.safetensors", "sub/../../outside.safetensors"])
+def test_index_naming_files_outside_the_folder(checkpoint_factory, capsys, out, name):
+    ckpt, _ = checkpoint_factory("hf", n_files=2)
+    outside = ckpt.parent / "outside.safetensors"
+    (ckpt / "model-00001-of-00002.safetensors").rename(outside)  # a real weight file, just not inside
+    index = ckpt / "model.safetensors.index.json"
+    data = json.loads(index.read_text())
+    data["weight_map"] = {k: (name if v == "model-00001-of-00002.safetensors" else v) for k, v in data["weight_map"].items()}
+    index.write_text(json.dumps(data))
+    refused(capsys, ckpt, out, "to name files inside", repr(name))
 
 
 def test_inconsistent_hf_config(checkpoint_factory, capsys, out):
@@ -257,7 +304,33 @@ def test_failure_while_writing_leaves_nothing(checkpoint_factory, capsys, out):
 def test_bad_options(checkpoint_factory, capsys, out):
     ckpt, _ = checkpoint_factory("meta")
     refused(capsys, ckpt, out, "--ctx", args=("--ctx", "0"))
-    refused(capsys, ckpt, out, "--rope-theta", args=("--rope-theta", "-5"))
+    refused(capsys, ckpt, out, "--ctx", args=("--ctx", str(2**32 - 1)))
+    for theta in ("-5", "nan", "inf", "1e39"):
+        refused(capsys, ckpt, out, "--rope-theta", args=("--rope-theta", theta))
+
+
+@pytest.mark.parametrize("target", ["consolidated.00.pth", "params.json", "tokenizer.model"])
+@pytest.mark.parametrize("how", ["same", "symlink", "hardlink"])
+def test_output_that_is_an_input_is_refused(checkpoint_factory, capsys, tmp_path, target, how):
+    ckpt, _ = checkpoint_factory("meta")
+    victim = ckpt / target
+    before = victim.read_bytes()
+    if how == "same":
+        dest = victim
+    else:
+        dest = tmp_path / "out.gguf"
+        (dest.symlink_to if how == "symlink" else dest.hardlink_to)(victim)
+    msg = refused(capsys, ckpt, dest, "not one of the inputs", target)
+    assert {"same": "the input itself", "symlink": "a symlink to the input", "hardlink": "a hard link"}[how] in msg
+    assert victim.read_bytes() == before
+
+
+def test_output_that_is_an_hf_input_is_refused(checkpoint_factory, capsys):
+    ckpt, _ = checkpoint_factory("hf", n_files=2)
+    for name in ("model.safetensors.index.json", "config.json", "model-00002-of-00002.safetensors"):
+        before = (ckpt / name).read_bytes()
+        refused(capsys, ckpt, ckpt / name, "not one of the inputs")
+        assert (ckpt / name).read_bytes() == before
 
 
 def test_good_conversion_from_the_command_line(checkpoint_factory, out):

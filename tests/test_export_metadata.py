@@ -7,6 +7,8 @@ them: FIM/EOT ids, control-token handling of file text that spells ``<PRE>`` or 
 
 from __future__ import annotations
 
+import subprocess
+
 from dataclasses import replace
 from pathlib import Path
 
@@ -177,8 +179,12 @@ def test_summary_and_progress(checkpoint_factory, tmp_path):
     assert s.bytes == s.out_path.stat().st_size > calls[-1][2]  # data plus header, metadata, vocabulary
     assert s.n_params == sum(p.numel() for p in model.parameters())
     assert s.layout == "meta" and s.outtype == "bf16" and s.rope_theta == 1e6 and s.context_length == 16384
-    files = [*sorted(ckpt.glob("consolidated.*.pth")), ckpt / "params.json", ckpt / "tokenizer.model"]
-    assert s.source_sha256 == hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()
+    # the digest of a sha256sum listing of the source files, hashed while they were read
+    names = [*sorted(p.name for p in ckpt.glob("consolidated.*.pth")), "params.json", "tokenizer.model"]
+    listing = "".join(f"{hashlib.sha256((ckpt / n).read_bytes()).hexdigest()}  {n}\n" for n in names)
+    assert s.source_sha256 == hashlib.sha256(listing.encode()).hexdigest()
+    shell = subprocess.run(f"sha256sum {' '.join(names)} | sha256sum", shell=True, cwd=ckpt, capture_output=True, text=True)
+    assert shell.stdout.split()[0] == s.source_sha256
     assert s.line().startswith(f"wrote {s.out_path} (bf16, {s.n_tensors} tensors")
     r = gguf.GGUFReader(s.out_path)
     assert field(r, gguf.Keys.General.FILE_TYPE) == gguf.LlamaFileType.MOSTLY_BF16

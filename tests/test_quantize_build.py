@@ -9,7 +9,9 @@ mixing this file checks would be invisible. ``test_dim64_falls_back`` pins that 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 import subprocess
 import sys
 from dataclasses import replace
@@ -18,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from gguf import GGUFReader
+from gguf import GGUFReader, GGUFValueType, GGUFWriter
 
 from model_export.convert import convert
 from quantize.__main__ import main as quantize_main
@@ -27,6 +29,8 @@ from quantize.gguf_info import read_info
 from quantize.imatrix import ImatrixData, save_imatrix
 from quantize.quantize import TARGETS, TYPES, quantize_file
 from tests.fixtures.checkpoints import TINY
+
+REPO = Path(__file__).resolve().parents[1]
 
 # dim 256 -> K-quant rows; ffn hidden 768 (multiple_of 256) -> ffn_down rows are K-quantizable too.
 KQ_ARGS = replace(TINY, dim=256, n_heads=4, n_kv_heads=2, multiple_of=256)
@@ -257,7 +261,7 @@ def test_bad_failure_midway_leaves_nothing(kq_f16, tmp_path, capsys):
 def test_api_raises_quantize_error(kq_f16, tmp_path):
     with pytest.raises(QuantizeError, match="expected a type among"):
         quantize_file(kq_f16, tmp_path / "a.gguf", "Q1_Z")
-    with pytest.raises(QuantizeError, match="different from the input"):
+    with pytest.raises(QuantizeError, match="not one of the inputs, got .*, the input itself"):
         shutil.copy(kq_f16, tmp_path / "same.gguf")
         quantize_file(tmp_path / "same.gguf", tmp_path / "same.gguf", "Q4_0", force=True)
 
@@ -298,3 +302,168 @@ def test_imatrix_of_another_model_is_refused(kq_f16, tmp_path, capsys):
     err = _run_err([str(kq_f16), "-o", str(tmp_path / "o.gguf"), "--type", "Q4_K_M", "--imatrix", str(im)], capsys)
     assert "none of which match" in err
     _no_output(tmp_path, "o.gguf")
+
+
+# ---------------------------------------------------------------- outputs: inputs, folders, threads, permissions
+
+
+@pytest.mark.parametrize("how", ["same", "symlink", "hardlink"])
+def test_output_that_is_the_input_is_refused(kq_f16, tmp_path, capsys, how):
+    src = tmp_path / "in.gguf"
+    shutil.copy(kq_f16, src)
+    before = src.read_bytes()
+    dest = src if how == "same" else tmp_path / "out.gguf"
+    if how == "symlink":
+        dest.symlink_to(src)
+    elif how == "hardlink":
+        dest.hardlink_to(src)
+    err = _run_err([str(src), "-o", str(dest), "--type", "Q8_0", "--force"], capsys)
+    assert "not one of the inputs" in err
+    assert src.read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
+
+
+def test_output_that_is_the_imatrix_is_refused(imatrix_file, kq_f16, tmp_path, capsys):
+    err = _run_err([str(kq_f16), "-o", str(imatrix_file), "--type", "Q4_K_M", "--imatrix", str(imatrix_file), "--force"], capsys)
+    assert "not one of the inputs" in err
+
+
+@pytest.fixture
+def imatrix_file(kq_f16, tmp_path) -> Path:
+    data = ImatrixData(chunk_size=64, chunk_count=1, datasets=["test"])
+    for t in read_info(kq_f16).tensors:
+        if t.name.startswith("blk.") and len(t.shape) == 2:
+            data.sums[t.name] = np.ones(t.shape[0])
+            data.counts[t.name] = 1
+    return save_imatrix(data, tmp_path / "ok.imatrix.gguf")
+
+
+def test_unwritable_output_folder_is_one_line(kq_f16, tmp_path, capsys):
+    # /proc/<pid> refuses new files for every user, root included
+    err = _run_err([str(kq_f16), "-o", f"/proc/{os.getpid()}/q.gguf", "--type", "Q8_0"], capsys)
+    assert "writable folder" in err
+    err = _run_err([str(kq_f16), "-o", str(tmp_path / "missing" / "q.gguf"), "--type", "Q8_0"], capsys)
+    assert "existing folder" in err
+    err = _run_err([str(kq_f16), "-o", f"/proc/{os.getpid()}/builds", "--type", "Q8_0,Q4_0"], capsys)
+    assert "output folder" in err
+
+
+def test_threads_are_clamped_with_a_message(kq_f16, tmp_path, capsys, caplog):
+    out = tmp_path / "t.gguf"
+    assert quantize_main([str(kq_f16), "-o", str(out), "--type", "Q8_0", "--threads", "100000"]) == 0
+    assert "instead of the 100000 asked for" in caplog.text  # the CLI's stderr log; caplog under pytest
+    assert read_info(out).type_counts.get("Q8_0", 0) > 0
+    err = _run_err([str(kq_f16), "-o", str(tmp_path / "n.gguf"), "--type", "Q8_0", "--threads", "-3"], capsys)
+    assert "positive number of threads, got -3" in err
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_outputs_get_normal_permissions(kq_f16, tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        r = quantize_file(kq_f16, tmp_path / "p.gguf", "Q8_0", threads=2)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(r.path.stat().st_mode) == 0o666 & ~umask
+
+
+# ---------------------------------------------------------------- signals
+
+# Runs the real CLI in a child that signals itself at a fixed point: from inside the worker thread, just
+# before llama.cpp's quantizer starts (so the signal arrives while a native call is running). The patch
+# only adds the signal; llama_model_quantize itself is the real one.
+_SIGNAL_DURING_QUANTIZE = """
+import os, signal, sys
+import llama_cpp
+real = llama_cpp.llama_model_quantize
+def signal_then_quantize(*args):
+    os.kill(os.getpid(), signal.{sig})
+    return real(*args)
+llama_cpp.llama_model_quantize = signal_then_quantize
+from quantize.__main__ import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("sig, code", [("SIGINT", 130), ("SIGTERM", 143)])
+def test_signal_during_quantize_cleans_up(kq_f16, tmp_path, sig, code):
+    out = tmp_path / "q" / "sig.gguf"
+    out.parent.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-c", _SIGNAL_DURING_QUANTIZE.format(sig=sig), str(kq_f16), "-o", str(out), "--type", "Q4_K_M"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == code, proc.stderr
+    assert proc.stderr.strip() == "codellama-quantize: interrupted, no partial output left"
+    assert list(out.parent.iterdir()) == []
+
+
+def test_leftover_of_a_killed_run_is_removed_next_time(kq_f16, tmp_path, caplog):
+    out = tmp_path / "k.gguf"
+    proc = subprocess.run(
+        [sys.executable, "-c", _SIGNAL_DURING_QUANTIZE.format(sig="SIGKILL"), str(kq_f16), "-o", str(out), "--type", "Q8_0"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == -9
+    (left,) = [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
+    assert left.name.startswith(".k.gguf.codellama-")
+    assert quantize_main([str(kq_f16), "-o", str(out), "--type", "Q8_0"]) == 0
+    assert f"removed {left}" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k.gguf"]
+
+
+# ---------------------------------------------------------------- headers llama.cpp would abort or stall on
+
+
+def _with_metadata(src: Path, dst: Path, changes: dict[str, tuple[object, GGUFValueType]]) -> Path:
+    """A copy of ``src`` with some metadata values replaced (gguf-py's own copy routine)."""
+    from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
+
+    reader = GGUFReader(src)
+    writer = GGUFWriter(dst, arch="llama")
+    copy_with_new_metadata(reader, writer, {k: MetadataDetails(t, v) for k, (v, t) in changes.items()}, [])
+    return dst
+
+
+@pytest.mark.parametrize(
+    "key, value, vtype, phrase",
+    [
+        ("llama.block_count", 0, GGUFValueType.UINT32, "block_count"),  # llama.cpp: SIGABRT
+        ("llama.block_count", 1000, GGUFValueType.UINT32, "block_count"),  # llama.cpp: SIGABRT
+        ("llama.attention.layer_norm_rms_epsilon", float("nan"), GGUFValueType.FLOAT32, "epsilon"),
+        ("llama.attention.head_count", 0, GGUFValueType.UINT32, "head_count"),
+        ("llama.context_length", 2**32 - 1, GGUFValueType.UINT32, "context_length"),
+    ],
+    ids=["blocks-0", "blocks-1000", "eps-nan", "heads-0", "ctx-2^32-1"],
+)
+def test_headers_llama_cpp_trusts_are_checked_first(kq_f16, tmp_path, capsys, key, value, vtype, phrase):
+    src = _with_metadata(kq_f16, tmp_path / "bad.gguf", {key: (value, vtype)})
+    capsys.readouterr()
+    err = _run_err([str(src), "-o", str(tmp_path / "q.gguf"), "--type", "Q4_K_M"], capsys)
+    assert err.startswith("error: expected") and phrase in err, err
+    _no_output(tmp_path, "q.gguf")
+
+
+_SIGNAL_DURING_DECODE = """
+import os, signal, sys
+import llama_cpp
+real = llama_cpp.llama_decode
+def signal_then_decode(*args):
+    os.kill(os.getpid(), signal.SIGTERM)  # lands when this llama.cpp call returns
+    return real(*args)
+llama_cpp.llama_decode = signal_then_decode
+from quantize.imatrix import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_signal_during_imatrix_is_one_line(kq_f16, tmp_path):
+    out = tmp_path / "m.imatrix.gguf"
+    proc = subprocess.run(
+        [sys.executable, "-c", _SIGNAL_DURING_DECODE, str(kq_f16), "-o", str(out), "--ctx", "64", "--tokens", "256"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 143, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == "python -m quantize.imatrix: interrupted, no output written"
+    assert "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []
