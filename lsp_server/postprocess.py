@@ -19,15 +19,15 @@ Rules, in order (the syntax rules are named; each can be switched off with the `
    with a bracket that closes one opened before the cursor ends the body. ``repetition``: a run of 1-4
    lines repeated three times in a row, or a 3+ character piece of a line repeated four times, is cut
    after its first copy (a small model stuck in a loop).
-4. A multi-line completion whose generation was cut off (token limit or time budget) ends in a partial
-   line (``return os.path.``): drop that line when complete lines come before it, as ghost text that
-   stops mid-expression is worse than one line less.
+4. A multi-line completion whose generation was cut off (token limit or time budget, or a loop cut by
+   ``repetition`` mid-line) ends in a partial line (``return os.path.``): drop that line when complete
+   lines come before it, as ghost text that stops mid-expression is worse than one line less.
 5. Drop what duplicates the suffix: a completion line equal to the first non-blank line after the
    cursor line (the model re-typing existing code), and characters at the end that repeat the start of
    the text after the cursor (a closing bracket that is already there).
 6. ``balance``: when the document with the completion inserted does not parse but would with the
    completion's surplus closing brackets/quotes removed, or with its unclosed brackets/quotes closed
-   (the suffix does not close them), take that variant.
+   (the suffix does not close them; not for a line cut off by the token limit or a loop), take that variant.
 7. ``parseCheck``: drop a completion that turns a document without parse errors into one with errors.
 8. Never return whitespace-only text.
 """
@@ -204,8 +204,10 @@ def clean(
         text = text[:cut]
     stop = end(text, line_prefix, line_suffix, info, rules, thorough=True)
     if stop is not None:
+        # what comes after the end does not matter, unless the end is a loop starting mid-line: then the
+        # line it starts in is as unfinished as one cut off by the token limit (rule 4)
+        truncated = "repetition" in rules and _repetition(text, True) == stop and not text.startswith("\n", stop)
         text = text[:stop]
-        truncated = False  # what was cut off past the end does not matter
     if single_line(line_suffix, info, rules):
         text = text.split("\n", 1)[0]
         text = text[: len(text) - _overlap(text, line_suffix)]
@@ -221,28 +223,32 @@ def clean(
             kept.append(ln)
         if truncated and len(kept) > 1 and kept[-1].strip():
             kept.pop()
+            truncated = False  # the lines left are whole
         text = "\n".join(kept).rstrip()
     if not text.strip():
         return None
     if info is not None and ("balance" in rules or "parseCheck" in rules):
-        return _checked(text, info, rules)
+        return _checked(text, info, rules, truncated)
     return text
 
 
-def _checked(text: str, info: SyntaxInfo, rules: frozenset[str]) -> str | None:
+def _checked(text: str, info: SyntaxInfo, rules: frozenset[str], truncated: bool) -> str | None:
     """Rules 6 and 7: a completion whose insertion parses (balanced if need be), or None. In a document
-    with errors already (mid-typing) a variant that removes them all is taken, and nothing is dropped."""
+    with errors already (mid-typing) a variant that removes them all is taken, and nothing is dropped.
+    ``truncated``: the text ends where generation was cut off (or a loop began), so its open brackets are
+    not closed for it: that would make an unfinished expression look finished."""
     if not syntax_mod.inserted_has_error(info, text):
         return text
     if "balance" in rules:
-        for variant in _balanced(text, info.language):
+        for variant in _balanced(text, info.language, close=not truncated):
             if variant.strip() and not syntax_mod.inserted_has_error(info, variant):
                 return variant
     return None if "parseCheck" in rules and info.error_free else text
 
 
-def _balanced(text: str, language: str) -> list[str]:
-    """Variants of ``text``: its surplus closing brackets/quotes taken off the end, or its open ones closed."""
+def _balanced(text: str, language: str, close: bool = True) -> list[str]:
+    """Variants of ``text``: its surplus closing brackets/quotes taken off the end, or (``close``) its open
+    ones closed."""
     variants = []
     trimmed = text
     for _ in range(3):
@@ -252,6 +258,6 @@ def _balanced(text: str, language: str) -> list[str]:
         trimmed = trimmed[:-1]
         variants.append(trimmed)
     stack, _, quote = scan(text, language)
-    if (stack or quote) and "\n" not in text:
+    if close and (stack or quote) and "\n" not in text:
         variants.append(text + (quote or "") + "".join(_OPEN[ch] for _, ch in reversed(stack)))
     return variants

@@ -150,6 +150,16 @@ def test_repetition_guard_lines_and_ngrams() -> None:
     assert postprocess.clean("a = 1\na = 1\na = 1\n", "", "", "") == "a = 1"
 
 
+def test_a_loop_mid_line_counts_as_cut_off() -> None:
+    """The line a loop starts in is unfinished: dropped when whole lines precede it, never closed."""
+    doc = "def f(x):\n    if x:\n        return 1\n|\n    return 2\n"
+    raw = "    else:\n        return [(-1, 2, 2, 3, 3, 3, 3"
+    assert clean("a.py", doc, raw) == "    else:"
+    # alone on its line it is kept, and balance does not close it into a finished-looking expression
+    got = clean("a.py", "x = |\n", "f(2, 2, 2, 2, 2, 2")
+    assert got is not None and got.startswith("f(2") and ")" not in got
+
+
 # ---- rule: balance ---------------------------------------------------------------------------------------
 def test_balance_drops_a_closer_the_suffix_already_has() -> None:
     doc = "foo(\n    a,\n    |\n)\n"
