@@ -48,14 +48,14 @@ def main() -> int:
         text = "import os\n\n\ndef main(argv):\n    total = 0\n    "
         line, col = text.count("\n"), len(text) - text.rfind("\n") - 1
         s.notify("textDocument/didOpen", {"textDocument": {"uri": URI, "languageId": "python", "version": 1, "text": text}})
-        version, ids, edits = 1, iter(range(1, 10**9)), 0
-        requests: list[tuple[int, int]] = []  # (request id, edits before it)
-        probes: list[tuple[int, int]] = []  # (probe id, edits before it)
+        version, ids, edits = 1, (f"soak{i}" for i in range(10**9)), 0  # never RawServer's own numeric ids
+        requests: list[tuple[str, int]] = []  # (request id, edits before it)
+        probes: list[tuple[str, int]] = []  # (probe id, edits before it)
         rss_warm = rss_max = 0
         samples: list[int] = []
         sent = 0
         while sent < args.requests:
-            burst: list[int] = []
+            burst: list[str] = []
             for _ in range(min(args.burst, args.requests - sent)):
                 ch = "\n" if edits % 40 == 39 else "abcdefghij"[edits % 10]
                 version += 1

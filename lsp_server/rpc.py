@@ -402,7 +402,10 @@ class LspProtocol(LanguageServerProtocol):
         def done(future: Any) -> None:
             if self._request_futures.get(msg_id) is future:
                 del self._request_futures[msg_id]
-            callback(future)
+            try:
+                callback(future)
+            except asyncio.CancelledError:  # pygls' generator handlers re-raise a step cancelled at exit
+                log.debug("handler %r cancelled while the server ends", msg_id)
 
         super()._execute_handler(msg_id, handler, done, args, kwargs)
 
