@@ -27,7 +27,7 @@ from lsp_server.cache import TypeThroughCache
 from lsp_server.config import Settings
 from lsp_server.engines import EngineError, GenerationRequest, Sampling
 from lsp_server.engines.llama_server import LlamaServerEngine
-from lsp_server.engines.openai import OpenAIEngine, OpenAIOptions
+from lsp_server.engines.openai import OpenAIEngine
 from lsp_server.engines.remote import RemoteOptions, local_vocab
 from tests.fixtures.llama_server import LlamaServer, closed_port, fault_server, llama_server  # noqa: F401
 from tests.fixtures.micro_model import micro_model  # noqa: F401
@@ -60,7 +60,7 @@ def blank(text: str, needle: str, keep: str) -> tuple[str, int, str]:
 def make(kind: str, url: str, vocab, **options):
     if kind == "llama-server":
         return LlamaServerEngine(vocab, RemoteOptions(url=url, **options), "micro")
-    return OpenAIEngine(vocab, OpenAIOptions(url=url, **options), "micro")
+    return OpenAIEngine(vocab, RemoteOptions(url=url, **options), "micro")
 
 
 class Health:

@@ -19,30 +19,54 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Literal
-
 from . import EngineInfo, Generation, GenerationRequest, GenerationResult, Job
-from ..vocab import Vocab
-from .remote import Fault, RemoteEngine, RemoteOptions, RequestFault
+from .remote import Fault, RemoteEngine, RemoteOptions, RemoteVocab, RequestFault
 
 log = logging.getLogger(__name__)
 
-PromptFormat = Literal["auto", "tokens", "text"]
 STOPS = {"stop": "eot", "length": "length", "eos": "eot"}
 
 
-@dataclass(frozen=True)
-class OpenAIOptions(RemoteOptions):
-    prompt_format: PromptFormat = "auto"
+def text_prompt(vocab: RemoteVocab, prompt: list[int]) -> str:
+    """The prompt as text: runs of ordinary tokens decoded, sentinels as their token text, no leading BOS.
+
+    A SentencePiece tokenizer (llama.cpp's, Hugging Face's Llama) puts a space in front of the text that follows
+    a special token, as it does at the start of a text; our prefix ids (first, after PRE in PSM, after MID in SPM) carry
+    that space already, so it is taken off their text here to come back as the same ids. The suffix (after SUF)
+    is encoded without it, so the server's tokenizer adds one there: text prompts are the fallback, not exact.
+    """
+    s = vocab.sentinels
+    special = {t for t in (s.pre, s.suf, s.mid, s.eot) if t is not None}
+    space_prefix = vocab.decode(vocab.encode("a")).startswith(" ")
+    ids = prompt[1:] if prompt and prompt[0] == s.bos else prompt
+    out: list[str] = []
+    run: list[int] = []
+    after: int | None = None
+
+    def flush() -> None:
+        text = vocab.decode(run)
+        if space_prefix and after in (None, s.pre, s.mid) and text.startswith(" "):
+            text = text[1:]
+        out.append(text)
+        run.clear()
+
+    for t in ids:
+        if t in special:
+            flush()
+            out.append(vocab.token_text(t))
+            after = t
+        else:
+            run.append(t)
+    flush()
+    return "".join(out)
 
 
 class OpenAIEngine(RemoteEngine):
     kind = "openai"
     wrong_server_hint = "is this an OpenAI-compatible server? (the URL is the server's root, without /v1)"
 
-    def __init__(self, vocab: Vocab, options: RemoteOptions, name: str) -> None:
-        self._format: PromptFormat = getattr(options, "prompt_format", "auto")
+    def __init__(self, vocab: RemoteVocab, options: RemoteOptions, name: str) -> None:
+        self._format = options.prompt_format
         self._model = options.model_name
         super().__init__(vocab, options, name)
 
@@ -69,23 +93,6 @@ class OpenAIEngine(RemoteEngine):
         n_ctx = int(meta.get("n_ctx") or entry.get("max_model_len") or 0)  # llama-server | vLLM
         return self.with_info(name=self._model, n_ctx=n_ctx, n_ctx_train=int(meta.get("n_ctx_train") or n_ctx))
 
-    def prompt_text(self, prompt: list[int]) -> str:
-        """The prompt as text: runs of ordinary tokens decoded, sentinels as their token text, no leading BOS."""
-        s = self.vocab.sentinels
-        special = {t for t in (s.pre, s.suf, s.mid, s.eot) if t is not None}
-        ids = prompt[1:] if prompt and prompt[0] == s.bos else prompt
-        out: list[str] = []
-        run: list[int] = []
-        for t in ids:
-            if t in special:
-                out.append(self.vocab.decode(run))
-                run = []
-                out.append(self.vocab.token_text(t))
-            else:
-                run.append(t)
-        out.append(self.vocab.decode(run))
-        return "".join(out)
-
     async def _stream(
         self, job: Job, index: int, temperature: float, gen: Generation, result: GenerationResult,
         on_headers: Callable[[], None],
@@ -109,7 +116,7 @@ class OpenAIEngine(RemoteEngine):
         stops = sorted(req.stop_tokens | self.vocab.sentinels.eog)
         body = {
             "model": self._model,
-            "prompt": self.prompt_text(list(req.prompt)) if self._format == "text" else list(req.prompt),
+            "prompt": text_prompt(self.vocab, list(req.prompt)) if self._format == "text" else list(req.prompt),
             "max_tokens": req.max_tokens,
             "temperature": temperature,
             "top_p": s.top_p,
@@ -118,9 +125,11 @@ class OpenAIEngine(RemoteEngine):
             "stream_options": {"include_usage": True},
             "stop_token_ids": stops,
         }
-        texts = [self.vocab.token_text(t) for t in stops]
-        if any(texts):
-            body["stop"] = [t for t in texts if t][:4]  # OpenAI allows at most 4 stop strings
+        # the sentinels' text too, for servers that do not know stop_token_ids but print special tokens
+        fim = self.vocab.sentinels
+        texts = [self.vocab.token_text(t) for t in (fim.eot, fim.pre, fim.suf, fim.mid) if t is not None and t in stops]
+        if texts:
+            body["stop"] = texts[:4]  # OpenAI allows at most 4 stop strings
         async with contextlib.aclosing(self.events("/v1/completions", body, on_headers)) as events:
             async for ev in events:
                 usage = ev.get("usage")

@@ -28,11 +28,13 @@ import time
 import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import httpx
 
+from .. import llama
+from ..vocab import LlamaVocab
 from . import EngineError, EngineInfo, Generation, GenerationRequest, GenerationResult, Job, Stop
-from ..vocab import Vocab
 
 log = logging.getLogger(__name__)
 logging.getLogger("httpx").setLevel(logging.WARNING)  # its INFO lines would log every keystroke's URL
@@ -40,6 +42,7 @@ logging.getLogger("httpcore").setLevel(logging.WARNING)
 
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 30.0
+DEFAULT_N_CTX = 4096  # until the server has told us its context per slot
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ class RemoteOptions:
     verify_tls: bool = True
     model_name: str | None = None  # OpenAI servers: the "model" field (None: the server's first model)
     slot: int | None = None  # llama-server: pin to this slot (id_slot); None: the server picks by prompt similarity
+    prompt_format: Literal["auto", "tokens", "text"] = "auto"  # OpenAI servers: token ids, text, or ids then text
 
 
 class Fault(Exception):
@@ -58,6 +62,30 @@ class Fault(Exception):
 
 class RequestFault(Exception):
     """This one request was refused (HTTP 400/422); the server itself is fine."""
+
+
+class RemoteVocab(LlamaVocab):
+    """The vocabulary of a local GGUF, loaded vocab-only (no weights are read), for engines on a server.
+
+    Adds ``token_text``: a token's text as stored (``▁<PRE>``), which a server's tokenizer maps back to the
+    token when it parses special tokens in a text prompt.
+    """
+
+    def __init__(self, model: llama.Model) -> None:
+        super().__init__(model)
+        self._model = model  # the tokenizer calls into it for as long as the vocabulary lives
+        self._texts = model.texts()
+
+    def token_text(self, token: int) -> str:
+        return self._texts[token]
+
+
+def local_vocab(path: str | os.PathLike[str]) -> RemoteVocab:
+    """The vocabulary of the GGUF at ``path`` (blocking; a few ms for Code Llama's 32k tokens)."""
+    try:
+        return RemoteVocab(llama.Model(path, llama.LoadOptions(vocab_only=True)))
+    except llama.LlamaError as exc:
+        raise EngineError(f"expected a GGUF with the server model's vocabulary at {path}: {exc}") from None
 
 
 def public_url(url: str) -> str:
@@ -90,20 +118,21 @@ class RemoteEngine:
 
     kind = "remote"
 
-    def __init__(self, vocab: Vocab, options: RemoteOptions, name: str) -> None:
+    def __init__(self, vocab: RemoteVocab, options: RemoteOptions, name: str) -> None:
         """Starts the loop thread and probes the server (blocking up to ``timeout_s``: call off the event loop).
         A server that is down now is not an error here: the engine starts down and keeps probing."""
         self.vocab = vocab
         self.options = options
         self.where = public_url(options.url)
         self.info = EngineInfo(
-            name=options.model_name or name, where=self.where, n_ctx=0, n_ctx_train=0, vocab_size=vocab.n_vocab,
+            name=options.model_name or name, where=self.where, n_ctx=DEFAULT_N_CTX, n_ctx_train=0, vocab_size=vocab.n_vocab,
             can_heal=False, kind=self.kind,
         )
         self._listener: Callable[[str | None], None] | None = None
         self._down: str | None = None
         self._probe: asyncio.Task[None] | None = None
         self._running: _HttpJob | None = None
+        self._cached = 0  # tokens the server's slot holds for us after the last request (prompt + generated)
         self._lock = threading.Lock()
         self._closed = False
         self._loop = asyncio.new_event_loop()
@@ -123,6 +152,10 @@ class RemoteEngine:
         """Why the server cannot be used now (None when it can)."""
         return self._down
 
+    @property
+    def cached_tokens(self) -> int:
+        return self._cached
+
     def set_listener(self, listener: Callable[[str | None], None] | None) -> None:
         """``listener(message)`` on every health change (called on the engine's thread): a message when the
         server goes down, None when it is back. Called at once if the engine is down already."""
@@ -132,7 +165,6 @@ class RemoteEngine:
 
     def submit(self, request: GenerationRequest) -> Job:
         job = _HttpJob(request, self)
-        job.submitted = time.perf_counter()  # type: ignore[attr-defined]
         with self._lock:
             if self._closed:
                 job.future.set_exception(EngineError("expected a running engine, got one that was closed"))
@@ -224,9 +256,9 @@ class RemoteEngine:
 
     async def _run(self, job: _HttpJob) -> None:
         req = job.request
-        started = job.submitted  # type: ignore[attr-defined]
+        started = job.submitted
         # the deadline on the loop's clock: the budget counts from submit
-        deadline = self._loop.time() + req.time_budget_s - (time.perf_counter() - started)
+        deadline = self._loop.time() + (job.deadline - time.perf_counter())
         result = GenerationResult(candidates=[], stop="eot", prompt_tokens=len(req.prompt))
         gen: Generation | None = None
         try:
@@ -281,11 +313,13 @@ class RemoteEngine:
         if not job.future.done():
             job.future.set_exception(exc)
 
-    @staticmethod
-    def _finish(job: Job, result: GenerationResult, started: float) -> None:
+    def _finish(self, job: Job, result: GenerationResult, started: float) -> None:
         if result.candidates:
             result.stop = result.candidates[0].stop if result.stop not in ("cancelled", "superseded") else result.stop
+        # the server sends token ids (llama-server) or a count (OpenAI usage); a stream we closed early has neither
+        result.generated_tokens = max(result.generated_tokens, sum(len(c.tokens) for c in result.candidates))
         result.total_ms = (time.perf_counter() - started) * 1e3
+        self._cached = result.prompt_tokens + (len(result.candidates[-1].tokens) if result.candidates else 0)
         if not job.future.done():
             job.future.set_result(result)
 
