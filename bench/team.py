@@ -39,10 +39,14 @@ import sys
 import sysconfig
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lsprotocol import types  # noqa: E402
+from pygls.exceptions import JsonRpcException  # noqa: E402
 
 from tests.fixtures.llama_server import LlamaServer  # noqa: E402
 from tests.fixtures.lsp_client import inline_params, insert, lsp_session, open_doc  # noqa: E402
@@ -112,27 +116,31 @@ async def type_over_lsp(ed: Editor, vocab: Path, url: str, slot: int | None, see
         args += ["--slot", str(slot)]
     async with lsp_session(vocab, options=SETTINGS, args=tuple(args)) as client:
         open_doc(client, uri, doc)
-        pending: asyncio.Task | None = None
+        pending: tuple[str, asyncio.Task] | None = None
         offset = ed.start
         for version, ch in enumerate(ed.typed, start=2):
             line, col = position(doc, offset)
             insert(client, uri, line, col, ch, version)
             doc = doc[:offset] + ch + doc[offset:]
             offset += 1
-            if pending is not None and not pending.done():
-                pending.cancel()  # pygls sends $/cancelRequest for it
+            if pending is not None and not pending[1].done():
+                # VS Code cancels the previous inline request when the next keystroke comes
+                client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id=pending[0]))
                 ed.cancelled += 1
             line, col = position(doc, offset)
-            pending = asyncio.create_task(_timed(client, uri, line, col, ed))
+            mid = str(uuid.uuid4())
+            pending = (mid, asyncio.create_task(_timed(client, uri, line, col, ed, mid)))
             await asyncio.sleep(pause(rng, ch))  # the typist's rhythm
         if pending is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await pending
+            await pending[1]
 
 
-async def _timed(client, uri: str, line: int, col: int, ed: Editor) -> None:
+async def _timed(client, uri: str, line: int, col: int, ed: Editor, mid: str) -> None:
     t0 = time.perf_counter()
-    await client.text_document_inline_completion_async(inline_params(uri, line, col))
+    try:
+        await client.protocol.send_request_async(types.TEXT_DOCUMENT_INLINE_COMPLETION, inline_params(uri, line, col), msg_id=mid)
+    except JsonRpcException:  # RequestCancelled: the next keystroke came first
+        return
     ed.latencies.append((time.perf_counter() - t0) * 1e3)
 
 
