@@ -77,30 +77,34 @@ class LlamaServerEngine(RemoteEngine):
             "cache_prompt": True,
             "stream": True,
             "return_tokens": True,
+            "timings_per_token": True,  # costs in every event: we often close the stream before the last one
             "temperature": temperature,
             "top_k": s.top_k,
             "top_p": s.top_p,
             "seed": s.seed + index,
             "id_slot": -1 if self.options.slot is None else self.options.slot,
         }
-        async with contextlib.aclosing(self.events("/completion", body, on_headers)) as events:
-            async for ev in events:
-                tokens = ev.get("tokens")
-                if not isinstance(tokens, list):
-                    raise Fault(f"expected token ids from {self.where}/completion (return_tokens), got {str(ev)[:80]!r}")
-                gen.tokens.extend(int(t) for t in tokens)
-                if (why := self.stop_now(req, gen)) is not None:
-                    gen.stop = why  # leaving the loop closes the connection: the slot stops generating
-                    return
-                if ev.get("stop"):
-                    gen.stop = STOPS.get(str(ev.get("stop_type")), "eot")  # type: ignore[assignment]
-                    t = ev.get("timings") or {}
-                    if index == 0:  # the first candidate's prompt costs; later ones reuse the whole prompt
-                        result.reused_tokens = int(t.get("cache_n") or 0)
-                        result.evaluated_tokens = int(t.get("prompt_n") or 0)
-                        result.prompt_ms = float(t.get("prompt_ms") or 0.0)
-                    result.generated_tokens += int(t.get("predicted_n") or len(gen.tokens))
-                    result.generate_ms += float(t.get("predicted_ms") or 0.0)
-                    if ev.get("truncated"):
-                        gen.stop = "context"
-                    return
+        gen_ms = 0.0  # this candidate's generation time so far (the server's clock)
+        try:
+            async with contextlib.aclosing(self.events("/completion", body, on_headers)) as events:
+                async for ev in events:
+                    tokens = ev.get("tokens")
+                    if not isinstance(tokens, list):
+                        raise Fault(f"expected token ids from {self.where}/completion (return_tokens), got {str(ev)[:80]!r}")
+                    gen.tokens.extend(int(t) for t in tokens)
+                    t = ev.get("timings")
+                    if isinstance(t, dict):
+                        if index == 0:  # the first candidate's prompt costs; later ones reuse the whole prompt
+                            result.reused_tokens = int(t.get("cache_n") or 0)
+                            result.evaluated_tokens = int(t.get("prompt_n") or 0)
+                            result.prompt_ms = float(t.get("prompt_ms") or 0.0)
+                        gen_ms = float(t.get("predicted_ms") or 0.0)
+                    if (why := self.stop_now(req, gen)) is not None:
+                        gen.stop = why  # leaving the loop closes the connection: the slot stops generating
+                        return
+                    if ev.get("stop"):
+                        truncated = bool(ev.get("truncated"))
+                        gen.stop = "context" if truncated else STOPS.get(str(ev.get("stop_type")), "eot")  # type: ignore[assignment]
+                        return
+        finally:
+            result.generate_ms += gen_ms

@@ -141,10 +141,8 @@ class RemoteEngine:
         self._client = self._call(self._make_client())
         try:
             self.info = self._call(self._connect(), timeout=options.timeout_s * 4 + 5)
-        except Fault as exc:
-            self._call(self._mark_down(str(exc)))
-        except TimeoutError:
-            self._call(self._mark_down(f"no answer from {self.where} within {options.timeout_s:g} s"))
+        except Exception as exc:  # whatever went wrong, the engine starts down and keeps probing
+            self._call(self._mark_down(self._probe_failure(exc)))
 
     # ---- public API ---------------------------------------------------------------------------------
     @property
@@ -232,14 +230,23 @@ class RemoteEngine:
             await asyncio.sleep(delay)  # the back-off timer: one probe per step, never a storm
             try:
                 info = await asyncio.wait_for(self._connect(), self.options.timeout_s * 4 + 5)
-            except (Fault, TimeoutError) as exc:
-                log.info("%s still down (%s); next probe in %.1f s", self.where, exc, min(delay * 2, BACKOFF_MAX_S))
+            except Exception as exc:  # the probe must outlive any failure, or the engine stays down for good
+                log.info("%s still down (%s); next probe in %.1f s", self.where, self._probe_failure(exc),
+                         min(delay * 2, BACKOFF_MAX_S))
                 delay = min(delay * 2, BACKOFF_MAX_S)
                 continue
             self.info, self._down = info, None
             log.warning("%s engine back: %s", self.kind, self.where)
             self._notify(None)
             return
+
+    def _probe_failure(self, exc: BaseException) -> str:
+        if isinstance(exc, Fault):
+            return str(exc)
+        if isinstance(exc, TimeoutError):
+            return f"no answer from {self.where} within {self.options.timeout_s:g} s"
+        log.warning("probing %s failed unexpectedly", self.where, exc_info=exc)
+        return f"unexpected answer from {self.where}: {type(exc).__name__}: {exc}"
 
     def _notify(self, message: str | None) -> None:
         if self._listener is not None:
