@@ -12,15 +12,17 @@ seeded 60-200 ms per key, longer after a word or a line); every keystroke sends 
 VS Code does. Rows:
 
 - ``own files``: each editor its own file; llama-server picks each request's slot by prompt similarity;
-- ``own files, id_slot``: the same with editor i pinned to slot i (``--slot i``);
+- ``own files + id_slot``: the same with editor i pinned to slot i (``--slot i``);
 - ``shared file``: all editors in one file, each at its own place a few lines apart (prompts that share most text);
 - ``/infill direct``: no codellama-lsp; each editor calls llama-server's ``/infill`` itself with llama.vscode's
   request shape (text prefix/suffix, ``cache_prompt``, ``t_max_prompt_ms``/``t_max_predict_ms``), on the same
   keystrokes and the same files as ``own files``.
 
 Columns: keystrokes answered (not cancelled by the next one), p50/p95 latency from the request to its answer,
-generated tokens per second over the run (all editors), and per-editor KV reuse (prompt tokens served from the
-slot's cache / prompt tokens; min-max over editors), from each process's log or /infill's ``timings``.
+tokens per second generated for answered requests (all editors) and, from llama-server's ``/metrics``, all the
+tokens it generated and evaluated per second (cancelled requests included), and per-editor KV reuse of the
+answered requests (prompt tokens served from the slot's cache / prompt tokens; min-max over editors), from each
+process's log or /infill's ``timings``.
 
 Run: ``python bench/team.py --model demo --k 1,2,4,8 --keys 40``. On the 2-core CI machine the editors' own
 processes compete with the server for the CPU; docs/deployment.md says how to read the numbers.
@@ -54,6 +56,9 @@ from tests.fixtures.lsp_client import inline_params, insert, lsp_session, open_d
 REPO = Path(__file__).resolve().parents[1]
 FILES = ["textwrap.py", "shlex.py", "fnmatch.py", "heapq.py", "bisect.py", "calendar.py", "glob.py", "colorsys.py"]
 SETTINGS = {"maxTokens": 48, "timeBudgetMs": 5000, "contextTokens": 1024}
+# llama.vscode sends 256 lines before and 64 after the cursor by default; that overflows a slot here, so the
+# windows are cut to about our prompt budget (contextTokens 1024, 3/4 for the prefix: ~10 tokens a line)
+LINES = (64, 16)
 COSTS = re.compile(r"prompt=(\d+) reused=(\d+) evaluated=(\d+) generated=(\d+)")
 
 
@@ -162,13 +167,15 @@ async def type_over_infill(ed: Editor, url: str, seed: int) -> None:
     async with httpx.AsyncClient(timeout=30) as http:
 
         async def ask(prefix_lines: str, line_prefix: str, suffix: str) -> None:
-            body = {  # llama.vscode's request (n_prefix 256 lines, n_suffix 64 lines; its default limits)
+            body = {  # llama.vscode's request shape (its line windows cut to about our token budget, see LINES)
                 "input_prefix": prefix_lines, "prompt": line_prefix, "input_suffix": suffix, "input_extra": [],
                 "n_predict": SETTINGS["maxTokens"], "top_k": 40, "top_p": 0.99, "samplers": ["top_k", "top_p", "infill"],
                 "stream": False, "cache_prompt": True, "t_max_prompt_ms": 500, "t_max_predict_ms": 1000,
             }
             t0 = time.perf_counter()
             r = await http.post(url + "/infill", json=body)
+            if r.status_code != 200:
+                raise SystemExit(f"/infill: expected HTTP 200, got {r.status_code}: {r.text[:200]}")
             ed.latencies.append((time.perf_counter() - t0) * 1e3)
             t = r.json().get("timings") or {}
             ed.prompt += int(t.get("cache_n") or 0) + int(t.get("prompt_n") or 0)
@@ -182,10 +189,10 @@ async def type_over_infill(ed: Editor, url: str, seed: int) -> None:
                 pending.cancel()  # closes the connection; llama-server stops the slot
                 ed.cancelled += 1
             line_start = doc.rfind("\n", 0, offset) + 1
-            before = doc[:line_start].split("\n")[-257:]
+            before = doc[:line_start].split("\n")[-(LINES[0] + 1) :]
             after_end = doc.find("\n", offset)
             after_end = len(doc) if after_end < 0 else after_end
-            suffix = doc[offset:after_end] + "\n" + "\n".join(doc[after_end + 1 :].split("\n")[:64])
+            suffix = doc[offset:after_end] + "\n" + "\n".join(doc[after_end + 1 :].split("\n")[: LINES[1]])
             pending = asyncio.create_task(ask("\n".join(before), doc[line_start:offset], suffix))
             await asyncio.sleep(pause(rng, ch))
         if pending is not None:
@@ -193,21 +200,22 @@ async def type_over_infill(ed: Editor, url: str, seed: int) -> None:
                 await pending
 
 
-async def run(mode: str, k: int, keys: int, model: Path, seed: int, ctx_per_slot: int) -> dict:
+async def run(mode: str, k: int, keys: int, model: Path, seed: int, ctx_per_slot: int, keep_logs: Path | None) -> dict:
     eds = editors(k, keys, shared=mode == "shared file")
-    with tempfile.TemporaryDirectory() as tmp, LlamaServer(model, slots=k, ctx_per_slot=ctx_per_slot) as server:
-        logs = [Path(tmp) / f"lsp{i}.log" for i in range(k)]
+    with tempfile.TemporaryDirectory() as tmp, LlamaServer(model, slots=k, ctx_per_slot=ctx_per_slot, extra=("--metrics",)) as server:
+        logs = [Path(keep_logs or tmp) / f"lsp-k{k}-{mode.replace(' ', '_').replace('/', '')}-{i}.log" for i in range(k)]
         t0 = time.perf_counter()
         if mode == "/infill direct":
             await asyncio.gather(*(type_over_infill(ed, server.url, seed + i) for i, ed in enumerate(eds)))
         else:
-            slots = list(range(k)) if mode == "own files, id_slot" else [None] * k
+            slots = list(range(k)) if mode == "own files + id_slot" else [None] * k
             await asyncio.gather(
                 *(type_over_lsp(ed, model, server.url, slots[i], seed + i, logs[i]) for i, ed in enumerate(eds))
             )
             for ed, log in zip(eds, logs):
                 read_costs(ed, log)
         wall = time.perf_counter() - t0
+        metrics = server_metrics(server.url)
     lat = [x for ed in eds for x in ed.latencies]
     reuse = [ed.reused / ed.prompt for ed in eds if ed.prompt]
     return {
@@ -216,25 +224,41 @@ async def run(mode: str, k: int, keys: int, model: Path, seed: int, ctx_per_slot
         "p50_ms": statistics.median(lat) if lat else float("nan"),
         "p95_ms": sorted(lat)[min(len(lat) - 1, int(round(0.95 * (len(lat) - 1))))] if lat else float("nan"),
         "tokens_per_s": sum(ed.generated for ed in eds) / wall,
+        "server_gen_per_s": metrics.get("llamacpp:tokens_predicted_total", 0.0) / wall,
+        "server_prompt_per_s": metrics.get("llamacpp:prompt_tokens_total", 0.0) / wall,
         "kv_reuse_min": min(reuse) if reuse else 0.0, "kv_reuse_max": max(reuse) if reuse else 0.0,
         "prompt_per_req": sum(ed.prompt for ed in eds) / max(1, len(lat)),
     }
 
 
+def server_metrics(url: str) -> dict[str, float]:
+    """llama-server's Prometheus counters (``--metrics``): all the work it did, cancelled requests included."""
+    import httpx
+
+    out = {}
+    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.partition(" ")
+            out[name] = float(value)
+    return out
+
+
 def table(rows: list[dict]) -> str:
     out = [
-        "| K | mode | keystrokes | answered | p50 ms | p95 ms | tokens/s (all) | KV reuse per editor | prompt tokens/answer |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| K | mode | keystrokes | answered | p50 ms | p95 ms | tokens/s answered | server gen tok/s | server prompt tok/s "
+        "| KV reuse per editor | prompt tokens/answer |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         out.append(
             f"| {r['k']} | {r['mode']} | {r['keystrokes']} | {r['answered']} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | "
-            f"{r['tokens_per_s']:.0f} | {100 * r['kv_reuse_min']:.0f}-{100 * r['kv_reuse_max']:.0f}% | {r['prompt_per_req']:.0f} |"
+            f"{r['tokens_per_s']:.0f} | {r['server_gen_per_s']:.0f} | {r['server_prompt_per_s']:.0f} | "
+            f"{100 * r['kv_reuse_min']:.1f}-{100 * r['kv_reuse_max']:.1f}% | {r['prompt_per_req']:.0f} |"
         )
     return "\n".join(out)
 
 
-MODES = ["own files", "own files, id_slot", "shared file", "/infill direct"]
+MODES = ["own files", "own files + id_slot", "shared file", "/infill direct"]
 
 
 def main() -> None:
@@ -246,6 +270,7 @@ def main() -> None:
     p.add_argument("--ctx-per-slot", type=int, default=1536)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--keep-logs", type=Path, default=None, help="keep each codellama-lsp's log in this folder")
     args = p.parse_args()
     model = model_path(args.model)
     rows = []
@@ -253,7 +278,7 @@ def main() -> None:
         for mode in [m.strip() for m in args.modes.split(",")]:
             if mode not in MODES:
                 raise SystemExit(f"expected a mode from {MODES}, got {mode!r}")
-            row = asyncio.run(run(mode, k, args.keys, model, args.seed, args.ctx_per_slot))
+            row = asyncio.run(run(mode, k, args.keys, model, args.seed, args.ctx_per_slot, args.keep_logs))
             print(f"K={k} {mode}: p50 {row['p50_ms']:.0f} ms, p95 {row['p95_ms']:.0f} ms", file=sys.stderr, flush=True)
             rows.append(row)
     print(table(rows))
