@@ -7,13 +7,17 @@ For each K a fresh ``llama-server`` runs the model with K slots (``--parallel K`
 context per slot), and K simulated editors type at once, each in its own ``codellama-lsp --engine llama-server``
 process driven over stdio by a real LSP client. An editor types real standard-library code: its file is open with
 the lines it is about to write removed, and it types them character by character with a typist's pauses (a
-seeded 60-200 ms per key, longer after a word or a line); every keystroke sends ``didChange`` and an automatic
+seeded 60-200 ms per key, longer after a word or a line) after one request when the cursor lands (its time is
+the "first request" column, not in the percentiles); every keystroke sends ``didChange`` and an automatic
 ``inlineCompletion``, and a keystroke that comes before the previous answer cancels it (``$/cancelRequest``), as
 VS Code does. Rows:
 
-- ``own files``: each editor its own file; llama-server picks each request's slot by prompt similarity;
-- ``own files + id_slot``: the same with editor i pinned to slot i (``--slot i``);
-- ``shared file``: all editors in one file, each at its own place a few lines apart (prompts that share most text);
+- ``own files``: each editor its own file, with the engine's default slot handling (it sticks to the slot the
+  server first gave it, see lsp_server/engines/llama_server.py);
+- ``own files, server picks``: llama-server picks every request's slot by prompt similarity (``--slot -1``);
+- ``own files, slot i``: editor i pinned to slot i (``--slot i``; needs someone to hand out the numbers);
+- ``shared file``: all editors in one file, each at its own place a few lines apart (prompts that share most
+  text), default slot handling;
 - ``/infill direct``: no codellama-lsp; each editor calls llama-server's ``/infill`` itself with llama.vscode's
   request shape (text prefix/suffix, ``cache_prompt``, ``t_max_prompt_ms``/``t_max_predict_ms``), on the same
   keystrokes and the same files as ``own files``.
@@ -69,6 +73,7 @@ class Editor:
     start: int  # where typing starts (offset)
     typed: str  # what this editor types
     latencies: list[float] = field(default_factory=list)
+    cold_ms: float = 0.0  # the first request, right after opening the file (the whole prompt is new)
     cancelled: int = 0
     prompt: int = 0
     reused: int = 0
@@ -121,6 +126,9 @@ async def type_over_lsp(ed: Editor, vocab: Path, url: str, slot: int | None, see
         args += ["--slot", str(slot)]
     async with lsp_session(vocab, options=SETTINGS, args=tuple(args)) as client:
         open_doc(client, uri, doc)
+        t0 = time.perf_counter()  # the editor asks once when the cursor lands, before the typing starts
+        await client.text_document_inline_completion_async(inline_params(uri, *position(doc, ed.start)))
+        ed.cold_ms = (time.perf_counter() - t0) * 1e3
         pending: tuple[str, asyncio.Task] | None = None
         offset = ed.start
         for version, ch in enumerate(ed.typed, start=2):
@@ -166,7 +174,7 @@ async def type_over_infill(ed: Editor, url: str, seed: int) -> None:
     pending: asyncio.Task | None = None
     async with httpx.AsyncClient(timeout=30) as http:
 
-        async def ask(prefix_lines: str, line_prefix: str, suffix: str) -> None:
+        async def ask(prefix_lines: str, line_prefix: str, suffix: str, measure: bool = True) -> None:
             body = {  # llama.vscode's request shape (its line windows cut to about our token budget, see LINES)
                 "input_prefix": prefix_lines, "prompt": line_prefix, "input_suffix": suffix, "input_extra": [],
                 "n_predict": SETTINGS["maxTokens"], "top_k": 40, "top_p": 0.99, "samplers": ["top_k", "top_p", "infill"],
@@ -176,24 +184,31 @@ async def type_over_infill(ed: Editor, url: str, seed: int) -> None:
             r = await http.post(url + "/infill", json=body)
             if r.status_code != 200:
                 raise SystemExit(f"/infill: expected HTTP 200, got {r.status_code}: {r.text[:200]}")
+            if not measure:
+                ed.cold_ms = (time.perf_counter() - t0) * 1e3
+                return
             ed.latencies.append((time.perf_counter() - t0) * 1e3)
             t = r.json().get("timings") or {}
             ed.prompt += int(t.get("cache_n") or 0) + int(t.get("prompt_n") or 0)
             ed.reused += int(t.get("cache_n") or 0)
             ed.generated += int(t.get("predicted_n") or 0)
 
+        def windows(doc: str, offset: int) -> tuple[str, str, str]:
+            line_start = doc.rfind("\n", 0, offset) + 1
+            before = doc[:line_start].split("\n")[-(LINES[0] + 1) :]
+            after_end = doc.find("\n", offset)
+            after_end = len(doc) if after_end < 0 else after_end
+            suffix = doc[offset:after_end] + "\n" + "\n".join(doc[after_end + 1 :].split("\n")[: LINES[1]])
+            return "\n".join(before), doc[line_start:offset], suffix
+
+        await ask(*windows(doc, offset), measure=False)  # when the cursor lands, before the typing starts
         for ch in ed.typed:
             doc = doc[:offset] + ch + doc[offset:]
             offset += 1
             if pending is not None and not pending.done():
                 pending.cancel()  # closes the connection; llama-server stops the slot
                 ed.cancelled += 1
-            line_start = doc.rfind("\n", 0, offset) + 1
-            before = doc[:line_start].split("\n")[-(LINES[0] + 1) :]
-            after_end = doc.find("\n", offset)
-            after_end = len(doc) if after_end < 0 else after_end
-            suffix = doc[offset:after_end] + "\n" + "\n".join(doc[after_end + 1 :].split("\n")[: LINES[1]])
-            pending = asyncio.create_task(ask("\n".join(before), doc[line_start:offset], suffix))
+            pending = asyncio.create_task(ask(*windows(doc, offset)))
             await asyncio.sleep(pause(rng, ch))
         if pending is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -208,7 +223,7 @@ async def run(mode: str, k: int, keys: int, model: Path, seed: int, ctx_per_slot
         if mode == "/infill direct":
             await asyncio.gather(*(type_over_infill(ed, server.url, seed + i) for i, ed in enumerate(eds)))
         else:
-            slots = list(range(k)) if mode == "own files + id_slot" else [None] * k
+            slots = {"own files, slot i": list(range(k)), "own files, server picks": [-1] * k}.get(mode, [None] * k)
             await asyncio.gather(
                 *(type_over_lsp(ed, model, server.url, slots[i], seed + i, logs[i]) for i, ed in enumerate(eds))
             )
@@ -228,6 +243,7 @@ async def run(mode: str, k: int, keys: int, model: Path, seed: int, ctx_per_slot
         "server_prompt_per_s": metrics.get("llamacpp:prompt_tokens_total", 0.0) / wall,
         "kv_reuse_min": min(reuse) if reuse else 0.0, "kv_reuse_max": max(reuse) if reuse else 0.0,
         "prompt_per_req": sum(ed.prompt for ed in eds) / max(1, len(lat)),
+        "cold_ms": statistics.median(ed.cold_ms for ed in eds),
     }
 
 
@@ -246,19 +262,19 @@ def server_metrics(url: str) -> dict[str, float]:
 def table(rows: list[dict]) -> str:
     out = [
         "| K | mode | keystrokes | answered | p50 ms | p95 ms | tokens/s answered | server gen tok/s | server prompt tok/s "
-        "| KV reuse per editor | prompt tokens/answer |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| KV reuse per editor | prompt tokens/answer | first request ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         out.append(
             f"| {r['k']} | {r['mode']} | {r['keystrokes']} | {r['answered']} | {r['p50_ms']:.0f} | {r['p95_ms']:.0f} | "
             f"{r['tokens_per_s']:.0f} | {r['server_gen_per_s']:.0f} | {r['server_prompt_per_s']:.0f} | "
-            f"{100 * r['kv_reuse_min']:.1f}-{100 * r['kv_reuse_max']:.1f}% | {r['prompt_per_req']:.0f} |"
+            f"{100 * r['kv_reuse_min']:.1f}-{100 * r['kv_reuse_max']:.1f}% | {r['prompt_per_req']:.0f} | {r['cold_ms']:.0f} |"
         )
     return "\n".join(out)
 
 
-MODES = ["own files", "own files + id_slot", "shared file", "/infill direct"]
+MODES = ["own files", "own files, server picks", "own files, slot i", "shared file", "/infill direct"]
 
 
 def main() -> None:
@@ -266,7 +282,7 @@ def main() -> None:
     p.add_argument("--model", default="demo", help="demo | micro | a GGUF path")
     p.add_argument("--k", default="1,2,4,8", help="comma-separated numbers of editors")
     p.add_argument("--keys", type=int, default=40, help="keystrokes per editor")
-    p.add_argument("--modes", default=",".join(MODES), help="comma-separated, from: " + ", ".join(MODES))
+    p.add_argument("--modes", default=";".join(MODES), help="';'-separated, from: " + "; ".join(MODES))
     p.add_argument("--ctx-per-slot", type=int, default=1536)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None)
@@ -275,7 +291,7 @@ def main() -> None:
     model = model_path(args.model)
     rows = []
     for k in (int(x) for x in args.k.split(",")):
-        for mode in [m.strip() for m in args.modes.split(",")]:
+        for mode in [m.strip() for m in args.modes.split(";")]:
             if mode not in MODES:
                 raise SystemExit(f"expected a mode from {MODES}, got {mode!r}")
             row = asyncio.run(run(mode, k, args.keys, model, args.seed, args.ctx_per_slot, args.keep_logs))

@@ -9,9 +9,15 @@ Request: ``prompt`` as token ids (llama-server adds nothing to an id list, so BO
 only what differs - with SPM and anchored windows a keystroke re-evaluates a few tokens), ``n_predict``, greedy
 (``temperature`` 0) unless the request samples, ``return_tokens`` and ``stream``: we see each token as it is made,
 stop on our stop tokens and the caller's text rule on our side, and close the connection to stop (cancel, a newer
-keystroke, the time budget) - llama-server then stops the slot. Slot choice: by default the server picks the idle
-slot whose cached prompt is most similar to ours (``--slot-prompt-similarity``), which keeps each editor on "its"
-slot; ``slot`` pins one (``id_slot``). bench/team.py measures both; docs/deployment.md has the numbers.
+keystroke, the time budget) - llama-server then stops the slot.
+
+Slot choice (``slot``): llama-server can pick the idle slot whose cached prompt is most similar to ours
+(``id_slot`` -1). Under load that fails: while "our" slot is still busy with the request a keystroke just
+cancelled, the next request lands on another slot and evaluates its whole prompt there, and so on
+(bench/team.py: at 4-8 editors on 2 cores, p95 at the time budget). So by default (``slot`` None) the engine
+sticks to the slot the server gave its first request (``id_slot`` in the answer) and waits for it; when a request
+finds that slot's cache taken by someone else (it evaluated most of its prompt), the next request lets the server
+pick again and sticks to the new one. ``slot`` -1 lets the server pick every time; ``slot`` N pins slot N.
 
 Probe (``_connect``): ``GET /v1/models`` (authenticated; its ``meta`` has ``n_vocab``, ``n_ctx`` per slot and
 ``n_ctx_train``) and ``POST /tokenize`` of a probe text, which must give the ids our vocabulary gives - so a server
@@ -25,7 +31,7 @@ import logging
 from collections.abc import Callable
 
 from . import EngineInfo, Generation, GenerationResult, Job
-from .remote import Fault, RemoteEngine
+from .remote import Fault, RemoteEngine, RemoteOptions, RemoteVocab
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +45,20 @@ class LlamaServerEngine(RemoteEngine):
     kind = "llama-server"
     wrong_server_hint = "is this a llama.cpp llama-server? (for vLLM, TGI or Ollama use the engine 'openai')"
 
+    def __init__(self, vocab: RemoteVocab, options: RemoteOptions, name: str) -> None:
+        self._slot = -1 if options.slot is None else options.slot  # the id_slot we send
+        super().__init__(vocab, options, name)
+
+    def _stick(self, slot: object, reused: int, evaluated: int) -> None:
+        """Sticky slots (``slot`` None): keep the slot we ran on; after a cache miss, let the server pick again."""
+        if self.options.slot is not None or not isinstance(slot, int):
+            return
+        self._slot = -1 if self._slot == slot and evaluated > reused else slot
+
     async def _connect(self) -> EngineInfo:
+        if self.options.slot is None:
+            self._slot = -1  # a server that restarted may have other slots
+
         models = await self.get_json("/v1/models")
         try:
             entry = models["data"][0]  # type: ignore[index]
@@ -62,7 +81,7 @@ class LlamaServerEngine(RemoteEngine):
         name = str(entry.get("id") or self.info.name).rsplit("/", 1)[-1]
         return self.with_info(
             name=self.options.model_name or name,
-            n_ctx=int(meta.get("n_ctx") or 0), n_ctx_train=int(meta.get("n_ctx_train") or 0),
+            n_ctx=int(meta.get("n_ctx") or self.info.n_ctx), n_ctx_train=int(meta.get("n_ctx_train") or 0),
         )
 
     async def _stream(
@@ -82,7 +101,7 @@ class LlamaServerEngine(RemoteEngine):
             "top_k": s.top_k,
             "top_p": s.top_p,
             "seed": s.seed + index,
-            "id_slot": -1 if self.options.slot is None else self.options.slot,
+            "id_slot": self._slot,
         }
         gen_ms = 0.0  # this candidate's generation time so far (the server's clock)
         try:
@@ -95,6 +114,8 @@ class LlamaServerEngine(RemoteEngine):
                     t = ev.get("timings")
                     if isinstance(t, dict):
                         if index == 0:  # the first candidate's prompt costs; later ones reuse the whole prompt
+                            if result.evaluated_tokens == 0:  # the first event: where we ran, at what cost
+                                self._stick(ev.get("id_slot"), int(t.get("cache_n") or 0), int(t.get("prompt_n") or 0))
                             result.reused_tokens = int(t.get("cache_n") or 0)
                             result.evaluated_tokens = int(t.get("prompt_n") or 0)
                             result.prompt_ms = float(t.get("prompt_ms") or 0.0)

@@ -90,8 +90,9 @@ class OpenAIEngine(RemoteEngine):
                 f"the model at {self.where} has {n_vocab} tokens, the local vocabulary {self.vocab.n_vocab}: "
                 "set 'model' to the GGUF (or Hugging Face model) the server runs"
             )
-        n_ctx = int(meta.get("n_ctx") or entry.get("max_model_len") or 0)  # llama-server | vLLM
-        return self.with_info(name=self._model, n_ctx=n_ctx, n_ctx_train=int(meta.get("n_ctx_train") or n_ctx))
+        n_ctx = int(meta.get("n_ctx") or entry.get("max_model_len") or self.info.n_ctx)  # llama-server | vLLM | unknown
+        name = self._model.rsplit("/", 1)[-1]  # llama-server's id is its model path
+        return self.with_info(name=name, n_ctx=n_ctx, n_ctx_train=int(meta.get("n_ctx_train") or n_ctx))
 
     async def _stream(
         self, job: Job, index: int, temperature: float, gen: Generation, result: GenerationResult,
