@@ -257,9 +257,12 @@ class RemoteEngine:
 
     # ---- one request ------------------------------------------------------------------------------------------
     def _start(self, job: _HttpJob) -> None:
+        if job.cancelled:  # cancelled or superseded before it started: no request at all
+            self._finish(job, GenerationResult(candidates=[], stop=job.reason, prompt_tokens=len(job.request.prompt)), job.submitted)
+            return
         job._task = self._loop.create_task(self._run(job))
-        if job.cancelled:
-            job._task.cancel()
+        # a task cancelled before its first step never enters _run's handlers: resolve the job here then
+        job._task.add_done_callback(lambda _t: self._finish(job, GenerationResult(candidates=[], stop=job.reason), job.submitted))
 
     async def _run(self, job: _HttpJob) -> None:
         req = job.request
@@ -326,9 +329,10 @@ class RemoteEngine:
         # the server sends token ids (llama-server) or a count (OpenAI usage); a stream we closed early has neither
         result.generated_tokens = max(result.generated_tokens, sum(len(c.tokens) for c in result.candidates))
         result.total_ms = (time.perf_counter() - started) * 1e3
+        if job.future.done():
+            return
         self._cached = result.prompt_tokens + (len(result.candidates[-1].tokens) if result.candidates else 0)
-        if not job.future.done():
-            job.future.set_result(result)
+        job.future.set_result(result)
 
     def _describe(self, exc: BaseException) -> str:
         if isinstance(exc, httpx.ConnectError):
