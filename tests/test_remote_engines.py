@@ -242,10 +242,14 @@ def test_a_server_that_stops_answering_then_answers_again(demo_vocab) -> None:
         try:
             server.pause()  # connections are accepted, nothing answers
             t0 = time.perf_counter()
-            with pytest.raises(EngineError, match="no answer from .* within the time budget .500 ms."):
-                result_of(engine.submit(request(demo_vocab, time_budget_s=0.5)))
-            assert time.perf_counter() - t0 < 3  # the editor never waits longer than the budget
-            assert engine.down is not None and len(health.messages) == 1
+            result = result_of(engine.submit(request(demo_vocab, time_budget_s=0.5)))
+            assert result.stop == "time" and result.texts == [""]
+            assert time.perf_counter() - t0 < 2  # the editor never waits much longer than the budget
+            # that request started a probe, which gets no answer within the request timeout either: down
+            health.wait(lambda m: len(m) == 1)
+            assert f"no answer from {server.url} within 2 s" in health.messages[0]
+            with pytest.raises(EngineError, match="no answer"):
+                result_of(engine.submit(request(demo_vocab)), timeout=1)
             server.resume()
             health.wait(lambda m: m[-1] is None)
             assert result_of(engine.submit(request(demo_vocab))).candidates[0].tokens

@@ -9,12 +9,13 @@ logged). A request is one streamed HTTP call per candidate; its task is cancelle
 superseded, or when the time budget ends: cancelling the task closes the connection, and llama-server and vLLM
 stop generating for a client that went away. The tokens streamed before that are kept (stop "time" etc.).
 
-Health: a failure that makes the server unusable (connection refused or reset, no answer in time, HTTP 401/403/
-404/5xx, a body that is not the JSON expected, a model whose vocabulary differs from ours) marks the engine
-*down*: the listener hears the message once, requests fail at once with it (no request reaches the network), and
+Health: a failure that makes the server unusable (connection refused or reset, HTTP 401/403/404/5xx, a body that
+is not the JSON expected, a model whose vocabulary differs from ours, no answer to a probe within ``timeout_s``)
+marks the engine *down*: the listener hears the message once, requests fail at once with it (no request reaches the network), and
 one probe task retries with exponential back-off (0.5 s doubling to 30 s) until the server answers properly;
 then the listener hears ``None`` and requests flow again. A dead server therefore sees one probe per back-off
-step, however fast the user types. Subclasses say how to probe (``_connect``) and how to ask (``_stream``).
+step, however fast the user types. A request that gets no answer within its time budget ends with stop "time"
+and no text, and starts one probe: a server that is only busy answers it and stays up; a hung one is marked down. Subclasses say how to probe (``_connect``) and how to ask (``_stream``).
 """
 
 from __future__ import annotations
@@ -240,6 +241,20 @@ class RemoteEngine:
             self._notify(None)
             return
 
+    def _check_alive(self) -> None:
+        """A request got no answer within its time budget: probe once (at most one probe at a time). A server
+        that is only busy answers the probe and stays up; one that hangs does not and is marked down."""
+        if self._probe is not None and not self._probe.done():
+            return
+
+        async def probe() -> None:
+            try:
+                await asyncio.wait_for(self._connect(), self.options.timeout_s)
+            except Exception as exc:
+                await self._mark_down(self._probe_failure(exc))
+
+        self._probe = self._loop.create_task(probe())
+
     def _probe_failure(self, exc: BaseException) -> str:
         if isinstance(exc, Fault):
             return str(exc)
@@ -286,16 +301,16 @@ class RemoteEngine:
                     async with asyncio.timeout_at(deadline):
                         await self._stream(job, i, temperature, gen, result, headers_arrived)
                 except TimeoutError:
-                    if not got_headers:
-                        raise Fault(f"no answer from {self.where} within the time budget ({req.time_budget_s * 1e3:.0f} ms)") from None
                     gen.stop = "time"
-                gen.text = self._text(req, gen.tokens, gen.text)
+                    if not got_headers:  # busy, or hung? the probe tells (a hung server does not answer it either)
+                        self._check_alive()
+                gen.text = self._text(gen.tokens, gen.text)
                 if gen.stop in ("time", "rule"):
                     break
         except asyncio.CancelledError:
             if gen is not None:
                 gen.stop = job.reason
-                gen.text = self._text(req, gen.tokens, gen.text)
+                gen.text = self._text(gen.tokens, gen.text)
             result.stop = job.reason
             self._finish(job, result, started)
             return
@@ -313,7 +328,7 @@ class RemoteEngine:
             return
         self._finish(job, result, started)
 
-    def _text(self, req: GenerationRequest, tokens: list[int], streamed: str) -> str:
+    def _text(self, tokens: list[int], streamed: str) -> str:
         """The candidate's text: decoded with our vocabulary when the server sent token ids (exactly what
         the in-process engine would return), else the server's own text."""
         return self.vocab.decode(tokens) if tokens else streamed
@@ -430,7 +445,7 @@ class RemoteEngine:
             if t in req.stop_tokens or t in self.vocab.sentinels.eog:
                 del gen.tokens[k:]
                 return "eot"
-        if req.stop_text is not None and req.stop_text(self._text(req, gen.tokens, gen.text)):
+        if req.stop_text is not None and req.stop_text(self._text(gen.tokens, gen.text)):
             return "rule"
         return None
 
