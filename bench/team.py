@@ -172,7 +172,7 @@ async def type_over_infill(ed: Editor, url: str, seed: int) -> None:
     doc = ed.text[: ed.start] + ed.text[ed.start + len(ed.typed) :]
     offset = ed.start
     pending: asyncio.Task | None = None
-    async with httpx.AsyncClient(timeout=30) as http:
+    async with httpx.AsyncClient(timeout=60) as http:
 
         async def ask(prefix_lines: str, line_prefix: str, suffix: str, measure: bool = True) -> None:
             body = {  # llama.vscode's request shape (its line windows cut to about our token budget, see LINES)
@@ -181,7 +181,10 @@ async def type_over_infill(ed: Editor, url: str, seed: int) -> None:
                 "stream": False, "cache_prompt": True, "t_max_prompt_ms": 500, "t_max_predict_ms": 1000,
             }
             t0 = time.perf_counter()
-            r = await http.post(url + "/infill", json=body)
+            try:
+                r = await http.post(url + "/infill", json=body)
+            except httpx.TimeoutException:  # like an editor giving up on it: not answered
+                return
             if r.status_code != 200:
                 raise SystemExit(f"/infill: expected HTTP 200, got {r.status_code}: {r.text[:200]}")
             if not measure:
@@ -295,11 +298,12 @@ def main() -> None:
             if mode not in MODES:
                 raise SystemExit(f"expected a mode from {MODES}, got {mode!r}")
             row = asyncio.run(run(mode, k, args.keys, model, args.seed, args.ctx_per_slot, args.keep_logs))
-            print(f"K={k} {mode}: p50 {row['p50_ms']:.0f} ms, p95 {row['p95_ms']:.0f} ms", file=sys.stderr, flush=True)
+            print(f"K={k} {mode}: {row['answered']} answered, p50 {row['p50_ms']:.0f} ms, p95 {row['p95_ms']:.0f} ms, "
+                  f"reuse {100 * row['kv_reuse_min']:.1f}-{100 * row['kv_reuse_max']:.1f}%", file=sys.stderr, flush=True)
             rows.append(row)
+            if args.json:  # after every row: a long run that fails late keeps what it measured
+                args.json.write_text(json.dumps(rows, indent=2))
     print(table(rows))
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
 
 
 if __name__ == "__main__":
