@@ -11,13 +11,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${1:-.venv}
 VERSION=$(grep -o 'llama-cpp-python==[0-9.]*' pyproject.toml | head -1 | cut -d= -f3)
-ROOT=.cache/llama-server/$VERSION
+mkdir -p .cache/llama-server/"$VERSION"
+# the real path: checkouts that share .cache through a link then agree on the build directory's paths
+ROOT=$(realpath .cache/llama-server/"$VERSION")
 BIN=$ROOT/bin/llama-server
-mkdir -p "$ROOT"
 exec 9>"$ROOT/.lock"
 flock 9
 if [ -x "$BIN" ]; then
-  echo "$(pwd)/$BIN"
+  echo "$BIN"
   exit 0
 fi
 
@@ -47,4 +48,4 @@ nice cmake --build "$ROOT/build" --target llama-server -j "${LLAMA_SERVER_JOBS:-
 mkdir -p "$ROOT/bin"
 cp "$ROOT/build/bin/llama-server" "$BIN.tmp"
 mv "$BIN.tmp" "$BIN"
-echo "$(pwd)/$BIN"
+echo "$BIN"
