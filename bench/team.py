@@ -158,7 +158,8 @@ async def _timed(client, uri: str, line: int, col: int, ed: Editor, mid: str) ->
 
 
 def read_costs(ed: Editor, log: Path) -> None:
-    for m in COSTS.finditer(log.read_text(errors="replace")):
+    """Sums the costs the process logged for its answered requests, after the first (the cold one at open)."""
+    for m in list(COSTS.finditer(log.read_text(errors="replace")))[1:]:
         ed.prompt += int(m.group(1))
         ed.reused += int(m.group(2))
         ed.generated += int(m.group(4))
