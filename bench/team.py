@@ -12,12 +12,10 @@ the "first request" column, not in the percentiles); every keystroke sends ``did
 ``inlineCompletion``, and a keystroke that comes before the previous answer cancels it (``$/cancelRequest``), as
 VS Code does. Rows:
 
-- ``own files``: each editor its own file, with the engine's default slot handling (it sticks to the slot the
-  server first gave it, see lsp_server/engines/llama_server.py);
-- ``own files, server picks``: llama-server picks every request's slot by prompt similarity (``--slot -1``);
+- ``own files``: each editor its own file; llama-server picks each request's slot by prompt similarity;
 - ``own files, slot i``: editor i pinned to slot i (``--slot i``; needs someone to hand out the numbers);
 - ``shared file``: all editors in one file, each at its own place a few lines apart (prompts that share most
-  text), default slot handling;
+  text), the server picks the slots;
 - ``/infill direct``: no codellama-lsp; each editor calls llama-server's ``/infill`` itself with llama.vscode's
   request shape (text prefix/suffix, ``cache_prompt``, ``t_max_prompt_ms``/``t_max_predict_ms``), on the same
   keystrokes and the same files as ``own files``.
@@ -227,7 +225,7 @@ async def run(mode: str, k: int, keys: int, model: Path, seed: int, ctx_per_slot
         if mode == "/infill direct":
             await asyncio.gather(*(type_over_infill(ed, server.url, seed + i) for i, ed in enumerate(eds)))
         else:
-            slots = {"own files, slot i": list(range(k)), "own files, server picks": [-1] * k}.get(mode, [None] * k)
+            slots = list(range(k)) if mode == "own files, slot i" else [None] * k
             await asyncio.gather(
                 *(type_over_lsp(ed, model, server.url, slots[i], seed + i, logs[i]) for i, ed in enumerate(eds))
             )
@@ -278,7 +276,7 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
-MODES = ["own files", "own files, server picks", "own files, slot i", "shared file", "/infill direct"]
+MODES = ["own files", "own files, slot i", "shared file", "/infill direct"]
 
 
 def main() -> None:

@@ -37,7 +37,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     r.add_argument("--request-timeout", type=float, default=None, help="seconds to connect / get an answer (default 10)")
     r.add_argument("--no-tls-verify", action="store_true", help="do not verify https certificates (test servers only)")
     r.add_argument("--remote-model", default=None, help="model name for OpenAI-compatible servers (default: the first)")
-    r.add_argument("--slot", type=int, default=None, help="llama-server: -1 lets the server pick each time, N always slot N (default: stick to the first one given)")
+    r.add_argument("--slot", type=int, default=None, help="llama-server: always use slot N (default: the server picks by prompt similarity)")
     r.add_argument("--prompt-format", choices=["auto", "tokens", "text"], default="auto",
                    help="OpenAI servers: prompt as token ids, as text, or ids falling back to text (default)")
     p.add_argument("--log-file", type=Path, default=None, help="write logs here instead of stderr")

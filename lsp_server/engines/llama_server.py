@@ -11,14 +11,12 @@ only what differs - with SPM and anchored windows a keystroke re-evaluates a few
 stop on our stop tokens and the caller's text rule on our side, and close the connection to stop (cancel, a newer
 keystroke, the time budget) - llama-server then stops the slot.
 
-Slot choice (``slot``): llama-server can pick the idle slot whose cached prompt is most similar to ours
-(``id_slot`` -1). Under load that fails: while "our" slot is still busy with the request a keystroke just
-cancelled, the next request lands on another slot and evaluates its whole prompt there, and so on
-(bench/team.py: at 4-8 editors on 2 cores, p95 at the time budget). So by default (``slot`` None) the engine
-sticks to the slot the server gave its first request and waits for it (only an answer's last event names the
-slot, so while it has none, a stream it stops early is read to its end in the background); when a request finds
-that slot's cache taken by someone else (it evaluated most of its prompt), the next request lets the server pick
-again and sticks to the new one. ``slot`` -1 lets the server pick every time; ``slot`` N pins slot N.
+Slot choice (``slot``): by default llama-server picks the idle slot whose cached prompt is most similar to ours
+(``id_slot`` -1, ``--slot-prompt-similarity``), which keeps an editor on "its" slot while the server has room;
+``slot`` N pins slot N (``id_slot``). bench/team.py measures both: with 4 editors on 2 cores the server's pick
+lets requests hop to other slots while "their" slot still finishes the request a keystroke cancelled, and the
+p95 reaches the time budget; pinned editors keep their cache (docs/deployment.md). An automatic pin (stick to
+the slot the server gave first) was tried and dropped: editors not yet pinned land on pinned editors' idle slots.
 
 Probe (``_connect``): ``GET /v1/models`` (authenticated; its ``meta`` has ``n_vocab``, ``n_ctx`` per slot and
 ``n_ctx_train``) and ``POST /tokenize`` of a probe text, which must give the ids our vocabulary gives - so a server
@@ -27,14 +25,12 @@ running another model fails loudly instead of completing garbage.
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 
-import httpx
-
 from . import EngineInfo, Generation, GenerationResult, Job
-from .remote import Fault, RemoteEngine, RemoteOptions, RemoteVocab
+from .remote import Fault, RemoteEngine
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +44,7 @@ class LlamaServerEngine(RemoteEngine):
     kind = "llama-server"
     wrong_server_hint = "is this a llama.cpp llama-server? (for vLLM, TGI or Ollama use the engine 'openai')"
 
-    def __init__(self, vocab: RemoteVocab, options: RemoteOptions, name: str) -> None:
-        self._slot = -1 if options.slot is None else options.slot  # the id_slot we send
-        super().__init__(vocab, options, name)
-
     async def _connect(self) -> EngineInfo:
-        if self.options.slot is None:
-            self._slot = -1  # a server that restarted may have other slots
 
         models = await self.get_json("/v1/models")
         try:
@@ -98,67 +88,29 @@ class LlamaServerEngine(RemoteEngine):
             "top_k": s.top_k,
             "top_p": s.top_p,
             "seed": s.seed + index,
-            "id_slot": self._slot,
+            "id_slot": -1 if self.options.slot is None else self.options.slot,
         }
         gen_ms = 0.0  # this candidate's generation time so far (the server's clock)
-        events = self.events("/completion", body, on_headers)
-        handed_off = False
         try:
-            async for ev in events:
-                tokens = ev.get("tokens")
-                if not isinstance(tokens, list):
-                    raise Fault(f"expected token ids from {self.where}/completion (return_tokens), got {str(ev)[:80]!r}")
-                gen.tokens.extend(int(t) for t in tokens)
-                t = ev.get("timings")
-                if isinstance(t, dict):
-                    if index == 0:  # the first candidate's prompt costs; later ones reuse the whole prompt
-                        if result.evaluated_tokens == 0:
-                            self._missed(int(t.get("cache_n") or 0), int(t.get("prompt_n") or 0))
-                        result.reused_tokens = int(t.get("cache_n") or 0)
-                        result.evaluated_tokens = int(t.get("prompt_n") or 0)
-                        result.prompt_ms = float(t.get("prompt_ms") or 0.0)
-                    gen_ms = float(t.get("predicted_ms") or 0.0)
-                if ev.get("stop"):
-                    self._learn(ev)
-                    truncated = bool(ev.get("truncated"))
-                    gen.stop = "context" if truncated else STOPS.get(str(ev.get("stop_type")), "eot")  # type: ignore[assignment]
-                    return
-                if (why := self.stop_now(req, gen)) is not None:
-                    gen.stop = why
-                    if self._slot == -1 and self.options.slot is None:
-                        # only the last event says which slot ran this: read on to it in the background (at
-                        # most max_tokens more), while the caller gets its answer now
-                        self._loop.create_task(self._read_slot(events))
-                        handed_off = True
-                    return  # leaving closes the connection: the slot stops generating
+            async with contextlib.aclosing(self.events("/completion", body, on_headers)) as events:
+                async for ev in events:
+                    tokens = ev.get("tokens")
+                    if not isinstance(tokens, list):
+                        raise Fault(f"expected token ids from {self.where}/completion (return_tokens), got {str(ev)[:80]!r}")
+                    gen.tokens.extend(int(t) for t in tokens)
+                    t = ev.get("timings")
+                    if isinstance(t, dict):
+                        if index == 0:  # the first candidate's prompt costs; later ones reuse the whole prompt
+                            result.reused_tokens = int(t.get("cache_n") or 0)
+                            result.evaluated_tokens = int(t.get("prompt_n") or 0)
+                            result.prompt_ms = float(t.get("prompt_ms") or 0.0)
+                        gen_ms = float(t.get("predicted_ms") or 0.0)
+                    if (why := self.stop_now(req, gen)) is not None:
+                        gen.stop = why  # leaving the loop closes the connection: the slot stops generating
+                        return
+                    if ev.get("stop"):
+                        truncated = bool(ev.get("truncated"))
+                        gen.stop = "context" if truncated else STOPS.get(str(ev.get("stop_type")), "eot")  # type: ignore[assignment]
+                        return
         finally:
             result.generate_ms += gen_ms
-            if not handed_off:
-                await events.aclose()
-
-    # ---- sticky slots ----------------------------------------------------------------------------------------
-    def _learn(self, final: dict) -> None:
-        """The last event names the slot that ran the request: stick to it (when we had none)."""
-        slot = final.get("id_slot")
-        if self.options.slot is None and self._slot == -1 and isinstance(slot, int) and slot >= 0:
-            log.info("sticking to slot %d", slot)
-            self._slot = slot
-
-    def _missed(self, reused: int, evaluated: int) -> None:
-        """Our slot held someone else's prompt (most of ours had to be evaluated): let the server pick again."""
-        if self.options.slot is None and self._slot >= 0 and evaluated > reused:
-            log.info("slot %d held another prompt (%d tokens evaluated, %d reused): the server picks again",
-                     self._slot, evaluated, reused)
-            self._slot = -1
-
-    async def _read_slot(self, events) -> None:
-        try:
-            async with asyncio.timeout(self.options.timeout_s):
-                async for ev in events:
-                    if ev.get("stop"):
-                        self._learn(ev)
-                        return
-        except (TimeoutError, Fault, httpx.HTTPError, OSError):
-            pass  # only a hint was lost: the next request lets the server pick again
-        finally:
-            await events.aclose()

@@ -53,7 +53,7 @@ class RemoteOptions:
     timeout_s: float = 10.0  # connect / first byte / probe limit; generation is limited by the time budget
     verify_tls: bool = True
     model_name: str | None = None  # OpenAI servers: the "model" field (None: the server's first model)
-    slot: int | None = None  # llama-server: None sticky (see llama_server.py), -1 the server picks, N slot N
+    slot: int | None = None  # llama-server: pin to this slot (id_slot); None: the server picks by prompt similarity
     prompt_format: Literal["auto", "tokens", "text"] = "auto"  # OpenAI servers: token ids, text, or ids then text
 
 
