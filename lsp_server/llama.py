@@ -11,9 +11,8 @@ quantize) and ``model_train.eval`` - goes through this module, so the platform w
   on Xeon CPUs that report AMX, for quantized matrices (ggml-org/llama.cpp#20824); the plain kernels are
   also the reference implementation, the same on every machine.
 - Logging: llama.cpp's log goes to the Python logger ``llama.cpp`` (errors at WARNING, warnings at INFO,
-  the rest at DEBUG)
-  instead of llama-cpp-python's handler, which prints everything to stderr; the last error lines are
-  kept so that a failed load can say why in one line.
+  the rest at DEBUG) instead of llama-cpp-python's handler, which prints everything to stderr; the last
+  error lines are kept so that a failed load can say why in one line.
 
 Nothing here reaches into llama-cpp-python's private attributes except ``ggml_library`` (the ggml shared
 library handle, which has no public name; ``tests/test_llama_adapter.py`` pins it to 0.3.36). This module

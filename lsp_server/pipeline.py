@@ -117,8 +117,9 @@ async def complete(
     request, ctx = await asyncio.to_thread(build_request, engine, text, offset, settings, n, request_id, cur)
     t1 = time.perf_counter()
     if _LATEST.get(engine) != ticket:  # a newer request arrived while this prompt was being built
-        return Completion(texts=[], source="none", result=GenerationResult(candidates=[], stop="superseded"), context=ctx,
-                          pipeline_ms=(t1 - t0) * 1e3)
+        ms = (t1 - t0) * 1e3
+        result = GenerationResult(candidates=[], stop="superseded", prompt_tokens=len(request.prompt), total_ms=ms)
+        return Completion(texts=[], source="none", result=result, context=ctx, pipeline_ms=ms)
     job = engine.submit(request)
     try:
         result = await asyncio.wrap_future(job.future)

@@ -66,9 +66,9 @@ class LlamaCppEngine:
         except llama.LlamaError as exc:
             raise EngineError(str(exc)) from None
         try:
+            self.vocab = LlamaVocab(self._model)
             n_ctx = options.n_ctx or min(self._model.n_ctx_train or 2048, MAX_DEFAULT_CTX)
             self._ctx = llama.Context(self._model, llama.ContextOptions(n_ctx=n_ctx, threads=options.threads, kv_type=options.kv_type))
-            self.vocab = LlamaVocab(self._model)
         except llama.LlamaError as exc:
             self._model.close()
             raise EngineError(str(exc)) from None
