@@ -100,7 +100,7 @@ def complete_file(args: argparse.Namespace) -> int:
     from . import config, context, models, pipeline
     from .cache import TypeThroughCache
     from .engines import EngineError
-    from .engines.factory import open_engine
+    from .backend import open_engine
 
     raw = _settings(args)
     if args.max_tokens is not None:

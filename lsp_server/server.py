@@ -30,7 +30,7 @@ from pygls.lsp.server import LanguageServer
 from . import config, context, models, pipeline
 from .cache import TypeThroughCache
 from .engines import Engine, EngineError
-from .engines.factory import open_engine
+from .backend import open_engine
 from .engines.llama_cpp import EngineOptions
 from .engines.remote import RemoteEngine, RemoteOptions
 

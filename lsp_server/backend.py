@@ -1,5 +1,7 @@
 """Which engine the settings ask for, opened: the one place the server and the CLI get an engine from.
 
+(It reads the settings, so it lives above ``engines/``, which never does.)
+
 In: the settings (``engine``, ``url``, ``apiKeyEnv``, ``requestTimeoutMs``, ``tlsVerify``, ``remoteModel``), the
 resolved model file (the in-process engine runs it; a remote engine reads only its vocabulary), and the
 command-line tuning of each kind. Out: an ``Engine`` (blocking: it loads a model or a vocabulary and probes the
@@ -11,10 +13,10 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from ..config import Settings
-from . import Engine, EngineError
-from .llama_cpp import EngineOptions, LlamaCppEngine
-from .remote import RemoteOptions, local_vocab
+from .config import Settings
+from .engines import Engine, EngineError
+from .engines.llama_cpp import EngineOptions, LlamaCppEngine
+from .engines.remote import RemoteOptions, local_vocab
 
 
 def open_engine(
@@ -25,8 +27,8 @@ def open_engine(
         return LlamaCppEngine(path, name, local)
     if not settings.url:
         raise EngineError(f"expected a server URL for the engine {settings.engine!r} (--url or the url setting), got none")
-    from .llama_server import LlamaServerEngine
-    from .openai import OpenAIEngine
+    from .engines.llama_server import LlamaServerEngine
+    from .engines.openai import OpenAIEngine
 
     options = replace(
         remote, url=settings.url, api_key_env=settings.api_key_env, timeout_s=settings.request_timeout_ms / 1000.0,
