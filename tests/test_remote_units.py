@@ -69,3 +69,12 @@ def test_text_prompt_spells_the_sentinels_and_keeps_the_text() -> None:
     assert text_prompt(vocab, spm) == "▁<PRE>▁<SUF>\n\nprint(add(1, 2))\n▁<MID>def add(a, b):\n    ret"
     psm = fim.prompt_tokens(ctx, vocab, fim.FimOrder.PSM)
     assert text_prompt(vocab, psm) == "▁<PRE>def add(a, b):\n    ret▁<SUF>\n\nprint(add(1, 2))\n▁<MID>"
+
+
+def test_a_remote_engine_needs_a_url() -> None:
+    from lsp_server.backend import open_engine
+    from lsp_server.engines import EngineError
+
+    settings, _ = config.parse({"engine": "openai"})
+    with pytest.raises(EngineError, match="expected a server URL for the engine 'openai'"):
+        open_engine(settings, resolve("demo").path, "demo")
