@@ -139,6 +139,27 @@ async def test_native_reuses_the_slot_cache_across_keystrokes(micro_model, llama
         await asyncio.to_thread(engine.close)
 
 
+def test_text_prompts_tokenize_back_to_our_ids(demo_vocab) -> None:
+    """The OpenAI engine's text fallback, as the server's own tokenizer (special tokens parsed) reads it: our ids,
+    but for the space SentencePiece puts after every special token, which our suffix ids do not have."""
+    from lsp_server import fim
+    from lsp_server.engines.openai import text_prompt
+
+    ctx = fim.FimContext(prefix="def add(a, b):\n    ret", suffix="\n\nprint(add(1, 2))\n")
+    with LlamaServer(DEMO, slots=1) as server:
+        for order in (fim.FimOrder.SPM, fim.FimOrder.PSM):
+            ids = fim.prompt_tokens(ctx, demo_vocab, order)
+            text = text_prompt(demo_vocab, ids)
+            body = json.dumps({"content": text, "add_special": True, "parse_special": True}).encode()
+            req = urllib.request.Request(server.url + "/tokenize", body, {"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=10) as r:
+                got = json.loads(r.read())["tokens"]
+            s = demo_vocab.sentinels
+            at = ids.index(s.suf) + 1
+            assert demo_vocab.piece(got[at]) == b" "  # the lone "▁" the server's tokenizer adds after SUF
+            assert got == ids[:at] + [got[at]] + ids[at:], order
+
+
 def _slot(url: str, slot_id: int) -> dict:
     with urllib.request.urlopen(f"{url}/slots", timeout=10) as r:
         return next(s for s in json.loads(r.read()) if s["id"] == slot_id)
