@@ -55,6 +55,12 @@ def demo_vocab():
     return local_vocab(DEMO)
 
 
+@pytest.fixture(scope="module")
+def demo_server():
+    with LlamaServer(DEMO, slots=2) as server:
+        yield server
+
+
 def blank(text: str, needle: str, keep: str) -> tuple[str, int, str]:
     """``text`` with the line holding ``needle`` cut after ``keep``: (document, cursor offset, removed text)."""
     lines = text.split("\n")
@@ -166,7 +172,8 @@ def _slot(url: str, slot_id: int) -> dict:
 
 
 @pytest.mark.parametrize("kind", ["llama-server", "openai"])
-async def test_cancel_closes_the_stream_and_the_server_stops(llama_server, vocab, kind) -> None:
+async def test_cancel_closes_the_stream_and_the_server_stops(demo_server, demo_vocab, kind) -> None:
+    llama_server, vocab = demo_server, demo_vocab
     engine = await asyncio.to_thread(make, kind, llama_server.url, vocab)
     try:
         holder: dict = {}
@@ -178,7 +185,7 @@ async def test_cancel_closes_the_stream_and_the_server_stops(llama_server, vocab
                 holder["job"].cancel()
             return False
 
-        # sampling at a high temperature: the micro model rambles instead of ending at EOT
+        # sampling at a high temperature: the model rambles instead of ending at EOT
         req = request(vocab, max_tokens=800, sampling=Sampling(temperature=1.5, seed=3), stop_text=rule)
         holder["job"] = job = engine.submit(req)
         t0 = time.perf_counter()
@@ -190,8 +197,9 @@ async def test_cancel_closes_the_stream_and_the_server_stops(llama_server, vocab
         while any(_slot(llama_server.url, i)["is_processing"] for i in (0, 1)):
             assert time.monotonic() < deadline, "llama-server kept generating after the client went away"
             await asyncio.sleep(0.05)
-        decoded = max(_slot(llama_server.url, i)["next_token"][0]["n_decoded"] for i in (0, 1))
-        assert decoded < 400
+        used = [_slot(llama_server.url, i) for i in (0, 1)]
+        decoded = [s["next_token"][0]["n_decoded"] for s in used if "next_token" in s]  # slots that ran a task
+        assert decoded and max(decoded) < 400, decoded
     finally:
         await asyncio.to_thread(engine.close)
 
@@ -369,7 +377,8 @@ def test_server_killed_mid_request_then_recovery(demo_vocab) -> None:
         server.stop()
 
 
-def test_close_cancels_what_runs(llama_server, vocab) -> None:
+def test_close_cancels_what_runs(demo_server, demo_vocab) -> None:
+    llama_server, vocab = demo_server, demo_vocab
     engine = make("openai", llama_server.url, vocab)
     job = engine.submit(request(vocab, max_tokens=800, sampling=Sampling(temperature=1.5, seed=5)))
     engine.close()
