@@ -16,6 +16,7 @@ import time
 import pytest
 from lsprotocol import types
 
+from lsp_server.models import resolve
 from tests.fixtures.llama_server import LlamaServer, closed_port, llama_server  # noqa: F401
 from tests.fixtures.lsp_client import inline, inline_params, insert, items_of, lsp_session, open_doc
 from tests.fixtures.micro_model import micro_model  # noqa: F401
@@ -66,25 +67,26 @@ async def test_burst_only_newest_gets_text(micro_model, llama_server) -> None:
         assert [i.insert_text for i in items_of(results[-1])] == [target[30:]]
 
 
-async def test_server_down_then_up(micro_model) -> None:
+async def test_server_down_then_up() -> None:
+    demo = resolve("demo").path  # what the model says does not matter here
     port = closed_port()
     url = f"http://127.0.0.1:{port}"
-    async with lsp_session(micro_model.gguf, options=SETTINGS, args=_args("llama-server", url), wait_ready=False) as client:
+    async with lsp_session("demo", options=SETTINGS, args=_args("llama-server", url), wait_ready=False) as client:
         status = client.status  # type: ignore[attr-defined]
         err = await status.wait_for({"error"})
         assert f"cannot connect to {url}" in err["message"]
-        doc, line, expected = _blank(micro_model.files["spaces.py"], "raise ValueError", "    ")
+        doc = "def dedent(text):\n    \n\ndef indent(text, prefix):\n    pass\n"
         uri = "file:///remote/down.py"
         open_doc(client, uri, doc)
         t0 = time.perf_counter()
         for _ in range(10):  # keystrokes while the server is down: answered at once, with nothing
-            assert items_of(await inline(client, uri, line, 4, timeout=5)) == []
+            assert items_of(await inline(client, uri, 1, 4, timeout=5)) == []
         assert time.perf_counter() - t0 < 5
         shown = [m.message for m in client.messages if m.type == types.MessageType.Error]
         assert len(shown) == 1 and f"cannot connect to {url}" in shown[0], shown  # once, not per keystroke
         mark = len(status.items)
-        with LlamaServer(micro_model.gguf, slots=1, port=port):
+        with LlamaServer(demo, slots=1, port=port):
             back = await status.wait_for({"ready"}, after=mark, timeout=60)
             assert back["message"] == f"connected to {url}"
-            got = items_of(await inline(client, uri, line, 4))
-            assert [i.insert_text for i in got] == [expected]
+            got = items_of(await inline(client, uri, 1, 4))
+            assert got and got[0].insert_text.strip()  # the model answers again
