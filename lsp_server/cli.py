@@ -24,7 +24,9 @@ import secrets
 import sys
 from pathlib import Path
 
+from .config import ENGINES
 from .engines.llama_cpp import KV_TYPES, EngineOptions
+from .engines.remote import RemoteOptions
 
 log = logging.getLogger("lsp_server")
 TOKEN_ENV = "CODELLAMA_LSP_TOKEN"
@@ -37,6 +39,16 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads for llama.cpp")
     p.add_argument("--n-gpu-layers", type=int, default=0, help="layers to offload (CUDA/Metal builds)")
     p.add_argument("--cpu-repack", action="store_true", help="llama.cpp's repacked CPU weights/AMX (faster; crashes some Q4_1 files)")
+    r = p.add_argument_group("remote engines (a model on a server; see docs/deployment.md)")
+    r.add_argument("--engine", choices=ENGINES, default=None, help="where the model runs (default: llama.cpp, in this process)")
+    r.add_argument("--url", default=None, help="the server's base URL, e.g. https://gpu-box:8080 (no /v1)")
+    r.add_argument("--api-key-env", default=None, help="environment variable holding the API key (default CODELLAMA_API_KEY)")
+    r.add_argument("--request-timeout", type=float, default=None, help="seconds to connect / get an answer (default 10)")
+    r.add_argument("--no-tls-verify", action="store_true", help="do not verify https certificates (test servers only)")
+    r.add_argument("--remote-model", default=None, help="model name for OpenAI-compatible servers (default: the first)")
+    r.add_argument("--slot", type=int, default=None, help="llama-server: always use slot N (default: the server picks by prompt similarity)")
+    r.add_argument("--prompt-format", choices=["auto", "tokens", "text"], default="auto",
+                   help="OpenAI servers: prompt as token ids, as text, or ids falling back to text (default)")
     p.add_argument("--log-file", type=Path, default=None, help="write logs here instead of stderr")
     p.add_argument("-v", "--verbose", action="count", default=0, help="-v: info, -vv: debug (and llama.cpp logs)")
 
@@ -85,13 +97,29 @@ def _engine_options(args: argparse.Namespace) -> EngineOptions:
     )
 
 
+def _settings(args: argparse.Namespace) -> dict[str, object]:
+    """The settings given on the command line (wire names): defaults that the client's settings override."""
+    raw: dict[str, object] = {"model": args.model}
+    given = {"engine": args.engine, "url": args.url, "apiKeyEnv": args.api_key_env, "remoteModel": args.remote_model}
+    raw.update({k: v for k, v in given.items() if v is not None})
+    if args.request_timeout is not None:
+        raw["requestTimeoutMs"] = int(args.request_timeout * 1000)
+    if args.no_tls_verify:
+        raw["tlsVerify"] = False
+    return raw
+
+
+def _remote_options(args: argparse.Namespace) -> RemoteOptions:
+    return RemoteOptions(url="", slot=args.slot, prompt_format=args.prompt_format)
+
+
 def complete_file(args: argparse.Namespace) -> int:
     from . import config, context, models, pipeline
     from .cache import TypeThroughCache
     from .engines import EngineError
-    from .engines.llama_cpp import LlamaCppEngine
+    from .backend import open_engine
 
-    raw: dict[str, object] = {"model": args.model}
+    raw = _settings(args)
     if args.max_tokens is not None:
         raw["maxTokens"] = args.max_tokens
     if args.fim_order is not None:
@@ -106,7 +134,7 @@ def complete_file(args: argparse.Namespace) -> int:
         return 2
     try:
         resolved = models.resolve(settings.model)
-        engine = LlamaCppEngine(resolved.path, resolved.name, _engine_options(args))
+        engine = open_engine(settings, resolved.path, resolved.name, _engine_options(args), _remote_options(args))
     except (models.ModelError, EngineError) as exc:
         print(f"codellama-lsp: {exc}", file=sys.stderr)
         return 2
@@ -153,7 +181,10 @@ def serve(args: argparse.Namespace) -> int:
     if not args.load_timeout > 0:
         print(f"codellama-lsp: expected --load-timeout > 0, got {args.load_timeout}", file=sys.stderr)
         return 2
-    server = create_server(ServerOptions(model=args.model, engine=_engine_options(args), load_timeout_s=args.load_timeout))
+    server = create_server(ServerOptions(
+        model=args.model, engine=_engine_options(args), load_timeout_s=args.load_timeout,
+        settings=_settings(args), remote=_remote_options(args),
+    ))
     if not args.tcp:
         return asyncio.run(rpc.serve_stdio(server, server.close))
     token, generated = _token(args)

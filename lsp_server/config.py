@@ -8,7 +8,9 @@ typo would otherwise silently do nothing.
 
 Wire names: ``model, contextTokens, maxTokens, temperature, timeBudgetMs, fimOrder, prefixRatio,
 maxItems, enable, rules`` (``enable`` maps a language id, or ``"*"`` for all, to true/false; ``rules`` maps
-post-processing rule names to true/false, see ``postprocess``).
+post-processing rule names to true/false, see ``postprocess``); for remote engines
+``engine, url, apiKeyEnv, requestTimeoutMs, tlsVerify, remoteModel`` (the API key itself is never a setting: only
+the name of the environment variable that holds it, so it never lands in settings files, logs or status).
 """
 
 from __future__ import annotations
@@ -34,6 +36,22 @@ def _camel(name: str) -> str:
     return head + "".join(p.title() for p in rest)
 
 
+def _one_of(*values: str):
+    def check(_inst: Any, attribute: attrs.Attribute, value: str) -> None:
+        if value not in values:
+            raise ValueError(f"expected {_camel(attribute.name)} one of {', '.join(map(repr, values))}, got {value!r}")
+
+    return check
+
+
+def _url(_inst: Any, _attribute: attrs.Attribute, value: str) -> None:
+    if value and not value.startswith(("http://", "https://")):
+        raise ValueError(f"expected url to start with http:// or https://, got {value!r}")
+
+
+ENGINES = ("llama.cpp", "llama-server", "openai")
+
+
 def _range(lo: float, hi: float):
     def check(_inst: Any, attribute: attrs.Attribute, value: float) -> None:
         if not lo <= value <= hi:
@@ -53,6 +71,14 @@ class Settings:
     prefix_ratio: float = attrs.field(default=0.75, validator=_range(0.0, 1.0))
     max_items: int = attrs.field(default=3, validator=_range(1, 10))
     enable: dict[str, bool] = attrs.field(factory=lambda: {"*": True})
+    # where the model runs: in this process (llama.cpp), or on a server; for a server, ``model`` names the GGUF
+    # whose vocabulary we tokenize with (the server's model file, or any GGUF with the same vocabulary)
+    engine: str = attrs.field(default="llama.cpp", validator=_one_of(*ENGINES))
+    url: str = attrs.field(default="", validator=_url)  # the server's base URL (no /v1)
+    api_key_env: str = "CODELLAMA_API_KEY"  # the environment variable holding the server's API key
+    request_timeout_ms: int = attrs.field(default=10000, validator=_range(100, 600000))  # connect / first byte
+    tls_verify: bool = True  # https: verify the server's certificate (SSL_CERT_FILE names a private CA)
+    remote_model: str = ""  # OpenAI-compatible servers: the model name ("" = the server's first model)
     # post-processing rules by name (postprocess.RULES), all on unless switched off here
     rules: dict[str, bool] = attrs.field(factory=dict, validator=lambda _i, _a, v: _known_rules(v))
 

@@ -28,7 +28,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import unquote
 
@@ -38,9 +38,11 @@ from pygls.lsp.server import LanguageServer
 
 from . import config, context, models, pipeline, syntax
 from .cache import TypeThroughCache
-from .engines import EngineError
-from .engines.llama_cpp import EngineOptions, LlamaCppEngine
 from . import rpc
+from .backend import open_engine
+from .engines import Engine, EngineError
+from .engines.llama_cpp import EngineOptions
+from .engines.remote import RemoteEngine, RemoteOptions
 from .rpc import LspProtocol
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,8 @@ class ServerOptions:
     model: str = "demo"  # the default model; the client's `model` setting overrides it
     engine: EngineOptions = EngineOptions()
     load_timeout_s: float = 300.0  # llama.cpp's load of a checked file; a slow disk may need more
+    settings: dict[str, Any] = field(default_factory=dict)  # command-line defaults (wire names); the client's override
+    remote: RemoteOptions = RemoteOptions(url="")  # remote engines' command-line tuning (--slot, --prompt-format)
 
 
 _THREADS: set[threading.Thread] = set()  # loads and closes still running (the CLI does not wait for them)
@@ -105,6 +109,11 @@ def busy_threads() -> int:
     return sum(t.is_alive() for t in list(_THREADS))
 
 
+def _load_key(s: config.Settings) -> tuple[object, ...]:
+    """The settings whose change needs a new engine (the model or where and how it runs)."""
+    return (s.model, s.engine, s.url, s.api_key_env, s.request_timeout_ms, s.tls_verify, s.remote_model)
+
+
 class CodeLlamaServer(LanguageServer):
     protocol: LspProtocol
 
@@ -114,17 +123,18 @@ class CodeLlamaServer(LanguageServer):
             protocol_cls=LspProtocol, converter_factory=rpc.converter,
         )
         self.options = options
-        self.settings = config.Settings(model=options.model)
-        self.engine: LlamaCppEngine | None = None
+        self.settings, self._cli_problems = config.parse(options.settings, config.Settings(model=options.model))
+        self.engine: Engine | None = None
         self.cache = TypeThroughCache()
         self.state = "starting"
         self.error: str | None = None
         self.last_latency_ms: float | None = None
         self.overhead_ms: float | None = None  # last request's time in this process outside the engine
         self._loaded_model: str | None = None
+        self._loaded_key: tuple[object, ...] | None = None
         self._load_generation = 0
         self._load_task: asyncio.Task[None] | None = None
-        self._loading_spec: str | None = None  # the model spec the newest load task is loading
+        self._loading_key: tuple[object, ...] | None = None  # what the newest load task is loading
         self._load_lock: asyncio.Lock | None = None  # one load at a time (created on the event loop)
         self.events: collections.Counter[tuple[str, str]] = collections.Counter()  # (kind, language) -> count
         self._ids = itertools.count(1)
@@ -156,19 +166,20 @@ class CodeLlamaServer(LanguageServer):
         for p in problems:
             log.warning("settings: %s", p)
             self.show(types.MessageType.Warning, p)
-        if self.settings.model == self._loaded_model and self.engine is not None:
+        key = _load_key(self.settings)
+        if key == self._loaded_key and self.engine is not None:
             return
         loading = self._load_task is not None and not self._load_task.done()
-        if loading and self._loading_spec == self.settings.model:
+        if loading and self._loading_key == key:
             return  # that very model is loading already; a second load would only compete with it
         self.start_loading()
 
     def start_loading(self) -> None:
         self._load_generation += 1
-        self._loading_spec = self.settings.model
-        self._load_task = asyncio.get_running_loop().create_task(self._load(self._load_generation, self.settings.model))
+        self._loading_key = _load_key(self.settings)
+        self._load_task = asyncio.get_running_loop().create_task(self._load(self._load_generation, self.settings))
 
-    async def _load(self, generation: int, spec: str) -> None:
+    async def _load(self, generation: int, settings: config.Settings) -> None:
         # Loads run one after another: two llama.cpp models initialising at once on two threads only
         # slow each other down (and a superseded load is skipped once the lock is ours).
         if self._load_lock is None:
@@ -176,9 +187,10 @@ class CodeLlamaServer(LanguageServer):
         async with self._load_lock:
             if generation != self._load_generation:
                 return
-            await self._load_locked(generation, spec)
+            await self._load_locked(generation, settings)
 
-    async def _load_locked(self, generation: int, spec: str) -> None:
+    async def _load_locked(self, generation: int, settings: config.Settings) -> None:
+        spec = settings.model
         token = f"codellama-load-{generation}"
         self.send_status("loading", f"loading {spec}")
         progress = await self._progress_begin(token, f"Loading {spec}")
@@ -196,11 +208,14 @@ class CodeLlamaServer(LanguageServer):
             timeout = self.options.load_timeout_s
             try:
                 engine = await asyncio.wait_for(
-                    in_daemon_thread(LlamaCppEngine, resolved.path, resolved.name, self.options.engine, orphan=LlamaCppEngine.close),
+                    in_daemon_thread(
+                        open_engine, settings, resolved.path, resolved.name, self.options.engine, self.options.remote,
+                        orphan=lambda e: e.close(),
+                    ),
                     timeout,
                 )
             except asyncio.TimeoutError:
-                raise EngineError(f"expected llama.cpp to load {resolved.path} within {timeout:g} s, got no result "
+                raise EngineError(f"expected to load {resolved.path} within {timeout:g} s, got no result "
                                   "(a slow disk? see --load-timeout)") from None
         except Exception as exc:  # of any kind: the status must never stay "loading"
             message = str(exc) if isinstance(exc, (models.ModelError, EngineError)) else (
@@ -224,7 +239,7 @@ class CodeLlamaServer(LanguageServer):
             in_daemon_thread(engine.close)
             return
         old, self.engine = self.engine, engine
-        self._loaded_model, self.error = spec, None
+        self._loaded_model, self._loaded_key, self.error = spec, _load_key(settings), None
         self.cache = TypeThroughCache()
         if old is not None:
             in_daemon_thread(old.close)
@@ -240,6 +255,19 @@ class CodeLlamaServer(LanguageServer):
         if progress:
             self.work_done_progress.end(token, types.WorkDoneProgressEnd(message="ready"))
         self.send_status("ready", msg)
+        if isinstance(engine, RemoteEngine):  # told at once if the server is down already
+            engine.set_listener(lambda message: loop.call_soon_threadsafe(self._on_health, engine, message))
+
+    def _on_health(self, engine: Engine, message: str | None) -> None:
+        """A remote engine's server went down (``message``: why) or came back (None): status, and one message."""
+        if engine is not self.engine:
+            return
+        self.error = message
+        if message is not None:
+            self.show(types.MessageType.Error, message)
+            self.send_status("error", message)
+        else:
+            self.send_status("ready", f"connected to {engine.info.where}")
 
     async def _progress_begin(self, token: str, title: str) -> bool:
         if not (self.client_capabilities.window and self.client_capabilities.window.work_done_progress):
@@ -321,7 +349,7 @@ class CodeLlamaServer(LanguageServer):
         try:
             result = await pipeline.complete(engine, self.cache, uri, text, offset, self.settings, n, rid)
         except EngineError as exc:
-            log.error("%s: %s", rid, exc)
+            log.log(logging.INFO if isinstance(engine, RemoteEngine) and engine.down else logging.ERROR, "%s: %s", rid, exc)
             self.send_status("error", str(exc))
             return None
         except asyncio.CancelledError:  # $/cancelRequest: the engine job was cancelled on the way out
@@ -361,7 +389,7 @@ def create_server(options: ServerOptions = ServerOptions()) -> CodeLlamaServer:
     @server.feature(types.INITIALIZE)
     def on_initialize(ls: CodeLlamaServer, params: types.InitializeParams) -> None:
         ls.settings, problems = config.parse(params.initialization_options, ls.settings)
-        ls._init_problems = problems
+        ls._init_problems = ls._cli_problems + problems
 
     @server.feature(types.INITIALIZED)
     def on_initialized(ls: CodeLlamaServer, _params: types.InitializedParams) -> None:

@@ -28,6 +28,13 @@ export interface ServerSettings {
   fimOrder?: 'spm' | 'psm';
   /** language id (or "*") -> on/off; VS Code's `codellama.enabledLanguages`. */
   enable?: Record<string, boolean>;
+  /** remote engines (docs/deployment.md); the API key travels in the server's environment, never here */
+  engine?: 'llama.cpp' | 'llama-server' | 'openai';
+  url?: string;
+  apiKeyEnv?: string;
+  requestTimeoutMs?: number;
+  tlsVerify?: boolean;
+  remoteModel?: string;
 }
 
 export interface ClientSwitches {
@@ -86,6 +93,16 @@ export function serverSettings(get: ConfigGetter): ServerSettings {
   const order = get('fimOrder');
   if (order === 'spm' || order === 'psm') out.fimOrder = order;
   out.enable = languageMap(get('enabledLanguages'));
+  const engine = get('engine');
+  if (engine === 'llama.cpp' || engine === 'llama-server' || engine === 'openai') out.engine = engine;
+  for (const key of ['url', 'apiKeyEnv', 'remoteModel'] as const) {
+    const value = get(key);
+    if (typeof value === 'string' && value.trim() !== '') out[key] = value.trim();
+  }
+  const timeout = integer(get('requestTimeoutMs'), 100);
+  if (timeout !== undefined) out.requestTimeoutMs = timeout;
+  const verify = get('tlsVerify');
+  if (typeof verify === 'boolean') out.tlsVerify = verify;
   return out;
 }
 

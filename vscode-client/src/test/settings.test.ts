@@ -47,6 +47,19 @@ test('server settings: wrongly typed values are dropped, not sent', () => {
   assert.deepEqual(s, { model: 'demo', enable: { go: true } });
 });
 
+test('server settings: remote engine settings go to the server; the API key never does', () => {
+  const s = serverSettings(
+    getter({ engine: 'llama-server', url: ' https://gpu-box:8080 ', apiKeyEnv: 'TEAM_KEY', requestTimeoutMs: 2500, tlsVerify: false, remoteModel: '' }),
+  );
+  assert.equal(s.engine, 'llama-server');
+  assert.equal(s.url, 'https://gpu-box:8080');
+  assert.equal(s.apiKeyEnv, 'TEAM_KEY');
+  assert.equal(s.requestTimeoutMs, 2500);
+  assert.equal(s.tlsVerify, false);
+  assert.equal(s.remoteModel, undefined);
+  assert.equal(serverSettings(getter({ engine: 'vllm', requestTimeoutMs: 5 })).engine, undefined);
+});
+
 test('per-language enablement: own entry, then "*", then on', () => {
   assert.equal(languageEnabled({ '*': false, python: true }, 'python'), true);
   assert.equal(languageEnabled({ '*': false, python: true }, 'rust'), false);
