@@ -184,17 +184,16 @@ def program(problem: dict[str, Any], task: Task, completion: str) -> str:
 
 
 # ---- engines ----------------------------------------------------------------------------------------
-def _llama_cpp(args: argparse.Namespace):
-    from . import models
-    from .cli import _engine_options
-    from .engines.llama_cpp import LlamaCppEngine
+def open_engine(args: argparse.Namespace) -> Any:
+    """The engine the command line asks for (in-process llama.cpp by default, or ``--engine llama-server|openai
+    --url ...``), opened exactly as the server and ``codellama-lsp complete`` open it."""
+    from . import config, models
+    from .backend import open_engine as open_backend
+    from .cli import _engine_options, _remote_options, _settings
 
-    resolved = models.resolve(args.model)
-    return LlamaCppEngine(resolved.path, resolved.name, _engine_options(args))
-
-
-# --engine NAME -> a function of the parsed arguments that returns a started engine
-ENGINES: dict[str, Callable[[argparse.Namespace], Any]] = {"llama.cpp": _llama_cpp}
+    settings, _problems = config.parse(_settings(args))
+    resolved = models.resolve(settings.model)
+    return open_backend(settings, resolved.path, resolved.name, _engine_options(args), _remote_options(args))
 
 
 # ---- running ------------------------------------------------------------------------------------------
@@ -306,7 +305,6 @@ def configurations(ablate: bool) -> dict[str, frozenset[str]]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", choices=SETS, default="single-line", help="task set (default single-line)")
-    p.add_argument("--engine", choices=sorted(ENGINES), default="llama.cpp", help="which engine runs the model")
     p.add_argument("--fim-order", choices=["spm", "psm"], default="spm")
     p.add_argument("--limit", type=int, default=None, help="a seeded subset of this many tasks (default: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the subset and of the random spans")
@@ -334,13 +332,13 @@ def run(args: argparse.Namespace) -> int:
         print("codellama-lsp eval: cannot create a network namespace here; pass --allow-network to run anyway", file=sys.stderr)
         return 2
     try:
-        engine = ENGINES[args.engine](args)
+        engine = open_engine(args)
     except (models.ModelError, EngineError) as exc:
         print(f"codellama-lsp eval: {exc}", file=sys.stderr)
         return 2
     report: dict[str, Any] = {
         "set": args.set, "tasks_in_set": len(all_tasks), "tasks": len(tasks), "seed": args.seed, "limit": args.limit,
-        "model": args.model, "engine": args.engine, "engine_info": asdict(engine.info), "fim_order": args.fim_order,
+        "model": args.model, "engine": args.engine or "llama.cpp", "engine_info": asdict(engine.info), "fim_order": args.fim_order,
         "sandbox": {"timeout_s": args.timeout, "memory_mb": 1024, "network": "empty namespace" if isolate else "not isolated"},
         "runs": {},
     }
@@ -360,7 +358,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         engine.close()
     title = (f"HumanEval {args.set}: {len(tasks)} of {len(all_tasks)} tasks (seed {args.seed}), {engine.info.name}, "
-             f"{args.fim_order.upper()}, greedy, engine {args.engine}")
+             f"{args.fim_order.upper()}, greedy, engine {args.engine or "llama.cpp"}")
     report["table"] = table({k: v["summary"] for k, v in report["runs"].items()}, title)
     if args.json:
         tmp = args.json.with_name(args.json.name + ".tmp")
