@@ -358,7 +358,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         engine.close()
     title = (f"HumanEval {args.set}: {len(tasks)} of {len(all_tasks)} tasks (seed {args.seed}), {engine.info.name}, "
-             f"{args.fim_order.upper()}, greedy, engine {args.engine or "llama.cpp"}")
+             f"{args.fim_order.upper()}, greedy, engine {args.engine or 'llama.cpp'}")
     report["table"] = table({k: v["summary"] for k, v in report["runs"].items()}, title)
     if args.json:
         tmp = args.json.with_name(args.json.name + ".tmp")
