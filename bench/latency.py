@@ -41,7 +41,40 @@ from lsp_server.engines.llama_cpp import EngineOptions, LlamaCppEngine  # noqa: 
 REPO = Path(__file__).resolve().parents[1]
 
 
+# The random-weight model of the side-by-side benchmark: Code Llama's shape family (32016-token vocabulary
+# with the FIM pieces at 32007..32010, SwiGLU, RMSNorm, rope theta 1e6) at about 92 M parameters, Q4_K_M.
+# Its text is noise, so nothing can be guessed ahead: it measures the engines' own per-token cost.
+RANDOM_ARGS = dict(dim=768, n_layers=6, n_heads=12, n_kv_heads=12, multiple_of=256, norm_eps=1e-5, rope_theta=1e6)
+
+
+def random_codellama_gguf() -> Path:
+    """Build (once; cached under .cache/bench/) the random Code-Llama-shaped Q4_K_M GGUF."""
+    out = REPO / ".cache" / "bench" / "random-codellama-92m.Q4_K_M.gguf"
+    if out.is_file():
+        return out
+    import tempfile
+
+    import torch
+
+    from model_export.convert import convert
+    from model_train.model import ModelArgs
+    from quantize.quantize import quantize_file
+    from tests.fixtures.checkpoints import CODELLAMA_VOCAB, codellama_layout_tokenizer, random_model, write_meta_checkpoint
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        tok = codellama_layout_tokenizer(Path(tmp) / "tokenizer.model")
+        args = ModelArgs(vocab_size=CODELLAMA_VOCAB, **RANDOM_ARGS)
+        ckpt = write_meta_checkpoint(Path(tmp) / "ckpt", random_model(args, seed=16, dtype=torch.bfloat16), tok)
+        convert(ckpt, Path(tmp) / "random-f16.gguf", outtype="f16", ctx=4096)
+        quantize_file(Path(tmp) / "random-f16.gguf", Path(tmp) / "q.gguf", "Q4_K_M")
+        (Path(tmp) / "q.gguf").rename(out)
+    return out
+
+
 def model_path(spec: str) -> tuple[str, Path]:
+    if spec == "random":
+        return "random-92M Q4_K_M", random_codellama_gguf()
     if spec == "smollm2":
         import importlib.util
 

@@ -27,8 +27,10 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcException
 from pygls.lsp.server import LanguageServer
 
-from . import config, context, models, pipeline
+from . import config, context, models, neighbors, pipeline
 from .cache import TypeThroughCache
+from .pacing import Pacer
+from .prefetch import Prefetcher
 from .engines import EngineError
 from .engines.llama_cpp import EngineOptions, LlamaCppEngine
 
@@ -65,6 +67,9 @@ class CodeLlamaServer(LanguageServer):
         self.events: collections.Counter[tuple[str, str]] = collections.Counter()  # (kind, language) -> count
         self._ids = itertools.count(1)
         self._inflight = 0  # completion requests awaiting the engine ("busy" while > 0)
+        self.neighbors = neighbors.Neighbors()  # other files' chunks and recently edited regions
+        self.pacer = Pacer()  # adaptive time budget and debounce
+        self.prefetcher = Prefetcher()  # the next completion after an accepted one
 
     # ---- status ----------------------------------------------------------------------------------
     def send_status(self, state: str, message: str | None = None) -> None:
@@ -77,6 +82,9 @@ class CodeLlamaServer(LanguageServer):
             "lastOverheadMs": None if self.overhead_ms is None else round(self.overhead_ms, 3),
             "shown": sum(n for (kind, _), n in self.events.items() if kind == "shown"),
             "accepted": sum(n for (kind, _), n in self.events.items() if kind == "accepted"),
+            "prefetches": self.prefetcher.started,
+            "prefetchHits": self.prefetcher.hits,
+            **self.pacer.status(self.settings.time_budget_ms),
         }
         if message:
             params["message"] = message
