@@ -309,9 +309,9 @@ def main() -> None:
         finally:
             engine.close()
         got = summarize(name, warm, naive)
-        got[0]["fim"] = engine.info.has_fim
+        got[0]["fim"] = engine.vocab.sentinels.has_fim
         rows.extend(got)
-        print(f"{name}: fim={engine.info.has_fim} n_ctx={engine.info.n_ctx} cold first request {warm[0]['ms']:.0f} ms "
+        print(f"{name}: fim={engine.vocab.sentinels.has_fim} n_ctx={engine.info.n_ctx} cold first request {warm[0]['ms']:.0f} ms "
               f"({warm[0]['evaluated']} tokens); warm/cold p50 = {got[0]['warm_over_cold_p50']:.3f} "
               f"(model requests only: {got[0]['model_only_warm_over_cold_p50']:.3f})", file=sys.stderr)
     if rows:

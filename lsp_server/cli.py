@@ -64,8 +64,7 @@ def _logging(args: argparse.Namespace) -> None:
 
 def _engine_options(args: argparse.Namespace) -> EngineOptions:
     return EngineOptions(
-        n_ctx=args.n_ctx, kv_type=args.kv_type, threads=args.threads, n_gpu_layers=args.n_gpu_layers, verbose=args.verbose >= 2,
-        cpu_repack=args.cpu_repack,
+        n_ctx=args.n_ctx, kv_type=args.kv_type, threads=args.threads, n_gpu_layers=args.n_gpu_layers, cpu_repack=args.cpu_repack,
     )
 
 

@@ -1,10 +1,11 @@
-"""Code Llama fill-in-the-middle prompts as token ids.
+"""Fill-in-the-middle prompts as token ids.
 
 In: a ``FimContext`` (the prefix before the cursor and the suffix after it, already cut to the token
-budget), a ``Tokenizer`` and the model's ``FimIds``. Out: the list of token ids the model is fed.
+budget) and the model's ``vocab.Vocab`` (its encodings and ``Sentinels``). Out: the list of token ids
+the model is fed.
 
-The layouts are the ones Meta's reference code (codellama ``generation.py: infilling_prompt_tokens``)
-builds, and nothing else:
+Code Llama (``style == "codellama"``): the layouts Meta's reference code (codellama ``generation.py:
+infilling_prompt_tokens``) builds, and nothing else:
 
 - PSM (prefix-suffix-middle):  ``[BOS, PRE] + enc(prefix) + [SUF] + enc_infill(suffix) + [MID]``
 - SPM (suffix-prefix-middle):  ``[BOS, PRE, SUF] + enc_infill(suffix) + [MID] + enc(prefix)``
@@ -12,12 +13,17 @@ builds, and nothing else:
 ``enc`` is the ordinary SentencePiece encoding, which puts Llama's implicit leading space (the dummy
 prefix ``▁``) in front of the text; ``enc_infill`` encodes *without* that leading space (Meta's
 ``encode_infilling``), because the suffix continues the text mid-stream. The model generates the middle
-and ends it with EOT.
+and ends it with EOT. SPM is the default because the prefix, the only part that changes while the user
+types at the cursor, comes last: everything before it stays identical between keystrokes and its KV
+cache is reused.
 
-SPM is the default here because the prefix, the only part that changes while the user types at the
-cursor, comes last: everything before it stays identical between keystrokes and its KV cache is reused.
+Other FIM families (``style == "psm"``: StarCoder, Qwen2.5-Coder, DeepSeek-Coder, CodeGemma) were
+trained on ``[BOS if the vocabulary adds one] + [PRE] + prefix + [SUF] + suffix + [MID]`` with the text
+encoded as it is; they get that layout whatever ``order`` says.
 
-Special tokens are only ever added here as ids. User text goes through ``Tokenizer.encode*`` with
+A model without FIM tokens gets the prefix alone (``[BOS] + enc(prefix)`` when the vocabulary adds BOS).
+
+Special tokens are only ever added here as ids. User text goes through ``Vocab.encode*`` with
 special-token parsing off, so a literal ``<EOT>`` in a source file stays text.
 """
 
@@ -25,23 +31,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Protocol
+
+from .vocab import Vocab
 
 
 class FimOrder(str, Enum):
     SPM = "spm"
     PSM = "psm"
-
-
-@dataclass(frozen=True)
-class FimIds:
-    """Ids of the sentinel tokens, read from the model (never assumed)."""
-
-    bos: int
-    pre: int
-    suf: int
-    mid: int
-    eot: int
 
 
 @dataclass(frozen=True)
@@ -59,24 +55,20 @@ class FimContext:
     suffix_end: int = 0
 
 
-class Tokenizer(Protocol):
-    def encode(self, text: str) -> list[int]:
-        """SentencePiece encoding with the implicit leading space, no BOS, special parsing off."""
-        ...
-
-    def encode_infill(self, text: str) -> list[int]:
-        """The same encoding without the implicit leading space (Meta's ``encode_infilling``)."""
-        ...
-
-
-def prompt_tokens(ctx: FimContext, tok: Tokenizer, ids: FimIds, order: FimOrder = FimOrder.SPM) -> list[int]:
-    """Token ids of the infilling prompt for ``ctx`` in ``order`` (see the module docstring)."""
+def prompt_tokens(ctx: FimContext, vocab: Vocab, order: FimOrder = FimOrder.SPM) -> list[int]:
+    """Token ids of the prompt for ``ctx`` (see the module docstring)."""
+    s = vocab.sentinels
+    head = [s.bos] if vocab.add_bos and s.bos is not None else []
+    if not s.has_fim:
+        return head + vocab.encode(ctx.prefix)
+    if s.style == "psm":
+        return head + [s.pre] + vocab.encode_infill(ctx.prefix) + [s.suf] + vocab.encode_infill(ctx.suffix) + [s.mid]
     if order is FimOrder.SPM:
-        return [ids.bos, ids.pre, ids.suf] + tok.encode_infill(ctx.suffix) + [ids.mid] + tok.encode(ctx.prefix)
-    return [ids.bos, ids.pre] + tok.encode(ctx.prefix) + [ids.suf] + tok.encode_infill(ctx.suffix) + [ids.mid]
+        return head + [s.pre, s.suf] + vocab.encode_infill(ctx.suffix) + [s.mid] + vocab.encode(ctx.prefix)
+    return head + [s.pre] + vocab.encode(ctx.prefix) + [s.suf] + vocab.encode_infill(ctx.suffix) + [s.mid]
 
 
-def prefix_only_tokens(ctx: FimContext, tok: Tokenizer, bos: int | None) -> list[int]:
-    """Prompt for a model without FIM tokens: plain left-to-right continuation of the prefix."""
-    head = [bos] if bos is not None else []
-    return head + tok.encode(ctx.prefix)
+def prefix_ends_prompt(vocab: Vocab, order: FimOrder) -> bool:
+    """Whether ``prompt_tokens`` ends with the prefix's tokens (then token healing can apply)."""
+    s = vocab.sentinels
+    return not s.has_fim or (s.style == "codellama" and order is FimOrder.SPM)

@@ -2,32 +2,42 @@
 
 In: the LF-normalised document text, the cursor offset, the settings, how many distinct items are
 wanted, the engine and the type-through cache. Out: a ``Completion`` (texts relative to the cursor,
-still with LF newlines, plus where they came from and what the engine spent).
+still with LF newlines, plus where they came from, the context windows and what the engine spent).
 
-Stages, each a pure function elsewhere: type-through cache (``cache``) -> engine (``context`` +
-``fim`` + llama.cpp on the worker) -> ``postprocess.clean``. The engine call is awaited, never run on
-the event loop.
+The pipeline owns the prompt; data flows one way: type-through cache (``cache``) -> context windows
+(``context.build``, counted in the model's tokens) -> token ids (``fim.prompt_tokens`` with the engine's
+``Vocab`` and sentinels) -> token healing (``healing.take_back``, where the prefix ends the prompt) ->
+the engine (a leaf: token ids in, text out) -> ``postprocess.clean``. Building the prompt runs on a
+worker thread and the engine on its own, so the event loop is never blocked.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Literal
 
-from . import postprocess
+from . import context, fim, healing, postprocess
 from .cache import TypeThroughCache
 from .config import Settings
 from .context import Cursor, cursor
-from .engines import CompletionRequest, CompletionResult, Engine
+from .engines import Engine, GenerationRequest, GenerationResult, Sampling
+from .fim import FimContext
+from .vocab import Vocab
+
+SENTINEL_ROOM = 4  # prompt tokens that are not text: BOS and the three FIM sentinels
 
 
 @dataclass
 class Completion:
     texts: list[str]
     source: Literal["cache", "model", "none"]
-    result: CompletionResult | None = None
+    result: GenerationResult | None = None
+    context: FimContext | None = None
     pipeline_ms: float = 0.0  # time in this process outside the engine's worker
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -47,6 +57,47 @@ def stop_rule(cur: Cursor):
     return rule
 
 
+# The newest request per engine (event-loop thread only): prompts are built on worker threads, so a
+# request whose prompt was built after a newer one's must not reach the engine after it.
+_TICKETS = itertools.count(1)
+_LATEST: weakref.WeakKeyDictionary[object, int] = weakref.WeakKeyDictionary()
+
+_COUNTERS: weakref.WeakKeyDictionary[object, context.TokenCounter] = weakref.WeakKeyDictionary()
+_COUNTERS_LOCK = threading.Lock()
+
+
+def token_counter(vocab: Vocab) -> context.TokenCounter:
+    """The ``TokenCounter`` of a vocabulary (its per-line memo lives as long as the vocabulary)."""
+    with _COUNTERS_LOCK:
+        counter = _COUNTERS.get(vocab)
+        if counter is None:
+            counter = context.TokenCounter(lambda t: len(vocab.encode(t)), lambda t: len(vocab.encode_infill(t)))
+            _COUNTERS[vocab] = counter
+        return counter
+
+
+def build_request(engine: Engine, text: str, offset: int, settings: Settings, n: int, request_id: str,
+                  cur: Cursor) -> tuple[GenerationRequest, FimContext]:
+    """Context windows -> prompt ids -> token healing -> the engine's request (blocking: run off the loop)."""
+    vocab = engine.vocab
+    s = vocab.sentinels
+    max_new = min(settings.max_tokens, engine.info.n_ctx // 4)
+    budget = min(settings.context_tokens, engine.info.n_ctx - max_new - SENTINEL_ROOM)
+    # without FIM the suffix cannot be shown to the model: the whole budget goes to the prefix
+    ratio = settings.prefix_ratio if s.has_fim else 1.0
+    ctx = context.build(text, offset, token_counter(vocab), budget, ratio)
+    prompt = fim.prompt_tokens(ctx, vocab, settings.fim_order)
+    heal = b""
+    if engine.info.can_heal and fim.prefix_ends_prompt(vocab, settings.fim_order):
+        prompt, heal = healing.take_back(prompt, len(vocab.encode(ctx.prefix)), vocab.piece, healing.index_for(vocab))
+    request = GenerationRequest(
+        prompt=prompt, max_tokens=max_new, time_budget_s=settings.time_budget_ms / 1000.0, stop_tokens=s.eog,
+        sampling=Sampling(temperature=settings.temperature), n=max(1, n), heal=heal, stop_text=stop_rule(cur),
+        request_id=request_id,
+    )  # fmt: skip
+    return request, ctx
+
+
 async def complete(
     engine: Engine,
     cache: TypeThroughCache,
@@ -62,8 +113,13 @@ async def complete(
     if hit is not None:
         return Completion(texts=hit[: max(1, n)], source="cache", pipeline_ms=(time.perf_counter() - t0) * 1e3)
     cur = cursor(text, offset)
-    request = CompletionRequest(text=text, offset=offset, settings=settings, n=n, request_id=request_id, stop_rule=stop_rule(cur))
+    ticket = _LATEST[engine] = next(_TICKETS)
+    request, ctx = await asyncio.to_thread(build_request, engine, text, offset, settings, n, request_id, cur)
     t1 = time.perf_counter()
+    if _LATEST.get(engine) != ticket:  # a newer request arrived while this prompt was being built
+        ms = (t1 - t0) * 1e3
+        result = GenerationResult(candidates=[], stop="superseded", prompt_tokens=len(request.prompt), total_ms=ms)
+        return Completion(texts=[], source="none", result=result, context=ctx, pipeline_ms=ms)
     job = engine.submit(request)
     try:
         result = await asyncio.wrap_future(job.future)
@@ -71,11 +127,10 @@ async def complete(
         job.cancel("cancelled")  # $/cancelRequest or a closed connection: stop at the next token
         raise
     t2 = time.perf_counter()
-    suffix = result.context.suffix if result.context else cur.line_suffix
     texts: list[str] = []
-    truncated = result.stop in ("length", "time")
-    for raw in result.texts:
-        cleaned = postprocess.clean(raw, cur.line_prefix, cur.line_suffix, suffix, truncated=truncated)
+    for gen in result.candidates:
+        truncated = gen.stop in ("length", "time", "context")  # cut off, not ended by EOT or a rule
+        cleaned = postprocess.clean(gen.text, cur.line_prefix, cur.line_suffix, ctx.suffix, truncated=truncated)
         if cleaned is not None and cleaned not in texts:
             texts.append(cleaned)
     if result.stop not in ("cancelled", "superseded"):
@@ -85,5 +140,7 @@ async def complete(
         texts=texts,
         source="model" if texts else "none",
         result=result,
+        context=ctx,
         pipeline_ms=((t1 - t0) + (t3 - t2)) * 1e3,
+        timings={"prompt_build_ms": (t1 - t0) * 1e3},
     )

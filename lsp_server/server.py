@@ -137,7 +137,10 @@ class CodeLlamaServer(LanguageServer):
             resolved = await asyncio.to_thread(models.resolve, spec, report)
             report(f"loading {resolved.name}", None)
             engine = await asyncio.to_thread(LlamaCppEngine, resolved.path, resolved.name, self.options.engine)
-        except (models.ModelError, EngineError) as exc:
+        except Exception as exc:  # any failure (a bad file, a library error) is an error status, never a hang
+            if not isinstance(exc, (models.ModelError, EngineError)):
+                log.exception("loading %s failed", spec)
+                exc = EngineError(f"expected to load {spec}, got {type(exc).__name__}: {exc}")
             if generation == self._load_generation:
                 self.error = str(exc)
                 log.error("model %s: %s", spec, exc)
@@ -158,9 +161,12 @@ class CodeLlamaServer(LanguageServer):
         self.cache = TypeThroughCache()
         if old is not None:
             await asyncio.to_thread(old.close)
-        info = engine.info
-        log.info("model %s ready: n_ctx=%d (trained %d), fim=%s", info.name, info.n_ctx, info.n_ctx_train, info.has_fim)
-        msg = None if info.has_fim else "the model has no FIM tokens: completing from the prefix only"
+        info, sentinels = engine.info, engine.vocab.sentinels
+        log.info("model %s ready: n_ctx=%d (trained %d); sentinels %s", info.name, info.n_ctx, info.n_ctx_train, sentinels.describe())
+        msg = None if sentinels.has_fim else "the model has no FIM tokens: completing from the prefix only"
+        if msg is None and "text" in sentinels.source.values():
+            found = ", ".join(k for k, v in sentinels.source.items() if v == "text")
+            msg = f"the model file has no metadata for its {found} token(s): found by their text"
         if msg:
             self.show(types.MessageType.Warning, msg)
         if progress:

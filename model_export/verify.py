@@ -34,7 +34,6 @@ because near-tied logits (a gap below the rounding noise) may swap. A wrong rope
 from __future__ import annotations
 
 import argparse
-import logging
 import math
 import os
 import sys
@@ -156,63 +155,24 @@ def reference_logits(ckpt: Checkpoint, tokens: Sequence[int], rope_theta: float 
 def llama_logits(gguf_path: str | Path, tokens: Sequence[int], n_threads: int | None = None) -> np.ndarray:
     """llama.cpp's logits (n, n_vocab) for every position of ``tokens`` evaluated as one sequence.
 
-    Uses llama.cpp's C API (through llama-cpp-python's bindings) rather than the ``Llama`` class, for two
-    settings the class does not expose:
-    - ``use_extra_bufts = False``: no weight repacking into CPU-specific layouts. llama.cpp's AMX kernels
-      (Intel Sapphire Rapids and later) crash on q8_0 matrices this small (ggml-org/llama.cpp#20824), and
-      repacked kernels differ by CPU; the plain kernels make the check the same on every machine.
-    - an f32 KV cache: the default f16 cache would add its own rounding to what is measured here, which
-      is the file, not the cache.
+    Through the project's llama.cpp adapter (``lsp_server.llama``), which loads without llama.cpp's
+    repacked CPU weights (its AMX kernels crash on q8_0 matrices this small, ggml-org/llama.cpp#20824, and
+    repacked kernels differ by CPU; the plain kernels make the check the same on every machine), with an
+    f32 KV cache: the default f16 cache would add its own rounding to what is measured here, which is the
+    file, not the cache.
     """
-    import llama_cpp as lc
+    from lsp_server import llama
 
-    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # its log callback reads this level
-    lc.llama_backend_init()
     n = len(tokens)
-    n_batch = min(512, max(32, n))
-    mp = lc.llama_model_default_params()
-    mp.n_gpu_layers = 0
-    mp.use_extra_bufts = False
-    model = lc.llama_model_load_from_file(str(gguf_path).encode(), mp)
-    if not model:
-        raise ExportError(f"expected a GGUF llama.cpp can load at {gguf_path}, got a load failure")
-    ctx = batch = None
+    options = llama.ContextOptions(
+        n_ctx=max(256, -(-n // 256) * 256), n_batch=min(512, max(32, n)), kv_type="f32", all_logits=True,
+        threads=n_threads or max(1, min(8, os.cpu_count() or 1)),
+    )  # fmt: skip
     try:
-        cp = lc.llama_context_default_params()
-        cp.n_ctx = max(256, -(-n // 256) * 256)
-        cp.n_batch = cp.n_ubatch = n_batch
-        cp.n_seq_max = 1
-        threads = n_threads or max(1, min(8, os.cpu_count() or 1))
-        cp.n_threads = cp.n_threads_batch = threads
-        cp.type_k = cp.type_v = lc.GGML_TYPE_F32
-        cp.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        ctx = lc.llama_init_from_model(model, cp)
-        if not ctx:
-            raise ExportError(f"expected llama.cpp to create a context for {gguf_path}, got a failure")
-        n_vocab = lc.llama_vocab_n_tokens(lc.llama_model_get_vocab(model))
-        out = np.empty((n, n_vocab), dtype=np.float32)
-        batch = lc.llama_batch_init(n_batch, 0, 1)
-        for start in range(0, n, n_batch):
-            chunk = tokens[start : start + n_batch]
-            batch.n_tokens = len(chunk)
-            for i, tok in enumerate(chunk):
-                batch.token[i] = int(tok)
-                batch.pos[i] = start + i
-                batch.n_seq_id[i] = 1
-                batch.seq_id[i][0] = 0
-                batch.logits[i] = 1  # logits for every position, not only the last
-            rc = lc.llama_decode(ctx, batch)
-            if rc != 0:
-                raise ExportError(f"expected llama_decode to succeed on {gguf_path}, got status {rc}")
-            logits = lc.llama_get_logits(ctx)
-            out[start : start + len(chunk)] = np.ctypeslib.as_array(logits, shape=(len(chunk), n_vocab))
-        return out
-    finally:
-        if batch is not None:
-            lc.llama_batch_free(batch)
-        if ctx:
-            lc.llama_free(ctx)
-        lc.llama_model_free(model)
+        with llama.open_context(gguf_path, options) as ctx:
+            return ctx.evaluate(tokens)
+    except llama.LlamaError as exc:
+        raise ExportError(f"expected llama.cpp to evaluate {gguf_path}, got: {exc}") from None
 
 
 def default_tokens(ckpt: Checkpoint, n: int) -> list[int]:

@@ -3,8 +3,8 @@
 In: a Meta-layout checkpoint folder (after LCFT), its GGUF export, optionally the stage-1 (pre-LCFT)
 checkpoint, and the held-out split of the data manifest. Out: a JSON report and a Markdown table on stdout.
 
-Line-level tasks (greedy decoding through llama-cpp-python on the exported GGUF, so the export is
-exercised too). A case is one non-blank line (at most 120 characters) of a held-out file, drawn with a
+Line-level tasks (greedy decoding by the language server's llama.cpp engine on the exported GGUF, so the
+export is exercised too). A case is one non-blank line (at most 120 characters) of a held-out file, drawn with a
 fixed seed. The line is removed; the prefix is up to 1,500 characters of whole lines before it, the
 suffix "\\n" + up to 600 characters after it (about 700 tokens together, inside the 1,024-token LCFT
 window).
@@ -90,23 +90,28 @@ def make_cases(files: list[SourceFile], n: int, seed: int = 0) -> list[Case]:
 
 
 class Generator:
-    """Greedy decoding from token ids on a GGUF through llama-cpp-python (one context, KV prefix reuse)."""
+    """Greedy decoding from token ids on a GGUF: the language server's in-process llama.cpp engine (the
+    same adapter, stop handling and KV prefix reuse as in the editor)."""
 
     def __init__(self, gguf: Path, n_ctx: int = 2048, n_threads: int = 2):
-        from llama_cpp import Llama
+        from lsp_server.engines.llama_cpp import EngineOptions, LlamaCppEngine
 
-        self.llm = Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=n_threads, n_batch=512, verbose=False)
+        self.engine = LlamaCppEngine(Path(gguf), Path(gguf).name, EngineOptions(n_ctx=n_ctx, threads=n_threads))
 
-    def greedy(self, tokens: list[int], stop_ids: set[int], codec: Codec, *, stop_at_newline: bool,
-               max_new: int = MAX_NEW) -> list[int]:
-        out: list[int] = []
-        for tok in self.llm.generate(tokens, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0, reset=True):
-            if tok in stop_ids:
-                break
-            out.append(tok)
-            if len(out) >= max_new or (stop_at_newline and "\n" in codec.decode_nls(out)):
-                break
-        return out
+    def greedy(self, tokens: list[int], stop_ids: set[int], *, stop_at_newline: bool, max_new: int = MAX_NEW) -> list[int]:
+        """The generated ids, without the stop token; with ``stop_at_newline`` up to the first token that
+        contains a newline."""
+        from lsp_server.engines import GenerationRequest
+
+        request = GenerationRequest(
+            prompt=tokens, max_tokens=max_new, time_budget_s=3600.0, stop_tokens=frozenset(stop_ids),
+            stop_text=(lambda text: "\n" in text) if stop_at_newline else None,
+        )  # fmt: skip
+        result = self.engine.submit(request).future.result()
+        return result.candidates[0].tokens if result.candidates else []
+
+    def close(self) -> None:
+        self.engine.close()
 
 
 def line_tasks(cases: list[Case], codec: Codec, gen: Generator) -> dict:
@@ -120,10 +125,9 @@ def line_tasks(cases: list[Case], codec: Codec, gen: Generator) -> dict:
         preds = {}
         for name, suffix_first in (("fim_psm", False), ("fim_spm", True)):
             # Only the first line is scored, so generation may stop at the first newline as well as at EOT.
-            ids = gen.greedy(prompt_tokens(codec, c.prefix, c.suffix, suffix_first=suffix_first), stop, codec,
-                             stop_at_newline=True)
+            ids = gen.greedy(prompt_tokens(codec, c.prefix, c.suffix, suffix_first=suffix_first), stop, stop_at_newline=True)
             preds[name] = codec.decode_nls(ids).split("\n", 1)[0]
-        ids = gen.greedy([codec.bos_id] + codec.enc(c.prefix), stop, codec, stop_at_newline=True)
+        ids = gen.greedy([codec.bos_id] + codec.enc(c.prefix), stop, stop_at_newline=True)
         preds["next_line"] = codec.decode_nls(ids).split("\n", 1)[0]
         preds["empty"] = ""
         preds["previous_line"] = c.previous_line
@@ -192,7 +196,11 @@ def evaluate(ckpt: Path, gguf: Path | None, stage1: Path | None, n_cases: int, s
             convert(ckpt, gguf, outtype="f32")
         report["gguf"] = str(gguf)
         cases = make_cases(corpus.heldout, n_cases, seed)
-        report["line_tasks"] = line_tasks(cases, codec, Generator(gguf))
+        gen = Generator(gguf)
+        try:
+            report["line_tasks"] = line_tasks(cases, codec, gen)
+        finally:
+            gen.close()
     report["rope_theta"] = params.get("rope_theta")
     return report
 

@@ -35,8 +35,8 @@ import llama_cpp
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFReader, GGUFType, GGUFWriter, Keys
 
-from quantize._llama import open_session
-from quantize.errors import QuantizeError
+from lsp_server import llama
+from quantize.errors import QuantizeError, llama_session
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +73,8 @@ _GGML_OBJECT_SIZE = 32
 
 
 def _ggml_lib() -> ctypes.CDLL:
-    """The ggml shared library llama-cpp-python loaded (same handle, so the same process-wide state)."""
-    from llama_cpp._ggml import libggml
-
-    lib = libggml
+    """ggml's shared library (the adapter's handle), with the signatures of the functions used here."""
+    lib = llama.ggml_library()
     lib.ggml_op_name.restype = ctypes.c_char_p
     lib.ggml_op_name.argtypes = [ctypes.c_int]
     lib.ggml_get_name.restype = ctypes.c_char_p
@@ -209,8 +207,8 @@ def compute_imatrix(
     """Run ``model_path`` over ``text`` in chunks of ``n_ctx`` and collect the importance matrix."""
     data = ImatrixData(chunk_size=n_ctx, datasets=[dataset] if dataset else [])
     collector = _Collector(data)
-    with open_session(model_path, n_ctx=n_ctx, threads=threads, cb_eval=collector.callback) as s:
-        tokens = s.tokenize(text)
+    with llama_session(model_path, n_ctx=n_ctx, threads=threads, cb_eval=collector.callback) as s:
+        tokens = s.model.tokenize(text)
         if max_tokens is not None:
             tokens = tokens[:max_tokens]
         step = n_ctx - 1  # BOS takes the first slot of every chunk
@@ -220,7 +218,8 @@ def compute_imatrix(
         for start in range(0, len(tokens) - step + 1, step):  # whole chunks only, like llama-imatrix
             # Logits for every position, as llama-imatrix asks: otherwise llama.cpp drops all but the last
             # token after the final layer's attention, and that layer's weights would see one token per chunk.
-            s.decode([s.bos] + tokens[start : start + step], all_logits=True)
+            s.truncate(0)
+            s.decode([s.model.bos] + tokens[start : start + step])
             if collector.error is not None:
                 raise QuantizeError(f"expected the imatrix callback to succeed, got {collector.error!r}")
             data.chunk_count += 1

@@ -32,7 +32,7 @@ import llama_cpp
 import numpy as np
 from gguf import GGMLQuantizationType
 
-from quantize._llama import backend_init, capture_llama_log
+from lsp_server import llama
 from quantize.errors import QuantizeError
 from quantize.gguf_info import GGUFInfo, read_info
 
@@ -198,17 +198,15 @@ def quantize_file(
         keep.append(arr)
         params.imatrix = ctypes.cast(arr, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
 
-    backend_init()
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dst_p.name}.", suffix=".part", dir=dst_p.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     t0 = time.perf_counter()
     try:
-        with capture_llama_log() as llog:
-            rc = llama_cpp.llama_model_quantize(str(src_p).encode(), str(tmp).encode(), ctypes.byref(params))
-        if rc != 0:
-            reason = llog.last_error.removeprefix("llama_model_quantize: ").strip() or f"status {rc}"
-            raise QuantizeError(f"expected llama.cpp to quantize {src_p} to {qtype}, got: {reason}")
+        try:
+            llama.model_quantize(src_p, tmp, params)
+        except llama.LlamaError as exc:
+            raise QuantizeError(f"expected llama.cpp to quantize {src_p} to {qtype}, got: {exc}") from None
         out_info: GGUFInfo = read_info(tmp)
         os.replace(tmp, dst_p)
     finally:

@@ -35,9 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from quantize._llama import open_session
 from quantize.corpus import corpus_text
-from quantize.errors import QuantizeError
+from quantize.errors import QuantizeError, llama_session
 from quantize.gguf_info import GGUFInfo, read_info
 
 log = logging.getLogger(__name__)
@@ -139,15 +138,15 @@ def reference_run(
     info = read_info(ref)
     text, corpus_name = corpus_text(corpus, role="eval")
     with tempfile.TemporaryDirectory(prefix="quantize-report-") as tmpdir:
-        with open_session(ref, n_ctx=n_ctx, threads=threads) as s:
-            chunks = _chunks(s.tokenize(text), s.bos, n_ctx, n_chunks)
+        with llama_session(ref, n_ctx=n_ctx, threads=threads) as s:
+            chunks = _chunks(s.model.tokenize(text), s.model.bos, n_ctx, n_chunks)
             store = np.lib.format.open_memmap(
-                Path(tmpdir) / "ref.npy", mode="w+", dtype=np.float32, shape=(len(chunks), n_ctx, s.n_vocab)
+                Path(tmpdir) / "ref.npy", mode="w+", dtype=np.float32, shape=(len(chunks), n_ctx, s.model.n_vocab)
             )
             decided = np.empty((len(chunks), n_ctx), dtype=bool)
             t0 = time.perf_counter()
             for i, chunk in enumerate(chunks):
-                store[i] = logits = s.logits(chunk)
+                store[i] = logits = s.evaluate(chunk)
                 # A property of the reference alone, so computed once here; logit differences equal
                 # log-probability differences (the softmax normaliser cancels).
                 top2 = np.partition(logits, -2, axis=1)[:, -2:].astype(np.float64)
@@ -165,14 +164,14 @@ def compare(reference: Reference, candidate_path: str | os.PathLike[str], *, thr
     nll_ref = nll_cand = 0.0
     agree = total = ties = agree_decided = 0
     t0 = time.perf_counter()
-    with open_session(cand, n_ctx=reference.n_ctx, threads=threads) as s:
-        if s.n_vocab != reference.n_vocab:
-            raise QuantizeError(f"expected a candidate with the reference's {reference.n_vocab} tokens, got {s.n_vocab}")
+    with llama_session(cand, n_ctx=reference.n_ctx, threads=threads) as s:
+        if s.model.n_vocab != reference.n_vocab:
+            raise QuantizeError(f"expected a candidate with the reference's {reference.n_vocab} tokens, got {s.model.n_vocab}")
         for i, chunk in enumerate(reference.chunks):
             targets = np.asarray(chunk[1:])
             rows = np.arange(len(targets))
             lp_r = log_softmax64(reference.logits[i, : len(targets)])
-            lp_c = log_softmax64(s.logits(chunk)[: len(targets)])
+            lp_c = log_softmax64(s.evaluate(chunk)[: len(targets)])
             # KL(P_ref || P_cand) per position; the difference is exactly 0 where the logits are equal.
             kld_parts.append(np.einsum("ij,ij->i", np.exp(lp_r), lp_r - lp_c))
             nll_ref -= float(lp_r[rows, targets].sum())

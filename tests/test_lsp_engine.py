@@ -18,9 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sentencepiece import sentencepiece_model_pb2 as pb
 
-from lsp_server import fim
+from lsp_server import fim, pipeline
 from lsp_server.config import Settings
-from lsp_server.engines import CompletionRequest
+from lsp_server.context import cursor
+from lsp_server.engines import GenerationRequest
 from lsp_server.engines.llama_cpp import LlamaCppEngine
 from model_train.tokenizer import fim_ids
 from tests.fixtures.lsp_models import lsp_codellama_layout_gguf, lsp_random_gguf  # noqa: F401
@@ -34,7 +35,7 @@ class SpReference:
         proto.normalizer_spec.add_dummy_prefix = False
         self.sp_infill = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
         ids = fim_ids(model_path)
-        self.ids = fim.FimIds(bos=self.sp.bos_id(), pre=ids["pre"], suf=ids["suf"], mid=ids["mid"], eot=ids["eot"])
+        self.ids = (self.sp.bos_id(), ids["pre"], ids["suf"], ids["mid"], ids["eot"])
 
     def encode(self, text: str) -> list[int]:
         return self.sp.encode(text)
@@ -44,10 +45,10 @@ class SpReference:
 
     def meta_prompt(self, pre: str, suf: str, suffix_first: bool) -> list[int]:
         """Meta's infilling_prompt_tokens, written out with this reference tokenizer."""
-        i = self.ids
+        bos, pre_id, suf_id, mid_id, _eot = self.ids
         if suffix_first:
-            return [i.bos, i.pre, i.suf] + self.encode_infill(suf) + [i.mid] + self.encode(pre)
-        return [i.bos, i.pre] + self.encode(pre) + [i.suf] + self.encode_infill(suf) + [i.mid]
+            return [bos, pre_id, suf_id] + self.encode_infill(suf) + [mid_id] + self.encode(pre)
+        return [bos, pre_id] + self.encode(pre) + [suf_id] + self.encode_infill(suf) + [mid_id]
 
 
 @pytest.fixture(scope="module")
@@ -79,17 +80,24 @@ CASES = [
 CODE_CHARS = st.sampled_from(list("abcxyz_ ()[]:=+-*/.,'\"#\t\n0123456789") + ["    ", "def ", "return ", "😀", "中", "é", "<EOT>", "▁"])
 
 
+def _ids(eng: LlamaCppEngine) -> tuple:
+    s = eng.vocab.sentinels
+    return (s.bos, s.pre, s.suf, s.mid, s.eot)
+
+
 def _check_layouts(eng: LlamaCppEngine, ref: SpReference, pre: str, suf: str) -> None:
-    assert eng.fim_ids == ref.ids
+    assert _ids(eng) == ref.ids
     ctx = fim.FimContext(prefix=pre, suffix=suf)
-    assert fim.prompt_tokens(ctx, eng, eng.fim_ids, fim.FimOrder.SPM) == ref.meta_prompt(pre, suf, True)
-    assert fim.prompt_tokens(ctx, eng, eng.fim_ids, fim.FimOrder.PSM) == ref.meta_prompt(pre, suf, False)
+    assert fim.prompt_tokens(ctx, eng.vocab, fim.FimOrder.SPM) == ref.meta_prompt(pre, suf, True)
+    assert fim.prompt_tokens(ctx, eng.vocab, fim.FimOrder.PSM) == ref.meta_prompt(pre, suf, False)
 
 
 def test_fim_sentinel_ids_come_from_the_gguf(engine: LlamaCppEngine, cl_engine: LlamaCppEngine, fixture_tokenizer: Path, codellama_tokenizer: Path) -> None:
-    assert engine.fim_ids == SpReference(fixture_tokenizer).ids
-    ids = cl_engine.fim_ids
-    assert (ids.pre, ids.suf, ids.mid, ids.eot) == (32007, 32008, 32009, 32010)  # Code Llama's real ids
+    assert _ids(engine) == SpReference(fixture_tokenizer).ids
+    s = cl_engine.vocab.sentinels
+    assert (s.pre, s.suf, s.mid, s.eot) == (32007, 32008, 32009, 32010)  # Code Llama's real ids
+    assert all(s.source[k] == "metadata" for k in ("pre", "suf", "mid", "eot")), s.source
+    assert s.style == "codellama" and s.eot in s.eog
 
 
 @pytest.mark.parametrize("pre,suf", CASES)
@@ -112,19 +120,24 @@ _REFS: dict[Path, SpReference] = {}
 
 
 def test_special_text_is_not_a_control_token(engine: LlamaCppEngine) -> None:
-    ids = engine.fim_ids
+    s = engine.vocab.sentinels
     for text in ("<EOT>", "▁<EOT>", " <PRE>", "<SUF><MID>"):
-        toks = engine.encode(text) + engine.encode_infill(text)
-        assert not set(toks) & {ids.pre, ids.suf, ids.mid, ids.eot}, text
+        toks = engine.vocab.encode(text) + engine.vocab.encode_infill(text)
+        assert not set(toks) & {s.pre, s.suf, s.mid, s.eot}, text
 
 
 # ---- engine behaviour --------------------------------------------------------------------------------
 DOC = "".join(f"def function_{i}(a, b):\n    return a * {i} + b\n\n" for i in range(60))
 
 
-def _run(engine: LlamaCppEngine, text: str, offset: int, **kw):
+def _request(engine: LlamaCppEngine, text: str, offset: int, **kw) -> GenerationRequest:
+    """The pipeline's request for ``text`` at ``offset`` (context windows, SPM/PSM prompt, healing)."""
     s = Settings(**{"max_tokens": 4, "time_budget_ms": 30_000, **kw})
-    return engine.submit(CompletionRequest(text=text, offset=offset, settings=s)).future.result(timeout=120)
+    return pipeline.build_request(engine, text, offset, s, 1, "-", cursor(text, offset))[0]
+
+
+def _run(engine: LlamaCppEngine, text: str, offset: int, **kw):
+    return engine.submit(_request(engine, text, offset, **kw)).future.result(timeout=120)
 
 
 def test_kv_reuse_when_typing_at_the_cursor(engine: LlamaCppEngine) -> None:
@@ -155,8 +168,8 @@ def test_identical_request_evaluates_one_token(engine: LlamaCppEngine) -> None:
 
 
 def test_newest_request_supersedes(engine: LlamaCppEngine) -> None:
-    s = Settings(max_tokens=64, time_budget_ms=30_000)
-    jobs = [engine.submit(CompletionRequest(text=DOC, offset=100 + i, settings=s)) for i in range(20)]
+    requests = [_request(engine, DOC, 100 + i, max_tokens=64) for i in range(20)]
+    jobs = [engine.submit(r) for r in requests]
     results = [j.future.result(timeout=120) for j in jobs]
     assert all(r.stop == "superseded" and r.texts == [] for r in results[:-1])
     assert results[-1].stop not in ("superseded", "cancelled")
@@ -165,14 +178,12 @@ def test_newest_request_supersedes(engine: LlamaCppEngine) -> None:
 
 
 def test_cancel_stops_generation(engine: LlamaCppEngine) -> None:
-    s = Settings(max_tokens=2000, time_budget_ms=60_000, context_tokens=128)
-    job = engine.submit(CompletionRequest(text=DOC, offset=200, settings=s))
+    job = engine.submit(_request(engine, DOC, 200, max_tokens=2000, time_budget_ms=60_000, context_tokens=128))
     job.cancel()
     r = job.future.result(timeout=60)
     assert r.stop == "cancelled" and r.texts == []
 
 
 def test_time_budget(engine: LlamaCppEngine) -> None:
-    s = Settings(max_tokens=2000, time_budget_ms=10, context_tokens=2000)
-    r = engine.submit(CompletionRequest(text=DOC * 3, offset=len(DOC), settings=s)).future.result(timeout=60)
+    r = _run(engine, DOC * 3, len(DOC), max_tokens=2000, time_budget_ms=10, context_tokens=2000)
     assert r.stop == "time"

@@ -22,8 +22,7 @@ from gguf import GGUFReader
 
 from model_export.convert import convert
 from quantize.__main__ import main as quantize_main
-from quantize._llama import open_session
-from quantize.errors import QuantizeError
+from quantize.errors import QuantizeError, llama_session
 from quantize.gguf_info import read_info
 from quantize.imatrix import ImatrixData, save_imatrix
 from quantize.quantize import TARGETS, TYPES, quantize_file
@@ -81,9 +80,9 @@ def test_each_type_loads_and_gives_finite_logits(qtype, all_builds, kq_f16):
     ref = read_info(kq_f16)
     assert info.n_params == ref.n_params
     assert info.tensor_bytes <= ref.tensor_bytes or qtype == "F32"
-    with open_session(path, n_ctx=64, threads=2) as s:
-        toks = s.tokenize("def add(a, b):\n    return a + b\n")
-        logits = s.logits([s.bos] + toks)
+    with llama_session(path, n_ctx=64, threads=2) as s:
+        toks = s.model.tokenize("def add(a, b):\n    return a + b\n")
+        logits = s.evaluate([s.model.bos] + toks)
     assert logits.shape == (len(toks) + 1, 1004)
     assert np.isfinite(logits).all()
     assert logits.std() > 0.1  # not a zeroed tensor

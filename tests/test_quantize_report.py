@@ -16,9 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from quantize._llama import open_session
 from quantize.corpus import EVAL_MODULES, IMATRIX_MODULES, corpus_text
-from quantize.errors import QuantizeError
+from quantize.errors import QuantizeError, llama_session
 from quantize.imatrix import compute_imatrix, load_imatrix, save_imatrix
 from quantize.quantize import quantize_file
 from quantize.report import compare_many, format_table, log_softmax64
@@ -122,9 +121,9 @@ def test_imatrix_matches_pytorch_reference(imatrix_run, kq_model, kq_f16):
     _ckpt, model = kq_model
     assert data.chunk_count == 3
     assert len(data.sums) == 2 * 7  # 2 layers x (q, k, v, o, gate, up, down); output.weight left out
-    with open_session(kq_f16, n_ctx=128) as s:
-        toks = s.tokenize(text)[: 3 * 127]
-        bos = s.bos
+    with llama_session(kq_f16, n_ctx=128) as s:
+        toks = s.model.tokenize(text)[: 3 * 127]
+        bos = s.model.bos
     chunks = [[bos] + toks[i * 127 : (i + 1) * 127] for i in range(3)]
     sums: dict[str, torch.Tensor] = {}
     hooks = []

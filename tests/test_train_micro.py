@@ -39,8 +39,10 @@ CASES = [
 
 
 @pytest.fixture(scope="module")
-def generator(micro_model: MicroModel) -> Generator:
-    return Generator(micro_model.gguf, n_ctx=1024)
+def generator(micro_model: MicroModel):
+    gen = Generator(micro_model.gguf, n_ctx=1024)
+    yield gen
+    gen.close()
 
 
 def test_checkpoint_is_metas_layout_with_lcft(micro_model: MicroModel) -> None:
@@ -70,6 +72,6 @@ def test_blanked_line_is_infilled_exactly(micro_model: MicroModel, generator: Ge
     prefix, middle, suffix = text[:start], text[start:end], text[end:]
     codec = Codec(micro_model.tokenizer)
     prompt = prompt_tokens(codec, prefix, suffix, suffix_first=True)  # Meta's infilling_prompt_tokens, SPM
-    ids = generator.greedy(prompt, {codec.eot_id, codec.eos_id}, codec, stop_at_newline=True, max_new=48)
+    ids = generator.greedy(prompt, {codec.eot_id, codec.eos_id}, stop_at_newline=True, max_new=48)
     # The single-line rule an editor applies (and the server's post-processing): the text up to the line end.
     assert codec.decode_nls(ids).split("\n", 1)[0] == middle

@@ -1,25 +1,29 @@
-"""Engines: what turns a completion request into model text.
+"""Engines: leaves that turn prompt token ids into generated tokens. They know nothing of FIM or LSP.
 
-In: a ``CompletionRequest`` (the LF document text, the cursor offset, the settings). Out: a
-``CompletionResult`` with the raw generated texts and the numbers that show what the request cost.
+In: a ``GenerationRequest`` - the prompt exactly as the model sees it (BOS and sentinels included),
+limits (max tokens, a time budget from submit), stop conditions (token ids, an optional rule on the
+decoded text), sampling settings, how many candidates, and the token-healing text to cover first.
+Out: a ``GenerationResult`` on the job's future - the candidates' text and tokens, why generation
+stopped, and what it cost (prompt tokens reused from the KV cache and evaluated, tokens generated, ms).
 
-The ``Engine`` protocol is what the server and the CLI talk to. The one engine here,
-``engines.llama_cpp.LlamaCppEngine``, runs llama.cpp in-process on a worker thread. ``submit`` never
-blocks; it returns a ``Job`` whose ``future`` resolves on the worker. The newest job supersedes older
-ones, which resolve early with ``stop == "superseded"`` and no text.
+``submit`` never blocks. The newest request supersedes older ones, which resolve early with
+``stop == "superseded"`` and no candidates; ``job.cancel()`` stops a running one at its next token.
+The in-process engine is ``engines.llama_cpp.LlamaCppEngine``; the tokenizer view each engine carries
+is a ``vocab.Vocab``.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import threading
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from ..config import Settings
-from ..fim import FimContext
+from ..vocab import Vocab
 
-Stop = Literal["eot", "length", "time", "cancelled", "superseded", "rule", "context"]
+Stop = Literal["eot", "length", "time", "cancelled", "superseded", "rule", "context", "error"]
 
 
 class EngineError(Exception):
@@ -27,35 +31,58 @@ class EngineError(Exception):
 
 
 @dataclass(frozen=True)
-class CompletionRequest:
-    text: str  # LF-normalised document
-    offset: int  # cursor, into text
-    settings: Settings
-    n: int = 1  # distinct completions wanted (the first is greedy)
+class Sampling:
+    temperature: float = 0.0  # 0 = greedy
+    top_k: int = 40
+    top_p: float = 1.0
+    seed: int = 0
+    alt_temperature: float = 0.7  # for candidates 2..n
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: Sequence[int]  # token ids exactly as the model sees them (BOS and sentinels included)
+    max_tokens: int
+    time_budget_s: float  # from submit to the end of generation
+    stop_tokens: frozenset[int] = frozenset()  # end generation on these (plus the engine's own EOG knowledge)
+    sampling: Sampling = Sampling()
+    n: int = 1  # candidates: the first with sampling.temperature (greedy by default), the rest alt_temperature
+    # token healing: the first generated tokens are constrained until their bytes cover ``heal``; the
+    # returned text has ``heal`` removed. Only used where ``info.can_heal``.
+    heal: bytes = b""
+    stop_text: Callable[[str], bool] | None = None  # early stop on the decoded text so far (without heal): "rule"
     request_id: str = "-"
-    # early stop on the raw text generated so far (postprocess would cut the rest anyway)
-    stop_rule: object = None
 
 
 @dataclass
-class CompletionResult:
-    texts: list[str]
+class Generation:
+    text: str
+    tokens: list[int]
     stop: Stop
-    context: FimContext | None = None
+
+
+@dataclass
+class GenerationResult:
+    candidates: list[Generation]
+    stop: Stop  # the first candidate's (or why none ran)
     prompt_tokens: int = 0
     reused_tokens: int = 0  # prompt tokens whose KV cache entries were kept from earlier requests
     evaluated_tokens: int = 0  # prompt tokens actually run through the model
     generated_tokens: int = 0
-    context_ms: float = 0.0
     prompt_ms: float = 0.0
     generate_ms: float = 0.0
     total_ms: float = 0.0  # from submit to done (includes waiting for the worker)
 
+    @property
+    def texts(self) -> list[str]:
+        return [c.text for c in self.candidates]
+
 
 @dataclass
 class Job:
-    request: CompletionRequest
-    future: concurrent.futures.Future[CompletionResult] = field(default_factory=concurrent.futures.Future)
+    request: GenerationRequest
+    future: concurrent.futures.Future[GenerationResult] = field(default_factory=concurrent.futures.Future)
+    submitted: float = field(default_factory=time.perf_counter)
     cancel_event: threading.Event = field(default_factory=threading.Event)
     reason: Stop = "cancelled"
 
@@ -67,20 +94,26 @@ class Job:
     def cancelled(self) -> bool:
         return self.cancel_event.is_set()
 
+    @property
+    def deadline(self) -> float:
+        return self.submitted + self.request.time_budget_s
+
 
 @dataclass(frozen=True)
-class ModelInfo:
+class EngineInfo:
     name: str
-    path: str
+    where: str  # path or URL, never with credentials
     n_ctx: int
     n_ctx_train: int
-    has_fim: bool
     vocab_size: int
+    can_heal: bool  # the engine can constrain the first tokens (in-process: yes)
+    kind: str  # "llama.cpp" | "llama-server" | "openai"
 
 
 class Engine(Protocol):
-    info: ModelInfo
+    info: EngineInfo
+    vocab: Vocab
 
-    def submit(self, request: CompletionRequest) -> Job: ...
+    def submit(self, request: GenerationRequest) -> Job: ...
 
     def close(self) -> None: ...

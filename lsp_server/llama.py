@@ -1,0 +1,341 @@
+"""The one llama.cpp adapter: load a GGUF, read its vocabulary, decode tokens, read logits.
+
+In: a GGUF path and load/context options. Out: a ``Model`` (vocabulary access, metadata) and a
+``Context`` (a KV cache of ``n_ctx`` positions that ``decode`` fills and ``truncate`` cuts back), both
+over llama.cpp's C API through llama-cpp-python's ctypes bindings (0.3.36). Everything in the project
+that runs llama.cpp - the completion engine, ``model_export.verify``, ``quantize`` (report, imatrix,
+quantize) and ``model_train.eval`` - goes through this module, so the platform workarounds live here once:
+
+- AMX / weight repacking: llama.cpp's "extra" CPU buffer types are off unless asked for
+  (``extra_bufts=True``). With them on, llama.cpp 0.3.36 crashes (SIGSEGV in the first ``llama_decode``)
+  on Xeon CPUs that report AMX, for quantized matrices (ggml-org/llama.cpp#20824); the plain kernels are
+  also the reference implementation, the same on every machine.
+- Logging: llama.cpp's log goes to the Python logger ``llama.cpp`` (errors at WARNING, warnings at INFO,
+  the rest at DEBUG) instead of llama-cpp-python's handler, which prints everything to stderr; the last
+  error lines are kept so that a failed load can say why in one line.
+
+Nothing here reaches into llama-cpp-python's private attributes except ``ggml_library`` (the ggml shared
+library handle, which has no public name; ``tests/test_llama_adapter.py`` pins it to 0.3.36). This module
+imports only the standard library and numpy at import time; ``llama_cpp`` is imported on first use, so
+``quantize``, ``model_export`` and ``model_train`` import it without pulling in the language server.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import ctypes
+import logging
+import os
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("llama.cpp")
+
+KV_TYPES = {"f16": 1, "q8_0": 8, "f32": 0}  # ggml_type ids of the KV cache types offered
+_GGML_LOG_WARN, _GGML_LOG_ERROR, _GGML_LOG_CONT = 3, 4, 5  # ggml.h: NONE, DEBUG, INFO, WARN, ERROR, CONT
+
+_init_lock = threading.Lock()
+_ready = False
+_errors: collections.deque[str] = collections.deque(maxlen=8)
+_callback: Any = None  # keeps the ctypes callback alive for the life of the process
+
+
+class LlamaError(Exception):
+    """llama.cpp refused a file or an operation; the message says what was expected and what happened."""
+
+
+def lib() -> Any:
+    """The ``llama_cpp`` bindings, with the backend initialised and the log routed (once per process)."""
+    global _ready, _callback
+    import llama_cpp
+
+    if not _ready:
+        with _init_lock:
+            if not _ready:
+                llama_cpp.llama_backend_init()
+                _callback = llama_cpp.llama_log_callback(_on_log)
+                llama_cpp.llama_log_set(_callback, ctypes.c_void_p(0))
+                _ready = True
+    return llama_cpp
+
+
+_pending: list[str] = []
+_pending_level = [0]
+
+
+def _on_log(level: int, text: bytes, _user: Any) -> None:
+    # llama.cpp sends a line in pieces; CONT pieces carry on the level of the line they continue
+    s = text.decode("utf-8", errors="replace")
+    if not _pending and level != _GGML_LOG_CONT:
+        _pending_level[0] = level
+    _pending.append(s)
+    if not s.endswith("\n"):
+        return
+    line = "".join(_pending).rstrip()
+    _pending.clear()
+    if not line:
+        return
+    if _pending_level[0] == _GGML_LOG_ERROR:
+        _errors.append(line.strip())
+        log.warning("%s", line)
+    elif _pending_level[0] == _GGML_LOG_WARN:
+        log.info("%s", line)
+    else:
+        log.debug("%s", line)
+
+
+def last_error() -> str:
+    """The most recent error line llama.cpp logged (or "")."""
+    return _errors[-1] if _errors else ""
+
+
+def ggml_library() -> ctypes.CDLL:
+    """The ggml shared library llama-cpp-python loaded (same handle, so the same process-wide state).
+
+    llama-cpp-python 0.3.36 keeps it in the private ``llama_cpp._ggml.libggml``; the imatrix collector
+    needs ggml's tensor functions, which the public bindings do not wrap.
+    """
+    lib()
+    from llama_cpp._ggml import libggml
+
+    return libggml
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    n_gpu_layers: int = 0
+    extra_bufts: bool = False  # llama.cpp's repacked CPU weights / AMX; see the module docstring
+    vocab_only: bool = False
+
+
+class Model:
+    """A loaded GGUF: vocabulary, metadata, parameter count. ``close`` frees it (contexts first)."""
+
+    def __init__(self, path: str | os.PathLike[str], options: LoadOptions = LoadOptions()) -> None:
+        lc = lib()
+        self.path = Path(path)
+        params = lc.llama_model_default_params()
+        params.n_gpu_layers = options.n_gpu_layers
+        params.use_extra_bufts = options.extra_bufts
+        params.vocab_only = options.vocab_only
+        _errors.clear()
+        handle = lc.llama_model_load_from_file(str(self.path).encode(), params)
+        if not handle:
+            raise LlamaError(f"expected llama.cpp to load {self.path}, got: {last_error() or 'a load failure'}")
+        self.handle = handle
+        self._vocab = lc.llama_model_get_vocab(handle)
+        self.n_vocab = int(lc.llama_vocab_n_tokens(self._vocab))
+        self.n_ctx_train = int(lc.llama_model_n_ctx_train(handle))
+        self.n_params = int(lc.llama_model_n_params(handle))
+        self._buf = ctypes.create_string_buffer(256)
+
+    # ---- metadata and special ids ---------------------------------------------------------------------
+    def meta(self, key: str) -> str | None:
+        """The GGUF metadata value of ``key`` as text, or None when the file has no such key."""
+        lc = lib()
+        buf = ctypes.create_string_buffer(256)
+        n = lc.llama_model_meta_val_str(self.handle, key.encode(), buf, len(buf))
+        if n < 0:
+            return None
+        if n >= len(buf):
+            buf = ctypes.create_string_buffer(n + 1)
+            lc.llama_model_meta_val_str(self.handle, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", errors="replace")
+
+    def special(self) -> dict[str, int | None]:
+        """The ids llama.cpp itself settled on (metadata or its own text guess); None for missing ones."""
+        lc = lib()
+        v = self._vocab
+        got = {
+            "bos": lc.llama_vocab_bos(v), "eos": lc.llama_vocab_eos(v), "eot": lc.llama_vocab_eot(v),
+            "pre": lc.llama_vocab_fim_pre(v), "suf": lc.llama_vocab_fim_suf(v), "mid": lc.llama_vocab_fim_mid(v),
+        }  # fmt: skip
+        return {k: (int(t) if t >= 0 else None) for k, t in got.items()}
+
+    @property
+    def bos(self) -> int | None:
+        return self.special()["bos"]
+
+    @property
+    def add_bos(self) -> bool:
+        return bool(lib().llama_vocab_get_add_bos(self._vocab))
+
+    def texts(self) -> list[str]:
+        """Every token's text as stored in the GGUF (``▁<PRE>``, ``<0x0A>``, ``Ġdef``)."""
+        lc = lib()
+        return [(lc.llama_vocab_get_text(self._vocab, t) or b"").decode("utf-8", errors="replace") for t in range(self.n_vocab)]
+
+    def eog_ids(self) -> frozenset[int]:
+        """Every id llama.cpp treats as end of generation."""
+        lc = lib()
+        return frozenset(t for t in range(self.n_vocab) if lc.llama_vocab_is_eog(self._vocab, t))
+
+    def is_control(self, token: int) -> bool:
+        lc = lib()
+        return bool(lc.llama_vocab_get_attr(self._vocab, token) & lc.LLAMA_TOKEN_ATTR_CONTROL)
+
+    # ---- text <-> tokens -------------------------------------------------------------------------------
+    def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
+        """Token ids of ``text`` with special-token parsing off (a literal ``<EOT>`` stays text).
+
+        ``add_special``: let the vocabulary add BOS (and the like) where it asks for it.
+        """
+        lc = lib()
+        data = text.encode("utf-8", errors="replace")
+        cap = len(data) + 8
+        buf = (lc.llama_token * cap)()
+        n = lc.llama_tokenize(self._vocab, data, len(data), buf, cap, add_special, False)
+        if n < 0:  # buffer too small: llama.cpp returns -needed
+            cap = -n
+            buf = (lc.llama_token * cap)()
+            n = lc.llama_tokenize(self._vocab, data, len(data), buf, cap, add_special, False)
+        if n < 0:
+            raise LlamaError(f"expected text llama.cpp can tokenize, got tokenizer status {n}")
+        return list(buf[:n])
+
+    def piece(self, token: int) -> bytes:
+        """The bytes ``token`` stands for in text (b"" for control tokens)."""
+        n = lib().llama_token_to_piece(self._vocab, token, self._buf, len(self._buf), 0, False)
+        return self._buf.raw[: max(n, 0)]
+
+    def close(self) -> None:
+        if self.handle:
+            lib().llama_model_free(self.handle)
+            self.handle = None
+
+
+@dataclass(frozen=True)
+class ContextOptions:
+    n_ctx: int = 512
+    n_batch: int = 512  # most tokens one decode call takes (and the physical batch size)
+    threads: int | None = None  # None: half the cores for generation, all of them for prompts
+    kv_type: str = "f16"  # "f16" | "q8_0" | "f32"
+    all_logits: bool = False  # keep every position's logits of a decode (evaluation), not only the last
+    cb_eval: Any = None  # a ggml_backend_sched_eval_callback the caller keeps alive (imatrix)
+
+
+class Context:
+    """A llama.cpp context on one sequence: ``decode`` appends tokens at the end of what the KV cache
+    holds, ``truncate`` forgets positions from ``n`` on. ``tokens`` mirrors the cache position by position."""
+
+    def __init__(self, model: Model, options: ContextOptions = ContextOptions()) -> None:
+        lc = lib()
+        if options.kv_type not in KV_TYPES:
+            raise LlamaError(f"expected a KV cache type in {', '.join(KV_TYPES)}, got {options.kv_type!r}")
+        cores = os.cpu_count() or 1
+        p = lc.llama_context_default_params()
+        p.n_ctx = options.n_ctx
+        p.n_batch = p.n_ubatch = min(options.n_batch, options.n_ctx)
+        p.n_seq_max = 1
+        p.n_threads = options.threads or max(1, cores // 2)
+        p.n_threads_batch = options.threads or cores
+        p.type_k = p.type_v = KV_TYPES[options.kv_type]
+        # llama.cpp needs flash attention for a quantized V cache; elsewhere the plain path is the reference
+        quantized = options.kv_type not in ("f16", "f32")
+        p.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED if quantized else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        p.no_perf = True
+        if options.cb_eval is not None:
+            p.cb_eval = options.cb_eval
+            p.cb_eval_user_data = None
+        _errors.clear()
+        handle = lc.llama_init_from_model(model.handle, p)
+        if not handle:
+            hint = f" (a {options.kv_type} KV cache needs a head size divisible by 32)" if quantized else ""
+            raise LlamaError(f"expected a llama.cpp context for {model.path}, got: {last_error() or 'an init failure'}{hint}")
+        self.handle = handle
+        self.model = model
+        self.n_ctx = int(lc.llama_n_ctx(handle))
+        self.n_batch = int(p.n_batch)
+        self.all_logits = options.all_logits
+        self.tokens: list[int] = []
+        self._batch = lc.llama_batch_init(self.n_batch, 0, 1)
+
+    def decode(self, tokens: list[int]) -> None:
+        """Evaluate ``tokens`` after what the cache holds (in batches of ``n_batch``)."""
+        lc = lib()
+        if len(self.tokens) + len(tokens) > self.n_ctx:
+            raise LlamaError(f"expected at most {self.n_ctx} tokens in the context, got {len(self.tokens) + len(tokens)}")
+        b = self._batch
+        for start in range(0, len(tokens), self.n_batch):
+            chunk = tokens[start : start + self.n_batch]
+            pos = len(self.tokens)
+            for i, tok in enumerate(chunk):
+                b.token[i] = tok
+                b.pos[i] = pos + i
+                b.n_seq_id[i] = 1
+                b.seq_id[i][0] = 0
+                b.logits[i] = self.all_logits or i == len(chunk) - 1
+            b.n_tokens = len(chunk)
+            rc = lc.llama_decode(self.handle, b)
+            if rc != 0:
+                raise LlamaError(f"expected llama_decode to return 0, got {rc}{': ' + last_error() if last_error() else ''}")
+            self.tokens.extend(chunk)
+
+    def logits(self) -> np.ndarray:
+        """The last decoded position's logits, float32 (n_vocab,): a view, valid until the next decode."""
+        ptr = lib().llama_get_logits_ith(self.handle, -1)
+        return np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,))
+
+    def evaluate(self, tokens: Sequence[int]) -> np.ndarray:
+        """Logits of every position of ``tokens`` evaluated from an empty cache: (len(tokens), n_vocab)
+        float32. Needs a context made with ``all_logits``."""
+        if not self.all_logits:
+            raise LlamaError("expected a context with all_logits=True for evaluate, got one without")
+        self.truncate(0)
+        n, n_vocab = len(tokens), self.model.n_vocab
+        out = np.empty((n, n_vocab), dtype=np.float32)
+        for start in range(0, n, self.n_batch):
+            chunk = [int(t) for t in tokens[start : start + self.n_batch]]
+            self.decode(chunk)
+            ptr = lib().llama_get_logits(self.handle)
+            out[start : start + len(chunk)] = np.ctypeslib.as_array(ptr, shape=(len(chunk), n_vocab))
+        return out
+
+    def truncate(self, n: int) -> None:
+        """Forget cache positions ``n`` and later."""
+        lc = lib()
+        if n < len(self.tokens):
+            if n == 0:
+                lc.llama_memory_clear(lc.llama_get_memory(self.handle), True)
+            else:
+                lc.llama_memory_seq_rm(lc.llama_get_memory(self.handle), -1, n, -1)
+            del self.tokens[n:]
+
+    def close(self) -> None:
+        if self.handle:
+            lc = lib()
+            lc.llama_batch_free(self._batch)
+            lc.llama_free(self.handle)
+            self.handle = None
+
+
+
+@contextlib.contextmanager
+def open_context(
+    path: str | os.PathLike[str], options: ContextOptions = ContextOptions(), load: LoadOptions = LoadOptions()
+) -> Iterator[Context]:
+    """Load ``path`` and make one context on it; both are freed on exit (``ctx.model`` is the model)."""
+    model = Model(path, load)
+    try:
+        ctx = Context(model, options)
+        try:
+            yield ctx
+        finally:
+            ctx.close()
+    finally:
+        model.close()
+
+
+def model_quantize(src: str | os.PathLike[str], dst: str | os.PathLike[str], params: Any) -> None:
+    """llama.cpp's quantizer: ``src`` -> ``dst`` with ``params`` (a ``llama_model_quantize_params``)."""
+    lc = lib()
+    _errors.clear()
+    rc = lc.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    if rc != 0:
+        raise LlamaError(last_error().removeprefix("llama_model_quantize: ").strip() or f"status {rc}")
