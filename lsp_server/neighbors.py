@@ -253,10 +253,21 @@ class Neighbors:
             self._chosen[doc.uri] = (why, chosen)
             return chosen
 
-    def forget(self, uri: str) -> None:
+    def closed(self, uri: str) -> None:
+        """``uri`` was closed: forget the choice made for it (its ring chunks stay: recently edited)."""
         with self._lock:
             self._chosen.pop(uri, None)
-        self.ring.forget(uri)
+
+    def drop(self, excluded: Callable[[str], bool]) -> None:
+        """Forget every chunk, and every choice holding one, of a path that ``excluded`` now matches
+        (after the exclusion patterns changed)."""
+        for c in self.ring.chunks():
+            if excluded(c.path):
+                self.ring.forget(c.uri)
+        with self._lock:
+            for uri, (_, chunks) in list(self._chosen.items()):
+                if any(excluded(c.path) for c in chunks):
+                    del self._chosen[uri]
 
 
 def _around(text: str, line: int) -> str:

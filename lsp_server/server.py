@@ -18,11 +18,13 @@ import asyncio
 import collections
 import itertools
 import logging
+import os
 import re
 import time
 from dataclasses import dataclass
 from typing import Any
 
+import attrs
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException
 from pygls.lsp.server import LanguageServer
@@ -37,7 +39,9 @@ from .engines.llama_cpp import EngineOptions, LlamaCppEngine
 log = logging.getLogger(__name__)
 
 STATUS = "codellama/status"
-EVENT = "codellama/event"  # client -> server: {kind: "shown" | "accepted", languageId?}; counted locally only
+# client -> server: {kind: "shown" | "accepted", languageId?, uri?}; counted locally only; "accepted" with the
+# document's uri also starts the prefetch of the next completion (prefetch.py)
+EVENT = "codellama/event"
 _WORD_BEFORE = re.compile(r"\w+\Z")
 VERSION = "0.1.0"
 
@@ -100,6 +104,8 @@ class CodeLlamaServer(LanguageServer):
         for p in problems:
             log.warning("settings: %s", p)
             self.show(types.MessageType.Warning, p)
+        if self.settings.exclude != before.exclude:
+            self.neighbors.drop(self.settings.excluded)
         if self.settings.model == self._loaded_model and self.engine is not None:
             return
         loading = self._load_task is not None and not self._load_task.done()
@@ -195,8 +201,8 @@ class CodeLlamaServer(LanguageServer):
         if doc is None:
             log.info("%s: %s is not open; nothing to complete", rid, uri)
             return None
-        if not self.settings.enabled_for(doc.language_id):
-            return None
+        if not self.settings.enabled_for(doc.language_id) or self.settings.excluded(doc.path):
+            return None  # privacy: an excluded file never gets a completion (so never reaches a prompt)
         engine = self.engine
         if engine is None:
             log.info("%s: no model (%s)", rid, self.error or self.state)
@@ -223,8 +229,12 @@ class CodeLlamaServer(LanguageServer):
         self._inflight += 1
         if self._inflight == 1:
             self.send_status("busy")
+        # the time budget adapts to the user's typing (pacing); timeBudgetMs stays the cap
+        settings = attrs.evolve(self.settings, time_budget_ms=self.pacer.budget_ms(self.settings.time_budget_ms))
         try:
-            result = await pipeline.complete(engine, self.cache, uri, text, offset, self.settings, n, rid)
+            if selected is None and await self.prefetcher.join(uri, text, offset):
+                log.info("%s: the prefetch after an accepted suggestion answers this request", rid)
+            result = await pipeline.complete(engine, self.cache, uri, text, offset, settings, n, rid, self.extra_for(doc, text))
         except EngineError as exc:
             log.error("%s: %s", rid, exc)
             self.send_status("error", str(exc))
@@ -245,6 +255,8 @@ class CodeLlamaServer(LanguageServer):
         texts = [context.to_document_newlines(head + t, newline) for t in result.texts]
         r = result.result
         self.last_latency_ms = r.total_ms if r else 0.0
+        if r is not None and result.source != "cache":
+            self.pacer.finished(r.total_ms)
         log.info(
             "%s %s: %d item(s) from %s; handler %.2f ms + pipeline %.2f ms; engine %s",
             rid, uri.rsplit("/", 1)[-1], len(texts), result.source, t_in, result.pipeline_ms,
@@ -258,6 +270,53 @@ class CodeLlamaServer(LanguageServer):
             self.send_status("ready")
         word = _WORD_BEFORE.search(text, line_start, offset) if selected is None else None
         return texts, types.Range(start=start, end=end), word.group(0) if word else ""
+
+
+    # ---- context from other files, prefetch ----------------------------------------------------------
+    def _doc(self, doc: Any, text: str | None = None) -> neighbors.Doc:
+        """The neighbors' view of an open pygls document: its path relative to the workspace root, if inside."""
+        path = doc.path
+        root = self.workspace.root_path
+        if root and os.path.commonpath([os.path.abspath(path), os.path.abspath(root)]) == os.path.abspath(root):
+            path = os.path.relpath(path, root)
+        return neighbors.Doc(doc.uri, path.replace(os.sep, "/"), doc.language_id or "", context.lf_text(doc.source) if text is None else text)
+
+    def extra_for(self, doc: Any, text: str) -> pipeline.Extra | None:
+        """Where the request's context from other files comes from: the other open documents of its
+        language that are not excluded, and the ring (None when ``extraContextTokens`` is 0)."""
+        if self.settings.extra_context_tokens <= 0:
+            return None
+        others = tuple(
+            self._doc(d) for d in self.workspace.text_documents.values()
+            if d.uri != doc.uri and d.language_id == doc.language_id and not self.settings.excluded(d.path)
+        )  # fmt: skip
+        return pipeline.Extra(self.neighbors, self._doc(doc, text), others)
+
+    def changed(self, params: types.DidChangeTextDocumentParams) -> None:
+        """After pygls applied a change: the typing rhythm, the ring of edited regions, and a prefetch
+        when the change is an accepted suggestion."""
+        uri = params.text_document.uri
+        self.pacer.keystroke(uri)
+        doc = self.workspace.text_documents.get(uri)
+        if doc is None or self.settings.excluded(doc.path):
+            return
+        line = next((c.range.start.line for c in params.content_changes if isinstance(c, types.TextDocumentContentChangePartial)), 0)
+        view = self._doc(doc)
+        self.neighbors.ring.edited(view, line)
+        self.prefetch_if_accepted(doc, view.text)
+
+    def prefetch_if_accepted(self, doc: Any, text: str) -> None:
+        """When ``text`` is the last suggestion accepted into ``doc``, start the next completion now."""
+        engine, offset = self.engine, self.cache.accepted(doc.uri, text)
+        if engine is None or offset is None or not self.settings.enabled_for(doc.language_id):
+            return
+        rid = f"p{next(self._ids)}"
+        settings = attrs.evolve(self.settings, time_budget_ms=self.pacer.budget_ms(self.settings.time_budget_ms))
+        log.info("%s: suggestion accepted in %s; prefetching the next one", rid, doc.uri.rsplit("/", 1)[-1])
+        self.prefetcher.start(
+            doc.uri, text, offset,
+            lambda: pipeline.complete(engine, self.cache, doc.uri, text, offset, settings, 1, rid, self.extra_for(doc, text)),
+        )  # fmt: skip
 
 
 def create_server(options: ServerOptions = ServerOptions()) -> CodeLlamaServer:
@@ -281,6 +340,11 @@ def create_server(options: ServerOptions = ServerOptions()) -> CodeLlamaServer:
     @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
     def on_close(ls: CodeLlamaServer, params: types.DidCloseTextDocumentParams) -> None:
         ls.cache.forget(params.text_document.uri)
+        ls.neighbors.closed(params.text_document.uri)
+
+    @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
+    def on_change(ls: CodeLlamaServer, params: types.DidChangeTextDocumentParams) -> None:
+        ls.changed(params)  # pygls has applied the change to its document already
 
     @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
     async def on_inline(ls: CodeLlamaServer, params: types.InlineCompletionParams) -> types.InlineCompletionList | None:
@@ -323,6 +387,10 @@ def create_server(options: ServerOptions = ServerOptions()) -> CodeLlamaServer:
         language = str(getattr(params, "languageId", None) or getattr(params, "language_id", None) or "unknown")
         ls.events[(kind, language)] += 1
         log.debug("event %s (%s): %d so far", kind, language, ls.events[(kind, language)])
+        uri = getattr(params, "uri", None)
+        doc = ls.workspace.text_documents.get(uri) if kind == "accepted" and isinstance(uri, str) else None
+        if doc is not None and not ls.settings.excluded(doc.path):
+            ls.prefetch_if_accepted(doc, context.lf_text(doc.source))
 
     @server.feature(types.SHUTDOWN)
     async def on_shutdown(ls: CodeLlamaServer, *_args: Any) -> None:
