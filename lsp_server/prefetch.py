@@ -7,7 +7,7 @@ When the user accepts a suggestion, the editor asks for the next one at once, at
 inserted text. The server sees the change first: if the new text is the last request's text with one of
 its completions inserted at its cursor (``TypeThroughCache.accepted``; the client's "accepted" event
 says the same), the completion at the new cursor starts right away. The request that follows waits for
-it (``join``) instead of starting over, and is then answered from the type-through cache: a cache hit.
+it (``join``) instead of starting over, and is answered with the prefetch's result: a cache hit.
 """
 
 from __future__ import annotations
@@ -40,23 +40,26 @@ class Prefetcher:
         self._task = asyncio.get_running_loop().create_task(run())
         self._task.add_done_callback(_log_failure)
 
-    async def join(self, uri: str, text: str, offset: int) -> bool:
+    async def join(self, uri: str, text: str, offset: int) -> Any:
         """Before a request for ``uri`` at ``offset`` in ``text``: wait for the prefetch of exactly that
-        request, if there is one. True when there was (its answer is in the type-through cache now)."""
+        request, if there is one, and return what it returned (a ``pipeline.Completion``; its texts are
+        in the type-through cache too); None when there was none, or it was cancelled or failed."""
         task = self._task
         if self._key != (uri, text, offset) or task is None:
-            return False
+            return None
         self._key = None
         try:
-            await asyncio.shield(task)
+            done = await asyncio.shield(task)
         except asyncio.CancelledError:
             if not task.cancelled():
                 raise  # this request itself was cancelled
-            return False
+            return None
         except EngineError:  # the prefetch failed: the request runs on its own
-            return False
+            return None
+        if done.result is not None and done.result.stop in ("cancelled", "superseded"):
+            return None
         self.hits += 1
-        return True
+        return done
 
     @property
     def hit_rate(self) -> float:

@@ -232,9 +232,11 @@ class CodeLlamaServer(LanguageServer):
         # the time budget adapts to the user's typing (pacing); timeBudgetMs stays the cap
         settings = attrs.evolve(self.settings, time_budget_ms=self.pacer.budget_ms(self.settings.time_budget_ms))
         try:
-            if selected is None and await self.prefetcher.join(uri, text, offset):
-                log.info("%s: the prefetch after an accepted suggestion answers this request", rid)
-            result = await pipeline.complete(engine, self.cache, uri, text, offset, settings, n, rid, self.extra_for(doc, text))
+            prefetched = await self.prefetcher.join(uri, text, offset) if selected is None else None
+            if prefetched is not None:  # computed after the accepted suggestion, before this request came
+                result = pipeline.Completion(texts=prefetched.texts[: max(1, n)], source="cache" if prefetched.texts else "none")
+            else:
+                result = await pipeline.complete(engine, self.cache, uri, text, offset, settings, n, rid, self.extra_for(doc, text))
         except EngineError as exc:
             log.error("%s: %s", rid, exc)
             self.send_status("error", str(exc))
