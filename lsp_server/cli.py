@@ -25,9 +25,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="demo", help="GGUF path, 'demo' (shipped) or REPO:FILE (Hugging Face)")
     p.add_argument("--n-ctx", type=int, default=None, help="context size (default: the model's, at most 4096)")
     p.add_argument("--kv-type", choices=sorted(KV_TYPES), default="f16", help="KV cache type (q8_0 halves its memory)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for llama.cpp")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for llama.cpp (default: the physical cores)")
+    p.add_argument("--prompt-lookup", type=int, default=8, metavar="N",
+                   help="greedy decoding drafts up to N tokens from the prompt and verifies them in one batch (0: off)")
     p.add_argument("--n-gpu-layers", type=int, default=0, help="layers to offload (CUDA/Metal builds)")
-    p.add_argument("--cpu-repack", action="store_true", help="llama.cpp's repacked CPU weights/AMX (faster; crashes some Q4_1 files)")
+    p.add_argument("--cpu-repack", action=argparse.BooleanOptionalAction, default=None,
+                   help="llama.cpp's repacked CPU weights (default: on unless the CPU has AMX, where some Q4_1 files crash)")
     p.add_argument("--log-file", type=Path, default=None, help="write logs here instead of stderr")
     p.add_argument("-v", "--verbose", action="count", default=0, help="-v: info, -vv: debug (and llama.cpp logs)")
 
@@ -65,6 +68,7 @@ def _logging(args: argparse.Namespace) -> None:
 def _engine_options(args: argparse.Namespace) -> EngineOptions:
     return EngineOptions(
         n_ctx=args.n_ctx, kv_type=args.kv_type, threads=args.threads, n_gpu_layers=args.n_gpu_layers, cpu_repack=args.cpu_repack,
+        prompt_lookup=args.prompt_lookup,
     )
 
 

@@ -9,7 +9,10 @@ quantize) and ``model_train.eval`` - goes through this module, so the platform w
 - AMX / weight repacking: llama.cpp's "extra" CPU buffer types are off unless asked for
   (``extra_bufts=True``). With them on, llama.cpp 0.3.36 crashes (SIGSEGV in the first ``llama_decode``)
   on Xeon CPUs that report AMX, for quantized matrices (ggml-org/llama.cpp#20824); the plain kernels are
-  also the reference implementation, the same on every machine.
+  also the reference implementation, the same on every machine. The completion engine turns them on
+  where the CPU has no AMX (``cpu_has_amx``): repacked weights are what llama-server runs by default.
+- Flash attention: off (the reference path) unless asked for (``ContextOptions.flash_attn``) or needed by
+  a quantized V cache; the completion engine asks for it, as llama-server does by default.
 - Logging: llama.cpp's log goes to the Python logger ``llama.cpp`` (errors at WARNING, warnings at INFO,
   the rest at DEBUG) instead of llama-cpp-python's handler, which prints everything to stderr; the last
   error lines are kept so that a failed load can say why in one line.
@@ -210,6 +213,18 @@ class Model:
             self.handle = None
 
 
+def cpu_has_amx() -> bool:
+    """Whether the CPU reports AMX (Linux ``/proc/cpuinfo``; False where that cannot be read)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return "amx_tile" in line.split()
+    except OSError:
+        pass
+    return False
+
+
 def physical_cores() -> int:
     """Physical cores among the CPUs this process may run on (llama-server's default thread count):
     hyper-threads share a core's arithmetic units, so a second thread per core only adds contention."""
@@ -259,6 +274,7 @@ class ContextOptions:
     n_ctx: int = 512
     n_batch: int = 512  # most tokens one decode call takes (and the physical batch size)
     threads: int | None = None  # None: the physical cores this process may run on (as llama-server)
+    flash_attn: bool = False  # llama.cpp's fused attention (faster at long contexts; not the reference path)
     kv_type: str = "f16"  # "f16" | "q8_0" | "f32"
     all_logits: bool = False  # keep every position's logits of a decode (evaluation), not only the last
     cb_eval: Any = None  # a ggml_backend_sched_eval_callback the caller keeps alive (imatrix)
@@ -281,7 +297,10 @@ class Context:
         p.type_k = p.type_v = KV_TYPES[options.kv_type]
         # llama.cpp needs flash attention for a quantized V cache; elsewhere the plain path is the reference
         quantized = options.kv_type not in ("f16", "f32")
-        p.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED if quantized else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        if quantized:
+            p.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED
+        else:  # "auto": on where the backend has it (every CPU build does)
+            p.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_AUTO if options.flash_attn else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
         p.no_perf = True
         if options.cb_eval is not None:
             p.cb_eval = options.cb_eval

@@ -54,7 +54,8 @@ class EngineOptions:
     kv_type: str = "f16"
     threads: int | None = None
     n_gpu_layers: int = 0
-    cpu_repack: bool = False  # llama.cpp's extra CPU buffer types (weight repacking, AMX); see lsp_server.llama
+    # llama.cpp's extra CPU buffer types (weight repacking, AMX); None: on unless the CPU has AMX (lsp_server.llama)
+    cpu_repack: bool | None = None
     prompt_lookup: int = 8  # greedy decoding drafts up to this many tokens by prompt lookup (0: off)
 
 
@@ -79,12 +80,14 @@ class LlamaCppEngine:
         if options.kv_type not in KV_TYPES:
             raise EngineError(f"expected --kv-type one of {', '.join(KV_TYPES)}, got {options.kv_type!r}")
         try:
-            self._model = llama.Model(path, llama.LoadOptions(n_gpu_layers=options.n_gpu_layers, extra_bufts=options.cpu_repack))
+            repack = options.cpu_repack if options.cpu_repack is not None else not llama.cpu_has_amx()
+            self._model = llama.Model(path, llama.LoadOptions(n_gpu_layers=options.n_gpu_layers, extra_bufts=repack))
         except llama.LlamaError as exc:
             raise EngineError(str(exc)) from None
         try:
             n_ctx = options.n_ctx or min(self._model.n_ctx_train or 2048, MAX_DEFAULT_CTX)
-            self._ctx = llama.Context(self._model, llama.ContextOptions(n_ctx=n_ctx, threads=options.threads, kv_type=options.kv_type))
+            ctx_options = llama.ContextOptions(n_ctx=n_ctx, threads=options.threads, kv_type=options.kv_type, flash_attn=True)
+            self._ctx = llama.Context(self._model, ctx_options)
             self.vocab = LlamaVocab(self._model)
         except llama.LlamaError as exc:
             self._model.close()
