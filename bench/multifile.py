@@ -12,7 +12,10 @@ guess the name; with it, the siblings are open documents and ``neighbors.Neighbo
 for the prompt exactly as the server does.
 
 Scores per model and mode: ``name``: the completion starts with the name (followed by a non-identifier
-character), ``line``: the completion's first line equals the rest of the line.
+character), ``line``: the completion's first line equals the rest of the line, ``similarity``: the mean
+edit similarity (difflib ratio) of the first line to the rest of the line, and, with extra context,
+``retrieved``: the share of tasks whose chosen chunks contain the name at all (the ranking's recall,
+whatever the model makes of it).
 
 Run: ``python bench/multifile.py --models demo,micro``.
 """
@@ -109,10 +112,12 @@ def build_tasks(stdlib: Path, per_file: int = 12) -> list[Task]:
     return tasks
 
 
-def score(completion: str, task: Task) -> tuple[bool, bool]:
+def score(completion: str, task: Task) -> tuple[bool, bool, float]:
+    import difflib
+
     first = completion.split("\n", 1)[0].rstrip()
     name_ok = first.startswith(task.name) and not re.match(r"\w", first[len(task.name) : len(task.name) + 1])
-    return name_ok, first == task.rest
+    return name_ok, first == task.rest, difflib.SequenceMatcher(None, first, task.rest).ratio()
 
 
 def run(spec: str, tasks: list[Task], args: argparse.Namespace) -> list[dict]:
@@ -132,7 +137,8 @@ def run(spec: str, tasks: list[Task], args: argparse.Namespace) -> list[dict]:
             settings = Settings(
                 context_tokens=args.context, extra_context_tokens=extra, max_tokens=args.max_tokens, time_budget_ms=600_000
             )
-            hits_name = hits_line = 0
+            hits_name = hits_line = retrieved = 0
+            similarity = 0.0
             for t in tasks:
                 others = [neighbors.Doc(f"file:///{p}", p, "python", s) for p, s in t.siblings]
                 doc = neighbors.Doc(f"file:///{t.path}", t.path, "python", t.text)
@@ -143,12 +149,15 @@ def run(spec: str, tasks: list[Task], args: argparse.Namespace) -> list[dict]:
                         extra=pipeline.Extra(nb, doc, tuple(others)) if extra else None,
                     )
                 )
-                n_ok, l_ok = score(out.texts[0] if out.texts else "", t)
+                n_ok, l_ok, sim = score(out.texts[0] if out.texts else "", t)
                 hits_name += n_ok
                 hits_line += l_ok
+                similarity += sim
+                retrieved += bool(out.context and re.search(r"\b" + re.escape(t.name) + r"\b", out.context.extra))
             rows.append(
                 {"model": name, "extra_tokens": extra, "tasks": len(tasks),
-                 "name_exact": hits_name / max(1, len(tasks)), "line_exact": hits_line / max(1, len(tasks))}
+                 "name_exact": hits_name / max(1, len(tasks)), "line_exact": hits_line / max(1, len(tasks)),
+                 "similarity": similarity / max(1, len(tasks)), "retrieved": retrieved / max(1, len(tasks))}
             )  # fmt: skip
             print(f"{name} extra={extra}: name {hits_name}/{len(tasks)}, line {hits_line}/{len(tasks)}", file=sys.stderr)
     finally:
@@ -173,9 +182,11 @@ def main() -> None:
         print(f"{len(tasks)} tasks from {len({t.path for t in tasks})} modules", file=sys.stderr)
         return
     rows = [r for spec in args.models.split(",") if spec for r in run(spec, tasks, args)]
-    print(f"| model | extra context (tokens) | tasks | name exact | line exact |\n|---|---|---|---|---|")
+    print("| model | extra context (tokens) | tasks | name exact | line exact | edit similarity | name in the chunks |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['extra_tokens']} | {r['tasks']} | {100 * r['name_exact']:.1f}% | {100 * r['line_exact']:.1f}% |")
+        print(f"| {r['model']} | {r['extra_tokens']} | {r['tasks']} | {100 * r['name_exact']:.1f}% | {100 * r['line_exact']:.1f}% | "
+              f"{r['similarity']:.3f} | {100 * r['retrieved']:.0f}% |")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 
