@@ -404,10 +404,12 @@ def _compare(name: str, ours: list, theirs: list, extra: dict | None = None) -> 
     return row
 
 
-def side_by_side_repeats(model: Path, server_bin: Path, text: str, start: int, chars: int, args, seed: int = 0) -> dict:
-    """The demo model typing a file whose text repeats, accepting a suggestion whenever it is exactly what
-    comes next. Ours runs as the server does (type-through cache, prefetch after an accept, prompt lookup);
-    llama-server gets the same document states, each with a ``/infill`` request."""
+def side_by_side_repeats(model: Path, server_bin: Path, text: str, chars: int, args, seed: int = 0) -> dict:
+    """The demo model typing text that repeats: a block of ``text`` (15 lines from 30% into the file) is
+    typed again further down (at 60%), and a suggestion is accepted whenever it is exactly what comes
+    next. Ours runs as the server does (type-through cache, prefetch after an accept, prompt lookup);
+    llama-server gets every same document state as an ``/infill`` request for as many tokens as the
+    suggestion we show (so both produce the same amount of text). Which side goes first alternates."""
     from lsp_server.prefetch import Prefetcher
 
     n_ctx = args.context + args.max_tokens + 64
@@ -415,42 +417,58 @@ def side_by_side_repeats(model: Path, server_bin: Path, text: str, start: int, c
     server = LlamaServer(server_bin, model, n_ctx, args.threads)
     settings = Settings(context_tokens=args.context, max_tokens=args.max_tokens, time_budget_ms=600_000)
     rng = random.Random(seed)
-    target = text[start:]
-    rest = text[start + len(target) :]
-    head = text[:start]
+    lines = text.split("\n")
+    a, at = int(len(lines) * 0.3), int(len(lines) * 0.6)
+    target = "\n".join(lines[a : a + 15]) + "\n"
+    head = "\n".join(lines[:at]) + "\n"
+    rest = "\n".join(lines[at:])
+    chars = min(chars, len(target))
     ours: list[tuple[float, dict]] = []
     theirs: list[tuple[float, dict]] = []
     accepted = 0
     accepted_chars = 0
     cache = TypeThroughCache()
     prefetcher = Prefetcher()
-    before = (engine.stats.drafted, engine.stats.accepted, engine.stats.decodes)
+    before = (engine.stats.drafted, engine.stats.accepted, engine.stats.decodes, engine.stats.drafts)
+    generated_by_model = 0
 
     async def run() -> None:
-        nonlocal accepted, accepted_chars
+        nonlocal accepted, accepted_chars, generated_by_model
         typed = ""
+        k = 0
         while len(typed) < chars:
             doc = head + typed + rest
             offset = len(head) + len(typed)
-            t0 = time.perf_counter()
-            got = await prefetcher.join("bench", doc, offset)
-            if got is None:
-                got = await pipeline.complete(engine, cache, "bench", doc, offset, settings)
-            ms = (time.perf_counter() - t0) * 1e3
-            r = got.result
-            ours.append((ms, {"generated": r.generated_tokens if r else 0, "evaluated": r.evaluated_tokens if r else 0}))
-            _, ctx = pipeline.build_request(engine, doc, offset, settings, 1, "b", context.cursor(doc, offset))
             cur = context.cursor(doc, offset)
-            theirs.append(_theirs(server, ctx, args.max_tokens, exact=False, mid_line=bool(cur.line_suffix.strip())))
-            shown = got.texts[0] if got.texts else ""
+            _, ctx = pipeline.build_request(engine, doc, offset, settings, 1, "b", cur)
+            mine = None
+            for side in ((0, 1) if k % 2 else (1, 0)):
+                if side == 0:
+                    t0 = time.perf_counter()
+                    got = await prefetcher.join("bench", doc, offset)
+                    if got is None:
+                        got = await pipeline.complete(engine, cache, "bench", doc, offset, settings)
+                    ms = (time.perf_counter() - t0) * 1e3
+                    r = got.result
+                    ran = r is not None and r.stop not in ("cancelled", "superseded") and got.source != "cache"
+                    ours.append((ms, {"generated": r.generated_tokens if ran else 0, "evaluated": r.evaluated_tokens if ran else 0}))
+                    generated_by_model += r.generated_tokens if ran else 0
+                    mine = got
+                else:
+                    theirs.append(None)  # filled below, once we know how long our suggestion is
+                    slot = len(theirs) - 1
+            shown = mine.texts[0] if mine.texts else ""
+            n_predict = ours[-1][1]["generated"] or max(1, len(engine.vocab.encode_infill(shown)))
+            theirs[slot] = _theirs(server, ctx, n_predict, exact=True, mid_line=False)
+            k += 1
             if shown and target.startswith(typed + shown):
                 typed += shown  # the user takes the suggestion
                 accepted += 1
                 accepted_chars += len(shown)
                 new_doc = head + typed + rest
-                at = cache.accepted("bench", new_doc)
-                if at is not None:
-                    prefetcher.start("bench", new_doc, at, lambda d=new_doc, a=at: pipeline.complete(engine, cache, "bench", d, a, settings))
+                at_ = cache.accepted("bench", new_doc)
+                if at_ is not None:
+                    prefetcher.start("bench", new_doc, at_, lambda d=new_doc, o=at_: pipeline.complete(engine, cache, "bench", d, o, settings))
                 await asyncio.sleep(rng.uniform(0.1, 0.3))  # reading what was inserted
             else:
                 typed += target[len(typed)]
@@ -463,10 +481,11 @@ def side_by_side_repeats(model: Path, server_bin: Path, text: str, start: int, c
         engine.close()
     drafted = engine.stats.drafted - before[0]
     agreed = engine.stats.accepted - before[1]
+    decodes = engine.stats.decodes - before[2]
     model_ours = [(ms, i) for ms, i in ours if i["generated"] or i["evaluated"]]
     extra = {
-        "lookup_acceptance": agreed / drafted if drafted else 0.0,
-        "tokens_per_decode": (sum(i["generated"] for _, i in ours)) / max(1, engine.stats.decodes - before[2]),
+        "lookup_acceptance": agreed / drafted if drafted else 0.0, "drafts": engine.stats.drafts - before[3],
+        "tokens_per_decode": generated_by_model / max(1, decodes),
         "prefetch_hit_rate": prefetcher.hit_rate, "prefetches": prefetcher.started,
         "suggestions_accepted": accepted, "chars_accepted": accepted_chars, "chars": chars,
         "cache_hit_rate": cache.hits / max(1, cache.hits + cache.misses),
@@ -488,7 +507,7 @@ def side_by_side_table(rows: list[dict]) -> str:
         if "lookup_acceptance" in r:
             out.append("")
             out.append(
-                f"{r['scenario']}: prompt-lookup acceptance {100 * r['lookup_acceptance']:.0f}% of drafted tokens, "
+                f"{r['scenario']}: prompt lookup: {r['drafts']} drafts, {100 * r['lookup_acceptance']:.0f}% of drafted tokens accepted, "
                 f"{r['tokens_per_decode']:.2f} tokens per decode call; prefetch hit rate {100 * r['prefetch_hit_rate']:.0f}% "
                 f"({r['prefetches']} prefetches); {r['suggestions_accepted']} suggestions accepted ({r['chars_accepted']} of "
                 f"{r['chars']} characters); type-through cache hits {100 * r['cache_hit_rate']:.0f}%; ours, model requests "
@@ -512,7 +531,6 @@ def main() -> None:
     p.add_argument("--vs-server", action="store_true", help="side by side with llama-server --spm-infill (see above)")
     p.add_argument("--server-bin", type=Path, default=LLAMA_SERVER, help="the llama-server binary")
     p.add_argument("--repeat-file", default="opcode.py", help="--vs-server: the file with repeating text the demo model types")
-    p.add_argument("--repeat-at", type=float, default=0.4, help="--vs-server: where in it typing starts (fraction)")
     p.add_argument("--scenarios", default="random,repeats", help="--vs-server: random (overhead), repeats (demo)")
     args = p.parse_args()
     if args.vs_server:
@@ -528,8 +546,7 @@ def main() -> None:
             rows.append(side_by_side_overhead(random_codellama_gguf(), args.server_bin, doc, mid, args.chars, args))
         if "repeats" in args.scenarios:
             rep = (stdlib / args.repeat_file).read_text()
-            at = rep.index("\n", int(len(rep) * args.repeat_at)) + 1
-            rows.append(side_by_side_repeats(model_path("demo")[1], args.server_bin, rep, at, args.chars, args))
+            rows.append(side_by_side_repeats(model_path("demo")[1], args.server_bin, rep, args.chars, args))
         print(side_by_side_table(rows))
         if args.json:
             args.json.write_text(json.dumps(rows, indent=2, default=float))

@@ -65,3 +65,62 @@ class Lookup:
                 start = int(ok[-1]) + 1  # the latest occurrence: nearest the cursor, most likely alike
                 return hist[start : min(n, start + n_draft)].tolist()
         return []
+
+
+class DraftPolicy:
+    """How many tokens to draft: only as many as pay for themselves, from measured costs.
+
+    A draft of ``k`` tokens is evaluated with the next token in one batch. If each drafted token is right
+    with probability ``p`` (given the ones before it were), the batch yields ``p + p^2 + ... + p^k`` extra
+    tokens on average, each saving one single-token decode (``c1`` ms), and costs ``k * ck`` ms more than
+    a single-token decode (``ck``: the measured extra ms per batch position). On a big model decoding is
+    bound by reading the weights, ``ck`` is small and drafts pay even when ``p`` is low; on a tiny model
+    ``ck`` is close to ``c1`` and only long, likely drafts pay. ``p``, ``c1`` and ``ck`` are moving
+    averages over the engine's recent decodes; when no draft has paid for ``PROBE_EVERY`` decodes, a
+    2-token probe keeps ``p`` up to date. The output is the greedy one whatever this decides.
+    """
+
+    PROBE_EVERY = 64
+    ALPHA = 0.1  # weight of a new observation in the moving averages
+
+    def __init__(self, max_draft: int) -> None:
+        self.max_draft = max_draft
+        self.p = 0.5  # per-token acceptance (optimistic until measured)
+        self.c1: float | None = None  # ms of a single-token decode
+        self.ck: float | None = None  # extra ms per drafted position in a batch
+        self._idle = 0
+
+    def size(self, available: int) -> int:
+        """Tokens to draft now, at most ``available``."""
+        cap = min(self.max_draft, available)
+        if cap <= 0 or self.c1 is None:
+            return 0
+        ck = self.ck if self.ck is not None else 0.25 * self.c1
+        best, best_gain, expected = 0, 0.0, 0.0
+        for k in range(1, cap + 1):
+            expected += self.p**k
+            gain = expected * self.c1 - k * ck
+            if gain > best_gain:
+                best, best_gain = k, gain
+        if best:
+            self._idle = 0
+            return best
+        self._idle += 1
+        if self._idle >= self.PROBE_EVERY:
+            self._idle = 0
+            return min(2, cap)
+        return 0
+
+    def decoded(self, ms: float, drafted: int) -> None:
+        """A decode of the next token plus ``drafted`` draft tokens took ``ms``."""
+        if drafted == 0:
+            self.c1 = ms if self.c1 is None else (1 - self.ALPHA) * self.c1 + self.ALPHA * ms
+        elif self.c1 is not None:
+            extra = max(0.0, ms - self.c1) / drafted
+            self.ck = extra if self.ck is None else (1 - self.ALPHA) * self.ck + self.ALPHA * extra
+
+    def verified(self, drafted: int, accepted: int) -> None:
+        """Of ``drafted`` tokens the model agreed with the first ``accepted``."""
+        tried = accepted + (1 if accepted < drafted else 0)  # positions compared until the first miss
+        if tried:
+            self.p = (1 - self.ALPHA) * self.p + self.ALPHA * (accepted / tried)

@@ -155,3 +155,22 @@ def test_cache_sees_an_accepted_suggestion() -> None:
     assert cache.accepted("u", text[:off] + "x - 3" + text[off:]) is None
     assert cache.accepted("u", text[:off] + "x + 1" + text[off:-1]) is None  # something else changed too
     assert cache.accepted("other", accepted) is None
+
+
+def test_draft_policy_drafts_only_what_pays() -> None:
+    from lsp_server.lookup import DraftPolicy
+
+    big = DraftPolicy(8)  # a big model: a batch position costs a tenth of a decode
+    assert big.size(8) == 0  # nothing measured yet
+    big.decoded(30.0, 0)
+    big.decoded(36.0, 2)  # 3 ms per extra position
+    for _ in range(10):
+        big.verified(4, 4)  # and the drafts were right
+    assert big.size(8) >= 4 and big.size(3) == 3
+    tiny = DraftPolicy(8)  # a tiny model: a batch position costs as much as a decode, and drafts miss
+    tiny.decoded(1.0, 0)
+    for _ in range(30):
+        tiny.decoded(1.0 + 0.9 * 4, 4)
+        tiny.verified(4, 0)
+    sizes = [tiny.size(8) for _ in range(DraftPolicy.PROBE_EVERY)]
+    assert sizes[:-1] == [0] * (DraftPolicy.PROBE_EVERY - 1) and sizes[-1] == 2  # only a rare probe

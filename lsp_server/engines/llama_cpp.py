@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import healing, llama
-from ..lookup import Lookup
+from ..lookup import DraftPolicy, Lookup
 from ..sampling import sample
 from ..vocab import LlamaVocab
 from . import EngineError, EngineInfo, Generation, GenerationRequest, GenerationResult, Job, Stop
@@ -98,6 +98,7 @@ class LlamaCppEngine:
         )  # fmt: skip
         self._heal_index = healing.index_for(self.vocab)
         self._lookup_n = max(0, options.prompt_lookup)
+        self._policy = DraftPolicy(self._lookup_n)  # draft lengths that pay on this model and machine
         self.stats = SpeculationStats()
         log.info("model %s sentinels: %s", name, self.vocab.sentinels.describe())
         # llama.cpp sets up its compute graphs and thread pool on the first decode (~0.4 s even for a tiny
@@ -260,11 +261,11 @@ class LlamaCppEngine:
 
         Per token the Python side does a fixed amount of work: an argmax over the logits (greedy) or
         llama.cpp's sampler chain (sampled; NumPy only while token healing constrains the choice), the
-        token's text is
-        decoded incrementally (never the whole output again), and the batch it is evaluated in was
-        allocated once. With greedy decoding, prompt lookup drafts the next tokens from the prompt and the
-        output so far; they are evaluated with the token in one batch and kept as far as the model's own
-        choice agrees, so the output is exactly the plain greedy one (``lookup``).
+        token's text is decoded incrementally (never the whole output again), and the batch it is
+        evaluated in was allocated once. With greedy decoding, prompt lookup drafts the next tokens from
+        the prompt and the output so far (as many as pay for themselves on this model:
+        ``lookup.DraftPolicy``); they are evaluated with the token in one batch and kept as far as the
+        model's own choice agrees, so the output is exactly the plain greedy one (``lookup``).
         """
         req = job.request
         s = req.sampling
@@ -285,6 +286,7 @@ class LlamaCppEngine:
         spec = self._lookup_n if greedy else 0
         history = Lookup(self._ctx.tokens, len(self._ctx.tokens) + limit + spec + 1) if spec else None
         draft: list[int] = []  # evaluated after the token at ``row``, not yet confirmed
+        drafted = 0  # the length of the last draft
         row = -1  # the logits row (index in the last decode's batch) the next token comes from
         try:
             while len(out) < limit:
@@ -321,16 +323,24 @@ class LlamaCppEngine:
                     draft.pop(0)
                     row += 1
                     self.stats.accepted += 1
+                    if not draft:
+                        self._policy.verified(drafted, drafted)
                     continue
                 if draft:  # rejected: the cache positions after the last agreed token are wrong now
+                    self._policy.verified(drafted, drafted - len(draft))
                     self._ctx.truncate(len(self._ctx.tokens) - len(draft))
-                n_draft = min(spec, limit - len(out) - 1, self.info.n_ctx - len(self._ctx.tokens) - 1)
-                draft = history.draft(n_draft) if history is not None and not pending else []
+                draft = []
+                if history is not None and not pending:
+                    n_draft = self._policy.size(min(limit - len(out) - 1, self.info.n_ctx - len(self._ctx.tokens) - 1))
+                    draft = history.draft(n_draft) if n_draft else []
+                drafted = len(draft)
+                t = time.perf_counter()
                 self._ctx.decode([tok, *draft], every_logits=bool(draft))
+                self._policy.decoded((time.perf_counter() - t) * 1e3, drafted)
                 row = 0
                 if draft:
                     self.stats.drafts += 1
-                    self.stats.drafted += len(draft)
+                    self.stats.drafted += drafted
                 self.stats.decodes += 1
         finally:
             if sampler is not None:
