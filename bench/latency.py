@@ -9,6 +9,10 @@ Out: a Markdown table on stdout (and JSON with ``--json``):
   evaluates its full prompt (what a server without reuse pays), on a sample of the keystrokes;
 - per model: p50/p95 request latency, prompt tokens, tokens evaluated per request, KV reuse, type-through
   cache hit rate, and the warm/cold p50 ratio (goal: <= 0.15 at a 2k-token context);
+- ``--vs-server``: side by side with ``llama-server --spm-infill`` (``LlamaServer``) in the same run: a
+  random-weight Code-Llama-shaped model at equal generated tokens (pure overhead), and the demo model
+  typing text that repeats with accepts (type-through cache, prefetch, prompt lookup; acceptance and
+  prefetch hit rates beside the latencies);
 - ``--overhead``: the real ``codellama-lsp --stdio`` process driven by a pygls client on a 5,000-line
   file: the server's own time per request outside the engine (reported by the server in
   ``codellama/status``) and the cost of applying one incremental ``didChange`` to the document.
