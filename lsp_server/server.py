@@ -170,11 +170,12 @@ class CodeLlamaServer(LanguageServer):
         info, sentinels = engine.info, engine.vocab.sentinels
         log.info("model %s ready: n_ctx=%d (trained %d); sentinels %s", info.name, info.n_ctx, info.n_ctx_train, sentinels.describe())
         msg = None if sentinels.has_fim else "the model has no FIM tokens: completing from the prefix only"
-        if msg is None and "text" in sentinels.source.values():
-            found = ", ".join(k for k, v in sentinels.source.items() if v == "text")
-            msg = f"the model file has no metadata for its {found} token(s): found by their text"
         if msg:
             self.show(types.MessageType.Warning, msg)
+        elif "text" in sentinels.source.values():  # an older Hub file: works, but say where the ids came from
+            msg = "FIM/EOT ids found by their text: " + ", ".join(
+                f"{k}={getattr(sentinels, k)}" for k, v in sentinels.source.items() if v == "text"
+            )
         if progress:
             self.work_done_progress.end(token, types.WorkDoneProgressEnd(message="ready"))
         self.send_status("ready", msg)

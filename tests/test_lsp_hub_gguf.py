@@ -22,6 +22,7 @@ from lsp_server.engines.llama_cpp import EngineOptions, LlamaCppEngine
 from lsp_server.vocab import LlamaVocab
 from model_train.tokenizer import fim_ids
 from tests.fixtures.hub_ggufs import FAMILIES, as_old_hub_codellama, family_gguf
+from tests.fixtures.lsp_client import lsp_session
 from tests.fixtures.micro_model import micro_model  # noqa: F401
 from tests.test_lsp_micro import CASES, _blank, _line_of
 
@@ -54,6 +55,15 @@ def test_old_hub_file_has_no_fim_metadata_and_llama_cpp_finds_no_eot(old_hub_ggu
     assert (s.pre, s.suf, s.mid, s.eot) == (ids["pre"], ids["suf"], ids["mid"], ids["eot"])
     assert dict(s.source) == dict.fromkeys(("pre", "suf", "mid", "eot"), "text")
     assert s.style == "codellama" and ids["eot"] in s.eog
+
+
+async def test_old_hub_file_ready_status_says_where_the_ids_came_from(old_hub_gguf: Path, micro_model) -> None:  # noqa: F811
+    eot = fim_ids(micro_model.tokenizer)["eot"]
+    async with lsp_session(old_hub_gguf) as client:
+        ready = next(s for s in client.status.items if s["state"] == "ready")
+        assert ready["message"].startswith("FIM/EOT ids found by their text: ")
+        assert f"eot={eot}" in ready["message"]
+        assert not client.messages  # it works: nothing to warn about
 
 
 @pytest.mark.parametrize("order", ["spm", "psm"])

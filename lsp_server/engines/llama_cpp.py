@@ -85,10 +85,10 @@ class LlamaCppEngine:
         except llama.LlamaError as exc:
             raise EngineError(str(exc)) from None
         try:
+            self.vocab = LlamaVocab(self._model)
             n_ctx = options.n_ctx or min(self._model.n_ctx_train or 2048, MAX_DEFAULT_CTX)
             ctx_options = llama.ContextOptions(n_ctx=n_ctx, threads=options.threads, kv_type=options.kv_type, flash_attn=True)
             self._ctx = llama.Context(self._model, ctx_options)
-            self.vocab = LlamaVocab(self._model)
         except llama.LlamaError as exc:
             self._model.close()
             raise EngineError(str(exc)) from None
