@@ -10,6 +10,11 @@ the engine's worker thread, so the event loop stays free), and shape the reply. 
 pygls with incremental sync; positions arrive in the negotiated encoding (UTF-16 unless the client
 offered UTF-8/32) and are converted by ``context.offset_at``. A reply is dropped when the document
 changed while the model was running, so stale text never reaches the editor.
+
+Around each request: files matching ``exclude`` are refused (privacy); the other open files and the
+ring of edited regions (``neighbors``) give context from beyond the file; every change feeds the typing
+rhythm (``pacing``: the time budget, the suggested debounce) and, when it is an accepted suggestion,
+starts the next completion at once (``prefetch``).
 """
 
 from __future__ import annotations
@@ -273,7 +278,6 @@ class CodeLlamaServer(LanguageServer):
             self.send_status("ready")
         word = _WORD_BEFORE.search(text, line_start, offset) if selected is None else None
         return texts, types.Range(start=start, end=end), word.group(0) if word else ""
-
 
     # ---- context from other files, prefetch ----------------------------------------------------------
     def _doc(self, doc: Any, text: str | None = None) -> neighbors.Doc:
