@@ -39,6 +39,25 @@ class TypeThroughCache:
         while len(self._entries) > self._max:
             self._entries.pop(next(iter(self._entries)))
 
+    def accepted(self, uri: str, text: str) -> int | None:
+        """Where the cursor is after the user accepted the last suggestion for ``uri``: when ``text`` is
+        the text of that request with one of its completions inserted at its cursor (typed through or
+        taken at once), the offset just after the inserted completion; otherwise None."""
+        e = self._entries.get(uri)
+        if e is None:
+            return None
+        lo = max(0, e.offset - WINDOW)
+        for c in e.completions:
+            end = e.offset + len(c)
+            if (
+                len(text) == len(e.text) + len(c)
+                and text.startswith(c, e.offset)
+                and text[lo : e.offset] == e.text[lo : e.offset]
+                and text[end : end + WINDOW] == e.text[e.offset : e.offset + WINDOW]
+            ):
+                return end
+        return None
+
     def forget(self, uri: str) -> None:
         self._entries.pop(uri, None)
 

@@ -36,9 +36,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="demo", help="GGUF path, 'demo' (shipped) or REPO:FILE (Hugging Face)")
     p.add_argument("--n-ctx", type=int, default=None, help="context size (default: the model's, at most 4096)")
     p.add_argument("--kv-type", choices=sorted(KV_TYPES), default="f16", help="KV cache type (q8_0 halves its memory)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for llama.cpp")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for llama.cpp (default: the physical cores)")
+    p.add_argument("--prompt-lookup", type=int, default=8, metavar="N",
+                   help="greedy decoding drafts up to N tokens from the prompt and verifies them in one batch (0: off)")
     p.add_argument("--n-gpu-layers", type=int, default=0, help="layers to offload (CUDA/Metal builds)")
-    p.add_argument("--cpu-repack", action="store_true", help="llama.cpp's repacked CPU weights/AMX (faster; crashes some Q4_1 files)")
+    p.add_argument("--cpu-repack", action=argparse.BooleanOptionalAction, default=None,
+                   help="llama.cpp's repacked CPU weights (default: on unless the CPU has AMX, where some Q4_1 files crash)")
     r = p.add_argument_group("remote engines (a model on a server; see docs/deployment.md)")
     r.add_argument("--engine", choices=ENGINES, default=None, help="where the model runs (default: llama.cpp, in this process)")
     r.add_argument("--url", default=None, help="the server's base URL, e.g. https://gpu-box:8080 (no /v1)")
@@ -94,6 +97,7 @@ def _logging(args: argparse.Namespace) -> None:
 def _engine_options(args: argparse.Namespace) -> EngineOptions:
     return EngineOptions(
         n_ctx=args.n_ctx, kv_type=args.kv_type, threads=args.threads, n_gpu_layers=args.n_gpu_layers, cpu_repack=args.cpu_repack,
+        prompt_lookup=args.prompt_lookup,
     )
 
 

@@ -7,14 +7,16 @@ problems. A bad value never stops the server: it is reported (the server shows t
 typo would otherwise silently do nothing.
 
 Wire names: ``model, contextTokens, maxTokens, temperature, timeBudgetMs, fimOrder, prefixRatio,
-maxItems, enable, rules`` (``enable`` maps a language id, or ``"*"`` for all, to true/false; ``rules`` maps
-post-processing rule names to true/false, see ``postprocess``); for remote engines
-``engine, url, apiKeyEnv, requestTimeoutMs, tlsVerify, remoteModel`` (the API key itself is never a setting: only
-the name of the environment variable that holds it, so it never lands in settings files, logs or status).
+maxItems, enable, rules, extraContextTokens, exclude`` (``enable`` maps a language id, or ``"*"`` for all, to
+true/false; ``rules`` maps post-processing rule names to true/false, see ``postprocess``; ``exclude`` lists glob
+patterns, on top of ``DEFAULT_EXCLUDE``, of files that never enter a prompt and never get completions); for remote
+engines ``engine, url, apiKeyEnv, requestTimeoutMs, tlsVerify, remoteModel`` (the API key itself is never a setting:
+only the name of the environment variable that holds it, so it never lands in settings files, logs or status).
 """
 
 from __future__ import annotations
 
+import fnmatch
 from typing import Any
 
 import attrs
@@ -29,6 +31,9 @@ def _known_rules(rules: dict[str, bool]) -> None:
     unknown = sorted(set(rules) - RULES)
     if unknown:
         raise ValueError(f"expected rules among {', '.join(sorted(RULES))}, got {', '.join(map(repr, unknown))}")
+
+
+DEFAULT_EXCLUDE = (".env", ".env.*", "*.pem", "*.key", "id_rsa*", "id_ed25519*", "secrets.*", "*.p12", "*.pfx")
 
 
 def _camel(name: str) -> str:
@@ -71,6 +76,10 @@ class Settings:
     prefix_ratio: float = attrs.field(default=0.75, validator=_range(0.0, 1.0))
     max_items: int = attrs.field(default=3, validator=_range(1, 10))
     enable: dict[str, bool] = attrs.field(factory=lambda: {"*": True})
+    # tokens of chunks from other open files and recently edited regions, before the FIM part (0: off)
+    extra_context_tokens: int = attrs.field(default=512, validator=_range(0, 131072))
+    # privacy: files whose name (or path) matches one of these or of DEFAULT_EXCLUDE never reach a prompt
+    exclude: list[str] = attrs.field(factory=list)
     # where the model runs: in this process (llama.cpp), or on a server; for a server, ``model`` names the GGUF
     # whose vocabulary we tokenize with (the server's model file, or any GGUF with the same vocabulary)
     engine: str = attrs.field(default="llama.cpp", validator=_one_of(*ENGINES))
@@ -90,6 +99,20 @@ class Settings:
         if language_id and language_id in self.enable:
             return self.enable[language_id]
         return self.enable.get("*", True)
+
+    def excluded(self, path: str) -> bool:
+        """Whether the file at ``path`` (a file system path or a URI) matches a pattern of ``DEFAULT_EXCLUDE``
+        or ``exclude``: a pattern without "/" is matched against the file name, one with "/" against the
+        end of the path."""
+        path = path.replace("\\", "/")
+        name = path.rsplit("/", 1)[-1]
+        for pattern in (*DEFAULT_EXCLUDE, *self.exclude):
+            if "/" in pattern:
+                if fnmatch.fnmatchcase(path, pattern) or fnmatch.fnmatchcase(path, "*/" + pattern.lstrip("/")):
+                    return True
+            elif fnmatch.fnmatchcase(name, pattern):
+                return True
+        return False
 
 
 _FIELDS = {_camel(f.name): f for f in attrs.fields(Settings)}
@@ -114,11 +137,18 @@ _conv.register_structure_hook(float, _strict(float, "a number"))
 _conv.register_structure_hook(bool, _strict(bool, "true or false"))
 _conv.register_structure_hook(str, _strict(str, "a string"))
 _conv.register_structure_hook(FimOrder, lambda v, _t: _fim_order(v))
+_conv.register_structure_hook_func(lambda t: t == list[str], lambda v, _t: _str_list(v))
 _conv.register_unstructure_hook(FimOrder, lambda v: v.value)
 _conv.register_unstructure_hook(
     Settings,
     make_dict_unstructure_fn(Settings, _conv, **{f.name: override(rename=_camel(f.name)) for f in attrs.fields(Settings)}),
 )
+
+
+def _str_list(value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"expected a list of strings, got {value!r}")
+    return list(value)
 
 
 def _fim_order(value: Any) -> FimOrder:

@@ -23,6 +23,12 @@ encoded as it is; they get that layout whatever ``order`` says.
 
 A model without FIM tokens gets the prefix alone (``[BOS] + enc(prefix)`` when the vocabulary adds BOS).
 
+Context from other files (``extra``: chunks of other open files and recently edited regions, each headed
+by its path as a comment; ``neighbors``) goes right after BOS, before the FIM part:
+``[BOS] + enc(extra) + [PRE, SUF] + ...`` - the part of the prompt that changes least comes first, so its
+KV cache is reused from keystroke to keystroke (llama-server's ``/infill`` puts its ``input_extra`` at
+the same place). Models without FIM tokens get no extra context: their prompt is the prefix alone.
+
 Special tokens are only ever added here as ids. User text goes through ``Vocab.encode*`` with
 special-token parsing off, so a literal ``<EOT>`` in a source file stays text.
 """
@@ -46,13 +52,15 @@ class FimContext:
 
     ``prefix`` ends at the cursor, ``suffix`` starts at it; both are LF-normalised and already cut to
     the token budget by ``context.build``. ``prefix_start``/``suffix_end`` are the character offsets
-    (into the LF text) where the windows were cut, kept for logging and tests.
+    (into the LF text) where the windows were cut, kept for logging and tests. ``extra`` is the rendered
+    context from other files (``neighbors.render``), "" for none.
     """
 
     prefix: str
     suffix: str
     prefix_start: int = 0
     suffix_end: int = 0
+    extra: str = ""
 
 
 def prompt_tokens(ctx: FimContext, vocab: Vocab, order: FimOrder = FimOrder.SPM) -> list[int]:
@@ -62,7 +70,9 @@ def prompt_tokens(ctx: FimContext, vocab: Vocab, order: FimOrder = FimOrder.SPM)
     if not s.has_fim:
         return head + vocab.encode(ctx.prefix)
     if s.style == "psm":
+        head += vocab.encode_infill(ctx.extra) if ctx.extra else []
         return head + [s.pre] + vocab.encode_infill(ctx.prefix) + [s.suf] + vocab.encode_infill(ctx.suffix) + [s.mid]
+    head += vocab.encode(ctx.extra) if ctx.extra else []
     if order is FimOrder.SPM:
         return head + [s.pre, s.suf] + vocab.encode_infill(ctx.suffix) + [s.mid] + vocab.encode(ctx.prefix)
     return head + [s.pre] + vocab.encode(ctx.prefix) + [s.suf] + vocab.encode_infill(ctx.suffix) + [s.mid]

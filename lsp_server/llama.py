@@ -9,7 +9,10 @@ quantize) and ``model_train.eval`` - goes through this module, so the platform w
 - AMX / weight repacking: llama.cpp's "extra" CPU buffer types are off unless asked for
   (``extra_bufts=True``). With them on, llama.cpp 0.3.36 crashes (SIGSEGV in the first ``llama_decode``)
   on Xeon CPUs that report AMX, for quantized matrices (ggml-org/llama.cpp#20824); the plain kernels are
-  also the reference implementation, the same on every machine.
+  also the reference implementation, the same on every machine. The completion engine turns them on
+  where the CPU has no AMX (``cpu_has_amx``): repacked weights are what llama-server runs by default.
+- Flash attention: off (the reference path) unless asked for (``ContextOptions.flash_attn``) or needed by
+  a quantized V cache; the completion engine asks for it, as llama-server does by default.
 - Logging: llama.cpp's log goes to the Python logger ``llama.cpp`` (errors at WARNING, warnings at INFO,
   the rest at DEBUG) instead of llama-cpp-python's handler, which prints everything to stderr; the last
   error lines are kept so that a failed load can say why in one line.
@@ -227,11 +230,68 @@ def clamp_threads(threads: int | None) -> int:
     return threads
 
 
+def cpu_has_amx() -> bool:
+    """Whether the CPU reports AMX (Linux ``/proc/cpuinfo``; False where that cannot be read)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return "amx_tile" in line.split()
+    except OSError:
+        pass
+    return False
+
+
+def physical_cores() -> int:
+    """Physical cores among the CPUs this process may run on (llama-server's default thread count):
+    hyper-threads share a core's arithmetic units, so a second thread per core only adds contention."""
+    cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    cores = set()
+    for c in cpus:
+        try:
+            top = Path(f"/sys/devices/system/cpu/cpu{c}/topology")
+            cores.add(((top / "physical_package_id").read_text().strip(), (top / "core_id").read_text().strip()))
+        except OSError:
+            return len(cpus)  # no topology (not Linux, or hidden): every CPU counts
+    return max(1, len(cores))
+
+
+class Sampler:
+    """llama.cpp's own sampler chain over a context's logits: top-k -> top-p -> temperature -> a seeded
+    draw, in C (a tenth of the cost of the same steps in NumPy on a 32k vocabulary). ``sample(ctx, i)``
+    picks from the logits of position ``i`` of the last decode. Greedy decoding needs no chain: an argmax
+    over ``Context.logits`` is cheaper than llama.cpp's greedy sampler, which copies the whole vocabulary
+    into a candidate array on every call."""
+
+    def __init__(self, temperature: float, top_k: int = 40, top_p: float = 1.0, seed: int = 0) -> None:
+        if temperature <= 0.0:
+            raise LlamaError(f"expected a sampling temperature > 0 (greedy is an argmax), got {temperature}")
+        lc = lib()
+        params = lc.llama_sampler_chain_default_params()
+        params.no_perf = True
+        self.handle = lc.llama_sampler_chain_init(params)
+        if top_k > 0:
+            lc.llama_sampler_chain_add(self.handle, lc.llama_sampler_init_top_k(top_k))
+        if top_p < 1.0:
+            lc.llama_sampler_chain_add(self.handle, lc.llama_sampler_init_top_p(top_p, 1))
+        lc.llama_sampler_chain_add(self.handle, lc.llama_sampler_init_temp(temperature))
+        lc.llama_sampler_chain_add(self.handle, lc.llama_sampler_init_dist(seed & 0xFFFFFFFF))
+
+    def sample(self, ctx: "Context", i: int = -1) -> int:
+        return int(lib().llama_sampler_sample(self.handle, ctx.handle, i))
+
+    def close(self) -> None:
+        if self.handle:
+            lib().llama_sampler_free(self.handle)
+            self.handle = None
+
+
 @dataclass(frozen=True)
 class ContextOptions:
     n_ctx: int = 512
     n_batch: int = 512  # most tokens one decode call takes (and the physical batch size)
-    threads: int | None = None  # None: half the cores for generation, all of them for prompts
+    threads: int | None = None  # None: the physical cores this process may run on (as llama-server)
+    flash_attn: bool = False  # llama.cpp's fused attention (faster at long contexts; not the reference path)
     kv_type: str = "f16"  # "f16" | "q8_0" | "f32"
     all_logits: bool = False  # keep every position's logits of a decode (evaluation), not only the last
     cb_eval: Any = None  # a ggml_backend_sched_eval_callback the caller keeps alive (imatrix)
@@ -245,17 +305,19 @@ class Context:
         lc = lib()
         if options.kv_type not in KV_TYPES:
             raise LlamaError(f"expected a KV cache type in {', '.join(KV_TYPES)}, got {options.kv_type!r}")
-        cores = os.cpu_count() or 1
+        threads = clamp_threads(options.threads) if options.threads else physical_cores()
         p = lc.llama_context_default_params()
         p.n_ctx = options.n_ctx
         p.n_batch = p.n_ubatch = min(options.n_batch, options.n_ctx)
         p.n_seq_max = 1
-        p.n_threads = clamp_threads(options.threads) if options.threads else max(1, cores // 2)
-        p.n_threads_batch = clamp_threads(options.threads)
+        p.n_threads = p.n_threads_batch = threads
         p.type_k = p.type_v = KV_TYPES[options.kv_type]
         # llama.cpp needs flash attention for a quantized V cache; elsewhere the plain path is the reference
         quantized = options.kv_type not in ("f16", "f32")
-        p.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED if quantized else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        if quantized:
+            p.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_ENABLED
+        else:  # "auto": on where the backend has it (every CPU build does)
+            p.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_AUTO if options.flash_attn else lc.LLAMA_FLASH_ATTN_TYPE_DISABLED
         p.no_perf = True
         if options.cb_eval is not None:
             p.cb_eval = options.cb_eval
@@ -272,31 +334,43 @@ class Context:
         self.all_logits = options.all_logits
         self.tokens: list[int] = []
         self._batch = lc.llama_batch_init(self.n_batch, 0, 1)
+        for i in range(self.n_batch):  # one sequence: set once, never changes
+            self._batch.n_seq_id[i] = 1
+            self._batch.seq_id[i][0] = 0
 
-    def decode(self, tokens: list[int]) -> None:
-        """Evaluate ``tokens`` after what the cache holds (in batches of ``n_batch``)."""
+    def decode(self, tokens: list[int], *, every_logits: bool = False) -> None:
+        """Evaluate ``tokens`` after what the cache holds (in batches of ``n_batch``).
+
+        ``every_logits``: keep the logits of every position of this call (read them with ``logits(i)``,
+        ``i`` the index in ``tokens``; one batch at most), not only the last one's.
+        """
         lc = lib()
         if len(self.tokens) + len(tokens) > self.n_ctx:
             raise LlamaError(f"expected at most {self.n_ctx} tokens in the context, got {len(self.tokens) + len(tokens)}")
+        if every_logits and len(tokens) > self.n_batch:
+            raise LlamaError(f"expected at most {self.n_batch} tokens with every position's logits, got {len(tokens)}")
         b = self._batch
+        every = every_logits or self.all_logits
         for start in range(0, len(tokens), self.n_batch):
             chunk = tokens[start : start + self.n_batch]
             pos = len(self.tokens)
+            n = len(chunk)
+            # the batch was allocated once (llama_batch_init) and its sequence ids set then
             for i, tok in enumerate(chunk):
                 b.token[i] = tok
                 b.pos[i] = pos + i
-                b.n_seq_id[i] = 1
-                b.seq_id[i][0] = 0
-                b.logits[i] = self.all_logits or i == len(chunk) - 1
-            b.n_tokens = len(chunk)
+                b.logits[i] = every
+            b.logits[n - 1] = True
+            b.n_tokens = n
             rc = lc.llama_decode(self.handle, b)
             if rc != 0:
                 raise LlamaError(f"expected llama_decode to return 0, got {rc}{': ' + last_error() if last_error() else ''}")
             self.tokens.extend(chunk)
 
-    def logits(self) -> np.ndarray:
-        """The last decoded position's logits, float32 (n_vocab,): a view, valid until the next decode."""
-        ptr = lib().llama_get_logits_ith(self.handle, -1)
+    def logits(self, i: int = -1) -> np.ndarray:
+        """Logits of the last decode's position ``i`` (-1: its last), float32 (n_vocab,): a view, valid
+        until the next decode."""
+        ptr = lib().llama_get_logits_ith(self.handle, i)
         return np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,))
 
     def evaluate(self, tokens: Sequence[int]) -> np.ndarray:

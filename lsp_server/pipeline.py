@@ -5,7 +5,7 @@ wanted, the engine and the type-through cache. Out: a ``Completion`` (texts rela
 still with LF newlines, plus where they came from, the context windows and what the engine spent).
 
 The pipeline owns the prompt; data flows one way: type-through cache (``cache``) -> context windows
-(``context.build``, counted in the model's tokens) -> token ids (``fim.prompt_tokens`` with the engine's
+(``context.build``, counted in the model's tokens) and chunks of other files (``neighbors``) -> token ids (``fim.prompt_tokens`` with the engine's
 ``Vocab`` and sentinels) -> token healing (``healing.take_back``, where the prefix ends the prompt) ->
 the engine (a leaf: token ids in, text out) -> ``postprocess.clean``. Building the prompt runs on a
 worker thread and the engine on its own, so the event loop is never blocked. For languages with a
@@ -23,10 +23,10 @@ import logging
 import threading
 import time
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
-from . import context, fim, healing, postprocess, syntax
+from . import context, fim, healing, neighbors, postprocess, syntax
 from .cache import TypeThroughCache
 from .config import Settings
 from .context import Cursor, cursor
@@ -90,16 +90,39 @@ def token_counter(vocab: Vocab) -> context.TokenCounter:
         return counter
 
 
+@dataclass(frozen=True)
+class Extra:
+    """Where context from other files comes from: the server's ``Neighbors``, the document being completed
+    (its ``text`` is the request's) and the other open documents (already filtered for privacy)."""
+
+    neighbors: neighbors.Neighbors
+    doc: neighbors.Doc
+    others: tuple[neighbors.Doc, ...]
+
+
 def build_request(engine: Engine, text: str, offset: int, settings: Settings, n: int, request_id: str,
-                  cur: Cursor, info: SyntaxSource = None) -> tuple[GenerationRequest, FimContext]:
-    """Context windows -> prompt ids -> token healing -> the engine's request (blocking: run off the loop)."""
+                  cur: Cursor, info: SyntaxSource = None, extra: Extra | None = None) -> tuple[GenerationRequest, FimContext]:
+    """Context windows (and chunks of other files) -> prompt ids -> token healing -> the engine's request
+    (blocking: run off the loop)."""
     vocab = engine.vocab
     s = vocab.sentinels
     max_new = min(settings.max_tokens, engine.info.n_ctx // 4)
-    budget = min(settings.context_tokens, engine.info.n_ctx - max_new - SENTINEL_ROOM)
+    room = engine.info.n_ctx - max_new - SENTINEL_ROOM
+    if not s.has_fim:
+        extra = None  # the prompt is the prefix alone (fim.py)
+    # other files' chunks get extraContextTokens, at least a quarter of the context if the windows would
+    # otherwise take it all; the windows' budget does not depend on what is chosen, so it stays put
+    reserve = min(settings.extra_context_tokens, room // 4) if extra is not None else 0
+    budget = min(settings.context_tokens, room - reserve)
     # without FIM the suffix cannot be shown to the model: the whole budget goes to the prefix
     ratio = settings.prefix_ratio if s.has_fim else 1.0
-    ctx = context.build(text, offset, token_counter(vocab), budget, ratio)
+    counter = token_counter(vocab)
+    ctx = context.build(text, offset, counter, budget, ratio)
+    if extra is not None and reserve > 0:
+        window = (ctx.prefix_start, ctx.suffix_end)
+        extra_budget = min(settings.extra_context_tokens, room - budget)
+        chunks = extra.neighbors.select(extra.doc, offset, window, extra.others, extra_budget, counter.count)
+        ctx = replace(ctx, extra=neighbors.render(chunks))
     prompt = fim.prompt_tokens(ctx, vocab, settings.fim_order)
     heal = b""
     if engine.info.can_heal and fim.prefix_ends_prompt(vocab, settings.fim_order):
@@ -121,6 +144,7 @@ async def complete(
     settings: Settings,
     n: int = 1,
     request_id: str = "-",
+    extra: Extra | None = None,
 ) -> Completion:
     t0 = time.perf_counter()
     hit = cache.get(key, text, offset)
@@ -130,7 +154,7 @@ async def complete(
     ticket = _LATEST[engine] = next(_TICKETS)
     # the syntax at the cursor: an incremental parse on the syntax thread, beside the prompt's evaluation
     info = syntax.submit(key, text, offset) if syntax.language_for(key) else None
-    request, ctx = await asyncio.to_thread(build_request, engine, text, offset, settings, n, request_id, cur, info)
+    request, ctx = await asyncio.to_thread(build_request, engine, text, offset, settings, n, request_id, cur, info, extra)
     t1 = time.perf_counter()
     if _LATEST.get(engine) != ticket:  # a newer request arrived while this prompt was being built
         ms = (t1 - t0) * 1e3

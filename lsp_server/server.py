@@ -15,6 +15,11 @@ a timeout) ends in an ``error`` status with its message, and the next ``model`` 
 pygls with incremental sync; positions arrive in the negotiated encoding (UTF-16 unless the client
 offered UTF-8/32) and are converted by ``context.offset_at``. A reply is dropped when the document
 changed while the model was running, so stale text never reaches the editor.
+
+Around each request: files matching ``exclude`` are refused (privacy); the other open files and the
+ring of edited regions (``neighbors``) give context from beyond the file; every change feeds the typing
+rhythm (``pacing``: the time budget, the suggested debounce) and, when it is an accepted suggestion,
+starts the next completion at once (``prefetch``).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import collections
 import hashlib
 import itertools
 import logging
+import os
 import re
 import threading
 import time
@@ -32,24 +38,28 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import unquote
 
+import attrs
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
 
-from . import config, context, models, pipeline, syntax
-from .cache import TypeThroughCache
-from . import rpc
+from . import config, context, models, neighbors, pipeline, rpc, syntax
 from .backend import open_engine
+from .cache import TypeThroughCache
 from .engines import Engine, EngineError
 from .engines.llama_cpp import EngineOptions
 from .engines.remote import RemoteEngine, RemoteOptions
+from .pacing import Pacer
+from .prefetch import Prefetcher
 from .rpc import LspProtocol
 
 log = logging.getLogger(__name__)
 
 STATUS = "codellama/status"
 DOCUMENT_STATE = "codellama/documentState"  # client -> server: {uri} -> {version, length, sha256} | null
-EVENT = "codellama/event"  # client -> server: {kind: "shown" | "accepted", languageId?}; counted locally only
+# client -> server: {kind: "shown" | "accepted", languageId?, uri?}; counted locally only; "accepted" with the
+# document's uri also starts the prefetch of the next completion (prefetch.py)
+EVENT = "codellama/event"
 _WORD_BEFORE = re.compile(r"\w+\Z")
 VERSION = "0.1.0"
 T = TypeVar("T")
@@ -139,6 +149,9 @@ class CodeLlamaServer(LanguageServer):
         self.events: collections.Counter[tuple[str, str]] = collections.Counter()  # (kind, language) -> count
         self._ids = itertools.count(1)
         self._inflight = 0  # completion requests awaiting the engine ("busy" while > 0)
+        self.neighbors = neighbors.Neighbors()  # other files' chunks and recently edited regions
+        self.pacer = Pacer()  # adaptive time budget and debounce
+        self.prefetcher = Prefetcher()  # the next completion after an accepted one
 
     # ---- status ----------------------------------------------------------------------------------
     def send_status(self, state: str, message: str | None = None) -> None:
@@ -151,6 +164,9 @@ class CodeLlamaServer(LanguageServer):
             "lastOverheadMs": None if self.overhead_ms is None else round(self.overhead_ms, 3),
             "shown": sum(n for (kind, _), n in self.events.items() if kind == "shown"),
             "accepted": sum(n for (kind, _), n in self.events.items() if kind == "accepted"),
+            "prefetches": self.prefetcher.started,
+            "prefetchHits": self.prefetcher.hits,
+            **self.pacer.status(self.settings.time_budget_ms),
         }
         if message:
             params["message"] = message
@@ -166,6 +182,8 @@ class CodeLlamaServer(LanguageServer):
         for p in problems:
             log.warning("settings: %s", p)
             self.show(types.MessageType.Warning, p)
+        if self.settings.exclude != before.exclude:
+            self.neighbors.drop(self.settings.excluded)
         key = _load_key(self.settings)
         if key == self._loaded_key and self.engine is not None:
             return
@@ -318,8 +336,8 @@ class CodeLlamaServer(LanguageServer):
         if doc is None:
             log.info("%s: %s is not open; nothing to complete", rid, uri)
             return None
-        if not self.settings.enabled_for(doc.language_id):
-            return None
+        if not self.settings.enabled_for(doc.language_id) or self.settings.excluded(doc.path):
+            return None  # privacy: an excluded file never gets a completion (so never reaches a prompt)
         engine = self.engine
         if engine is None:
             log.info("%s: no model (%s)", rid, self.error or self.state)
@@ -346,8 +364,14 @@ class CodeLlamaServer(LanguageServer):
         self._inflight += 1
         if self._inflight == 1:
             self.send_status("busy")
+        # the time budget adapts to the user's typing (pacing); timeBudgetMs stays the cap
+        settings = attrs.evolve(self.settings, time_budget_ms=self.pacer.budget_ms(self.settings.time_budget_ms))
         try:
-            result = await pipeline.complete(engine, self.cache, uri, text, offset, self.settings, n, rid)
+            prefetched = await self.prefetcher.join(uri, text, offset) if selected is None else None
+            if prefetched is not None:  # computed after the accepted suggestion, before this request came
+                result = pipeline.Completion(texts=prefetched.texts[: max(1, n)], source="cache" if prefetched.texts else "none")
+            else:
+                result = await pipeline.complete(engine, self.cache, uri, text, offset, settings, n, rid, self.extra_for(doc, text))
         except EngineError as exc:
             log.log(logging.INFO if isinstance(engine, RemoteEngine) and engine.down else logging.ERROR, "%s: %s", rid, exc)
             self.send_status("error", str(exc))
@@ -368,6 +392,8 @@ class CodeLlamaServer(LanguageServer):
         texts = [context.to_document_newlines(head + t, newline) for t in result.texts]
         r = result.result
         self.last_latency_ms = r.total_ms if r else 0.0
+        if r is not None and result.source != "cache":
+            self.pacer.finished(r.total_ms)
         log.info(
             "%s %s: %d item(s) from %s; handler %.2f ms + pipeline %.2f ms; engine %s",
             rid, uri.rsplit("/", 1)[-1], len(texts), result.source, t_in, result.pipeline_ms,
@@ -381,6 +407,52 @@ class CodeLlamaServer(LanguageServer):
             self.send_status("ready")
         word = _WORD_BEFORE.search(text, line_start, offset) if selected is None else None
         return texts, types.Range(start=start, end=end), word.group(0) if word else ""
+
+    # ---- context from other files, prefetch ----------------------------------------------------------
+    def _doc(self, doc: Any, text: str | None = None) -> neighbors.Doc:
+        """The neighbors' view of an open pygls document: its path relative to the workspace root, if inside."""
+        path = doc.path
+        root = self.workspace.root_path
+        if root and os.path.commonpath([os.path.abspath(path), os.path.abspath(root)]) == os.path.abspath(root):
+            path = os.path.relpath(path, root)
+        return neighbors.Doc(doc.uri, path.replace(os.sep, "/"), doc.language_id or "", context.lf_text(doc.source) if text is None else text)
+
+    def extra_for(self, doc: Any, text: str) -> pipeline.Extra | None:
+        """Where the request's context from other files comes from: the other open documents of its
+        language that are not excluded, and the ring (None when ``extraContextTokens`` is 0)."""
+        if self.settings.extra_context_tokens <= 0:
+            return None
+        others = tuple(
+            self._doc(d) for d in self.workspace.text_documents.values()
+            if d.uri != doc.uri and d.language_id == doc.language_id and not self.settings.excluded(d.path)
+        )  # fmt: skip
+        return pipeline.Extra(self.neighbors, self._doc(doc, text), others)
+
+    def changed(self, params: types.DidChangeTextDocumentParams) -> None:
+        """After pygls applied a change: the typing rhythm, the ring of edited regions, and a prefetch
+        when the change is an accepted suggestion."""
+        uri = params.text_document.uri
+        self.pacer.keystroke(uri)
+        doc = self.workspace.text_documents.get(uri)
+        if doc is None or self.settings.excluded(doc.path):
+            return
+        line = next((c.range.start.line for c in params.content_changes if isinstance(c, types.TextDocumentContentChangePartial)), 0)
+        view = self._doc(doc)
+        self.neighbors.ring.edited(view, line)
+        self.prefetch_if_accepted(doc, view.text)
+
+    def prefetch_if_accepted(self, doc: Any, text: str) -> None:
+        """When ``text`` is the last suggestion accepted into ``doc``, start the next completion now."""
+        engine, offset = self.engine, self.cache.accepted(doc.uri, text)
+        if engine is None or offset is None or not self.settings.enabled_for(doc.language_id):
+            return
+        rid = f"p{next(self._ids)}"
+        settings = attrs.evolve(self.settings, time_budget_ms=self.pacer.budget_ms(self.settings.time_budget_ms))
+        log.info("%s: suggestion accepted in %s; prefetching the next one", rid, doc.uri.rsplit("/", 1)[-1])
+        self.prefetcher.start(
+            doc.uri, text, offset,
+            lambda: pipeline.complete(engine, self.cache, doc.uri, text, offset, settings, 1, rid, self.extra_for(doc, text)),
+        )  # fmt: skip
 
 
 def create_server(options: ServerOptions = ServerOptions()) -> CodeLlamaServer:
@@ -405,6 +477,11 @@ def create_server(options: ServerOptions = ServerOptions()) -> CodeLlamaServer:
     def on_close(ls: CodeLlamaServer, params: types.DidCloseTextDocumentParams) -> None:
         ls.cache.forget(params.text_document.uri)
         syntax.TREES.forget(params.text_document.uri)
+        ls.neighbors.closed(params.text_document.uri)
+
+    @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
+    def on_change(ls: CodeLlamaServer, params: types.DidChangeTextDocumentParams) -> None:
+        ls.changed(params)  # pygls has applied the change to its document already
 
     @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
     async def on_inline(ls: CodeLlamaServer, params: types.InlineCompletionParams) -> types.InlineCompletionList | None:
@@ -448,6 +525,10 @@ def create_server(options: ServerOptions = ServerOptions()) -> CodeLlamaServer:
         language = str(fields.get("languageId") or "unknown")[:40]
         ls.events[(kind, language)] += 1
         log.debug("event %s (%s): %d so far", kind, language, ls.events[(kind, language)])
+        uri = getattr(params, "uri", None)
+        doc = ls.workspace.text_documents.get(uri) if kind == "accepted" and isinstance(uri, str) else None
+        if doc is not None and not ls.settings.excluded(doc.path):
+            ls.prefetch_if_accepted(doc, context.lf_text(doc.source))
 
     @server.feature(DOCUMENT_STATE)
     def on_document_state(ls: CodeLlamaServer, params: Any) -> dict[str, Any] | None:

@@ -26,6 +26,7 @@ tokens that made it into the KV cache count for the next request's common prefix
 
 from __future__ import annotations
 
+import codecs
 import logging
 import threading
 import time
@@ -35,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import healing, llama
+from ..lookup import DraftPolicy, Lookup
 from ..sampling import sample
 from ..vocab import LlamaVocab
 from . import EngineError, EngineInfo, Generation, GenerationRequest, GenerationResult, Job, Stop
@@ -52,7 +54,23 @@ class EngineOptions:
     kv_type: str = "f16"
     threads: int | None = None
     n_gpu_layers: int = 0
-    cpu_repack: bool = False  # llama.cpp's extra CPU buffer types (weight repacking, AMX); see lsp_server.llama
+    # llama.cpp's extra CPU buffer types (weight repacking, AMX); None: on unless the CPU has AMX (lsp_server.llama)
+    cpu_repack: bool | None = None
+    prompt_lookup: int = 8  # greedy decoding drafts up to this many tokens by prompt lookup (0: off)
+
+
+@dataclass
+class SpeculationStats:
+    """Prompt-lookup counters since the engine started (the worker writes, anyone may read)."""
+
+    decodes: int = 0  # decode calls during generation
+    drafts: int = 0  # of them with a draft
+    drafted: int = 0  # draft tokens evaluated
+    accepted: int = 0  # draft tokens the model agreed with (generated without a decode call of their own)
+
+    @property
+    def acceptance(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
 
 
 class LlamaCppEngine:
@@ -62,13 +80,15 @@ class LlamaCppEngine:
         if options.kv_type not in KV_TYPES:
             raise EngineError(f"expected --kv-type one of {', '.join(KV_TYPES)}, got {options.kv_type!r}")
         try:
-            self._model = llama.Model(path, llama.LoadOptions(n_gpu_layers=options.n_gpu_layers, extra_bufts=options.cpu_repack))
+            repack = options.cpu_repack if options.cpu_repack is not None else not llama.cpu_has_amx()
+            self._model = llama.Model(path, llama.LoadOptions(n_gpu_layers=options.n_gpu_layers, extra_bufts=repack))
         except llama.LlamaError as exc:
             raise EngineError(str(exc)) from None
         try:
             self.vocab = LlamaVocab(self._model)
             n_ctx = options.n_ctx or min(self._model.n_ctx_train or 2048, MAX_DEFAULT_CTX)
-            self._ctx = llama.Context(self._model, llama.ContextOptions(n_ctx=n_ctx, threads=options.threads, kv_type=options.kv_type))
+            ctx_options = llama.ContextOptions(n_ctx=n_ctx, threads=options.threads, kv_type=options.kv_type, flash_attn=True)
+            self._ctx = llama.Context(self._model, ctx_options)
         except llama.LlamaError as exc:
             self._model.close()
             raise EngineError(str(exc)) from None
@@ -77,6 +97,9 @@ class LlamaCppEngine:
             vocab_size=self._model.n_vocab, can_heal=True, kind="llama.cpp",
         )  # fmt: skip
         self._heal_index = healing.index_for(self.vocab)
+        self._lookup_n = max(0, options.prompt_lookup)
+        self._policy = DraftPolicy(self._lookup_n)  # draft lengths that pay on this model and machine
+        self.stats = SpeculationStats()
         log.info("model %s sentinels: %s", name, self.vocab.sentinels.describe())
         # llama.cpp sets up its compute graphs and thread pool on the first decode (~0.4 s even for a tiny
         # model): pay that here, before "ready", with the two batch shapes requests use
@@ -234,28 +257,93 @@ class LlamaCppEngine:
         return n
 
     def _generate(self, job: Job, stops: frozenset[int], temperature: float, rng: np.random.Generator) -> Generation:
+        """One candidate from the end of the prompt (its logits are the last decode's).
+
+        Per token the Python side does a fixed amount of work: an argmax over the logits (greedy) or
+        llama.cpp's sampler chain (sampled; NumPy only while token healing constrains the choice), the
+        token's text is decoded incrementally (never the whole output again), and the batch it is
+        evaluated in was allocated once. With greedy decoding, prompt lookup drafts the next tokens from
+        the prompt and the output so far (as many as pay for themselves on this model:
+        ``lookup.DraftPolicy``); they are evaluated with the token in one batch and kept as far as the
+        model's own choice agrees, so the output is exactly the plain greedy one (``lookup``).
+        """
         req = job.request
+        s = req.sampling
         heal = req.heal
         out: list[int] = []
-        raw = b""
-        stop: Stop = "length" if req.max_tokens <= self.info.n_ctx - len(self._ctx.tokens) else "context"
+        text = ""
+        utf8 = codecs.getincrementaldecoder("utf-8")(errors="ignore")
+        skip = len(heal)  # bytes of the output that repeat the healed text (covered first, then dropped)
+        room = self.info.n_ctx - len(self._ctx.tokens)
+        limit = min(req.max_tokens, room)
+        stop: Stop = "length" if req.max_tokens <= room else "context"
         pending = heal  # healed text the output has not covered yet
-        for _ in range(min(req.max_tokens, self.info.n_ctx - len(self._ctx.tokens))):
-            allowed = healing.allowed(pending, self._heal_index) if pending else None
-            s = req.sampling
-            tok = sample(self._ctx.logits(), temperature, rng, top_k=s.top_k, top_p=s.top_p, allowed=allowed)
-            if tok in stops:
-                stop = "eot"
-                break
-            piece = self.vocab.piece(tok)
-            pending = healing.advance(pending, piece)
-            out.append(tok)
-            raw += piece
-            if req.stop_text is not None and req.stop_text(raw[len(heal) :].decode("utf-8", errors="ignore")):
-                stop = "rule"
-                break
-            if (why := self._interrupted(job)) is not None:
-                stop = why
-                break
-            self._ctx.decode([tok])
-        return Generation(text=raw[len(heal) :].decode("utf-8", errors="ignore"), tokens=out, stop=stop)
+        greedy = temperature <= 0.0
+        # sampled candidates: llama.cpp's sampler chain (top-k, top-p, temperature, a seeded draw) in C. Greedy:
+        # an argmax over the logits view, which costs a tenth of llama_sampler_sample (that builds a
+        # candidate array of the whole vocabulary on every call): 6 vs 61 us for 32016 ids here
+        sampler = None if greedy else llama.Sampler(temperature, s.top_k, s.top_p, int(rng.integers(2**32)))
+        spec = self._lookup_n if greedy else 0
+        history = Lookup(self._ctx.tokens, len(self._ctx.tokens) + limit + spec + 1) if spec else None
+        draft: list[int] = []  # evaluated after the token at ``row``, not yet confirmed
+        drafted = 0  # the length of the last draft
+        row = -1  # the logits row (index in the last decode's batch) the next token comes from
+        try:
+            while len(out) < limit:
+                if pending:
+                    allowed = healing.allowed(pending, self._heal_index)
+                    tok = sample(self._ctx.logits(row), temperature, rng, top_k=s.top_k, top_p=s.top_p, allowed=allowed)
+                elif sampler is None:
+                    tok = int(np.argmax(self._ctx.logits(row)))
+                else:
+                    tok = sampler.sample(self._ctx, row)
+                if tok in stops:
+                    stop = "eot"
+                    break
+                piece = self.vocab.piece(tok)
+                if pending:
+                    pending = healing.advance(pending, piece)
+                if skip:
+                    cut = min(skip, len(piece))
+                    skip -= cut
+                    piece = piece[cut:]
+                out.append(tok)
+                text += utf8.decode(piece)
+                if req.stop_text is not None and req.stop_text(text):
+                    stop = "rule"
+                    break
+                if (why := self._interrupted(job)) is not None:
+                    stop = why
+                    break
+                if len(out) >= limit:
+                    break
+                if history is not None:
+                    history.extend((tok,))
+                if draft and draft[0] == tok:  # the model chose the drafted token: already evaluated
+                    draft.pop(0)
+                    row += 1
+                    self.stats.accepted += 1
+                    if not draft:
+                        self._policy.verified(drafted, drafted)
+                    continue
+                if draft:  # rejected: the cache positions after the last agreed token are wrong now
+                    self._policy.verified(drafted, drafted - len(draft))
+                    self._ctx.truncate(len(self._ctx.tokens) - len(draft))
+                draft = []
+                if history is not None and not pending:
+                    n_draft = self._policy.size(min(limit - len(out) - 1, self.info.n_ctx - len(self._ctx.tokens) - 1))
+                    draft = history.draft(n_draft) if n_draft else []
+                drafted = len(draft)
+                t = time.perf_counter()
+                self._ctx.decode([tok, *draft], every_logits=bool(draft))
+                self._policy.decoded((time.perf_counter() - t) * 1e3, drafted)
+                row = 0
+                if draft:
+                    self.stats.drafts += 1
+                    self.stats.drafted += drafted
+                self.stats.decodes += 1
+        finally:
+            if sampler is not None:
+                sampler.close()
+        text += utf8.decode(b"", final=True)
+        return Generation(text=text, tokens=out, stop=stop)

@@ -1,0 +1,278 @@
+"""Context beyond the current file: chunks of other open files and of recently edited regions.
+
+In: the documents the editor has open (path, language, text), the edits the user makes, the text around
+the cursor and a token budget. Out: a few ``Chunk``s (a path and some lines of text) for the prompt,
+placed before the FIM part (``fim.prompt_tokens``), each headed by its path as a comment.
+
+As llama.vscode does, the server keeps a ring of chunks. Two kinds of chunk are candidates:
+
+- recently edited regions: while the user edits, the region around the edits is remembered; when the
+  editing moves elsewhere (another document, or more than ``CHUNK_LINES`` lines away) the region, as it
+  reads then, is pushed into the ring. The ring holds at most ``capacity`` chunks (the oldest go first)
+  and a chunk pushed again (same place or same text) replaces its older copy;
+- the other open documents of the same language, cut into blocks of ``CHUNK_LINES`` lines on a fixed grid.
+
+Candidates are ranked by the Jaccard similarity of their identifiers with the identifiers of the lines
+around the cursor, and the best are taken while their text fits the token budget. The choice is sticky:
+it is made again only when the cursor enters another block of lines, or the ring or the set of open
+documents changed. While the user types within a block the chunks (the first part of the prompt) stay
+exactly the same, so their KV cache is reused and only the tokens near the cursor are evaluated again.
+
+Privacy: documents matching ``config.Settings.exclude`` never get here (the server filters them before
+they are recorded or offered as candidates).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+CHUNK_LINES = 32  # lines per chunk (and the grid that blocks start on)
+QUERY_LINES = 32  # lines above and below the cursor whose identifiers make the query
+MIN_SCORE = 0.02  # a chunk sharing almost no identifier with the cursor's region is noise, not context
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{2,}")  # identifiers of 3+ characters (i, x, df say little)
+
+# Line comment per LSP language id, for the path header of each chunk; "#" for the rest.
+_COMMENT = {
+    **dict.fromkeys(
+        ("c", "cpp", "csharp", "go", "java", "javascript", "javascriptreact", "typescript", "typescriptreact",
+         "rust", "swift", "kotlin", "scala", "dart", "php", "objective-c", "objective-cpp", "zig", "groovy"),
+        "//",
+    ),
+    **dict.fromkeys(("lua", "sql", "haskell", "elm", "ada"), "--"),
+    **dict.fromkeys(("lisp", "clojure", "scheme", "racket"), ";;"),
+    "erlang": "%", "latex": "%", "tex": "%", "matlab": "%", "vim": '"',
+}  # fmt: skip
+
+
+def identifiers(text: str) -> frozenset[str]:
+    """The set of identifiers (3+ characters) in ``text``."""
+    return frozenset(_IDENT.findall(text))
+
+
+def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
+    if not a or not b:
+        return 0.0
+    inter = len(a & b)
+    return inter / (len(a) + len(b) - inter)
+
+
+def comment_prefix(language_id: str) -> str:
+    return _COMMENT.get(language_id, "#")
+
+
+@dataclass(frozen=True)
+class Doc:
+    """An open document as a candidate source of chunks."""
+
+    uri: str
+    path: str  # shown in the chunk's header: workspace-relative where possible
+    language: str
+    text: str  # LF-normalised
+
+
+@dataclass(frozen=True)
+class Chunk:
+    uri: str
+    path: str
+    language: str
+    start_line: int  # first line of the chunk in its document (when it was taken)
+    text: str  # whole lines, LF, no trailing newline
+    ids: frozenset[str]
+
+    @property
+    def end_line(self) -> int:
+        return self.start_line + self.text.count("\n") + 1
+
+    def render(self) -> str:
+        """The chunk as it goes into the prompt: a path comment, its lines, a newline."""
+        return f"{comment_prefix(self.language)} {self.path}\n{self.text}\n"
+
+
+def render(chunks: Sequence[Chunk]) -> str:
+    return "".join(c.render() for c in chunks)
+
+
+def block(text: str, line: int, n_lines: int = CHUNK_LINES) -> tuple[int, str]:
+    """The grid block of ``n_lines`` lines that holds ``line``: (its first line, its text)."""
+    lines = text.split("\n")
+    start = max(0, min(line, len(lines) - 1)) // n_lines * n_lines
+    return start, "\n".join(lines[start : start + n_lines])
+
+
+def _make(doc: Doc, start: int, text: str) -> Chunk | None:
+    if not text.strip():
+        return None
+    return Chunk(doc.uri, doc.path, doc.language, start, text, identifiers(text))
+
+
+class ChunkRing:
+    """Recently edited regions, at most ``capacity`` chunks, newest last. Thread-safe."""
+
+    def __init__(self, capacity: int = 32, chunk_lines: int = CHUNK_LINES) -> None:
+        self.capacity = capacity
+        self.chunk_lines = chunk_lines
+        self._chunks: deque[Chunk] = deque()
+        self._editing: tuple[Doc, int] | None = None  # the document (as last edited) and the line
+        self._lock = threading.Lock()
+        self.generation = 0  # bumped whenever the ring's content changes
+
+    def __len__(self) -> int:
+        return len(self._chunks)
+
+    def chunks(self) -> list[Chunk]:
+        with self._lock:
+            return list(self._chunks)
+
+    def push(self, chunk: Chunk) -> None:
+        with self._lock:
+            self._push(chunk)
+
+    def _push(self, chunk: Chunk) -> None:
+        same = [c for c in self._chunks if (c.uri, c.start_line) == (chunk.uri, chunk.start_line) or c.text == chunk.text]
+        if same == [chunk] and self._chunks[-1] == chunk:
+            return  # already the newest: nothing changed (keeps the generation, so selections stay)
+        for c in same:
+            self._chunks.remove(c)
+        self._chunks.append(chunk)
+        while len(self._chunks) > self.capacity:
+            self._chunks.popleft()
+        self.generation += 1
+
+    def edited(self, doc: Doc, line: int) -> None:
+        """The user changed ``doc`` (its text after the change) at ``line``.
+
+        Edits close to the previous one extend the region being edited; an edit elsewhere pushes that
+        region into the ring, cut from the text as it was after its last edit.
+        """
+        with self._lock:
+            prev = self._editing
+            self._editing = (doc, line)
+            if prev is None:
+                return
+            pdoc, pline = prev
+            if pdoc.uri == doc.uri and abs(pline - line) <= self.chunk_lines:
+                return
+            start, text = block(pdoc.text, pline, self.chunk_lines)
+            chunk = _make(pdoc, start, text)
+            if chunk is not None:
+                self._push(chunk)
+
+    def forget(self, uri: str) -> None:
+        """Drop every chunk of ``uri`` (a document that became excluded)."""
+        with self._lock:
+            kept = [c for c in self._chunks if c.uri != uri]
+            if len(kept) != len(self._chunks):
+                self._chunks = deque(kept)
+                self.generation += 1
+            if self._editing is not None and self._editing[0].uri == uri:
+                self._editing = None
+
+
+class Neighbors:
+    """The ring plus the sticky choice of chunks per document (see the module docstring)."""
+
+    def __init__(self, ring: ChunkRing | None = None, chunk_lines: int = CHUNK_LINES) -> None:
+        self.ring = ring if ring is not None else ChunkRing(chunk_lines=chunk_lines)
+        self.chunk_lines = chunk_lines
+        self._blocks: OrderedDict[tuple[str, int], list[Chunk]] = OrderedDict()  # (uri, hash(text)) -> blocks
+        self._chosen: dict[str, tuple[tuple, list[Chunk]]] = {}  # uri -> (why it was chosen, the chunks)
+        self._lock = threading.Lock()
+
+    def _doc_blocks(self, doc: Doc) -> list[Chunk]:
+        key = (doc.uri, hash(doc.text))
+        got = self._blocks.get(key)
+        if got is None:
+            lines = doc.text.split("\n")
+            got = []
+            for s in range(0, len(lines), self.chunk_lines):
+                c = _make(doc, s, "\n".join(lines[s : s + self.chunk_lines]))
+                if c is not None:
+                    got.append(c)
+            self._blocks[key] = got
+            if len(self._blocks) > 64:
+                self._blocks.popitem(last=False)
+        else:
+            self._blocks.move_to_end(key)
+        return got
+
+    def select(
+        self,
+        doc: Doc,
+        offset: int,
+        window: tuple[int, int],
+        others: Iterable[Doc],
+        budget: int,
+        count: Callable[[str], int],
+    ) -> list[Chunk]:
+        """Chunks for a request in ``doc`` at ``offset`` whose FIM windows span ``window`` (character
+        offsets): at most ``budget`` tokens of rendered text (``count`` counts tokens), most similar last.
+
+        ``others`` are the other open documents (already filtered for language and privacy). Chunks of
+        ``doc`` itself that overlap its FIM windows are left out (the model sees those lines anyway).
+        """
+        if budget <= 0:
+            return []
+        others = [o for o in others if o.uri != doc.uri and o.language == doc.language]
+        line = doc.text.count("\n", 0, offset)
+        first = doc.text.count("\n", 0, window[0])
+        last = first + doc.text.count("\n", window[0], window[1])
+        why = (line // self.chunk_lines, first, self.ring.generation, budget, tuple((o.uri, hash(o.text)) for o in others))
+        with self._lock:
+            old = self._chosen.get(doc.uri)
+            if old is not None and old[0] == why:
+                return old[1]
+            query = identifiers(_around(doc.text, line))
+            candidates = [
+                c for c in self.ring.chunks()
+                if c.language == doc.language and not (c.uri == doc.uri and c.start_line < last + 1 and c.end_line > first)
+            ]  # fmt: skip
+            for o in others:
+                candidates.extend(self._doc_blocks(o))
+            scored = sorted(
+                ((jaccard(query, c.ids), -i, c) for i, c in enumerate(candidates)), key=lambda t: (t[0], t[1]), reverse=True
+            )
+            chosen: list[Chunk] = []
+            seen: set[str] = set()
+            used = 0
+            for score, _, c in scored:
+                if score < MIN_SCORE:
+                    break
+                if c.text in seen:
+                    continue
+                n = count(c.render())
+                if used + n > budget:
+                    continue
+                chosen.append(c)
+                seen.add(c.text)
+                used += n
+            chosen.reverse()  # the most similar nearest the cursor's part of the prompt
+            self._chosen[doc.uri] = (why, chosen)
+            return chosen
+
+    def closed(self, uri: str) -> None:
+        """``uri`` was closed: forget the choice made for it (its ring chunks stay: recently edited)."""
+        with self._lock:
+            self._chosen.pop(uri, None)
+
+    def drop(self, excluded: Callable[[str], bool]) -> None:
+        """Forget every chunk, and every choice holding one, of a path that ``excluded`` now matches
+        (after the exclusion patterns changed)."""
+        for c in self.ring.chunks():
+            if excluded(c.path):
+                self.ring.forget(c.uri)
+        with self._lock:
+            for uri, (_, chunks) in list(self._chosen.items()):
+                if any(excluded(c.path) for c in chunks):
+                    del self._chosen[uri]
+
+
+def _around(text: str, line: int) -> str:
+    """The ``QUERY_LINES`` lines on either side of ``line``, anchored to the chunk grid so the query
+    (and so the choice) does not change with every keystroke."""
+    lines = text.split("\n")
+    centre = line // CHUNK_LINES * CHUNK_LINES + CHUNK_LINES // 2
+    return "\n".join(lines[max(0, centre - QUERY_LINES) : centre + QUERY_LINES])

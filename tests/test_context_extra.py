@@ -1,0 +1,176 @@
+"""Context beyond the cursor, pure parts: the chunk ring and its choice, privacy exclusions, prompt-lookup
+drafts, the adaptive time budget and debounce, and the detection of an accepted suggestion."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from lsp_server import config, neighbors
+from lsp_server.cache import TypeThroughCache
+from lsp_server.lookup import Lookup
+from lsp_server.neighbors import CHUNK_LINES, ChunkRing, Doc, Neighbors
+from lsp_server.pacing import MIN_SAMPLES, Pacer
+
+
+def _module(name: str, funcs: list[str], lines: int = 100) -> str:
+    body = [f"def {f}(value):\n    return {f}_helper(value) + {name}_offset\n" for f in funcs]
+    filler = [f"x_{i} = {i}\n" for i in range(lines)]
+    return "".join(filler[: lines // 2] + body + filler[lines // 2 :])
+
+
+def _count(text: str) -> int:
+    return len(text) // 3 + 1  # a stand-in tokenizer: about 3 characters a token, never zero
+
+
+# ---- the ring ----------------------------------------------------------------------------------------
+def test_ring_keeps_its_budget_under_1000_edits() -> None:
+    rng = random.Random(0)
+    docs = [Doc(f"file:///p/m{i}.py", f"p/m{i}.py", "python", _module(f"m{i}", [f"f{i}_{j}" for j in range(8)], 300)) for i in range(12)]
+    nb = Neighbors(ChunkRing(capacity=16))
+    budget = 400
+    for step in range(1000):
+        doc = rng.choice(docs)
+        line = rng.randrange(doc.text.count("\n") + 1)
+        nb.ring.edited(doc, line)
+        assert len(nb.ring) <= 16
+        for c in nb.ring.chunks():
+            assert c.text.count("\n") < CHUNK_LINES  # whole grid blocks, never more
+        if step % 50 == 0:
+            cur = rng.choice(docs)
+            off = rng.randrange(len(cur.text))
+            got = nb.select(cur, off, (off, off), [d for d in docs if d is not cur], budget, _count)
+            assert sum(_count(c.render()) for c in got) <= budget
+            assert all(c.uri != cur.uri or not (c.start_line <= cur.text.count("\n", 0, off) < c.end_line) for c in got)
+
+
+def test_ring_pushes_a_region_when_editing_moves_away_and_replaces_its_copy() -> None:
+    a = Doc("file:///a.py", "a.py", "python", "\n".join(f"alpha_{i} = {i}" for i in range(100)))
+    b = Doc("file:///b.py", "b.py", "python", "beta = 1\n")
+    ring = ChunkRing(capacity=4)
+    ring.edited(a, 5)
+    ring.edited(a, 7)  # same region: nothing pushed yet
+    assert len(ring) == 0
+    ring.edited(b, 0)  # elsewhere: the region of a around line 7 goes in
+    assert [(c.uri, c.start_line) for c in ring.chunks()] == [("file:///a.py", 0)]
+    assert ring.chunks()[0].text.startswith("alpha_0 = 0")
+    ring.edited(a, 3)  # b's region goes in
+    ring.edited(b, 0)  # a's block 0 again: replaces the old copy (moved to the newest place)
+    assert [(c.uri, c.start_line) for c in ring.chunks()] == [("file:///b.py", 0), ("file:///a.py", 0)]
+
+
+def test_selection_ranks_by_identifiers_and_heads_chunks_with_their_path() -> None:
+    lib = Doc("file:///pkg/lib.py", "pkg/lib.py", "python", _module("lib", ["parse_header", "render_footer"]))
+    noise = Doc("file:///pkg/noise.py", "pkg/noise.py", "python", "\n".join(f"unrelated_{i} = {i}" for i in range(60)))
+    js = Doc("file:///web/app.js", "web/app.js", "javascript", "function parse_header() { return parse_header_helper(); }")
+    text = "import lib\n\ndef main(value):\n    header = lib.parse_header_helper(value) + lib_offset\n    return "
+    cur = Doc("file:///pkg/main.py", "pkg/main.py", "python", text)
+    got = Neighbors().select(cur, len(text), (0, len(text)), [lib, noise, js], 200, _count)
+    assert got and got[-1].uri == lib.uri  # the most similar chunk comes last, nearest the cursor's part
+    assert all(c.uri != js.uri for c in got)  # other languages never
+    rendered = neighbors.render(got)
+    assert rendered.startswith("# pkg/lib.py\n") and "def parse_header(value):" in rendered
+
+
+def test_selection_is_sticky_while_typing_in_a_block() -> None:
+    lib = Doc("file:///lib.py", "lib.py", "python", _module("lib", ["parse_header"]))
+    nb = Neighbors()
+    text = "def main(value):\n    parse_"
+    first = nb.select(Doc("file:///m.py", "m.py", "python", text), len(text), (0, len(text)), [lib], 300, _count)
+    for typed in "header_helper(value)":
+        text += typed
+        again = nb.select(Doc("file:///m.py", "m.py", "python", text), len(text), (0, len(text)), [lib], 300, _count)
+        assert again is first  # the same chunks: the prompt's first part (and its KV cache) stays
+
+
+def test_chunk_header_uses_the_language_comment() -> None:
+    c = neighbors.Chunk("file:///a.rs", "src/a.rs", "rust", 0, "fn main() {}", frozenset())
+    assert c.render() == "// src/a.rs\nfn main() {}\n"
+
+
+# ---- privacy -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "path",
+    ["/home/u/proj/.env", "/p/.env.local", "/p/server.pem", "/p/tls/private.key", "/home/u/.ssh/id_rsa",
+     "/home/u/.ssh/id_rsa.pub", "/p/config/secrets.yaml", "C:\\p\\secrets.json", "file:///p/cert.p12"],
+)  # fmt: skip
+def test_default_exclusions(path: str) -> None:
+    assert config.Settings().excluded(path)
+
+
+def test_exclusions_leave_code_alone_and_take_configured_patterns() -> None:
+    s = config.Settings()
+    for path in ("/p/main.py", "/p/environment.py", "/p/keys.py", "/p/env/x.py", "/p/secrets_manager.py"):
+        assert not s.excluded(path)
+    custom, problems = config.parse({"exclude": ["*.sql", "private/*"]})
+    assert not problems
+    assert custom.excluded("/p/db/dump.sql") and custom.excluded("/repo/private/notes.py")
+    assert custom.excluded("/p/.env")  # the defaults stay on
+    _, problems = config.parse({"exclude": "*.sql"})
+    assert problems  # a string is not a list of patterns: reported, default kept
+
+
+# ---- prompt lookup -----------------------------------------------------------------------------------
+def test_lookup_drafts_from_the_latest_longest_match() -> None:
+    hist = Lookup([5, 1, 2, 3, 4, 9, 1, 2, 3, 7, 8, 1, 2], capacity=32)
+    assert hist.draft(3) == [3, 7, 8]  # the latest "1 2" is followed by 3 7 8
+    hist.extend([3])
+    assert hist.draft(2) == [7, 8]  # "1 2 3": the latest earlier match
+    assert Lookup([1, 2, 3, 4], 8).draft(4) == []  # "3 4" never occurred before
+    assert Lookup([1, 2, 1], 8).draft(4) == []  # a single repeated token is not enough
+    grow = Lookup([1, 2], capacity=2)
+    grow.extend(list(range(10)) + [1, 2])
+    assert grow.draft(3) == [3, 4, 5]  # [1 2] 0 [1 2] 3 4 5 ... 9 [1 2]: the latest match wins
+
+
+# ---- pacing ------------------------------------------------------------------------------------------
+def test_pacer_budget_and_debounce() -> None:
+    p = Pacer()
+    assert p.budget_ms(2000) == 2000 and p.debounce_ms() == 0  # nothing known yet: the configured budget
+    t = 0.0
+    for i in range(MIN_SAMPLES * 2):
+        t += 0.12 if i % 4 else 0.6  # 120 ms between keys, a 600 ms pause every fourth
+        p.keystroke("file:///a.py", t)
+        p.finished(80.0)
+    assert p.debounce_ms() == 0  # 80 ms answers beat 120 ms gaps
+    assert p.budget_ms(2000) == 600  # the pauses set the budget
+    assert p.budget_ms(300) == 300  # the configured budget is a hard cap
+    for _ in range(32):
+        p.finished(500.0)
+    assert p.debounce_ms() == 120  # slower than the typing: wait one typical gap
+    assert p.budget_ms(2000) == 750  # never below 1.5x the median latency
+    p.keystroke("file:///b.py", t + 0.05)  # another document: not a typing gap
+    assert p.status(2000)["typingGapMs"] == 120.0
+
+
+# ---- accepted suggestions ----------------------------------------------------------------------------
+def test_cache_sees_an_accepted_suggestion() -> None:
+    cache = TypeThroughCache()
+    text = "def f(x):\n    return \n\nprint(f(1))\n"
+    off = text.index("return ") + len("return ")
+    cache.put("u", text, off, ["x + 1", "x * 2"])
+    accepted = text[:off] + "x * 2" + text[off:]
+    assert cache.accepted("u", accepted) == off + len("x * 2")
+    assert cache.accepted("u", text[:off] + "x - 3" + text[off:]) is None
+    assert cache.accepted("u", text[:off] + "x + 1" + text[off:-1]) is None  # something else changed too
+    assert cache.accepted("other", accepted) is None
+
+
+def test_draft_policy_drafts_only_what_pays() -> None:
+    from lsp_server.lookup import DraftPolicy
+
+    big = DraftPolicy(8)  # a big model: a batch position costs a tenth of a decode
+    assert big.size(8) == 0  # nothing measured yet
+    big.decoded(30.0, 0)
+    big.decoded(36.0, 2)  # 3 ms per extra position
+    for _ in range(10):
+        big.verified(4, 4)  # and the drafts were right
+    assert big.size(8) >= 4 and big.size(3) == 3
+    tiny = DraftPolicy(8)  # a tiny model: a batch position costs as much as a decode, and drafts miss
+    tiny.decoded(1.0, 0)
+    for _ in range(30):
+        tiny.decoded(1.0 + 0.9 * 4, 4)
+        tiny.verified(4, 0)
+    sizes = [tiny.size(8) for _ in range(DraftPolicy.PROBE_EVERY)]
+    assert sizes[:-1] == [0] * (DraftPolicy.PROBE_EVERY - 1) and sizes[-1] == 2  # only a rare probe

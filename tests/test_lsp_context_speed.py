@@ -1,0 +1,178 @@
+"""Context beyond the cursor and speed, on real models: prompt-lookup decoding gives exactly the greedy
+output, context from other files keeps KV reuse, excluded files never reach a prompt, and the completion
+after an accepted one is prefetched (the next request is a cache hit).
+
+Models: the shipped demo model (``models.resolve("demo")``; real text, so prompt lookup finds drafts the
+model accepts) and the tiny random fixture model (noise, every token a near-tie candidate).
+"""
+
+from __future__ import annotations
+
+import sysconfig
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from lsprotocol import types
+from pygls.workspace import Workspace
+
+from lsp_server import context, models, neighbors, pipeline
+from lsp_server.cache import TypeThroughCache
+from lsp_server.config import Settings
+from lsp_server.engines.llama_cpp import EngineOptions, LlamaCppEngine
+from lsp_server.server import ServerOptions, create_server
+from tests.fixtures.lsp_client import inline, insert, items_of, lsp_session, open_doc
+from tests.fixtures.lsp_models import lsp_random_gguf  # noqa: F401
+
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+DEMO = models.resolve("demo").path
+
+
+def _cursors(text: str, n: int) -> list[int]:
+    """``n`` cursors spread over ``text``: at line starts, after an indentation, inside identifiers."""
+    out = []
+    for k in range(n):
+        line = text.index("\n", len(text) * (k + 1) // (n + 2)) + 1
+        body = text[line : text.index("\n", line)]
+        kind = k % 3
+        if kind == 0:
+            out.append(line)
+        elif kind == 1:
+            out.append(line + len(body) - len(body.lstrip()))
+        else:  # mid-word: token healing has to cover the fragment first
+            out.append(line + max(0, min(len(body), len(body) - len(body.lstrip()) + 3)))
+    return out
+
+
+def _generate(engine: LlamaCppEngine, text: str, offsets: list[int], settings: Settings) -> list[list[int]]:
+    tokens = []
+    for off in offsets:
+        req, _ = pipeline.build_request(engine, text, off, settings, 1, "t", context.cursor(text, off))
+        result = engine.submit(replace(req, stop_text=None)).future.result(timeout=120)
+        tokens.append(result.candidates[0].tokens)
+    return tokens
+
+
+@pytest.mark.parametrize("model", ["demo", "random"])
+def test_prompt_lookup_output_is_identical_to_plain_greedy(model: str, lsp_random_gguf: Path) -> None:
+    path = DEMO if model == "demo" else lsp_random_gguf
+    text = (STDLIB / "statistics.py").read_text() + (STDLIB / "graphlib.py").read_text()
+    offsets = _cursors(text, 15)
+    settings = Settings(context_tokens=768, max_tokens=48, time_budget_ms=600_000)
+    got = {}
+    for lookahead in (0, 8):
+        engine = LlamaCppEngine(path, model, EngineOptions(n_ctx=1024, prompt_lookup=lookahead))
+        try:
+            got[lookahead] = _generate(engine, text, offsets, settings)
+            stats = engine.stats
+        finally:
+            engine.close()
+        if lookahead == 0:
+            assert stats.drafts == 0
+    assert got[8] == got[0]
+    assert sum(map(len, got[0])) > 15 * 8  # real generations, not empty ones
+    if model == "demo":  # code repeats: drafts were made and the model agreed with some of them
+        assert stats.drafts > 0 and stats.accepted > 0
+
+
+@pytest.fixture(scope="module")
+def demo_engine():
+    engine = LlamaCppEngine(DEMO, "demo", EngineOptions(n_ctx=2048))
+    yield engine
+    engine.close()
+
+
+def _package_docs() -> tuple[neighbors.Doc, list[neighbors.Doc]]:
+    """unittest/result.py (being edited) and two of its siblings (open in the editor)."""
+    pkg = STDLIB / "unittest"
+    cur = neighbors.Doc("file:///w/unittest/result.py", "unittest/result.py", "python", (pkg / "result.py").read_text())
+    others = [neighbors.Doc(f"file:///w/unittest/{n}", f"unittest/{n}", "python", (pkg / n).read_text()) for n in ("util.py", "case.py")]
+    return cur, others
+
+
+async def test_kv_reuse_with_extra_context_evaluates_only_what_changed(demo_engine: LlamaCppEngine) -> None:
+    cur, others = _package_docs()
+    settings = Settings(context_tokens=768, extra_context_tokens=384, max_tokens=16, time_budget_ms=600_000)
+    nb = neighbors.Neighbors()
+    start = cur.text.index("        return ''.join(msgLines)")
+    typed = "        return self.errors"
+    cache = TypeThroughCache()
+    demo_engine.reset()
+    evaluated, extra_tokens = [], 0
+    for k in range(len(typed) + 1):
+        text = cur.text[:start] + typed[:k] + cur.text[start:]
+        doc = replace(cur, text=text)
+        out = await pipeline.complete(demo_engine, cache, cur.uri, text, start + k, settings, extra=pipeline.Extra(nb, doc, tuple(others)))
+        if out.source == "cache":
+            continue
+        assert out.context.extra.startswith("# unittest/")  # chunks of the siblings, headed by their paths
+        extra_tokens = len(demo_engine.vocab.encode(out.context.extra))
+        evaluated.append(out.result.evaluated_tokens)
+        assert out.result.prompt_tokens + 16 <= demo_engine.info.n_ctx
+    assert extra_tokens > 100
+    assert evaluated[0] > extra_tokens  # the first request evaluates everything
+    assert len(evaluated) > 5 and max(evaluated[1:]) <= 8  # then only the tokens at the cursor
+
+
+def test_excluded_files_never_reach_the_prompt(demo_engine: LlamaCppEngine) -> None:
+    """The server's own filtering (its workspace, the ring, the choice of chunks), then the prompt's tokens."""
+    secret = "AWS_SECRET_ACCESS_KEY = 'wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY'\n"
+    cur, others = _package_docs()
+    ls = create_server(ServerOptions())
+    ls.protocol._workspace = Workspace("file:///w")  # what `initialize` sets up, without a client
+    ws = ls.workspace
+    ws.put_text_document(types.TextDocumentItem(uri=cur.uri, language_id="python", version=1, text=cur.text))
+    for d in others:
+        ws.put_text_document(types.TextDocumentItem(uri=d.uri, language_id="python", version=1, text=d.text))
+    # a secrets file that looks like the code being written (same language id, same identifiers)
+    leaky = secret + "".join(f"def addError_{i}(self, test, err):\n    self.errors.append((test, err))\n" for i in range(20))
+    for name in ("secrets.py", ".env", "deploy.pem"):
+        uri = f"file:///w/unittest/{name}"
+        ws.put_text_document(types.TextDocumentItem(uri=uri, language_id="python", version=1, text=leaky))
+        # edits in it (the ring of edited regions)
+        for line in (0, 40, 0):
+            pos = types.Position(line=line, character=0)
+            change = types.TextDocumentContentChangePartial(range=types.Range(start=pos, end=pos), text="#")
+            params = types.DidChangeTextDocumentParams(types.VersionedTextDocumentIdentifier(uri=uri, version=2), [change])
+            ws.update_text_document(params.text_document, change)
+            ls.changed(params)
+    assert all("secrets" not in c.path and ".env" not in c.path for c in ls.neighbors.ring.chunks())
+    ls.settings = Settings(context_tokens=512, extra_context_tokens=1024)
+    off = cur.text.index("        self.errors.append")
+    doc = ws.get_text_document(cur.uri)
+    extra = ls.extra_for(doc, cur.text)
+    req, ctx = pipeline.build_request(demo_engine, cur.text, off, ls.settings, 1, "t", context.cursor(cur.text, off), extra=extra)
+    prompt_text = demo_engine.vocab.decode(list(req.prompt))
+    assert "unittest/" in ctx.extra  # there is context from other files...
+    assert "wJalrXUtnFEMI" not in prompt_text and "addError_" not in prompt_text  # ...but none from excluded ones
+    # with the exclusion switched off by a custom pattern list, the very same file would have been used
+    assert not Settings(exclude=["*.txt"]).excluded("unittest/notes.py")
+
+
+async def test_prefetch_after_accept_makes_the_next_request_a_cache_hit() -> None:
+    text = (STDLIB / "graphlib.py").read_text()
+    uri = "file:///w/graphlib.py"
+    line = text[: text.index("        self._node2info = {}")].count("\n")
+    async with lsp_session(DEMO, options={"maxTokens": 24, "contextTokens": 512}) as client:
+        open_doc(client, uri, text)
+        first = items_of(await inline(client, uri, line, 8))
+        assert first and first[0].insert_text.strip()
+        shown = first[0].insert_text
+        n = len(client.status.items)
+        insert(client, uri, line, 8, shown, version=2)  # the user takes the suggestion
+        end_line = line + shown.count("\n")
+        end_char = (8 if "\n" not in shown else 0) + len(shown.rsplit("\n", 1)[-1])
+        await inline(client, uri, end_line, end_char)
+        status = await client.status.wait_for({"ready"}, after=n + 1)
+        while status.get("prefetchHits") is None or status["prefetches"] < 1:
+            status = await client.status.wait_for({"ready"}, after=client.status.items.index(status) + 1)
+        assert status["prefetches"] == 1 and status["prefetchHits"] == 1
+        assert status["lastLatencyMs"] == 0.0  # answered from the type-through cache, not the model
+
+
+async def test_no_completion_in_an_excluded_file() -> None:
+    async with lsp_session(DEMO, options={"maxTokens": 8}) as client:
+        open_doc(client, "file:///w/.env", "API_TOKEN=", language="dotenv")
+        open_doc(client, "file:///w/id_rsa", "-----BEGIN OPENSSH PRIVATE KEY-----\n", language="plaintext")
+        assert items_of(await inline(client, "file:///w/.env", 0, 10)) == []
+        assert items_of(await inline(client, "file:///w/id_rsa", 1, 0)) == []
