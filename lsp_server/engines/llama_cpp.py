@@ -83,22 +83,35 @@ def _train_ctx(path: Path) -> int:
 
 
 @contextlib.contextmanager
-def _extra_buffer_types(enabled: bool) -> Iterator[None]:
+def _extra_buffer_types(enabled: bool, progress: Callable[[float], None] | None = None) -> Iterator[None]:
     """Load with llama.cpp's extra CPU buffer types (repacked weights, AMX) on or off.
 
     With them on, llama.cpp 0.3.36 (as built by llama-cpp-python here) crashes with SIGSEGV in the first
     ``llama_decode`` of a Q4_1 model on a CPU with AMX (SmolLM2-135M Q4_1 on a Sapphire Rapids core);
     off, the same file runs. A crash takes the editor's server down, so they are off unless asked for
     (``--cpu-repack``). llama-cpp-python does not expose the flag (``use_extra_bufts``), so the default
-    model parameters it starts from are adjusted for the duration of the load.
+    model parameters it starts from are adjusted for the duration of the load. The same way, ``progress``
+    (0.0 .. 1.0, called on the loading thread) becomes llama.cpp's load progress callback.
     """
     import llama_cpp.llama as high
 
     original = high.llama_cpp.llama_model_default_params
 
+    def report(value: float, _user_data: object) -> bool:
+        try:
+            progress(float(value))  # type: ignore[misc]
+        except Exception:  # noqa: BLE001 - an exception must not cross the C callback; a lost report is harmless
+            log.debug("load progress callback failed", exc_info=True)
+        return True  # go on loading
+
+    # kept referenced until the load is over: llama.cpp holds only the raw function pointer
+    callback = high.llama_cpp.llama_progress_callback(report) if progress else None
+
     def params() -> object:
         p = original()
         p.use_extra_bufts = enabled
+        if callback is not None:
+            p.progress_callback = callback
         return p
 
     with _LOAD_LOCK:
@@ -115,7 +128,10 @@ _LOAD_LOCK = threading.Lock()
 class LlamaCppEngine:
     """Loads the GGUF (blocking: call it off the event loop) and starts the worker thread."""
 
-    def __init__(self, path: Path, name: str, options: EngineOptions = EngineOptions()) -> None:
+    def __init__(
+        self, path: Path, name: str, options: EngineOptions = EngineOptions(), progress: Callable[[float], None] | None = None
+    ) -> None:
+        """``progress``, when given, receives llama.cpp's load progress (0.0 .. 1.0) on the loading thread."""
         import llama_cpp
 
         self._lc = llama_cpp
@@ -128,7 +144,7 @@ class LlamaCppEngine:
         n_ctx = options.n_ctx or min(n_train, MAX_DEFAULT_CTX)
         kv = KV_TYPES[options.kv_type]
         try:
-            with _extra_buffer_types(options.cpu_repack):
+            with _extra_buffer_types(options.cpu_repack, progress):
                 self._llm = llama_cpp.Llama(
                     model_path=str(path),
                     n_ctx=n_ctx,
@@ -350,13 +366,14 @@ class LlamaCppEngine:
 
         t2 = time.perf_counter()
         texts: list[str] = []
+        firsts: list[int] = []  # each item's first token: later items start differently, so they differ
         for i in range(max(1, req.n)):
             if i > 0:
                 # back to the end of the prompt; re-run its last token to get its logits again
                 self._truncate(len(prompt) - 1)
                 self._eval(prompt[-1:])
             text, stop_i, n_gen = self._generate(
-                job, max_new, deadline, 0.0 if i == 0 else ALT_TEMPERATURE, s.temperature, req.stop_rule, heal
+                job, max_new, deadline, 0.0 if i == 0 else ALT_TEMPERATURE, s.temperature, req.stop_rule, heal, firsts
             )
             result.generated_tokens += n_gen
             if i == 0:
@@ -444,12 +461,17 @@ class LlamaCppEngine:
                 self._heal_memo.popitem(last=False)
         return ids
 
-    def _sample(self, temperature: float, allowed: np.ndarray | None = None) -> int:
+    def _sample(self, temperature: float, allowed: np.ndarray | None = None, banned: list[int] | None = None) -> int:
         logits = np.ctypeslib.as_array(self._llm._ctx.get_logits(), shape=(self._n_vocab,))
         if allowed is not None:
             masked = np.full(self._n_vocab, -np.inf, dtype=np.float32)
             masked[allowed] = logits[allowed]
             logits = masked
+        if banned:
+            logits = logits.copy()
+            logits[banned] = -np.inf
+            if not np.isfinite(logits).any():  # everything allowed was banned: nothing better to offer
+                return banned[0]
         if temperature <= 0.0:
             return int(np.argmax(logits))
         z = logits.astype(np.float64) / temperature
@@ -460,8 +482,10 @@ class LlamaCppEngine:
 
     def _generate(
         self, job: Job, max_new: int, deadline: float, alt_temp: float, temperature: float, stop_rule: object,
-        heal: bytes = b"",
+        heal: bytes = b"", firsts: list[int] | None = None,
     ) -> tuple[str, Stop, int]:
+        """One item. ``firsts``: the first tokens of the items before this one, banned (with end-of-text) as
+        this item's first token, and this item's first token is appended to it."""
         out: list[int] = []
         raw = b""
         temp = alt_temp or temperature
@@ -469,8 +493,13 @@ class LlamaCppEngine:
         room = self.info.n_ctx - len(self._tokens)
         stop: Stop = "length"
         pending = heal  # healed text the output has not covered yet
-        for _ in range(min(max_new, room)):
-            tok = self._sample(temp, self._healing_choices(pending) if pending else None)
+        for step in range(min(max_new, room)):
+            banned = None
+            if step == 0 and firsts:
+                banned = [*firsts, *(t for t in (self.fim_ids.eot if self.fim_ids else -1, self._lc.llama_vocab_eos(self._vocab)) if t >= 0)]
+            tok = self._sample(temp, self._healing_choices(pending) if pending else None, banned)
+            if step == 0 and firsts is not None:
+                firsts.append(tok)
             piece = self._pieces[tok]
             pending = b"" if piece.startswith(pending) else pending[len(piece) :]
             if self._lc.llama_vocab_is_eog(self._vocab, tok) or (self.fim_ids is not None and tok == self.fim_ids.eot):
