@@ -121,8 +121,9 @@ def test_vscode_ghost_text_end_to_end(micro_model, vsix: Path, tmp_path: Path) -
         "tmpDir": str(tmp_path),
         "readyTimeoutMs": 90000,
         "ghostTimeoutMs": 20000,
-        # Only the model: every other setting, VS Code's and the extension's, is the default.
-        "settings": {"codellama.model": str(micro_model.gguf)},
+        # Only the model (and the server's info log, where the test counts the requests that reached it):
+        # every other setting, VS Code's and the extension's, is the default.
+        "settings": {"codellama.model": str(micro_model.gguf), "codellama.server.extraArgs": ["-v"]},
     }
     cfg_path = tmp_path / "e2e.json"
     cfg_path.write_text(json.dumps(cfg))

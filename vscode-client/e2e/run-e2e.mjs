@@ -126,28 +126,30 @@ function extensionLog() {
 }
 
 // Text of the ghost suggestion on screen. VS Code renders its first line as decorations inside the
-// cursor's view line (one span per token) and further lines in a view zone of view lines; spaces come
-// as no-break spaces. Spans of one view line are joined as they are, view lines with newlines.
+// cursor's view line (one span per token) and further lines in a view zone of view lines, which comes
+// earlier in the DOM; spaces come as no-break spaces. Pieces are put in screen order (top, then left):
+// pieces on one row are joined as they are, rows with newlines.
 async function ghostText() {
   return page.evaluate(() => {
     const nodes = [...document.querySelectorAll('.monaco-editor [class*="ghost-text"]')];
     const top = nodes.filter((n) => !nodes.some((m) => m !== n && m.contains(n)));
-    const lines = [];
-    let lastLine = null;
+    const pieces = [];
     for (const n of top) {
-      const line = n.closest('.view-line');
-      const inner = line ? [] : [...n.querySelectorAll('.view-line')];
-      if (inner.length > 0) {
-        lines.push(...inner.map((v) => v.textContent ?? ''));
-        lastLine = null;
-      } else if (line !== null && line === lastLine) {
-        lines[lines.length - 1] += n.textContent ?? '';
-      } else {
-        lines.push(n.textContent ?? '');
-        lastLine = line;
+      const inner = n.closest('.view-line') ? [] : [...n.querySelectorAll('.view-line')];
+      for (const el of inner.length > 0 ? inner : [n]) {
+        const r = el.getBoundingClientRect();
+        pieces.push({ top: Math.round(r.top), left: r.left, text: el.textContent ?? '' });
       }
     }
-    return lines.join('\n').replace(/\u00a0/g, ' ');
+    pieces.sort((a, b) => a.top - b.top || a.left - b.left);
+    const rows = [];
+    let lastTop = null;
+    for (const p of pieces) {
+      if (lastTop !== null && Math.abs(p.top - lastTop) < 3) rows[rows.length - 1] += p.text;
+      else rows.push(p.text);
+      lastTop = p.top;
+    }
+    return rows.join('\n').replace(/\u00a0/g, ' ');
   });
 }
 

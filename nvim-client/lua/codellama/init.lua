@@ -59,7 +59,7 @@ local state = {
   timer = nil,
   suggestion = nil, -- {bufnr, s = logic suggestion, items, index, request_seq}
   seq = 0,
-  counts = { shown = 0, accepted = 0 },
+  counts = { shown = 0, accepted = 0, requests = 0 }, -- requests: completion requests sent to the server
 }
 
 local function has(version)
@@ -237,6 +237,7 @@ function M.request_inline(bufnr, invoked)
     context = { triggerKind = invoked and 1 or 2 },
   }
   local t0 = vim.loop.hrtime()
+  state.counts.requests = state.counts.requests + 1
   request(client, 'textDocument/inlineCompletion', params, function(err, result)
     if seq ~= state.seq then
       return -- the user typed on: a newer request owns the screen
@@ -350,6 +351,7 @@ function M.request_completion(bufnr, callback)
     position = { line = cur[1] - 1, character = logic.to_units(line, cur[2], client.offset_encoding or 'utf-16') },
     context = { triggerKind = 1 },
   }
+  state.counts.requests = state.counts.requests + 1
   request(client, 'textDocument/completion', params, function(err, result)
     if err then
       callback(nil, err.message or vim.inspect(err))
@@ -382,6 +384,7 @@ function M.omnifunc(findstart, _base)
     position = { line = row, character = logic.to_units(line, col, enc) },
     context = { triggerKind = 1 },
   }
+  state.counts.requests = state.counts.requests + 1
   request(client, 'textDocument/completion', params, function(err, result)
     if err or vim.fn.mode() ~= 'i' then
       return
@@ -440,18 +443,12 @@ local function complete_done()
   if type(extra) ~= 'table' or #extra == 0 then
     return
   end
-  local bufnr = vim.api.nvim_get_current_buf()
+  -- Here, before the key that ended the completion is inserted: that key then lands after the lines.
   local cur = vim.api.nvim_win_get_cursor(0)
   local lines = { '' }
   vim.list_extend(lines, extra)
-  -- after CompleteDone returns: the text is locked while it runs
-  vim.schedule(function()
-    if vim.api.nvim_get_current_buf() ~= bufnr then
-      return
-    end
-    vim.api.nvim_buf_set_text(bufnr, cur[1] - 1, cur[2], cur[1] - 1, cur[2], lines)
-    vim.api.nvim_win_set_cursor(0, { cur[1] + #extra, #extra[#extra] })
-  end)
+  vim.api.nvim_buf_set_text(0, cur[1] - 1, cur[2], cur[1] - 1, cur[2], lines)
+  vim.api.nvim_win_set_cursor(0, { cur[1] + #extra, #extra[#extra] })
 end
 
 -- 'omnifunc' takes a global function name ('v:lua.name'); Neovim 0.7 has no v:lua.require'...' there.
@@ -493,10 +490,10 @@ local function previous_mapping(bufnr, lhs)
   end)
   if type(m) ~= 'table' or vim.tbl_isempty(m) or m.desc == 'codellama' then
     return function()
-      vim.api.nvim_feedkeys(keys(lhs), 'n', false)
+      vim.api.nvim_feedkeys(keys(lhs), 'ni', false) -- 'i': before keys typed after it
     end
   end
-  local remap = m.noremap == 1 and 'n' or 'm'
+  local remap = (m.noremap == 1 and 'n' or 'm') .. 'i'
   return function()
     local rhs = m.rhs
     if m.callback then
