@@ -242,9 +242,10 @@ class CodeLlamaServer(LanguageServer):
             self._job_ended(False)
             raise
         r = result.result
-        if r is not None:  # the engine ran (a cache hit has no latency worth showing)
+        answered = r is not None and r.stop not in ("cancelled", "superseded")
+        if answered:  # the model's answer (a cache hit or a superseded job has no latency worth showing)
             self.last_latency_ms = r.total_ms
-        self._job_ended(r is not None)
+        self._job_ended(answered)
         t1 = time.perf_counter()
         if doc.version != version or self.workspace.text_documents.get(uri) is not doc:
             log.info("%s: document changed while completing; dropped", rid)
@@ -262,7 +263,6 @@ class CodeLlamaServer(LanguageServer):
         self.overhead_ms = t_in + result.pipeline_ms + (time.perf_counter() - t1) * 1e3
         word = _WORD_BEFORE.search(text, line_start, offset) if selected is None else None
         return texts, types.Range(start=start, end=end), word.group(0) if word else ""
-
 
     def _job_started(self) -> None:
         self._inflight += 1

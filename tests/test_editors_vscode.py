@@ -88,6 +88,10 @@ def test_vscode_package_contents(vsix: Path) -> None:
     # the suggestion list stays out of the way unless asked for
     assert props["codellama.suggestList"]["default"] is False
     assert manifest["icon"] == "images/icon.png" and "extension/images/icon.png" in names
+    # With VS Code's default quick suggestions a word item can be selected in the suggest widget while the
+    # ghost text continues it: Tab then takes the ghost text (VS Code's own Tab would only take the word).
+    tab = [k for k in manifest["contributes"]["keybindings"] if k["key"] == "tab"]
+    assert [k["command"] for k in tab] == ["editor.action.inlineSuggest.commit"] and "suggestWidgetVisible" in tab[0]["when"]
     commands = {c["command"] for c in manifest["contributes"]["commands"]}
     assert {"codellama.toggle", "codellama.restart", "codellama.selectModel", "codellama.showLogs"} <= commands
 

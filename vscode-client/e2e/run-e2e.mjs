@@ -141,13 +141,16 @@ async function ghostText() {
         pieces.push({ top: Math.round(r.top), left: r.left, text: el.textContent ?? '' });
       }
     }
+    if (pieces.length === 0) return '';
     pieces.sort((a, b) => a.top - b.top || a.left - b.left);
+    // rows by position: a blank line of the suggestion draws nothing, but takes a line's height
+    const anyLine = document.querySelector('.monaco-editor .view-lines .view-line');
+    const lineHeight = anyLine ? anyLine.getBoundingClientRect().height : 19;
     const rows = [];
-    let lastTop = null;
     for (const p of pieces) {
-      if (lastTop !== null && Math.abs(p.top - lastTop) < 3) rows[rows.length - 1] += p.text;
-      else rows.push(p.text);
-      lastTop = p.top;
+      const row = Math.round((p.top - pieces[0].top) / lineHeight);
+      while (rows.length <= row) rows.push('');
+      rows[row] += p.text;
     }
     return rows.join('\n').replace(/\u00a0/g, ' ');
   });
@@ -221,7 +224,8 @@ async function runTrial(trial, t, index) {
   t.ghostLatencyMs = Date.now() - lastKey;
   t.ghostText = ghost;
   t.requests = lastRequestNumber() - r0;
-  if (index === 0) await page.screenshot({ path: join(outDir, 'ghost.png') });
+  await page.screenshot({ path: join(outDir, index === 0 ? 'ghost.png' : `ghost-trial${index + 1}.png`) });
+  await sleep(200); // a person's reaction time between seeing the ghost text and pressing Tab
   await page.keyboard.press('Tab');
   await sleep(300);
   await page.keyboard.press('Control+S');

@@ -29,7 +29,8 @@ local defaults = {
   enable = { ['*'] = true, markdown = false, text = false, gitcommit = false },
   -- nil: decided by the Neovim version (see the header); true/false forces this plugin's ghost text on/off.
   ghost_text = nil,
-  debounce_ms = 75,
+  -- Typing faster than this (about 7 keys a second) sends no request until the pause after the last key.
+  debounce_ms = 150,
   keymaps = {
     accept = '<Tab>',
     accept_word = '<M-Right>',
