@@ -10,6 +10,7 @@ server; call it off the event loop), or ``EngineError``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,10 +22,11 @@ from .engines.remote import RemoteOptions, local_vocab
 
 def open_engine(
     settings: Settings, path: Path, name: str, local: EngineOptions = EngineOptions(),
-    remote: RemoteOptions = RemoteOptions(url=""),
+    remote: RemoteOptions = RemoteOptions(url=""), progress: Callable[[float], None] | None = None,
 ) -> Engine:
+    """``progress`` receives the in-process model's load progress (0.0 .. 1.0) on the loading thread."""
     if settings.engine == "llama.cpp":
-        return LlamaCppEngine(path, name, local)
+        return LlamaCppEngine(path, name, local, progress)
     if not settings.url:
         raise EngineError(f"expected a server URL for the engine {settings.engine!r} (--url or the url setting), got none")
     from .engines.llama_server import LlamaServerEngine

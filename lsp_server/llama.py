@@ -31,7 +31,7 @@ import ctypes
 import logging
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,6 +115,7 @@ class LoadOptions:
     n_gpu_layers: int = 0
     extra_bufts: bool = False  # llama.cpp's repacked CPU weights / AMX; see the module docstring
     vocab_only: bool = False
+    progress: Callable[[float], None] | None = None  # load progress 0.0 .. 1.0, called on the loading thread
 
 
 class Model:
@@ -127,8 +128,23 @@ class Model:
         params.n_gpu_layers = options.n_gpu_layers
         params.use_extra_bufts = options.extra_bufts
         params.vocab_only = options.vocab_only
+        callback = None
+        if options.progress is not None:
+            report = options.progress
+
+            def on_progress(value: float, _user_data: object) -> bool:
+                try:
+                    report(float(value))
+                except Exception:  # an exception must not cross the C callback; a lost report is harmless
+                    log.debug("load progress callback failed", exc_info=True)
+                return True  # go on loading
+
+            # referenced until the load returns: llama.cpp holds only the raw function pointer
+            callback = lc.llama_progress_callback(on_progress)
+            params.progress_callback = callback
         _errors.clear()
         handle = lc.llama_model_load_from_file(str(self.path).encode(), params)
+        del callback
         if not handle:
             raise LlamaError(f"expected llama.cpp to load {self.path}, got: {last_error() or 'a load failure'}")
         self.handle = handle

@@ -148,7 +148,8 @@ async def complete(
 ) -> Completion:
     t0 = time.perf_counter()
     hit = cache.get(key, text, offset)
-    if hit is not None:
+    # a hit holds what an earlier request asked for (often one item): a request for several goes to the model
+    if hit is not None and len(hit) >= max(1, n):
         return Completion(texts=hit[: max(1, n)], source="cache", pipeline_ms=(time.perf_counter() - t0) * 1e3)
     cur = cursor(text, offset)
     ticket = _LATEST[engine] = next(_TICKETS)

@@ -2,8 +2,10 @@
 
 In: JSON-RPC over stdio or TCP from an editor. Out: inline completions (``textDocument/inlineCompletion``),
 the same completion as a single ``textDocument/completion`` item, ``codellama/status`` notifications
-(loading, ready, busy, error, with the model name, the last latency and the number of cached tokens),
-``$/progress`` while a model loads, and ``window/showMessage`` for bad settings and model errors.
+(loading with a percentage, ready, busy, error, with the model name, the latency of the last model answer
+and the number of cached tokens), ``$/progress`` with percentages while a model loads, and
+``window/showMessage`` for bad settings and model errors. "busy" is sent only when a request has waited
+for the engine longer than ``BUSY_AFTER_S``, so a status bar does not flicker on every key.
 
 Handlers are adapters: they read the document and position, call ``pipeline.complete`` (which awaits
 the engine's worker thread, so the event loop stays free), and shape the reply. The JSON-RPC edge
@@ -63,6 +65,7 @@ EVENT = "codellama/event"
 _WORD_BEFORE = re.compile(r"\w+\Z")
 VERSION = "0.1.0"
 T = TypeVar("T")
+BUSY_AFTER_S = 0.3  # a request running longer than this shows "busy"; shorter ones leave "ready" alone
 
 
 @dataclass(frozen=True)
@@ -148,13 +151,15 @@ class CodeLlamaServer(LanguageServer):
         self._load_lock: asyncio.Lock | None = None  # one load at a time (created on the event loop)
         self.events: collections.Counter[tuple[str, str]] = collections.Counter()  # (kind, language) -> count
         self._ids = itertools.count(1)
-        self._inflight = 0  # completion requests awaiting the engine ("busy" while > 0)
+        self._inflight = 0  # completion requests awaiting the engine
+        self._busy_timer: asyncio.TimerHandle | None = None  # shows "busy" once a request runs BUSY_AFTER_S
+        self._busy_shown = False
         self.neighbors = neighbors.Neighbors()  # other files' chunks and recently edited regions
         self.pacer = Pacer()  # adaptive time budget and debounce
         self.prefetcher = Prefetcher()  # the next completion after an accepted one
 
     # ---- status ----------------------------------------------------------------------------------
-    def send_status(self, state: str, message: str | None = None) -> None:
+    def send_status(self, state: str, message: str | None = None, percentage: int | None = None) -> None:
         self.state = state
         params: dict[str, Any] = {
             "state": state,
@@ -170,6 +175,8 @@ class CodeLlamaServer(LanguageServer):
         }
         if message:
             params["message"] = message
+        if percentage is not None:
+            params["percentage"] = percentage
         self.protocol.notify(STATUS, params)
 
     def show(self, kind: types.MessageType, message: str) -> None:
@@ -214,21 +221,34 @@ class CodeLlamaServer(LanguageServer):
         progress = await self._progress_begin(token, f"Loading {spec}")
         loop = asyncio.get_running_loop()
 
+        last_pct: list[int | None] = [None]
+
         def report(message: str, pct: int | None) -> None:
+            # called from the loading thread, many times per percent: forward each new percentage once
+            if pct is not None and pct == last_pct[0]:
+                return
+            last_pct[0] = pct
             if progress:
                 value = types.WorkDoneProgressReport(message=message, percentage=pct)
                 loop.call_soon_threadsafe(self.work_done_progress.report, token, value)
+            if pct is not None:
+                loop.call_soon_threadsafe(self._loading_percentage, generation, message, pct)
 
         try:
             resolved = await in_daemon_thread(models.resolve, spec, report)
             log.info("model %s: %s", spec, resolved.source)
-            report(f"loading {resolved.name}", None)
+            message = f"loading {resolved.name}"
+            report(message, 0)
             timeout = self.options.load_timeout_s
+
+            def loaded(v: float) -> None:  # llama.cpp's load progress; 99 at most: "ready" (after the warm-up) is 100
+                report(message, min(99, int(v * 100)))
+
             try:
                 engine = await asyncio.wait_for(
                     in_daemon_thread(
                         open_engine, settings, resolved.path, resolved.name, self.options.engine, self.options.remote,
-                        orphan=lambda e: e.close(),
+                        loaded, orphan=lambda e: e.close(),
                     ),
                     timeout,
                 )
@@ -286,6 +306,10 @@ class CodeLlamaServer(LanguageServer):
             self.send_status("error", message)
         else:
             self.send_status("ready", f"connected to {engine.info.where}")
+
+    def _loading_percentage(self, generation: int, message: str, pct: int) -> None:
+        if generation == self._load_generation and self.state == "loading":
+            self.send_status("loading", message, pct)
 
     async def _progress_begin(self, token: str, title: str) -> bool:
         if not (self.client_capabilities.window and self.client_capabilities.window.work_done_progress):
@@ -361,9 +385,7 @@ class CodeLlamaServer(LanguageServer):
             start = selected.range.start
         end = start if selected is None else selected.range.end
         t_in = (time.perf_counter() - t0) * 1e3
-        self._inflight += 1
-        if self._inflight == 1:
-            self.send_status("busy")
+        self._job_started()
         # the time budget adapts to the user's typing (pacing); timeBudgetMs stays the cap
         settings = attrs.evolve(self.settings, time_budget_ms=self.pacer.budget_ms(self.settings.time_budget_ms))
         try:
@@ -374,24 +396,24 @@ class CodeLlamaServer(LanguageServer):
                 result = await pipeline.complete(engine, self.cache, uri, text, offset, settings, n, rid, self.extra_for(doc, text))
         except EngineError as exc:
             log.log(logging.INFO if isinstance(engine, RemoteEngine) and engine.down else logging.ERROR, "%s: %s", rid, exc)
+            self._job_ended(False)
             self.send_status("error", str(exc))
             return None
         except asyncio.CancelledError:  # $/cancelRequest: the engine job was cancelled on the way out
-            if self._inflight == 1:
-                self.send_status("ready")
+            log.info("%s: cancelled by the client after %.1f ms", rid, (time.perf_counter() - t0) * 1e3)
+            self._job_ended(False)
             raise
-        finally:
-            self._inflight -= 1
+        r = result.result
+        answered = r is not None and r.stop not in ("cancelled", "superseded")
+        if answered:  # the model's answer (a cache hit or a superseded job has no latency worth showing)
+            self.last_latency_ms = r.total_ms
+        self._job_ended(answered)
         t1 = time.perf_counter()
         if doc.version != version or self.document(uri) is not doc:
             log.debug("%s: document changed while completing; dropped", rid)
-            if not self._inflight:
-                self.send_status("ready")
             return None
         newline = context.document_newline(source)
         texts = [context.to_document_newlines(head + t, newline) for t in result.texts]
-        r = result.result
-        self.last_latency_ms = r.total_ms if r else 0.0
         if r is not None and result.source != "cache":
             self.pacer.finished(r.total_ms)
         log.info(
@@ -403,8 +425,6 @@ class CodeLlamaServer(LanguageServer):
             ),
         )
         self.overhead_ms = t_in + result.pipeline_ms + (time.perf_counter() - t1) * 1e3
-        if not self._inflight:
-            self.send_status("ready")
         word = _WORD_BEFORE.search(text, line_start, offset) if selected is None else None
         return texts, types.Range(start=start, end=end), word.group(0) if word else ""
 
@@ -453,6 +473,29 @@ class CodeLlamaServer(LanguageServer):
             doc.uri, text, offset,
             lambda: pipeline.complete(engine, self.cache, doc.uri, text, offset, settings, 1, rid, self.extra_for(doc, text)),
         )  # fmt: skip
+
+    def _job_started(self) -> None:
+        self._inflight += 1
+        if self._inflight == 1 and self._busy_timer is None:
+            self._busy_timer = asyncio.get_running_loop().call_later(BUSY_AFTER_S, self._show_busy)
+
+    def _show_busy(self) -> None:
+        self._busy_timer = None
+        if self._inflight and self.state == "ready":
+            self._busy_shown = True
+            self.send_status("busy")
+
+    def _job_ended(self, model_ran: bool) -> None:
+        """Back to "ready" once nothing runs: sent when "busy" was shown or a new latency is to be shown."""
+        self._inflight -= 1
+        if self._inflight:
+            return
+        if self._busy_timer is not None:
+            self._busy_timer.cancel()
+            self._busy_timer = None
+        if self._busy_shown or (model_ran and self.state in ("ready", "busy")):
+            self._busy_shown = False
+            self.send_status("ready")
 
 
 def create_server(options: ServerOptions = ServerOptions()) -> CodeLlamaServer:

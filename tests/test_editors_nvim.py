@@ -67,6 +67,28 @@ def blank_case(files: dict[str, str]) -> BlankCase:
     return BlankCase(CASE_FILE, original, "\n".join(lines), index + 1, typed, full[len(typed) :])
 
 
+# The multi-line case of the user-style tests: the body of a memorised function blanked to one empty line;
+# the user types "    if" and the model gives the rest of the body (three lines) back.
+MULTI_FILE = "spaces.py"
+MULTI_FIRST = "    if width < 0 or height < 0:"
+MULTI_LINES = 3
+MULTI_TYPED = "    if"
+# How users type: about 150 ms a key, and a fast typist's 50 ms.
+TYPING_DELAYS_MS = (150, 50)
+REPEATS = 3
+
+
+def multiline_case(files: dict[str, str]) -> BlankCase:
+    """``expected`` is everything after ``typed`` up to the end of the blanked lines (it has newlines)."""
+    original = files[MULTI_FILE]
+    lines = original.split("\n")
+    index = lines.index(MULTI_FIRST)
+    body = "\n".join(lines[index : index + MULTI_LINES])
+    assert body.startswith(MULTI_TYPED) and body.count("\n") == MULTI_LINES - 1
+    blanked = "\n".join([*lines[:index], "", *lines[index + MULTI_LINES :]])
+    return BlankCase(MULTI_FILE, original, blanked, index + 1, MULTI_TYPED, body[len(MULTI_TYPED) :])
+
+
 def completes(text: str | None, case: BlankCase) -> bool:
     """Whether a completion item's text restores the line: it is the rest of the line, possibly
     preceded by the typed word its range starts at."""
@@ -208,3 +230,98 @@ def test_nvim_plugin_completes_with_the_real_server(micro_model, which: str, tmp
     assert report["mode"] == "ghost"
     assert "\n".join(report["saved"]) == case.original.rstrip("\n")
     assert report["counts"]["accepted"] == 1 and report["counts"]["shown"] >= 1
+
+
+def readme_snippet() -> str:
+    """The README's setup snippet for Neovim without a plugin manager, exactly as printed there."""
+    readme = (REPO / "README.md").read_text()
+    blocks = re.findall(r"```lua\n(.*?)```", readme, flags=re.S)
+    found = [b for b in blocks if "runtimepath:append" in b and "require('codellama').setup" in b]
+    assert len(found) == 1, "expected one Neovim setup snippet without a plugin manager in the README"
+    return found[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", NVIMS)
+def test_nvim_as_users_have_it(micro_model, which: str, tmp_path: Path) -> None:  # noqa: F811
+    """The README's snippet as init.lua (only the plugin path and the model filled in), no --clean, the
+    plugin's defaults, a multi-line completion, typed at 150 and at 50 ms a key, three times each; the
+    server found on PATH as `codellama-lsp`, as the snippet says."""
+    binary = NVIMS[which]()
+    inline = nvim_version(binary) >= (0, 10)
+    case = multiline_case(micro_model.files)
+    snippet = readme_snippet()
+    model_placeholder = "~/models/codellama-7b.Q4_K_M.gguf"
+    assert "/path/to/codellama-lsp/nvim-client" in snippet and model_placeholder in snippet
+    init = tmp_path / "init.lua"
+    init.write_text(snippet.replace("/path/to/codellama-lsp/nvim-client", str(NVIM_CLIENT)).replace(model_placeholder, str(micro_model.gguf)))
+    work = tmp_path / "work"
+    work.mkdir()
+    trials = []
+    for repeat in range(REPEATS):
+        for delay in TYPING_DELAYS_MS:
+            path = work / f"shapes_{delay}ms_{repeat + 1}.py"
+            path.write_bytes(case.blanked.encode())
+            trials.append({"file": str(path), "line": case.line, "typed": case.typed, "delay_ms": delay, "want": case.expected})
+    report_path = tmp_path / "report.json"
+    cfg = {"trials": trials, "out": str(report_path), "timeout_ms": 240000}
+    (tmp_path / "e2e.json").write_text(json.dumps(cfg))
+    env = server_env()
+    env["CODELLAMA_E2E"] = str(tmp_path / "e2e.json")
+    env["PATH"] = str(Path(server_command()[0]).parent) + os.pathsep + env.get("PATH", "")
+    for xdg in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME"):
+        env[xdg] = str(tmp_path / xdg.lower())
+    proc = subprocess.run(
+        [binary, "--headless", "-u", str(init), "-c", f"luafile {NVIM_CLIENT / 'tests' / 'user_e2e.lua'}"],
+        cwd=work, env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+    )
+    assert report_path.exists(), f"no report from Neovim (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    report = json.loads(report_path.read_text())
+    dest = ARTIFACTS / f"nvim-user-{which}"
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "report.json").write_text(json.dumps(report, indent=2))
+    summary = [(t["delay_ms"], t["ok"], t.get("latency_ms"), t.get("requests"), t.get("error", "")[:200]) for t in report["trials"]]
+    print(f"nvim {report['nvim']} trials (ms/key, ok, completion ms after the last key, requests, error):", *summary, sep="\n  ")
+    assert report.get("error") is None, f"{report}\n{proc.stderr}"
+    assert report["mode"] == ("ghost" if inline else "omnifunc")
+    assert len(report["trials"]) == len(trials)
+    for t in report["trials"]:
+        assert t["ok"], t
+        assert t["saved"].encode() == case.original.encode() and "\0" not in t["saved"], "byte for byte, no NUL"
+        if inline:
+            assert t["ghost_hl"] == "CodellamaGhost"
+    # 0.7 - 0.9: the plugin's omnifunc although Python's filetype plugin sets its own
+    assert report["omnifunc"] == "v:lua.codellama_omnifunc"
+    assert report["servers"] == 1 and report["server_pids"] == 1
+    assert report["ghost_cterm"] == {"fg": 244, "italic": True}
+    # <Tab> without a ghost indents; switched off, the server runs no model for the menu either
+    assert re.fullmatch(r"x\s+y", report["tab_line"]), report["tab_line"]
+    assert report["completion_while_off"] == ""
+    assert "error" in report["status_after_kill"] and "restarting" in report["status_after_kill"]
+    assert report["restarted"] is True
+
+
+def test_nvim_missing_server_says_so(tmp_path: Path) -> None:
+    """A `cmd` that is not executable: the statusline and the LSP log say so (no model needed)."""
+    init = tmp_path / "init.lua"
+    snippet = readme_snippet().replace("/path/to/codellama-lsp/nvim-client", str(NVIM_CLIENT))
+    init.write_text(snippet.replace("'codellama-lsp', '--stdio'", "'codellama-lsp-not-installed', '--stdio'"))
+    out = tmp_path / "out.json"
+    script = tmp_path / "check.lua"
+    script.write_text(
+        "vim.cmd('edit x.py')\n"
+        "vim.defer_fn(function()\n"
+        "  local f = io.open(vim.lsp.get_log_path(), 'rb'); local log = f and f:read('*a') or ''; if f then f:close() end\n"
+        f"  vim.fn.writefile({{vim.fn.json_encode({{status = require('codellama').statusline(), log = log}})}}, '{out}')\n"
+        "  vim.cmd('qall!')\n"
+        "end, 500)\n"
+    )
+    env = {**os.environ}
+    for xdg in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME"):
+        env[xdg] = str(tmp_path / xdg.lower())
+    proc = subprocess.run([debian_nvim(), "--headless", "-u", str(init), "-c", f"luafile {script}"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert out.exists(), proc.stderr
+    got = json.loads(out.read_text())
+    assert got["status"].startswith("codellama: error | codellama-lsp-not-installed not found"), got["status"]
+    assert "codellama-lsp-not-installed not found" in got["log"]

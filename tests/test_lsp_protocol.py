@@ -39,6 +39,11 @@ async def test_initialize_capabilities_status_and_progress(lsp_random_gguf: Path
         reports = [v for values in client.progress_reports.values() for v in values]
         assert any(isinstance(v, types.WorkDoneProgressBegin) for v in reports)
         assert any(isinstance(v, types.WorkDoneProgressEnd) for v in reports)
+        # the load reports percentages (llama.cpp's own load progress), rising, in $/progress and the status
+        pcts = [v.percentage for v in reports if isinstance(v, types.WorkDoneProgressReport) and v.percentage is not None]
+        assert len(pcts) >= 2 and pcts == sorted(pcts) and pcts[-1] >= 90, pcts
+        status_pcts = [s["percentage"] for s in client.status.items if s["state"] == "loading" and s["percentage"] is not None]
+        assert status_pcts == pcts, (status_pcts, pcts)
 
         open_doc(client, URI, CODE)
         result = await inline(client, URI, 4, 4)
@@ -242,7 +247,7 @@ async def test_settings_during_first_load_do_not_start_a_second_load(lsp_random_
         assert ready["state"] == "ready", ready
         open_doc(client, URI, CODE)
         await inline(client, URI, 4, 4)
-        loads = [s for s in client.status.items if s["state"] == "loading"]
+        loads = [s for s in client.status.items if s["state"] == "loading" and s["percentage"] is None]
         assert len(loads) == 1, client.status.items
 
 
@@ -270,3 +275,17 @@ async def test_unexpected_load_failure_is_an_error_status_then_recovery(lsp_rand
         client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"model": str(lsp_random_gguf)}))
         ok = await client.status.wait_for({"ready", "error"}, after=mark)
         assert ok["state"] == "ready", ok
+
+
+async def test_switched_off_server_runs_no_model_for_any_request_kind(lsp_random_gguf: Path) -> None:
+    """``enable: {"*": false}`` (VS Code's toggle, Neovim's :CodellamaToggle) answers every kind of request
+    with nothing, and the engine never runs: no status with a new latency, no busy."""
+    async with lsp_session(lsp_random_gguf, options={"maxTokens": 8}) as client:
+        open_doc(client, URI, CODE)
+        client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"enable": {"*": False}}))
+        mark = len(client.status.items)
+        assert items_of(await inline(client, URI, 4, 4)) == []
+        assert items_of(await completion(client, URI, 4, 4)) == []
+        assert items_of(await inline(client, URI, 7, 4, invoked=True)) == []
+        # a status the engine causes is sent before its answer, so any would be here by now
+        assert client.status.items[mark:] == [], client.status.items[mark:]

@@ -30,6 +30,7 @@ import codecs
 import logging
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,12 +77,15 @@ class SpeculationStats:
 class LlamaCppEngine:
     """Loads the GGUF (blocking: call it off the event loop) and starts the worker thread."""
 
-    def __init__(self, path: Path, name: str, options: EngineOptions = EngineOptions()) -> None:
+    def __init__(
+        self, path: Path, name: str, options: EngineOptions = EngineOptions(), progress: Callable[[float], None] | None = None
+    ) -> None:
+        """``progress``, when given, receives llama.cpp's load progress (0.0 .. 1.0) on the loading thread."""
         if options.kv_type not in KV_TYPES:
             raise EngineError(f"expected --kv-type one of {', '.join(KV_TYPES)}, got {options.kv_type!r}")
         try:
             repack = options.cpu_repack if options.cpu_repack is not None else not llama.cpu_has_amx()
-            self._model = llama.Model(path, llama.LoadOptions(n_gpu_layers=options.n_gpu_layers, extra_bufts=repack))
+            self._model = llama.Model(path, llama.LoadOptions(n_gpu_layers=options.n_gpu_layers, extra_bufts=repack, progress=progress))
         except llama.LlamaError as exc:
             raise EngineError(str(exc)) from None
         try:
@@ -220,12 +224,17 @@ class LlamaCppEngine:
         t2 = time.perf_counter()
         result.prompt_ms = (t2 - t1) * 1e3
         stops = req.stop_tokens | self.vocab.sentinels.eog
+        firsts: list[int] = []  # each candidate's first token: later ones start differently, so they differ
         for i in range(max(1, req.n)):
             if i > 0:  # back to the end of the prompt; re-run its last token to get its logits again
                 self._ctx.truncate(len(prompt) - 1)
                 self._ctx.decode(prompt[-1:])
             temp = req.sampling.temperature if i == 0 else req.sampling.alt_temperature
-            gen = self._generate(job, stops, temp, np.random.default_rng((req.sampling.seed, i)))
+            # candidates after the first may not start with an earlier one's first token, nor end at once
+            banned = [*firsts, *stops] if firsts else []
+            gen = self._generate(job, stops, temp, np.random.default_rng((req.sampling.seed, i)), banned)
+            if gen.tokens:
+                firsts.append(gen.tokens[0])
             result.generated_tokens += len(gen.tokens)
             if i == 0 or gen.stop in ("cancelled", "superseded"):
                 result.stop = gen.stop
@@ -256,7 +265,9 @@ class LlamaCppEngine:
         self._ctx.truncate(n)
         return n
 
-    def _generate(self, job: Job, stops: frozenset[int], temperature: float, rng: np.random.Generator) -> Generation:
+    def _generate(
+        self, job: Job, stops: frozenset[int], temperature: float, rng: np.random.Generator, banned: Sequence[int] = ()
+    ) -> Generation:
         """One candidate from the end of the prompt (its logits are the last decode's).
 
         Per token the Python side does a fixed amount of work: an argmax over the logits (greedy) or
@@ -290,7 +301,14 @@ class LlamaCppEngine:
         row = -1  # the logits row (index in the last decode's batch) the next token comes from
         try:
             while len(out) < limit:
-                if pending:
+                if banned and not out:  # the first token of a later candidate: not one an earlier one chose
+                    logits = self._ctx.logits(row).copy()
+                    logits[list(banned)] = -np.inf
+                    allowed = healing.allowed(pending, self._heal_index) if pending else None
+                    if not np.isfinite(logits if allowed is None else logits[allowed]).any():
+                        break  # nothing else to offer
+                    tok = sample(logits, temperature, rng, top_k=s.top_k, top_p=s.top_p, allowed=allowed)
+                elif pending:
                     allowed = healing.allowed(pending, self._heal_index)
                     tok = sample(self._ctx.logits(row), temperature, rng, top_k=s.top_k, top_p=s.top_p, allowed=allowed)
                 elif sampler is None:

@@ -1,14 +1,17 @@
 // End-to-end test of the packaged extension in a real VS Code (code-server) driven by Chromium.
 //
-// In: a JSON file (argv[2]) naming the code-server binary, the .vsix, the server command, the model, a
-// workspace folder and a file in it, the line to complete (1-based), the text to type there and the text
-// the ghost suggestion must show; and an output folder for screenshots and logs.
-// Out: on stdout one JSON line {ok, ghostText, savedText, timings, error?}; screenshots ghost.png (ghost
-// text on screen) and, when something fails, failure.png, plus the extension's and code-server's logs.
+// In: a JSON file (argv[2]) naming the code-server binary, the .vsix, the extension settings (the model),
+// a workspace folder, the trials (each: a file in the workspace with one blanked line, the line (1-based),
+// the text to type there, the delay between keys, and the file as it must be saved), and an output folder.
+// Out: on stdout one JSON line {ok, trials: [{ok, file, delayMs, ghostText, saved, ghostLatencyMs,
+// requests, keys, error?}], timings, error?}; screenshots ghost.png (ghost text on screen) and, when
+// something fails, failure.png, plus the extension's and code-server's logs.
 //
-// What it does, as a user would: install the .vsix into a fresh, isolated code-server, open the folder,
-// open the file, wait for the extension's language client to start and the server to report "ready",
-// go to the blanked line, type, wait for ghost text, accept it with Tab, save with Ctrl+S.
+// What it does, as a user would: install the .vsix into a fresh, isolated code-server with VS Code's
+// DEFAULT editor settings (quick suggestions on, word-based suggestions, auto-closing brackets, ...), open
+// the folder, and for each trial open the file, go to the blanked line, type at the trial's speed, wait for
+// ghost text, accept it with Tab, save with Ctrl+S and read the file back. Then the toggle, a restart and
+// a crash of the server.
 // See ../../../shared/VSCODE_E2E.md for why each step looks the way it does.
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, mkdirSync, readFileSync, readdirSync, readlinkSync, writeFileSync, copyFileSync, existsSync, statSync } from 'node:fs';
@@ -89,19 +92,7 @@ const userSettings = {
   'workbench.tips.enabled': false,
   'workbench.enableExperiments': false,
   'chat.commandCenter.enabled': false,
-  // Nothing but our ghost text may compete for Tab or change what is typed.
-  'editor.inlineSuggest.enabled': true,
-  'editor.quickSuggestions': { other: 'off', comments: 'off', strings: 'off' },
-  'editor.suggestOnTriggerCharacters': false,
-  'editor.wordBasedSuggestions': 'off',
-  'editor.tabCompletion': 'off',
-  'editor.autoClosingBrackets': 'never',
-  'editor.autoClosingQuotes': 'never',
-  'editor.autoSurround': 'never',
-  'editor.formatOnSave': false,
-  'files.insertFinalNewline': false,
-  'files.trimTrailingWhitespace': false,
-  'files.autoSave': 'off',
+  // No editor.* or files.* setting here: the editor behaves as it does for a new user.
   ...cfg.settings,
 };
 writeFileSync(join(userData, 'User', 'settings.json'), JSON.stringify(userSettings, null, 2));
@@ -115,7 +106,7 @@ const csArgs = ['--config', emptyConfig, '--user-data-dir', userData, '--extensi
 let codeServer;
 let browser;
 let page;
-const result = { ok: false, ghostText: null, savedText: null, timings };
+const result = { ok: false, trials: [], timings };
 const csLog = [];
 
 function saveLogs() {
@@ -135,28 +126,33 @@ function extensionLog() {
 }
 
 // Text of the ghost suggestion on screen. VS Code renders its first line as decorations inside the
-// cursor's view line (one span per token) and further lines in a view zone of view lines; spaces come
-// as no-break spaces. Spans of one view line are joined as they are, view lines with newlines.
+// cursor's view line (one span per token) and further lines in a view zone of view lines, which comes
+// earlier in the DOM; spaces come as no-break spaces. Pieces are put in screen order (top, then left):
+// pieces on one row are joined as they are, rows with newlines.
 async function ghostText() {
   return page.evaluate(() => {
     const nodes = [...document.querySelectorAll('.monaco-editor [class*="ghost-text"]')];
     const top = nodes.filter((n) => !nodes.some((m) => m !== n && m.contains(n)));
-    const lines = [];
-    let lastLine = null;
+    const pieces = [];
     for (const n of top) {
-      const line = n.closest('.view-line');
-      const inner = line ? [] : [...n.querySelectorAll('.view-line')];
-      if (inner.length > 0) {
-        lines.push(...inner.map((v) => v.textContent ?? ''));
-        lastLine = null;
-      } else if (line !== null && line === lastLine) {
-        lines[lines.length - 1] += n.textContent ?? '';
-      } else {
-        lines.push(n.textContent ?? '');
-        lastLine = line;
+      const inner = n.closest('.view-line') ? [] : [...n.querySelectorAll('.view-line')];
+      for (const el of inner.length > 0 ? inner : [n]) {
+        const r = el.getBoundingClientRect();
+        pieces.push({ top: Math.round(r.top), left: r.left, text: el.textContent ?? '' });
       }
     }
-    return lines.join('\n').replace(/\u00a0/g, ' ');
+    if (pieces.length === 0) return '';
+    pieces.sort((a, b) => a.top - b.top || a.left - b.left);
+    // rows by position: a blank line of the suggestion draws nothing, but takes a line's height
+    const anyLine = document.querySelector('.monaco-editor .view-lines .view-line');
+    const lineHeight = anyLine ? anyLine.getBoundingClientRect().height : 19;
+    const rows = [];
+    for (const p of pieces) {
+      const row = Math.round((p.top - pieces[0].top) / lineHeight);
+      while (rows.length <= row) rows.push('');
+      rows[row] += p.text;
+    }
+    return rows.join('\n').replace(/\u00a0/g, ' ');
   });
 }
 
@@ -170,13 +166,79 @@ async function runCommand(title) {
   await page.keyboard.press('Enter');
 }
 
-try {
-  // The line to type on must be empty: typing goes to its start, and leftovers would stay in the file.
-  const blank = readFileSync(join(cfg.workspace, cfg.file), 'utf8').split('\n')[cfg.line - 1];
-  if (blank === undefined || blank.replace(/\r$/, '') !== '') {
-    throw new Error(`expected line ${cfg.line} of ${cfg.file} to be empty, got ${JSON.stringify(blank)}`);
-  }
+async function openFile(name) {
+  await page.keyboard.press('Control+P');
+  const quick = page.locator('.quick-input-box input');
+  await quick.waitFor({ state: 'visible', timeout: 15000 });
+  await quick.fill(name);
+  await page.locator('.quick-input-list .monaco-list-row').first().waitFor({ timeout: 15000 });
+  await sleep(300);
+  await page.keyboard.press('Enter');
+  await page.locator('.tab.active', { hasText: name }).first().waitFor({ timeout: 15000 });
+  await page.locator('.monaco-editor .view-lines').first().waitFor({ timeout: 15000 });
+}
 
+/** The highest server request number (r17 -> 17) in the extension's log: the server numbers every
+ *  completion request it receives, so the difference counts the requests that reached it. */
+function lastRequestNumber() {
+  let max = 0;
+  for (const m of extensionLog().matchAll(/\br(\d+)[ :]/g)) max = Math.max(max, Number(m[1]));
+  return max;
+}
+
+async function runTrial(trial, t, index) {
+  const path = join(cfg.workspace, trial.file);
+  const blank = readFileSync(path, 'utf8').split('\n')[trial.line - 1];
+  if (blank === undefined || blank.replace(/\r$/, '') !== '') {
+    throw new Error(`expected line ${trial.line} of ${trial.file} to be empty, got ${JSON.stringify(blank)}`);
+  }
+  const before = readFileSync(path, 'utf8');
+  await openFile(trial.file);
+  await page.locator('.monaco-editor .view-lines').first().click();
+  await page.keyboard.press('Control+G');
+  const quick = page.locator('.quick-input-box input');
+  await quick.waitFor({ state: 'visible', timeout: 10000 });
+  await quick.fill(`:${trial.line}`);
+  await sleep(200);
+  await page.keyboard.press('Enter');
+  await sleep(300);
+  await page.keyboard.press('Home');
+  await page.keyboard.press('Home'); // twice: the first may stop at the indentation
+  await sleep(500); // the inline requests of the cursor move come and go before the first key
+  const r0 = lastRequestNumber();
+  await page.keyboard.type(trial.typed, { delay: trial.delayMs });
+  const lastKey = Date.now();
+  t.keys = trial.typed.length;
+  // Ghost text must come by itself, at rest, with the default settings: no manual trigger.
+  const want = trial.expectedGhost;
+  const ghost = await waitFor(
+    `ghost text ${JSON.stringify(want)}`,
+    async () => {
+      const g = await ghostText();
+      if (g.trim() !== '') t.lastGhostSeen = g;
+      return g.trim() !== '' && g.replace(/\s+$/, '') === want.replace(/\s+$/, '') ? g : false;
+    },
+    cfg.ghostTimeoutMs ?? 20000,
+    20,
+  );
+  t.ghostLatencyMs = Date.now() - lastKey;
+  t.ghostText = ghost;
+  t.requests = lastRequestNumber() - r0;
+  await page.screenshot({ path: join(outDir, index === 0 ? 'ghost.png' : `ghost-trial${index + 1}.png`) });
+  await sleep(200); // a person's reaction time between seeing the ghost text and pressing Tab
+  await page.keyboard.press('Tab');
+  await sleep(300);
+  await page.keyboard.press('Control+S');
+  t.saved = await waitFor('the saved file to change', () => {
+    const now = readFileSync(path, 'utf8');
+    return now !== before ? now : false;
+  }, 15000);
+  if (t.saved !== trial.expectedSaved) {
+    throw new Error(`expected the saved file to be the original, got ${JSON.stringify(t.saved.split('\n').slice(trial.line - 2, trial.line + 4))}`);
+  }
+}
+
+try {
   // 1. Install the packaged extension, offline, into the isolated extensions folder.
   const install = spawnSync(cfg.codeServer, [...csArgs, '--install-extension', cfg.vsix], { env, encoding: 'utf8', timeout: 120000 });
   if (install.status !== 0) throw new Error(`expected --install-extension to succeed, got exit ${install.status}: ${install.stderr}${install.stdout}`);
@@ -216,68 +278,30 @@ try {
   await page.locator('.monaco-workbench').waitFor({ timeout: 90000 });
   mark('workbench loaded');
 
-  // 4. Open the file through Quick Open.
+  // 4. Keys typed before the language client has started are lost to didOpen: open a file, wait for the
+  //    client, then for the server to say it is ready (model loaded).
   await page.locator('.monaco-workbench').click({ position: { x: 640, y: 300 } });
-  await page.keyboard.press('Control+P');
-  const quick = page.locator('.quick-input-box input');
-  await quick.waitFor({ state: 'visible', timeout: 15000 });
-  await quick.fill(cfg.file);
-  await page.locator('.quick-input-list .monaco-list-row').first().waitFor({ timeout: 15000 });
-  await sleep(300);
-  await page.keyboard.press('Enter');
-  await page.locator('.monaco-editor .view-lines').first().waitFor({ timeout: 15000 });
-  mark('file open');
-
-  // 5. Keys typed before the language client has started are lost to didOpen: wait for the client,
-  //    then for the server to say it is ready (model loaded).
+  await openFile(cfg.trials[0].file);
   await waitFor('the extension to log "language client started"', () => extensionLog().includes('language client started'), 60000);
   mark('language client started');
   const ready = page.locator('[aria-label^="Code Llama: ready"]');
   await ready.first().waitFor({ timeout: cfg.readyTimeoutMs ?? 60000 });
   mark('server ready');
 
-  // 6. Go to the blanked line and type its beginning.
-  await page.locator('.monaco-editor .view-lines').first().click();
-  await page.keyboard.press('Control+G');
-  await quick.waitFor({ state: 'visible', timeout: 10000 });
-  await quick.fill(`:${cfg.line}`);
-  await sleep(200);
-  await page.keyboard.press('Enter');
-  await sleep(300);
-  await page.keyboard.press('Home');
-  await page.keyboard.press('Home'); // twice: the first may stop at the indentation
-  await page.keyboard.type(cfg.typed, { delay: 40 });
-  mark('typed');
-
-  // 7. Ghost text: automatic first; if it does not come, trigger it as a user would (command palette).
-  let ghost = '';
-  try {
-    ghost = await waitFor('ghost text', async () => (await ghostText()).trim() !== '' && (await ghostText()), cfg.ghostTimeoutMs ?? 20000);
-  } catch {
-    console.error('[e2e] no automatic ghost text; triggering "Trigger Inline Suggestion"');
-    await runCommand('Trigger Inline Suggestion');
-    ghost = await waitFor('ghost text after manual trigger', async () => (await ghostText()).trim() !== '' && (await ghostText()), cfg.ghostTimeoutMs ?? 20000);
+  // 5. The trials: type, see ghost text, Tab, save, compare. One failing trial does not stop the others.
+  for (const [index, trial] of cfg.trials.entries()) {
+    const t = { file: trial.file, delayMs: trial.delayMs, ok: false };
+    result.trials.push(t);
+    try {
+      await runTrial(trial, t, index);
+      t.ok = true;
+    } catch (err) {
+      t.error = err instanceof Error ? err.message : String(err);
+      await page.screenshot({ path: join(outDir, `failure-trial${index + 1}.png`) }).catch(() => undefined);
+      await page.keyboard.press('Escape').catch(() => undefined);
+    }
+    mark(`trial ${index + 1} (${trial.delayMs} ms/key): ${t.ok ? 'ok' : t.error}`);
   }
-  // Let the suggestion settle (a later keystroke-free request may refine it), then read it again.
-  await sleep(500);
-  ghost = (await ghostText()) || ghost;
-  result.ghostText = ghost;
-  mark('ghost text shown');
-  await page.screenshot({ path: join(outDir, 'ghost.png') });
-
-  // 8. Accept with Tab, save, and read the file back from disk.
-  const path = join(cfg.workspace, cfg.file);
-  const before = readFileSync(path, 'utf8');
-
-  await page.keyboard.press('Tab');
-  await sleep(300);
-  await page.keyboard.press('Control+S');
-  result.savedText = await waitFor('the saved file to change', () => {
-    const now = readFileSync(path, 'utf8');
-    return now !== before ? now : false;
-  }, 15000);
-  mark('accepted and saved');
-  await page.screenshot({ path: join(outDir, 'accepted.png') });
 
   // 9. The toggle command flips completions off and on; the status item says so.
   await runCommand('Code Llama: Toggle Completions');
@@ -314,7 +338,7 @@ try {
   await page.locator('[aria-label^="Code Llama: ready"]').first().waitFor({ timeout: 60000 });
   result.recoveredFromCrash = true;
   mark('recovered from a crash');
-  result.ok = true;
+  result.ok = result.trials.every((t) => t.ok);
 } catch (err) {
   result.error = err instanceof Error ? `${err.message}\n${err.stack ?? ''}` : String(err);
   if (page) await page.screenshot({ path: join(outDir, 'failure.png') }).catch(() => undefined);

@@ -7,8 +7,14 @@
  * `codellama/event` notifications (shown/accepted) for the server's local statistics.
  *
  * The extension is deliberately thin: all completion logic lives in the server. What it adds is the
- * client-side switch (toggle, per-language enablement, applied before any request is made), restarts with
- * back-off when the server dies, and the model picker.
+ * client-side switch (toggle, per-language enablement, applied before any request is made and sent to the
+ * server too), a debounce on top of VS Code's inline-suggestion delay (one model run per pause in typing),
+ * restarts with back-off when the server dies, finding the server, and the model picker.
+ *
+ * Ghost text is the product: the server's `textDocument/completion` (meant for editors without inline
+ * completion) is kept out of VS Code's suggestion list unless `codellama.suggestList` is on. With VS Code's
+ * default `editor.quickSuggestions` an item there opens the suggest widget on every key, Enter accepts it,
+ * and inline requests then ask to continue the selected item instead of showing ghost text.
  */
 import * as readline from 'node:readline';
 import * as vscode from 'vscode';
@@ -24,7 +30,7 @@ import {
 } from 'vscode-languageclient/node';
 import { RestartPolicy } from './backoff';
 import { ACCEPT_COMMAND, CompletionEvent, EVENT_METHOD, EventCounter, acceptedEvent, shownEvent } from './events';
-import { LaunchError, launchSpec } from './launch';
+import { LaunchError, type SearchPlaces, launchSpec } from './launch';
 import { StderrLeveler } from './logLevel';
 import { modelLabel, parseModelSpec } from './modelSpec';
 import { RESTART_KEYS, clientSwitches, languageEnabled, serverSettings } from './settings';
@@ -110,11 +116,12 @@ class ServerManager {
     const get = (k: string): unknown => this.config().get(k);
     let spec;
     try {
-      spec = launchSpec(get, process.env);
+      spec = launchSpec(get, process.env, await searchPlaces());
     } catch (err) {
       if (!(err instanceof LaunchError)) throw err;
       this.log.error(err.message);
       this.setStatus({ state: 'error', message: err.message });
+      void offerSetting(err.message, err.setting);
       return;
     }
     const serverOptions: ServerOptions = {
@@ -149,9 +156,19 @@ class ServerManager {
         },
       },
       middleware: {
+        provideCompletionItem: (document, position, context, token, next) => {
+          const switches = clientSwitches(get);
+          if (!switches.suggestList || !switches.enable || !languageEnabled(switches.enabledLanguages, document.languageId)) return undefined;
+          return next(document, position, context, token);
+        },
         provideInlineCompletionItems: async (document, position, context, token, next) => {
           const switches = clientSwitches(get);
           if (!switches.enable || !languageEnabled(switches.enabledLanguages, document.languageId)) return null;
+          // VS Code cancels the token when the user types on: only the request of a pause gets through.
+          if (context.triggerKind === vscode.InlineCompletionTriggerKind.Automatic && switches.debounceMs > 0) {
+            await pause(switches.debounceMs, token);
+            if (token.isCancellationRequested) return null;
+          }
           const t0 = Date.now();
           const result = await next(document, position, context, token);
           if (!result || token.isCancellationRequested) return result;
@@ -182,6 +199,10 @@ class ServerManager {
       const message = err instanceof Error ? err.message : String(err);
       this.log.error(`server failed to start: ${message}`);
       this.setStatus({ state: 'error', message: `expected a running codellama-lsp, got: ${message}` });
+      void offerSetting(
+        `${spec.command} did not start (${message}). Set "codellama.server.pythonPath" to a Python that has codellama-lsp installed, or "codellama.server.command".`,
+        'codellama.server.pythonPath',
+      );
       return;
     }
     // The end-to-end test waits for this line before typing (keys typed earlier would be lost).
@@ -268,6 +289,49 @@ class ServerManager {
   get modelName(): string {
     return modelLabel(this.status.model);
   }
+}
+
+/** Resolves after `ms`, or as soon as `token` is cancelled. */
+function pause(ms: number, token: vscode.CancellationToken): Promise<void> {
+  return new Promise((resolve) => {
+    const sub = token.onCancellationRequested(() => done());
+    const timer = setTimeout(() => done(), ms);
+    function done(): void {
+      clearTimeout(timer);
+      sub.dispose();
+      resolve();
+    }
+  });
+}
+
+/** Where a server may be installed besides PATH: the workspace folders' `.venv` and the selected Python. */
+async function searchPlaces(): Promise<SearchPlaces> {
+  const workspaceFolders = (vscode.workspace.workspaceFolders ?? []).map((f) => f.uri.fsPath);
+  let interpreter: string | undefined;
+  try {
+    const python = vscode.extensions.getExtension('ms-python.python');
+    if (python) {
+      const api = (python.isActive ? python.exports : await python.activate()) as
+        | { environments?: { getActiveEnvironmentPath?: () => { path?: string } } }
+        | undefined;
+      interpreter = api?.environments?.getActiveEnvironmentPath?.()?.path;
+    }
+  } catch {
+    // the Python extension's API is optional; fall back to its setting
+  }
+  if (!interpreter) {
+    const configured = vscode.workspace.getConfiguration('python').get<string>('defaultInterpreterPath');
+    if (configured && configured !== 'python') interpreter = configured.replace('${workspaceFolder}', workspaceFolders[0] ?? '');
+  }
+  return { workspaceFolders, interpreter };
+}
+
+/** An error message with a button that opens the setting that fixes it. */
+async function offerSetting(message: string, setting: string): Promise<void> {
+  const open = 'Open Setting';
+  const choice = await vscode.window.showErrorMessage(`Code Llama: ${message}`, open, 'Show Logs');
+  if (choice === open) await vscode.commands.executeCommand('workbench.action.openSettings', setting);
+  else if (choice === 'Show Logs') await vscode.commands.executeCommand('codellama.showLogs');
 }
 
 async function statusMenu(): Promise<void> {

@@ -14,7 +14,7 @@ export type ConfigGetter = (key: string) => unknown;
 
 /**
  * The settings the server understands, with its wire names (lsp_server/config.py): it reports unknown keys,
- * so nothing else goes in here. `nCtx` and `nGpuLayers` size the llama.cpp context when the model loads;
+ * so nothing else goes in here. `contextWindow` and `gpuLayers` size the llama.cpp context when the model loads;
  * they travel as command-line arguments instead (see launch.ts), and changing them restarts the server.
  */
 export interface ServerSettings {
@@ -40,7 +40,15 @@ export interface ServerSettings {
 export interface ClientSwitches {
   enable: boolean;
   enabledLanguages: Record<string, boolean>;
+  /** Extra wait after VS Code's own inline-suggestion delay before a request goes to the server. */
+  debounceMs: number;
+  /** Also offer the completion in VS Code's suggestion list (textDocument/completion); off by default. */
+  suggestList: boolean;
 }
+
+/** VS Code waits 50 ms after a key before asking inline providers; ours waits this much more, so that at
+ * typing speeds up to ~5 keys a second (200 ms a key) only the pause after the last key reaches the model. */
+export const DEFAULT_DEBOUNCE_MS = 150;
 
 export const DEFAULT_LANGUAGES: Readonly<Record<string, boolean>> = Object.freeze({
   '*': true,
@@ -92,7 +100,9 @@ export function serverSettings(get: ConfigGetter): ServerSettings {
   if (budget !== undefined) out.timeBudgetMs = budget;
   const order = get('fimOrder');
   if (order === 'spm' || order === 'psm') out.fimOrder = order;
-  out.enable = languageMap(get('enabledLanguages'));
+  // The on/off switch travels as the server's per-language map: off is {"*": false}, so the server runs
+  // no model for any request kind, whatever reaches it.
+  out.enable = get('enable') === false ? { '*': false } : languageMap(get('enabledLanguages'));
   const engine = get('engine');
   if (engine === 'llama.cpp' || engine === 'llama-server' || engine === 'openai') out.engine = engine;
   for (const key of ['url', 'apiKeyEnv', 'remoteModel'] as const) {
@@ -109,18 +119,24 @@ export function serverSettings(get: ConfigGetter): ServerSettings {
 /** llama.cpp sizing that only applies when the model loads: command-line arguments for the server. */
 export function loadArgs(get: ConfigGetter): string[] {
   const args: string[] = [];
-  const nCtx = integer(get('nCtx'), 1); // 0: the server's own choice
+  const nCtx = integer(get('contextWindow'), 1); // 0: the server's own choice
   if (nCtx !== undefined) args.push('--n-ctx', String(nCtx));
-  const gpu = integer(get('nGpuLayers'), -1);
+  const gpu = integer(get('gpuLayers'), -1);
   if (gpu !== undefined && gpu !== 0) args.push('--n-gpu-layers', String(gpu));
   return args;
 }
 
 /** Settings whose change needs a new server process. */
-export const RESTART_KEYS = ['server', 'nCtx', 'nGpuLayers'] as const;
+export const RESTART_KEYS = ['server', 'contextWindow', 'gpuLayers'] as const;
 
 export function clientSwitches(get: ConfigGetter): ClientSwitches {
-  return { enable: get('enable') !== false, enabledLanguages: languageMap(get('enabledLanguages')) };
+  const debounce = integer(get('debounceMs'), 0);
+  return {
+    enable: get('enable') !== false,
+    enabledLanguages: languageMap(get('enabledLanguages')),
+    debounceMs: debounce ?? DEFAULT_DEBOUNCE_MS,
+    suggestList: get('suggestList') === true,
+  };
 }
 
 /** Whether completions are wanted in a document of `languageId`: its own entry, else `"*"`, else on. */

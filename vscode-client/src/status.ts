@@ -59,17 +59,40 @@ const ICONS: Record<ServerState, string> = {
   stopped: '$(circle-slash)',
 };
 
+/** U+2007 FIGURE SPACE: as wide as a digit, never collapsed or wrapped by the status bar's HTML. */
+const FIGURE_SPACE = '\u2007';
+/** Characters of the item's text after the icon ("loading 100%" and "ready 9999 ms" are the longest). */
+export const STATUS_WIDTH = 13;
+
+/** `text` padded with figure spaces to `width` characters, so the item keeps its place and size. */
+export function fixedWidth(text: string, width: number = STATUS_WIDTH): string {
+  return text.length >= width ? text : text + FIGURE_SPACE.repeat(width - text.length);
+}
+
+/** The state in words: "loading 42%", "ready 118 ms", "busy", "error", "off", ... */
+export function stateWords(status: ServerStatus, enabled: boolean): string {
+  if (!enabled) return 'off';
+  switch (status.state) {
+    case 'loading':
+      return status.percentage !== undefined ? `loading ${status.percentage}%` : 'loading';
+    case 'ready': {
+      if (status.lastLatencyMs === undefined) return 'ready';
+      const ms = String(Math.min(9999, Math.round(status.lastLatencyMs)));
+      return `ready ${FIGURE_SPACE.repeat(4 - ms.length)}${ms} ms`;
+    }
+    default:
+      return status.state;
+  }
+}
+
 export function renderStatus(status: ServerStatus, enabled: boolean): StatusView {
   const model = modelLabel(status.model);
   const parts: string[] = [];
-  let text = `${ICONS[status.state]} Code Llama`;
-  if (status.state === 'loading' && status.percentage !== undefined) text += ` ${status.percentage}%`;
-  if (status.state === 'ready' && status.lastLatencyMs !== undefined) text += ` ${Math.round(status.lastLatencyMs)} ms`;
-  if (!enabled) text = '$(circle-slash) Code Llama';
+  const text = `${enabled ? ICONS[status.state] : ICONS.stopped} Code Llama ${fixedWidth(stateWords(status, enabled))}`;
 
   parts.push(`Server: ${status.state}${status.message ? ` (${status.message})` : ''}`);
   if (status.model) parts.push(`Model: ${status.model}`);
-  if (status.lastLatencyMs !== undefined) parts.push(`Last completion: ${Math.round(status.lastLatencyMs)} ms`);
+  if (status.lastLatencyMs !== undefined) parts.push(`Last model answer: ${Math.round(status.lastLatencyMs)} ms`);
   if (status.cachedTokens !== undefined) parts.push(`Cached tokens: ${status.cachedTokens}`);
   parts.push(enabled ? 'Completions: on' : 'Completions: off');
   parts.push('Click for actions');

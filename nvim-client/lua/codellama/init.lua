@@ -8,7 +8,15 @@
 --               :CodellamaComplete, which inserts the completion at the cursor
 -- plus `codellama/status` in `require('codellama').statusline()`, shown/accepted events reported to the
 -- local server, and :CodellamaStatus / :CodellamaRestart / :CodellamaToggle / :CodellamaModel / :CodellamaLog.
+--
+-- One server per Neovim instance, however often setup() runs; a server that dies is restarted with
+-- back-off (1, 2, 4, 8, 16 s; after 5 crashes in a row it stays down and the statusline says so); a server
+-- that cannot be started is reported in the statusline and in Neovim's LSP log (:CodellamaLog).
+-- The ghost uses the `CodellamaGhost` highlight group (grey and italic in 256-colour terminals too; link
+-- or define it to change it). <Tab> accepts only while a ghost is shown, and otherwise does whatever the
+-- key did before (the user's mapping, a snippet jump, indentation).
 local logic = require('codellama.logic')
+local chain_omnifunc -- defined below M.omnifunc, which calls it
 
 local M = {}
 
@@ -21,7 +29,8 @@ local defaults = {
   enable = { ['*'] = true, markdown = false, text = false, gitcommit = false },
   -- nil: decided by the Neovim version (see the header); true/false forces this plugin's ghost text on/off.
   ghost_text = nil,
-  debounce_ms = 75,
+  -- Typing faster than this (about 7 keys a second) sends no request until the pause after the last key.
+  debounce_ms = 150,
   keymaps = {
     accept = '<Tab>',
     accept_word = '<M-Right>',
@@ -35,16 +44,23 @@ local defaults = {
   n_gpu_layers = nil, -- --n-gpu-layers
 }
 
+local RESTART_DELAYS_MS = { 1000, 2000, 4000, 8000, 16000 }
+
 local state = {
   opts = nil,
   client_id = nil,
+  buffers = {}, -- bufnr -> true for every buffer attached (re-attached after a restart)
+  crashes = 0, -- consecutive unexpected exits; reset when the server says it is ready
+  restart_timer = nil,
+  skip_change = false, -- the next TextChangedI is our own accept: no new request for it
+  fallbacks = {}, -- 'bufnr lhs' -> what the key did before our mapping
   status = nil,
   enabled = true,
   ns = nil,
   timer = nil,
   suggestion = nil, -- {bufnr, s = logic suggestion, items, index, request_seq}
   seq = 0,
-  counts = { shown = 0, accepted = 0 },
+  counts = { shown = 0, accepted = 0, requests = 0 }, -- requests: completion requests sent to the server
 }
 
 local function has(version)
@@ -55,6 +71,26 @@ local function log(level, msg)
   vim.schedule(function()
     vim.notify('codellama: ' .. msg, level)
   end)
+end
+
+--- An error for the user: the statusline shows it, and Neovim's LSP log (:CodellamaLog) keeps it.
+local function fail(msg)
+  state.status = { state = 'error', message = msg }
+  local ok, lsp_log = pcall(require, 'vim.lsp.log')
+  if ok then
+    lsp_log.error('codellama', msg)
+  end
+  log(vim.log.levels.ERROR, msg)
+  vim.schedule(function()
+    vim.api.nvim_exec_autocmds('User', { pattern = 'CodellamaStatus', modeline = false })
+  end)
+end
+
+--- The ghost's look: grey and italic, in true colour and in 256-colour terminals (where `Comment` of
+--- Neovim's default scheme has no colour and would look like real code). `default`: a colour scheme or
+--- the user's own definition wins.
+local function define_highlight()
+  vim.cmd('highlight default CodellamaGhost guifg=#808080 ctermfg=244 gui=italic cterm=italic')
 end
 
 --- The running client, or nil.
@@ -87,7 +123,7 @@ end
 
 local function server_settings()
   local s = vim.deepcopy(state.opts.settings or {})
-  s.enable = s.enable or state.opts.enable
+  s.enable = state.enabled and (s.enable or state.opts.enable) or { ['*'] = false }
   return s
 end
 
@@ -132,14 +168,14 @@ local function render(bufnr, s)
     return false -- an overlay would hide the text after the cursor
   end
   local opts = {
-    virt_text = { { s.first, 'Comment' } },
+    virt_text = { { s.first, 'CodellamaGhost' } },
     virt_text_pos = inline and 'inline' or 'overlay',
     hl_mode = 'combine',
   }
   if #s.rest > 0 then
     local vl = {}
     for _, l in ipairs(s.rest) do
-      table.insert(vl, { { l, 'Comment' } })
+      table.insert(vl, { { l, 'CodellamaGhost' } })
     end
     opts.virt_lines = vl
   end
@@ -202,6 +238,7 @@ function M.request_inline(bufnr, invoked)
     context = { triggerKind = invoked and 1 or 2 },
   }
   local t0 = vim.loop.hrtime()
+  state.counts.requests = state.counts.requests + 1
   request(client, 'textDocument/inlineCompletion', params, function(err, result)
     if seq ~= state.seq then
       return -- the user typed on: a newer request owns the screen
@@ -220,7 +257,25 @@ function M.request_inline(bufnr, invoked)
 end
 
 local function schedule_request(bufnr)
-  clear()
+  if state.skip_change then
+    state.skip_change = false -- our own accept changed the text; the next ghost waits for the next key
+    return
+  end
+  -- Typing what the ghost shows keeps the rest of it on screen (no blink); anything else removes it.
+  local sug = state.suggestion
+  local kept = false
+  if sug and sug.bufnr == bufnr then
+    local cur = vim.api.nvim_win_get_cursor(0)
+    local line = vim.api.nvim_buf_get_lines(bufnr, cur[1] - 1, cur[1], false)[1] or ''
+    local s = cur[1] - 1 == sug.s.row and logic.advance(sug.s, line, cur[2]) or nil
+    if s then
+      sug.s = s
+      kept = render(bufnr, s)
+    end
+  end
+  if not kept then
+    clear()
+  end
   state.seq = state.seq + 1 -- answers to older requests are now stale
   if not state.timer then
     state.timer = vim.loop.new_timer()
@@ -244,6 +299,7 @@ function M.accept(how)
   local rest = logic.after_accept(sug.s, how)
   local bufnr = sug.bufnr
   clear()
+  state.skip_change = true
   vim.api.nvim_buf_set_text(bufnr, edit.row, edit.start_col, edit.end_row, edit.end_col, edit.lines)
   vim.api.nvim_win_set_cursor(0, { edit.cursor[1] + 1, edit.cursor[2] })
   if how == 'all' or not rest then
@@ -296,6 +352,7 @@ function M.request_completion(bufnr, callback)
     position = { line = cur[1] - 1, character = logic.to_units(line, cur[2], client.offset_encoding or 'utf-16') },
     context = { triggerKind = 1 },
   }
+  state.counts.requests = state.counts.requests + 1
   request(client, 'textDocument/completion', params, function(err, result)
     if err then
       callback(nil, err.message or vim.inspect(err))
@@ -328,6 +385,7 @@ function M.omnifunc(findstart, _base)
     position = { line = row, character = logic.to_units(line, col, enc) },
     context = { triggerKind = 1 },
   }
+  state.counts.requests = state.counts.requests + 1
   request(client, 'textDocument/completion', params, function(err, result)
     if err or vim.fn.mode() ~= 'i' then
       return
@@ -349,18 +407,49 @@ function M.omnifunc(findstart, _base)
     for _, m in ipairs(matches) do
       local text = logic.item_text(m.item) or ''
       -- complete() replaces from one column for every entry: re-add what lies between it and the item's start
-      table.insert(words, {
-        word = line:sub(start + 1, m.s) .. text,
-        abbr = m.item.label,
-        menu = '[Code Llama]',
-        icase = 1,
-        dup = 1,
-        empty = 0,
-      })
+      table.insert(words, logic.menu_entry(line:sub(start + 1, m.s) .. text, m.item.label))
+    end
+    if #words == 0 and chain_omnifunc(bufnr, line, col) then
+      return
     end
     vim.fn.complete(start + 1, words)
   end, bufnr)
   return -2
+end
+
+--- The 'omnifunc' a filetype plugin had set before ours (e.g. python3complete#Complete): asked when the
+--- server has nothing, so taking 'omnifunc' over loses nothing. True when it filled the menu.
+chain_omnifunc = function(bufnr, line, col)
+  local prev = vim.b[bufnr].codellama_prev_omnifunc
+  if type(prev) ~= 'string' or prev == '' or prev:match('^v:lua%.') then
+    return false
+  end
+  local ok, start = pcall(vim.fn[prev], 1, '')
+  if not ok or type(start) ~= 'number' or start < 0 or start > col then
+    return false
+  end
+  local ok2, found = pcall(vim.fn[prev], 0, line:sub(start + 1, col))
+  if not ok2 or type(found) ~= 'table' then
+    return false
+  end
+  vim.fn.complete(start + 1, found.words or found)
+  return true
+end
+
+--- CompleteDone: a multi-line entry went in as its first line; add the other lines as real lines.
+local function complete_done()
+  local item = vim.v.completed_item
+  local data = type(item) == 'table' and item.user_data or nil
+  local extra = type(data) == 'table' and data.codellama_lines or nil
+  if type(extra) ~= 'table' or #extra == 0 then
+    return
+  end
+  -- Here, before the key that ended the completion is inserted: that key then lands after the lines.
+  local cur = vim.api.nvim_win_get_cursor(0)
+  local lines = { '' }
+  vim.list_extend(lines, extra)
+  vim.api.nvim_buf_set_text(0, cur[1] - 1, cur[2], cur[1] - 1, cur[2], lines)
+  vim.api.nvim_win_set_cursor(0, { cur[1] + #extra, #extra[#extra] })
 end
 
 -- 'omnifunc' takes a global function name ('v:lua.name'); Neovim 0.7 has no v:lua.require'...' there.
@@ -391,13 +480,50 @@ end
 ------------------------------------------------------------------------------------------------------------
 -- Client lifecycle.
 
+--- What `lhs` did in insert mode before our mapping (the user's mapping, 0.11's snippet <Tab>, ...), as a
+--- function; with none, the key itself.
+local function previous_mapping(bufnr, lhs)
+  local keys = function(k)
+    return vim.api.nvim_replace_termcodes(k, true, false, true)
+  end
+  local m = vim.api.nvim_buf_call(bufnr, function()
+    return vim.fn.maparg(lhs, 'i', false, true)
+  end)
+  if type(m) ~= 'table' or vim.tbl_isempty(m) or m.desc == 'codellama' then
+    return function()
+      vim.api.nvim_feedkeys(keys(lhs), 'ni', false) -- 'i': before keys typed after it
+    end
+  end
+  local remap = (m.noremap == 1 and 'n' or 'm') .. 'i'
+  return function()
+    local rhs = m.rhs
+    if m.callback then
+      rhs = m.callback()
+      if m.expr ~= 1 then
+        return
+      end
+    elseif m.expr == 1 then
+      rhs = vim.api.nvim_eval(rhs)
+    end
+    if type(rhs) == 'string' and rhs ~= '' then
+      vim.api.nvim_feedkeys(keys(rhs), remap, false)
+    end
+  end
+end
+
 local function map(bufnr, lhs, fn, fallback)
   if not lhs or lhs == '' then
     return
   end
+  -- captured once per buffer: after a restart the mapping found would be our own
+  local key = bufnr .. ' ' .. lhs
+  if fallback and not state.fallbacks[key] then
+    state.fallbacks[key] = previous_mapping(bufnr, lhs)
+  end
+  local before = fallback and state.fallbacks[key] or nil
   vim.keymap.set('i', lhs, function()
-    if not fn() and fallback then
-      vim.api.nvim_feedkeys(vim.api.nvim_replace_termcodes(lhs, true, false, true), 'n', false)
+    if not fn() and before then
+      before()
     end
   end, { buffer = bufnr, silent = true, desc = 'codellama' })
 end
@@ -470,10 +596,27 @@ local function on_attach(client, bufnr)
       return true
     end)
   end
-  -- Every version: the completion menu through omnifunc, unless the user set their own.
-  if vim.bo[bufnr].omnifunc == '' or vim.bo[bufnr].omnifunc == 'v:lua.vim.lsp.omnifunc' then
-    vim.bo[bufnr].omnifunc = 'v:lua.codellama_omnifunc'
-  end
+  -- The completion menu through 'omnifunc'. Before 0.10 that is the main path, so it takes 'omnifunc' over
+  -- from a filetype plugin (keeping the old one to ask when the server has nothing); from 0.10 on only an
+  -- empty one. Scheduled: filetype plugins set 'omnifunc' in FileType autocommands that run after ours.
+  vim.schedule(function()
+    if not vim.api.nvim_buf_is_valid(bufnr) then
+      return
+    end
+    local current = vim.bo[bufnr].omnifunc
+    if current == 'v:lua.codellama_omnifunc' then
+      return
+    end
+    if current == '' or current == 'v:lua.vim.lsp.omnifunc' or mode == 'omnifunc' then
+      vim.b[bufnr].codellama_prev_omnifunc = current
+      vim.bo[bufnr].omnifunc = 'v:lua.codellama_omnifunc'
+    end
+  end)
+  vim.api.nvim_create_autocmd('CompleteDone', {
+    group = vim.api.nvim_create_augroup('codellama_complete_' .. bufnr, { clear = true }),
+    buffer = bufnr,
+    callback = complete_done,
+  })
   if mode == 'omnifunc' then
     map(bufnr, km.trigger, function()
       M.complete()
@@ -505,15 +648,38 @@ local function client_config()
     handlers = {
       ['codellama/status'] = function(_, params)
         state.status = params
+        if type(params) == 'table' and params.state == 'ready' then
+          state.crashes = 0
+        end
         vim.schedule(function()
           vim.api.nvim_exec_autocmds('User', { pattern = 'CodellamaStatus', modeline = false })
         end)
       end,
     },
     on_exit = function(code, signal)
-      if code ~= 0 and not state.stopping then
-        state.status = { state = 'error', message = ('server exited (code %d, signal %d)'):format(code, signal) }
+      if state.stopping then
+        return
       end
+      if code == 0 and signal == 0 then -- it was asked to exit (e.g. Neovim quits): not a crash
+        state.status = { state = 'stopped' }
+        return
+      end
+      state.client_id = nil
+      state.crashes = state.crashes + 1
+      local delay = RESTART_DELAYS_MS[state.crashes]
+      local what = ('server exited (code %d, signal %d)'):format(code or -1, signal or 0)
+      vim.schedule(function()
+        clear()
+        if not delay then
+          fail(what .. (' %d times in a row; not restarting (:CodellamaRestart)'):format(state.crashes - 1))
+          return
+        end
+        fail(('%s; restarting in %d s'):format(what, delay / 1000))
+        state.restart_timer = vim.defer_fn(function()
+          state.restart_timer = nil
+          M.restart_now()
+        end, delay)
+      end)
     end,
   }
 end
@@ -524,7 +690,19 @@ function M.attach(bufnr)
   if not wants(bufnr) then
     return
   end
+  state.buffers[bufnr] = true
   if not M.client() then
+    if state.restart_timer then
+      return -- a crashed server comes back after its back-off; it attaches this buffer then
+    end
+    local program = state.opts.cmd[1]
+    if vim.fn.executable(program) ~= 1 then
+      if not (state.status and state.status.state == 'error' and state.status.missing) then
+        fail(('%s not found (not executable or not on PATH): set cmd in require("codellama").setup()'):format(program))
+        state.status.missing = true
+      end
+      return
+    end
     state.stopping = false
     -- vim.lsp.start (0.8+) replaced start_client, which is deprecated from 0.11 on.
     if has('0.10') then
@@ -533,7 +711,7 @@ function M.attach(bufnr)
       state.client_id = vim.lsp.start_client(client_config())
     end
     if not state.client_id then
-      log(vim.log.levels.ERROR, ('expected %s to start, it did not (see :CodellamaLog)'):format(state.opts.cmd[1]))
+      fail(('expected %s to start, it did not (see :CodellamaLog)'):format(program))
       return
     end
   end
@@ -554,26 +732,32 @@ function M.stop()
   state.client_id = nil
 end
 
-function M.restart()
-  local bufs = {}
-  local client = M.client()
-  if client then
-    for b in pairs(client.attached_buffers or {}) do
-      table.insert(bufs, b)
+--- Starts a server and attaches every buffer the last one had (and the current one).
+function M.restart_now()
+  state.status = nil
+  local any = false
+  for b in pairs(state.buffers) do
+    if vim.api.nvim_buf_is_valid(b) then
+      M.attach(b)
+      any = true
+    else
+      state.buffers[b] = nil
     end
   end
+  if not any then
+    M.attach(vim.api.nvim_get_current_buf())
+  end
+end
+
+function M.restart()
+  if state.restart_timer then
+    state.restart_timer:stop()
+    state.restart_timer = nil
+  end
+  state.crashes = 0
   M.stop()
   -- The old process needs a moment to release the model; start the new one after it has gone.
-  vim.defer_fn(function()
-    for _, b in ipairs(bufs) do
-      if vim.api.nvim_buf_is_valid(b) then
-        M.attach(b)
-      end
-    end
-    if #bufs == 0 then
-      M.attach(vim.api.nvim_get_current_buf())
-    end
-  end, 500)
+  vim.defer_fn(M.restart_now, 500)
 end
 
 --- Changes server settings (e.g. {model = '/path/x.gguf'}) and sends them with workspace/didChangeConfiguration.
@@ -589,6 +773,11 @@ function M.toggle()
   state.enabled = not state.enabled
   if not state.enabled then
     clear()
+  end
+  -- The server hears it too ({"*": false}), so no request kind (omnifunc, :CodellamaComplete) runs the model.
+  local client = M.client()
+  if client then
+    notify(client, 'workspace/didChangeConfiguration', { settings = { codellama = server_settings() } })
   end
   vim.notify('codellama: completions ' .. (state.enabled and 'on' or 'off'))
 end
@@ -613,6 +802,14 @@ function M.setup(opts)
   state.opts = vim.tbl_deep_extend('force', vim.deepcopy(defaults), opts or {})
   state.ns = vim.api.nvim_create_namespace('codellama')
   local group = vim.api.nvim_create_augroup('codellama', { clear = true })
+  define_highlight()
+  vim.api.nvim_create_autocmd('ColorScheme', { group = group, callback = define_highlight })
+  vim.api.nvim_create_autocmd('VimLeavePre', {
+    group = group,
+    callback = function()
+      state.stopping = true
+    end,
+  })
   vim.api.nvim_create_autocmd('FileType', {
     group = group,
     callback = function(args)

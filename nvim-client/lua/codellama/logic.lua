@@ -188,6 +188,50 @@ function M.after_accept(s, how)
 end
 
 --- Whether a completion for this buffer is wanted: `enable` maps filetypes (or '*') to true/false.
+--- The suggestion after the user typed on the same line: `line` is the cursor's line now, `col` the cursor.
+--- Returns the rest of the same suggestion when what was typed since it was shown is its beginning, else
+--- nil (then the ghost goes). Lets the ghost stay on screen, shortened, while the user types it.
+function M.advance(s, line, col)
+  if col == s.col and line:sub(1, s.col) == line:sub(1, col) then
+    return s
+  end
+  if col < s.col then
+    return nil
+  end
+  local typed = line:sub(s.col + 1, col)
+  if typed:find('\n', 1, true) or s.ghost:sub(1, #typed) ~= typed then
+    return nil
+  end
+  local ghost = s.ghost:sub(#typed + 1)
+  if ghost == '' then
+    return nil
+  end
+  local ghost_lines = M.split_lines(ghost)
+  return {
+    row = s.row,
+    col = col,
+    start_col = col,
+    end_col = col + (s.end_col - s.col),
+    text = ghost,
+    ghost = ghost,
+    first = ghost_lines[1],
+    rest = { unpack(ghost_lines, 2) },
+  }
+end
+
+--- A completion-menu entry for `text` (what replaces the line from the entry's start column): Vim's menu
+--- inserts a word as one line (a newline in it becomes a NUL byte), so the word is the first line and the
+--- other lines travel in `user_data` for the CompleteDone handler to insert as real lines.
+function M.menu_entry(text, abbr)
+  local lines = M.split_lines(text)
+  local entry = { word = lines[1], abbr = abbr, menu = '[Code Llama]', icase = 1, dup = 1, empty = 0 }
+  if #lines > 1 then
+    entry.user_data = { codellama_lines = { unpack(lines, 2) } }
+    entry.info = text
+  end
+  return entry
+end
+
 function M.enabled_for(enable, filetype)
   if type(enable) ~= 'table' then
     return enable ~= false

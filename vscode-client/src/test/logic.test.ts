@@ -53,21 +53,29 @@ test('status: parses what the server sends, tolerates junk', () => {
   });
 });
 
-test('status: rendering per state', () => {
+test('status: rendering per state, in words, at a fixed width', () => {
+  const F = '\u2007';
   const ready = renderStatus({ state: 'ready', model: '/m/micro.gguf', lastLatencyMs: 41.6, cachedTokens: 12 }, true);
-  assert.equal(ready.text, '$(sparkle) Code Llama 42 ms');
+  assert.equal(ready.text, `$(sparkle) Code Llama ready ${F}${F}42 ms`);
   assert.equal(ready.label, 'Code Llama: ready, micro');
-  assert.match(ready.tooltip, /Model: \/m\/micro\.gguf\nLast completion: 42 ms\nCached tokens: 12/);
+  assert.match(ready.tooltip, /Model: \/m\/micro\.gguf\nLast model answer: 42 ms\nCached tokens: 12/);
   assert.equal(ready.severity, 'normal');
-  const loading = renderStatus({ state: 'loading', percentage: 30 }, true);
-  assert.equal(loading.text, '$(loading~spin) Code Llama 30%');
+  const loading = renderStatus({ state: 'loading', percentage: 42 }, true);
+  assert.equal(loading.text, `$(loading~spin) Code Llama loading 42%${F.repeat(2)}`);
+  const busy = renderStatus({ state: 'busy' }, true);
+  assert.equal(busy.text, `$(sync~spin) Code Llama busy${F.repeat(9)}`);
   const error = renderStatus({ state: 'error', message: 'expected a GGUF file' }, true);
   assert.equal(error.severity, 'error');
+  assert.equal(error.text, `$(error) Code Llama error${F.repeat(8)}`);
   assert.match(error.tooltip, /Server: error \(expected a GGUF file\)/);
   const off = renderStatus({ state: 'ready' }, false);
-  assert.equal(off.text, '$(circle-slash) Code Llama');
+  assert.equal(off.text, `$(circle-slash) Code Llama off${F.repeat(10)}`);
   assert.equal(off.label, 'Code Llama: disabled');
   assert.equal(off.severity, 'warning');
+  // every state: the same number of characters after the icon
+  const widths = [ready, loading, busy, error, off, renderStatus({ state: 'ready', lastLatencyMs: 12345 }, true), renderStatus({ state: 'loading', percentage: 100 }, true)]
+    .map((v) => v.text.slice(v.text.indexOf(' ')).length);
+  assert.equal(new Set(widths).size, 1, `widths ${widths}`);
 });
 
 test('events: shown carries sizes only; accepted keeps the request, counts add up', () => {

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { launchSpec, LaunchError } from '../launch';
-import { clientSwitches, languageEnabled, serverSettings } from '../settings';
+import { findProgram, launchSpec, LaunchError } from '../launch';
+import { DEFAULT_DEBOUNCE_MS, clientSwitches, languageEnabled, serverSettings } from '../settings';
 
 const getter = (values: Record<string, unknown>) => (key: string) => values[key];
 
@@ -16,7 +16,7 @@ test('server settings: every setting is sent camelCase and typed', () => {
   const s = serverSettings(
     getter({
       model: ' /models/codellama-7b.Q4_K_M.gguf ',
-      nCtx: 4096,
+      contextWindow: 4096,
       contextTokens: 1024,
       prefixRatio: 0.5,
       maxTokens: 32,
@@ -25,7 +25,7 @@ test('server settings: every setting is sent camelCase and typed', () => {
       timeBudgetMs: 800,
       fimOrder: 'psm',
       enabledLanguages: { '*': false, python: true },
-      nGpuLayers: -1,
+      gpuLayers: -1,
     }),
   );
   // The server's wire names (lsp_server/config.py); load-time sizes are not among them.
@@ -69,9 +69,22 @@ test('per-language enablement: own entry, then "*", then on', () => {
   assert.equal(clientSwitches(getter({})).enable, true);
 });
 
+test('the on/off switch reaches the server as its per-language map', () => {
+  assert.deepEqual(serverSettings(getter({ enable: false, enabledLanguages: { python: true } })).enable, { '*': false });
+  assert.deepEqual(serverSettings(getter({ enable: true, enabledLanguages: { python: false } })).enable, { python: false });
+});
+
+test('client switches: debounce and the suggestion list default to what VS Code users expect', () => {
+  assert.deepEqual(clientSwitches(getter({})), { enable: true, enabledLanguages: { '*': true, plaintext: false, markdown: false, scminput: false }, debounceMs: DEFAULT_DEBOUNCE_MS, suggestList: false });
+  assert.equal(clientSwitches(getter({ debounceMs: 0 })).debounceMs, 0);
+  assert.equal(clientSwitches(getter({ debounceMs: -5 })).debounceMs, DEFAULT_DEBOUNCE_MS);
+  assert.equal(clientSwitches(getter({ suggestList: true })).suggestList, true);
+});
+
 test('launch: default command gets --stdio and extra args', () => {
-  const spec = launchSpec(getter({ 'server.extraArgs': ['--kv-type', 'q8_0'], 'server.env': { HF_HUB_OFFLINE: '1', BAD: 3 } }), { PATH: '/bin', UNSET: undefined });
-  assert.equal(spec.command, 'codellama-lsp');
+  const onPath = { isFile: (p: string) => p === '/bin/codellama-lsp', platform: 'linux' as const };
+  const spec = launchSpec(getter({ 'server.extraArgs': ['--kv-type', 'q8_0'], 'server.env': { HF_HUB_OFFLINE: '1', BAD: 3 } }), { PATH: '/bin', UNSET: undefined }, onPath);
+  assert.equal(spec.command, '/bin/codellama-lsp');
   assert.deepEqual(spec.args, ['--stdio', '--kv-type', 'q8_0']);
   assert.equal(spec.env.HF_HUB_OFFLINE, '1');
   assert.equal(spec.env.PATH, '/bin');
@@ -81,8 +94,9 @@ test('launch: default command gets --stdio and extra args', () => {
 });
 
 test('launch: context size and GPU layers become server arguments', () => {
-  assert.deepEqual(launchSpec(getter({ nCtx: 8192, nGpuLayers: -1, 'server.extraArgs': ['-v'] }), {}).args, ['--stdio', '--n-ctx', '8192', '--n-gpu-layers', '-1', '-v']);
-  assert.deepEqual(launchSpec(getter({ nCtx: 0, nGpuLayers: 0 }), {}).args, ['--stdio'], '0 leaves the choice to the server');
+  const cmd = { 'server.command': ['/opt/codellama-lsp'] };
+  assert.deepEqual(launchSpec(getter({ ...cmd, contextWindow: 8192, gpuLayers: -1, 'server.extraArgs': ['-v'] }), {}).args, ['--stdio', '--n-ctx', '8192', '--n-gpu-layers', '-1', '-v']);
+  assert.deepEqual(launchSpec(getter({ ...cmd, contextWindow: 0, gpuLayers: 0 }), {}).args, ['--stdio'], '0 leaves the choice to the server');
 });
 
 test('launch: a Python interpreter wins over the command', () => {
@@ -94,4 +108,27 @@ test('launch: a Python interpreter wins over the command', () => {
 test('launch: a command that already says --stdio is not doubled; an empty one is an error', () => {
   assert.deepEqual(launchSpec(getter({ 'server.command': ['/opt/bin/codellama-lsp', '--stdio', '-v'] }), {}).args, ['--stdio', '-v']);
   assert.throws(() => launchSpec(getter({ 'server.command': ['  '] }), {}), LaunchError);
+});
+
+test('launch: the server is found in the workspace .venv, then beside the selected interpreter', () => {
+  const files = new Set(['/ws/b/.venv/bin/codellama-lsp', '/home/u/envs/x/bin/codellama-lsp']);
+  const isFile = (p: string) => files.has(p);
+  assert.equal(findProgram('codellama-lsp', { PATH: '/usr/bin' }, { workspaceFolders: ['/ws/a', '/ws/b'], isFile, platform: 'linux' }), '/ws/b/.venv/bin/codellama-lsp');
+  assert.equal(findProgram('codellama-lsp', { PATH: '/usr/bin' }, { interpreter: '/home/u/envs/x/bin/python3', isFile, platform: 'linux' }), '/home/u/envs/x/bin/codellama-lsp');
+  assert.equal(findProgram('codellama-lsp', { PATH: '/usr/bin' }, { isFile, platform: 'linux' }), undefined);
+});
+
+test('launch: a server found nowhere is an error that names the setting to fix', () => {
+  const err = (() => {
+    try {
+      launchSpec(getter({}), { PATH: '/nowhere' }, { isFile: () => false, platform: 'linux' });
+    } catch (e) {
+      return e;
+    }
+    return undefined;
+  })();
+  assert.ok(err instanceof LaunchError);
+  assert.match(err.message, /codellama-lsp was not found on PATH, in the workspace's \.venv or beside the selected Python interpreter/);
+  assert.match(err.message, /codellama\.server\.pythonPath/);
+  assert.equal(err.setting, 'codellama.server.pythonPath');
 });
