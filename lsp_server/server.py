@@ -407,7 +407,8 @@ class CodeLlamaServer(LanguageServer):
         answered = r is not None and r.stop not in ("cancelled", "superseded")
         if answered:  # the model's answer (a cache hit or a superseded job has no latency worth showing)
             self.last_latency_ms = r.total_ms
-        self._job_ended(answered)
+        # a prefetch's answer is news too: the status shows its hit (prefetchHits), though not a latency
+        self._job_ended(answered or prefetched is not None)
         t1 = time.perf_counter()
         if doc.version != version or self.document(uri) is not doc:
             log.debug("%s: document changed while completing; dropped", rid)
