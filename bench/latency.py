@@ -37,10 +37,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lsp_server import context, models, pipeline  # noqa: E402
-from lsp_server.cache import TypeThroughCache  # noqa: E402
-from lsp_server.config import Settings  # noqa: E402
-from lsp_server.engines.llama_cpp import EngineOptions, LlamaCppEngine  # noqa: E402
+from lsp_server import context, models, pipeline
+from lsp_server.cache import TypeThroughCache
+from lsp_server.config import Settings
+from lsp_server.engines.llama_cpp import EngineOptions, LlamaCppEngine
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -99,7 +99,7 @@ def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
     s = sorted(values)
-    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+    return s[min(len(s) - 1, round(q * (len(s) - 1)))]
 
 
 async def replay(engine: LlamaCppEngine, text: str, start: int, n_chars: int, settings: Settings, naive_every: int, seed: int):
@@ -238,22 +238,20 @@ async def overhead(model: Path, lines: int, keystrokes: int) -> dict:
     uri = "file:///bench/big.py"
     client.text_document_did_open(types.DidOpenTextDocumentParams(text_document=types.TextDocumentItem(uri=uri, language_id="python", version=1, text=text)))
     line = lines // 2
-    col = 0
     over: list[float] = []
     for i in range(keystrokes):
-        pos = types.Position(line=line, character=col)
+        pos = types.Position(line=line, character=i)  # each keystroke types one more 'x' on the line
         client.text_document_did_change(
             types.DidChangeTextDocumentParams(
                 text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=i + 2),
                 content_changes=[types.TextDocumentContentChangePartial(range=types.Range(start=pos, end=pos), text="x")],
             )
         )
-        col += 1
         n = len(statuses)
         await client.text_document_inline_completion_async(
             types.InlineCompletionParams(
                 text_document=types.TextDocumentIdentifier(uri=uri),
-                position=types.Position(line=line, character=col),
+                position=types.Position(line=line, character=i + 1),
                 context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic),
             )
         )
@@ -336,7 +334,7 @@ class LlamaServer:
         self.proc.terminate()
         try:
             self.proc.wait(10)
-        except Exception:  # noqa: BLE001  it would not stop: make it
+        except Exception:
             self.proc.kill()
             self.proc.wait()
 

@@ -27,7 +27,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.fixtures.raw_lsp import RawServer  # noqa: E402
+from tests.fixtures.raw_lsp import RawServer
 
 URI = "file:///soak/typing.py"
 
@@ -107,7 +107,7 @@ def main() -> int:
             if len(s.responses[json.dumps(r)]) != 1:
                 print(f"request {r}: {s.responses[json.dumps(r)]}", file=sys.stderr)
     after = samples[len(samples) * args.warmup // max(args.requests, 1):]
-    print(f"| model | requests | answered once | with items | stale | RSS after warm-up | RSS end | growth | RSS max | time | exit |")
+    print("| model | requests | answered once | with items | stale | RSS after warm-up | RSS end | growth | RSS max | time | exit |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     mb = 1024 * 1024
     print(

@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lsp_server import syntax  # noqa: E402
+from lsp_server import syntax
 
 LINES = 5000
 
@@ -82,7 +82,7 @@ def replay(key: str, text: str, anchor: str, keystrokes: int, autoclose: bool) -
             t3 = time.perf_counter()
             syntax.parse(info.language, info.source)
             full.append((time.perf_counter() - t3) * 1e3)
-    extra = [a + c for a, c in zip(analyze, check)]
+    extra = [a + c for a, c in zip(analyze, check, strict=True)]
 
     def q(xs: list[float], p: float) -> float:
         return sorted(xs)[min(len(xs) - 1, int(p * len(xs)))]

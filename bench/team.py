@@ -49,11 +49,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lsprotocol import types  # noqa: E402
-from pygls.exceptions import JsonRpcException  # noqa: E402
+from lsprotocol import types
+from pygls.exceptions import JsonRpcException
 
-from tests.fixtures.llama_server import LlamaServer  # noqa: E402
-from tests.fixtures.lsp_client import inline_params, insert, lsp_session, open_doc  # noqa: E402
+from tests.fixtures.llama_server import LlamaServer
+from tests.fixtures.lsp_client import inline_params, insert, lsp_session, open_doc
 
 REPO = Path(__file__).resolve().parents[1]
 FILES = ["textwrap.py", "shlex.py", "fnmatch.py", "heapq.py", "bisect.py", "calendar.py", "glob.py", "colorsys.py"]
@@ -229,7 +229,7 @@ async def run(mode: str, k: int, keys: int, model: Path, seed: int, ctx_per_slot
             await asyncio.gather(
                 *(type_over_lsp(ed, model, server.url, slots[i], seed + i, logs[i]) for i, ed in enumerate(eds))
             )
-            for ed, log in zip(eds, logs):
+            for ed, log in zip(eds, logs, strict=True):
                 read_costs(ed, log)
         wall = time.perf_counter() - t0
         metrics = server_metrics(server.url)
@@ -239,7 +239,7 @@ async def run(mode: str, k: int, keys: int, model: Path, seed: int, ctx_per_slot
         "mode": mode, "k": k, "keystrokes": sum(len(ed.typed) for ed in eds),
         "answered": len(lat), "cancelled": sum(ed.cancelled for ed in eds),
         "p50_ms": statistics.median(lat) if lat else float("nan"),
-        "p95_ms": sorted(lat)[min(len(lat) - 1, int(round(0.95 * (len(lat) - 1))))] if lat else float("nan"),
+        "p95_ms": sorted(lat)[min(len(lat) - 1, round(0.95 * (len(lat) - 1)))] if lat else float("nan"),
         "tokens_per_s": sum(ed.generated for ed in eds) / wall,
         "server_gen_per_s": metrics.get("llamacpp:tokens_predicted_total", 0.0) / wall,
         "server_prompt_per_s": metrics.get("llamacpp:prompt_tokens_total", 0.0) / wall,

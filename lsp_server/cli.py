@@ -119,9 +119,9 @@ def _remote_options(args: argparse.Namespace) -> RemoteOptions:
 
 def complete_file(args: argparse.Namespace) -> int:
     from . import config, context, models, pipeline
+    from .backend import open_engine
     from .cache import TypeThroughCache
     from .engines import EngineError
-    from .backend import open_engine
 
     raw = _settings(args)
     if args.max_tokens is not None:

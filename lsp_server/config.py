@@ -123,7 +123,7 @@ _conv = cattrs.Converter()
 def _strict(kind: type, label: str):
     def hook(value: Any, _t: type) -> Any:
         # bool is an int in Python; a JSON true for a number is a mistake worth reporting.
-        if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+        if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
             if kind is float and isinstance(value, int) and not isinstance(value, bool):
                 return float(value)
             raise ValueError(f"expected {label}, got {value!r}")

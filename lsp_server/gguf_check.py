@@ -253,4 +253,4 @@ def _one_line(exc: BaseException) -> str:
     return (text[:200] + "...") if len(text) > 200 else text or type(exc).__name__
 
 
-__all__ = ["GGUFCheckError", "GGUFSummary", "check_gguf", "MAX_CONTEXT"]
+__all__ = ["MAX_CONTEXT", "GGUFCheckError", "GGUFSummary", "check_gguf"]

@@ -67,7 +67,7 @@ _INDEXES: weakref.WeakKeyDictionary[object, PieceIndex] = weakref.WeakKeyDiction
 _INDEX_LOCK = threading.Lock()
 
 
-def index_for(vocab) -> PieceIndex:  # noqa: ANN001  (a vocab.Vocab; typed loosely to stay import-free)
+def index_for(vocab) -> PieceIndex:
     """The ``PieceIndex`` of a vocabulary, built once per vocabulary object."""
     with _INDEX_LOCK:
         idx = _INDEXES.get(vocab)

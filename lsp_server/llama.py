@@ -293,7 +293,7 @@ class Sampler:
         lc.llama_sampler_chain_add(self.handle, lc.llama_sampler_init_temp(temperature))
         lc.llama_sampler_chain_add(self.handle, lc.llama_sampler_init_dist(seed & 0xFFFFFFFF))
 
-    def sample(self, ctx: "Context", i: int = -1) -> int:
+    def sample(self, ctx: Context, i: int = -1) -> int:
         return int(lib().llama_sampler_sample(self.handle, ctx.handle, i))
 
     def close(self) -> None:

@@ -79,9 +79,7 @@ def scan(text: str, language: str | None) -> tuple[list[tuple[int, str]], list[i
         if quote is not None:
             if ch == "\\":
                 i += 1
-            elif ch == quote:
-                quote = None
-            elif ch == "\n" and quote != "`":
+            elif ch == quote or (ch == "\n" and quote != "`"):
                 quote = None
         elif text.startswith(comment, i):
             j = text.find("\n", i)

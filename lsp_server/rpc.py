@@ -627,7 +627,7 @@ async def serve_tcp(server: Any, host: str, port: int, token: str, on_stop: Call
         reader = FrameReader(chunk)
         try:
             first = await asyncio.wait_for(reader.next(), AUTH_TIMEOUT_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             first = None
         problem, body = _authenticate(first, token)
         if active:

@@ -252,7 +252,7 @@ class CodeLlamaServer(LanguageServer):
                     ),
                     timeout,
                 )
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise EngineError(f"expected to load {resolved.path} within {timeout:g} s, got no result "
                                   "(a slow disk? see --load-timeout)") from None
         except Exception as exc:  # of any kind: the status must never stay "loading"
@@ -316,7 +316,7 @@ class CodeLlamaServer(LanguageServer):
             return False
         try:
             await asyncio.wait_for(self.work_done_progress.create_async(token), timeout=5)
-        except (asyncio.TimeoutError, JsonRpcException) as exc:  # a client that refuses progress: go on without
+        except (TimeoutError, JsonRpcException) as exc:  # a client that refuses progress: go on without
             log.debug("no $/progress: %s", exc)
             return False
         self.work_done_progress.begin(token, types.WorkDoneProgressBegin(title=title, cancellable=False))
@@ -331,7 +331,7 @@ class CodeLlamaServer(LanguageServer):
         if engine is not None:
             try:
                 await asyncio.wait_for(in_daemon_thread(engine.close), 5)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.warning("the engine did not close within 5 s; exiting anyway")
 
     # ---- documents -------------------------------------------------------------------------------------
@@ -597,4 +597,4 @@ def create_server(options: ServerOptions = ServerOptions()) -> CodeLlamaServer:
     return server
 
 
-__all__ = ["CodeLlamaServer", "ServerOptions", "create_server", "STATUS", "DOCUMENT_STATE", "busy_threads"]
+__all__ = ["DOCUMENT_STATE", "STATUS", "CodeLlamaServer", "ServerOptions", "busy_threads", "create_server"]

@@ -162,10 +162,7 @@ class SyntaxTrees:
         with self._lock:
             last = self._trees.get(key)
         if last is not None and last[0] == language:
-            if last[1] == source:
-                tree = last[2]
-            else:
-                tree = parse(language, source, edited(last[2], last[1], source))
+            tree = last[2] if last[1] == source else parse(language, source, edited(last[2], last[1], source))
         else:
             tree = parse(language, source)
         with self._lock:

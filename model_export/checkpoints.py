@@ -201,7 +201,7 @@ class Checkpoint:
             f.close()
         self._files = []
 
-    def __enter__(self) -> "Checkpoint":
+    def __enter__(self) -> Checkpoint:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -348,7 +348,7 @@ class MetaCheckpoint(Checkpoint):
     _parts: dict[str, list[tuple[int, str]]]  # GGUF name -> [(shard index, source name)] in rank order
 
     @classmethod
-    def open(cls, root: Path) -> "MetaCheckpoint":
+    def open(cls, root: Path) -> MetaCheckpoint:
         params_path = root / "params.json"
         params = _read_json(params_path)
         hp = read_hparams(params, params_path, "meta")
@@ -404,7 +404,7 @@ class MetaCheckpoint(Checkpoint):
             merged = list(shapes[0])
             for s in shapes[1:]:
                 other_axes_equal = len(s) == len(merged) and all(
-                    a == b for k, (a, b) in enumerate(zip(s, shapes[0])) if k != axis
+                    a == b for k, (a, b) in enumerate(zip(s, shapes[0], strict=True)) if k != axis
                 )
                 if not other_axes_equal or (axis is None and s != shapes[0]):
                     raise ExportError(
@@ -459,7 +459,7 @@ class HFCheckpoint(Checkpoint):
     _where: dict[str, tuple[int, str]]  # GGUF name -> (index in weight_files, HF tensor name)
 
     @classmethod
-    def open(cls, root: Path) -> "HFCheckpoint":
+    def open(cls, root: Path) -> HFCheckpoint:
         config_path = root / "config.json"
         cfg = _read_json(config_path)
         model_type = cfg.get("model_type")
@@ -610,4 +610,4 @@ def iter_row_chunks(spec: TensorSpec, max_bytes: int = 8 << 20) -> Iterator[tupl
         yield start, min(rows, start + step)
 
 
-__all__ = ["Checkpoint", "HParams", "TensorSpec", "open_checkpoint", "iter_row_chunks", "to_float32"]
+__all__ = ["Checkpoint", "HParams", "TensorSpec", "iter_row_chunks", "open_checkpoint", "to_float32"]

@@ -228,7 +228,7 @@ class WeightFile:
 
 def _map(path: Path) -> tuple[Any, mmap.mmap]:
     try:
-        fh = open(path, "rb")
+        fh = open(path, "rb")  # noqa: SIM115 - the object owns the handle and closes it in close()
     except FileNotFoundError:
         raise ExportError(f"expected the weight file {path}, got no such file") from None
     except OSError as e:

@@ -118,7 +118,7 @@ def fim_ids(model_path: str | Path) -> dict[str, int]:
 
     sp = spm.SentencePieceProcessor(model_file=str(model_path))
     out = {}
-    for name, piece in zip(("pre", "suf", "mid", "eot"), FIM_PIECES):
+    for name, piece in zip(("pre", "suf", "mid", "eot"), FIM_PIECES, strict=True):
         pid = sp.piece_to_id(piece)
         if pid == sp.unk_id():
             raise ValueError(f"expected the piece {piece!r} in {model_path}, got none")

@@ -21,7 +21,14 @@ from pathlib import Path
 from model_export.outfile import Terminated, sigterm_raises
 from quantize.errors import QuantizeError
 from quantize.quantize import (
-    TARGETS, TYPES, default_name, interrupt_status, make_folder, model_stem, parse_types, quantize_file,
+    TARGETS,
+    TYPES,
+    default_name,
+    interrupt_status,
+    make_folder,
+    model_stem,
+    parse_types,
+    quantize_file,
 )
 
 

@@ -279,7 +279,7 @@ def load_imatrix(path: str | os.PathLike[str]) -> ImatrixData:
     try:
         data = _load_gguf(p) if magic == b"GGUF" else _load_legacy(p)
     except (ValueError, IndexError, KeyError, struct.error, UnicodeDecodeError) as exc:
-        raise QuantizeError(f"expected an imatrix file (GGUF or legacy .dat) at {p}, got an unreadable one ({exc})")
+        raise QuantizeError(f"expected an imatrix file (GGUF or legacy .dat) at {p}, got an unreadable one ({exc})") from exc
     for name, s in data.sums.items():
         if not np.all(np.isfinite(s)):
             raise QuantizeError(f"expected finite imatrix values, got NaN/inf for {name} in {p}")
@@ -313,7 +313,7 @@ def _load_gguf(p: Path) -> ImatrixData:
         if counts.size != 1:
             raise QuantizeError(f"expected one count per dense weight for {name} in {p}, got {counts.size}")
         data.sums[name] = np.asarray(t.data, dtype=np.float64).reshape(-1).copy()
-        data.counts[name] = int(round(counts[0]))
+        data.counts[name] = round(counts[0])
     return data
 
 

@@ -35,8 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from quantize.corpus import corpus_text
 from model_export.outfile import Terminated, exit_code, sigterm_raises
+from quantize.corpus import corpus_text
 from quantize.errors import QuantizeError, llama_session
 from quantize.gguf_info import GGUFInfo, read_info
 

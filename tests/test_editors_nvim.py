@@ -163,7 +163,7 @@ def test_debian_nvim_is_0_7_or_newer() -> None:
 
 
 @pytest.mark.slow
-def test_nvim_builtin_client_without_plugin(micro_model, tmp_path: Path) -> None:  # noqa: F811
+def test_nvim_builtin_client_without_plugin(micro_model, tmp_path: Path) -> None:
     case = blank_case(micro_model.files)
     path = tmp_path / case.name
     path.write_text(case.blanked)
@@ -185,7 +185,7 @@ def test_nvim_builtin_client_without_plugin(micro_model, tmp_path: Path) -> None
 
 @pytest.mark.slow
 @pytest.mark.parametrize("which", NVIMS)
-def test_nvim_plugin_completes_with_the_real_server(micro_model, which: str, tmp_path: Path) -> None:  # noqa: F811
+def test_nvim_plugin_completes_with_the_real_server(micro_model, which: str, tmp_path: Path) -> None:
     binary = NVIMS[which]()
     inline = nvim_version(binary) >= (0, 10)
     case = blank_case(micro_model.files)
@@ -243,7 +243,7 @@ def readme_snippet() -> str:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("which", NVIMS)
-def test_nvim_as_users_have_it(micro_model, which: str, tmp_path: Path) -> None:  # noqa: F811
+def test_nvim_as_users_have_it(micro_model, which: str, tmp_path: Path) -> None:
     """The README's snippet as init.lua (only the plugin path and the model filled in), no --clean, the
     plugin's defaults, a multi-line completion, typed at 150 and at 50 ms a key, three times each; the
     server found on PATH as `codellama-lsp`, as the snippet says."""

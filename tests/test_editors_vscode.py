@@ -97,7 +97,7 @@ def test_vscode_package_contents(vsix: Path) -> None:
 
 
 @pytest.mark.slow
-def test_vscode_ghost_text_end_to_end(micro_model, vsix: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_vscode_ghost_text_end_to_end(micro_model, vsix: Path, tmp_path: Path) -> None:
     case = multiline_case(micro_model.files)
     workspace = tmp_path / "workspace"
     workspace.mkdir()

@@ -8,7 +8,6 @@ them: FIM/EOT ids, control-token handling of file text that spells ``<PRE>`` or 
 from __future__ import annotations
 
 import subprocess
-
 from dataclasses import replace
 from pathlib import Path
 

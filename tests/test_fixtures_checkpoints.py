@@ -280,7 +280,7 @@ def test_fixture_tokenizer_round_trips_code_and_has_fim_pieces(fixture_tokenizer
         assert sp.decode(sp.encode(text)) == text
     assert "▁▁▁▁" in {sp.id_to_piece(i) for i in range(sp.get_piece_size())}  # indentation pieces exist
     ids = fim_ids(fixture_tokenizer)
-    assert ids == {name: sp.piece_to_id(p) for name, p in zip(("pre", "suf", "mid", "eot"), FIM_PIECES)}
+    assert ids == {name: sp.piece_to_id(p) for name, p in zip(("pre", "suf", "mid", "eot"), FIM_PIECES, strict=True)}
     assert sorted(ids.values()) == list(range(1000, 1004))
     assert (sp.unk_id(), sp.bos_id(), sp.eos_id()) == (0, 1, 2)
     proto = pb.ModelProto()
@@ -316,7 +316,7 @@ def test_codellama_layout(codellama_tokenizer, codellama_tokenizer_32011, fixtur
 
 def test_embedding_rows_padded_beyond_the_tokenizer(checkpoint_factory, codellama_tokenizer_32011):
     args = replace(TINY, vocab_size=32016)
-    ckpt, model = checkpoint_factory("meta", shards=2, args=args, tokenizer=codellama_tokenizer_32011)
+    ckpt, _model = checkpoint_factory("meta", shards=2, args=args, tokenizer=codellama_tokenizer_32011)
     merged = _merge_meta(ckpt)
     assert merged["tok_embeddings.weight"].shape == (32016, 64) and merged["output.weight"].shape == (32016, 64)
     assert tokenizer_size(ckpt / "tokenizer.model") == 32011
@@ -352,7 +352,7 @@ def test_sample_code_tokens(fixture_tokenizer, codellama_tokenizer):
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
 def test_random_model_is_seeded_and_exact_in_dtype(dtype):
     a, b, c = random_model(TINY, 7, dtype), random_model(TINY, 7, dtype), random_model(TINY, 8, dtype)
-    for (name, p), q, r in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values()):
+    for (name, p), q, r in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values(), strict=True):
         assert p.dtype == torch.float32
         assert torch.equal(p, q), name
         assert not torch.equal(p, r), name

@@ -167,7 +167,7 @@ def test_unsupported_version(tmp_path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[4:8] = (99).to_bytes(4, "little")
     path.write_bytes(bytes(data))
-    with pytest.raises(GGUFCheckError, match="expected a well-formed GGUF file .*version 99"):
+    with pytest.raises(GGUFCheckError, match=r"expected a well-formed GGUF file .*version 99"):
         check_gguf(path)
 
 

@@ -241,9 +241,9 @@ def test_hub_ids_only_when_not_path_like(tmp_path: Path, monkeypatch: pytest.Mon
     assert models.hub_spec("hf:models/my-project:weights.gguf") == ("models/my-project", "weights.gguf")
     for local in ("models/my-project:weights.gguf", "./org/repo:w.gguf", "/abs/org/repo:w.gguf", "a/b/c:w.gguf", "~/x/y:w.gguf"):
         assert models.hub_spec(local) is None, local
-    with pytest.raises(models.ModelError, match="no such file.*hf:REPO:FILE"):
+    with pytest.raises(models.ModelError, match=r"no such file.*hf:REPO:FILE"):
         models.resolve("models/my-project:weights.gguf")
-    with pytest.raises(models.ModelError, match="expected hf:OWNER/REPO:FILE.gguf"):
+    with pytest.raises(models.ModelError, match=r"expected hf:OWNER/REPO:FILE\.gguf"):
         models.resolve("hf:not a repo")
 
 

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def old_hub_gguf(micro_model, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
+def old_hub_gguf(micro_model, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return as_old_hub_codellama(micro_model.gguf, tmp_path_factory.mktemp("hub") / "micro-old-hub.gguf")
 
 
@@ -41,7 +41,7 @@ def old_hub_engine(old_hub_gguf: Path):
     engine.close()
 
 
-def test_old_hub_file_has_no_fim_metadata_and_llama_cpp_finds_no_eot(old_hub_gguf: Path, micro_model) -> None:  # noqa: F811
+def test_old_hub_file_has_no_fim_metadata_and_llama_cpp_finds_no_eot(old_hub_gguf: Path, micro_model) -> None:
     model = llama.Model(old_hub_gguf, llama.LoadOptions(vocab_only=True))
     try:
         for key in ("tokenizer.ggml.fim_pre_token_id", "tokenizer.ggml.eot_token_id"):
@@ -57,7 +57,7 @@ def test_old_hub_file_has_no_fim_metadata_and_llama_cpp_finds_no_eot(old_hub_ggu
     assert s.style == "codellama" and ids["eot"] in s.eog
 
 
-async def test_old_hub_file_ready_status_says_where_the_ids_came_from(old_hub_gguf: Path, micro_model) -> None:  # noqa: F811
+async def test_old_hub_file_ready_status_says_where_the_ids_came_from(old_hub_gguf: Path, micro_model) -> None:
     eot = fim_ids(micro_model.tokenizer)["eot"]
     async with lsp_session(old_hub_gguf) as client:
         ready = next(s for s in client.status.items if s["state"] == "ready")
@@ -69,7 +69,7 @@ async def test_old_hub_file_ready_status_says_where_the_ids_came_from(old_hub_gg
 @pytest.mark.parametrize("order", ["spm", "psm"])
 @pytest.mark.parametrize("name,needle,keep", CASES)
 async def test_old_hub_file_completes_exactly_and_stops_at_eot(
-    old_hub_engine: LlamaCppEngine, micro_model, name: str, needle: str, keep: str, order: str  # noqa: F811
+    old_hub_engine: LlamaCppEngine, micro_model, name: str, needle: str, keep: str, order: str
 ) -> None:
     source = micro_model.files[name]
     line_no = _line_of(source, needle)

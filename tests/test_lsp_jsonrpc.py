@@ -12,11 +12,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from lsp_server.rpc import MAX_CONTENT_LENGTH
-from tests.fixtures.raw_lsp import RawServer, frame
 from tests.fixtures.lsp_models import lsp_random_gguf  # noqa: F401
+from tests.fixtures.raw_lsp import RawServer, frame
 
 NO_MODEL = "/nonexistent/model.gguf"
 URI = "file:///work/sync.py"
@@ -206,7 +204,7 @@ def test_a_change_that_cannot_be_applied_is_an_error_the_client_sees() -> None:
             assert text_of(s) == {"version": 2, "length": 9, "sha256": digest("abc!\ndef?")}
             seen = len(s.notifications("window/showMessage"))
             s.notify("textDocument/didChange", bad)
-            shown = s.wait(lambda: [m for m in s.notifications("window/showMessage")[seen:] if "out of sync" in m["params"]["message"]])
+            shown = s.wait(lambda seen=seen: [m for m in s.notifications("window/showMessage")[seen:] if "out of sync" in m["params"]["message"]])
             assert shown[0]["params"]["type"] == 1 and says in shown[0]["params"]["message"], shown
             assert text_of(s, bad["textDocument"]["uri"]) is None  # dropped: no completion from a copy that drifted
             s.notify("textDocument/didOpen", {"textDocument": {"uri": URI, "languageId": "python", "version": 7, "text": "new"}})

@@ -261,7 +261,7 @@ def test_bad_failure_midway_leaves_nothing(kq_f16, tmp_path, capsys):
 def test_api_raises_quantize_error(kq_f16, tmp_path):
     with pytest.raises(QuantizeError, match="expected a type among"):
         quantize_file(kq_f16, tmp_path / "a.gguf", "Q1_Z")
-    with pytest.raises(QuantizeError, match="not one of the inputs, got .*, the input itself"):
+    with pytest.raises(QuantizeError, match=r"not one of the inputs, got .*, the input itself"):
         shutil.copy(kq_f16, tmp_path / "same.gguf")
         quantize_file(tmp_path / "same.gguf", tmp_path / "same.gguf", "Q4_0", force=True)
 

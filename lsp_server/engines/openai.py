@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
+
 from . import EngineInfo, Generation, GenerationRequest, GenerationResult, Job
 from .remote import Fault, RemoteEngine, RemoteOptions, RemoteVocab, RequestFault
 
