@@ -6,8 +6,8 @@ exactly the pipeline the server uses (context -> FIM prompt -> llama.cpp -> post
 ``codellama-lsp eval``, HumanEval infilling scores through that pipeline (``lsp_server.eval``).
 
 Logs go to stderr or ``--log-file``; in a stdio server stdout carries JSON-RPC only. Errors the user can
-fix (a missing model, a bad position, a port in use) end the process with a one-line message and exit
-status 2. A server exits with 0 after ``shutdown`` + ``exit``, 1 when the client left without
+fix (a missing model, a bad position, a port in use) end the process with one ``codellama-lsp: error: ...``
+line and exit status 1, bad usage with status 2 (``lsp_server.tool``, docs/cli.md). A server exits with 0 after ``shutdown`` + ``exit``, 1 when the client left without
 ``shutdown``, 128 + the signal number on SIGINT/SIGTERM.
 
 A TCP server needs a token from its client (``initializationOptions.token``): ``--token-file``, else
@@ -27,8 +27,11 @@ from pathlib import Path
 from .config import ENGINES
 from .engines.llama_cpp import KV_TYPES, EngineOptions
 from .engines.remote import RemoteOptions
+from .errors import ServerError
+from .tool import UsageError, run_tool
 
 log = logging.getLogger("lsp_server")
+PROG = "codellama-lsp"
 TOKEN_ENV = "CODELLAMA_LSP_TOKEN"
 
 
@@ -117,11 +120,12 @@ def _remote_options(args: argparse.Namespace) -> RemoteOptions:
     return RemoteOptions(url="", slot=args.slot, prompt_format=args.prompt_format)
 
 
-def complete_file(args: argparse.Namespace) -> int:
-    from . import config, context, models, pipeline
+def complete_file(args: argparse.Namespace) -> None:
+    """``codellama-lsp complete``: one completion on stdout; a ``ServerError`` for what the user can fix."""
+    from . import config, context, pipeline
     from .backend import open_engine
     from .cache import TypeThroughCache
-    from .engines import EngineError
+    from .models import resolve
 
     raw = _settings(args)
     if args.max_tokens is not None:
@@ -134,21 +138,13 @@ def complete_file(args: argparse.Namespace) -> int:
     try:
         source = args.file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        print(f"codellama-lsp: expected a readable UTF-8 file at {args.file}, got: {exc}", file=sys.stderr)
-        return 2
-    try:
-        resolved = models.resolve(settings.model)
-        engine = open_engine(settings, resolved.path, resolved.name, _engine_options(args), _remote_options(args))
-    except (models.ModelError, EngineError) as exc:
-        print(f"codellama-lsp: {exc}", file=sys.stderr)
-        return 2
+        raise ServerError(f"expected a readable UTF-8 file at {args.file}, got: {exc}") from None
+    resolved = resolve(settings.model)
+    engine = open_engine(settings, resolved.path, resolved.name, _engine_options(args), _remote_options(args))
     try:
         text = context.lf_text(source)
         offset = context.offset_at(text, args.line, args.character)
         result = asyncio.run(pipeline.complete(engine, TypeThroughCache(), str(args.file), text, offset, settings))
-    except (context.ContextError, EngineError) as exc:
-        print(f"codellama-lsp: {exc}", file=sys.stderr)
-        return 2
     finally:
         engine.close()
     r = result.result
@@ -160,7 +156,6 @@ def complete_file(args: argparse.Namespace) -> int:
         print(context.to_document_newlines(result.texts[0], context.document_newline(source)))
     else:
         print("codellama-lsp: the model returned no completion here", file=sys.stderr)
-    return 0
 
 
 def _token(args: argparse.Namespace) -> tuple[str, bool]:
@@ -169,9 +164,9 @@ def _token(args: argparse.Namespace) -> tuple[str, bool]:
         try:
             token = args.token_file.read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
-            raise SystemExit(f"codellama-lsp: expected a readable token file at {args.token_file}, got: {exc}") from None
+            raise ServerError(f"expected a readable token file at {args.token_file}, got: {exc}") from None
         if not token:
-            raise SystemExit(f"codellama-lsp: expected a token in {args.token_file}, got an empty file")
+            raise ServerError(f"expected a token in {args.token_file}, got an empty file")
         return token, False
     if os.environ.get(TOKEN_ENV, "").strip():
         return os.environ[TOKEN_ENV].strip(), False
@@ -183,8 +178,7 @@ def serve(args: argparse.Namespace) -> int:
     from .server import ServerOptions, create_server
 
     if not args.load_timeout > 0:
-        print(f"codellama-lsp: expected --load-timeout > 0, got {args.load_timeout}", file=sys.stderr)
-        return 2
+        raise UsageError(f"expected --load-timeout > 0, got {args.load_timeout}")
     server = create_server(ServerOptions(
         model=args.model, engine=_engine_options(args), load_timeout_s=args.load_timeout,
         settings=_settings(args), remote=_remote_options(args),
@@ -204,12 +198,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _logging(args)
     if args.command == "complete":
-        return complete_file(args)
+        return run_tool(PROG, lambda: complete_file(args), (ServerError,))
     if args.command == "eval":
         from . import eval as eval_mod
 
-        return eval_mod.run(args)
-    code = serve(args)
+        return run_tool(PROG, lambda: eval_mod.run(args), (ServerError,))
+    code = run_tool(PROG, lambda: serve(args), (ServerError,))
     from .server import busy_threads
 
     if busy_threads():

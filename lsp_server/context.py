@@ -30,13 +30,14 @@ from dataclasses import dataclass
 
 from lsprotocol import types
 
+from .errors import ServerError
 from .fim import FimContext
 
 GRID = 16  # lines; windows start and end only on lines whose number is a multiple of this
 CHAR_GRID = 256  # characters; the fallback cut for a single line longer than the whole budget
 
 
-class ContextError(Exception):
+class ContextError(ServerError):
     """A request whose text or position cannot be turned into a prompt."""
 
 

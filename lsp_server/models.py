@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import ServerError
 from .gguf_check import GGUFCheckError, GGUFSummary, check_gguf
 
 DEMO_DIR = Path(__file__).resolve().parent / "models" / "demo"
@@ -34,7 +35,7 @@ _HF_SPEC = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+):(?P<file>[^:/\\]+\
 Progress = Callable[[str, int | None], None]  # (message, percent or None)
 
 
-class ModelError(Exception):
+class ModelError(ServerError):
     """The model could not be found, fetched or recognised; the message is for the user."""
 
 

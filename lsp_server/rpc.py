@@ -43,6 +43,8 @@ from pygls.protocol import LanguageServerProtocol, default_converter
 from pygls.protocol.json_rpc import JsonRPCNotification, JsonRPCRequestMessage
 from pygls.protocol.language_server import lsp_method
 
+from .errors import ServerError
+
 log = logging.getLogger(__name__)
 
 MAX_CONTENT_LENGTH = 64 * 1024 * 1024  # the largest message body accepted (a 20-50 MB document fits)
@@ -610,7 +612,8 @@ async def serve_tcp(server: Any, host: str, port: int, token: str, on_stop: Call
 
     A connection must open with ``initialize`` carrying ``initializationOptions.token``; anything else,
     a wrong token or a second client while one is connected gets an error and is closed. The server
-    ends when its client disconnects (as a stdio server ends with its pipe).
+    ends when its client disconnects (as a stdio server ends with its pipe). A port that cannot be opened
+    raises ``ServerError``.
     """
     protocol: LspProtocol = server.protocol
     loop = asyncio.get_running_loop()
@@ -649,8 +652,7 @@ async def serve_tcp(server: Any, host: str, port: int, token: str, on_stop: Call
     try:
         listener = await asyncio.start_server(connection, host, port)
     except OSError as exc:
-        print(f"codellama-lsp: expected to listen on {host}:{port}, got: {exc.strerror or exc}", file=sys.stderr)
-        return 2
+        raise ServerError(f"expected to listen on {host}:{port}, got: {exc.strerror or exc}") from None
     addr = ", ".join(f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in listener.sockets)
     on_listening(addr)
     async with listener:

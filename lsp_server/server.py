@@ -137,6 +137,7 @@ class CodeLlamaServer(LanguageServer):
         )
         self.options = options
         self.settings, self._cli_problems = config.parse(options.settings, config.Settings(model=options.model))
+        self._init_problems: list[str] = []  # settings problems to show once the client is initialized
         self.engine: Engine | None = None
         self.cache = TypeThroughCache()
         self.state = "starting"
@@ -294,7 +295,11 @@ class CodeLlamaServer(LanguageServer):
             self.work_done_progress.end(token, types.WorkDoneProgressEnd(message="ready"))
         self.send_status("ready", msg)
         if isinstance(engine, RemoteEngine):  # told at once if the server is down already
-            engine.set_listener(lambda message: loop.call_soon_threadsafe(self._on_health, engine, message))
+
+            def on_health(message: str | None) -> None:  # called on the engine's thread
+                loop.call_soon_threadsafe(self._on_health, engine, message)
+
+            engine.set_listener(on_health)
 
     def _on_health(self, engine: Engine, message: str | None) -> None:
         """A remote engine's server went down (``message``: why) or came back (None): status, and one message."""
@@ -405,7 +410,7 @@ class CodeLlamaServer(LanguageServer):
             raise
         r = result.result
         answered = r is not None and r.stop not in ("cancelled", "superseded")
-        if answered:  # the model's answer (a cache hit or a superseded job has no latency worth showing)
+        if r is not None and answered:  # the model's answer (a cache hit or a superseded job has no latency worth showing)
             self.last_latency_ms = r.total_ms
         self._job_ended(answered)
         t1 = time.perf_counter()
@@ -508,7 +513,7 @@ def create_server(options: ServerOptions = ServerOptions()) -> CodeLlamaServer:
 
     @server.feature(types.INITIALIZED)
     def on_initialized(ls: CodeLlamaServer, _params: types.InitializedParams) -> None:
-        for p in getattr(ls, "_init_problems", []):
+        for p in ls._init_problems:
             ls.show(types.MessageType.Warning, p)
         ls.start_loading()
 

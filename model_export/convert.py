@@ -52,10 +52,11 @@ from pathlib import Path
 import gguf
 import numpy as np
 
+from lsp_server.tool import run_tool
 from model_export import tensors as tn
 from model_export.checkpoints import FLOAT32_MAX, Checkpoint, TensorSpec, iter_row_chunks, open_checkpoint, to_float32
 from model_export.errors import ExportError
-from model_export.outfile import Terminated, atomic_output, check_output, exit_code, sigterm_raises
+from model_export.outfile import atomic_output, check_output
 from model_export.vocab import FimIds, load_vocab, write_vocab
 
 log = logging.getLogger("model_export.convert")
@@ -372,26 +373,21 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(stream=sys.stderr, level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
     out = args.outfile or args.ckpt_dir / f"ggml-model-{args.outtype}.gguf"
-    progress, close_bar = _tqdm_progress()
-    try:
-        with sigterm_raises():
+
+    def body() -> None:
+        progress, close_bar = _tqdm_progress()
+        try:
             summary = convert(
                 args.ckpt_dir, out, outtype=args.outtype, ctx=args.ctx, rope_theta=args.rope_theta,
                 progress=progress, hash_source=not args.no_hash,
             )
-    except ExportError as e:
-        close_bar()
-        print(f"codellama-convert: error: {e}", file=sys.stderr)
-        return 1
-    except (KeyboardInterrupt, Terminated) as e:
-        close_bar()
-        print("codellama-convert: interrupted, no output written", file=sys.stderr)
-        return exit_code(e)
-    close_bar()
-    print(summary.line())
-    if summary.source_sha256:
-        log.info("source sha256 %s", summary.source_sha256)
-    return 0
+        finally:
+            close_bar()  # before any message: the bar shares stderr
+        print(summary.line())
+        if summary.source_sha256:
+            log.info("source sha256 %s", summary.source_sha256)
+
+    return run_tool("codellama-convert", body, (ExportError,))
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
+from lsp_server.tool import FAILURE, run_tool
 from model_export import tensors as tn
 from model_export.checkpoints import Checkpoint, open_checkpoint
 from model_export.errors import ExportError
@@ -256,17 +257,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-top1", type=float, help="min top-1 agreement, 0..1 (default: by file type)")
     p.add_argument("--threads", type=int, help="llama.cpp threads")
     args = p.parse_args(argv)
-    try:
+
+    def body() -> int:
         report = verify(
             args.ckpt_dir, args.gguf, n_tokens=args.tokens, rel_tol=args.rel_tol, min_top1=args.min_top1,
             n_threads=args.threads,
         )
-    except ExportError as e:
-        print(f"codellama-verify: error: {e}", file=sys.stderr)
-        return 2
-    for line in report.lines():
-        print(line)
-    return 0 if report.passed else 1
+        for line in report.lines():
+            print(line)
+        return 0 if report.passed else FAILURE
+
+    return run_tool(p.prog, body, (ExportError,))
 
 
 if __name__ == "__main__":

@@ -36,7 +36,8 @@ import numpy as np
 from gguf import GGMLQuantizationType, GGUFReader, GGUFType, GGUFWriter, Keys
 
 from lsp_server import llama
-from model_export.outfile import Terminated, atomic_output, check_output, exit_code, sigterm_raises
+from lsp_server.tool import run_tool
+from model_export.outfile import atomic_output, check_output
 from quantize.errors import QuantizeError, llama_session
 
 log = logging.getLogger(__name__)
@@ -369,23 +370,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr, format="%(message)s")
-    try:
+
+    def body() -> None:
         out = Path(args.output)
         check_output(out, [Path(args.model)], QuantizeError)
         if out.exists() and not args.force:
             raise QuantizeError(f"expected no file at {out}, got an existing one (pass --force to overwrite)")
         text, name = corpus_text(args.corpus, role="imatrix")
-        with sigterm_raises():
-            data = compute_imatrix(args.model, text, n_ctx=args.ctx, max_tokens=args.tokens, threads=args.threads, dataset=name)
-            save_imatrix(data, out)
-    except QuantizeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except (KeyboardInterrupt, Terminated) as exc:
-        print("python -m quantize.imatrix: interrupted, no output written", file=sys.stderr)
-        return exit_code(exc)
-    print(f"wrote {out}: {len(data.sums)} weights, {data.chunk_count} chunks of {data.chunk_size} tokens")
-    return 0
+        data = compute_imatrix(args.model, text, n_ctx=args.ctx, max_tokens=args.tokens, threads=args.threads, dataset=name)
+        save_imatrix(data, out)
+        print(f"wrote {out}: {len(data.sums)} weights, {data.chunk_count} chunks of {data.chunk_size} tokens")
+
+    return run_tool(ap.prog, body, (QuantizeError,))
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model_export.outfile import Terminated, exit_code, sigterm_raises
+from lsp_server.tool import run_tool
 from quantize.corpus import corpus_text
 from quantize.errors import QuantizeError, llama_session
 from quantize.gguf_info import GGUFInfo, read_info
@@ -269,21 +269,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, stream=sys.stderr, format="%(message)s")
-    try:
-        with sigterm_raises():
-            results = compare_many(
-                args.reference, args.candidates, corpus=args.corpus, n_ctx=args.ctx, n_chunks=args.chunks, threads=args.threads
-            )
-    except QuantizeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except (KeyboardInterrupt, Terminated) as exc:
-        print("python -m quantize.report: interrupted", file=sys.stderr)
-        return exit_code(exc)
-    print(format_table(results), end="")
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps([asdict(q) for q in results], indent=2) + "\n")
-    return 0
+
+    def body() -> None:
+        results = compare_many(
+            args.reference, args.candidates, corpus=args.corpus, n_ctx=args.ctx, n_chunks=args.chunks, threads=args.threads
+        )
+        print(format_table(results), end="")
+        if args.json_out:
+            Path(args.json_out).write_text(json.dumps([asdict(q) for q in results], indent=2) + "\n")
+
+    return run_tool(ap.prog, body, (QuantizeError,))
 
 
 if __name__ == "__main__":

@@ -232,8 +232,8 @@ def test_cli_complete_one_shot(lsp_random_gguf: Path, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
     bad = subprocess.run([*cmd[:-4], "--model", str(tmp_path / "nope.gguf")], capture_output=True, text=True, env=server_env(), timeout=120)
-    assert bad.returncode == 2 and bad.stdout == ""
-    assert "expected a GGUF model file" in bad.stderr
+    assert bad.returncode == 1 and bad.stdout == ""
+    assert bad.stderr.startswith("codellama-lsp: error: ") and "expected a GGUF model file" in bad.stderr
 
 
 async def test_settings_during_first_load_do_not_start_a_second_load(lsp_random_gguf: Path) -> None:

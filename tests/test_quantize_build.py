@@ -163,7 +163,7 @@ def test_console_script_subprocess(kq_f16, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "quantize", str(kq_f16), "-o", str(out), "--type", "Q4_0"],
                          capture_output=True, text=True, timeout=120)  # fmt: skip
     assert bad.returncode == 1
-    assert bad.stderr.strip().count("\n") == 0 and bad.stderr.startswith("error: expected no file")
+    assert bad.stderr.strip().count("\n") == 0 and bad.stderr.startswith("codellama-quantize: error: expected no file")
 
 
 # ---------------------------------------------------------------- bad input
@@ -173,7 +173,7 @@ def _run_err(argv: list[str], capsys) -> str:
     rc = quantize_main(argv)
     err = capsys.readouterr().err.strip()
     assert rc == 1
-    assert err.startswith("error: ") and "\n" not in err, err
+    assert err.startswith("codellama-quantize: error: ") and "\n" not in err, err
     return err
 
 
@@ -394,7 +394,7 @@ def test_signal_during_quantize_cleans_up(kq_f16, tmp_path, sig, code):
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == code, proc.stderr
-    assert proc.stderr.strip() == "codellama-quantize: interrupted, no partial output left"
+    assert proc.stderr.strip() == "codellama-quantize: interrupted, no output written"
     assert list(out.parent.iterdir()) == []
 
 
@@ -440,7 +440,7 @@ def test_headers_llama_cpp_trusts_are_checked_first(kq_f16, tmp_path, capsys, ke
     src = _with_metadata(kq_f16, tmp_path / "bad.gguf", {key: (value, vtype)})
     capsys.readouterr()
     err = _run_err([str(src), "-o", str(tmp_path / "q.gguf"), "--type", "Q4_K_M"], capsys)
-    assert err.startswith("error: expected") and phrase in err, err
+    assert err.startswith("codellama-quantize: error: expected") and phrase in err, err
     _no_output(tmp_path, "q.gguf")
 
 

@@ -19,13 +19,14 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
+from typing import Any
 
-from . import EngineInfo, Generation, GenerationRequest, GenerationResult, Job
+from . import EngineInfo, Generation, GenerationRequest, GenerationResult, Job, Stop
 from .remote import Fault, RemoteEngine, RemoteOptions, RemoteVocab, RequestFault
 
 log = logging.getLogger(__name__)
 
-STOPS = {"stop": "eot", "length": "length", "eos": "eot"}
+STOPS: dict[str, Stop] = {"stop": "eot", "length": "length", "eos": "eot"}
 
 
 def text_prompt(vocab: RemoteVocab, prompt: list[int]) -> str:
@@ -116,7 +117,7 @@ class OpenAIEngine(RemoteEngine):
     ) -> None:
         s = req.sampling
         stops = sorted(req.stop_tokens | self.vocab.sentinels.eog)
-        body = {
+        body: dict[str, Any] = {
             "model": self._model,
             "prompt": text_prompt(self.vocab, list(req.prompt)) if self._format == "text" else list(req.prompt),
             "max_tokens": req.max_tokens,
@@ -151,4 +152,4 @@ class OpenAIEngine(RemoteEngine):
                         return
                     reason = choice.get("finish_reason")
                     if reason:
-                        gen.stop = STOPS.get(str(reason), "eot")  # type: ignore[assignment]
+                        gen.stop = STOPS.get(str(reason), "eot")

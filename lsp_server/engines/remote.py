@@ -27,9 +27,9 @@ import os
 import threading
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 import httpx
 
@@ -367,7 +367,7 @@ class RemoteEngine:
         self.check_status(r.status_code, r.text, path)
         return self.parse_json(r.text, path)
 
-    async def post_json(self, path: str, body: dict) -> object:
+    async def post_json(self, path: str, body: dict[str, Any]) -> object:
         try:
             r = await self._client.post(self.url(path), json=body, headers=self.headers())
         except httpx.HTTPError as exc:
@@ -398,7 +398,9 @@ class RemoteEngine:
         except ValueError:
             raise Fault(f"expected JSON from {self.where}{path}, got {text[:60]!r}") from None
 
-    async def events(self, path: str, body: dict, on_headers: Callable[[], None]) -> AsyncIterator[dict]:
+    async def events(
+        self, path: str, body: dict[str, Any], on_headers: Callable[[], None]
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """POST ``body`` with ``stream: true`` and yield each server-sent event's JSON object until
         ``[DONE]`` or the end of the stream. Leaving the iteration early closes the connection."""
         async with self._client.stream("POST", self.url(path), json=body, headers=self.headers()) as r:
