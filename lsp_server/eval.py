@@ -349,9 +349,10 @@ def run(args: argparse.Namespace) -> int:
              f"{args.fim_order.upper()}, greedy, engine {args.engine or 'llama.cpp'}")
     report["table"] = table({k: v["summary"] for k, v in report["runs"].items()}, title)
     if args.json:
-        tmp = args.json.with_name(args.json.name + ".tmp")
-        tmp.write_text(json.dumps(report, indent=1) + "\n")
-        tmp.replace(args.json)
+        from model_export.outfile import atomic_output  # the tools' one way to write an output file
+
+        with atomic_output(args.json, ServerError) as tmp:
+            tmp.write_text(json.dumps(report, indent=1) + "\n")
     print(report["table"])
     return 0
 

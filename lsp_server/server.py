@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
+import importlib.metadata
 import itertools
 import logging
 import os
@@ -63,7 +64,7 @@ DOCUMENT_STATE = "codellama/documentState"  # client -> server: {uri} -> {versio
 # document's uri also starts the prefetch of the next completion (prefetch.py)
 EVENT = "codellama/event"
 _WORD_BEFORE = re.compile(r"\w+\Z")
-VERSION = "0.1.0"
+VERSION = importlib.metadata.version("codellama-lsp")  # pyproject.toml's version, told to the client
 T = TypeVar("T")
 BUSY_AFTER_S = 0.3  # a request running longer than this shows "busy"; shorter ones leave "ready" alone
 

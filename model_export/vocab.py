@@ -26,9 +26,10 @@ from pathlib import Path
 
 import gguf
 
+from lsp_server.vocab import CODELLAMA_FIM_PIECES
 from model_export.errors import ExportError
 
-FIM_PIECES = {"pre": "▁<PRE>", "suf": "▁<SUF>", "mid": "▁<MID>", "eot": "▁<EOT>"}
+FIM_PIECES = CODELLAMA_FIM_PIECES
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ import numpy as np
 from gguf import GGMLQuantizationType, GGUFReader, GGUFType, GGUFWriter, Keys
 
 from lsp_server import llama
+from lsp_server.gguf_check import GGUF_MAGIC, file_magic
 from lsp_server.tool import run_tool
 from model_export.outfile import atomic_output, check_output
 from quantize.errors import QuantizeError, llama_session
@@ -275,10 +276,8 @@ def load_imatrix(path: str | os.PathLike[str]) -> ImatrixData:
     p = Path(path)
     if not p.is_file():
         raise QuantizeError(f"expected an imatrix file, got no file at {p}")
-    with p.open("rb") as fh:
-        magic = fh.read(4)
     try:
-        data = _load_gguf(p) if magic == b"GGUF" else _load_legacy(p)
+        data = _load_gguf(p) if file_magic(p) == GGUF_MAGIC else _load_legacy(p)
     except (ValueError, IndexError, KeyError, struct.error, UnicodeDecodeError) as exc:
         raise QuantizeError(f"expected an imatrix file (GGUF or legacy .dat) at {p}, got an unreadable one ({exc})") from exc
     for name, s in data.sums.items():

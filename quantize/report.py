@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from lsp_server.tool import run_tool
+from model_export.outfile import atomic_output
 from quantize.corpus import corpus_text
 from quantize.errors import QuantizeError, llama_session
 from quantize.gguf_info import GGUFInfo, read_info
@@ -276,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(format_table(results), end="")
         if args.json_out:
-            Path(args.json_out).write_text(json.dumps([asdict(q) for q in results], indent=2) + "\n")
+            with atomic_output(Path(args.json_out), QuantizeError) as tmp:
+                tmp.write_text(json.dumps([asdict(q) for q in results], indent=2) + "\n")
 
     return run_tool(ap.prog, body, (QuantizeError,))
 
