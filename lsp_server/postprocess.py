@@ -119,7 +119,7 @@ def end(
     else:
         base = indent(line_prefix)
         syntactic = info is not None and "nodeEnd" in rules
-        if syntactic and info.body_indent is not None and not line_prefix.strip():
+        if syntactic and info is not None and info.body_indent is not None and not line_prefix.strip():
             base = max(base, info.body_indent)
         pos = raw.find("\n") + 1
         while pos > 0:
@@ -129,7 +129,7 @@ def end(
                 cuts.append(pos - 1)
                 break
             pos = nxt + 1
-        if syntactic and info.braces:
+        if syntactic and info is not None and info.braces:
             _, under, _ = scan(raw, info.language)
             if under:
                 at = under[0]

@@ -175,9 +175,10 @@ class LlamaCppEngine:
             with self._cv:
                 while self._pending is None and not self._closed:
                     self._cv.wait()
-                if self._closed:
+                job = self._pending
+                if self._closed or job is None:
                     return
-                job, self._pending = self._pending, None
+                self._pending = None
                 self._running = job
             try:
                 if job.cancelled:
