@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import hashlib
 import importlib.metadata
 import itertools
@@ -36,7 +37,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import unquote
@@ -375,51 +376,36 @@ class CodeLlamaServer(LanguageServer):
         t0 = time.perf_counter()
         version, source = doc.version, doc.source
         encoding = self.workspace.position_encoding or types.PositionEncodingKind.Utf16
-        text = context.lf_text(source)
-        offset = context.offset_at(text, position.line, position.character, encoding)
-        line = text.count("\n", 0, offset)
-        line_start = text.rfind("\n", 0, offset) + 1
-        start = types.Position(line=line, character=context.units_of(text[line_start:offset], encoding))
-        head = ""
-        if selected is not None:
-            # The editor's completion widget has an item selected: complete as if it were applied.
-            sel_start = context.offset_at(text, selected.range.start.line, selected.range.start.character, encoding)
-            sel_end = context.offset_at(text, selected.range.end.line, selected.range.end.character, encoding)
-            head = selected.text
-            text = text[:sel_start] + head + text[sel_end:]
-            offset = sel_start + len(head)
-            start = selected.range.start
-        end = start if selected is None else selected.range.end
+        at = edit_point(source, position, selected, encoding)
+        text, offset = at.text, at.offset
         t_in = (time.perf_counter() - t0) * 1e3
-        self._job_started()
         # the time budget adapts to the user's typing (pacing); timeBudgetMs stays the cap
         settings = attrs.evolve(self.settings, time_budget_ms=self.pacer.budget_ms(self.settings.time_budget_ms))
         try:
-            prefetched = await self.prefetcher.join(uri, text, offset) if selected is None else None
-            if prefetched is not None:  # computed after the accepted suggestion, before this request came
-                result = pipeline.Completion(texts=prefetched.texts[: max(1, n)], source="cache" if prefetched.texts else "none")
-            else:
-                result = await pipeline.complete(engine, self.cache, uri, text, offset, settings, n, rid, self.extra_for(doc, text))
+            with self._running() as job:
+                prefetched = await self.prefetcher.join(uri, text, offset) if selected is None else None
+                if prefetched is not None:  # computed after the accepted suggestion, before this request came
+                    result = pipeline.Completion(texts=prefetched.texts[: max(1, n)], source="cache" if prefetched.texts else "none")
+                else:
+                    result = await pipeline.complete(engine, self.cache, uri, text, offset, settings, n, rid, self.extra_for(doc, text))
+                r = result.result
+                # the model's answer (a cache hit or a superseded job has no latency worth showing)
+                if r is not None and r.stop not in ("cancelled", "superseded"):
+                    job.answered = True
+                    self.last_latency_ms = r.total_ms
         except EngineError as exc:
             log.log(logging.INFO if isinstance(engine, RemoteEngine) and engine.down else logging.ERROR, "%s: %s", rid, exc)
-            self._job_ended(False)
             self.send_status("error", str(exc))
             return None
         except asyncio.CancelledError:  # $/cancelRequest: the engine job was cancelled on the way out
             log.info("%s: cancelled by the client after %.1f ms", rid, (time.perf_counter() - t0) * 1e3)
-            self._job_ended(False)
             raise
-        r = result.result
-        answered = r is not None and r.stop not in ("cancelled", "superseded")
-        if r is not None and answered:  # the model's answer (a cache hit or a superseded job has no latency worth showing)
-            self.last_latency_ms = r.total_ms
-        self._job_ended(answered)
         t1 = time.perf_counter()
         if doc.version != version or self.document(uri) is not doc:
             log.debug("%s: document changed while completing; dropped", rid)
             return None
         newline = context.document_newline(source)
-        texts = [context.to_document_newlines(head + t, newline) for t in result.texts]
+        texts = [context.to_document_newlines(at.head + t, newline) for t in result.texts]
         if r is not None and result.source != "cache":
             self.pacer.finished(r.total_ms)
         log.info(
@@ -431,8 +417,7 @@ class CodeLlamaServer(LanguageServer):
             ),
         )
         self.overhead_ms = t_in + result.pipeline_ms + (time.perf_counter() - t1) * 1e3
-        word = _WORD_BEFORE.search(text, line_start, offset) if selected is None else None
-        return texts, types.Range(start=start, end=end), word.group(0) if word else ""
+        return texts, at.range, at.word
 
     # ---- context from other files, prefetch ----------------------------------------------------------
     def _doc(self, doc: Any, text: str | None = None) -> neighbors.Doc:
@@ -480,6 +465,17 @@ class CodeLlamaServer(LanguageServer):
             lambda: pipeline.complete(engine, self.cache, doc.uri, text, offset, settings, 1, rid, self.extra_for(doc, text)),
         )  # fmt: skip
 
+    @contextlib.contextmanager
+    def _running(self) -> Iterator[_JobStatus]:
+        """The status item around one completion: "busy" once it has run ``BUSY_AFTER_S``; when the last running
+        one ends (answered, failed or cancelled), "ready" again if "busy" was shown or ``answered`` was set."""
+        self._job_started()
+        job = _JobStatus()
+        try:
+            yield job
+        finally:
+            self._job_ended(job.answered)
+
     def _job_started(self) -> None:
         self._inflight += 1
         if self._inflight == 1 and self._busy_timer is None:
@@ -502,6 +498,41 @@ class CodeLlamaServer(LanguageServer):
         if self._busy_shown or (model_ran and self.state in ("ready", "busy")):
             self._busy_shown = False
             self.send_status("ready")
+
+
+@dataclass
+class _JobStatus:
+    answered: bool = False  # the model answered: the status shows the new latency
+
+
+@dataclass(frozen=True)
+class EditPoint:
+    """Where a completion goes (see ``edit_point``)."""
+
+    text: str  # the document with LF newlines, with the selected completion item applied if there is one
+    offset: int  # the cursor in ``text``
+    range: types.Range  # what the completion replaces in the editor's document
+    head: str  # the selected item's text, put in front of every completion ("" without one)
+    word: str  # identifier characters just before the cursor, for textDocument/completion items ("" with a selection)
+
+
+def edit_point(
+    source: str, position: types.Position, selected: types.SelectedCompletionInfo | None, encoding: str
+) -> EditPoint:
+    """A request's document ``source`` and ``position`` (in ``encoding`` units) -> the text to complete and the
+    range to replace. With an item selected in the editor's completion widget, complete as if it were applied."""
+    text = context.lf_text(source)
+    offset = context.offset_at(text, position.line, position.character, encoding)
+    line_start = text.rfind("\n", 0, offset) + 1
+    start = types.Position(line=text.count("\n", 0, offset), character=context.units_of(text[line_start:offset], encoding))
+    if selected is None:
+        word = _WORD_BEFORE.search(text, line_start, offset)
+        return EditPoint(text, offset, types.Range(start=start, end=start), "", word.group(0) if word else "")
+    sel = selected.range
+    sel_start = context.offset_at(text, sel.start.line, sel.start.character, encoding)
+    sel_end = context.offset_at(text, sel.end.line, sel.end.character, encoding)
+    head = selected.text
+    return EditPoint(text[:sel_start] + head + text[sel_end:], sel_start + len(head), types.Range(start=sel.start, end=sel.end), head, "")
 
 
 def create_server(options: ServerOptions = ServerOptions()) -> CodeLlamaServer:
