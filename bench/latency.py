@@ -334,7 +334,7 @@ class LlamaServer:
         self.proc.terminate()
         try:
             self.proc.wait(10)
-        except Exception:
+        except Exception:  # it would not stop: make it
             self.proc.kill()
             self.proc.wait()
 
