@@ -2,7 +2,7 @@
 
 Every command runs its body through ``run_tool``: ``codellama-lsp`` (serve, ``complete``, ``eval``),
 ``codellama-convert``, ``codellama-verify``, ``codellama-quantize`` and ``python -m quantize.pipeline``,
-``quantize.report``, ``quantize.imatrix``. What goes in: the tool's name (its argparse ``prog``), the body, and
+``quantize.report``, ``quantize.imatrix``, ``model_train.train|eval|ship``. What goes in: the tool's name (its argparse ``prog``), the body, and
 the package's exception types that carry a user-facing ``expected ..., got ...`` message. What comes out
 (documented for users in docs/cli.md):
 

@@ -40,6 +40,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from lsp_server.tool import run_tool
+from model_export.outfile import atomic_output
 from model_train.data import SourceFile, load_corpus
 from model_train.errors import TrainError
 from model_train.fim import Codec, prompt_tokens
@@ -235,15 +237,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
     torch.set_num_threads(2)
     stage1 = args.stage1 or (args.ckpt / "stage1" if (args.ckpt / "stage1").is_dir() else None)
-    try:
+
+    def body() -> None:
         report = evaluate(args.ckpt, args.gguf, stage1, args.cases, args.seed)
-    except TrainError as e:
-        print(f"model_train.eval: {e}", file=sys.stderr)
-        return 2
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
-    print(markdown(report))
-    return 0
+        if args.json:
+            with atomic_output(args.json, TrainError) as tmp:
+                tmp.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
+        print(markdown(report))
+
+    return run_tool(ap.prog, body, (TrainError,))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ import logging
 import sys
 from pathlib import Path
 
+from lsp_server.tool import run_tool
+from model_export.errors import ExportError
 from model_train.data import DEFAULT_MANIFEST
 from model_train.errors import TrainError
 
@@ -98,12 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out-dir", type=Path, default=DEMO_DIR)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
-    try:
+
+    def body() -> None:
         ship(args.ckpt, args.eval, args.out_dir, args.outtype, args.ctx)
-    except TrainError as e:
-        print(f"model_train.ship: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_tool(ap.prog, body, (TrainError, ExportError))
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from lsp_server.tool import run_tool
 from model_train.configs import CONFIGS, Stage, TrainConfig
 from model_train.errors import TrainError
 from model_train.fim import Codec, transform
@@ -243,12 +244,11 @@ def main(argv: list[str] | None = None) -> int:
     cfg = CONFIGS[args.config]
     if args.steps is not None:
         cfg = dataclasses.replace(cfg, stage1=dataclasses.replace(cfg.stage1, steps=args.steps))
-    try:
+
+    def body() -> None:
         train(cfg, args.out, args.seed, args.threads)
-    except TrainError as e:
-        print(f"model_train.train: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_tool(ap.prog, body, (TrainError,))
 
 
 if __name__ == "__main__":
