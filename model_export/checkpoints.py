@@ -326,9 +326,8 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def to_float32(a: np.ndarray, dtype: str) -> np.ndarray:
     """Stored values -> float32 (a new array). bfloat16 is the top half of a float32: shift its bits up."""
-    if dtype == "BF16":
-        return np.left_shift(a, 16, dtype=np.uint32).view(np.float32)
-    return a.astype(np.float32)
+    out: np.ndarray = np.left_shift(a, 16, dtype=np.uint32).view(np.float32) if dtype == "BF16" else a.astype(np.float32)
+    return out
 
 
 def find_tokenizer(root: Path, layout: Layout) -> Path | None:

@@ -48,6 +48,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import gguf
 import numpy as np
@@ -225,7 +226,7 @@ def _finish_chunk(item: tuple[Future[int], str | None], done: int, total: int, p
 
 
 def _pwrite_all(fd: int, data: np.ndarray, pos: int) -> None:
-    view = memoryview(np.ascontiguousarray(data)).cast("B")
+    view = np.ascontiguousarray(data).data.cast("B")
     while view:
         n = os.pwrite(fd, view, pos)
         view, pos = view[n:], pos + n
@@ -367,7 +368,7 @@ def _tqdm_progress() -> tuple[ProgressFn | None, Callable[[], None]]:
         return None, lambda: None
     from tqdm import tqdm
 
-    bar: list = []
+    bar: list[Any] = []  # the tqdm bar, made on the first update (its total is known then)
 
     def update(name: str, done: int, total: int) -> None:
         if not bar:

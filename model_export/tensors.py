@@ -174,7 +174,8 @@ def hf_unpermute(w: ArrayT, n_heads: int) -> ArrayT:
     rows, cols = w.shape
     if rows % (2 * n_heads):
         raise ExportError(f"expected q/k rows divisible by 2 * n_heads ({2 * n_heads}), got {rows}")
-    return w.reshape(n_heads, 2, rows // n_heads // 2, cols).swapaxes(1, 2).reshape(rows, cols)
+    out: ArrayT = w.reshape(n_heads, 2, rows // n_heads // 2, cols).swapaxes(1, 2).reshape(rows, cols)
+    return out
 
 
 def tensor_qtype(kind: gguf.MODEL_TENSOR, shape: tuple[int, ...], outtype: str) -> gguf.GGMLQuantizationType:

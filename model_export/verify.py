@@ -93,7 +93,8 @@ class VerifyReport:
 
 
 def _rmsnorm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
-    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * w
+    out: np.ndarray = x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * w
+    return out
 
 
 def _rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
@@ -147,7 +148,8 @@ def reference_logits(ckpt: Checkpoint, tokens: Sequence[int], rope_theta: float 
         g = x @ w(T.FFN_GATE, bid).T
         h = h + ((g / (1.0 + np.exp(-g))) * (x @ w(T.FFN_UP, bid).T)) @ w(T.FFN_DOWN, bid).T
         ckpt.release()
-    return (_rmsnorm(h, w(T.OUTPUT_NORM), hp.norm_eps) @ w(T.OUTPUT).T).astype(np.float32)
+    logits: np.ndarray = (_rmsnorm(h, w(T.OUTPUT_NORM), hp.norm_eps) @ w(T.OUTPUT).T).astype(np.float32)
+    return logits
 
 
 # ---------------------------------------------------------------------------- llama.cpp side
@@ -182,10 +184,10 @@ def default_tokens(ckpt: Checkpoint, n: int) -> list[int]:
 
     if ckpt.tokenizer_path is None:
         rng = np.random.default_rng(0)
-        return rng.integers(0, ckpt.n_vocab, size=n).tolist()
+        return [int(i) for i in rng.integers(0, ckpt.n_vocab, size=n)]
     sp = spm.SentencePieceProcessor(model_file=str(ckpt.tokenizer_path))
     text = "\n".join(p.read_text(encoding="utf-8") for p in sorted(Path(__file__).parent.glob("*.py")))
-    ids = [sp.bos_id()] + sp.encode(text)
+    ids: list[int] = [sp.bos_id(), *sp.encode(text)]
     while len(ids) < n:
         ids += ids[1:]
     return ids[:n]

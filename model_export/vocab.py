@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import gguf
 
@@ -57,7 +58,7 @@ class Vocab:
         return len(self.tokens) - self.n_pieces
 
 
-def _piece_type(sp, i: int) -> gguf.TokenType:
+def _piece_type(sp: Any, i: int) -> gguf.TokenType:  # sp: a sentencepiece.SentencePieceProcessor
     if sp.is_unknown(i):
         return gguf.TokenType.UNKNOWN
     if sp.is_control(i):

@@ -209,7 +209,7 @@ class WeightFile:
         n = end - self._hashed
         if n <= 0:
             return 0
-        self._hash.update(np.frombuffer(self._mm, dtype=np.uint8, count=n, offset=self._hashed))
+        self._hash.update(np.frombuffer(self._mm, dtype=np.uint8, count=n, offset=self._hashed).data)
         self._hashed = end
         return n
 
