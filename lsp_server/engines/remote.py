@@ -27,9 +27,9 @@ import os
 import threading
 import time
 import urllib.parse
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Callable, Coroutine
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import httpx
 
@@ -37,6 +37,7 @@ from .. import llama
 from ..vocab import LlamaVocab
 from . import EngineError, EngineInfo, Generation, GenerationRequest, GenerationResult, Job, Stop
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 logging.getLogger("httpx").setLevel(logging.WARNING)  # its INFO lines would log every keystroke's URL
 logging.getLogger("httpcore").setLevel(logging.WARNING)
@@ -192,7 +193,7 @@ class RemoteEngine:
             self._thread.join(timeout=10)
 
     # ---- loop-thread plumbing -------------------------------------------------------------------------
-    def _call(self, coro, timeout: float | None = None):
+    def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
     async def _make_client(self) -> httpx.AsyncClient:
@@ -451,7 +452,7 @@ class RemoteEngine:
             return "rule"
         return None
 
-    def with_info(self, **changes: object) -> EngineInfo:
+    def with_info(self, **changes: Any) -> EngineInfo:
         return replace(self.info, **changes)
 
 
@@ -472,5 +473,5 @@ def _error_message(body: str) -> str:
     if isinstance(err, str):
         return err[:200]
     if isinstance(data, dict) and isinstance(data.get("detail"), str):  # FastAPI-style (vLLM validation)
-        return data["detail"][:200]
+        return str(data["detail"])[:200]
     return body.strip()[:120]
