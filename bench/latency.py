@@ -536,6 +536,9 @@ def main() -> None:
     p.add_argument("--scenarios", default="random,repeats", help="--vs-server: random (overhead), repeats (demo)")
     args = p.parse_args()
     if args.vs_server:
+        if not args.server_bin.is_file():
+            raise SystemExit(f"--vs-server: expected a llama-server binary at {args.server_bin}, got none "
+                             "(build it from llama-cpp-python 0.3.36's llama.cpp: scripts/build-llama-server.sh)")
         stdlib = Path(sysconfig.get_paths()["stdlib"])
         text = (stdlib / args.file).read_text()
         # a document of about 2,050 tokens of the random model's vocabulary, typed at its middle

@@ -11,8 +11,8 @@ The policy (README, "Latency"):
   total time of a model request (not a type-through cache hit). Both are kept for the last ``WINDOW``.
 - time budget: a completion is worth something only if it arrives before the user goes on typing.
   Pauses are the long typing gaps, so the budget is the 90th percentile of the gaps, but never less
-  than 1.5 times the median latency (so an ordinary request still finishes) and never more than the
-  configured ``timeBudgetMs`` (a hard cap). Until ``MIN_SAMPLES`` gaps and latencies are known, the
+  than 1.5 times the median latency (so an ordinary request still finishes) or ``MIN_BUDGET_MS``, and
+  never more than the configured ``timeBudgetMs`` (a hard cap). Until ``MIN_SAMPLES`` gaps and latencies are known, the
   configured budget applies unchanged.
 - debounce: when the median latency is below the median gap, every keystroke's request finishes
   before the next key and nothing is gained by waiting: 0. Otherwise most requests during a burst are
@@ -29,6 +29,7 @@ WINDOW = 32
 BURST_MS = 1500.0
 MIN_SAMPLES = 8
 MAX_DEBOUNCE_MS = 300.0
+MIN_BUDGET_MS = 200  # below this a budget cuts ordinary completions short (and editors fire bursts of changes)
 
 
 def _quantile(values: deque[float], q: float) -> float:
@@ -59,7 +60,7 @@ class Pacer:
     def budget_ms(self, configured: int) -> int:
         if not self._known():
             return configured
-        want = max(_quantile(self.gaps, 0.9), 1.5 * _quantile(self.latencies, 0.5))
+        want = max(_quantile(self.gaps, 0.9), 1.5 * _quantile(self.latencies, 0.5), MIN_BUDGET_MS)
         return int(min(configured, want))
 
     def debounce_ms(self) -> int:

@@ -14,8 +14,9 @@ Rules, in order (the syntax rules are named; each can be switched off with the `
    or parameter list, a subscript or a condition, even at the end of a line.
 3. Where the completion ends (``end``, also the engine's early stop, so generation stops as soon as the
    rest would be cut): at the first line after the first that is indented less than the cursor line
-   (tabs count as 4 columns). ``nodeEnd``: the syntax supplies the indentation of the Python body the
-   cursor is in (or that it opens: the header's indentation + 1), and in brace languages a line starting
+   (tabs count as 4 columns). ``nodeEnd``: with the cursor at column 0, the syntax supplies the
+   indentation of the Python body it is in (or that it opens: the header's indentation + 1), and in
+   brace languages a line starting
    with a bracket that closes one opened before the cursor ends the body. ``repetition``: a run of 1-4
    lines repeated three times in a row, or a 3+ character piece of a line repeated four times, is cut
    after its first copy (a small model stuck in a loop).
@@ -119,8 +120,10 @@ def end(
     else:
         base = indent(line_prefix)
         syntactic = info is not None and "nodeEnd" in rules
-        if syntactic and info is not None and info.body_indent is not None and not line_prefix.strip():
-            base = max(base, info.body_indent)
+        if syntactic and info is not None and info.body_indent is not None and not line_prefix:
+            # a cursor at column 0 says nothing about the block; an indented one is where the user wants
+            # to be (at a header's own indentation the completion may well go on after the body)
+            base = info.body_indent
         pos = raw.find("\n") + 1
         while pos > 0:
             nxt = raw.find("\n", pos)

@@ -136,6 +136,11 @@ def test_pacer_budget_and_debounce() -> None:
     assert p.debounce_ms() == 0  # 80 ms answers beat 120 ms gaps
     assert p.budget_ms(2000) == 600  # the pauses set the budget
     assert p.budget_ms(300) == 300  # the configured budget is a hard cap
+    fast = Pacer()
+    for i in range(MIN_SAMPLES + 1):
+        fast.keystroke("file:///a.py", i * 0.001)  # an editor's burst of changes, 1 ms apart
+        fast.finished(5.0)
+    assert fast.budget_ms(2000) == 200  # never below MIN_BUDGET_MS
     for _ in range(32):
         p.finished(500.0)
     assert p.debounce_ms() == 120  # slower than the typing: wait one typical gap

@@ -11,11 +11,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 from pathlib import Path
 
 import pytest
 
-from lsp_server import fim, llama, pipeline
+from lsp_server import context, fim, llama, pipeline
 from lsp_server.cache import TypeThroughCache
 from lsp_server.config import Settings
 from lsp_server.engines.llama_cpp import EngineOptions, LlamaCppEngine
@@ -24,7 +26,7 @@ from model_train.tokenizer import fim_ids
 from tests.fixtures.hub_ggufs import FAMILIES, as_old_hub_codellama, family_gguf
 from tests.fixtures.lsp_client import lsp_session
 from tests.fixtures.micro_model import micro_model  # noqa: F401
-from tests.test_lsp_micro import CASES, _blank, _line_of
+from tests.test_lsp_micro import _blank, _line_of
 
 pytestmark = pytest.mark.slow
 
@@ -66,20 +68,52 @@ async def test_old_hub_file_ready_status_says_where_the_ids_came_from(old_hub_gg
         assert not client.messages  # it works: nothing to warn about
 
 
-@pytest.mark.parametrize("order", ["spm", "psm"])
-@pytest.mark.parametrize("name,needle,keep", CASES)
-async def test_old_hub_file_completes_exactly_and_stops_at_eot(
-    old_hub_engine: LlamaCppEngine, micro_model, name: str, needle: str, keep: str, order: str
-) -> None:
-    source = micro_model.files[name]
-    line_no = _line_of(source, needle)
-    doc, expected = _blank(source, line_no, keep)
-    offset = sum(len(ln) + 1 for ln in doc.split("\n")[:line_no]) + len(keep)
-    settings = Settings(max_tokens=48, time_budget_ms=60_000, fim_order=fim.FimOrder(order))
-    done = await pipeline.complete(old_hub_engine, TypeThroughCache(), name, doc, offset, settings)
+def _raw_generation(engine: LlamaCppEngine, doc: str, offset: int, settings: Settings):
+    """The engine's own answer to the pipeline's prompt, without the pipeline's early stop rule (which ends a
+    completion at the end of its line or block, before the model's own end)."""
+    request, _ctx = pipeline.build_request(engine, doc, offset, settings, 1, "t", context.cursor(doc, offset))
+    return engine.submit(dataclasses.replace(request, stop_text=None)).future.result(timeout=120)
+
+
+async def test_old_hub_file_completes_exactly_and_stops_at_eot(old_hub_engine: LlamaCppEngine, micro_model) -> None:
+    """The one blanked line the micro model both completes exactly and ends with EOT on its own (a scan of
+    every line of its corpus found it): through the old-style file, the completion is exact, and the
+    generation stops on the EOT id found by its text - not at the token limit."""
+    source = micro_model.files["unicode_line.py"]
+    line_no = _line_of(source, "def add(a, b):")
+    doc, expected = _blank(source, line_no, "")
+    offset = sum(len(ln) + 1 for ln in doc.split("\n")[:line_no])
+    settings = Settings(max_tokens=48, time_budget_ms=60_000)
+    done = await pipeline.complete(old_hub_engine, TypeThroughCache(), "unicode_line.py", doc, offset, settings)
     assert done.texts == [expected]
-    assert done.result is not None and done.result.stop == "eot"
-    assert [c.stop for c in done.result.candidates] == ["eot"]
+    result = await asyncio.to_thread(_raw_generation, old_hub_engine, doc, offset, settings)
+    assert result.stop == "eot" and [c.stop for c in result.candidates] == ["eot"], result
+    assert result.candidates[0].text == expected + "\n"  # the line and its newline, then EOT
+
+
+def test_old_hub_file_generates_as_the_file_with_metadata(old_hub_engine: LlamaCppEngine, micro_model) -> None:
+    """Every non-blank line of the micro corpus blanked in turn: the old-style file (ids found by text)
+    generates the same text and stops for the same reason as the file our exporter wrote (ids from
+    metadata), EOT stops included - where llama.cpp alone would run on to the token limit."""
+    reference = LlamaCppEngine(micro_model.gguf, "micro", EngineOptions(n_ctx=2048))
+    settings = Settings(max_tokens=48, time_budget_ms=60_000)
+    eot_stops = 0
+    try:
+        for name, source in micro_model.files.items():
+            lines = source.split("\n")
+            for i, line in enumerate(lines):
+                if not line.strip():
+                    continue
+                keep = line[: len(line) - len(line.lstrip())]
+                doc, _expected = _blank(source, i, keep)
+                offset = sum(len(ln) + 1 for ln in lines[:i]) + len(keep)
+                want = _raw_generation(reference, doc, offset, settings)
+                got = _raw_generation(old_hub_engine, doc, offset, settings)
+                assert [(c.text, c.stop) for c in got.candidates] == [(c.text, c.stop) for c in want.candidates], (name, i)
+                eot_stops += got.stop == "eot"
+    finally:
+        reference.close()
+    assert eot_stops >= 3  # the comparison covers real EOT stops, not only token-limit ones
 
 
 @pytest.fixture(scope="module", params=sorted(FAMILIES))

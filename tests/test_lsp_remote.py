@@ -59,12 +59,13 @@ async def test_burst_only_newest_gets_text(micro_model, llama_server) -> None:
     async with lsp_session(micro_model.gguf, options=SETTINGS, args=_args("llama-server", llama_server.url)) as client:
         open_doc(client, uri, doc)
         futures = []
-        for k in range(30):
+        n = target.index("raise") + len("raise")  # a word's end: mid-word only token healing (in-process) gets it right
+        for k in range(n):
             insert(client, uri, line, k, target[k], version=k + 2)
             futures.append(client.text_document_inline_completion_async(inline_params(uri, line, k + 1)))
         results = await asyncio.wait_for(asyncio.gather(*futures), 120)
         assert all(items_of(r) == [] for r in results[:-1])
-        assert [i.insert_text for i in items_of(results[-1])] == [target[30:]]
+        assert [i.insert_text for i in items_of(results[-1])] == [target[n:]]
 
 
 async def test_server_down_then_up() -> None:

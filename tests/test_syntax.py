@@ -106,6 +106,9 @@ def test_node_end_after_def_with_empty_body() -> None:
     raw = "    return x\nprint(2)\n"
     assert clean("a.py", doc, raw) == "    return x"
     assert clean("a.py", doc, raw, postprocess.RULES - {"nodeEnd"}) == "    return x\nprint(2)"
+    # a cursor indented to the header's level may go on after the body: its indentation decides
+    doc = "def g():\n    if x:\n    |\n"
+    assert clean("a.py", doc, "    y()\n    return 1\nz = 2") == "    y()\n    return 1"
 
 
 def test_node_end_go_if_err_not_nil() -> None:
