@@ -240,7 +240,7 @@ def _int(reader: gguf.GGUFReader, key: str, where: str) -> int | None:
     values = v if isinstance(v, list) else [v]
     if not values or not all(isinstance(x, int) and not isinstance(x, bool) for x in values):
         raise GGUFCheckError(f"expected an integer {key} {where}, got {_describe(f)}")
-    return max(values)
+    return int(max(values))
 
 
 def _float(reader: gguf.GGUFReader, key: str, where: str) -> float | None:

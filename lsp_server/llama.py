@@ -34,7 +34,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -107,7 +107,7 @@ def ggml_library() -> ctypes.CDLL:
     lib()
     from llama_cpp._ggml import libggml
 
-    return libggml
+    return cast(ctypes.CDLL, libggml)
 
 
 @dataclass(frozen=True)

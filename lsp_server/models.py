@@ -107,7 +107,7 @@ def _download(repo: str, filename: str, progress: Progress | None) -> Path:
             self._last = -1
 
         def update(self, n: float | None = 1) -> bool | None:
-            out = super().update(n)
+            out: bool | None = super().update(n)
             if progress and self.total:
                 pct = int(100 * self.n / self.total)
                 if pct != self._last:
