@@ -393,6 +393,9 @@ class CodeLlamaServer(LanguageServer):
                 if r is not None and r.stop not in ("cancelled", "superseded"):
                     job.answered = True
                     self.last_latency_ms = r.total_ms
+                # a prefetch's answer is news too: the status shows its hit (prefetchHits), though not a latency
+                if prefetched is not None:
+                    job.answered = True
         except EngineError as exc:
             log.log(logging.INFO if isinstance(engine, RemoteEngine) and engine.down else logging.ERROR, "%s: %s", rid, exc)
             self.send_status("error", str(exc))
@@ -502,7 +505,7 @@ class CodeLlamaServer(LanguageServer):
 
 @dataclass
 class _JobStatus:
-    answered: bool = False  # the model answered: the status shows the new latency
+    answered: bool = False  # news for the status: a new latency, or a prefetch hit
 
 
 @dataclass(frozen=True)

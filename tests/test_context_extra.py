@@ -141,6 +141,10 @@ def test_pacer_budget_and_debounce() -> None:
         fast.keystroke("file:///a.py", i * 0.001)  # an editor's burst of changes, 1 ms apart
         fast.finished(5.0)
     assert fast.budget_ms(2000) == 200  # never below MIN_BUDGET_MS
+    # the server evolves its Settings with this budget, and Settings validates it: a budget below the
+    # smallest valid timeBudgetMs raised ValueError inside the completion handlers (the fuzz test's trace)
+    for configured in (10, 150, 2000):
+        assert config.Settings(time_budget_ms=fast.budget_ms(configured)).time_budget_ms == min(configured, 200)
     for _ in range(32):
         p.finished(500.0)
     assert p.debounce_ms() == 120  # slower than the typing: wait one typical gap

@@ -225,7 +225,7 @@ class LlamaCppEngine:
         t2 = time.perf_counter()
         result.prompt_ms = (t2 - t1) * 1e3
         stops = req.stop_tokens | self.vocab.sentinels.eog
-        firsts: list[int] = []  # each candidate's first token: later ones start differently, so they differ
+        firsts: list[int] = []  # each candidate's first choice past the healed text: later ones choose otherwise
         for i in range(max(1, req.n)):
             if i > 0:  # back to the end of the prompt; re-run its last token to get its logits again
                 self._ctx.truncate(len(prompt) - 1)
@@ -234,8 +234,8 @@ class LlamaCppEngine:
             # candidates after the first may not start with an earlier one's first token, nor end at once
             banned = [*firsts, *stops] if firsts else []
             gen = self._generate(job, stops, temp, np.random.default_rng((req.sampling.seed, i)), banned)
-            if gen.tokens:
-                firsts.append(gen.tokens[0])
+            if (first := self._first_choice(gen.tokens, req.heal)) is not None:
+                firsts.append(first)
             result.generated_tokens += len(gen.tokens)
             if i == 0 or gen.stop in ("cancelled", "superseded"):
                 result.stop = gen.stop
@@ -246,6 +246,21 @@ class LlamaCppEngine:
                 break
         result.generate_ms = (time.perf_counter() - t2) * 1e3
         return self._finish(result, job)
+
+    def _first_choice(self, tokens: Sequence[int], heal: bytes) -> int | None:
+        """The first of ``tokens`` that goes past the healed text ``heal`` (None if none does).
+
+        Tokens before it only re-spell ``heal`` (say four spaces of indentation): banning those would
+        not make a later candidate say something else, only make it spell the same text in pieces the
+        model never saw there, and then write nonsense.
+        """
+        pending = heal
+        for tok in tokens:
+            piece = self.vocab.piece(tok)
+            if not (pending and pending.startswith(piece)):
+                return tok
+            pending = healing.advance(pending, piece)
+        return None
 
     @staticmethod
     def _finish(result: GenerationResult, job: Job) -> GenerationResult:
@@ -300,9 +315,10 @@ class LlamaCppEngine:
         draft: list[int] = []  # evaluated after the token at ``row``, not yet confirmed
         drafted = 0  # the length of the last draft
         row = -1  # the logits row (index in the last decode's batch) the next token comes from
+        chosen = False  # whether a token past the healed text came yet (``_first_choice``)
         try:
             while len(out) < limit:
-                if banned and not out:  # the first token of a later candidate: not one an earlier one chose
+                if banned and not chosen:  # a later candidate's first choice: not one an earlier one made
                     logits = self._ctx.logits(row).copy()
                     logits[list(banned)] = -np.inf
                     allowed = healing.allowed(pending, self._heal_index) if pending else None
@@ -320,6 +336,7 @@ class LlamaCppEngine:
                     stop = "eot"
                     break
                 piece = self.vocab.piece(tok)
+                chosen = chosen or not (pending and pending.startswith(piece))
                 if pending:
                     pending = healing.advance(pending, piece)
                 if skip:
