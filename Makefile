@@ -23,6 +23,7 @@ demo: venv
 # Style, types and declared dependencies (configured in pyproject.toml); seconds, so it runs before pytest.
 lint: test-env
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/deptry .
 

@@ -40,11 +40,20 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-ctx", type=int, default=None, help="context size (default: the model's, at most 4096)")
     p.add_argument("--kv-type", choices=sorted(KV_TYPES), default="f16", help="KV cache type (q8_0 halves its memory)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for llama.cpp (default: the physical cores)")
-    p.add_argument("--prompt-lookup", type=int, default=8, metavar="N",
-                   help="greedy decoding drafts up to N tokens from the prompt and verifies them in one batch (0: off)")
+    p.add_argument(
+        "--prompt-lookup",
+        type=int,
+        default=8,
+        metavar="N",
+        help="greedy decoding drafts up to N tokens from the prompt and verifies them in one batch (0: off)",
+    )
     p.add_argument("--n-gpu-layers", type=int, default=0, help="layers to offload (CUDA/Metal builds)")
-    p.add_argument("--cpu-repack", action=argparse.BooleanOptionalAction, default=None,
-                   help="llama.cpp's repacked CPU weights (default: on unless the CPU has AMX, where some Q4_1 files crash)")
+    p.add_argument(
+        "--cpu-repack",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="llama.cpp's repacked CPU weights (default: on unless the CPU has AMX, where some Q4_1 files crash)",
+    )
     r = p.add_argument_group("remote engines (a model on a server; see docs/deployment.md)")
     r.add_argument("--engine", choices=ENGINES, default=None, help="where the model runs (default: llama.cpp, in this process)")
     r.add_argument("--url", default=None, help="the server's base URL, e.g. https://gpu-box:8080 (no /v1)")
@@ -52,9 +61,15 @@ def _common(p: argparse.ArgumentParser) -> None:
     r.add_argument("--request-timeout", type=float, default=None, help="seconds to connect / get an answer (default 10)")
     r.add_argument("--no-tls-verify", action="store_true", help="do not verify https certificates (test servers only)")
     r.add_argument("--remote-model", default=None, help="model name for OpenAI-compatible servers (default: the first)")
-    r.add_argument("--slot", type=int, default=None, help="llama-server: always use slot N (default: the server picks by prompt similarity)")
-    r.add_argument("--prompt-format", choices=["auto", "tokens", "text"], default="auto",
-                   help="OpenAI servers: prompt as token ids, as text, or ids falling back to text (default)")
+    r.add_argument(
+        "--slot", type=int, default=None, help="llama-server: always use slot N (default: the server picks by prompt similarity)"
+    )
+    r.add_argument(
+        "--prompt-format",
+        choices=["auto", "tokens", "text"],
+        default="auto",
+        help="OpenAI servers: prompt as token ids, as text, or ids falling back to text (default)",
+    )
     p.add_argument("--log-file", type=Path, default=None, help="write logs here instead of stderr")
     p.add_argument("-v", "--verbose", action="count", default=0, help="-v: info, -vv: debug (and llama.cpp logs)")
 
@@ -67,8 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--tcp", action="store_true", help="serve over TCP")
     p.add_argument("--host", default="127.0.0.1", help="TCP host (loopback by default)")
     p.add_argument("--port", type=int, default=2087, help="TCP port")
-    p.add_argument("--token-file", type=Path, default=None,
-                   help=f"TCP: the token clients must send (default ${TOKEN_ENV}, else a random one printed at start)")
+    p.add_argument(
+        "--token-file",
+        type=Path,
+        default=None,
+        help=f"TCP: the token clients must send (default ${TOKEN_ENV}, else a random one printed at start)",
+    )
     p.add_argument("--load-timeout", type=float, default=300.0, help="seconds llama.cpp may take to load a model")
     sub = p.add_subparsers(dest="command")
     c = sub.add_parser("complete", help="print one completion for FILE at a position")
@@ -99,7 +118,11 @@ def _logging(args: argparse.Namespace) -> None:
 
 def _engine_options(args: argparse.Namespace) -> EngineOptions:
     return EngineOptions(
-        n_ctx=args.n_ctx, kv_type=args.kv_type, threads=args.threads, n_gpu_layers=args.n_gpu_layers, cpu_repack=args.cpu_repack,
+        n_ctx=args.n_ctx,
+        kv_type=args.kv_type,
+        threads=args.threads,
+        n_gpu_layers=args.n_gpu_layers,
+        cpu_repack=args.cpu_repack,
         prompt_lookup=args.prompt_lookup,
     )
 
@@ -149,9 +172,7 @@ def complete_file(args: argparse.Namespace) -> None:
         engine.close()
     r = result.result
     if r is not None:
-        log.info(
-            "prompt %d tokens, generated %d, %.0f ms, stop=%s", r.prompt_tokens, r.generated_tokens, r.total_ms, r.stop
-        )
+        log.info("prompt %d tokens, generated %d, %.0f ms, stop=%s", r.prompt_tokens, r.generated_tokens, r.total_ms, r.stop)
     if result.texts:
         print(context.to_document_newlines(result.texts[0], context.document_newline(source)))
     else:
@@ -179,10 +200,15 @@ def serve(args: argparse.Namespace) -> int:
 
     if not args.load_timeout > 0:
         raise UsageError(f"expected --load-timeout > 0, got {args.load_timeout}")
-    server = create_server(ServerOptions(
-        model=args.model, engine=_engine_options(args), load_timeout_s=args.load_timeout,
-        settings=_settings(args), remote=_remote_options(args),
-    ))
+    server = create_server(
+        ServerOptions(
+            model=args.model,
+            engine=_engine_options(args),
+            load_timeout_s=args.load_timeout,
+            settings=_settings(args),
+            remote=_remote_options(args),
+        )
+    )
     if not args.tcp:
         return asyncio.run(rpc.serve_stdio(server, server.close))
     token, generated = _token(args)

@@ -179,7 +179,9 @@ def parse(raw: Any, base: Settings | None = None) -> tuple[Settings, list[str]]:
             problems.append(f"unknown setting {key!r} (expected one of {', '.join(sorted(_FIELDS))})")
             continue
         try:
-            typed = _conv.structure(value, field.type if field.type is not None and not isinstance(field.type, str) else _resolve(field.name))
+            typed = _conv.structure(
+                value, field.type if field.type is not None and not isinstance(field.type, str) else _resolve(field.name)
+            )
             if field.validator is not None:
                 field.validator(None, field, typed)
         except (ValueError, TypeError, cattrs.BaseValidationError) as exc:

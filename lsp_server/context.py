@@ -227,7 +227,11 @@ def _suffix_window(text: str, offset: int, counter: TokenCounter, budget: int) -
     # Even the rest of the cursor line does not fit: cut it on a character grid counted from the cursor
     # (typing before it leaves the window's text unchanged), taking the longest window that fits.
     steps = (ends[0][0] - offset - 1) // CHAR_GRID
-    j = _longest_fit(steps - 1, lambda j: counter.count_infill(text[offset : offset + (j + 1) * CHAR_GRID]) <= budget) if steps > 0 else None
+    j = (
+        _longest_fit(steps - 1, lambda j: counter.count_infill(text[offset : offset + (j + 1) * CHAR_GRID]) <= budget)
+        if steps > 0
+        else None
+    )
     if j is None:
         return "", offset
     end = offset + (j + 1) * CHAR_GRID

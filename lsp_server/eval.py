@@ -140,8 +140,12 @@ _NO_NETNS = 97
 def network_isolation() -> bool:
     """Whether sandboxed programs can be put in an empty network namespace on this machine."""
     with tempfile.TemporaryDirectory(prefix="codellama-eval-") as d:
-        Path(d, "program.py").write_text("import socket, sys\nsys.exit(0 if [n for _, n in socket.if_nameindex()] == ['lo'] else 1)\n")
-        r = subprocess.run([sys.executable, "-I", "-c", _BOOTSTRAP, str(1 << 30), "10", "1"], cwd=d, capture_output=True, timeout=30)
+        Path(d, "program.py").write_text(
+            "import socket, sys\nsys.exit(0 if [n for _, n in socket.if_nameindex()] == ['lo'] else 1)\n"
+        )
+        r = subprocess.run(
+            [sys.executable, "-I", "-c", _BOOTSTRAP, str(1 << 30), "10", "1"], cwd=d, capture_output=True, timeout=30
+        )
         return r.returncode == 0
 
 
@@ -157,9 +161,22 @@ def run_sandboxed(program: str, timeout_s: float = 10.0, memory_mb: int = 1024, 
     with tempfile.TemporaryDirectory(prefix="codellama-eval-") as d:
         Path(d, "program.py").write_text(program, encoding="utf-8")
         env = {"PATH": "/usr/bin:/bin", "HOME": d, "TMPDIR": d, "PYTHONDONTWRITEBYTECODE": "1", "LANG": "C.UTF-8"}
-        args = [sys.executable, "-I", "-c", _BOOTSTRAP, str(memory_mb << 20), str(int(timeout_s) + 1), "1" if isolate_network else "0"]
+        args = [
+            sys.executable,
+            "-I",
+            "-c",
+            _BOOTSTRAP,
+            str(memory_mb << 20),
+            str(int(timeout_s) + 1),
+            "1" if isolate_network else "0",
+        ]
         proc = subprocess.Popen(
-            args, cwd=d, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            args,
+            cwd=d,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
         try:
@@ -212,7 +229,9 @@ def _settings(args: argparse.Namespace, rules: frozenset[str]) -> config.Setting
     return settings
 
 
-async def complete_tasks(engine: Any, tasks: list[Task], settings: config.Settings, progress: bool = False) -> list[dict[str, Any]]:
+async def complete_tasks(
+    engine: Any, tasks: list[Task], settings: config.Settings, progress: bool = False
+) -> list[dict[str, Any]]:
     """Run each task through ``pipeline.complete``; the completions with their costs (no scores yet)."""
     out = []
     for i, t in enumerate(tasks):
@@ -222,20 +241,31 @@ async def complete_tasks(engine: Any, tasks: list[Task], settings: config.Settin
         c = await pipeline.complete(engine, TypeThroughCache(), key, t.prefix + t.suffix, len(t.prefix), settings, 1, f"e{i}")
         ms = (time.perf_counter() - t0) * 1e3
         r = c.result
-        out.append({
-            "task_id": t.task_id, "completion": c.texts[0] if c.texts else None, "latency_ms": round(ms, 2),
-            "generated_tokens": r.generated_tokens if r else 0, "stop": r.stop if r else None,
-        })
+        out.append(
+            {
+                "task_id": t.task_id,
+                "completion": c.texts[0] if c.texts else None,
+                "latency_ms": round(ms, 2),
+                "generated_tokens": r.generated_tokens if r else 0,
+                "stop": r.stop if r else None,
+            }
+        )
         if progress and (i + 1) % 50 == 0:
             print(f"  {i + 1}/{len(tasks)} tasks", file=sys.stderr)
     return out
 
 
 def score(
-    tasks: list[Task], rows: list[dict[str, Any]], problems: dict[str, dict[str, Any]], jobs: int, timeout_s: float,
-    isolate_network: bool, baseline: bool,
+    tasks: list[Task],
+    rows: list[dict[str, Any]],
+    problems: dict[str, dict[str, Any]],
+    jobs: int,
+    timeout_s: float,
+    isolate_network: bool,
+    baseline: bool,
 ) -> None:
     """Add pass/exact/edit-similarity (and the empty-middle baseline's pass) to each row, in place."""
+
     def run(item: tuple[Task, str]) -> str:
         task, middle = item
         return run_sandboxed(program(problems[task.problem], task, middle), timeout_s, isolate_network=isolate_network)
@@ -278,7 +308,8 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def table(runs: dict[str, dict[str, Any]], title: str) -> str:
     head = [
-        f"{title}", "",
+        f"{title}",
+        "",
         "| rules | pass@1 | empty-middle pass@1 | exact match | edit sim. | no answer | tokens/task | p50 ms | p95 ms |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -325,11 +356,20 @@ def run(args: argparse.Namespace) -> int:
     tasks = subset(all_tasks, args.limit, args.seed)
     isolate = not args.allow_network
     if isolate and not network_isolation():
-        raise ServerError("expected to create a network namespace for the sandbox, got none here (pass --allow-network to run anyway)")
+        raise ServerError(
+            "expected to create a network namespace for the sandbox, got none here (pass --allow-network to run anyway)"
+        )
     engine = open_engine(args)
     report: dict[str, Any] = {
-        "set": args.set, "tasks_in_set": len(all_tasks), "tasks": len(tasks), "seed": args.seed, "limit": args.limit,
-        "model": args.model, "engine": args.engine or "llama.cpp", "engine_info": asdict(engine.info), "fim_order": args.fim_order,
+        "set": args.set,
+        "tasks_in_set": len(all_tasks),
+        "tasks": len(tasks),
+        "seed": args.seed,
+        "limit": args.limit,
+        "model": args.model,
+        "engine": args.engine or "llama.cpp",
+        "engine_info": asdict(engine.info),
+        "fim_order": args.fim_order,
         "sandbox": {"timeout_s": args.timeout, "memory_mb": 1024, "network": "empty namespace" if isolate else "not isolated"},
         "runs": {},
     }
@@ -345,8 +385,10 @@ def run(args: argparse.Namespace) -> int:
             report["runs"][name] = {"rules": sorted(rules), "summary": summary, "results": rows}
     finally:
         engine.close()
-    title = (f"HumanEval {args.set}: {len(tasks)} of {len(all_tasks)} tasks (seed {args.seed}), {engine.info.name}, "
-             f"{args.fim_order.upper()}, greedy, engine {args.engine or 'llama.cpp'}")
+    title = (
+        f"HumanEval {args.set}: {len(tasks)} of {len(all_tasks)} tasks (seed {args.seed}), {engine.info.name}, "
+        f"{args.fim_order.upper()}, greedy, engine {args.engine or 'llama.cpp'}"
+    )
     report["table"] = table({k: v["summary"] for k, v in report["runs"].items()}, title)
     if args.json:
         from model_export.outfile import atomic_output  # the tools' one way to write an output file

@@ -422,7 +422,6 @@ class Context:
             self.handle = None
 
 
-
 @contextlib.contextmanager
 def open_context(
     path: str | os.PathLike[str], options: ContextOptions = ContextOptions(), load: LoadOptions = LoadOptions()

@@ -121,9 +121,7 @@ def _download(repo: str, filename: str, progress: Progress | None) -> Path:
         return Path(hf_hub_download(repo, filename, tqdm_class=_Report))
     except LocalEntryNotFoundError:
         hint = " (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else " (no network?)"
-        raise ModelError(
-            f"expected {repo}:{filename} in the Hugging Face cache or downloadable, got neither{hint}"
-        ) from None
+        raise ModelError(f"expected {repo}:{filename} in the Hugging Face cache or downloadable, got neither{hint}") from None
     except (RepositoryNotFoundError, EntryNotFoundError) as exc:
         raise ModelError(f"expected {filename} in the Hugging Face repository {repo}, got: {type(exc).__name__}") from None
     except OSError as exc:

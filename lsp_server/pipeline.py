@@ -102,8 +102,17 @@ class Extra:
     others: tuple[Doc, ...]
 
 
-def build_request(engine: Engine, text: str, offset: int, settings: Settings, n: int, request_id: str,
-                  cur: Cursor, info: SyntaxSource = None, extra: Extra | None = None) -> tuple[GenerationRequest, FimContext]:
+def build_request(
+    engine: Engine,
+    text: str,
+    offset: int,
+    settings: Settings,
+    n: int,
+    request_id: str,
+    cur: Cursor,
+    info: SyntaxSource = None,
+    extra: Extra | None = None,
+) -> tuple[GenerationRequest, FimContext]:
     """Context windows (and chunks of other files) -> prompt ids -> token healing -> the engine's request
     (blocking: run off the loop)."""
     vocab = engine.vocab

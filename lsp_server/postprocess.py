@@ -69,7 +69,7 @@ def scan(text: str, language: str | None) -> tuple[list[tuple[int, str]], list[i
     before ``text`` (underflow), and the quote of a string left open at the end (or None). Lexical and
     approximate (no escapes across lines, no nested template strings); the parse check has the last word.
     """
-    quotes = "\"'`" if language not in ("rust", "python") else ('"\'' if language == "python" else '"')
+    quotes = "\"'`" if language not in ("rust", "python") else ("\"'" if language == "python" else '"')
     comment = "#" if language == "python" else "//"
     stack: list[tuple[int, str]] = []
     under: list[int] = []
@@ -104,7 +104,11 @@ def single_line(line_suffix: str, info: SyntaxInfo | None, rules: frozenset[str]
 
 
 def end(
-    raw: str, line_prefix: str, line_suffix: str, info: SyntaxInfo | None = None, rules: frozenset[str] = RULES,
+    raw: str,
+    line_prefix: str,
+    line_suffix: str,
+    info: SyntaxInfo | None = None,
+    rules: frozenset[str] = RULES,
     thorough: bool = False,
 ) -> int | None:
     """Where in ``raw`` the completion ends for a structural reason (rules 2-3), or None: not (yet).
@@ -191,8 +195,13 @@ def _run_at_end(line: str) -> int | None:
 
 
 def clean(
-    raw: str, line_prefix: str, line_suffix: str, suffix: str, truncated: bool = False,
-    info: SyntaxInfo | None = None, rules: frozenset[str] = RULES,
+    raw: str,
+    line_prefix: str,
+    line_suffix: str,
+    suffix: str,
+    truncated: bool = False,
+    info: SyntaxInfo | None = None,
+    rules: frozenset[str] = RULES,
 ) -> str | None:
     """Apply the module's rules to ``raw``; ``suffix`` starts at the cursor (so it begins with line_suffix).
 

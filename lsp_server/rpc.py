@@ -196,7 +196,8 @@ def converter() -> cattrs.Converter:
     # Methods lsprotocol does not know (ours: codellama/...) keep their params as plain JSON: pygls
     # would build a new namedtuple class per message for them (a type object each time).
     conv.register_structure_hook(
-        JsonRPCRequestMessage, lambda o, _t: JsonRPCRequestMessage(id=o["id"], method=o["method"], jsonrpc=o["jsonrpc"], params=o.get("params"))
+        JsonRPCRequestMessage,
+        lambda o, _t: JsonRPCRequestMessage(id=o["id"], method=o["method"], jsonrpc=o["jsonrpc"], params=o.get("params")),
     )
     conv.register_structure_hook(
         JsonRPCNotification, lambda o, _t: JsonRPCNotification(method=o["method"], jsonrpc=o["jsonrpc"], params=o.get("params"))
@@ -282,7 +283,9 @@ class LspProtocol(LanguageServerProtocol):
             self.reply_error(msg_id, SERVER_NOT_INITIALIZED, f"expected 'initialize' first, got {method!r}")
             return
         if "params" in obj and not isinstance(obj["params"], (dict, list)) and obj["params"] is not None:
-            self.reply_error(msg_id, INVALID_PARAMS, f"{method}: expected params to be an object, got {_json_kind(obj['params'])}")
+            self.reply_error(
+                msg_id, INVALID_PARAMS, f"{method}: expected params to be an object, got {_json_kind(obj['params'])}"
+            )
             return
         try:
             message = self._structure(obj, method, request=True)
@@ -437,7 +440,9 @@ class LspProtocol(LanguageServerProtocol):
             else:
                 text = change.text
         self.workspace.put_text_document(
-            types.TextDocumentItem(uri=doc.uri, language_id=doc.language_id or "", version=params.text_document.version, text=text)
+            types.TextDocumentItem(
+                uri=doc.uri, language_id=doc.language_id or "", version=params.text_document.version, text=text
+            )
         )
         if (user_handler := self.fm.features.get(types.TEXT_DOCUMENT_DID_CHANGE)) is not None:
             yield user_handler, (params,), None
@@ -455,7 +460,9 @@ def apply_change(text: str, rng: types.Range, new_text: str, encoding: str) -> s
     """
     start, end = rng.start, rng.end
     if (start.line, start.character) > (end.line, end.character):
-        raise ValueError(f"expected a range whose start is not after its end, got {start.line}:{start.character}-{end.line}:{end.character}")
+        raise ValueError(
+            f"expected a range whose start is not after its end, got {start.line}:{start.character}-{end.line}:{end.character}"
+        )
     a = _offset(text, start.line, start.character, encoding)
     b = _offset(text, end.line, end.character, encoding)
     return text[:a] + new_text + text[b:]
@@ -606,8 +613,9 @@ async def serve_stdio(server: Any, on_stop: Callable[[], Awaitable[None]]) -> in
     return protocol.exit_code or 0
 
 
-async def serve_tcp(server: Any, host: str, port: int, token: str, on_stop: Callable[[], Awaitable[None]],
-                    on_listening: Callable[[str], None]) -> int:
+async def serve_tcp(
+    server: Any, host: str, port: int, token: str, on_stop: Callable[[], Awaitable[None]], on_listening: Callable[[str], None]
+) -> int:
     """Serve one authenticated client at a time over TCP; the exit status.
 
     A connection must open with ``initialize`` carrying ``initializationOptions.token``; anything else,

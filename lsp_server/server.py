@@ -134,8 +134,11 @@ class CodeLlamaServer(LanguageServer):
 
     def __init__(self, options: ServerOptions) -> None:
         super().__init__(
-            "codellama-lsp", VERSION, text_document_sync_kind=types.TextDocumentSyncKind.Incremental,
-            protocol_cls=LspProtocol, converter_factory=rpc.converter,
+            "codellama-lsp",
+            VERSION,
+            text_document_sync_kind=types.TextDocumentSyncKind.Incremental,
+            protocol_cls=LspProtocol,
+            converter_factory=rpc.converter,
         )
         self.options = options
         self.settings, self._cli_problems = config.parse(options.settings, config.Settings(model=options.model))
@@ -250,17 +253,26 @@ class CodeLlamaServer(LanguageServer):
             try:
                 engine = await asyncio.wait_for(
                     in_daemon_thread(
-                        open_engine, settings, resolved.path, resolved.name, self.options.engine, self.options.remote,
-                        loaded, orphan=lambda e: e.close(),
+                        open_engine,
+                        settings,
+                        resolved.path,
+                        resolved.name,
+                        self.options.engine,
+                        self.options.remote,
+                        loaded,
+                        orphan=lambda e: e.close(),
                     ),
                     timeout,
                 )
             except TimeoutError:
-                raise EngineError(f"expected to load {resolved.path} within {timeout:g} s, got no result "
-                                  "(a slow disk? see --load-timeout)") from None
+                raise EngineError(
+                    f"expected to load {resolved.path} within {timeout:g} s, got no result (a slow disk? see --load-timeout)"
+                ) from None
         except Exception as exc:  # of any kind: the status must never stay "loading"
-            message = str(exc) if isinstance(exc, (models.ModelError, EngineError)) else (
-                f"expected to load {spec}, got {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+            message = (
+                str(exc)
+                if isinstance(exc, (models.ModelError, EngineError))
+                else (f"expected to load {spec}, got {type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
             )
             if not isinstance(exc, (models.ModelError, EngineError)):
                 log.error("model %s: unexpected failure", spec, exc_info=exc)
@@ -285,7 +297,9 @@ class CodeLlamaServer(LanguageServer):
         if old is not None:
             in_daemon_thread(old.close)
         info, sentinels = engine.info, engine.vocab.sentinels
-        log.info("model %s ready: n_ctx=%d (trained %d); sentinels %s", info.name, info.n_ctx, info.n_ctx_train, sentinels.describe())
+        log.info(
+            "model %s ready: n_ctx=%d (trained %d); sentinels %s", info.name, info.n_ctx, info.n_ctx_train, sentinels.describe()
+        )
         msg = None if sentinels.has_fim else "the model has no FIM tokens: completing from the prefix only"
         if msg:
             self.show(types.MessageType.Warning, msg)
@@ -385,9 +399,13 @@ class CodeLlamaServer(LanguageServer):
             with self._running() as job:
                 prefetched = await self.prefetcher.join(uri, text, offset) if selected is None else None
                 if prefetched is not None:  # computed after the accepted suggestion, before this request came
-                    result = pipeline.Completion(texts=prefetched.texts[: max(1, n)], source="cache" if prefetched.texts else "none")
+                    result = pipeline.Completion(
+                        texts=prefetched.texts[: max(1, n)], source="cache" if prefetched.texts else "none"
+                    )
                 else:
-                    result = await pipeline.complete(engine, self.cache, uri, text, offset, settings, n, rid, self.extra_for(doc, text))
+                    result = await pipeline.complete(
+                        engine, self.cache, uri, text, offset, settings, n, rid, self.extra_for(doc, text)
+                    )
                 r = result.result
                 # the model's answer (a cache hit or a superseded job has no latency worth showing)
                 if r is not None and r.stop not in ("cancelled", "superseded"):
@@ -413,8 +431,15 @@ class CodeLlamaServer(LanguageServer):
             self.pacer.finished(r.total_ms)
         log.info(
             "%s %s: %d item(s) from %s; handler %.2f ms + pipeline %.2f ms; engine %s",
-            rid, uri.rsplit("/", 1)[-1], len(texts), result.source, t_in, result.pipeline_ms,
-            "-" if r is None else (
+            rid,
+            uri.rsplit("/", 1)[-1],
+            len(texts),
+            result.source,
+            t_in,
+            result.pipeline_ms,
+            "-"
+            if r is None
+            else (
                 f"{r.total_ms:.1f} ms, stop={r.stop}, prompt={r.prompt_tokens} reused={r.reused_tokens} "
                 f"evaluated={r.evaluated_tokens} generated={r.generated_tokens}"
             ),
@@ -429,7 +454,9 @@ class CodeLlamaServer(LanguageServer):
         root = self.workspace.root_path
         if root and os.path.commonpath([os.path.abspath(path), os.path.abspath(root)]) == os.path.abspath(root):
             path = os.path.relpath(path, root)
-        return neighbors.Doc(doc.uri, path.replace(os.sep, "/"), doc.language_id or "", context.lf_text(doc.source) if text is None else text)
+        return neighbors.Doc(
+            doc.uri, path.replace(os.sep, "/"), doc.language_id or "", context.lf_text(doc.source) if text is None else text
+        )
 
     def extra_for(self, doc: Any, text: str) -> pipeline.Extra | None:
         """Where the request's context from other files comes from: the other open documents of its
@@ -450,7 +477,9 @@ class CodeLlamaServer(LanguageServer):
         doc = self.workspace.text_documents.get(uri)
         if doc is None or self.settings.excluded(doc.path):
             return
-        line = next((c.range.start.line for c in params.content_changes if isinstance(c, types.TextDocumentContentChangePartial)), 0)
+        line = next(
+            (c.range.start.line for c in params.content_changes if isinstance(c, types.TextDocumentContentChangePartial)), 0
+        )
         view = self._doc(doc)
         self.neighbors.ring.edited(view, line)
         self.prefetch_if_accepted(doc, view.text)
@@ -519,9 +548,7 @@ class EditPoint:
     word: str  # identifier characters just before the cursor, for textDocument/completion items ("" with a selection)
 
 
-def edit_point(
-    source: str, position: types.Position, selected: types.SelectedCompletionInfo | None, encoding: str
-) -> EditPoint:
+def edit_point(source: str, position: types.Position, selected: types.SelectedCompletionInfo | None, encoding: str) -> EditPoint:
     """A request's document ``source`` and ``position`` (in ``encoding`` units) -> the text to complete and the
     range to replace. With an item selected in the editor's completion widget, complete as if it were applied."""
     text = context.lf_text(source)
@@ -535,7 +562,9 @@ def edit_point(
     sel_start = context.offset_at(text, sel.start.line, sel.start.character, encoding)
     sel_end = context.offset_at(text, sel.end.line, sel.end.character, encoding)
     head = selected.text
-    return EditPoint(text[:sel_start] + head + text[sel_end:], sel_start + len(head), types.Range(start=sel.start, end=sel.end), head, "")
+    return EditPoint(
+        text[:sel_start] + head + text[sel_end:], sel_start + len(head), types.Range(start=sel.start, end=sel.end), head, ""
+    )
 
 
 def create_server(options: ServerOptions = ServerOptions()) -> CodeLlamaServer:
@@ -570,9 +599,7 @@ def create_server(options: ServerOptions = ServerOptions()) -> CodeLlamaServer:
     async def on_inline(ls: CodeLlamaServer, params: types.InlineCompletionParams) -> types.InlineCompletionList | None:
         invoked = params.context.trigger_kind == types.InlineCompletionTriggerKind.Invoked
         n = ls.settings.max_items if invoked else 1
-        got = await ls.complete_at(
-            params.text_document.uri, params.position, n, params.context.selected_completion_info
-        )
+        got = await ls.complete_at(params.text_document.uri, params.position, n, params.context.selected_completion_info)
         if got is None:
             return types.InlineCompletionList(items=[])
         texts, rng, _word = got

@@ -64,9 +64,17 @@ FAMILIES = (
     Family("codellama", "codellama", (_CL["pre"], "<PRE>"), (_CL["suf"], "<SUF>"), (_CL["mid"], "<MID>"), (_CL["eot"], "<EOT>")),
     Family("starcoder", "psm", ("<fim_prefix>",), ("<fim_suffix>",), ("<fim_middle>",), ("<|endoftext|>", "<file_sep>")),
     # Qwen2.5-Coder and CodeGemma share the texts; they differ in what ends a completion
-    Family("qwen/codegemma", "psm", ("<|fim_prefix|>",), ("<|fim_suffix|>",), ("<|fim_middle|>",),
-           ("<|endoftext|>", "<|file_separator|>", "<|file_sep|>", "<|fim_pad|>")),
-    Family("deepseek", "psm", ("<｜fim▁begin｜>",), ("<｜fim▁hole｜>",), ("<｜fim▁end｜>",), ("<|EOT|>", "<｜end▁of▁sentence｜>")),
+    Family(
+        "qwen/codegemma",
+        "psm",
+        ("<|fim_prefix|>",),
+        ("<|fim_suffix|>",),
+        ("<|fim_middle|>",),
+        ("<|endoftext|>", "<|file_separator|>", "<|file_sep|>", "<|fim_pad|>"),
+    ),
+    Family(
+        "deepseek", "psm", ("<｜fim▁begin｜>",), ("<｜fim▁hole｜>",), ("<｜fim▁end｜>",), ("<|EOT|>", "<｜end▁of▁sentence｜>")
+    ),
 )
 
 

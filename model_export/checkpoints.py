@@ -143,9 +143,7 @@ class Checkpoint:
         for path in self.source_files[len(digests) :]:
             with open(path, "rb") as fh:
                 digests.append(hashlib.file_digest(fh, "sha256").hexdigest())
-        listing = "".join(
-            f"{d}  {os.path.relpath(p, self.root)}\n" for d, p in zip(digests, self.source_files, strict=True)
-        )
+        listing = "".join(f"{d}  {os.path.relpath(p, self.root)}\n" for d, p in zip(digests, self.source_files, strict=True))
         return hashlib.sha256(listing.encode()).hexdigest()
 
     def hash_while_reading(self, on: bool) -> None:
@@ -308,9 +306,7 @@ def read_hparams(data: dict[str, Any], source: Path, scheme: Literal["meta", "hf
     if (dim // n_heads) % 2:
         raise ExportError(f"expected an even head size (dim / n_heads) in {source}, got {dim // n_heads}")
     if n_heads % n_kv_heads:
-        raise ExportError(
-            f"expected n_heads divisible by n_kv_heads in {source}, got n_heads={n_heads} n_kv_heads={n_kv_heads}"
-        )
+        raise ExportError(f"expected n_heads divisible by n_kv_heads in {source}, got n_heads={n_heads} n_kv_heads={n_kv_heads}")
     return HParams(**values)
 
 
@@ -366,8 +362,12 @@ class MetaCheckpoint(Checkpoint):
                 )
         files = tuple(shards[i] for i in range(len(shards)))
         ckpt = cls(
-            layout="meta", root=root, weight_files=files, config_file=params_path,
-            tokenizer_path=find_tokenizer(root, "meta"), hparams=hp,
+            layout="meta",
+            root=root,
+            weight_files=files,
+            config_file=params_path,
+            tokenizer_path=find_tokenizer(root, "meta"),
+            hparams=hp,
         )
         ckpt._parts = {}
         try:
@@ -406,9 +406,7 @@ class MetaCheckpoint(Checkpoint):
                     a == b for k, (a, b) in enumerate(zip(s, shapes[0], strict=True)) if k != axis
                 )
                 if not other_axes_equal or (axis is None and s != shapes[0]):
-                    raise ExportError(
-                        f"expected the shards of {name} to agree outside split axis {axis}, got shapes {shapes}"
-                    )
+                    raise ExportError(f"expected the shards of {name} to agree outside split axis {axis}, got shapes {shapes}")
                 if axis is not None:
                     merged[axis] += s[axis]
             self._parts[name] = [(r, src) for r, src, _, _ in parts]
@@ -480,8 +478,12 @@ class HFCheckpoint(Checkpoint):
             if not f.is_file():
                 raise ExportError(f"expected the weight file {f} listed in the index, got no such file")
         ckpt = cls(
-            layout=layout, root=root, weight_files=files, config_file=config_path,
-            tokenizer_path=find_tokenizer(root, layout), hparams=hp,
+            layout=layout,
+            root=root,
+            weight_files=files,
+            config_file=config_path,
+            tokenizer_path=find_tokenizer(root, layout),
+            hparams=hp,
         )
         ckpt._where = {}
         try:

@@ -109,11 +109,7 @@ class ConvertSummary:
 
     def line(self) -> str:
         """The one-line summary the CLI prints."""
-        fim = (
-            f"fim pre/suf/mid/eot={self.fim.pre}/{self.fim.suf}/{self.fim.mid}/{self.fim.eot}"
-            if self.fim
-            else "no FIM tokens"
-        )
+        fim = f"fim pre/suf/mid/eot={self.fim.pre}/{self.fim.suf}/{self.fim.mid}/{self.fim.eot}" if self.fim else "no FIM tokens"
         mb = self.bytes / 1e6
         return (
             f"wrote {self.out_path} ({self.outtype}, {self.n_tensors} tensors, {self.n_params / 1e6:.1f}M params, "
@@ -152,8 +148,7 @@ def encode_rows(ckpt: Checkpoint, spec: TensorSpec, qtype: gguf.GGMLQuantization
                     np.copyto(dst, block, casting="same_kind")
         if qtype == Q.F16 and spec.dtype != "F16" and _has_inf_f16(out):
             raise ExportError(
-                f"expected weights within float16 range (|x| <= 65504), got overflow in {spec.name}: "
-                f"use --outtype bf16 or f32"
+                f"expected weights within float16 range (|x| <= 65504), got overflow in {spec.name}: use --outtype bf16 or f32"
             )
         return out
     return gguf.quants.quantize(to_float32(ckpt.read_rows(spec.name, start, stop), spec.dtype), qtype)
@@ -388,9 +383,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="codellama-convert",
         description="Convert a Llama / Code Llama checkpoint (Meta consolidated.NN.pth or Hugging Face) to GGUF.",
     )
-    p.add_argument("ckpt_dir", type=Path, help="checkpoint folder (params.json + consolidated.NN.pth, or config.json + safetensors/bin)")
+    p.add_argument(
+        "ckpt_dir", type=Path, help="checkpoint folder (params.json + consolidated.NN.pth, or config.json + safetensors/bin)"
+    )
     p.add_argument("-o", "--outfile", type=Path, help="output .gguf path (default: CKPT_DIR/ggml-model-OUTTYPE.gguf)")
-    p.add_argument("--outtype", choices=sorted(tn.OUTTYPES), default="f16", help="type of 2-D weights (default f16); norms stay f32")
+    p.add_argument(
+        "--outtype", choices=sorted(tn.OUTTYPES), default="f16", help="type of 2-D weights (default f16); norms stay f32"
+    )
     p.add_argument("--ctx", type=int, help="llama.context_length to write (default: config, else 16384 for theta 1e6, else 4096)")
     p.add_argument("--rope-theta", type=float, help="override the config's rope_theta (llama.rope.freq_base)")
     p.add_argument("--no-hash", action="store_true", help="skip the SHA-256 of the source files in the summary")
@@ -400,15 +399,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
+    logging.basicConfig(
+        stream=sys.stderr, level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s"
+    )
     out = args.outfile or args.ckpt_dir / f"ggml-model-{args.outtype}.gguf"
 
     def body() -> None:
         progress, close_bar = _tqdm_progress()
         try:
             summary = convert(
-                args.ckpt_dir, out, outtype=args.outtype, ctx=args.ctx, rope_theta=args.rope_theta,
-                progress=progress, hash_source=not args.no_hash,
+                args.ckpt_dir,
+                out,
+                outtype=args.outtype,
+                ctx=args.ctx,
+                rope_theta=args.rope_theta,
+                progress=progress,
+                hash_source=not args.no_hash,
             )
         finally:
             close_bar()  # before any message: the bar shares stderr

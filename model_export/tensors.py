@@ -123,7 +123,9 @@ def classify(source_name: str, n_blocks: int) -> Role | None:
     if kind in SKIPPED_ROLES:
         return None
     if kind not in META_SPLIT_AXIS or source_name.endswith(".bias"):
-        raise ExportError(f"expected only Llama weights, got {source_name!r} ({name}), which llama.cpp's llama architecture has no slot for")
+        raise ExportError(
+            f"expected only Llama weights, got {source_name!r} ({name}), which llama.cpp's llama architecture has no slot for"
+        )
     m = _BLOCK_RE.match(name)
     bid = int(m.group(1)) if m else None
     return Role(kind, bid, name)

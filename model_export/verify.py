@@ -240,10 +240,15 @@ def verify(
     except ValueError:
         ftype_name = f"file type {ftype}"
     return VerifyReport(
-        n_tokens=len(toks), max_abs=max_abs, max_ref=max_ref, rel=rel, top1=top1,
+        n_tokens=len(toks),
+        max_abs=max_abs,
+        max_ref=max_ref,
+        rel=rel,
+        top1=top1,
         rel_tol=rel_tol if rel_tol is not None else d_rel,
         min_top1=min_top1 if min_top1 is not None else d_top1,
-        file_type=ftype_name, seconds=time.perf_counter() - t0,
+        file_type=ftype_name,
+        seconds=time.perf_counter() - t0,
     )
 
 
@@ -262,7 +267,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> int:
         report = verify(
-            args.ckpt_dir, args.gguf, n_tokens=args.tokens, rel_tol=args.rel_tol, min_top1=args.min_top1,
+            args.ckpt_dir,
+            args.gguf,
+            n_tokens=args.tokens,
+            rel_tol=args.rel_tol,
+            min_top1=args.min_top1,
             n_threads=args.threads,
         )
         for line in report.lines():

@@ -83,7 +83,9 @@ def load_vocab(tokenizer_path: Path, n_rows: int) -> Vocab:
     except Exception as e:  # protobuf and sentencepiece raise a variety of types for a bad file
         raise ExportError(f"expected a SentencePiece tokenizer.model at {tokenizer_path}, got an unreadable file ({e})") from None
     if proto.trainer_spec.model_type != pb.TrainerSpec.BPE:
-        raise ExportError(f"expected a BPE SentencePiece model at {tokenizer_path}, got model type {proto.trainer_spec.model_type}")
+        raise ExportError(
+            f"expected a BPE SentencePiece model at {tokenizer_path}, got model type {proto.trainer_spec.model_type}"
+        )
 
     n_pieces = sp.get_piece_size()
     if n_rows < n_pieces:

@@ -302,7 +302,9 @@ def _torch_zip_tables(path: Path, fh: Any, mm: mmap.mmap) -> dict[str, TensorRef
                 if info is None:
                     raise ExportError(f"{corrupt} (no storage data/{st.key} for {name})")
                 if info.compress_type != zipfile.ZIP_STORED:
-                    raise ExportError(f"expected uncompressed storages in {path} (as torch.save writes them), got {name} compressed")
+                    raise ExportError(
+                        f"expected uncompressed storages in {path} (as torch.save writes them), got {name} compressed"
+                    )
                 header = mm[info.header_offset : info.header_offset + _LOCAL_HEADER.size]
                 if len(header) < _LOCAL_HEADER.size or header[:4] != _ZIP_MAGIC:
                     raise ExportError(f"{corrupt} (bad zip entry for data/{st.key})")

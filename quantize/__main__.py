@@ -36,8 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="codellama-quantize",
         description="Quantize an exported GGUF with llama.cpp's quantizer.",
-        epilog=f"types: {', '.join(TYPES)}. targets: "
-        + "; ".join(f"{k} = {','.join(v)}" for k, v in TARGETS.items()),
+        epilog=f"types: {', '.join(TYPES)}. targets: " + "; ".join(f"{k} = {','.join(v)}" for k, v in TARGETS.items()),
     )
     ap.add_argument("input", help="GGUF to quantize (f16/bf16/f32)")
     ap.add_argument("-o", "--output", required=True, help="output file (one --type) or directory (several types)")

@@ -104,8 +104,9 @@ def log_softmax64(logits: np.ndarray) -> np.ndarray:
 class Reference:
     """The reference model's logits over the corpus chunks (see :func:`reference_run`)."""
 
-    def __init__(self, path: Path, info: GGUFInfo, chunks: list[list[int]], logits: np.memmap, corpus: str, n_ctx: int,
-                 decided: np.ndarray):
+    def __init__(
+        self, path: Path, info: GGUFInfo, chunks: list[list[int]], logits: np.memmap, corpus: str, n_ctx: int, decided: np.ndarray
+    ):
         self.path = path
         self.info = info
         self.chunks = chunks

@@ -17,7 +17,9 @@ def problems() -> list[dict]:
     return ev.load_problems()
 
 
-@pytest.mark.parametrize("kind,count", [("single-line", 1033), ("multi-line", 5815), ("random-span", 1640), ("random-span-light", 164)])
+@pytest.mark.parametrize(
+    "kind,count", [("single-line", 1033), ("multi-line", 5815), ("random-span", 1640), ("random-span-light", 164)]
+)
 def test_task_counts_match_the_paper(problems: list[dict], kind: str, count: int) -> None:
     tasks = ev.build_tasks(kind, problems)
     assert len(tasks) == count

@@ -66,8 +66,9 @@ def _merge_meta(ckpt: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
-@pytest.mark.parametrize(("shards", "args"), [(1, TINY), (2, TINY), (4, TINY_MHA), (4, TINY_GQA4)],
-                         ids=["1-gqa", "2-gqa", "4-mha", "4-gqa"])
+@pytest.mark.parametrize(
+    ("shards", "args"), [(1, TINY), (2, TINY), (4, TINY_MHA), (4, TINY_GQA4)], ids=["1-gqa", "2-gqa", "4-mha", "4-gqa"]
+)
 def test_meta_shards_merge_back_to_the_model(checkpoint_factory, shards, args, dtype):
     ckpt, model = checkpoint_factory("meta", shards=shards, dtype=dtype, args=args, seed=3)
     files = sorted(p.name for p in ckpt.glob("consolidated.*.pth"))
@@ -129,8 +130,7 @@ def test_meta_writer_refuses_bad_requests(fixture_tokenizer, tmp_path):
     with pytest.raises(ValueError, match="exactly representable in bfloat16"):
         write_meta_checkpoint(tmp_path / "b", random_model(TINY, 0, torch.float32), fixture_tokenizer)
     with pytest.raises(ValueError, match="exactly representable in float16"):
-        write_meta_checkpoint(tmp_path / "c", random_model(TINY, 0, torch.bfloat16), fixture_tokenizer,
-                              dtype=torch.float16)
+        write_meta_checkpoint(tmp_path / "c", random_model(TINY, 0, torch.bfloat16), fixture_tokenizer, dtype=torch.float16)
 
 
 # ---------------------------------------------------------------- Hugging Face layout
@@ -169,7 +169,7 @@ def hf_forward(sd: dict[str, torch.Tensor], cfg: dict, tokens: torch.Tensor) -> 
     cos, sin = torch.cat((ang, ang), -1).cos().float(), torch.cat((ang, ang), -1).sin().float()  # (seq, hd)
 
     def rope(x: torch.Tensor) -> torch.Tensor:  # x: (heads, seq, hd); rotate_half pairs i with i + hd/2
-        rotated = torch.cat((-x[..., hd // 2:], x[..., : hd // 2]), -1)
+        rotated = torch.cat((-x[..., hd // 2 :], x[..., : hd // 2]), -1)
         return x * cos + rotated * sin
 
     h = sd["model.embed_tokens.weight"][tokens]
@@ -212,7 +212,11 @@ def test_hf_files_index_config(checkpoint_factory, fmt, n_files, dtype):
     args = model.args
     assert cfg["architectures"] == ["LlamaForCausalLM"] and cfg["model_type"] == "llama"
     assert (cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"], cfg["num_key_value_heads"]) == (
-        args.dim, args.n_layers, args.n_heads, args.kv_heads)
+        args.dim,
+        args.n_layers,
+        args.n_heads,
+        args.kv_heads,
+    )
     assert cfg["intermediate_size"] == ffn_hidden_dim(args.dim, args.multiple_of, args.ffn_dim_multiplier)
     assert cfg["intermediate_size"] == sd["model.layers.0.mlp.gate_proj.weight"].shape[0]
     assert cfg["rope_theta"] == 1e6 and cfg["rms_norm_eps"] == 1e-5 and cfg["vocab_size"] == args.vocab_size

@@ -50,12 +50,18 @@ def test_older_prefix_suffix_middle_keys_count_as_metadata() -> None:
     "texts,expected",
     [
         (["<|endoftext|>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<file_sep>", "a"], (1, 3, 2, 0, {0, 4})),
-        (["<|endoftext|>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|file_sep|>"],
-         (1, 3, 2, 0, {0, 4, 5})),
-        (["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜fim▁hole｜>", "<｜fim▁begin｜>", "<｜fim▁end｜>", "<|EOT|>"],
-         (3, 2, 4, 5, {1, 5})),
-        (["<pad>", "<eos>", "<bos>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|file_separator|>"],
-         (3, 5, 4, 6, {1, 6})),
+        (
+            ["<|endoftext|>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|file_sep|>"],
+            (1, 3, 2, 0, {0, 4, 5}),
+        ),
+        (
+            ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜fim▁hole｜>", "<｜fim▁begin｜>", "<｜fim▁end｜>", "<|EOT|>"],
+            (3, 2, 4, 5, {1, 5}),
+        ),
+        (
+            ["<pad>", "<eos>", "<bos>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|file_separator|>"],
+            (3, 5, 4, 6, {1, 6}),
+        ),
     ],
     ids=["starcoder", "qwen", "deepseek", "codegemma"],
 )

@@ -215,7 +215,9 @@ def test_model_spec_errors_say_what_was_expected(tmp_path) -> None:
         "try:\n    models.resolve('someorg/somerepo:model.Q4_K_M.gguf')\n"
         "except models.ModelError as e:\n    print(e)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, cwd=str(tmp_path.parent))
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, cwd=str(tmp_path.parent)
+    )
     assert "expected someorg/somerepo:model.Q4_K_M.gguf in the Hugging Face cache" in out.stdout, out.stderr
     assert "HF_HUB_OFFLINE is set" in out.stdout
 

@@ -391,7 +391,10 @@ def test_signal_during_quantize_cleans_up(kq_f16, tmp_path, sig, code):
     out.parent.mkdir()
     proc = subprocess.run(
         [sys.executable, "-c", _SIGNAL_DURING_QUANTIZE.format(sig=sig), str(kq_f16), "-o", str(out), "--type", "Q4_K_M"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == code, proc.stderr
     assert proc.stderr.strip() == "codellama-quantize: interrupted, no output written"
@@ -402,7 +405,10 @@ def test_leftover_of_a_killed_run_is_removed_next_time(kq_f16, tmp_path, caplog)
     out = tmp_path / "k.gguf"
     proc = subprocess.run(
         [sys.executable, "-c", _SIGNAL_DURING_QUANTIZE.format(sig="SIGKILL"), str(kq_f16), "-o", str(out), "--type", "Q8_0"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == -9
     (left,) = [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
@@ -461,7 +467,10 @@ def test_signal_during_imatrix_is_one_line(kq_f16, tmp_path):
     out = tmp_path / "m.imatrix.gguf"
     proc = subprocess.run(
         [sys.executable, "-c", _SIGNAL_DURING_DECODE, str(kq_f16), "-o", str(out), "--ctx", "64", "--tokens", "256"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 143, proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == "python -m quantize.imatrix: interrupted, no output written"

@@ -97,7 +97,12 @@ class OpenAIEngine(RemoteEngine):
         return self.with_info(name=name, n_ctx=n_ctx, n_ctx_train=int(meta.get("n_ctx_train") or n_ctx))
 
     async def _stream(
-        self, job: Job, index: int, temperature: float, gen: Generation, result: GenerationResult,
+        self,
+        job: Job,
+        index: int,
+        temperature: float,
+        gen: Generation,
+        result: GenerationResult,
         on_headers: Callable[[], None],
     ) -> None:
         req = job.request
@@ -112,7 +117,12 @@ class OpenAIEngine(RemoteEngine):
                 self._format = "text"
 
     async def _stream_once(
-        self, req: GenerationRequest, index: int, temperature: float, gen: Generation, result: GenerationResult,
+        self,
+        req: GenerationRequest,
+        index: int,
+        temperature: float,
+        gen: Generation,
+        result: GenerationResult,
         on_headers: Callable[[], None],
     ) -> None:
         s = req.sampling

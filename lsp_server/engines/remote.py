@@ -127,8 +127,13 @@ class RemoteEngine:
         self.options = options
         self.where = public_url(options.url)
         self.info = EngineInfo(
-            name=options.model_name or name, where=self.where, n_ctx=DEFAULT_N_CTX, n_ctx_train=0, vocab_size=vocab.n_vocab,
-            can_heal=False, kind=self.kind,
+            name=options.model_name or name,
+            where=self.where,
+            n_ctx=DEFAULT_N_CTX,
+            n_ctx_train=0,
+            vocab_size=vocab.n_vocab,
+            can_heal=False,
+            kind=self.kind,
         )
         self._listener: Callable[[str | None], None] | None = None
         self._down: str | None = None
@@ -199,7 +204,8 @@ class RemoteEngine:
     async def _make_client(self) -> httpx.AsyncClient:
         t = self.options.timeout_s
         return httpx.AsyncClient(
-            timeout=httpx.Timeout(connect=t, read=t, write=t, pool=t), verify=self.options.verify_tls,
+            timeout=httpx.Timeout(connect=t, read=t, write=t, pool=t),
+            verify=self.options.verify_tls,
             limits=httpx.Limits(max_connections=4, max_keepalive_connections=2),
         )
 
@@ -233,8 +239,12 @@ class RemoteEngine:
             try:
                 info = await asyncio.wait_for(self._connect(), self.options.timeout_s * 4 + 5)
             except Exception as exc:  # the probe must outlive any failure, or the engine stays down for good
-                log.info("%s still down (%s); next probe in %.1f s", self.where, self._probe_failure(exc),
-                         min(delay * 2, BACKOFF_MAX_S))
+                log.info(
+                    "%s still down (%s); next probe in %.1f s",
+                    self.where,
+                    self._probe_failure(exc),
+                    min(delay * 2, BACKOFF_MAX_S),
+                )
                 delay = min(delay * 2, BACKOFF_MAX_S)
                 continue
             self.info, self._down = info, None
@@ -274,7 +284,9 @@ class RemoteEngine:
     # ---- one request ------------------------------------------------------------------------------------------
     def _start(self, job: _HttpJob) -> None:
         if job.cancelled:  # cancelled or superseded before it started: no request at all
-            self._finish(job, GenerationResult(candidates=[], stop=job.reason, prompt_tokens=len(job.request.prompt)), job.submitted)
+            self._finish(
+                job, GenerationResult(candidates=[], stop=job.reason, prompt_tokens=len(job.request.prompt)), job.submitted
+            )
             return
         job._task = self._loop.create_task(self._run(job))
         # a task cancelled before its first step never enters _run's handlers: resolve the job here then
@@ -435,7 +447,12 @@ class RemoteEngine:
         raise NotImplementedError
 
     async def _stream(
-        self, job: Job, index: int, temperature: float, gen: Generation, result: GenerationResult,
+        self,
+        job: Job,
+        index: int,
+        temperature: float,
+        gen: Generation,
+        result: GenerationResult,
         on_headers: Callable[[], None],
     ) -> None:
         """Run candidate ``index``: append its tokens to ``gen.tokens`` (or its text to ``gen.text``) as they
