@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 
-.PHONY: demo test venv test-env clean
+.PHONY: demo test lint venv test-env clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,14 @@ test-env: $(PY)
 demo: venv
 	$(VENV)/bin/codellama-lsp complete examples/demo.py --line 6 --character 0 --model demo
 
-test: test-env
+# Style, types and declared dependencies (configured in pyproject.toml); seconds, so it runs before pytest.
+lint: test-env
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/deptry .
+
+test: lint
 	$(PY) -m pytest -ra tests
 
 clean:

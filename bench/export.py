@@ -145,7 +145,10 @@ def main() -> int:
     t0 = time.perf_counter()
     gen = subprocess.run(
         [sys.executable, __file__, "--generate", "--dir", str(a.dir), "--layers", str(a.layers), "--shards", str(a.shards)],
-        cwd=REPO, capture_output=True, text=True, check=True,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     facts = json.loads(gen.stdout.strip().splitlines()[-1])
     gen_s = time.perf_counter() - t0
@@ -166,7 +169,8 @@ def main() -> int:
             raise SystemExit(f"expected {script}, got no such file")
         env = {**os.environ, "PYTHONPATH": str(a.llama_cpp / "gguf-py")}
         steps["llama.cpp convert_legacy_llama"] = (
-            [sys.executable, str(script), str(ckpt), "--outfile", str(out), "--outtype", "f16"], env
+            [sys.executable, str(script), str(ckpt), "--outfile", str(out), "--outtype", "f16"],
+            env,
         )
     results: dict[str, list[tuple[float, float, int, float | None]]] = {k: [] for k in steps}
     summary = ""
@@ -182,10 +186,12 @@ def main() -> int:
             out.unlink(missing_ok=True)
 
     mb = 1e6
-    print(f"synthetic checkpoint: dim 2048, {a.layers} layers, vocab 32016, bf16, {a.shards} Meta shards, "
-          f"{n_params / 1e6:.0f}M params, {src_bytes / mb:.0f} MB, largest tensor {largest / mb:.0f} MB (generated in "
-          f"{gen_s:.0f} s); {a.runs} runs each, "
-          f"medians; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end")
+    print(
+        f"synthetic checkpoint: dim 2048, {a.layers} layers, vocab 32016, bf16, {a.shards} Meta shards, "
+        f"{n_params / 1e6:.0f}M params, {src_bytes / mb:.0f} MB, largest tensor {largest / mb:.0f} MB (generated in "
+        f"{gen_s:.0f} s); {a.runs} runs each, "
+        f"medians; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end"
+    )
     print()
     print(f"| {'step':<30} | {'wall s':>7} | {'CPU s':>7} | {'work s':>7} | {'MB/s (wall)':>11} | {'peak RSS MB':>11} |")
     print(f"|{'-' * 32}|{'-' * 9}|{'-' * 9}|{'-' * 9}|{'-' * 13}|{'-' * 13}|")
@@ -201,8 +207,10 @@ def main() -> int:
     ours = rows["convert f16"]
     if "llama.cpp convert_legacy_llama" in rows:
         ref = rows["llama.cpp convert_legacy_llama"]
-        print(f"convert / llama.cpp: wall {ours[0] / ref[0]:.2f}x (goal <= 1.0), CPU {ours[1] / ref[1]:.2f}x, "
-              f"peak RSS {ours[2] / ref[2]:.2f}x (goal <= 0.4)")
+        print(
+            f"convert / llama.cpp: wall {ours[0] / ref[0]:.2f}x (goal <= 1.0), CPU {ours[1] / ref[1]:.2f}x, "
+            f"peak RSS {ours[2] / ref[2]:.2f}x (goal <= 0.4)"
+        )
     print(f"convert / copy wall ratio: {ours[0] / rows['copy (shutil.copy)'][0]:.2f}")
     print(f"converter summary: {summary}")
     if not a.keep:

@@ -37,10 +37,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lsp_server import context, models, pipeline  # noqa: E402
-from lsp_server.cache import TypeThroughCache  # noqa: E402
-from lsp_server.config import Settings  # noqa: E402
-from lsp_server.engines.llama_cpp import EngineOptions, LlamaCppEngine  # noqa: E402
+from lsp_server import context, models, pipeline
+from lsp_server.cache import TypeThroughCache
+from lsp_server.config import Settings
+from lsp_server.engines.llama_cpp import EngineOptions, LlamaCppEngine
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -99,7 +99,7 @@ def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
     s = sorted(values)
-    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+    return s[min(len(s) - 1, round(q * (len(s) - 1)))]
 
 
 async def replay(engine: LlamaCppEngine, text: str, start: int, n_chars: int, settings: Settings, naive_every: int, seed: int):
@@ -224,7 +224,9 @@ async def overhead(model: Path, lines: int, keystrokes: int) -> dict:
         statuses.append(params if isinstance(params, dict) else params._asdict())  # pygls: a namedtuple
         got.set()
 
-    await client.start_io(sys.executable, "-m", "lsp_server", "--stdio", env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+    await client.start_io(
+        sys.executable, "-m", "lsp_server", "--stdio", env={**__import__("os").environ, "PYTHONPATH": str(REPO)}
+    )
     await client.initialize_async(
         types.InitializeParams(
             capabilities=types.ClientCapabilities(),
@@ -236,24 +238,24 @@ async def overhead(model: Path, lines: int, keystrokes: int) -> dict:
         got.clear()
         await asyncio.wait_for(got.wait(), 120)
     uri = "file:///bench/big.py"
-    client.text_document_did_open(types.DidOpenTextDocumentParams(text_document=types.TextDocumentItem(uri=uri, language_id="python", version=1, text=text)))
+    client.text_document_did_open(
+        types.DidOpenTextDocumentParams(text_document=types.TextDocumentItem(uri=uri, language_id="python", version=1, text=text))
+    )
     line = lines // 2
-    col = 0
     over: list[float] = []
     for i in range(keystrokes):
-        pos = types.Position(line=line, character=col)
+        pos = types.Position(line=line, character=i)  # each keystroke types one more 'x' on the line
         client.text_document_did_change(
             types.DidChangeTextDocumentParams(
                 text_document=types.VersionedTextDocumentIdentifier(uri=uri, version=i + 2),
                 content_changes=[types.TextDocumentContentChangePartial(range=types.Range(start=pos, end=pos), text="x")],
             )
         )
-        col += 1
         n = len(statuses)
         await client.text_document_inline_completion_async(
             types.InlineCompletionParams(
                 text_document=types.TextDocumentIdentifier(uri=uri),
-                position=types.Position(line=line, character=col),
+                position=types.Position(line=line, character=i + 1),
                 context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic),
             )
         )
@@ -336,7 +338,7 @@ class LlamaServer:
         self.proc.terminate()
         try:
             self.proc.wait(10)
-        except Exception:  # noqa: BLE001  it would not stop: make it
+        except Exception:  # it would not stop: make it
             self.proc.kill()
             self.proc.wait()
 
@@ -446,7 +448,7 @@ def side_by_side_repeats(model: Path, server_bin: Path, text: str, chars: int, a
             cur = context.cursor(doc, offset)
             _, ctx = pipeline.build_request(engine, doc, offset, settings, 1, "b", cur)
             mine = None
-            for side in ((0, 1) if k % 2 else (1, 0)):
+            for side in (0, 1) if k % 2 else (1, 0):
                 if side == 0:
                     t0 = time.perf_counter()
                     got = await prefetcher.join("bench", doc, offset)
@@ -455,7 +457,9 @@ def side_by_side_repeats(model: Path, server_bin: Path, text: str, chars: int, a
                     ms = (time.perf_counter() - t0) * 1e3
                     r = got.result
                     ran = r is not None and r.stop not in ("cancelled", "superseded") and got.source != "cache"
-                    ours.append((ms, {"generated": r.generated_tokens if ran else 0, "evaluated": r.evaluated_tokens if ran else 0}))
+                    ours.append(
+                        (ms, {"generated": r.generated_tokens if ran else 0, "evaluated": r.evaluated_tokens if ran else 0})
+                    )
                     generated_by_model += r.generated_tokens if ran else 0
                     mine = got
                 else:
@@ -472,7 +476,9 @@ def side_by_side_repeats(model: Path, server_bin: Path, text: str, chars: int, a
                 new_doc = head + typed + rest
                 at_ = cache.accepted("bench", new_doc)
                 if at_ is not None:
-                    prefetcher.start("bench", new_doc, at_, lambda d=new_doc, o=at_: pipeline.complete(engine, cache, "bench", d, o, settings))
+                    prefetcher.start(
+                        "bench", new_doc, at_, lambda d=new_doc, o=at_: pipeline.complete(engine, cache, "bench", d, o, settings)
+                    )
                 await asyncio.sleep(rng.uniform(0.1, 0.3))  # reading what was inserted
             else:
                 typed += target[len(typed)]
@@ -539,8 +545,10 @@ def main() -> None:
     args = p.parse_args()
     if args.vs_server:
         if not args.server_bin.is_file():
-            raise SystemExit(f"--vs-server: expected a llama-server binary at {args.server_bin}, got none "
-                             "(build it from llama-cpp-python 0.3.36's llama.cpp: scripts/build-llama-server.sh)")
+            raise SystemExit(
+                f"--vs-server: expected a llama-server binary at {args.server_bin}, got none "
+                "(build it from llama-cpp-python 0.3.36's llama.cpp: scripts/build-llama-server.sh)"
+            )
         stdlib = Path(sysconfig.get_paths()["stdlib"])
         text = (stdlib / args.file).read_text()
         # a document of about 2,050 tokens of the random model's vocabulary, typed at its middle
@@ -575,9 +583,12 @@ def main() -> None:
         got = summarize(name, warm, naive)
         got[0]["fim"] = engine.vocab.sentinels.has_fim
         rows.extend(got)
-        print(f"{name}: fim={engine.vocab.sentinels.has_fim} n_ctx={engine.info.n_ctx} cold first request {warm[0]['ms']:.0f} ms "
-              f"({warm[0]['evaluated']} tokens); warm/cold p50 = {got[0]['warm_over_cold_p50']:.3f} "
-              f"(model requests only: {got[0]['model_only_warm_over_cold_p50']:.3f})", file=sys.stderr)
+        print(
+            f"{name}: fim={engine.vocab.sentinels.has_fim} n_ctx={engine.info.n_ctx} cold first request {warm[0]['ms']:.0f} ms "
+            f"({warm[0]['evaluated']} tokens); warm/cold p50 = {got[0]['warm_over_cold_p50']:.3f} "
+            f"(model requests only: {got[0]['model_only_warm_over_cold_p50']:.3f})",
+            file=sys.stderr,
+        )
     if rows:
         print(table(rows))
     result: dict = {"rows": rows}
@@ -586,9 +597,11 @@ def main() -> None:
         ov = asyncio.run(overhead(model_path(spec)[1], 5000, 60))
         result["overhead"] = ov
         print()
-        print(f"Server overhead outside the engine, {ov['lines']}-line file, {ov['requests']} keystrokes: "
-              f"p50 {ov['server_overhead_p50_ms']:.2f} ms, p95 {ov['server_overhead_p95_ms']:.2f} ms; "
-              f"pygls applying one incremental didChange: p50 {ov['didchange_apply_p50_ms']:.2f} ms")
+        print(
+            f"Server overhead outside the engine, {ov['lines']}-line file, {ov['requests']} keystrokes: "
+            f"p50 {ov['server_overhead_p50_ms']:.2f} ms, p95 {ov['server_overhead_p95_ms']:.2f} ms; "
+            f"pygls applying one incremental didChange: p50 {ov['didchange_apply_p50_ms']:.2f} ms"
+        )
     if args.json:
         args.json.write_text(json.dumps(result, indent=2, default=float))
 

@@ -145,7 +145,12 @@ def run(spec: str, tasks: list[Task], args: argparse.Namespace) -> list[dict]:
                 nb = neighbors.Neighbors()
                 out = asyncio.run(
                     pipeline.complete(
-                        engine, TypeThroughCache(), doc.uri, t.text, t.offset, settings,
+                        engine,
+                        TypeThroughCache(),
+                        doc.uri,
+                        t.text,
+                        t.offset,
+                        settings,
                         extra=pipeline.Extra(nb, doc, tuple(others)) if extra else None,
                     )
                 )
@@ -185,8 +190,10 @@ def main() -> None:
     print("| model | extra context (tokens) | tasks | name exact | line exact | edit similarity | name in the chunks |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['extra_tokens']} | {r['tasks']} | {100 * r['name_exact']:.1f}% | {100 * r['line_exact']:.1f}% | "
-              f"{r['similarity']:.3f} | {100 * r['retrieved']:.0f}% |")
+        print(
+            f"| {r['model']} | {r['extra_tokens']} | {r['tasks']} | {100 * r['name_exact']:.1f}% | {100 * r['line_exact']:.1f}% | "
+            f"{r['similarity']:.3f} | {100 * r['retrieved']:.0f}% |"
+        )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 

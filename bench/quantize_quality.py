@@ -22,10 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from quantize.corpus import corpus_text  # noqa: E402
-from quantize.imatrix import compute_imatrix, save_imatrix  # noqa: E402
-from quantize.quantize import TYPES, quantize_file  # noqa: E402
-from quantize.report import DEFAULT_CHUNKS, DEFAULT_CTX, format_table, reference_run, compare  # noqa: E402
+from quantize.corpus import corpus_text
+from quantize.imatrix import compute_imatrix, save_imatrix
+from quantize.quantize import TYPES, quantize_file
+from quantize.report import DEFAULT_CHUNKS, DEFAULT_CTX, compare, format_table, reference_run
 
 IMATRIX_TYPES = ("Q2_K", "Q3_K_M", "Q4_K_M")
 

@@ -27,7 +27,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.fixtures.raw_lsp import RawServer  # noqa: E402
+from tests.fixtures.raw_lsp import RawServer
 
 URI = "file:///soak/typing.py"
 
@@ -83,7 +83,9 @@ def main() -> int:
                 rss_warm = rss
             rss_max = max(rss_max, rss)
         elapsed = time.perf_counter() - t0
-        order = {json.dumps(f["id"]): i for i, f in enumerate(s.frames) if "id" in f and "method" not in f and f["id"] is not None}
+        order = {
+            json.dumps(f["id"]): i for i, f in enumerate(s.frames) if "id" in f and "method" not in f and f["id"] is not None
+        }
         answered_once = sum(len(s.responses[json.dumps(r)]) == 1 for r, _ in requests)
         with_items = stale = 0
         probe_by_edit = dict((n, pid) for pid, n in probes)
@@ -106,8 +108,10 @@ def main() -> int:
         for r, _ in requests:
             if len(s.responses[json.dumps(r)]) != 1:
                 print(f"request {r}: {s.responses[json.dumps(r)]}", file=sys.stderr)
-    after = samples[len(samples) * args.warmup // max(args.requests, 1):]
-    print(f"| model | requests | answered once | with items | stale | RSS after warm-up | RSS end | growth | RSS max | time | exit |")
+    after = samples[len(samples) * args.warmup // max(args.requests, 1) :]
+    print(
+        "| model | requests | answered once | with items | stale | RSS after warm-up | RSS end | growth | RSS max | time | exit |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     mb = 1024 * 1024
     print(
@@ -115,7 +119,9 @@ def main() -> int:
         f"{samples[-1] / mb:.1f} MB | {(samples[-1] - rss_warm) / mb:+.1f} MB | {rss_max / mb:.1f} MB | {elapsed:.0f} s | {code} |"
     )
     if after:
-        print(f"\nRSS after warm-up: min {min(after) / mb:.1f} MB, max {max(after) / mb:.1f} MB over {len(after)} samples; tracebacks: {tracebacks}")
+        print(
+            f"\nRSS after warm-up: min {min(after) / mb:.1f} MB, max {max(after) / mb:.1f} MB over {len(after)} samples; tracebacks: {tracebacks}"
+        )
     return 0 if answered_once == len(requests) and stale == 0 and tracebacks == 0 else 1
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lsp_server import syntax  # noqa: E402
+from lsp_server import syntax
 
 LINES = 5000
 
@@ -51,8 +51,16 @@ def js_file() -> str:
     out = []
     i = 0
     while len(out) < LINES:
-        out += [f"function f{i}(a, b) {{", f"  const x = [a, b, {i}].map((v) => v * 2);", "  if (x.length > 2) {",
-                f"    return x.reduce((s, v) => s + v, {i});", "  }", "  return `n=${a}`;", "}", ""]
+        out += [
+            f"function f{i}(a, b) {{",
+            f"  const x = [a, b, {i}].map((v) => v * 2);",
+            "  if (x.length > 2) {",
+            f"    return x.reduce((s, v) => s + v, {i});",
+            "  }",
+            "  return `n=${a}`;",
+            "}",
+            "",
+        ]
         i += 1
     return "\n".join(out[:LINES]) + "\n"
 
@@ -82,15 +90,19 @@ def replay(key: str, text: str, anchor: str, keystrokes: int, autoclose: bool) -
             t3 = time.perf_counter()
             syntax.parse(info.language, info.source)
             full.append((time.perf_counter() - t3) * 1e3)
-    extra = [a + c for a, c in zip(analyze, check)]
+    extra = [a + c for a, c in zip(analyze, check, strict=True)]
 
     def q(xs: list[float], p: float) -> float:
         return sorted(xs)[min(len(xs) - 1, int(p * len(xs)))]
 
     return {
-        "lines": text.count("\n"), "keystrokes": keystrokes,
-        "analyze_p50_ms": statistics.median(analyze), "check_p50_ms": statistics.median(check),
-        "extra_p50_ms": statistics.median(extra), "extra_p95_ms": q(extra, 0.95), "full_parse_p50_ms": statistics.median(full),
+        "lines": text.count("\n"),
+        "keystrokes": keystrokes,
+        "analyze_p50_ms": statistics.median(analyze),
+        "check_p50_ms": statistics.median(check),
+        "extra_p50_ms": statistics.median(extra),
+        "extra_p95_ms": q(extra, 0.95),
+        "full_parse_p50_ms": statistics.median(full),
     }
 
 
@@ -109,8 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     print("| file, typing | lines | analyze p50 ms | check p50 ms | extra p50 ms | extra p95 ms | full parse p50 ms |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, r in runs.items():
-        print(f"| {name} | {r['lines']} | {r['analyze_p50_ms']:.2f} | {r['check_p50_ms']:.2f} | {r['extra_p50_ms']:.2f} | "
-              f"{r['extra_p95_ms']:.2f} | {r['full_parse_p50_ms']:.1f} |")
+        print(
+            f"| {name} | {r['lines']} | {r['analyze_p50_ms']:.2f} | {r['check_p50_ms']:.2f} | {r['extra_p50_ms']:.2f} | "
+            f"{r['extra_p95_ms']:.2f} | {r['full_parse_p50_ms']:.1f} |"
+        )
     if args.json:
         args.json.write_text(json.dumps(runs, indent=1) + "\n")
     return 0

@@ -49,11 +49,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from lsprotocol import types  # noqa: E402
-from pygls.exceptions import JsonRpcException  # noqa: E402
+from lsprotocol import types
+from pygls.exceptions import JsonRpcException
 
-from tests.fixtures.llama_server import LlamaServer  # noqa: E402
-from tests.fixtures.lsp_client import inline_params, insert, lsp_session, open_doc  # noqa: E402
+from tests.fixtures.llama_server import LlamaServer
+from tests.fixtures.lsp_client import inline_params, insert, lsp_session, open_doc
 
 REPO = Path(__file__).resolve().parents[1]
 FILES = ["textwrap.py", "shlex.py", "fnmatch.py", "heapq.py", "bisect.py", "calendar.py", "glob.py", "colorsys.py"]
@@ -175,9 +175,18 @@ async def type_over_infill(ed: Editor, url: str, seed: int) -> None:
 
         async def ask(prefix_lines: str, line_prefix: str, suffix: str, measure: bool = True) -> None:
             body = {  # llama.vscode's request shape (its line windows cut to about our token budget, see LINES)
-                "input_prefix": prefix_lines, "prompt": line_prefix, "input_suffix": suffix, "input_extra": [],
-                "n_predict": SETTINGS["maxTokens"], "top_k": 40, "top_p": 0.99, "samplers": ["top_k", "top_p", "infill"],
-                "stream": False, "cache_prompt": True, "t_max_prompt_ms": 500, "t_max_predict_ms": 1000,
+                "input_prefix": prefix_lines,
+                "prompt": line_prefix,
+                "input_suffix": suffix,
+                "input_extra": [],
+                "n_predict": SETTINGS["maxTokens"],
+                "top_k": 40,
+                "top_p": 0.99,
+                "samplers": ["top_k", "top_p", "infill"],
+                "stream": False,
+                "cache_prompt": True,
+                "t_max_prompt_ms": 500,
+                "t_max_predict_ms": 1000,
             }
             t0 = time.perf_counter()
             try:
@@ -219,31 +228,36 @@ async def type_over_infill(ed: Editor, url: str, seed: int) -> None:
 
 async def run(mode: str, k: int, keys: int, model: Path, seed: int, ctx_per_slot: int, keep_logs: Path | None) -> dict:
     eds = editors(k, keys, shared=mode == "shared file")
-    with tempfile.TemporaryDirectory() as tmp, LlamaServer(model, slots=k, ctx_per_slot=ctx_per_slot, extra=("--metrics",)) as server:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        LlamaServer(model, slots=k, ctx_per_slot=ctx_per_slot, extra=("--metrics",)) as server,
+    ):
         logs = [Path(keep_logs or tmp) / f"lsp-k{k}-{mode.replace(' ', '_').replace('/', '')}-{i}.log" for i in range(k)]
         t0 = time.perf_counter()
         if mode == "/infill direct":
             await asyncio.gather(*(type_over_infill(ed, server.url, seed + i) for i, ed in enumerate(eds)))
         else:
             slots = list(range(k)) if mode == "own files, slot i" else [None] * k
-            await asyncio.gather(
-                *(type_over_lsp(ed, model, server.url, slots[i], seed + i, logs[i]) for i, ed in enumerate(eds))
-            )
-            for ed, log in zip(eds, logs):
+            await asyncio.gather(*(type_over_lsp(ed, model, server.url, slots[i], seed + i, logs[i]) for i, ed in enumerate(eds)))
+            for ed, log in zip(eds, logs, strict=True):
                 read_costs(ed, log)
         wall = time.perf_counter() - t0
         metrics = server_metrics(server.url)
     lat = [x for ed in eds for x in ed.latencies]
     reuse = [ed.reused / ed.prompt for ed in eds if ed.prompt]
     return {
-        "mode": mode, "k": k, "keystrokes": sum(len(ed.typed) for ed in eds),
-        "answered": len(lat), "cancelled": sum(ed.cancelled for ed in eds),
+        "mode": mode,
+        "k": k,
+        "keystrokes": sum(len(ed.typed) for ed in eds),
+        "answered": len(lat),
+        "cancelled": sum(ed.cancelled for ed in eds),
         "p50_ms": statistics.median(lat) if lat else float("nan"),
-        "p95_ms": sorted(lat)[min(len(lat) - 1, int(round(0.95 * (len(lat) - 1))))] if lat else float("nan"),
+        "p95_ms": sorted(lat)[min(len(lat) - 1, round(0.95 * (len(lat) - 1)))] if lat else float("nan"),
         "tokens_per_s": sum(ed.generated for ed in eds) / wall,
         "server_gen_per_s": metrics.get("llamacpp:tokens_predicted_total", 0.0) / wall,
         "server_prompt_per_s": metrics.get("llamacpp:prompt_tokens_total", 0.0) / wall,
-        "kv_reuse_min": min(reuse) if reuse else 0.0, "kv_reuse_max": max(reuse) if reuse else 0.0,
+        "kv_reuse_min": min(reuse) if reuse else 0.0,
+        "kv_reuse_max": max(reuse) if reuse else 0.0,
         "prompt_per_req": sum(ed.prompt for ed in eds) / max(1, len(lat)),
         "cold_ms": statistics.median(ed.cold_ms for ed in eds),
     }
@@ -297,8 +311,12 @@ def main() -> None:
             if mode not in MODES:
                 raise SystemExit(f"expected a mode from {MODES}, got {mode!r}")
             row = asyncio.run(run(mode, k, args.keys, model, args.seed, args.ctx_per_slot, args.keep_logs))
-            print(f"K={k} {mode}: {row['answered']} answered, p50 {row['p50_ms']:.0f} ms, p95 {row['p95_ms']:.0f} ms, "
-                  f"reuse {100 * row['kv_reuse_min']:.1f}-{100 * row['kv_reuse_max']:.1f}%", file=sys.stderr, flush=True)
+            print(
+                f"K={k} {mode}: {row['answered']} answered, p50 {row['p50_ms']:.0f} ms, p95 {row['p95_ms']:.0f} ms, "
+                f"reuse {100 * row['kv_reuse_min']:.1f}-{100 * row['kv_reuse_max']:.1f}%",
+                file=sys.stderr,
+                flush=True,
+            )
             rows.append(row)
             if args.json:  # after every row: a long run that fails late keeps what it measured
                 args.json.write_text(json.dumps(rows, indent=2))

@@ -21,8 +21,12 @@ from .engines.remote import RemoteOptions, local_vocab
 
 
 def open_engine(
-    settings: Settings, path: Path, name: str, local: EngineOptions = EngineOptions(),
-    remote: RemoteOptions = RemoteOptions(url=""), progress: Callable[[float], None] | None = None,
+    settings: Settings,
+    path: Path,
+    name: str,
+    local: EngineOptions = EngineOptions(),
+    remote: RemoteOptions = RemoteOptions(url=""),
+    progress: Callable[[float], None] | None = None,
 ) -> Engine:
     """``progress`` receives the in-process model's load progress (0.0 .. 1.0) on the loading thread."""
     if settings.engine == "llama.cpp":
@@ -33,8 +37,12 @@ def open_engine(
     from .engines.openai import OpenAIEngine
 
     options = replace(
-        remote, url=settings.url, api_key_env=settings.api_key_env, timeout_s=settings.request_timeout_ms / 1000.0,
-        verify_tls=settings.tls_verify, model_name=settings.remote_model or None,
+        remote,
+        url=settings.url,
+        api_key_env=settings.api_key_env,
+        timeout_s=settings.request_timeout_ms / 1000.0,
+        verify_tls=settings.tls_verify,
+        model_name=settings.remote_model or None,
     )
     cls = LlamaServerEngine if settings.engine == "llama-server" else OpenAIEngine
     return cls(local_vocab(path), options, name)

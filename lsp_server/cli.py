@@ -6,8 +6,8 @@ exactly the pipeline the server uses (context -> FIM prompt -> llama.cpp -> post
 ``codellama-lsp eval``, HumanEval infilling scores through that pipeline (``lsp_server.eval``).
 
 Logs go to stderr or ``--log-file``; in a stdio server stdout carries JSON-RPC only. Errors the user can
-fix (a missing model, a bad position, a port in use) end the process with a one-line message and exit
-status 2. A server exits with 0 after ``shutdown`` + ``exit``, 1 when the client left without
+fix (a missing model, a bad position, a port in use) end the process with one ``codellama-lsp: error: ...``
+line and exit status 1, bad usage with status 2 (``lsp_server.tool``, docs/cli.md). A server exits with 0 after ``shutdown`` + ``exit``, 1 when the client left without
 ``shutdown``, 128 + the signal number on SIGINT/SIGTERM.
 
 A TCP server needs a token from its client (``initializationOptions.token``): ``--token-file``, else
@@ -27,8 +27,11 @@ from pathlib import Path
 from .config import ENGINES
 from .engines.llama_cpp import KV_TYPES, EngineOptions
 from .engines.remote import RemoteOptions
+from .errors import ServerError
+from .tool import UsageError, run_tool
 
 log = logging.getLogger("lsp_server")
+PROG = "codellama-lsp"
 TOKEN_ENV = "CODELLAMA_LSP_TOKEN"
 
 
@@ -37,11 +40,20 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-ctx", type=int, default=None, help="context size (default: the model's, at most 4096)")
     p.add_argument("--kv-type", choices=sorted(KV_TYPES), default="f16", help="KV cache type (q8_0 halves its memory)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for llama.cpp (default: the physical cores)")
-    p.add_argument("--prompt-lookup", type=int, default=8, metavar="N",
-                   help="greedy decoding drafts up to N tokens from the prompt and verifies them in one batch (0: off)")
+    p.add_argument(
+        "--prompt-lookup",
+        type=int,
+        default=8,
+        metavar="N",
+        help="greedy decoding drafts up to N tokens from the prompt and verifies them in one batch (0: off)",
+    )
     p.add_argument("--n-gpu-layers", type=int, default=0, help="layers to offload (CUDA/Metal builds)")
-    p.add_argument("--cpu-repack", action=argparse.BooleanOptionalAction, default=None,
-                   help="llama.cpp's repacked CPU weights (default: on unless the CPU has AMX, where some Q4_1 files crash)")
+    p.add_argument(
+        "--cpu-repack",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="llama.cpp's repacked CPU weights (default: on unless the CPU has AMX, where some Q4_1 files crash)",
+    )
     r = p.add_argument_group("remote engines (a model on a server; see docs/deployment.md)")
     r.add_argument("--engine", choices=ENGINES, default=None, help="where the model runs (default: llama.cpp, in this process)")
     r.add_argument("--url", default=None, help="the server's base URL, e.g. https://gpu-box:8080 (no /v1)")
@@ -49,9 +61,15 @@ def _common(p: argparse.ArgumentParser) -> None:
     r.add_argument("--request-timeout", type=float, default=None, help="seconds to connect / get an answer (default 10)")
     r.add_argument("--no-tls-verify", action="store_true", help="do not verify https certificates (test servers only)")
     r.add_argument("--remote-model", default=None, help="model name for OpenAI-compatible servers (default: the first)")
-    r.add_argument("--slot", type=int, default=None, help="llama-server: always use slot N (default: the server picks by prompt similarity)")
-    r.add_argument("--prompt-format", choices=["auto", "tokens", "text"], default="auto",
-                   help="OpenAI servers: prompt as token ids, as text, or ids falling back to text (default)")
+    r.add_argument(
+        "--slot", type=int, default=None, help="llama-server: always use slot N (default: the server picks by prompt similarity)"
+    )
+    r.add_argument(
+        "--prompt-format",
+        choices=["auto", "tokens", "text"],
+        default="auto",
+        help="OpenAI servers: prompt as token ids, as text, or ids falling back to text (default)",
+    )
     p.add_argument("--log-file", type=Path, default=None, help="write logs here instead of stderr")
     p.add_argument("-v", "--verbose", action="count", default=0, help="-v: info, -vv: debug (and llama.cpp logs)")
 
@@ -64,8 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--tcp", action="store_true", help="serve over TCP")
     p.add_argument("--host", default="127.0.0.1", help="TCP host (loopback by default)")
     p.add_argument("--port", type=int, default=2087, help="TCP port")
-    p.add_argument("--token-file", type=Path, default=None,
-                   help=f"TCP: the token clients must send (default ${TOKEN_ENV}, else a random one printed at start)")
+    p.add_argument(
+        "--token-file",
+        type=Path,
+        default=None,
+        help=f"TCP: the token clients must send (default ${TOKEN_ENV}, else a random one printed at start)",
+    )
     p.add_argument("--load-timeout", type=float, default=300.0, help="seconds llama.cpp may take to load a model")
     sub = p.add_subparsers(dest="command")
     c = sub.add_parser("complete", help="print one completion for FILE at a position")
@@ -96,7 +118,11 @@ def _logging(args: argparse.Namespace) -> None:
 
 def _engine_options(args: argparse.Namespace) -> EngineOptions:
     return EngineOptions(
-        n_ctx=args.n_ctx, kv_type=args.kv_type, threads=args.threads, n_gpu_layers=args.n_gpu_layers, cpu_repack=args.cpu_repack,
+        n_ctx=args.n_ctx,
+        kv_type=args.kv_type,
+        threads=args.threads,
+        n_gpu_layers=args.n_gpu_layers,
+        cpu_repack=args.cpu_repack,
         prompt_lookup=args.prompt_lookup,
     )
 
@@ -117,11 +143,12 @@ def _remote_options(args: argparse.Namespace) -> RemoteOptions:
     return RemoteOptions(url="", slot=args.slot, prompt_format=args.prompt_format)
 
 
-def complete_file(args: argparse.Namespace) -> int:
-    from . import config, context, models, pipeline
-    from .cache import TypeThroughCache
-    from .engines import EngineError
+def complete_file(args: argparse.Namespace) -> None:
+    """``codellama-lsp complete``: one completion on stdout; a ``ServerError`` for what the user can fix."""
+    from . import config, context, pipeline
     from .backend import open_engine
+    from .cache import TypeThroughCache
+    from .models import resolve
 
     raw = _settings(args)
     if args.max_tokens is not None:
@@ -134,33 +161,22 @@ def complete_file(args: argparse.Namespace) -> int:
     try:
         source = args.file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        print(f"codellama-lsp: expected a readable UTF-8 file at {args.file}, got: {exc}", file=sys.stderr)
-        return 2
-    try:
-        resolved = models.resolve(settings.model)
-        engine = open_engine(settings, resolved.path, resolved.name, _engine_options(args), _remote_options(args))
-    except (models.ModelError, EngineError) as exc:
-        print(f"codellama-lsp: {exc}", file=sys.stderr)
-        return 2
+        raise ServerError(f"expected a readable UTF-8 file at {args.file}, got: {exc}") from None
+    resolved = resolve(settings.model)
+    engine = open_engine(settings, resolved.path, resolved.name, _engine_options(args), _remote_options(args))
     try:
         text = context.lf_text(source)
         offset = context.offset_at(text, args.line, args.character)
         result = asyncio.run(pipeline.complete(engine, TypeThroughCache(), str(args.file), text, offset, settings))
-    except (context.ContextError, EngineError) as exc:
-        print(f"codellama-lsp: {exc}", file=sys.stderr)
-        return 2
     finally:
         engine.close()
     r = result.result
     if r is not None:
-        log.info(
-            "prompt %d tokens, generated %d, %.0f ms, stop=%s", r.prompt_tokens, r.generated_tokens, r.total_ms, r.stop
-        )
+        log.info("prompt %d tokens, generated %d, %.0f ms, stop=%s", r.prompt_tokens, r.generated_tokens, r.total_ms, r.stop)
     if result.texts:
         print(context.to_document_newlines(result.texts[0], context.document_newline(source)))
     else:
         print("codellama-lsp: the model returned no completion here", file=sys.stderr)
-    return 0
 
 
 def _token(args: argparse.Namespace) -> tuple[str, bool]:
@@ -169,9 +185,9 @@ def _token(args: argparse.Namespace) -> tuple[str, bool]:
         try:
             token = args.token_file.read_text(encoding="utf-8").strip()
         except (OSError, UnicodeDecodeError) as exc:
-            raise SystemExit(f"codellama-lsp: expected a readable token file at {args.token_file}, got: {exc}") from None
+            raise ServerError(f"expected a readable token file at {args.token_file}, got: {exc}") from None
         if not token:
-            raise SystemExit(f"codellama-lsp: expected a token in {args.token_file}, got an empty file")
+            raise ServerError(f"expected a token in {args.token_file}, got an empty file")
         return token, False
     if os.environ.get(TOKEN_ENV, "").strip():
         return os.environ[TOKEN_ENV].strip(), False
@@ -183,12 +199,16 @@ def serve(args: argparse.Namespace) -> int:
     from .server import ServerOptions, create_server
 
     if not args.load_timeout > 0:
-        print(f"codellama-lsp: expected --load-timeout > 0, got {args.load_timeout}", file=sys.stderr)
-        return 2
-    server = create_server(ServerOptions(
-        model=args.model, engine=_engine_options(args), load_timeout_s=args.load_timeout,
-        settings=_settings(args), remote=_remote_options(args),
-    ))
+        raise UsageError(f"expected --load-timeout > 0, got {args.load_timeout}")
+    server = create_server(
+        ServerOptions(
+            model=args.model,
+            engine=_engine_options(args),
+            load_timeout_s=args.load_timeout,
+            settings=_settings(args),
+            remote=_remote_options(args),
+        )
+    )
     if not args.tcp:
         return asyncio.run(rpc.serve_stdio(server, server.close))
     token, generated = _token(args)
@@ -204,12 +224,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _logging(args)
     if args.command == "complete":
-        return complete_file(args)
+        return run_tool(PROG, lambda: complete_file(args), (ServerError,))
     if args.command == "eval":
         from . import eval as eval_mod
 
-        return eval_mod.run(args)
-    code = serve(args)
+        return run_tool(PROG, lambda: eval_mod.run(args), (ServerError,))
+    code = run_tool(PROG, lambda: serve(args), (ServerError,))
     from .server import busy_threads
 
     if busy_threads():

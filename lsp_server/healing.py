@@ -22,6 +22,7 @@ import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -67,7 +68,7 @@ _INDEXES: weakref.WeakKeyDictionary[object, PieceIndex] = weakref.WeakKeyDiction
 _INDEX_LOCK = threading.Lock()
 
 
-def index_for(vocab) -> PieceIndex:  # noqa: ANN001  (a vocab.Vocab; typed loosely to stay import-free)
+def index_for(vocab: Any) -> PieceIndex:  # a vocab.Vocab: Any keeps this module import-free (test_lsp_stages)
     """The ``PieceIndex`` of a vocabulary, built once per vocabulary object."""
     with _INDEX_LOCK:
         idx = _INDEXES.get(vocab)

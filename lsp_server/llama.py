@@ -34,7 +34,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -107,7 +107,7 @@ def ggml_library() -> ctypes.CDLL:
     lib()
     from llama_cpp._ggml import libggml
 
-    return libggml
+    return cast(ctypes.CDLL, libggml)
 
 
 @dataclass(frozen=True)
@@ -293,7 +293,7 @@ class Sampler:
         lc.llama_sampler_chain_add(self.handle, lc.llama_sampler_init_temp(temperature))
         lc.llama_sampler_chain_add(self.handle, lc.llama_sampler_init_dist(seed & 0xFFFFFFFF))
 
-    def sample(self, ctx: "Context", i: int = -1) -> int:
+    def sample(self, ctx: Context, i: int = -1) -> int:
         return int(lib().llama_sampler_sample(self.handle, ctx.handle, i))
 
     def close(self) -> None:
@@ -420,7 +420,6 @@ class Context:
             lc.llama_batch_free(self._batch)
             lc.llama_free(self.handle)
             self.handle = None
-
 
 
 @contextlib.contextmanager

@@ -63,7 +63,7 @@ class Lookup:
                 ok = ok[hist[ok - back] == hist[n - 1 - back]]
             if ok.size:
                 start = int(ok[-1]) + 1  # the latest occurrence: nearest the cursor, most likely alike
-                return hist[start : min(n, start + n_draft)].tolist()
+                return [int(t) for t in hist[start : min(n, start + n_draft)]]
         return []
 
 

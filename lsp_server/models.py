@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import ServerError
 from .gguf_check import GGUFCheckError, GGUFSummary, check_gguf
 
 DEMO_DIR = Path(__file__).resolve().parent / "models" / "demo"
@@ -34,7 +35,7 @@ _HF_SPEC = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+):(?P<file>[^:/\\]+\
 Progress = Callable[[str, int | None], None]  # (message, percent or None)
 
 
-class ModelError(Exception):
+class ModelError(ServerError):
     """The model could not be found, fetched or recognised; the message is for the user."""
 
 
@@ -106,7 +107,7 @@ def _download(repo: str, filename: str, progress: Progress | None) -> Path:
             self._last = -1
 
         def update(self, n: float | None = 1) -> bool | None:
-            out = super().update(n)
+            out: bool | None = super().update(n)
             if progress and self.total:
                 pct = int(100 * self.n / self.total)
                 if pct != self._last:
@@ -120,9 +121,7 @@ def _download(repo: str, filename: str, progress: Progress | None) -> Path:
         return Path(hf_hub_download(repo, filename, tqdm_class=_Report))
     except LocalEntryNotFoundError:
         hint = " (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else " (no network?)"
-        raise ModelError(
-            f"expected {repo}:{filename} in the Hugging Face cache or downloadable, got neither{hint}"
-        ) from None
+        raise ModelError(f"expected {repo}:{filename} in the Hugging Face cache or downloadable, got neither{hint}") from None
     except (RepositoryNotFoundError, EntryNotFoundError) as exc:
         raise ModelError(f"expected {filename} in the Hugging Face repository {repo}, got: {type(exc).__name__}") from None
     except OSError as exc:

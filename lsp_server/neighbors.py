@@ -179,7 +179,7 @@ class Neighbors:
         self.ring = ring if ring is not None else ChunkRing(chunk_lines=chunk_lines)
         self.chunk_lines = chunk_lines
         self._blocks: OrderedDict[tuple[str, int], list[Chunk]] = OrderedDict()  # (uri, hash(text)) -> blocks
-        self._chosen: dict[str, tuple[tuple, list[Chunk]]] = {}  # uri -> (why it was chosen, the chunks)
+        self._chosen: dict[str, tuple[tuple[object, ...], list[Chunk]]] = {}  # uri -> (why it was chosen, the chunks)
         self._lock = threading.Lock()
 
     def _doc_blocks(self, doc: Doc) -> list[Chunk]:

@@ -23,6 +23,7 @@ import logging
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -32,6 +33,7 @@ from .config import Settings
 from .context import Cursor, cursor
 from .engines import Engine, GenerationRequest, GenerationResult, Sampling
 from .fim import FimContext
+from .neighbors import Doc, Neighbors
 from .vocab import Vocab
 
 log = logging.getLogger(__name__)
@@ -39,7 +41,7 @@ log = logging.getLogger(__name__)
 SENTINEL_ROOM = 4  # prompt tokens that are not text: BOS and the three FIM sentinels
 
 
-SyntaxSource = syntax.SyntaxInfo | concurrent.futures.Future | None
+SyntaxSource = syntax.SyntaxInfo | concurrent.futures.Future[syntax.SyntaxInfo | None] | None
 
 
 @dataclass
@@ -52,7 +54,7 @@ class Completion:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def stop_rule(cur: Cursor, info: SyntaxSource = None, rules: frozenset[str] = postprocess.RULES):
+def stop_rule(cur: Cursor, info: SyntaxSource = None, rules: frozenset[str] = postprocess.RULES) -> Callable[[str], bool]:
     """Stop generating once ``postprocess.clean`` would cut what follows anyway (``postprocess.end``).
 
     ``info``: the syntax at the cursor, or the future of its parse (running beside the prompt's
@@ -95,13 +97,22 @@ class Extra:
     """Where context from other files comes from: the server's ``Neighbors``, the document being completed
     (its ``text`` is the request's) and the other open documents (already filtered for privacy)."""
 
-    neighbors: neighbors.Neighbors
-    doc: neighbors.Doc
-    others: tuple[neighbors.Doc, ...]
+    neighbors: Neighbors
+    doc: Doc
+    others: tuple[Doc, ...]
 
 
-def build_request(engine: Engine, text: str, offset: int, settings: Settings, n: int, request_id: str,
-                  cur: Cursor, info: SyntaxSource = None, extra: Extra | None = None) -> tuple[GenerationRequest, FimContext]:
+def build_request(
+    engine: Engine,
+    text: str,
+    offset: int,
+    settings: Settings,
+    n: int,
+    request_id: str,
+    cur: Cursor,
+    info: SyntaxSource = None,
+    extra: Extra | None = None,
+) -> tuple[GenerationRequest, FimContext]:
     """Context windows (and chunks of other files) -> prompt ids -> token healing -> the engine's request
     (blocking: run off the loop)."""
     vocab = engine.vocab
@@ -154,8 +165,8 @@ async def complete(
     cur = cursor(text, offset)
     ticket = _LATEST[engine] = next(_TICKETS)
     # the syntax at the cursor: an incremental parse on the syntax thread, beside the prompt's evaluation
-    info = syntax.submit(key, text, offset) if syntax.language_for(key) else None
-    request, ctx = await asyncio.to_thread(build_request, engine, text, offset, settings, n, request_id, cur, info, extra)
+    parsing = syntax.submit(key, text, offset) if syntax.language_for(key) else None
+    request, ctx = await asyncio.to_thread(build_request, engine, text, offset, settings, n, request_id, cur, parsing, extra)
     t1 = time.perf_counter()
     if _LATEST.get(engine) != ticket:  # a newer request arrived while this prompt was being built
         ms = (t1 - t0) * 1e3
@@ -168,12 +179,12 @@ async def complete(
         job.cancel("cancelled")  # $/cancelRequest or a closed connection: stop at the next token
         raise
     t2 = time.perf_counter()
-    if info is not None:
+    info: syntax.SyntaxInfo | None = None
+    if parsing is not None:
         try:
-            info = await asyncio.wrap_future(info)
+            info = await asyncio.wrap_future(parsing)
         except Exception:  # a grammar that fails on this text: indentation rules, and a trace in the log
             log.exception("%s: syntax analysis failed", request_id)
-            info = None
     rules = settings.rule_set
 
     def clean_all() -> list[str]:

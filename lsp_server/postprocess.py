@@ -69,7 +69,7 @@ def scan(text: str, language: str | None) -> tuple[list[tuple[int, str]], list[i
     before ``text`` (underflow), and the quote of a string left open at the end (or None). Lexical and
     approximate (no escapes across lines, no nested template strings); the parse check has the last word.
     """
-    quotes = "\"'`" if language not in ("rust", "python") else ('"\'' if language == "python" else '"')
+    quotes = "\"'`" if language not in ("rust", "python") else ("\"'" if language == "python" else '"')
     comment = "#" if language == "python" else "//"
     stack: list[tuple[int, str]] = []
     under: list[int] = []
@@ -80,9 +80,7 @@ def scan(text: str, language: str | None) -> tuple[list[tuple[int, str]], list[i
         if quote is not None:
             if ch == "\\":
                 i += 1
-            elif ch == quote:
-                quote = None
-            elif ch == "\n" and quote != "`":
+            elif ch == quote or (ch == "\n" and quote != "`"):
                 quote = None
         elif text.startswith(comment, i):
             j = text.find("\n", i)
@@ -106,7 +104,11 @@ def single_line(line_suffix: str, info: SyntaxInfo | None, rules: frozenset[str]
 
 
 def end(
-    raw: str, line_prefix: str, line_suffix: str, info: SyntaxInfo | None = None, rules: frozenset[str] = RULES,
+    raw: str,
+    line_prefix: str,
+    line_suffix: str,
+    info: SyntaxInfo | None = None,
+    rules: frozenset[str] = RULES,
     thorough: bool = False,
 ) -> int | None:
     """Where in ``raw`` the completion ends for a structural reason (rules 2-3), or None: not (yet).
@@ -122,7 +124,7 @@ def end(
     else:
         base = indent(line_prefix)
         syntactic = info is not None and "nodeEnd" in rules
-        if syntactic and info.body_indent is not None and not line_prefix:
+        if syntactic and info is not None and info.body_indent is not None and not line_prefix:
             # a cursor at column 0 says nothing about the block; an indented one is where the user wants
             # to be (at a header's own indentation the completion may well go on after the body)
             base = info.body_indent
@@ -134,7 +136,7 @@ def end(
                 cuts.append(pos - 1)
                 break
             pos = nxt + 1
-        if syntactic and info.braces:
+        if syntactic and info is not None and info.braces:
             _, under, _ = scan(raw, info.language)
             if under:
                 at = under[0]
@@ -193,8 +195,13 @@ def _run_at_end(line: str) -> int | None:
 
 
 def clean(
-    raw: str, line_prefix: str, line_suffix: str, suffix: str, truncated: bool = False,
-    info: SyntaxInfo | None = None, rules: frozenset[str] = RULES,
+    raw: str,
+    line_prefix: str,
+    line_suffix: str,
+    suffix: str,
+    truncated: bool = False,
+    info: SyntaxInfo | None = None,
+    rules: frozenset[str] = RULES,
 ) -> str | None:
     """Apply the module's rules to ``raw``; ``suffix`` starts at the cursor (so it begins with line_suffix).
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from .engines import EngineError
@@ -29,7 +29,7 @@ class Prefetcher:
         self.started = 0  # prefetches started
         self.hits = 0  # requests that found their prefetch (finished or still running)
 
-    def start(self, uri: str, text: str, offset: int, run: Callable[[], Awaitable[Any]]) -> None:
+    def start(self, uri: str, text: str, offset: int, run: Callable[[], Coroutine[Any, Any, Any]]) -> None:
         """Start ``run()`` (the completion of ``uri`` at ``offset`` in ``text``) in the background."""
         if self._key == (uri, text, offset):
             return  # the same prefetch is on its way (a change and an "accepted" event both saw it)

@@ -43,6 +43,8 @@ from pygls.protocol import LanguageServerProtocol, default_converter
 from pygls.protocol.json_rpc import JsonRPCNotification, JsonRPCRequestMessage
 from pygls.protocol.language_server import lsp_method
 
+from .errors import ServerError
+
 log = logging.getLogger(__name__)
 
 MAX_CONTENT_LENGTH = 64 * 1024 * 1024  # the largest message body accepted (a 20-50 MB document fits)
@@ -194,7 +196,8 @@ def converter() -> cattrs.Converter:
     # Methods lsprotocol does not know (ours: codellama/...) keep their params as plain JSON: pygls
     # would build a new namedtuple class per message for them (a type object each time).
     conv.register_structure_hook(
-        JsonRPCRequestMessage, lambda o, _t: JsonRPCRequestMessage(id=o["id"], method=o["method"], jsonrpc=o["jsonrpc"], params=o.get("params"))
+        JsonRPCRequestMessage,
+        lambda o, _t: JsonRPCRequestMessage(id=o["id"], method=o["method"], jsonrpc=o["jsonrpc"], params=o.get("params")),
     )
     conv.register_structure_hook(
         JsonRPCNotification, lambda o, _t: JsonRPCNotification(method=o["method"], jsonrpc=o["jsonrpc"], params=o.get("params"))
@@ -280,7 +283,9 @@ class LspProtocol(LanguageServerProtocol):
             self.reply_error(msg_id, SERVER_NOT_INITIALIZED, f"expected 'initialize' first, got {method!r}")
             return
         if "params" in obj and not isinstance(obj["params"], (dict, list)) and obj["params"] is not None:
-            self.reply_error(msg_id, INVALID_PARAMS, f"{method}: expected params to be an object, got {_json_kind(obj['params'])}")
+            self.reply_error(
+                msg_id, INVALID_PARAMS, f"{method}: expected params to be an object, got {_json_kind(obj['params'])}"
+            )
             return
         try:
             message = self._structure(obj, method, request=True)
@@ -435,7 +440,9 @@ class LspProtocol(LanguageServerProtocol):
             else:
                 text = change.text
         self.workspace.put_text_document(
-            types.TextDocumentItem(uri=doc.uri, language_id=doc.language_id or "", version=params.text_document.version, text=text)
+            types.TextDocumentItem(
+                uri=doc.uri, language_id=doc.language_id or "", version=params.text_document.version, text=text
+            )
         )
         if (user_handler := self.fm.features.get(types.TEXT_DOCUMENT_DID_CHANGE)) is not None:
             yield user_handler, (params,), None
@@ -453,7 +460,9 @@ def apply_change(text: str, rng: types.Range, new_text: str, encoding: str) -> s
     """
     start, end = rng.start, rng.end
     if (start.line, start.character) > (end.line, end.character):
-        raise ValueError(f"expected a range whose start is not after its end, got {start.line}:{start.character}-{end.line}:{end.character}")
+        raise ValueError(
+            f"expected a range whose start is not after its end, got {start.line}:{start.character}-{end.line}:{end.character}"
+        )
     a = _offset(text, start.line, start.character, encoding)
     b = _offset(text, end.line, end.character, encoding)
     return text[:a] + new_text + text[b:]
@@ -604,13 +613,15 @@ async def serve_stdio(server: Any, on_stop: Callable[[], Awaitable[None]]) -> in
     return protocol.exit_code or 0
 
 
-async def serve_tcp(server: Any, host: str, port: int, token: str, on_stop: Callable[[], Awaitable[None]],
-                    on_listening: Callable[[str], None]) -> int:
+async def serve_tcp(
+    server: Any, host: str, port: int, token: str, on_stop: Callable[[], Awaitable[None]], on_listening: Callable[[str], None]
+) -> int:
     """Serve one authenticated client at a time over TCP; the exit status.
 
     A connection must open with ``initialize`` carrying ``initializationOptions.token``; anything else,
     a wrong token or a second client while one is connected gets an error and is closed. The server
-    ends when its client disconnects (as a stdio server ends with its pipe).
+    ends when its client disconnects (as a stdio server ends with its pipe). A port that cannot be opened
+    raises ``ServerError``.
     """
     protocol: LspProtocol = server.protocol
     loop = asyncio.get_running_loop()
@@ -627,7 +638,7 @@ async def serve_tcp(server: Any, host: str, port: int, token: str, on_stop: Call
         reader = FrameReader(chunk)
         try:
             first = await asyncio.wait_for(reader.next(), AUTH_TIMEOUT_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             first = None
         problem, body = _authenticate(first, token)
         if active:
@@ -649,8 +660,7 @@ async def serve_tcp(server: Any, host: str, port: int, token: str, on_stop: Call
     try:
         listener = await asyncio.start_server(connection, host, port)
     except OSError as exc:
-        print(f"codellama-lsp: expected to listen on {host}:{port}, got: {exc.strerror or exc}", file=sys.stderr)
-        return 2
+        raise ServerError(f"expected to listen on {host}:{port}, got: {exc.strerror or exc}") from None
     addr = ", ".join(f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in listener.sockets)
     on_listening(addr)
     async with listener:

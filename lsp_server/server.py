@@ -28,14 +28,16 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import hashlib
+import importlib.metadata
 import itertools
 import logging
 import os
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import unquote
@@ -63,7 +65,7 @@ DOCUMENT_STATE = "codellama/documentState"  # client -> server: {uri} -> {versio
 # document's uri also starts the prefetch of the next completion (prefetch.py)
 EVENT = "codellama/event"
 _WORD_BEFORE = re.compile(r"\w+\Z")
-VERSION = "0.1.0"
+VERSION = importlib.metadata.version("codellama-lsp")  # pyproject.toml's version, told to the client
 T = TypeVar("T")
 BUSY_AFTER_S = 0.3  # a request running longer than this shows "busy"; shorter ones leave "ready" alone
 
@@ -132,11 +134,15 @@ class CodeLlamaServer(LanguageServer):
 
     def __init__(self, options: ServerOptions) -> None:
         super().__init__(
-            "codellama-lsp", VERSION, text_document_sync_kind=types.TextDocumentSyncKind.Incremental,
-            protocol_cls=LspProtocol, converter_factory=rpc.converter,
+            "codellama-lsp",
+            VERSION,
+            text_document_sync_kind=types.TextDocumentSyncKind.Incremental,
+            protocol_cls=LspProtocol,
+            converter_factory=rpc.converter,
         )
         self.options = options
         self.settings, self._cli_problems = config.parse(options.settings, config.Settings(model=options.model))
+        self._init_problems: list[str] = []  # settings problems to show once the client is initialized
         self.engine: Engine | None = None
         self.cache = TypeThroughCache()
         self.state = "starting"
@@ -247,17 +253,26 @@ class CodeLlamaServer(LanguageServer):
             try:
                 engine = await asyncio.wait_for(
                     in_daemon_thread(
-                        open_engine, settings, resolved.path, resolved.name, self.options.engine, self.options.remote,
-                        loaded, orphan=lambda e: e.close(),
+                        open_engine,
+                        settings,
+                        resolved.path,
+                        resolved.name,
+                        self.options.engine,
+                        self.options.remote,
+                        loaded,
+                        orphan=lambda e: e.close(),
                     ),
                     timeout,
                 )
-            except asyncio.TimeoutError:
-                raise EngineError(f"expected to load {resolved.path} within {timeout:g} s, got no result "
-                                  "(a slow disk? see --load-timeout)") from None
+            except TimeoutError:
+                raise EngineError(
+                    f"expected to load {resolved.path} within {timeout:g} s, got no result (a slow disk? see --load-timeout)"
+                ) from None
         except Exception as exc:  # of any kind: the status must never stay "loading"
-            message = str(exc) if isinstance(exc, (models.ModelError, EngineError)) else (
-                f"expected to load {spec}, got {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+            message = (
+                str(exc)
+                if isinstance(exc, (models.ModelError, EngineError))
+                else (f"expected to load {spec}, got {type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
             )
             if not isinstance(exc, (models.ModelError, EngineError)):
                 log.error("model %s: unexpected failure", spec, exc_info=exc)
@@ -282,7 +297,9 @@ class CodeLlamaServer(LanguageServer):
         if old is not None:
             in_daemon_thread(old.close)
         info, sentinels = engine.info, engine.vocab.sentinels
-        log.info("model %s ready: n_ctx=%d (trained %d); sentinels %s", info.name, info.n_ctx, info.n_ctx_train, sentinels.describe())
+        log.info(
+            "model %s ready: n_ctx=%d (trained %d); sentinels %s", info.name, info.n_ctx, info.n_ctx_train, sentinels.describe()
+        )
         msg = None if sentinels.has_fim else "the model has no FIM tokens: completing from the prefix only"
         if msg:
             self.show(types.MessageType.Warning, msg)
@@ -294,7 +311,11 @@ class CodeLlamaServer(LanguageServer):
             self.work_done_progress.end(token, types.WorkDoneProgressEnd(message="ready"))
         self.send_status("ready", msg)
         if isinstance(engine, RemoteEngine):  # told at once if the server is down already
-            engine.set_listener(lambda message: loop.call_soon_threadsafe(self._on_health, engine, message))
+
+            def on_health(message: str | None) -> None:  # called on the engine's thread
+                loop.call_soon_threadsafe(self._on_health, engine, message)
+
+            engine.set_listener(on_health)
 
     def _on_health(self, engine: Engine, message: str | None) -> None:
         """A remote engine's server went down (``message``: why) or came back (None): status, and one message."""
@@ -316,7 +337,7 @@ class CodeLlamaServer(LanguageServer):
             return False
         try:
             await asyncio.wait_for(self.work_done_progress.create_async(token), timeout=5)
-        except (asyncio.TimeoutError, JsonRpcException) as exc:  # a client that refuses progress: go on without
+        except (TimeoutError, JsonRpcException) as exc:  # a client that refuses progress: go on without
             log.debug("no $/progress: %s", exc)
             return False
         self.work_done_progress.begin(token, types.WorkDoneProgressBegin(title=title, cancellable=False))
@@ -331,7 +352,7 @@ class CodeLlamaServer(LanguageServer):
         if engine is not None:
             try:
                 await asyncio.wait_for(in_daemon_thread(engine.close), 5)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.warning("the engine did not close within 5 s; exiting anyway")
 
     # ---- documents -------------------------------------------------------------------------------------
@@ -369,65 +390,62 @@ class CodeLlamaServer(LanguageServer):
         t0 = time.perf_counter()
         version, source = doc.version, doc.source
         encoding = self.workspace.position_encoding or types.PositionEncodingKind.Utf16
-        text = context.lf_text(source)
-        offset = context.offset_at(text, position.line, position.character, encoding)
-        line = text.count("\n", 0, offset)
-        line_start = text.rfind("\n", 0, offset) + 1
-        start = types.Position(line=line, character=context.units_of(text[line_start:offset], encoding))
-        head = ""
-        if selected is not None:
-            # The editor's completion widget has an item selected: complete as if it were applied.
-            sel_start = context.offset_at(text, selected.range.start.line, selected.range.start.character, encoding)
-            sel_end = context.offset_at(text, selected.range.end.line, selected.range.end.character, encoding)
-            head = selected.text
-            text = text[:sel_start] + head + text[sel_end:]
-            offset = sel_start + len(head)
-            start = selected.range.start
-        end = start if selected is None else selected.range.end
+        at = edit_point(source, position, selected, encoding)
+        text, offset = at.text, at.offset
         t_in = (time.perf_counter() - t0) * 1e3
-        self._job_started()
         # the time budget adapts to the user's typing (pacing); timeBudgetMs stays the cap
         settings = attrs.evolve(self.settings, time_budget_ms=self.pacer.budget_ms(self.settings.time_budget_ms))
         try:
-            prefetched = await self.prefetcher.join(uri, text, offset) if selected is None else None
-            if prefetched is not None:  # computed after the accepted suggestion, before this request came
-                result = pipeline.Completion(texts=prefetched.texts[: max(1, n)], source="cache" if prefetched.texts else "none")
-            else:
-                result = await pipeline.complete(engine, self.cache, uri, text, offset, settings, n, rid, self.extra_for(doc, text))
+            with self._running() as job:
+                prefetched = await self.prefetcher.join(uri, text, offset) if selected is None else None
+                if prefetched is not None:  # computed after the accepted suggestion, before this request came
+                    result = pipeline.Completion(
+                        texts=prefetched.texts[: max(1, n)], source="cache" if prefetched.texts else "none"
+                    )
+                else:
+                    result = await pipeline.complete(
+                        engine, self.cache, uri, text, offset, settings, n, rid, self.extra_for(doc, text)
+                    )
+                r = result.result
+                # the model's answer (a cache hit or a superseded job has no latency worth showing)
+                if r is not None and r.stop not in ("cancelled", "superseded"):
+                    job.answered = True
+                    self.last_latency_ms = r.total_ms
+                # a prefetch's answer is news too: the status shows its hit (prefetchHits), though not a latency
+                if prefetched is not None:
+                    job.answered = True
         except EngineError as exc:
             log.log(logging.INFO if isinstance(engine, RemoteEngine) and engine.down else logging.ERROR, "%s: %s", rid, exc)
-            self._job_ended(False)
             self.send_status("error", str(exc))
             return None
         except asyncio.CancelledError:  # $/cancelRequest: the engine job was cancelled on the way out
             log.info("%s: cancelled by the client after %.1f ms", rid, (time.perf_counter() - t0) * 1e3)
-            self._job_ended(False)
             raise
-        r = result.result
-        answered = r is not None and r.stop not in ("cancelled", "superseded")
-        if answered:  # the model's answer (a cache hit or a superseded job has no latency worth showing)
-            self.last_latency_ms = r.total_ms
-        # a prefetch's answer is news too: the status shows its hit (prefetchHits), though not a latency
-        self._job_ended(answered or prefetched is not None)
         t1 = time.perf_counter()
         if doc.version != version or self.document(uri) is not doc:
             log.debug("%s: document changed while completing; dropped", rid)
             return None
         newline = context.document_newline(source)
-        texts = [context.to_document_newlines(head + t, newline) for t in result.texts]
+        texts = [context.to_document_newlines(at.head + t, newline) for t in result.texts]
         if r is not None and result.source != "cache":
             self.pacer.finished(r.total_ms)
         log.info(
             "%s %s: %d item(s) from %s; handler %.2f ms + pipeline %.2f ms; engine %s",
-            rid, uri.rsplit("/", 1)[-1], len(texts), result.source, t_in, result.pipeline_ms,
-            "-" if r is None else (
+            rid,
+            uri.rsplit("/", 1)[-1],
+            len(texts),
+            result.source,
+            t_in,
+            result.pipeline_ms,
+            "-"
+            if r is None
+            else (
                 f"{r.total_ms:.1f} ms, stop={r.stop}, prompt={r.prompt_tokens} reused={r.reused_tokens} "
                 f"evaluated={r.evaluated_tokens} generated={r.generated_tokens}"
             ),
         )
         self.overhead_ms = t_in + result.pipeline_ms + (time.perf_counter() - t1) * 1e3
-        word = _WORD_BEFORE.search(text, line_start, offset) if selected is None else None
-        return texts, types.Range(start=start, end=end), word.group(0) if word else ""
+        return texts, at.range, at.word
 
     # ---- context from other files, prefetch ----------------------------------------------------------
     def _doc(self, doc: Any, text: str | None = None) -> neighbors.Doc:
@@ -436,7 +454,9 @@ class CodeLlamaServer(LanguageServer):
         root = self.workspace.root_path
         if root and os.path.commonpath([os.path.abspath(path), os.path.abspath(root)]) == os.path.abspath(root):
             path = os.path.relpath(path, root)
-        return neighbors.Doc(doc.uri, path.replace(os.sep, "/"), doc.language_id or "", context.lf_text(doc.source) if text is None else text)
+        return neighbors.Doc(
+            doc.uri, path.replace(os.sep, "/"), doc.language_id or "", context.lf_text(doc.source) if text is None else text
+        )
 
     def extra_for(self, doc: Any, text: str) -> pipeline.Extra | None:
         """Where the request's context from other files comes from: the other open documents of its
@@ -457,7 +477,9 @@ class CodeLlamaServer(LanguageServer):
         doc = self.workspace.text_documents.get(uri)
         if doc is None or self.settings.excluded(doc.path):
             return
-        line = next((c.range.start.line for c in params.content_changes if isinstance(c, types.TextDocumentContentChangePartial)), 0)
+        line = next(
+            (c.range.start.line for c in params.content_changes if isinstance(c, types.TextDocumentContentChangePartial)), 0
+        )
         view = self._doc(doc)
         self.neighbors.ring.edited(view, line)
         self.prefetch_if_accepted(doc, view.text)
@@ -474,6 +496,17 @@ class CodeLlamaServer(LanguageServer):
             doc.uri, text, offset,
             lambda: pipeline.complete(engine, self.cache, doc.uri, text, offset, settings, 1, rid, self.extra_for(doc, text)),
         )  # fmt: skip
+
+    @contextlib.contextmanager
+    def _running(self) -> Iterator[_JobStatus]:
+        """The status item around one completion: "busy" once it has run ``BUSY_AFTER_S``; when the last running
+        one ends (answered, failed or cancelled), "ready" again if "busy" was shown or ``answered`` was set."""
+        self._job_started()
+        job = _JobStatus()
+        try:
+            yield job
+        finally:
+            self._job_ended(job.answered)
 
     def _job_started(self) -> None:
         self._inflight += 1
@@ -499,6 +532,41 @@ class CodeLlamaServer(LanguageServer):
             self.send_status("ready")
 
 
+@dataclass
+class _JobStatus:
+    answered: bool = False  # news for the status: a new latency, or a prefetch hit
+
+
+@dataclass(frozen=True)
+class EditPoint:
+    """Where a completion goes (see ``edit_point``)."""
+
+    text: str  # the document with LF newlines, with the selected completion item applied if there is one
+    offset: int  # the cursor in ``text``
+    range: types.Range  # what the completion replaces in the editor's document
+    head: str  # the selected item's text, put in front of every completion ("" without one)
+    word: str  # identifier characters just before the cursor, for textDocument/completion items ("" with a selection)
+
+
+def edit_point(source: str, position: types.Position, selected: types.SelectedCompletionInfo | None, encoding: str) -> EditPoint:
+    """A request's document ``source`` and ``position`` (in ``encoding`` units) -> the text to complete and the
+    range to replace. With an item selected in the editor's completion widget, complete as if it were applied."""
+    text = context.lf_text(source)
+    offset = context.offset_at(text, position.line, position.character, encoding)
+    line_start = text.rfind("\n", 0, offset) + 1
+    start = types.Position(line=text.count("\n", 0, offset), character=context.units_of(text[line_start:offset], encoding))
+    if selected is None:
+        word = _WORD_BEFORE.search(text, line_start, offset)
+        return EditPoint(text, offset, types.Range(start=start, end=start), "", word.group(0) if word else "")
+    sel = selected.range
+    sel_start = context.offset_at(text, sel.start.line, sel.start.character, encoding)
+    sel_end = context.offset_at(text, sel.end.line, sel.end.character, encoding)
+    head = selected.text
+    return EditPoint(
+        text[:sel_start] + head + text[sel_end:], sel_start + len(head), types.Range(start=sel.start, end=sel.end), head, ""
+    )
+
+
 def create_server(options: ServerOptions = ServerOptions()) -> CodeLlamaServer:
     server = CodeLlamaServer(options)
 
@@ -509,7 +577,7 @@ def create_server(options: ServerOptions = ServerOptions()) -> CodeLlamaServer:
 
     @server.feature(types.INITIALIZED)
     def on_initialized(ls: CodeLlamaServer, _params: types.InitializedParams) -> None:
-        for p in getattr(ls, "_init_problems", []):
+        for p in ls._init_problems:
             ls.show(types.MessageType.Warning, p)
         ls.start_loading()
 
@@ -531,9 +599,7 @@ def create_server(options: ServerOptions = ServerOptions()) -> CodeLlamaServer:
     async def on_inline(ls: CodeLlamaServer, params: types.InlineCompletionParams) -> types.InlineCompletionList | None:
         invoked = params.context.trigger_kind == types.InlineCompletionTriggerKind.Invoked
         n = ls.settings.max_items if invoked else 1
-        got = await ls.complete_at(
-            params.text_document.uri, params.position, n, params.context.selected_completion_info
-        )
+        got = await ls.complete_at(params.text_document.uri, params.position, n, params.context.selected_completion_info)
         if got is None:
             return types.InlineCompletionList(items=[])
         texts, rng, _word = got
@@ -598,4 +664,4 @@ def create_server(options: ServerOptions = ServerOptions()) -> CodeLlamaServer:
     return server
 
 
-__all__ = ["CodeLlamaServer", "ServerOptions", "create_server", "STATUS", "DOCUMENT_STATE", "busy_threads"]
+__all__ = ["DOCUMENT_STATE", "STATUS", "CodeLlamaServer", "ServerOptions", "busy_threads", "create_server"]

@@ -33,11 +33,26 @@ import tree_sitter as ts
 
 # extension -> grammar; module and function of its PyPI wheel per grammar
 EXTENSIONS = {
-    "py": "python", "pyi": "python",
-    "js": "javascript", "jsx": "javascript", "mjs": "javascript", "cjs": "javascript",
-    "ts": "typescript", "mts": "typescript", "cts": "typescript", "tsx": "tsx",
-    "go": "go", "rs": "rust", "c": "c", "h": "c",
-    "cc": "cpp", "cpp": "cpp", "cxx": "cpp", "hpp": "cpp", "hh": "cpp", "hxx": "cpp",
+    "py": "python",
+    "pyi": "python",
+    "js": "javascript",
+    "jsx": "javascript",
+    "mjs": "javascript",
+    "cjs": "javascript",
+    "ts": "typescript",
+    "mts": "typescript",
+    "cts": "typescript",
+    "tsx": "tsx",
+    "go": "go",
+    "rs": "rust",
+    "c": "c",
+    "h": "c",
+    "cc": "cpp",
+    "cpp": "cpp",
+    "cxx": "cpp",
+    "hpp": "cpp",
+    "hh": "cpp",
+    "hxx": "cpp",
     "java": "java",
 }
 _WHEELS = {
@@ -52,22 +67,62 @@ _WHEELS = {
     "java": ("tree_sitter_java", "language"),
 }
 # Node types (across these grammars) inside which a completion is one line.
-_TEXTUAL = frozenset({
-    "string", "string_content", "string_fragment", "template_string", "interpreted_string_literal",
-    "raw_string_literal", "string_literal", "char_literal", "character_literal", "rune_literal", "text_block",
-    "comment", "line_comment", "block_comment", "concatenated_string",
-})
-_BRACKETED = frozenset({
-    "argument_list", "arguments", "parameters", "formal_parameters", "parameter_list", "lambda_parameters",
-    "type_arguments", "type_parameters", "subscript", "subscript_expression", "index_expression",
-    "parenthesized_expression", "condition_clause", "jsx_expression", "jsx_opening_element",
-})
+_TEXTUAL = frozenset(
+    {
+        "string",
+        "string_content",
+        "string_fragment",
+        "template_string",
+        "interpreted_string_literal",
+        "raw_string_literal",
+        "string_literal",
+        "char_literal",
+        "character_literal",
+        "rune_literal",
+        "text_block",
+        "comment",
+        "line_comment",
+        "block_comment",
+        "concatenated_string",
+    }
+)
+_BRACKETED = frozenset(
+    {
+        "argument_list",
+        "arguments",
+        "parameters",
+        "formal_parameters",
+        "parameter_list",
+        "lambda_parameters",
+        "type_arguments",
+        "type_parameters",
+        "subscript",
+        "subscript_expression",
+        "index_expression",
+        "parenthesized_expression",
+        "condition_clause",
+        "jsx_expression",
+        "jsx_opening_element",
+    }
+)
 # Body nodes that a ':' or '{' opens.
-_BODIES = frozenset({
-    "block", "statement_block", "compound_statement", "class_body", "declaration_list",
-    "field_declaration_list", "enum_body", "interface_body", "constructor_body", "switch_body",
-    "enum_variant_list", "object_type", "statement_list",
-})
+_BODIES = frozenset(
+    {
+        "block",
+        "statement_block",
+        "compound_statement",
+        "class_body",
+        "declaration_list",
+        "field_declaration_list",
+        "enum_body",
+        "interface_body",
+        "constructor_body",
+        "switch_body",
+        "enum_variant_list",
+        "object_type",
+        "statement_list",
+    }
+)
 _COMMENTS = frozenset({"comment", "line_comment", "block_comment"})
 TAB_WIDTH = 4
 
@@ -144,8 +199,12 @@ def edited(tree: ts.Tree, old: bytes, new: bytes, start: int | None = None) -> t
     old_end, new_end = len(old) - tail, len(new) - tail
     copy = tree.copy()
     copy.edit(
-        start_byte=start, old_end_byte=old_end, new_end_byte=new_end,
-        start_point=_point(old, start), old_end_point=_point(old, old_end), new_end_point=_point(new, new_end),
+        start_byte=start,
+        old_end_byte=old_end,
+        new_end_byte=new_end,
+        start_point=_point(old, start),
+        old_end_point=_point(old, old_end),
+        new_end_point=_point(new, new_end),
     )
     return copy
 
@@ -162,10 +221,7 @@ class SyntaxTrees:
         with self._lock:
             last = self._trees.get(key)
         if last is not None and last[0] == language:
-            if last[1] == source:
-                tree = last[2]
-            else:
-                tree = parse(language, source, edited(last[2], last[1], source))
+            tree = last[2] if last[1] == source else parse(language, source, edited(last[2], last[1], source))
         else:
             tree = parse(language, source)
         with self._lock:
@@ -230,7 +286,9 @@ def _mode(source: bytes, tree: ts.Tree, cur: int, language: str) -> tuple[Mode, 
     # 3. elsewhere: in an indentation-scoped body, the column of its statements bounds the completion
     if language == "python":
         node = root.descendant_for_byte_range(cur, cur)
-        while node is not None and not (node.type == "block" and node.named_child_count and node.start_byte <= cur <= node.end_byte):
+        while node is not None and not (
+            node.type == "block" and node.named_child_count and node.start_byte <= cur <= node.end_byte
+        ):
             node = node.parent
         if node is not None:
             return "any", "in body", _line_indent(source, node.named_children[0].start_byte)
@@ -247,8 +305,15 @@ def analyze(key: str, text: str, offset: int, trees: SyntaxTrees = TREES) -> Syn
     tree = trees.tree(key, language, source)
     mode, why, body_indent = _mode(source, tree, cur, language)
     return SyntaxInfo(
-        language=language, mode=mode, why=why, body_indent=body_indent, braces=language != "python",
-        error_free=not tree.root_node.has_error, source=source, tree=tree, cursor=cur,
+        language=language,
+        mode=mode,
+        why=why,
+        body_indent=body_indent,
+        braces=language != "python",
+        error_free=not tree.root_node.has_error,
+        source=source,
+        tree=tree,
+        cursor=cur,
     )
 
 
@@ -260,8 +325,12 @@ def inserted_has_error(info: SyntaxInfo, text: str) -> bool:
     end = info.cursor + len(ins)
     start_point = _point(info.source, info.cursor)
     tree.edit(
-        start_byte=info.cursor, old_end_byte=info.cursor, new_end_byte=end,
-        start_point=start_point, old_end_point=start_point, new_end_point=_point(new, end),
+        start_byte=info.cursor,
+        old_end_byte=info.cursor,
+        new_end_byte=end,
+        start_point=start_point,
+        old_end_point=start_point,
+        new_end_point=_point(new, end),
     )
     return parse(info.language, new, tree).root_node.has_error
 

@@ -55,13 +55,26 @@ class Family:
     eot: tuple[str, ...]  # every one present ends generation; the first present is "the" EOT
 
 
+# Code Llama's fill-in-the-middle pieces as its tokenizer.model stores them (SentencePiece's U+2581 space first):
+# the exporter looks them up, the micro model's tokenizer adds them, the server finds them in GGUFs without FIM keys.
+CODELLAMA_FIM_PIECES = {"pre": "▁<PRE>", "suf": "▁<SUF>", "mid": "▁<MID>", "eot": "▁<EOT>"}
+_CL = CODELLAMA_FIM_PIECES
+
 FAMILIES = (
-    Family("codellama", "codellama", ("▁<PRE>", "<PRE>"), ("▁<SUF>", "<SUF>"), ("▁<MID>", "<MID>"), ("▁<EOT>", "<EOT>")),
+    Family("codellama", "codellama", (_CL["pre"], "<PRE>"), (_CL["suf"], "<SUF>"), (_CL["mid"], "<MID>"), (_CL["eot"], "<EOT>")),
     Family("starcoder", "psm", ("<fim_prefix>",), ("<fim_suffix>",), ("<fim_middle>",), ("<|endoftext|>", "<file_sep>")),
     # Qwen2.5-Coder and CodeGemma share the texts; they differ in what ends a completion
-    Family("qwen/codegemma", "psm", ("<|fim_prefix|>",), ("<|fim_suffix|>",), ("<|fim_middle|>",),
-           ("<|endoftext|>", "<|file_separator|>", "<|file_sep|>", "<|fim_pad|>")),
-    Family("deepseek", "psm", ("<｜fim▁begin｜>",), ("<｜fim▁hole｜>",), ("<｜fim▁end｜>",), ("<|EOT|>", "<｜end▁of▁sentence｜>")),
+    Family(
+        "qwen/codegemma",
+        "psm",
+        ("<|fim_prefix|>",),
+        ("<|fim_suffix|>",),
+        ("<|fim_middle|>",),
+        ("<|endoftext|>", "<|file_separator|>", "<|file_sep|>", "<|fim_pad|>"),
+    ),
+    Family(
+        "deepseek", "psm", ("<｜fim▁begin｜>",), ("<｜fim▁hole｜>",), ("<｜fim▁end｜>",), ("<|EOT|>", "<｜end▁of▁sentence｜>")
+    ),
 )
 
 

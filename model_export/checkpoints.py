@@ -143,9 +143,7 @@ class Checkpoint:
         for path in self.source_files[len(digests) :]:
             with open(path, "rb") as fh:
                 digests.append(hashlib.file_digest(fh, "sha256").hexdigest())
-        listing = "".join(
-            f"{d}  {os.path.relpath(p, self.root)}\n" for d, p in zip(digests, self.source_files, strict=True)
-        )
+        listing = "".join(f"{d}  {os.path.relpath(p, self.root)}\n" for d, p in zip(digests, self.source_files, strict=True))
         return hashlib.sha256(listing.encode()).hexdigest()
 
     def hash_while_reading(self, on: bool) -> None:
@@ -201,7 +199,7 @@ class Checkpoint:
             f.close()
         self._files = []
 
-    def __enter__(self) -> "Checkpoint":
+    def __enter__(self) -> Checkpoint:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -308,9 +306,7 @@ def read_hparams(data: dict[str, Any], source: Path, scheme: Literal["meta", "hf
     if (dim // n_heads) % 2:
         raise ExportError(f"expected an even head size (dim / n_heads) in {source}, got {dim // n_heads}")
     if n_heads % n_kv_heads:
-        raise ExportError(
-            f"expected n_heads divisible by n_kv_heads in {source}, got n_heads={n_heads} n_kv_heads={n_kv_heads}"
-        )
+        raise ExportError(f"expected n_heads divisible by n_kv_heads in {source}, got n_heads={n_heads} n_kv_heads={n_kv_heads}")
     return HParams(**values)
 
 
@@ -326,9 +322,8 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def to_float32(a: np.ndarray, dtype: str) -> np.ndarray:
     """Stored values -> float32 (a new array). bfloat16 is the top half of a float32: shift its bits up."""
-    if dtype == "BF16":
-        return np.left_shift(a, 16, dtype=np.uint32).view(np.float32)
-    return a.astype(np.float32)
+    out: np.ndarray = np.left_shift(a, 16, dtype=np.uint32).view(np.float32) if dtype == "BF16" else a.astype(np.float32)
+    return out
 
 
 def find_tokenizer(root: Path, layout: Layout) -> Path | None:
@@ -348,7 +343,7 @@ class MetaCheckpoint(Checkpoint):
     _parts: dict[str, list[tuple[int, str]]]  # GGUF name -> [(shard index, source name)] in rank order
 
     @classmethod
-    def open(cls, root: Path) -> "MetaCheckpoint":
+    def open(cls, root: Path) -> MetaCheckpoint:
         params_path = root / "params.json"
         params = _read_json(params_path)
         hp = read_hparams(params, params_path, "meta")
@@ -367,8 +362,12 @@ class MetaCheckpoint(Checkpoint):
                 )
         files = tuple(shards[i] for i in range(len(shards)))
         ckpt = cls(
-            layout="meta", root=root, weight_files=files, config_file=params_path,
-            tokenizer_path=find_tokenizer(root, "meta"), hparams=hp,
+            layout="meta",
+            root=root,
+            weight_files=files,
+            config_file=params_path,
+            tokenizer_path=find_tokenizer(root, "meta"),
+            hparams=hp,
         )
         ckpt._parts = {}
         try:
@@ -404,12 +403,10 @@ class MetaCheckpoint(Checkpoint):
             merged = list(shapes[0])
             for s in shapes[1:]:
                 other_axes_equal = len(s) == len(merged) and all(
-                    a == b for k, (a, b) in enumerate(zip(s, shapes[0])) if k != axis
+                    a == b for k, (a, b) in enumerate(zip(s, shapes[0], strict=True)) if k != axis
                 )
                 if not other_axes_equal or (axis is None and s != shapes[0]):
-                    raise ExportError(
-                        f"expected the shards of {name} to agree outside split axis {axis}, got shapes {shapes}"
-                    )
+                    raise ExportError(f"expected the shards of {name} to agree outside split axis {axis}, got shapes {shapes}")
                 if axis is not None:
                     merged[axis] += s[axis]
             self._parts[name] = [(r, src) for r, src, _, _ in parts]
@@ -459,7 +456,7 @@ class HFCheckpoint(Checkpoint):
     _where: dict[str, tuple[int, str]]  # GGUF name -> (index in weight_files, HF tensor name)
 
     @classmethod
-    def open(cls, root: Path) -> "HFCheckpoint":
+    def open(cls, root: Path) -> HFCheckpoint:
         config_path = root / "config.json"
         cfg = _read_json(config_path)
         model_type = cfg.get("model_type")
@@ -481,8 +478,12 @@ class HFCheckpoint(Checkpoint):
             if not f.is_file():
                 raise ExportError(f"expected the weight file {f} listed in the index, got no such file")
         ckpt = cls(
-            layout=layout, root=root, weight_files=files, config_file=config_path,
-            tokenizer_path=find_tokenizer(root, layout), hparams=hp,
+            layout=layout,
+            root=root,
+            weight_files=files,
+            config_file=config_path,
+            tokenizer_path=find_tokenizer(root, layout),
+            hparams=hp,
         )
         ckpt._where = {}
         try:
@@ -610,4 +611,4 @@ def iter_row_chunks(spec: TensorSpec, max_bytes: int = 8 << 20) -> Iterator[tupl
         yield start, min(rows, start + step)
 
 
-__all__ = ["Checkpoint", "HParams", "TensorSpec", "open_checkpoint", "iter_row_chunks", "to_float32"]
+__all__ = ["Checkpoint", "HParams", "TensorSpec", "iter_row_chunks", "open_checkpoint", "to_float32"]

@@ -48,15 +48,17 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import gguf
 import numpy as np
 
+from lsp_server.tool import run_tool
 from model_export import tensors as tn
 from model_export.checkpoints import FLOAT32_MAX, Checkpoint, TensorSpec, iter_row_chunks, open_checkpoint, to_float32
 from model_export.errors import ExportError
-from model_export.outfile import Terminated, atomic_output, check_output, exit_code, sigterm_raises
-from model_export.vocab import FimIds, load_vocab, write_vocab
+from model_export.outfile import atomic_output, check_output
+from model_export.vocab import FimIds, Vocab, load_vocab, write_vocab
 
 log = logging.getLogger("model_export.convert")
 
@@ -107,11 +109,7 @@ class ConvertSummary:
 
     def line(self) -> str:
         """The one-line summary the CLI prints."""
-        fim = (
-            f"fim pre/suf/mid/eot={self.fim.pre}/{self.fim.suf}/{self.fim.mid}/{self.fim.eot}"
-            if self.fim
-            else "no FIM tokens"
-        )
+        fim = f"fim pre/suf/mid/eot={self.fim.pre}/{self.fim.suf}/{self.fim.mid}/{self.fim.eot}" if self.fim else "no FIM tokens"
         mb = self.bytes / 1e6
         return (
             f"wrote {self.out_path} ({self.outtype}, {self.n_tensors} tensors, {self.n_params / 1e6:.1f}M params, "
@@ -150,8 +148,7 @@ def encode_rows(ckpt: Checkpoint, spec: TensorSpec, qtype: gguf.GGMLQuantization
                     np.copyto(dst, block, casting="same_kind")
         if qtype == Q.F16 and spec.dtype != "F16" and _has_inf_f16(out):
             raise ExportError(
-                f"expected weights within float16 range (|x| <= 65504), got overflow in {spec.name}: "
-                f"use --outtype bf16 or f32"
+                f"expected weights within float16 range (|x| <= 65504), got overflow in {spec.name}: use --outtype bf16 or f32"
             )
         return out
     return gguf.quants.quantize(to_float32(ckpt.read_rows(spec.name, start, stop), spec.dtype), qtype)
@@ -224,7 +221,7 @@ def _finish_chunk(item: tuple[Future[int], str | None], done: int, total: int, p
 
 
 def _pwrite_all(fd: int, data: np.ndarray, pos: int) -> None:
-    view = memoryview(np.ascontiguousarray(data)).cast("B")
+    view = np.ascontiguousarray(data).data.cast("B")
     while view:
         n = os.pwrite(fd, view, pos)
         view, pos = view[n:], pos + n
@@ -250,65 +247,30 @@ def convert(
     progress: ProgressFn | None = None,
     hash_source: bool = True,
 ) -> ConvertSummary:
-    """Convert a checkpoint folder to a GGUF file at ``out_path`` (atomically); see the module docstring."""
+    """Convert a checkpoint folder to a GGUF file at ``out_path`` (atomically); see the module docstring.
+
+    The steps: check the options -> open the checkpoint and its tokenizer -> settle the hyper-parameters ->
+    declare the header (metadata, vocabulary, tensor table) -> stream the tensors into a temporary file that is
+    renamed into place.
+    """
     t0 = time.perf_counter()
-    if outtype not in tn.OUTTYPES:
-        raise ExportError(f"expected outtype one of {sorted(tn.OUTTYPES)}, got {outtype!r}")
-    if ctx is not None and not 0 < ctx <= MAX_CONTEXT:
-        raise ExportError(f"expected --ctx between 1 and {MAX_CONTEXT}, got {ctx}")
-    if rope_theta is not None and not (math.isfinite(rope_theta) and 0 < rope_theta <= FLOAT32_MAX):
-        raise ExportError(f"expected --rope-theta a finite number in (0, 3.4e38], got {rope_theta}")
+    _check_options(outtype, ctx, rope_theta)
     out = Path(out_path).absolute()
     check_output(out, (), ExportError)  # before the checkpoint is read: a bad -o fails fast
 
     with open_checkpoint(ckpt_dir) as ckpt:
-        hp = ckpt.hparams
         if ckpt.tokenizer_path is None:
             raise ExportError(f"expected tokenizer.model in {ckpt.root}, got none")
         vocab = load_vocab(ckpt.tokenizer_path, ckpt.n_vocab)
         check_output(out, ckpt.input_files, ExportError)
-        theta = rope_theta if rope_theta is not None else (hp.rope_theta or 10000.0)
-        context_length = ctx or default_context_length(hp.context_length, theta)
-        if context_length > MAX_CONTEXT:
-            raise ExportError(
-                f"expected a context length of at most {MAX_CONTEXT} in {ckpt.config_file}, got {context_length} "
-                f"(pass --ctx N to write another)"
-            )
-
-        writer = gguf.GGUFWriter(path=None, arch=gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
-        writer.add_name(ckpt.root.name)
-        writer.add_context_length(context_length)
-        writer.add_embedding_length(hp.dim)
-        writer.add_block_count(hp.n_layers)
-        writer.add_feed_forward_length(ckpt.n_ff)
-        writer.add_head_count(hp.n_heads)
-        writer.add_head_count_kv(hp.n_kv_heads)
-        writer.add_rope_dimension_count(hp.head_dim)
-        writer.add_rope_freq_base(theta)
-        writer.add_layer_norm_rms_eps(hp.norm_eps)
-        writer.add_vocab_size(ckpt.n_vocab)
-        writer.add_file_type(tn.FILE_TYPES[outtype])
-        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        write_vocab(writer, vocab)
-
+        theta = rope_theta if rope_theta is not None else (ckpt.hparams.rope_theta or 10000.0)
+        context_length = _context_length(ckpt, ctx, theta)
+        writer = _header(ckpt, vocab, outtype, theta, context_length)
         plan = [(spec, tn.tensor_qtype(spec.role.kind, spec.shape, outtype)) for spec in ckpt.tensors.values()]
         for spec, qtype in plan:
             _declare(writer, spec, qtype)
-
         ckpt.hash_while_reading(hash_source)
-        with atomic_output(out, ExportError) as tmp:
-            try:
-                writer.write_header_to_file(path=tmp)
-                writer.write_kv_data_to_file()
-                writer.write_ti_data_to_file()
-                writer.flush()
-                data_start = gguf.GGUFWriter.ggml_pad(writer.fout[0].tell(), writer.data_alignment)
-                with open(tmp, "r+b") as f:
-                    _write_tensors(f.fileno(), ckpt, plan, data_start, writer.data_alignment, progress)
-            except OSError as e:
-                raise ExportError(f"expected to write {out}, got {type(e).__name__}: {e.strerror or e}") from None
-            finally:
-                writer.close()
+        _write_file(writer, out, ckpt, plan, progress)
         digest = ckpt.source_sha256() if hash_source else None
         n_params = ckpt.n_params
 
@@ -329,6 +291,69 @@ def convert(
     )
 
 
+def _check_options(outtype: str, ctx: int | None, rope_theta: float | None) -> None:
+    """Refuse options no checkpoint can make right, before anything is read."""
+    if outtype not in tn.OUTTYPES:
+        raise ExportError(f"expected outtype one of {sorted(tn.OUTTYPES)}, got {outtype!r}")
+    if ctx is not None and not 0 < ctx <= MAX_CONTEXT:
+        raise ExportError(f"expected --ctx between 1 and {MAX_CONTEXT}, got {ctx}")
+    if rope_theta is not None and not (math.isfinite(rope_theta) and 0 < rope_theta <= FLOAT32_MAX):
+        raise ExportError(f"expected --rope-theta a finite number in (0, 3.4e38], got {rope_theta}")
+
+
+def _context_length(ckpt: Checkpoint, ctx: int | None, theta: float) -> int:
+    """``llama.context_length``: ``--ctx``, else the checkpoint's, else what its RoPE base implies."""
+    context_length = ctx or default_context_length(ckpt.hparams.context_length, theta)
+    if context_length > MAX_CONTEXT:
+        raise ExportError(
+            f"expected a context length of at most {MAX_CONTEXT} in {ckpt.config_file}, got {context_length} "
+            f"(pass --ctx N to write another)"
+        )
+    return context_length
+
+
+def _header(ckpt: Checkpoint, vocab: Vocab, outtype: str, theta: float, context_length: int) -> gguf.GGUFWriter:
+    """A writer holding the GGUF metadata and vocabulary (the tensor table is declared next, by ``_declare``)."""
+    hp = ckpt.hparams
+    writer = gguf.GGUFWriter(path=None, arch=gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
+    writer.add_name(ckpt.root.name)
+    writer.add_context_length(context_length)
+    writer.add_embedding_length(hp.dim)
+    writer.add_block_count(hp.n_layers)
+    writer.add_feed_forward_length(ckpt.n_ff)
+    writer.add_head_count(hp.n_heads)
+    writer.add_head_count_kv(hp.n_kv_heads)
+    writer.add_rope_dimension_count(hp.head_dim)
+    writer.add_rope_freq_base(theta)
+    writer.add_layer_norm_rms_eps(hp.norm_eps)
+    writer.add_vocab_size(ckpt.n_vocab)
+    writer.add_file_type(tn.FILE_TYPES[outtype])
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    write_vocab(writer, vocab)
+    return writer
+
+
+def _write_file(
+    writer: gguf.GGUFWriter, out: Path, ckpt: Checkpoint, plan: list[tuple[TensorSpec, Q]], progress: ProgressFn | None
+) -> None:
+    """Header, metadata and tensor table through gguf-py, then the tensor data by ``_write_tensors``, into a
+    temporary file beside ``out`` that replaces ``out`` only when complete."""
+    with atomic_output(out, ExportError) as tmp:
+        try:
+            writer.write_header_to_file(path=tmp)
+            writer.write_kv_data_to_file()
+            writer.write_ti_data_to_file()
+            writer.flush()
+            assert writer.fout is not None  # write_header_to_file opened it
+            data_start = gguf.GGUFWriter.ggml_pad(writer.fout[0].tell(), writer.data_alignment)
+            with open(tmp, "r+b") as f:
+                _write_tensors(f.fileno(), ckpt, plan, data_start, writer.data_alignment, progress)
+        except OSError as e:
+            raise ExportError(f"expected to write {out}, got {type(e).__name__}: {e.strerror or e}") from None
+        finally:
+            writer.close()
+
+
 # ---------------------------------------------------------------------------- command line
 
 
@@ -338,7 +363,7 @@ def _tqdm_progress() -> tuple[ProgressFn | None, Callable[[], None]]:
         return None, lambda: None
     from tqdm import tqdm
 
-    bar: list = []
+    bar: list[Any] = []  # the tqdm bar, made on the first update (its total is known then)
 
     def update(name: str, done: int, total: int) -> None:
         if not bar:
@@ -358,9 +383,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="codellama-convert",
         description="Convert a Llama / Code Llama checkpoint (Meta consolidated.NN.pth or Hugging Face) to GGUF.",
     )
-    p.add_argument("ckpt_dir", type=Path, help="checkpoint folder (params.json + consolidated.NN.pth, or config.json + safetensors/bin)")
+    p.add_argument(
+        "ckpt_dir", type=Path, help="checkpoint folder (params.json + consolidated.NN.pth, or config.json + safetensors/bin)"
+    )
     p.add_argument("-o", "--outfile", type=Path, help="output .gguf path (default: CKPT_DIR/ggml-model-OUTTYPE.gguf)")
-    p.add_argument("--outtype", choices=sorted(tn.OUTTYPES), default="f16", help="type of 2-D weights (default f16); norms stay f32")
+    p.add_argument(
+        "--outtype", choices=sorted(tn.OUTTYPES), default="f16", help="type of 2-D weights (default f16); norms stay f32"
+    )
     p.add_argument("--ctx", type=int, help="llama.context_length to write (default: config, else 16384 for theta 1e6, else 4096)")
     p.add_argument("--rope-theta", type=float, help="override the config's rope_theta (llama.rope.freq_base)")
     p.add_argument("--no-hash", action="store_true", help="skip the SHA-256 of the source files in the summary")
@@ -370,28 +399,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s")
+    logging.basicConfig(
+        stream=sys.stderr, level=logging.INFO if args.verbose else logging.WARNING, format="%(name)s: %(message)s"
+    )
     out = args.outfile or args.ckpt_dir / f"ggml-model-{args.outtype}.gguf"
-    progress, close_bar = _tqdm_progress()
-    try:
-        with sigterm_raises():
+
+    def body() -> None:
+        progress, close_bar = _tqdm_progress()
+        try:
             summary = convert(
-                args.ckpt_dir, out, outtype=args.outtype, ctx=args.ctx, rope_theta=args.rope_theta,
-                progress=progress, hash_source=not args.no_hash,
+                args.ckpt_dir,
+                out,
+                outtype=args.outtype,
+                ctx=args.ctx,
+                rope_theta=args.rope_theta,
+                progress=progress,
+                hash_source=not args.no_hash,
             )
-    except ExportError as e:
-        close_bar()
-        print(f"codellama-convert: error: {e}", file=sys.stderr)
-        return 1
-    except (KeyboardInterrupt, Terminated) as e:
-        close_bar()
-        print("codellama-convert: interrupted, no output written", file=sys.stderr)
-        return exit_code(e)
-    close_bar()
-    print(summary.line())
-    if summary.source_sha256:
-        log.info("source sha256 %s", summary.source_sha256)
-    return 0
+        finally:
+            close_bar()  # before any message: the bar shares stderr
+        print(summary.line())
+        if summary.source_sha256:
+            log.info("source sha256 %s", summary.source_sha256)
+
+    return run_tool("codellama-convert", body, (ExportError,))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ manifest), so that every file the tools write follows the same rules:
   (so the final rename never crosses file systems). When the block completes, the file is fsynced, given
   the permissions any new file gets (``0o666`` minus the umask, normally 0644 - ``mkstemp`` creates 0600),
   renamed onto ``dest``, and the folder entry is fsynced. If the block raises - an error, Ctrl-C
-  (``KeyboardInterrupt``), SIGTERM (``Terminated``, see ``sigterm_raises``) - the temporary file is removed
+  (``KeyboardInterrupt``), SIGTERM (``Terminated``, see ``lsp_server.tool.sigterm_raises``) - the temporary file is removed
   and ``dest`` is left as it was.
 - Temporary names are ``.NAME.codellama-PID-XXXXXXXX.part``. A run that cannot clean up (SIGKILL, an abort in
   native code) leaves one behind; the next ``atomic_output`` in that folder removes those whose process is
@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import signal
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -37,35 +36,6 @@ ErrorType = Callable[[str], Exception]
 
 _TAG = "codellama"
 _TEMP_RE = re.compile(rf"^\..+\.{_TAG}-(\d+)-[a-z0-9_]+\.part$")
-
-
-class Terminated(BaseException):
-    """SIGTERM, raised in the main thread as Ctrl-C raises ``KeyboardInterrupt`` (not an ``Exception``:
-    ``except Exception`` blocks must not swallow it)."""
-
-
-def exit_code(exc: BaseException) -> int:
-    """The shell's exit status for a run ended by a signal: 128 + SIGINT = 130, 128 + SIGTERM = 143."""
-    return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
-
-
-@contextmanager
-def sigterm_raises() -> Iterator[None]:
-    """While active, SIGTERM raises ``Terminated`` in the main thread, so ``finally`` blocks (temporary
-    files) run as they do for Ctrl-C. Outside the main thread (where Python cannot install handlers) a no-op."""
-
-    def handler(signum: int, frame: object) -> None:
-        raise Terminated()
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -181,4 +151,4 @@ def atomic_output(dest: Path, error: ErrorType) -> Iterator[Path]:
     _fsync_dir(folder)
 
 
-__all__ = ["Terminated", "atomic_output", "check_output", "exit_code", "sigterm_raises", "sweep_stale"]
+__all__ = ["atomic_output", "check_output", "sweep_stale"]

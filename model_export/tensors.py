@@ -123,7 +123,9 @@ def classify(source_name: str, n_blocks: int) -> Role | None:
     if kind in SKIPPED_ROLES:
         return None
     if kind not in META_SPLIT_AXIS or source_name.endswith(".bias"):
-        raise ExportError(f"expected only Llama weights, got {source_name!r} ({name}), which llama.cpp's llama architecture has no slot for")
+        raise ExportError(
+            f"expected only Llama weights, got {source_name!r} ({name}), which llama.cpp's llama architecture has no slot for"
+        )
     m = _BLOCK_RE.match(name)
     bid = int(m.group(1)) if m else None
     return Role(kind, bid, name)
@@ -174,7 +176,8 @@ def hf_unpermute(w: ArrayT, n_heads: int) -> ArrayT:
     rows, cols = w.shape
     if rows % (2 * n_heads):
         raise ExportError(f"expected q/k rows divisible by 2 * n_heads ({2 * n_heads}), got {rows}")
-    return w.reshape(n_heads, 2, rows // n_heads // 2, cols).swapaxes(1, 2).reshape(rows, cols)
+    out: ArrayT = w.reshape(n_heads, 2, rows // n_heads // 2, cols).swapaxes(1, 2).reshape(rows, cols)
+    return out
 
 
 def tensor_qtype(kind: gguf.MODEL_TENSOR, shape: tuple[int, ...], outtype: str) -> gguf.GGMLQuantizationType:

@@ -45,6 +45,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
+from lsp_server.tool import FAILURE, run_tool
 from model_export import tensors as tn
 from model_export.checkpoints import Checkpoint, open_checkpoint
 from model_export.errors import ExportError
@@ -92,7 +93,8 @@ class VerifyReport:
 
 
 def _rmsnorm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
-    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * w
+    out: np.ndarray = x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * w
+    return out
 
 
 def _rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
@@ -146,7 +148,8 @@ def reference_logits(ckpt: Checkpoint, tokens: Sequence[int], rope_theta: float 
         g = x @ w(T.FFN_GATE, bid).T
         h = h + ((g / (1.0 + np.exp(-g))) * (x @ w(T.FFN_UP, bid).T)) @ w(T.FFN_DOWN, bid).T
         ckpt.release()
-    return (_rmsnorm(h, w(T.OUTPUT_NORM), hp.norm_eps) @ w(T.OUTPUT).T).astype(np.float32)
+    logits: np.ndarray = (_rmsnorm(h, w(T.OUTPUT_NORM), hp.norm_eps) @ w(T.OUTPUT).T).astype(np.float32)
+    return logits
 
 
 # ---------------------------------------------------------------------------- llama.cpp side
@@ -181,10 +184,10 @@ def default_tokens(ckpt: Checkpoint, n: int) -> list[int]:
 
     if ckpt.tokenizer_path is None:
         rng = np.random.default_rng(0)
-        return rng.integers(0, ckpt.n_vocab, size=n).tolist()
+        return [int(i) for i in rng.integers(0, ckpt.n_vocab, size=n)]
     sp = spm.SentencePieceProcessor(model_file=str(ckpt.tokenizer_path))
     text = "\n".join(p.read_text(encoding="utf-8") for p in sorted(Path(__file__).parent.glob("*.py")))
-    ids = [sp.bos_id()] + sp.encode(text)
+    ids: list[int] = [sp.bos_id(), *sp.encode(text)]
     while len(ids) < n:
         ids += ids[1:]
     return ids[:n]
@@ -237,10 +240,15 @@ def verify(
     except ValueError:
         ftype_name = f"file type {ftype}"
     return VerifyReport(
-        n_tokens=len(toks), max_abs=max_abs, max_ref=max_ref, rel=rel, top1=top1,
+        n_tokens=len(toks),
+        max_abs=max_abs,
+        max_ref=max_ref,
+        rel=rel,
+        top1=top1,
         rel_tol=rel_tol if rel_tol is not None else d_rel,
         min_top1=min_top1 if min_top1 is not None else d_top1,
-        file_type=ftype_name, seconds=time.perf_counter() - t0,
+        file_type=ftype_name,
+        seconds=time.perf_counter() - t0,
     )
 
 
@@ -256,17 +264,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--min-top1", type=float, help="min top-1 agreement, 0..1 (default: by file type)")
     p.add_argument("--threads", type=int, help="llama.cpp threads")
     args = p.parse_args(argv)
-    try:
+
+    def body() -> int:
         report = verify(
-            args.ckpt_dir, args.gguf, n_tokens=args.tokens, rel_tol=args.rel_tol, min_top1=args.min_top1,
+            args.ckpt_dir,
+            args.gguf,
+            n_tokens=args.tokens,
+            rel_tol=args.rel_tol,
+            min_top1=args.min_top1,
             n_threads=args.threads,
         )
-    except ExportError as e:
-        print(f"codellama-verify: error: {e}", file=sys.stderr)
-        return 2
-    for line in report.lines():
-        print(line)
-    return 0 if report.passed else 1
+        for line in report.lines():
+            print(line)
+        return 0 if report.passed else FAILURE
+
+    return run_tool(p.prog, body, (ExportError,))
 
 
 if __name__ == "__main__":

@@ -23,12 +23,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import gguf
 
+from lsp_server.vocab import CODELLAMA_FIM_PIECES
 from model_export.errors import ExportError
 
-FIM_PIECES = {"pre": "▁<PRE>", "suf": "▁<SUF>", "mid": "▁<MID>", "eot": "▁<EOT>"}
+FIM_PIECES = CODELLAMA_FIM_PIECES
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ class Vocab:
         return len(self.tokens) - self.n_pieces
 
 
-def _piece_type(sp, i: int) -> gguf.TokenType:
+def _piece_type(sp: Any, i: int) -> gguf.TokenType:  # sp: a sentencepiece.SentencePieceProcessor
     if sp.is_unknown(i):
         return gguf.TokenType.UNKNOWN
     if sp.is_control(i):
@@ -81,7 +83,9 @@ def load_vocab(tokenizer_path: Path, n_rows: int) -> Vocab:
     except Exception as e:  # protobuf and sentencepiece raise a variety of types for a bad file
         raise ExportError(f"expected a SentencePiece tokenizer.model at {tokenizer_path}, got an unreadable file ({e})") from None
     if proto.trainer_spec.model_type != pb.TrainerSpec.BPE:
-        raise ExportError(f"expected a BPE SentencePiece model at {tokenizer_path}, got model type {proto.trainer_spec.model_type}")
+        raise ExportError(
+            f"expected a BPE SentencePiece model at {tokenizer_path}, got model type {proto.trainer_spec.model_type}"
+        )
 
     n_pieces = sp.get_piece_size()
     if n_rows < n_pieces:

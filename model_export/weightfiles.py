@@ -209,7 +209,7 @@ class WeightFile:
         n = end - self._hashed
         if n <= 0:
             return 0
-        self._hash.update(np.frombuffer(self._mm, dtype=np.uint8, count=n, offset=self._hashed))
+        self._hash.update(np.frombuffer(self._mm, dtype=np.uint8, count=n, offset=self._hashed).data)
         self._hashed = end
         return n
 
@@ -228,7 +228,7 @@ class WeightFile:
 
 def _map(path: Path) -> tuple[Any, mmap.mmap]:
     try:
-        fh = open(path, "rb")
+        fh = open(path, "rb")  # noqa: SIM115 - the object owns the handle and closes it in close()
     except FileNotFoundError:
         raise ExportError(f"expected the weight file {path}, got no such file") from None
     except OSError as e:
@@ -302,7 +302,9 @@ def _torch_zip_tables(path: Path, fh: Any, mm: mmap.mmap) -> dict[str, TensorRef
                 if info is None:
                     raise ExportError(f"{corrupt} (no storage data/{st.key} for {name})")
                 if info.compress_type != zipfile.ZIP_STORED:
-                    raise ExportError(f"expected uncompressed storages in {path} (as torch.save writes them), got {name} compressed")
+                    raise ExportError(
+                        f"expected uncompressed storages in {path} (as torch.save writes them), got {name} compressed"
+                    )
                 header = mm[info.header_offset : info.header_offset + _LOCAL_HEADER.size]
                 if len(header) < _LOCAL_HEADER.size or header[:4] != _ZIP_MAGIC:
                     raise ExportError(f"{corrupt} (bad zip entry for data/{st.key})")

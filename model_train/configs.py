@@ -42,8 +42,15 @@ class TrainConfig:
     extra: dict = field(default_factory=dict)
 
     def model_args(self, vocab: int, rope_theta: float) -> ModelArgs:
-        return ModelArgs(dim=self.dim, n_layers=self.n_layers, n_heads=self.n_heads, n_kv_heads=self.n_kv_heads,
-                         vocab_size=vocab, multiple_of=self.multiple_of, rope_theta=rope_theta)
+        return ModelArgs(
+            dim=self.dim,
+            n_layers=self.n_layers,
+            n_heads=self.n_heads,
+            n_kv_heads=self.n_kv_heads,
+            vocab_size=vocab,
+            multiple_of=self.multiple_of,
+            rope_theta=rope_theta,
+        )
 
 
 CONFIGS: dict[str, TrainConfig] = {
@@ -51,8 +58,15 @@ CONFIGS: dict[str, TrainConfig] = {
     # as that tiny corpus allows, so its tokens are whole words: shorter sequences, cheaper steps, and
     # an unambiguous "where am I in the file" for the FIM lookups the model has to learn.
     "micro": TrainConfig(
-        name="micro", corpus="micro", vocab_size=640, dim=128, n_layers=4, n_heads=4, n_kv_heads=2,
-        multiple_of=32, chars_per_doc=0,
+        name="micro",
+        corpus="micro",
+        vocab_size=640,
+        dim=128,
+        n_layers=4,
+        n_heads=4,
+        n_kv_heads=2,
+        multiple_of=32,
+        chars_per_doc=0,
         stage1=Stage(steps=800, seq_len=160, batch_size=16, lr=3e-3, warmup=30, rope_theta=1e4),
         lcft=Stage(steps=80, seq_len=320, batch_size=8, lr=1e-3, warmup=5, rope_theta=1e6),
     ),
@@ -61,8 +75,16 @@ CONFIGS: dict[str, TrainConfig] = {
     # to every tensor (with dim 128 they fell back to legacy types). ~15M stage-1 tokens for ~3.7M
     # parameters (embeddings aside); the loss is still falling at the end, so more steps help.
     "demo": TrainConfig(
-        name="demo", corpus="stdlib", vocab_size=2048, dim=256, n_layers=4, n_heads=4, n_kv_heads=2,
-        multiple_of=256, chars_per_doc=600, tokenizer_chars=6_000_000,
+        name="demo",
+        corpus="stdlib",
+        vocab_size=2048,
+        dim=256,
+        n_layers=4,
+        n_heads=4,
+        n_kv_heads=2,
+        multiple_of=256,
+        chars_per_doc=600,
+        tokenizer_chars=6_000_000,
         stage1=Stage(steps=3600, seq_len=256, batch_size=16, lr=2e-3, warmup=100, rope_theta=1e4),
         lcft=Stage(steps=60, seq_len=1024, batch_size=4, lr=7e-4, warmup=6, rope_theta=1e6),
     ),

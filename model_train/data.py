@@ -174,11 +174,16 @@ def load_corpus(manifest_path: Path = DEFAULT_MANIFEST, root: Path | None = None
         sf = SourceFile(entry["path"], got[0], got[1])
         (corpus.heldout if entry["split"] == "heldout" else corpus.train).append(sf)
     if corpus.skipped:
-        log.warning("%d of %d manifest files are missing or differ on this interpreter; skipped",
-                    len(corpus.skipped), len(manifest["files"]))
+        log.warning(
+            "%d of %d manifest files are missing or differ on this interpreter; skipped",
+            len(corpus.skipped),
+            len(manifest["files"]),
+        )
     if not corpus.train or not corpus.heldout:
-        raise TrainError(f"expected train and held-out files from {manifest_path}, got "
-                         f"{len(corpus.train)} train and {len(corpus.heldout)} held-out")
+        raise TrainError(
+            f"expected train and held-out files from {manifest_path}, got "
+            f"{len(corpus.train)} train and {len(corpus.heldout)} held-out"
+        )
     return corpus
 
 
@@ -191,8 +196,13 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(manifest, indent=1) + "\n")
     n_held = sum(f["split"] == "heldout" for f in manifest["files"])
-    log.info("wrote %s: %d files (%d held out), %d near-duplicates dropped", args.out,
-             len(manifest["files"]), n_held, len(manifest["near_duplicates"]))
+    log.info(
+        "wrote %s: %d files (%d held out), %d near-duplicates dropped",
+        args.out,
+        len(manifest["files"]),
+        n_held,
+        len(manifest["near_duplicates"]),
+    )
     return 0
 
 

@@ -40,6 +40,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from lsp_server.tool import run_tool
+from model_export.outfile import atomic_output
 from model_train.data import SourceFile, load_corpus
 from model_train.errors import TrainError
 from model_train.fim import Codec, prompt_tokens
@@ -169,21 +171,22 @@ def long_context_ppl(ckpt_dir: Path, files: list[SourceFile], codec: Codec, L: i
             inp, tgt = x[:, s : s + span], x[:, s + 1 : s + span + 1]
             for b in range(0, len(x), 4):  # 4 windows at a time keeps memory small
                 logits = model(inp[b : b + 4])
-                nll += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt[b : b + 4].reshape(-1),
-                                       reduction="sum").item()
+                nll += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt[b : b + 4].reshape(-1), reduction="sum").item()
                 count += tgt[b : b + 4].numel()
         out[name] = round(math.exp(nll / count), 3)
     return {"L": L, "windows": len(windows), "rope_theta": model.args.rope_theta} | out
 
 
-def evaluate(ckpt: Path, gguf: Path | None, stage1: Path | None, n_cases: int, seed: int,
-             manifest: Path | None = None) -> dict:
+def evaluate(ckpt: Path, gguf: Path | None, stage1: Path | None, n_cases: int, seed: int, manifest: Path | None = None) -> dict:
     corpus = load_corpus(manifest) if manifest else load_corpus()
     codec = Codec(ckpt / "tokenizer.model")
     report: dict = {"checkpoint": str(ckpt), "heldout_files": len(corpus.heldout)}
     params = json.loads((ckpt / "params.json").read_text())
-    L = json.loads((ckpt / "train_log.json").read_text())["config"]["stage1"]["seq_len"] \
-        if (ckpt / "train_log.json").is_file() else 256
+    L = (
+        json.loads((ckpt / "train_log.json").read_text())["config"]["stage1"]["seq_len"]
+        if (ckpt / "train_log.json").is_file()
+        else 256
+    )
     report["long_context"] = {"after_lcft": long_context_ppl(ckpt, corpus.heldout, codec, L)}
     if stage1 is not None:
         report["long_context"]["before_lcft"] = long_context_ppl(stage1, corpus.heldout, codec, L)
@@ -210,16 +213,22 @@ def markdown(report: dict) -> str:
     n = report["line_tasks"]["cases"]
     es = report["line_tasks"]["edit_similarity"]
     rows = [f"| task ({n} held-out lines) | exact match | edit similarity |", "| --- | --- | --- |"]
-    names = {"fim_psm": "infilling, PSM", "fim_spm": "infilling, SPM", "next_line": "next line, no suffix",
-             "empty": "baseline: empty completion", "previous_line": "baseline: previous line repeated"}
+    names = {
+        "fim_psm": "infilling, PSM",
+        "fim_spm": "infilling, SPM",
+        "next_line": "next line, no suffix",
+        "empty": "baseline: empty completion",
+        "previous_line": "baseline: previous line repeated",
+    }
     rows += [f"| {names[k]} | {100 * em[k]:.1f}% | {es[k]:.3f} |" for k in names]
     lc = report["long_context"]
     rows += ["", "| held-out perplexity | context L | context 4L |", "| --- | --- | --- |"]
     for k in ("before_lcft", "after_lcft"):
         if k in lc:
             r = lc[k]
-            rows.append(f"| {k.replace('_', ' ')} (rope_theta {r['rope_theta']:g}, L={r['L']}) | "
-                        f"{r['ctx_L']:.2f} | {r['ctx_4L']:.2f} |")
+            rows.append(
+                f"| {k.replace('_', ' ')} (rope_theta {r['rope_theta']:g}, L={r['L']}) | {r['ctx_L']:.2f} | {r['ctx_4L']:.2f} |"
+            )
     return "\n".join(rows)
 
 
@@ -235,15 +244,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
     torch.set_num_threads(2)
     stage1 = args.stage1 or (args.ckpt / "stage1" if (args.ckpt / "stage1").is_dir() else None)
-    try:
+
+    def body() -> None:
         report = evaluate(args.ckpt, args.gguf, stage1, args.cases, args.seed)
-    except TrainError as e:
-        print(f"model_train.eval: {e}", file=sys.stderr)
-        return 2
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
-    print(markdown(report))
-    return 0
+        if args.json:
+            with atomic_output(args.json, TrainError) as tmp:
+                tmp.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
+        print(markdown(report))
+
+    return run_tool(ap.prog, body, (TrainError,))
 
 
 if __name__ == "__main__":

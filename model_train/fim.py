@@ -75,8 +75,10 @@ class Codec:
         ids = self.sp.encode(MARKER + text)
         n = len(self._marker)
         if ids[:n] != self._marker:
-            raise TrainError(f"expected {MARKER!r} to tokenize apart from the text after it, got {ids[:n]} "
-                             f"instead of {self._marker} for {text[:20]!r}")
+            raise TrainError(
+                f"expected {MARKER!r} to tokenize apart from the text after it, got {ids[:n]} "
+                f"instead of {self._marker} for {text[:20]!r}"
+            )
         return ids[n:]
 
     def decode(self, ids: list[int]) -> str:
@@ -84,7 +86,7 @@ class Codec:
 
     def decode_nls(self, ids: list[int]) -> str:
         """Decode tokens that continue a text (Meta's ``decode_infilling``): keep their leading space."""
-        return self.sp.decode(self._marker + list(ids))[len(MARKER):]
+        return self.sp.decode(self._marker + list(ids))[len(MARKER) :]
 
 
 def psm_tokens(c: Codec, prefix: str, suffix: str, middle: str | None = None) -> list[int]:

@@ -39,7 +39,7 @@ class ModelArgs:
     max_seq_len: int = 16384
 
     @classmethod
-    def from_params(cls, params: dict) -> "ModelArgs":
+    def from_params(cls, params: dict) -> ModelArgs:
         """Build from a ``params.json`` dict, ignoring keys this model does not use."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in params.items() if k in known})
@@ -167,7 +167,7 @@ class Transformer(nn.Module):
         self.norm = RMSNorm(args.dim, args.norm_eps)
         self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
 
-    def init_weights(self, seed: int, std: float = 0.02) -> "Transformer":
+    def init_weights(self, seed: int, std: float = 0.02) -> Transformer:
         """Deterministic random init (normal, std scaled down for residual outputs as in GPT-2)."""
         g = torch.Generator().manual_seed(seed)
         for name, p in self.named_parameters():

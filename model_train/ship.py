@@ -20,6 +20,8 @@ import logging
 import sys
 from pathlib import Path
 
+from lsp_server.tool import run_tool
+from model_export.errors import ExportError
 from model_train.data import DEFAULT_MANIFEST
 from model_train.errors import TrainError
 
@@ -44,8 +46,9 @@ def ship(ckpt: Path, eval_report: Path, out_dir: Path = DEMO_DIR, outtype: str =
 
     log_path = ckpt / "train_log.json"
     if not log_path.is_file() or not eval_report.is_file():
-        raise TrainError(f"expected {log_path} and {eval_report}, got "
-                         f"{'no train log' if not log_path.is_file() else 'no eval report'}")
+        raise TrainError(
+            f"expected {log_path} and {eval_report}, got {'no train log' if not log_path.is_file() else 'no eval report'}"
+        )
     train_log = json.loads(log_path.read_text())
     report = json.loads(eval_report.read_text())
     cfg = train_log["config"]
@@ -59,17 +62,16 @@ def ship(ckpt: Path, eval_report: Path, out_dir: Path = DEMO_DIR, outtype: str =
     manifest = {
         "name": "codellama-demo",
         "description": "A tiny Code Llama trained from scratch on the CPython standard library with the "
-                       "Code Llama recipe (FIM 0.9, PSM/SPM, AdamW, cosine, LCFT theta 1e4 -> 1e6). A demo, "
-                       "not a useful assistant.",
+        "Code Llama recipe (FIM 0.9, PSM/SPM, AdamW, cosine, LCFT theta 1e4 -> 1e6). A demo, "
+        "not a useful assistant.",
         "gguf": GGUF_NAME,
         "gguf_sha256": sha256(gguf),
         "outtype": outtype,
         "context_length": ctx,
         "training_command": f"python -m model_train.train --config {cfg['name']} --out CKPT "
-                            f"--seed {train_log['seed']} --threads {train_log['threads']}",
+        f"--seed {train_log['seed']} --threads {train_log['threads']}",
         "export_command": f"python -m model_export.convert CKPT -o {GGUF_NAME} --outtype {outtype} --ctx {ctx}",
-        "eval_command": "python -m model_train.eval --ckpt CKPT --cases "
-                        f"{report['line_tasks']['cases']} --seed 0",
+        "eval_command": f"python -m model_train.eval --ckpt CKPT --cases {report['line_tasks']['cases']} --seed 0",
         "seed": train_log["seed"],
         "config": cfg,
         "parameters": train_log["parameters"],
@@ -98,12 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out-dir", type=Path, default=DEMO_DIR)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
-    try:
+
+    def body() -> None:
         ship(args.ckpt, args.eval, args.out_dir, args.outtype, args.ctx)
-    except TrainError as e:
-        print(f"model_train.ship: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_tool(ap.prog, body, (TrainError, ExportError))
 
 
 if __name__ == "__main__":

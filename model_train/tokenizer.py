@@ -19,7 +19,9 @@ import io
 from collections.abc import Iterable
 from pathlib import Path
 
-FIM_PIECES = ("▁<PRE>", "▁<SUF>", "▁<MID>", "▁<EOT>")
+from lsp_server.vocab import CODELLAMA_FIM_PIECES
+
+FIM_PIECES = tuple(CODELLAMA_FIM_PIECES.values())  # pre, suf, mid, eot: the order Code Llama appends them in
 
 LLAMA_TRAINER_OPTIONS = dict(
     model_type="bpe",
@@ -118,7 +120,7 @@ def fim_ids(model_path: str | Path) -> dict[str, int]:
 
     sp = spm.SentencePieceProcessor(model_file=str(model_path))
     out = {}
-    for name, piece in zip(("pre", "suf", "mid", "eot"), FIM_PIECES):
+    for name, piece in CODELLAMA_FIM_PIECES.items():
         pid = sp.piece_to_id(piece)
         if pid == sp.unk_id():
             raise ValueError(f"expected the piece {piece!r} in {model_path}, got none")

@@ -45,6 +45,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from lsp_server.tool import run_tool
 from model_train.configs import CONFIGS, Stage, TrainConfig
 from model_train.errors import TrainError
 from model_train.fim import Codec, transform
@@ -147,13 +148,17 @@ def load_checkpoint(ckpt_dir: Path) -> Transformer:
     return model.eval()
 
 
-def run_stage(model: Transformer, stage: Stage, data: Iterator[torch.Tensor], cfg: TrainConfig,
-              name: str, history: list[dict]) -> None:
+def run_stage(
+    model: Transformer, stage: Stage, data: Iterator[torch.Tensor], cfg: TrainConfig, name: str, history: list[dict]
+) -> None:
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=stage.lr, betas=(0.9, 0.95), eps=1e-8)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=stage.lr,
+        betas=(0.9, 0.95),
+        eps=1e-8,
+    )
     model.train()
     t0 = time.time()
     ema = None
@@ -174,8 +179,17 @@ def run_stage(model: Transformer, stage: Stage, data: Iterator[torch.Tensor], cf
         history.append({"stage": name, "step": step, "loss": round(val, 4), "lr": lr})
         if step % 25 == 0 or step == stage.steps - 1:
             el = time.time() - t0
-            log.info("%s step %d/%d loss %.3f (ema %.3f) lr %.2e  %.1f s, %.0f tok/s", name, step + 1, stage.steps,
-                     val, ema, lr, el, (step + 1) * batch.numel() / max(el, 1e-9))
+            log.info(
+                "%s step %d/%d loss %.3f (ema %.3f) lr %.2e  %.1f s, %.0f tok/s",
+                name,
+                step + 1,
+                stage.steps,
+                val,
+                ema,
+                lr,
+                el,
+                (step + 1) * batch.numel() / max(el, 1e-9),
+            )
     model.eval()
 
 
@@ -195,8 +209,14 @@ def train(cfg: TrainConfig, out: Path, seed: int = 0, threads: int = 2) -> Path:
         tok_texts = texts[::step] if step > 1 else texts
     tok_path = train_tokenizer(tok_texts, out / "tokenizer.model", cfg.vocab_size)
     codec = Codec(tok_path)
-    log.info("%s: %d files, %d chars; tokenizer %d pieces (%.1f s)", cfg.name, len(texts), sum(map(len, texts)),
-             codec.vocab_size, time.time() - started)
+    log.info(
+        "%s: %d files, %d chars; tokenizer %d pieces (%.1f s)",
+        cfg.name,
+        len(texts),
+        sum(map(len, texts)),
+        codec.vocab_size,
+        time.time() - started,
+    )
 
     model = Transformer(cfg.model_args(codec.vocab_size, cfg.stage1.rope_theta)).init_weights(seed)
     n_params = sum(p.numel() for p in model.parameters())
@@ -243,12 +263,11 @@ def main(argv: list[str] | None = None) -> int:
     cfg = CONFIGS[args.config]
     if args.steps is not None:
         cfg = dataclasses.replace(cfg, stage1=dataclasses.replace(cfg.stage1, steps=args.steps))
-    try:
+
+    def body() -> None:
         train(cfg, args.out, args.seed, args.threads)
-    except TrainError as e:
-        print(f"model_train.train: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_tool(ap.prog, body, (TrainError,))
 
 
 if __name__ == "__main__":

@@ -18,10 +18,17 @@ import logging
 import sys
 from pathlib import Path
 
-from model_export.outfile import Terminated, sigterm_raises
+from lsp_server.tool import run_tool
 from quantize.errors import QuantizeError
 from quantize.quantize import (
-    TARGETS, TYPES, default_name, interrupt_status, make_folder, model_stem, parse_types, quantize_file,
+    TARGETS,
+    TYPES,
+    default_name,
+    interrupt_status,
+    make_folder,
+    model_stem,
+    parse_types,
+    quantize_file,
 )
 
 
@@ -29,8 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="codellama-quantize",
         description="Quantize an exported GGUF with llama.cpp's quantizer.",
-        epilog=f"types: {', '.join(TYPES)}. targets: "
-        + "; ".join(f"{k} = {','.join(v)}" for k, v in TARGETS.items()),
+        epilog=f"types: {', '.join(TYPES)}. targets: " + "; ".join(f"{k} = {','.join(v)}" for k, v in TARGETS.items()),
     )
     ap.add_argument("input", help="GGUF to quantize (f16/bf16/f32)")
     ap.add_argument("-o", "--output", required=True, help="output file (one --type) or directory (several types)")
@@ -71,16 +77,7 @@ def _plan(args: argparse.Namespace) -> list[tuple[str, Path]]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, stream=sys.stderr, format="%(message)s")
-    try:
-        with sigterm_raises():
-            _build(args)
-    except QuantizeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except (KeyboardInterrupt, Terminated) as exc:
-        print("codellama-quantize: interrupted, no partial output left", file=sys.stderr)
-        return interrupt_status(exc)
-    return 0
+    return run_tool("codellama-quantize", lambda: _build(args), (QuantizeError,), interrupted=interrupt_status)
 
 
 def _build(args: argparse.Namespace) -> None:

@@ -67,7 +67,11 @@ def corpus_files(path: str | os.PathLike[str] | None, role: str = "eval") -> lis
     if p.is_file():
         return [p]
     if p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in {".py", ".txt", ".c", ".h", ".js", ".ts", ".rs", ".go", ".java"})
+        files = sorted(
+            f
+            for f in p.rglob("*")
+            if f.is_file() and f.suffix in {".py", ".txt", ".c", ".h", ".js", ".ts", ".rs", ".go", ".java"}
+        )
         if not files:
             raise QuantizeError(f"expected source files under {p}, got none")
         return files

@@ -22,7 +22,9 @@ class QuantizeError(Exception):
 
 
 @contextmanager
-def llama_session(path: str | os.PathLike[str], *, n_ctx: int, threads: int | None = None, cb_eval: Any = None) -> Iterator[llama.Context]:
+def llama_session(
+    path: str | os.PathLike[str], *, n_ctx: int, threads: int | None = None, cb_eval: Any = None
+) -> Iterator[llama.Context]:
     """``path`` loaded on the CPU (no AMX repacking: see ``lsp_server.llama``) with one context of ``n_ctx``
     tokens that keeps every position's logits and evaluates a whole chunk in one batch; ``cb_eval`` is a
     ``ggml_backend_sched_eval_callback`` the caller keeps alive (the imatrix collector)."""

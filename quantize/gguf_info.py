@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf import GGUF_MAGIC, GGMLQuantizationType, GGUFReader, Keys
+from gguf import GGMLQuantizationType, GGUFReader, Keys
 
+from lsp_server.gguf_check import GGUF_MAGIC, file_magic
 from quantize.errors import QuantizeError
 
 # Storage types that are "not quantized": llama.cpp quantizes from these without --allow-requantize.
@@ -90,9 +91,8 @@ def check_magic(path: Path) -> None:
         raise QuantizeError(f"expected an existing GGUF file, got no file at {path}")
     if not path.is_file():
         raise QuantizeError(f"expected a GGUF file, got a directory or special file at {path}")
-    with path.open("rb") as fh:
-        head = fh.read(4)
-    if len(head) < 4 or int.from_bytes(head, "little") != GGUF_MAGIC:
+    head = file_magic(path)
+    if head != GGUF_MAGIC:
         raise QuantizeError(f"expected a GGUF file (magic b'GGUF') at {path}, got {head!r}")
 
 

@@ -36,7 +36,9 @@ import numpy as np
 from gguf import GGMLQuantizationType, GGUFReader, GGUFType, GGUFWriter, Keys
 
 from lsp_server import llama
-from model_export.outfile import Terminated, atomic_output, check_output, exit_code, sigterm_raises
+from lsp_server.gguf_check import GGUF_MAGIC, file_magic
+from lsp_server.tool import run_tool
+from model_export.outfile import atomic_output, check_output
 from quantize.errors import QuantizeError, llama_session
 
 log = logging.getLogger(__name__)
@@ -274,12 +276,10 @@ def load_imatrix(path: str | os.PathLike[str]) -> ImatrixData:
     p = Path(path)
     if not p.is_file():
         raise QuantizeError(f"expected an imatrix file, got no file at {p}")
-    with p.open("rb") as fh:
-        magic = fh.read(4)
     try:
-        data = _load_gguf(p) if magic == b"GGUF" else _load_legacy(p)
+        data = _load_gguf(p) if file_magic(p) == GGUF_MAGIC else _load_legacy(p)
     except (ValueError, IndexError, KeyError, struct.error, UnicodeDecodeError) as exc:
-        raise QuantizeError(f"expected an imatrix file (GGUF or legacy .dat) at {p}, got an unreadable one ({exc})")
+        raise QuantizeError(f"expected an imatrix file (GGUF or legacy .dat) at {p}, got an unreadable one ({exc})") from exc
     for name, s in data.sums.items():
         if not np.all(np.isfinite(s)):
             raise QuantizeError(f"expected finite imatrix values, got NaN/inf for {name} in {p}")
@@ -313,7 +313,7 @@ def _load_gguf(p: Path) -> ImatrixData:
         if counts.size != 1:
             raise QuantizeError(f"expected one count per dense weight for {name} in {p}, got {counts.size}")
         data.sums[name] = np.asarray(t.data, dtype=np.float64).reshape(-1).copy()
-        data.counts[name] = int(round(counts[0]))
+        data.counts[name] = round(counts[0])
     return data
 
 
@@ -369,23 +369,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr, format="%(message)s")
-    try:
+
+    def body() -> None:
         out = Path(args.output)
         check_output(out, [Path(args.model)], QuantizeError)
         if out.exists() and not args.force:
             raise QuantizeError(f"expected no file at {out}, got an existing one (pass --force to overwrite)")
         text, name = corpus_text(args.corpus, role="imatrix")
-        with sigterm_raises():
-            data = compute_imatrix(args.model, text, n_ctx=args.ctx, max_tokens=args.tokens, threads=args.threads, dataset=name)
-            save_imatrix(data, out)
-    except QuantizeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except (KeyboardInterrupt, Terminated) as exc:
-        print("python -m quantize.imatrix: interrupted, no output written", file=sys.stderr)
-        return exit_code(exc)
-    print(f"wrote {out}: {len(data.sums)} weights, {data.chunk_count} chunks of {data.chunk_size} tokens")
-    return 0
+        data = compute_imatrix(args.model, text, n_ctx=args.ctx, max_tokens=args.tokens, threads=args.threads, dataset=name)
+        save_imatrix(data, out)
+        print(f"wrote {out}: {len(data.sums)} weights, {data.chunk_count} chunks of {data.chunk_size} tokens")
+
+    return run_tool(ap.prog, body, (QuantizeError,))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from model_export.outfile import Terminated, atomic_output, sigterm_raises
+from lsp_server.tool import run_tool
+from model_export.outfile import atomic_output
 from quantize.errors import QuantizeError
 from quantize.gguf_info import read_info
 from quantize.quantize import TARGETS, TYPES, default_name, interrupt_status, make_folder, parse_types, quantize_file
@@ -169,31 +170,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr, format="%(message)s")
-    try:
+
+    def body() -> None:
         if args.types:
             types = parse_types(args.types)
         elif args.all:
             types = list(TYPES)
         else:
             types = list(TARGETS[args.target or "cpu"])
-        with sigterm_raises():
-            m = run_pipeline(
-                args.ckpt_dir, args.output, types, imatrix=args.imatrix, report=not args.no_report, corpus=args.corpus,
-                n_ctx=args.ctx, n_chunks=args.chunks, imatrix_chunks=args.imatrix_chunks, threads=args.threads,
-                force=args.force, name=args.name,
-            )  # fmt: skip
-    except QuantizeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except (KeyboardInterrupt, Terminated) as exc:
-        print("quantize.pipeline: interrupted, no partial output left", file=sys.stderr)
-        return interrupt_status(exc)
-    for e in m["files"]:
-        q = e["quality"] or {}
-        kld = f"KLD {q['kld_mean']:.5f} top-1 {100 * q['top1_agreement']:.2f} %" if "kld_mean" in q else ""
-        print(f"{e['type']:7s} {e['file']}  {e['size_bytes'] / 2**20:.2f} MiB  {e['bits_per_weight']:.2f} bpw  {kld}")
-    print(f"manifest: {Path(args.output) / 'manifest.json'}")
-    return 0
+        m = run_pipeline(
+            args.ckpt_dir, args.output, types, imatrix=args.imatrix, report=not args.no_report, corpus=args.corpus,
+            n_ctx=args.ctx, n_chunks=args.chunks, imatrix_chunks=args.imatrix_chunks, threads=args.threads,
+            force=args.force, name=args.name,
+        )  # fmt: skip
+        for e in m["files"]:
+            q = e["quality"] or {}
+            kld = f"KLD {q['kld_mean']:.5f} top-1 {100 * q['top1_agreement']:.2f} %" if "kld_mean" in q else ""
+            print(f"{e['type']:7s} {e['file']}  {e['size_bytes'] / 2**20:.2f} MiB  {e['bits_per_weight']:.2f} bpw  {kld}")
+        print(f"manifest: {Path(args.output) / 'manifest.json'}")
+
+    return run_tool(ap.prog, body, (QuantizeError,), interrupted=interrupt_status)
 
 
 if __name__ == "__main__":

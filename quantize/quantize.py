@@ -41,7 +41,8 @@ from gguf import GGMLQuantizationType
 
 from lsp_server import llama
 from lsp_server.gguf_check import GGUFCheckError, check_gguf
-from model_export.outfile import atomic_output, check_output, exit_code
+from lsp_server.tool import exit_code
+from model_export.outfile import atomic_output, check_output
 from quantize.errors import QuantizeError
 from quantize.gguf_info import GGUFInfo, read_info
 

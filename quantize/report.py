@@ -35,8 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
+from lsp_server.tool import run_tool
+from model_export.outfile import atomic_output
 from quantize.corpus import corpus_text
-from model_export.outfile import Terminated, exit_code, sigterm_raises
 from quantize.errors import QuantizeError, llama_session
 from quantize.gguf_info import GGUFInfo, read_info
 
@@ -103,8 +104,9 @@ def log_softmax64(logits: np.ndarray) -> np.ndarray:
 class Reference:
     """The reference model's logits over the corpus chunks (see :func:`reference_run`)."""
 
-    def __init__(self, path: Path, info: GGUFInfo, chunks: list[list[int]], logits: np.memmap, corpus: str, n_ctx: int,
-                 decided: np.ndarray):
+    def __init__(
+        self, path: Path, info: GGUFInfo, chunks: list[list[int]], logits: np.memmap, corpus: str, n_ctx: int, decided: np.ndarray
+    ):
         self.path = path
         self.info = info
         self.chunks = chunks
@@ -269,21 +271,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, stream=sys.stderr, format="%(message)s")
-    try:
-        with sigterm_raises():
-            results = compare_many(
-                args.reference, args.candidates, corpus=args.corpus, n_ctx=args.ctx, n_chunks=args.chunks, threads=args.threads
-            )
-    except QuantizeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except (KeyboardInterrupt, Terminated) as exc:
-        print("python -m quantize.report: interrupted", file=sys.stderr)
-        return exit_code(exc)
-    print(format_table(results), end="")
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps([asdict(q) for q in results], indent=2) + "\n")
-    return 0
+
+    def body() -> None:
+        results = compare_many(
+            args.reference, args.candidates, corpus=args.corpus, n_ctx=args.ctx, n_chunks=args.chunks, threads=args.threads
+        )
+        print(format_table(results), end="")
+        if args.json_out:
+            with atomic_output(Path(args.json_out), QuantizeError) as tmp:
+                tmp.write_text(json.dumps([asdict(q) for q in results], indent=2) + "\n")
+
+    return run_tool(ap.prog, body, (QuantizeError,))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,10 @@ def _count(text: str) -> int:
 # ---- the ring ----------------------------------------------------------------------------------------
 def test_ring_keeps_its_budget_under_1000_edits() -> None:
     rng = random.Random(0)
-    docs = [Doc(f"file:///p/m{i}.py", f"p/m{i}.py", "python", _module(f"m{i}", [f"f{i}_{j}" for j in range(8)], 300)) for i in range(12)]
+    docs = [
+        Doc(f"file:///p/m{i}.py", f"p/m{i}.py", "python", _module(f"m{i}", [f"f{i}_{j}" for j in range(8)], 300))
+        for i in range(12)
+    ]
     nb = Neighbors(ChunkRing(capacity=16))
     budget = 400
     for step in range(1000):

@@ -163,18 +163,29 @@ def test_debian_nvim_is_0_7_or_newer() -> None:
 
 
 @pytest.mark.slow
-def test_nvim_builtin_client_without_plugin(micro_model, tmp_path: Path) -> None:  # noqa: F811
+def test_nvim_builtin_client_without_plugin(micro_model, tmp_path: Path) -> None:
     case = blank_case(micro_model.files)
     path = tmp_path / case.name
     path.write_text(case.blanked)
     out = tmp_path / "builtin.json"
-    cfg = {"cmd": server_command(), "init_options": {"model": str(micro_model.gguf), **SERVER_SETTINGS},
-           "file": str(path), "line": case.line, "typed": case.typed, "out": str(out)}
+    cfg = {
+        "cmd": server_command(),
+        "init_options": {"model": str(micro_model.gguf), **SERVER_SETTINGS},
+        "file": str(path),
+        "line": case.line,
+        "typed": case.typed,
+        "out": str(out),
+    }
     (tmp_path / "cfg.json").write_text(json.dumps(cfg))
     env = {**server_env(), "CODELLAMA_E2E": str(tmp_path / "cfg.json")}
     proc = subprocess.run(
         [debian_nvim(), "--headless", "--clean", "-c", f"luafile {NVIM_CLIENT / 'tests' / 'builtin_client.lua'}"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=200, stdin=subprocess.DEVNULL,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=200,
+        stdin=subprocess.DEVNULL,
     )
     assert out.exists(), f"no report from Neovim (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
     report = json.loads(out.read_text())
@@ -185,7 +196,7 @@ def test_nvim_builtin_client_without_plugin(micro_model, tmp_path: Path) -> None
 
 @pytest.mark.slow
 @pytest.mark.parametrize("which", NVIMS)
-def test_nvim_plugin_completes_with_the_real_server(micro_model, which: str, tmp_path: Path) -> None:  # noqa: F811
+def test_nvim_plugin_completes_with_the_real_server(micro_model, which: str, tmp_path: Path) -> None:
     binary = NVIMS[which]()
     inline = nvim_version(binary) >= (0, 10)
     case = blank_case(micro_model.files)
@@ -243,7 +254,7 @@ def readme_snippet() -> str:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("which", NVIMS)
-def test_nvim_as_users_have_it(micro_model, which: str, tmp_path: Path) -> None:  # noqa: F811
+def test_nvim_as_users_have_it(micro_model, which: str, tmp_path: Path) -> None:
     """The README's snippet as init.lua (only the plugin path and the model filled in), no --clean, the
     plugin's defaults, a multi-line completion, typed at 150 and at 50 ms a key, three times each; the
     server found on PATH as `codellama-lsp`, as the snippet says."""
@@ -254,7 +265,9 @@ def test_nvim_as_users_have_it(micro_model, which: str, tmp_path: Path) -> None:
     model_placeholder = "~/models/codellama-7b.Q4_K_M.gguf"
     assert "/path/to/codellama-lsp/nvim-client" in snippet and model_placeholder in snippet
     init = tmp_path / "init.lua"
-    init.write_text(snippet.replace("/path/to/codellama-lsp/nvim-client", str(NVIM_CLIENT)).replace(model_placeholder, str(micro_model.gguf)))
+    init.write_text(
+        snippet.replace("/path/to/codellama-lsp/nvim-client", str(NVIM_CLIENT)).replace(model_placeholder, str(micro_model.gguf))
+    )
     work = tmp_path / "work"
     work.mkdir()
     trials = []
@@ -273,14 +286,21 @@ def test_nvim_as_users_have_it(micro_model, which: str, tmp_path: Path) -> None:
         env[xdg] = str(tmp_path / xdg.lower())
     proc = subprocess.run(
         [binary, "--headless", "-u", str(init), "-c", f"luafile {NVIM_CLIENT / 'tests' / 'user_e2e.lua'}"],
-        cwd=work, env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
     )
     assert report_path.exists(), f"no report from Neovim (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
     report = json.loads(report_path.read_text())
     dest = ARTIFACTS / f"nvim-user-{which}"
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "report.json").write_text(json.dumps(report, indent=2))
-    summary = [(t["delay_ms"], t["ok"], t.get("latency_ms"), t.get("requests"), t.get("error", "")[:200]) for t in report["trials"]]
+    summary = [
+        (t["delay_ms"], t["ok"], t.get("latency_ms"), t.get("requests"), t.get("error", "")[:200]) for t in report["trials"]
+    ]
     print(f"nvim {report['nvim']} trials (ms/key, ok, completion ms after the last key, requests, error):", *summary, sep="\n  ")
     assert report.get("error") is None, f"{report}\n{proc.stderr}"
     assert report["mode"] == ("ghost" if inline else "omnifunc")
@@ -319,8 +339,15 @@ def test_nvim_missing_server_says_so(tmp_path: Path) -> None:
     env = {**os.environ}
     for xdg in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME"):
         env[xdg] = str(tmp_path / xdg.lower())
-    proc = subprocess.run([debian_nvim(), "--headless", "-u", str(init), "-c", f"luafile {script}"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        [debian_nvim(), "--headless", "-u", str(init), "-c", f"luafile {script}"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
     assert out.exists(), proc.stderr
     got = json.loads(out.read_text())
     assert got["status"].startswith("codellama: error | codellama-lsp-not-installed not found"), got["status"]

@@ -80,9 +80,21 @@ def test_vscode_package_contents(vsix: Path) -> None:
     assert not any("/src/" in n and n.endswith(".ts") for n in names), "sources stay out of the package"
     assert not any(n.startswith("extension/node_modules/playwright-core/") for n in names), "dev tools stay out"
     props = manifest["contributes"]["configuration"]["properties"]
-    for key in ("model", "contextWindow", "maxTokens", "temperature", "timeBudgetMs", "enabledLanguages", "gpuLayers",
-                "fimOrder", "debounceMs", "suggestList"):
-        assert f"codellama.{key}" in props and props[f"codellama.{key}"].get("description", props[f"codellama.{key}"].get("markdownDescription"))
+    for key in (
+        "model",
+        "contextWindow",
+        "maxTokens",
+        "temperature",
+        "timeBudgetMs",
+        "enabledLanguages",
+        "gpuLayers",
+        "fimOrder",
+        "debounceMs",
+        "suggestList",
+    ):
+        assert f"codellama.{key}" in props and props[f"codellama.{key}"].get(
+            "description", props[f"codellama.{key}"].get("markdownDescription")
+        )
     # VS Code renders `description` as plain text: Markdown (backticks) belongs in markdownDescription
     assert not [k for k, v in props.items() if "`" in v.get("description", "")]
     # the suggestion list stays out of the way unless asked for
@@ -97,7 +109,7 @@ def test_vscode_package_contents(vsix: Path) -> None:
 
 
 @pytest.mark.slow
-def test_vscode_ghost_text_end_to_end(micro_model, vsix: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_vscode_ghost_text_end_to_end(micro_model, vsix: Path, tmp_path: Path) -> None:
     case = multiline_case(micro_model.files)
     workspace = tmp_path / "workspace"
     workspace.mkdir()
@@ -112,8 +124,16 @@ def test_vscode_ghost_text_end_to_end(micro_model, vsix: Path, tmp_path: Path) -
         for delay in TYPING_DELAYS_MS:
             name = f"shapes_{delay}ms_{repeat + 1}.py"
             (workspace / name).write_bytes(case.blanked.encode())
-            trials.append({"file": name, "line": case.line, "typed": case.typed, "delayMs": delay,
-                           "expectedGhost": case.expected, "expectedSaved": case.original})
+            trials.append(
+                {
+                    "file": name,
+                    "line": case.line,
+                    "typed": case.typed,
+                    "delayMs": delay,
+                    "expectedGhost": case.expected,
+                    "expectedSaved": case.original,
+                }
+            )
     out = ARTIFACTS / "vscode"
     shutil.rmtree(out, ignore_errors=True)
     cfg = {
@@ -136,8 +156,14 @@ def test_vscode_ghost_text_end_to_end(micro_model, vsix: Path, tmp_path: Path) -
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV",)}
     # not on PATH: the way VS Code started from a desktop launcher sees it
     env["PATH"] = os.pathsep.join(d for d in env.get("PATH", "").split(os.pathsep) if Path(d) != script.parent)
-    proc = subprocess.run([node, str(CLIENT / "e2e" / "run-e2e.mjs"), str(cfg_path)], cwd=CLIENT, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [node, str(CLIENT / "e2e" / "run-e2e.mjs"), str(cfg_path)],
+        cwd=CLIENT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     assert lines, f"no result from the e2e run (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
     result = json.loads(lines[-1])
@@ -145,7 +171,9 @@ def test_vscode_ghost_text_end_to_end(micro_model, vsix: Path, tmp_path: Path) -
     if (out / "ghost.png").exists() and (os.environ.get("CODELLAMA_UPDATE_DOCS") == "1" or not DOC_SHOT.exists()):
         DOC_SHOT.parent.mkdir(exist_ok=True)
         shutil.copyfile(out / "ghost.png", DOC_SHOT)
-    summary = [(t["delayMs"], t["ok"], t.get("ghostLatencyMs"), t.get("requests"), t.get("error", "")[:200]) for t in result["trials"]]
+    summary = [
+        (t["delayMs"], t["ok"], t.get("ghostLatencyMs"), t.get("requests"), t.get("error", "")[:200]) for t in result["trials"]
+    ]
     print("vscode trials (ms/key, ok, ghost ms after the last key, requests reaching the server, error):", *summary, sep="\n  ")
     assert len(result["trials"]) == len(trials)
     for t in result["trials"]:

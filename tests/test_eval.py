@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -16,7 +17,9 @@ def problems() -> list[dict]:
     return ev.load_problems()
 
 
-@pytest.mark.parametrize("kind,count", [("single-line", 1033), ("multi-line", 5815), ("random-span", 1640), ("random-span-light", 164)])
+@pytest.mark.parametrize(
+    "kind,count", [("single-line", 1033), ("multi-line", 5815), ("random-span", 1640), ("random-span-light", 164)]
+)
 def test_task_counts_match_the_paper(problems: list[dict], kind: str, count: int) -> None:
     tasks = ev.build_tasks(kind, problems)
     assert len(tasks) == count
@@ -98,7 +101,13 @@ def test_eval_end_to_end_on_the_demo_model(tmp_path: Path, capsys: pytest.Captur
     args = ["--model", "demo", "--limit", "8", "--seed", "1", "--ablate", "--json", str(out)]
     if not ev.network_isolation():
         args.append("--allow-network")
-    assert ev.main(args) == 0
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        assert ev.main(args) == 0
+    finally:  # main() points the root logger at this test's captured stderr, which closes when the test ends
+        root.handlers[:] = handlers
+        root.setLevel(level)
     report = json.loads(out.read_text())
     assert report["tasks_in_set"] == 1033 and report["tasks"] == 8
     assert set(report["runs"]) == {"all", "none"} | {f"all but {r}" for r in ev.postprocess.RULES}

@@ -118,8 +118,24 @@ def test_missing_safetensors_shard(checkpoint_factory, capsys, out):
         ({"n_kv_heads": 0}, "expected n_kv_heads in"),
         ({"dim": True}, "got True"),
     ],
-    ids=["dim-heads", "kv-heads", "dim-vs-tensors", "more-layers", "fewer-layers", "vocab", "dim-type", "eps",
-         "eps-nan", "eps-inf", "theta-nan", "theta-huge", "ctx-2^32", "layers-1e6", "kv-zero", "dim-bool"],
+    ids=[
+        "dim-heads",
+        "kv-heads",
+        "dim-vs-tensors",
+        "more-layers",
+        "fewer-layers",
+        "vocab",
+        "dim-type",
+        "eps",
+        "eps-nan",
+        "eps-inf",
+        "theta-nan",
+        "theta-huge",
+        "ctx-2^32",
+        "layers-1e6",
+        "kv-zero",
+        "dim-bool",
+    ],
 )
 def test_inconsistent_params_json(checkpoint_factory, capsys, out, changes, phrase):
     ckpt, _ = checkpoint_factory("meta", shards=2)
@@ -256,7 +272,10 @@ def test_pickle_refused_from_the_command_line(checkpoint_factory, tmp_path, out)
     torch.save(state, ckpt / "consolidated.00.pth")
     proc = subprocess.run(
         [sys.executable, "-m", "model_export.convert", str(ckpt), "-o", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 1
     assert proc.stderr.strip().count("\n") == 0 and "refusing to load" in proc.stderr
@@ -337,7 +356,10 @@ def test_good_conversion_from_the_command_line(checkpoint_factory, out):
     ckpt, _ = checkpoint_factory("hf", n_files=2)
     proc = subprocess.run(
         [sys.executable, "-m", "model_export.convert", str(ckpt), "-o", str(out), "--outtype", "q8_0"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""

@@ -8,7 +8,6 @@ them: FIM/EOT ids, control-token handling of file text that spells ``<PRE>`` or 
 from __future__ import annotations
 
 import subprocess
-
 from dataclasses import replace
 from pathlib import Path
 
@@ -128,8 +127,15 @@ def test_codellama_layout_ids_and_padding(checkpoint_factory, codellama_tokenize
     llm = load_vocab_only(llama_cpp, s.out_path)
     vocab = llama_cpp.llama_model_get_vocab(llm.model)
     assert llama_cpp.llama_vocab_n_tokens(vocab) == 32016
-    got = [f(vocab) for f in (llama_cpp.llama_vocab_fim_pre, llama_cpp.llama_vocab_fim_suf,
-                              llama_cpp.llama_vocab_fim_mid, llama_cpp.llama_vocab_eot)]
+    got = [
+        f(vocab)
+        for f in (
+            llama_cpp.llama_vocab_fim_pre,
+            llama_cpp.llama_vocab_fim_suf,
+            llama_cpp.llama_vocab_fim_mid,
+            llama_cpp.llama_vocab_eot,
+        )
+    ]
     assert got == [32007, 32008, 32009, 32010]
     llm.close()
 

@@ -55,6 +55,6 @@ def test_verify_f16_and_q8_0(checkpoint_factory, tmp_path):
 
 def test_verify_bad_input(checkpoint_factory, tmp_path, capsys):
     ckpt, _ = checkpoint_factory("meta")
-    assert main([str(ckpt), str(tmp_path / "missing.gguf")]) == 2
+    assert main([str(ckpt), str(tmp_path / "missing.gguf")]) == 1  # a failure, not bad usage (docs/cli.md)
     err = capsys.readouterr().err
     assert err.startswith("codellama-verify: error: expected a GGUF file") and err.count("\n") == 1

@@ -163,7 +163,7 @@ def test_allowlisted_names_with_hostile_arguments_are_refused(tmp_path: Path):
 
     path = tmp_path / "m.pth"
     _write_zip(path, {"w": FakeRebuild()})
-    with pytest.raises(ExportError, match="refusing to load .*expected a storage"):
+    with pytest.raises(ExportError, match=r"refusing to load .*expected a storage"):
         open_weights(path)
 
 
@@ -171,6 +171,6 @@ def test_old_style_pickle_stream_is_refused_unread(tmp_path: Path):
     marker = tmp_path / "pwned"
     path = tmp_path / "consolidated.00.pth"
     path.write_bytes(pickle.dumps({"w": Payload(open, str(marker), "w")}))
-    with pytest.raises(ExportError, match="refusing to load .*old-style pickle"):
+    with pytest.raises(ExportError, match=r"refusing to load .*old-style pickle"):
         open_weights(path)
     assert not marker.exists()

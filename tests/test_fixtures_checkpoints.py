@@ -66,8 +66,9 @@ def _merge_meta(ckpt: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
-@pytest.mark.parametrize(("shards", "args"), [(1, TINY), (2, TINY), (4, TINY_MHA), (4, TINY_GQA4)],
-                         ids=["1-gqa", "2-gqa", "4-mha", "4-gqa"])
+@pytest.mark.parametrize(
+    ("shards", "args"), [(1, TINY), (2, TINY), (4, TINY_MHA), (4, TINY_GQA4)], ids=["1-gqa", "2-gqa", "4-mha", "4-gqa"]
+)
 def test_meta_shards_merge_back_to_the_model(checkpoint_factory, shards, args, dtype):
     ckpt, model = checkpoint_factory("meta", shards=shards, dtype=dtype, args=args, seed=3)
     files = sorted(p.name for p in ckpt.glob("consolidated.*.pth"))
@@ -129,8 +130,7 @@ def test_meta_writer_refuses_bad_requests(fixture_tokenizer, tmp_path):
     with pytest.raises(ValueError, match="exactly representable in bfloat16"):
         write_meta_checkpoint(tmp_path / "b", random_model(TINY, 0, torch.float32), fixture_tokenizer)
     with pytest.raises(ValueError, match="exactly representable in float16"):
-        write_meta_checkpoint(tmp_path / "c", random_model(TINY, 0, torch.bfloat16), fixture_tokenizer,
-                              dtype=torch.float16)
+        write_meta_checkpoint(tmp_path / "c", random_model(TINY, 0, torch.bfloat16), fixture_tokenizer, dtype=torch.float16)
 
 
 # ---------------------------------------------------------------- Hugging Face layout
@@ -169,7 +169,7 @@ def hf_forward(sd: dict[str, torch.Tensor], cfg: dict, tokens: torch.Tensor) -> 
     cos, sin = torch.cat((ang, ang), -1).cos().float(), torch.cat((ang, ang), -1).sin().float()  # (seq, hd)
 
     def rope(x: torch.Tensor) -> torch.Tensor:  # x: (heads, seq, hd); rotate_half pairs i with i + hd/2
-        rotated = torch.cat((-x[..., hd // 2:], x[..., : hd // 2]), -1)
+        rotated = torch.cat((-x[..., hd // 2 :], x[..., : hd // 2]), -1)
         return x * cos + rotated * sin
 
     h = sd["model.embed_tokens.weight"][tokens]
@@ -212,7 +212,11 @@ def test_hf_files_index_config(checkpoint_factory, fmt, n_files, dtype):
     args = model.args
     assert cfg["architectures"] == ["LlamaForCausalLM"] and cfg["model_type"] == "llama"
     assert (cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"], cfg["num_key_value_heads"]) == (
-        args.dim, args.n_layers, args.n_heads, args.kv_heads)
+        args.dim,
+        args.n_layers,
+        args.n_heads,
+        args.kv_heads,
+    )
     assert cfg["intermediate_size"] == ffn_hidden_dim(args.dim, args.multiple_of, args.ffn_dim_multiplier)
     assert cfg["intermediate_size"] == sd["model.layers.0.mlp.gate_proj.weight"].shape[0]
     assert cfg["rope_theta"] == 1e6 and cfg["rms_norm_eps"] == 1e-5 and cfg["vocab_size"] == args.vocab_size
@@ -280,7 +284,7 @@ def test_fixture_tokenizer_round_trips_code_and_has_fim_pieces(fixture_tokenizer
         assert sp.decode(sp.encode(text)) == text
     assert "▁▁▁▁" in {sp.id_to_piece(i) for i in range(sp.get_piece_size())}  # indentation pieces exist
     ids = fim_ids(fixture_tokenizer)
-    assert ids == {name: sp.piece_to_id(p) for name, p in zip(("pre", "suf", "mid", "eot"), FIM_PIECES)}
+    assert ids == {name: sp.piece_to_id(p) for name, p in zip(("pre", "suf", "mid", "eot"), FIM_PIECES, strict=True)}
     assert sorted(ids.values()) == list(range(1000, 1004))
     assert (sp.unk_id(), sp.bos_id(), sp.eos_id()) == (0, 1, 2)
     proto = pb.ModelProto()
@@ -316,7 +320,7 @@ def test_codellama_layout(codellama_tokenizer, codellama_tokenizer_32011, fixtur
 
 def test_embedding_rows_padded_beyond_the_tokenizer(checkpoint_factory, codellama_tokenizer_32011):
     args = replace(TINY, vocab_size=32016)
-    ckpt, model = checkpoint_factory("meta", shards=2, args=args, tokenizer=codellama_tokenizer_32011)
+    ckpt, _model = checkpoint_factory("meta", shards=2, args=args, tokenizer=codellama_tokenizer_32011)
     merged = _merge_meta(ckpt)
     assert merged["tok_embeddings.weight"].shape == (32016, 64) and merged["output.weight"].shape == (32016, 64)
     assert tokenizer_size(ckpt / "tokenizer.model") == 32011
@@ -352,7 +356,7 @@ def test_sample_code_tokens(fixture_tokenizer, codellama_tokenizer):
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
 def test_random_model_is_seeded_and_exact_in_dtype(dtype):
     a, b, c = random_model(TINY, 7, dtype), random_model(TINY, 7, dtype), random_model(TINY, 8, dtype)
-    for (name, p), q, r in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values()):
+    for (name, p), q, r in zip(a.state_dict().items(), b.state_dict().values(), c.state_dict().values(), strict=True):
         assert p.dtype == torch.float32
         assert torch.equal(p, q), name
         assert not torch.equal(p, r), name

@@ -21,8 +21,14 @@ ARCH = "llama"
 N_EMBD, N_HEAD, N_HEAD_KV, N_LAYER, N_VOCAB = 8, 2, 1, 2, 5
 
 
-def write_gguf(path: Path, *, meta: dict[str, object] | None = None, drop: set[str] = frozenset(), layers: int = N_LAYER,
-               shapes: dict[str, tuple[int, ...]] | None = None) -> Path:
+def write_gguf(
+    path: Path,
+    *,
+    meta: dict[str, object] | None = None,
+    drop: set[str] = frozenset(),
+    layers: int = N_LAYER,
+    shapes: dict[str, tuple[int, ...]] | None = None,
+) -> Path:
     """A Llama-shaped GGUF: ``meta`` replaces or adds keys (``None`` drops one), ``drop`` leaves tensors
     out, ``layers`` is how many blocks get tensors, ``shapes`` overrides a tensor's numpy shape."""
     k = gguf.Keys
@@ -74,7 +80,13 @@ def key(template: str) -> str:
 def test_a_good_file_is_summarised(tmp_path: Path) -> None:
     s = check_gguf(write_gguf(tmp_path / "ok.gguf"))
     assert (s.architecture, s.n_layer, s.n_ctx_train, s.n_embd, s.n_head, s.n_head_kv, s.n_vocab) == (
-        ARCH, N_LAYER, 64, N_EMBD, N_HEAD, N_HEAD_KV, N_VOCAB
+        ARCH,
+        N_LAYER,
+        64,
+        N_EMBD,
+        N_HEAD,
+        N_HEAD_KV,
+        N_VOCAB,
     )
     assert s.rope_freq_base == 1e6 and s.n_tensors == 2 + 3 * N_LAYER
 
@@ -98,7 +110,11 @@ def test_the_exporters_gguf_passes(lsp_random_gguf: Path) -> None:
         ({key(gguf.Keys.LLM.BLOCK_COUNT): 3}, N_LAYER, "got tensors for 2 blocks, none for blk.2"),
         ({key(gguf.Keys.LLM.BLOCK_COUNT): 1}, N_LAYER, "got tensors for 2 blocks, tensors for blk.1"),
         ({key(gguf.Keys.LLM.BLOCK_COUNT): None}, N_LAYER, "expected llama.block_count"),
-        ({key(gguf.Keys.Attention.LAYERNORM_RMS_EPS): math.nan}, N_LAYER, "layer_norm_rms_epsilon a finite number in (0, 1), got nan"),
+        (
+            {key(gguf.Keys.Attention.LAYERNORM_RMS_EPS): math.nan},
+            N_LAYER,
+            "layer_norm_rms_epsilon a finite number in (0, 1), got nan",
+        ),
         ({key(gguf.Keys.Attention.LAYERNORM_RMS_EPS): math.inf}, N_LAYER, "got inf"),
         ({key(gguf.Keys.Attention.LAYERNORM_RMS_EPS): 0.0}, N_LAYER, "got 0.0"),
         ({key(gguf.Keys.Rope.FREQ_BASE): math.nan}, N_LAYER, "rope.freq_base a finite positive number, got nan"),
@@ -107,8 +123,16 @@ def test_the_exporters_gguf_passes(lsp_random_gguf: Path) -> None:
         ({key(gguf.Keys.LLM.CONTEXT_LENGTH): 0}, N_LAYER, "got 0"),
         ({key(gguf.Keys.Attention.HEAD_COUNT): 0}, N_LAYER, "head_count between 1 and 65536, got 0"),
         ({key(gguf.Keys.Attention.HEAD_COUNT_KV): 0}, N_LAYER, "head_count_kv between 1 and 65536, got 0"),
-        ({key(gguf.Keys.Attention.HEAD_COUNT_KV): 3}, N_LAYER, "head_count a multiple of llama.attention.head_count_kv, got 2 and 3"),
-        ({key(gguf.Keys.Attention.HEAD_COUNT): 3}, N_LAYER, "embedding_length a multiple of llama.attention.head_count, got 8 and 3"),
+        (
+            {key(gguf.Keys.Attention.HEAD_COUNT_KV): 3},
+            N_LAYER,
+            "head_count a multiple of llama.attention.head_count_kv, got 2 and 3",
+        ),
+        (
+            {key(gguf.Keys.Attention.HEAD_COUNT): 3},
+            N_LAYER,
+            "embedding_length a multiple of llama.attention.head_count, got 8 and 3",
+        ),
         ({key(gguf.Keys.Attention.HEAD_COUNT_KV): 2}, N_LAYER, "blk.0.attn_k.weight of shape [8, 8], got [8, 4]"),
         ({key(gguf.Keys.LLM.EMBEDDING_LENGTH): 16}, N_LAYER, "token_embd.weight with 16 rows"),
         ({key(gguf.Keys.LLM.CONTEXT_LENGTH): "many"}, N_LAYER, "expected an integer llama.context_length"),
@@ -167,7 +191,7 @@ def test_unsupported_version(tmp_path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[4:8] = (99).to_bytes(4, "little")
     path.write_bytes(bytes(data))
-    with pytest.raises(GGUFCheckError, match="expected a well-formed GGUF file .*version 99"):
+    with pytest.raises(GGUFCheckError, match=r"expected a well-formed GGUF file .*version 99"):
         check_gguf(path)
 
 

@@ -28,7 +28,7 @@ def test_pinned_llama_cpp_python_and_its_private_ggml_handle() -> None:
     assert lib.ggml_tensor_overhead() > 0
 
 
-def test_decode_truncate_reuse_match_a_fresh_evaluation(lsp_random_gguf: Path) -> None:  # noqa: F811
+def test_decode_truncate_reuse_match_a_fresh_evaluation(lsp_random_gguf: Path) -> None:
     with llama.open_context(lsp_random_gguf, llama.ContextOptions(n_ctx=256, all_logits=True)) as ctx:
         prompt = [ctx.model.bos] + ctx.model.tokenize("def add(a, b):\n    return a + b\n")
         full = ctx.evaluate(prompt)
@@ -47,21 +47,21 @@ def test_decode_truncate_reuse_match_a_fresh_evaluation(lsp_random_gguf: Path) -
             ctx.decode([prompt[0]] * 300)
 
 
-def test_a_file_llama_cpp_refuses_says_why(lsp_random_gguf: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_a_file_llama_cpp_refuses_says_why(lsp_random_gguf: Path, tmp_path: Path) -> None:
     bad = tmp_path / "truncated.gguf"
     bad.write_bytes(lsp_random_gguf.read_bytes()[:5000])
     with pytest.raises(llama.LlamaError, match=r"expected llama.cpp to load .*truncated.gguf, got: .+"):
         llama.Model(bad)
 
 
-def test_llama_cpp_log_goes_to_python_logging(lsp_random_gguf: Path, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
+def test_llama_cpp_log_goes_to_python_logging(lsp_random_gguf: Path, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.DEBUG, logger="llama.cpp"):
         model = llama.Model(lsp_random_gguf, llama.LoadOptions(vocab_only=True))
         model.close()
     assert any(r.name == "llama.cpp" and "llama_model_loader" in r.getMessage() for r in caplog.records)
 
 
-def test_vocab_only_load_reads_metadata(lsp_random_gguf: Path) -> None:  # noqa: F811
+def test_vocab_only_load_reads_metadata(lsp_random_gguf: Path) -> None:
     model = llama.Model(lsp_random_gguf, llama.LoadOptions(vocab_only=True))
     try:
         assert model.meta("general.architecture") == "llama"

@@ -86,7 +86,9 @@ def _package_docs() -> tuple[neighbors.Doc, list[neighbors.Doc]]:
     """unittest/result.py (being edited) and two of its siblings (open in the editor)."""
     pkg = STDLIB / "unittest"
     cur = neighbors.Doc("file:///w/unittest/result.py", "unittest/result.py", "python", (pkg / "result.py").read_text())
-    others = [neighbors.Doc(f"file:///w/unittest/{n}", f"unittest/{n}", "python", (pkg / n).read_text()) for n in ("util.py", "case.py")]
+    others = [
+        neighbors.Doc(f"file:///w/unittest/{n}", f"unittest/{n}", "python", (pkg / n).read_text()) for n in ("util.py", "case.py")
+    ]
     return cur, others
 
 
@@ -102,7 +104,9 @@ async def test_kv_reuse_with_extra_context_evaluates_only_what_changed(demo_engi
     for k in range(len(typed) + 1):
         text = cur.text[:start] + typed[:k] + cur.text[start:]
         doc = replace(cur, text=text)
-        out = await pipeline.complete(demo_engine, cache, cur.uri, text, start + k, settings, extra=pipeline.Extra(nb, doc, tuple(others)))
+        out = await pipeline.complete(
+            demo_engine, cache, cur.uri, text, start + k, settings, extra=pipeline.Extra(nb, doc, tuple(others))
+        )
         if out.source == "cache":
             continue
         assert out.context.extra.startswith("# unittest/")  # chunks of the siblings, headed by their paths

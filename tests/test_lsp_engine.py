@@ -77,7 +77,9 @@ CASES = [
     ("a\r\nb", "\n"),
 ]
 
-CODE_CHARS = st.sampled_from(list("abcxyz_ ()[]:=+-*/.,'\"#\t\n0123456789") + ["    ", "def ", "return ", "😀", "中", "é", "<EOT>", "▁"])
+CODE_CHARS = st.sampled_from(
+    list("abcxyz_ ()[]:=+-*/.,'\"#\t\n0123456789") + ["    ", "def ", "return ", "😀", "中", "é", "<EOT>", "▁"]
+)
 
 
 def _ids(eng: LlamaCppEngine) -> tuple:
@@ -92,7 +94,9 @@ def _check_layouts(eng: LlamaCppEngine, ref: SpReference, pre: str, suf: str) ->
     assert fim.prompt_tokens(ctx, eng.vocab, fim.FimOrder.PSM) == ref.meta_prompt(pre, suf, False)
 
 
-def test_fim_sentinel_ids_come_from_the_gguf(engine: LlamaCppEngine, cl_engine: LlamaCppEngine, fixture_tokenizer: Path, codellama_tokenizer: Path) -> None:
+def test_fim_sentinel_ids_come_from_the_gguf(
+    engine: LlamaCppEngine, cl_engine: LlamaCppEngine, fixture_tokenizer: Path, codellama_tokenizer: Path
+) -> None:
     assert _ids(engine) == SpReference(fixture_tokenizer).ids
     s = cl_engine.vocab.sentinels
     assert (s.pre, s.suf, s.mid, s.eot) == (32007, 32008, 32009, 32010)  # Code Llama's real ids
@@ -106,7 +110,9 @@ def test_prompt_ids_match_reference(engine: LlamaCppEngine, fixture_tokenizer: P
 
 
 @pytest.mark.parametrize("pre,suf", CASES)
-def test_prompt_ids_match_reference_codellama_layout(cl_engine: LlamaCppEngine, codellama_tokenizer: Path, pre: str, suf: str) -> None:
+def test_prompt_ids_match_reference_codellama_layout(
+    cl_engine: LlamaCppEngine, codellama_tokenizer: Path, pre: str, suf: str
+) -> None:
     _check_layouts(cl_engine, SpReference(codellama_tokenizer), pre, suf)
 
 

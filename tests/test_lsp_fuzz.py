@@ -62,7 +62,11 @@ class Reference:
     def expected(self) -> dict[str, Any] | None:
         if self.text is None:
             return None
-        return {"version": self.version, "length": len(self.text), "sha256": hashlib.sha256(self.text.encode("utf-8", "surrogatepass")).hexdigest()}
+        return {
+            "version": self.version,
+            "length": len(self.text),
+            "sha256": hashlib.sha256(self.text.encode("utf-8", "surrogatepass")).hexdigest(),
+        }
 
 
 chars = st.sampled_from(list("ab \t(){}:=\n") + ["\r\n", "é", "😀", "中"])
@@ -89,7 +93,9 @@ def test_fuzz_json_rpc_against_the_real_server(lsp_random_gguf: Path) -> None:
         def run(initial: str, steps: list[tuple]) -> None:
             uri = f"file:///fuzz/{next(_uris)}.py"
             ref = Reference(initial)
-            s.notify("textDocument/didOpen", {"textDocument": {"uri": uri, "languageId": "python", "version": 1, "text": initial}})
+            s.notify(
+                "textDocument/didOpen", {"textDocument": {"uri": uri, "languageId": "python", "version": 1, "text": initial}}
+            )
             sent: list[int] = []  # request ids, to check each is answered once
             completions: list[tuple[int, int]] = []  # (request id, number of edits sent before it)
             edits_before_probe: dict[int, int] = {}
@@ -109,7 +115,10 @@ def test_fuzz_json_rpc_against_the_real_server(lsp_random_gguf: Path) -> None:
                     version = ref.version + 1
                     if kind == "edit":
                         (l0, c0), (l1, c1), new = step[1], step[2], step[3]
-                        change = {"range": {"start": {"line": l0, "character": c0}, "end": {"line": l1, "character": c1}}, "text": new}
+                        change = {
+                            "range": {"start": {"line": l0, "character": c0}, "end": {"line": l1, "character": c1}},
+                            "text": new,
+                        }
                         if ref.text is not None:
                             a, b = ref_offset(ref.text, l0, c0), ref_offset(ref.text, l1, c1)
                             bad = a is None or b is None or (l0, c0) > (l1, c1)
@@ -148,7 +157,9 @@ def test_fuzz_json_rpc_against_the_real_server(lsp_random_gguf: Path) -> None:
             for rid in sent:
                 s.response(rid, timeout=60)
             assert s.proc.poll() is None
-            order = {json.dumps(f["id"]): i for i, f in enumerate(s.frames) if "id" in f and "method" not in f and f["id"] is not None}
+            order = {
+                json.dumps(f["id"]): i for i, f in enumerate(s.frames) if "id" in f and "method" not in f and f["id"] is not None
+            }
             for rid in sent:
                 assert len(s.responses[json.dumps(rid)]) == 1, (rid, s.responses[json.dumps(rid)])
             for pid, expected in ref.probes:

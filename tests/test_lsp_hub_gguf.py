@@ -26,13 +26,13 @@ from model_train.tokenizer import fim_ids
 from tests.fixtures.hub_ggufs import FAMILIES, as_old_hub_codellama, family_gguf
 from tests.fixtures.lsp_client import lsp_session
 from tests.fixtures.micro_model import micro_model  # noqa: F401
-from tests.test_lsp_micro import CASES, _blank, _line_of
+from tests.test_lsp_micro import _blank, _line_of
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def old_hub_gguf(micro_model, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
+def old_hub_gguf(micro_model, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return as_old_hub_codellama(micro_model.gguf, tmp_path_factory.mktemp("hub") / "micro-old-hub.gguf")
 
 
@@ -43,7 +43,7 @@ def old_hub_engine(old_hub_gguf: Path):
     engine.close()
 
 
-def test_old_hub_file_has_no_fim_metadata_and_llama_cpp_finds_no_eot(old_hub_gguf: Path, micro_model) -> None:  # noqa: F811
+def test_old_hub_file_has_no_fim_metadata_and_llama_cpp_finds_no_eot(old_hub_gguf: Path, micro_model) -> None:
     model = llama.Model(old_hub_gguf, llama.LoadOptions(vocab_only=True))
     try:
         for key in ("tokenizer.ggml.fim_pre_token_id", "tokenizer.ggml.eot_token_id"):
@@ -59,7 +59,7 @@ def test_old_hub_file_has_no_fim_metadata_and_llama_cpp_finds_no_eot(old_hub_ggu
     assert s.style == "codellama" and ids["eot"] in s.eog
 
 
-async def test_old_hub_file_ready_status_says_where_the_ids_came_from(old_hub_gguf: Path, micro_model) -> None:  # noqa: F811
+async def test_old_hub_file_ready_status_says_where_the_ids_came_from(old_hub_gguf: Path, micro_model) -> None:
     eot = fim_ids(micro_model.tokenizer)["eot"]
     async with lsp_session(old_hub_gguf) as client:
         ready = next(s for s in client.status.items if s["state"] == "ready")
@@ -75,7 +75,7 @@ def _raw_generation(engine: LlamaCppEngine, doc: str, offset: int, settings: Set
     return engine.submit(dataclasses.replace(request, stop_text=None)).future.result(timeout=120)
 
 
-async def test_old_hub_file_completes_exactly_and_stops_at_eot(old_hub_engine: LlamaCppEngine, micro_model) -> None:  # noqa: F811
+async def test_old_hub_file_completes_exactly_and_stops_at_eot(old_hub_engine: LlamaCppEngine, micro_model) -> None:
     """The one blanked line the micro model both completes exactly and ends with EOT on its own (a scan of
     every line of its corpus found it): through the old-style file, the completion is exact, and the
     generation stops on the EOT id found by its text - not at the token limit."""
@@ -91,7 +91,7 @@ async def test_old_hub_file_completes_exactly_and_stops_at_eot(old_hub_engine: L
     assert result.candidates[0].text == expected + "\n"  # the line and its newline, then EOT
 
 
-def test_old_hub_file_generates_as_the_file_with_metadata(old_hub_engine: LlamaCppEngine, micro_model) -> None:  # noqa: F811
+def test_old_hub_file_generates_as_the_file_with_metadata(old_hub_engine: LlamaCppEngine, micro_model) -> None:
     """Every non-blank line of the micro corpus blanked in turn: the old-style file (ids found by text)
     generates the same text and stops for the same reason as the file our exporter wrote (ids from
     metadata), EOT stops included - where llama.cpp alone would run on to the token limit."""

@@ -12,11 +12,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from lsp_server.rpc import MAX_CONTENT_LENGTH
-from tests.fixtures.raw_lsp import RawServer, frame
 from tests.fixtures.lsp_models import lsp_random_gguf  # noqa: F401
+from tests.fixtures.raw_lsp import RawServer, frame
 
 NO_MODEL = "/nonexistent/model.gguf"
 URI = "file:///work/sync.py"
@@ -63,20 +61,20 @@ def test_exit_without_shutdown_is_status_1() -> None:
 
 
 INVALID_PARAMS = [
-        (None, "params"),
-        ([], "$.params"),
-        ({}, "required field missing"),
-        ({"textDocument": "file:///x", "position": {"line": 0, "character": 0}, "context": {"triggerKind": 1}}, "text_document"),
-        (inline_params(None, None), "position"),
-        ({"textDocument": {"uri": URI}, "context": {"triggerKind": 1}}, "position"),
-        (inline_params(-1, 0), "should be in range"),
-        (inline_params(2**31, 0), "should be in range"),
-        (inline_params(0, 10**30), "should be in range"),
-        (inline_params(1e30, 0), "line"),
-        (inline_params(0.5, 0), "line"),
-        (inline_params(trigger=99), "99 is not a valid InlineCompletionTriggerKind"),
-        (inline_params(uri=7), "uri"),
-        ("a string", "expected params to be an object"),
+    (None, "params"),
+    ([], "$.params"),
+    ({}, "required field missing"),
+    ({"textDocument": "file:///x", "position": {"line": 0, "character": 0}, "context": {"triggerKind": 1}}, "text_document"),
+    (inline_params(None, None), "position"),
+    ({"textDocument": {"uri": URI}, "context": {"triggerKind": 1}}, "position"),
+    (inline_params(-1, 0), "should be in range"),
+    (inline_params(2**31, 0), "should be in range"),
+    (inline_params(0, 10**30), "should be in range"),
+    (inline_params(1e30, 0), "line"),
+    (inline_params(0.5, 0), "line"),
+    (inline_params(trigger=99), "99 is not a valid InlineCompletionTriggerKind"),
+    (inline_params(uri=7), "uri"),
+    ("a string", "expected params to be an object"),
 ]
 
 
@@ -121,12 +119,12 @@ GOOD = {"jsonrpc": "2.0", "id": "probe", "method": "codellama/documentState", "p
 
 
 TOLERATED = [
-        b"content-length: %d\r\n\r\n",
-        b"CONTENT-LENGTH:%d\r\n\r\n",
-        b"Content-Length: %d\n\n",
-        b"Content-Type: application/vscode-jsonrpc; charset=utf-8\r\nContent-Length: %d\r\n\r\n",
-        b"\r\n\r\nContent-Length: %d\r\n\r\n",
-        b"Content-Length: %d\r\nContent-Length: %d\r\n\r\n",  # the same length twice is harmless
+    b"content-length: %d\r\n\r\n",
+    b"CONTENT-LENGTH:%d\r\n\r\n",
+    b"Content-Length: %d\n\n",
+    b"Content-Type: application/vscode-jsonrpc; charset=utf-8\r\nContent-Length: %d\r\n\r\n",
+    b"\r\n\r\nContent-Length: %d\r\n\r\n",
+    b"Content-Length: %d\r\nContent-Length: %d\r\n\r\n",  # the same length twice is harmless
 ]
 
 
@@ -146,16 +144,16 @@ def test_tolerated_framing() -> None:
 
 
 BROKEN = [
-        b"Content-Type: text/plain\r\n\r\n{}",  # no length
-        b"Content-Length: -5\r\n\r\n{}",
-        b"Content-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
-        b"Content-Length: ten\r\n\r\n{}",
-        b"Content-Length: 1000000000000\r\n\r\n{}",  # over the limit: never allocated
-        b"Content-Length: %d\r\n\r\n{}" % (MAX_CONTENT_LENGTH + 1),
-        b"Content-Length: 50\r\n\r\n{\"jsonrpc\": \"2.0\"",  # truncated: swallows the start of the next frame
-        b"garbage line\r\n\r\n",
-        b"x" * 20_000,  # a header block that never ends
-        b"Content-Length: 10\r\n\r\n{not json}",
+    b"Content-Type: text/plain\r\n\r\n{}",  # no length
+    b"Content-Length: -5\r\n\r\n{}",
+    b"Content-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+    b"Content-Length: ten\r\n\r\n{}",
+    b"Content-Length: 1000000000000\r\n\r\n{}",  # over the limit: never allocated
+    b"Content-Length: %d\r\n\r\n{}" % (MAX_CONTENT_LENGTH + 1),
+    b'Content-Length: 50\r\n\r\n{"jsonrpc": "2.0"',  # truncated: swallows the start of the next frame
+    b"garbage line\r\n\r\n",
+    b"x" * 20_000,  # a header block that never ends
+    b"Content-Length: 10\r\n\r\n{not json}",
 ]
 
 
@@ -189,11 +187,11 @@ def edit(l0: int, c0: int, l1: int, c1: int, text: str) -> dict[str, Any]:
 
 
 BAD_CHANGES = [
-        (change(None, [edit(0, 0, 0, 0, "y")]), "version"),
-        (change(2, [edit(5, 0, 5, 0, "y")]), "within lines 0..1 of the document, got line 5"),
-        (change(2, [edit(0, 3, 0, 1, "y")]), "start is not after its end"),
-        (change(2, [edit(0, 0, 0, 0, "y")], uri="file:///never/opened.py"), "not open"),
-        (change(2, [{"range": "everything", "text": "y"}]), "content_changes"),
+    (change(None, [edit(0, 0, 0, 0, "y")]), "version"),
+    (change(2, [edit(5, 0, 5, 0, "y")]), "within lines 0..1 of the document, got line 5"),
+    (change(2, [edit(0, 3, 0, 1, "y")]), "start is not after its end"),
+    (change(2, [edit(0, 0, 0, 0, "y")], uri="file:///never/opened.py"), "not open"),
+    (change(2, [{"range": "everything", "text": "y"}]), "content_changes"),
 ]
 
 
@@ -201,12 +199,20 @@ def test_a_change_that_cannot_be_applied_is_an_error_the_client_sees() -> None:
     with RawServer() as s:
         s.initialize(NO_MODEL)
         for bad, says in BAD_CHANGES:
-            s.notify("textDocument/didOpen", {"textDocument": {"uri": URI, "languageId": "python", "version": 1, "text": "abc\ndef"}})
-            s.notify("textDocument/didChange", change(2, [edit(0, 3, 0, 3, "!"), edit(1, 99, 1, 99, "?")]))  # past the end: clamped
+            s.notify(
+                "textDocument/didOpen", {"textDocument": {"uri": URI, "languageId": "python", "version": 1, "text": "abc\ndef"}}
+            )
+            s.notify(
+                "textDocument/didChange", change(2, [edit(0, 3, 0, 3, "!"), edit(1, 99, 1, 99, "?")])
+            )  # past the end: clamped
             assert text_of(s) == {"version": 2, "length": 9, "sha256": digest("abc!\ndef?")}
             seen = len(s.notifications("window/showMessage"))
             s.notify("textDocument/didChange", bad)
-            shown = s.wait(lambda: [m for m in s.notifications("window/showMessage")[seen:] if "out of sync" in m["params"]["message"]])
+            shown = s.wait(
+                lambda seen=seen: [
+                    m for m in s.notifications("window/showMessage")[seen:] if "out of sync" in m["params"]["message"]
+                ]
+            )
             assert shown[0]["params"]["type"] == 1 and says in shown[0]["params"]["message"], shown
             assert text_of(s, bad["textDocument"]["uri"]) is None  # dropped: no completion from a copy that drifted
             s.notify("textDocument/didOpen", {"textDocument": {"uri": URI, "languageId": "python", "version": 7, "text": "new"}})
@@ -217,7 +223,10 @@ def test_a_change_that_cannot_be_applied_is_an_error_the_client_sees() -> None:
 def test_client_pipe_closed_mid_request_exits_without_traceback(lsp_random_gguf: Path) -> None:
     with RawServer() as s:
         s.initialize(lsp_random_gguf, {"maxTokens": 2000, "timeBudgetMs": 60000})
-        s.notify("textDocument/didOpen", {"textDocument": {"uri": URI, "languageId": "python", "version": 1, "text": "def f(x):\n    "}})
+        s.notify(
+            "textDocument/didOpen",
+            {"textDocument": {"uri": URI, "languageId": "python", "version": 1, "text": "def f(x):\n    "}},
+        )
         s.send({"jsonrpc": "2.0", "id": 1, "method": INLINE, "params": inline_params(1, 4)})
         s.wait_status({"busy"})
         s.close_stdin()
@@ -252,7 +261,12 @@ async def test_no_growth_per_request_or_notification() -> None:
         proto.dispatch(json.dumps({"jsonrpc": "2.0", **msg}).encode())
 
     send({"id": 0, "method": "initialize", "params": {"processId": None, "rootUri": None, "capabilities": {}}})
-    send({"method": "textDocument/didOpen", "params": {"textDocument": {"uri": URI, "languageId": "python", "version": 1, "text": "x = 1\n"}}})
+    send(
+        {
+            "method": "textDocument/didOpen",
+            "params": {"textDocument": {"uri": URI, "languageId": "python", "version": 1, "text": "x = 1\n"}},
+        }
+    )
     version = 1
 
     async def burst(n: int) -> None:

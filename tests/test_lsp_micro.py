@@ -109,7 +109,7 @@ async def test_invoked_gives_distinct_items_and_honours_selected_completion(micr
 async def test_burst_of_edits_only_newest_gets_text(micro_model) -> None:
     source = micro_model.files["spaces.py"]
     line_no = _line_of(source, "raise ValueError")
-    doc, rest = _blank(source, line_no, "")
+    doc, _rest = _blank(source, line_no, "")
     target = source.split("\n")[line_no]
     assert len(target) > 50
     uri = "file:///micro/burst.py"

@@ -55,7 +55,9 @@ async def test_initialize_capabilities_status_and_progress(lsp_random_gguf: Path
 
 
 async def test_utf8_position_encoding_when_offered(lsp_random_gguf: Path) -> None:
-    async with lsp_session(lsp_random_gguf, encodings=[types.PositionEncodingKind.Utf8, types.PositionEncodingKind.Utf16]) as client:
+    async with lsp_session(
+        lsp_random_gguf, encodings=[types.PositionEncodingKind.Utf8, types.PositionEncodingKind.Utf16]
+    ) as client:
         assert client.init_result.capabilities.position_encoding == types.PositionEncodingKind.Utf8
         text = "s = '😀中'\nx = 1\n"
         open_doc(client, URI, text)
@@ -230,13 +232,27 @@ async def test_cancel_request_ends_generation_early(lsp_random_gguf: Path) -> No
 def test_cli_complete_one_shot(lsp_random_gguf: Path, tmp_path: Path) -> None:
     src = tmp_path / "demo.py"
     src.write_text(CODE.replace("\n", "\r\n"))
-    cmd = [*SERVER[:3], "complete", str(src), "--line", "4", "--character", "4", "--model", str(lsp_random_gguf), "--max-tokens", "6"]
+    cmd = [
+        *SERVER[:3],
+        "complete",
+        str(src),
+        "--line",
+        "4",
+        "--character",
+        "4",
+        "--model",
+        str(lsp_random_gguf),
+        "--max-tokens",
+        "6",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, env=server_env(), timeout=120)
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
-    bad = subprocess.run([*cmd[:-4], "--model", str(tmp_path / "nope.gguf")], capture_output=True, text=True, env=server_env(), timeout=120)
-    assert bad.returncode == 2 and bad.stdout == ""
-    assert "expected a GGUF model file" in bad.stderr
+    bad = subprocess.run(
+        [*cmd[:-4], "--model", str(tmp_path / "nope.gguf")], capture_output=True, text=True, env=server_env(), timeout=120
+    )
+    assert bad.returncode == 1 and bad.stdout == ""
+    assert bad.stderr.startswith("codellama-lsp: error: ") and "expected a GGUF model file" in bad.stderr
 
 
 async def test_settings_during_first_load_do_not_start_a_second_load(lsp_random_gguf: Path) -> None:

@@ -50,12 +50,18 @@ def test_older_prefix_suffix_middle_keys_count_as_metadata() -> None:
     "texts,expected",
     [
         (["<|endoftext|>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<file_sep>", "a"], (1, 3, 2, 0, {0, 4})),
-        (["<|endoftext|>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|file_sep|>"],
-         (1, 3, 2, 0, {0, 4, 5})),
-        (["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜fim▁hole｜>", "<｜fim▁begin｜>", "<｜fim▁end｜>", "<|EOT|>"],
-         (3, 2, 4, 5, {1, 5})),
-        (["<pad>", "<eos>", "<bos>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|file_separator|>"],
-         (3, 5, 4, 6, {1, 6})),
+        (
+            ["<|endoftext|>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|file_sep|>"],
+            (1, 3, 2, 0, {0, 4, 5}),
+        ),
+        (
+            ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜fim▁hole｜>", "<｜fim▁begin｜>", "<｜fim▁end｜>", "<|EOT|>"],
+            (3, 2, 4, 5, {1, 5}),
+        ),
+        (
+            ["<pad>", "<eos>", "<bos>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|file_separator|>"],
+            (3, 5, 4, 6, {1, 6}),
+        ),
     ],
     ids=["starcoder", "qwen", "deepseek", "codegemma"],
 )
@@ -214,9 +220,10 @@ def test_engines_and_the_adapter_import_nothing_above_them() -> None:
                 names.add(node.module.split(".")[1])
         return names
 
-    below = {"vocab", "healing", "sampling", "lookup", "llama", "engines"}
+    below = {"vocab", "healing", "sampling", "lookup", "llama", "engines", "errors"}  # errors: the package's exception base
     for path in (root / "engines").glob("*.py"):
         assert imported(path) <= below, (path.name, imported(path) - below)
     for name in ("llama.py", "healing.py", "sampling.py", "lookup.py"):
         assert imported(root / name) == set(), name
     assert imported(root / "vocab.py") <= {"llama"}  # for type checking only
+    assert imported(root / "errors.py") == set()

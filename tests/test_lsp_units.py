@@ -215,7 +215,9 @@ def test_model_spec_errors_say_what_was_expected(tmp_path) -> None:
         "try:\n    models.resolve('someorg/somerepo:model.Q4_K_M.gguf')\n"
         "except models.ModelError as e:\n    print(e)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, cwd=str(tmp_path.parent))
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, cwd=str(tmp_path.parent)
+    )
     assert "expected someorg/somerepo:model.Q4_K_M.gguf in the Hugging Face cache" in out.stdout, out.stderr
     assert "HF_HUB_OFFLINE is set" in out.stdout
 
@@ -245,3 +247,21 @@ def test_a_keystroke_on_a_huge_line_costs_what_the_window_needs_and_keeps_its_an
         work[n] = tokenized[0]
     # before: 7.8M characters a keystroke (a linear walk over the 64K-character reach, re-tokenized per step)
     assert work[1_000_000] <= 1.2 * work[100_000] and work[1_000_000] < 60 * 4 * budget, work
+
+
+def test_edit_point_position_range_and_selected_item() -> None:
+    from lsp_server.server import edit_point
+
+    src = "x = 1\r\nprint(fo"  # CRLF document: offsets count LF text, ranges stay in the editor's lines/units
+    at = edit_point(src, types.Position(line=1, character=8), None, types.PositionEncodingKind.Utf16)
+    assert (at.text, at.offset, at.head, at.word) == ("x = 1\nprint(fo", 14, "", "fo")
+    assert at.range == types.Range(start=types.Position(line=1, character=8), end=types.Position(line=1, character=8))
+    # an item "foo" selected over "fo": complete after it, replace from the selection's start
+    sel_range = types.Range(start=types.Position(line=1, character=6), end=types.Position(line=1, character=8))
+    sel = types.SelectedCompletionInfo(range=sel_range, text="foo")
+    at = edit_point(src, types.Position(line=1, character=8), sel, types.PositionEncodingKind.Utf16)
+    assert (at.text, at.offset, at.head, at.word) == ("x = 1\nprint(foo", 15, "foo", "")
+    assert at.range == sel_range
+    # UTF-16 units: an astral character before the cursor counts twice
+    at = edit_point("s = '𝄞'", types.Position(line=0, character=7), None, types.PositionEncodingKind.Utf16)
+    assert at.offset == 6 and at.range.start.character == 7

@@ -163,7 +163,7 @@ def test_console_script_subprocess(kq_f16, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "quantize", str(kq_f16), "-o", str(out), "--type", "Q4_0"],
                          capture_output=True, text=True, timeout=120)  # fmt: skip
     assert bad.returncode == 1
-    assert bad.stderr.strip().count("\n") == 0 and bad.stderr.startswith("error: expected no file")
+    assert bad.stderr.strip().count("\n") == 0 and bad.stderr.startswith("codellama-quantize: error: expected no file")
 
 
 # ---------------------------------------------------------------- bad input
@@ -173,7 +173,7 @@ def _run_err(argv: list[str], capsys) -> str:
     rc = quantize_main(argv)
     err = capsys.readouterr().err.strip()
     assert rc == 1
-    assert err.startswith("error: ") and "\n" not in err, err
+    assert err.startswith("codellama-quantize: error: ") and "\n" not in err, err
     return err
 
 
@@ -261,7 +261,7 @@ def test_bad_failure_midway_leaves_nothing(kq_f16, tmp_path, capsys):
 def test_api_raises_quantize_error(kq_f16, tmp_path):
     with pytest.raises(QuantizeError, match="expected a type among"):
         quantize_file(kq_f16, tmp_path / "a.gguf", "Q1_Z")
-    with pytest.raises(QuantizeError, match="not one of the inputs, got .*, the input itself"):
+    with pytest.raises(QuantizeError, match=r"not one of the inputs, got .*, the input itself"):
         shutil.copy(kq_f16, tmp_path / "same.gguf")
         quantize_file(tmp_path / "same.gguf", tmp_path / "same.gguf", "Q4_0", force=True)
 
@@ -391,10 +391,13 @@ def test_signal_during_quantize_cleans_up(kq_f16, tmp_path, sig, code):
     out.parent.mkdir()
     proc = subprocess.run(
         [sys.executable, "-c", _SIGNAL_DURING_QUANTIZE.format(sig=sig), str(kq_f16), "-o", str(out), "--type", "Q4_K_M"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == code, proc.stderr
-    assert proc.stderr.strip() == "codellama-quantize: interrupted, no partial output left"
+    assert proc.stderr.strip() == "codellama-quantize: interrupted, no output written"
     assert list(out.parent.iterdir()) == []
 
 
@@ -402,7 +405,10 @@ def test_leftover_of_a_killed_run_is_removed_next_time(kq_f16, tmp_path, caplog)
     out = tmp_path / "k.gguf"
     proc = subprocess.run(
         [sys.executable, "-c", _SIGNAL_DURING_QUANTIZE.format(sig="SIGKILL"), str(kq_f16), "-o", str(out), "--type", "Q8_0"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == -9
     (left,) = [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
@@ -440,7 +446,7 @@ def test_headers_llama_cpp_trusts_are_checked_first(kq_f16, tmp_path, capsys, ke
     src = _with_metadata(kq_f16, tmp_path / "bad.gguf", {key: (value, vtype)})
     capsys.readouterr()
     err = _run_err([str(src), "-o", str(tmp_path / "q.gguf"), "--type", "Q4_K_M"], capsys)
-    assert err.startswith("error: expected") and phrase in err, err
+    assert err.startswith("codellama-quantize: error: expected") and phrase in err, err
     _no_output(tmp_path, "q.gguf")
 
 
@@ -461,7 +467,10 @@ def test_signal_during_imatrix_is_one_line(kq_f16, tmp_path):
     out = tmp_path / "m.imatrix.gguf"
     proc = subprocess.run(
         [sys.executable, "-c", _SIGNAL_DURING_DECODE, str(kq_f16), "-o", str(out), "--ctx", "64", "--tokens", "256"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 143, proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == "python -m quantize.imatrix: interrupted, no output written"

@@ -186,7 +186,7 @@ def test_imatrix_bad_files(tmp_path, kq_f16):
     bad.write_bytes(b"\x00\x00\x00\x00")
     with pytest.raises(QuantizeError, match="expected imatrix entries"):
         load_imatrix(bad)
-    with pytest.raises(QuantizeError, match="general.type = imatrix"):
+    with pytest.raises(QuantizeError, match=r"general\.type = imatrix"):
         load_imatrix(kq_f16)  # a model, not an imatrix
 
 

@@ -22,13 +22,13 @@ import urllib.request
 import pytest
 
 from lsp_server import pipeline
-from lsp_server.models import resolve
 from lsp_server.cache import TypeThroughCache
 from lsp_server.config import Settings
 from lsp_server.engines import EngineError, GenerationRequest, Sampling
 from lsp_server.engines.llama_server import LlamaServerEngine
 from lsp_server.engines.openai import OpenAIEngine
 from lsp_server.engines.remote import RemoteOptions, local_vocab
+from lsp_server.models import resolve
 from tests.fixtures.llama_server import LlamaServer, closed_port, fault_server, llama_server  # noqa: F401
 from tests.fixtures.micro_model import micro_model  # noqa: F401
 
@@ -227,7 +227,7 @@ def test_closed_port_is_a_clear_error_without_a_hang(demo_vocab) -> None:
     engine = make("llama-server", f"http://127.0.0.1:{port}", demo_vocab, timeout_s=2)
     try:
         engine.set_listener(health)
-        assert health.messages and "cannot connect to http://127.0.0.1:%d" % port in health.messages[0]
+        assert health.messages and f"cannot connect to http://127.0.0.1:{port}" in health.messages[0]
         for _ in range(20):  # every keystroke fails at once with the same message; no request is sent
             with pytest.raises(EngineError, match="cannot connect"):
                 result_of(engine.submit(request(demo_vocab)), timeout=1)
@@ -363,7 +363,7 @@ def test_server_killed_mid_request_then_recovery(demo_vocab) -> None:
         job = engine.submit(request(demo_vocab, max_tokens=800, sampling=Sampling(temperature=1.5), stop_text=rule))
         assert flowing.wait(20)
         server.kill()  # the server dies while it streams
-        with pytest.raises(EngineError, match="closed the connection|cannot connect"):
+        with pytest.raises(EngineError, match=r"closed the connection|cannot connect"):
             result_of(job)
         health.wait(lambda m: len(m) == 1)
         assert engine.down is not None

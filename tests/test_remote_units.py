@@ -18,7 +18,12 @@ def test_remote_settings_parse_and_bad_values_fall_back() -> None:
     )  # fmt: skip
     assert problems == []
     assert (s.engine, s.url, s.api_key_env, s.request_timeout_ms, s.tls_verify, s.remote_model) == (
-        "openai", "https://gpu-box:8000", "TEAM_KEY", 2500, False, "codellama/CodeLlama-34b-hf",
+        "openai",
+        "https://gpu-box:8000",
+        "TEAM_KEY",
+        2500,
+        False,
+        "codellama/CodeLlama-34b-hf",
     )
     s, problems = config.parse({"engine": "vllm", "url": "gpu-box:8000", "tlsVerify": "no"})
     assert (s.engine, s.url, s.tls_verify) == ("llama.cpp", "", True)

@@ -43,14 +43,14 @@ MODES = [
     ("a.ts", "const y = g(x, |);\n", "line", "arguments"),
     ("a.tsx", "const a = <div>{|}</div>;\n", "line", "jsx_expression"),
     ("a.go", "package m\nfunc f() error {\n\tif err != nil {\n\t\t|\n\t}\n\treturn nil\n}\n", "block", "empty body"),
-    ("a.go", "package m\nfunc f() {\n\tfmt.Println(\"a\", |)\n}\n", "line", "argument_list"),
+    ("a.go", 'package m\nfunc f() {\n\tfmt.Println("a", |)\n}\n', "line", "argument_list"),
     ("a.rs", "fn f() {\n    |\n}\n", "block", "empty body"),
-    ("a.rs", "fn f() {\n    let s = \"ab|\";\n}\n", "line", "string_literal"),
+    ("a.rs", 'fn f() {\n    let s = "ab|";\n}\n', "line", "string_literal"),
     ("a.c", "int f(int a) {\n  return g(a, |);\n}\n", "line", "argument_list"),
     ("a.c", "int f(void) {\n|\n}\n", "block", "empty body"),
     ("a.cpp", "int f(int a) {\n  if (a > |) {}\n}\n", "line", "condition_clause"),
     ("A.java", "class A {\n  void f() {\n    |\n  }\n}\n", "block", "empty body"),
-    ("A.java", "class A {\n  String s = \"x|\";\n}\n", "line", "string_literal"),
+    ("A.java", 'class A {\n  String s = "x|";\n}\n', "line", "string_literal"),
 ]
 
 
@@ -117,14 +117,17 @@ def test_node_end_go_if_err_not_nil() -> None:
     assert clean("a.go", doc, raw) == "\t\treturn err"
 
 
-@pytest.mark.parametrize("key,doc,raw,want", [
-    ("a.js", "function f(x) {\n|\n}\n", "  return x;\n}\n\nfunction g() {}\n", "  return x;"),
-    ("a.ts", "function f(x: number): number {\n|\n}\n", "  return x * 2;\n}\n", "  return x * 2;"),
-    ("a.c", "int f(void) {\n|\n}\n", "  return 1;\n}\nint g(void) { return 2; }\n", "  return 1;"),
-    ("a.cpp", "int f() {\n  if (x) {\n|\n  }\n}\n", "    y();\n  }\n}\n", "    y();"),
-    ("a.rs", "fn f() -> i32 {\n|\n}\n", "    1\n}\n\nfn g() {}\n", "    1"),
-    ("A.java", "class A {\n  void f() {\n|\n  }\n}\n", "    g();\n  }\n}\n", "    g();"),
-])
+@pytest.mark.parametrize(
+    "key,doc,raw,want",
+    [
+        ("a.js", "function f(x) {\n|\n}\n", "  return x;\n}\n\nfunction g() {}\n", "  return x;"),
+        ("a.ts", "function f(x: number): number {\n|\n}\n", "  return x * 2;\n}\n", "  return x * 2;"),
+        ("a.c", "int f(void) {\n|\n}\n", "  return 1;\n}\nint g(void) { return 2; }\n", "  return 1;"),
+        ("a.cpp", "int f() {\n  if (x) {\n|\n  }\n}\n", "    y();\n  }\n}\n", "    y();"),
+        ("a.rs", "fn f() -> i32 {\n|\n}\n", "    1\n}\n\nfn g() {}\n", "    1"),
+        ("A.java", "class A {\n  void f() {\n|\n  }\n}\n", "    g();\n  }\n}\n", "    g();"),
+    ],
+)
 def test_node_end_before_a_closing_brace(key: str, doc: str, raw: str, want: str) -> None:
     assert clean(key, doc, raw) == want
 

@@ -34,12 +34,27 @@ PRE, MID, SUF = "def add(a, b):\n", "    return a + b", "\n"
 
 def test_psm_training_layout(codec: Codec) -> None:
     assert pieces(codec, psm_tokens(codec, PRE, SUF, MID)) == [
-        "<s>", "▁<PRE>",
-        "▁def", "▁", "ad", "d", "(", "a", ",", "▁b", "):", "<0x0A>",  # enc(prefix): dummy ▁ in front
+        "<s>",
+        "▁<PRE>",
+        "▁def",
+        "▁",
+        "ad",
+        "d",
+        "(",
+        "a",
+        ",",
+        "▁b",
+        "):",
+        "<0x0A>",  # enc(prefix): dummy ▁ in front
         "▁<SUF>",
         "<0x0A>",  # enc_nls(suffix): no leading ▁
         "▁<MID>",
-        "▁▁▁▁", "return", "▁a", "▁", "+", "▁b",  # enc_nls(middle): exactly four spaces, not five
+        "▁▁▁▁",
+        "return",
+        "▁a",
+        "▁",
+        "+",
+        "▁b",  # enc_nls(middle): exactly four spaces, not five
         "▁<EOT>",
     ]
 
@@ -47,10 +62,27 @@ def test_psm_training_layout(codec: Codec) -> None:
 def test_spm_training_layout(codec: Codec) -> None:
     # SPM: prefix and middle are encoded together, after [MID].
     assert pieces(codec, spm_tokens(codec, PRE, SUF, MID)) == [
-        "<s>", "▁<PRE>", "▁<SUF>",
+        "<s>",
+        "▁<PRE>",
+        "▁<SUF>",
         "<0x0A>",
         "▁<MID>",
-        "▁def", "▁", "ad", "d", "(", "a", ",", "▁b", "):", "<0x0A>", "▁▁▁▁", "return", "▁a", "▁", "+", "▁b",
+        "▁def",
+        "▁",
+        "ad",
+        "d",
+        "(",
+        "a",
+        ",",
+        "▁b",
+        "):",
+        "<0x0A>",
+        "▁▁▁▁",
+        "return",
+        "▁a",
+        "▁",
+        "+",
+        "▁b",
         "▁<EOT>",
     ]
 
@@ -59,10 +91,34 @@ def test_split_inside_a_line_with_cjk_and_emoji(codec: Codec) -> None:
     pre = '    label = "数据 😀"; '
     got = pieces(codec, psm_tokens(codec, pre, "\n", "total = add(a, b)"))
     assert got == [
-        "<s>", "▁<PRE>",
-        "▁▁▁▁▁", "label", "▁=", "▁", '"', "数", "据", "▁", "😀", '"', ";", "▁",
-        "▁<SUF>", "<0x0A>", "▁<MID>",
-        "t", "otal", "▁=", "▁", "ad", "d", "(", "a", ",", "▁b", ")",
+        "<s>",
+        "▁<PRE>",
+        "▁▁▁▁▁",
+        "label",
+        "▁=",
+        "▁",
+        '"',
+        "数",
+        "据",
+        "▁",
+        "😀",
+        '"',
+        ";",
+        "▁",
+        "▁<SUF>",
+        "<0x0A>",
+        "▁<MID>",
+        "t",
+        "otal",
+        "▁=",
+        "▁",
+        "ad",
+        "d",
+        "(",
+        "a",
+        ",",
+        "▁b",
+        ")",
         "▁<EOT>",
     ]
     assert codec.decode_nls(psm_tokens(codec, pre, "\n", "total = add(a, b)")[-12:-1]) == "total = add(a, b)"

@@ -64,8 +64,7 @@ def test_export_passes_verify(micro_model: MicroModel) -> None:
 
 
 @pytest.mark.parametrize("name,line,keep", CASES)
-def test_blanked_line_is_infilled_exactly(micro_model: MicroModel, generator: Generator,
-                                          name: str, line: str, keep: str) -> None:
+def test_blanked_line_is_infilled_exactly(micro_model: MicroModel, generator: Generator, name: str, line: str, keep: str) -> None:
     text = micro_model.files[name]
     start = text.index(line + "\n") + len(keep)
     end = text.index("\n", start)

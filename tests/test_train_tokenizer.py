@@ -65,8 +65,10 @@ def test_fresh_tokenizer_has_llama_settings(tmp_path: Path, corpus: data.Corpus)
 def test_manifest_is_reproducible_and_split_by_file() -> None:
     shipped = json.loads(data.DEFAULT_MANIFEST.read_text())
     if shipped["python"] != ".".join(map(str, sys.version_info[:3])):
-        pytest.fail(f"the shipped manifest was made with Python {shipped['python']}; "
-                    f"regenerate it with python -m model_train.data on this interpreter")
+        pytest.fail(
+            f"the shipped manifest was made with Python {shipped['python']}; "
+            f"regenerate it with python -m model_train.data on this interpreter"
+        )
     rebuilt = data.build_manifest()
     assert rebuilt["files"] == shipped["files"]
     assert rebuilt["near_duplicates"] == shipped["near_duplicates"]

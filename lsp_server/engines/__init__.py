@@ -21,12 +21,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from ..errors import ServerError
 from ..vocab import Vocab
 
 Stop = Literal["eot", "length", "time", "cancelled", "superseded", "rule", "context", "error"]
 
 
-class EngineError(Exception):
+class EngineError(ServerError):
     """The model could not be loaded or run; the message is for the user."""
 
 
@@ -111,8 +112,18 @@ class EngineInfo:
 
 
 class Engine(Protocol):
-    info: EngineInfo
-    vocab: Vocab
+    """What the server and the CLI use of an engine (read-only members: an engine may narrow their types)."""
+
+    @property
+    def info(self) -> EngineInfo: ...
+
+    @property
+    def vocab(self) -> Vocab: ...
+
+    @property
+    def cached_tokens(self) -> int:
+        """Tokens of the last prompt the engine holds in its KV cache (for the status item)."""
+        ...
 
     def submit(self, request: GenerationRequest) -> Job: ...
 

@@ -85,7 +85,9 @@ class LlamaCppEngine:
             raise EngineError(f"expected --kv-type one of {', '.join(KV_TYPES)}, got {options.kv_type!r}")
         try:
             repack = options.cpu_repack if options.cpu_repack is not None else not llama.cpu_has_amx()
-            self._model = llama.Model(path, llama.LoadOptions(n_gpu_layers=options.n_gpu_layers, extra_bufts=repack, progress=progress))
+            self._model = llama.Model(
+                path, llama.LoadOptions(n_gpu_layers=options.n_gpu_layers, extra_bufts=repack, progress=progress)
+            )
         except llama.LlamaError as exc:
             raise EngineError(str(exc)) from None
         try:
@@ -175,9 +177,10 @@ class LlamaCppEngine:
             with self._cv:
                 while self._pending is None and not self._closed:
                     self._cv.wait()
-                if self._closed:
+                job = self._pending
+                if self._closed or job is None:
                     return
-                job, self._pending = self._pending, None
+                self._pending = None
                 self._running = job
             try:
                 if job.cancelled:

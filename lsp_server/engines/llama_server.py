@@ -68,11 +68,17 @@ class LlamaServerEngine(RemoteEngine):
         name = str(entry.get("id") or self.info.name).rsplit("/", 1)[-1]
         return self.with_info(
             name=self.options.model_name or name,
-            n_ctx=int(meta.get("n_ctx") or self.info.n_ctx), n_ctx_train=int(meta.get("n_ctx_train") or 0),
+            n_ctx=int(meta.get("n_ctx") or self.info.n_ctx),
+            n_ctx_train=int(meta.get("n_ctx_train") or 0),
         )
 
     async def _stream(
-        self, job: Job, index: int, temperature: float, gen: Generation, result: GenerationResult,
+        self,
+        job: Job,
+        index: int,
+        temperature: float,
+        gen: Generation,
+        result: GenerationResult,
         on_headers: Callable[[], None],
     ) -> None:
         req = job.request

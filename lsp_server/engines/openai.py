@@ -19,12 +19,14 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
-from . import EngineInfo, Generation, GenerationRequest, GenerationResult, Job
+from typing import Any
+
+from . import EngineInfo, Generation, GenerationRequest, GenerationResult, Job, Stop
 from .remote import Fault, RemoteEngine, RemoteOptions, RemoteVocab, RequestFault
 
 log = logging.getLogger(__name__)
 
-STOPS = {"stop": "eot", "length": "length", "eos": "eot"}
+STOPS: dict[str, Stop] = {"stop": "eot", "length": "length", "eos": "eot"}
 
 
 def text_prompt(vocab: RemoteVocab, prompt: list[int]) -> str:
@@ -95,7 +97,12 @@ class OpenAIEngine(RemoteEngine):
         return self.with_info(name=name, n_ctx=n_ctx, n_ctx_train=int(meta.get("n_ctx_train") or n_ctx))
 
     async def _stream(
-        self, job: Job, index: int, temperature: float, gen: Generation, result: GenerationResult,
+        self,
+        job: Job,
+        index: int,
+        temperature: float,
+        gen: Generation,
+        result: GenerationResult,
         on_headers: Callable[[], None],
     ) -> None:
         req = job.request
@@ -110,12 +117,17 @@ class OpenAIEngine(RemoteEngine):
                 self._format = "text"
 
     async def _stream_once(
-        self, req: GenerationRequest, index: int, temperature: float, gen: Generation, result: GenerationResult,
+        self,
+        req: GenerationRequest,
+        index: int,
+        temperature: float,
+        gen: Generation,
+        result: GenerationResult,
         on_headers: Callable[[], None],
     ) -> None:
         s = req.sampling
         stops = sorted(req.stop_tokens | self.vocab.sentinels.eog)
-        body = {
+        body: dict[str, Any] = {
             "model": self._model,
             "prompt": text_prompt(self.vocab, list(req.prompt)) if self._format == "text" else list(req.prompt),
             "max_tokens": req.max_tokens,
@@ -150,4 +162,4 @@ class OpenAIEngine(RemoteEngine):
                         return
                     reason = choice.get("finish_reason")
                     if reason:
-                        gen.stop = STOPS.get(str(reason), "eot")  # type: ignore[assignment]
+                        gen.stop = STOPS.get(str(reason), "eot")

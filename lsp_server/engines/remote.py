@@ -27,9 +27,9 @@ import os
 import threading
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable, Coroutine
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 import httpx
 
@@ -37,6 +37,7 @@ from .. import llama
 from ..vocab import LlamaVocab
 from . import EngineError, EngineInfo, Generation, GenerationRequest, GenerationResult, Job, Stop
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 logging.getLogger("httpx").setLevel(logging.WARNING)  # its INFO lines would log every keystroke's URL
 logging.getLogger("httpcore").setLevel(logging.WARNING)
@@ -126,8 +127,13 @@ class RemoteEngine:
         self.options = options
         self.where = public_url(options.url)
         self.info = EngineInfo(
-            name=options.model_name or name, where=self.where, n_ctx=DEFAULT_N_CTX, n_ctx_train=0, vocab_size=vocab.n_vocab,
-            can_heal=False, kind=self.kind,
+            name=options.model_name or name,
+            where=self.where,
+            n_ctx=DEFAULT_N_CTX,
+            n_ctx_train=0,
+            vocab_size=vocab.n_vocab,
+            can_heal=False,
+            kind=self.kind,
         )
         self._listener: Callable[[str | None], None] | None = None
         self._down: str | None = None
@@ -192,13 +198,14 @@ class RemoteEngine:
             self._thread.join(timeout=10)
 
     # ---- loop-thread plumbing -------------------------------------------------------------------------
-    def _call(self, coro, timeout: float | None = None):
+    def _call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
     async def _make_client(self) -> httpx.AsyncClient:
         t = self.options.timeout_s
         return httpx.AsyncClient(
-            timeout=httpx.Timeout(connect=t, read=t, write=t, pool=t), verify=self.options.verify_tls,
+            timeout=httpx.Timeout(connect=t, read=t, write=t, pool=t),
+            verify=self.options.verify_tls,
             limits=httpx.Limits(max_connections=4, max_keepalive_connections=2),
         )
 
@@ -232,8 +239,12 @@ class RemoteEngine:
             try:
                 info = await asyncio.wait_for(self._connect(), self.options.timeout_s * 4 + 5)
             except Exception as exc:  # the probe must outlive any failure, or the engine stays down for good
-                log.info("%s still down (%s); next probe in %.1f s", self.where, self._probe_failure(exc),
-                         min(delay * 2, BACKOFF_MAX_S))
+                log.info(
+                    "%s still down (%s); next probe in %.1f s",
+                    self.where,
+                    self._probe_failure(exc),
+                    min(delay * 2, BACKOFF_MAX_S),
+                )
                 delay = min(delay * 2, BACKOFF_MAX_S)
                 continue
             self.info, self._down = info, None
@@ -273,7 +284,9 @@ class RemoteEngine:
     # ---- one request ------------------------------------------------------------------------------------------
     def _start(self, job: _HttpJob) -> None:
         if job.cancelled:  # cancelled or superseded before it started: no request at all
-            self._finish(job, GenerationResult(candidates=[], stop=job.reason, prompt_tokens=len(job.request.prompt)), job.submitted)
+            self._finish(
+                job, GenerationResult(candidates=[], stop=job.reason, prompt_tokens=len(job.request.prompt)), job.submitted
+            )
             return
         job._task = self._loop.create_task(self._run(job))
         # a task cancelled before its first step never enters _run's handlers: resolve the job here then
@@ -367,7 +380,7 @@ class RemoteEngine:
         self.check_status(r.status_code, r.text, path)
         return self.parse_json(r.text, path)
 
-    async def post_json(self, path: str, body: dict) -> object:
+    async def post_json(self, path: str, body: dict[str, Any]) -> object:
         try:
             r = await self._client.post(self.url(path), json=body, headers=self.headers())
         except httpx.HTTPError as exc:
@@ -398,7 +411,9 @@ class RemoteEngine:
         except ValueError:
             raise Fault(f"expected JSON from {self.where}{path}, got {text[:60]!r}") from None
 
-    async def events(self, path: str, body: dict, on_headers: Callable[[], None]) -> AsyncIterator[dict]:
+    async def events(
+        self, path: str, body: dict[str, Any], on_headers: Callable[[], None]
+    ) -> AsyncGenerator[dict[str, Any], None]:
         """POST ``body`` with ``stream: true`` and yield each server-sent event's JSON object until
         ``[DONE]`` or the end of the stream. Leaving the iteration early closes the connection."""
         async with self._client.stream("POST", self.url(path), json=body, headers=self.headers()) as r:
@@ -432,7 +447,12 @@ class RemoteEngine:
         raise NotImplementedError
 
     async def _stream(
-        self, job: Job, index: int, temperature: float, gen: Generation, result: GenerationResult,
+        self,
+        job: Job,
+        index: int,
+        temperature: float,
+        gen: Generation,
+        result: GenerationResult,
         on_headers: Callable[[], None],
     ) -> None:
         """Run candidate ``index``: append its tokens to ``gen.tokens`` (or its text to ``gen.text``) as they
@@ -449,7 +469,7 @@ class RemoteEngine:
             return "rule"
         return None
 
-    def with_info(self, **changes: object) -> EngineInfo:
+    def with_info(self, **changes: Any) -> EngineInfo:
         return replace(self.info, **changes)
 
 
@@ -470,5 +490,5 @@ def _error_message(body: str) -> str:
     if isinstance(err, str):
         return err[:200]
     if isinstance(data, dict) and isinstance(data.get("detail"), str):  # FastAPI-style (vLLM validation)
-        return data["detail"][:200]
+        return str(data["detail"])[:200]
     return body.strip()[:120]
