@@ -222,12 +222,15 @@ def test_a_change_that_cannot_be_applied_is_an_error_the_client_sees() -> None:
 
 def test_client_pipe_closed_mid_request_exits_without_traceback(lsp_random_gguf: Path) -> None:
     with RawServer() as s:
-        s.initialize(lsp_random_gguf, {"maxTokens": 2000, "timeBudgetMs": 60000})
+        # a generation that runs for seconds on the tiny random model: invoked (up to 10 items of 2048 tokens),
+        # the syntax rules off and the cursor at column 0, so no stop rule ends it before "busy" (300 ms)
+        rules_off = dict.fromkeys(("mode", "nodeEnd", "repetition", "balance", "parseCheck"), False)
+        s.initialize(lsp_random_gguf, {"maxTokens": 2048, "maxItems": 10, "timeBudgetMs": 60000, "rules": rules_off})
         s.notify(
             "textDocument/didOpen",
-            {"textDocument": {"uri": URI, "languageId": "python", "version": 1, "text": "def f(x):\n    "}},
+            {"textDocument": {"uri": URI, "languageId": "python", "version": 1, "text": "def f(x):\n    return x\n"}},
         )
-        s.send({"jsonrpc": "2.0", "id": 1, "method": INLINE, "params": inline_params(1, 4)})
+        s.send({"jsonrpc": "2.0", "id": 1, "method": INLINE, "params": inline_params(2, 0, trigger=1)})
         s.wait_status({"busy"})
         s.close_stdin()
         s.proc.stdout.close()

@@ -197,11 +197,14 @@ async def test_cancel_request_ends_generation_early(lsp_random_gguf: Path) -> No
     (with them on, random text sometimes ended it within the 300 ms before "busy" is shown)."""
     uri = "file:///work/cancel.py"
     rules_off = dict.fromkeys(("mode", "nodeEnd", "repetition", "balance", "parseCheck"), False)
-    async with lsp_session(lsp_random_gguf, options={"maxTokens": 2000, "timeBudgetMs": 60000, "rules": rules_off}) as client:
+    options = {"maxTokens": 2048, "maxItems": 10, "timeBudgetMs": 60000, "rules": rules_off}
+    async with lsp_session(lsp_random_gguf, options=options) as client:
         open_doc(client, uri, CODE + "\n")
         msg_id = str(uuid.uuid4())
         mark = len(client.status.items)
-        fut = client.protocol.send_request(types.TEXT_DOCUMENT_INLINE_COMPLETION, inline_params(uri, 9, 0), msg_id=msg_id)
+        # invoked: up to 10 items of 2048 tokens, seconds on the tiny random model
+        params = inline_params(uri, 9, 0, invoked=True)
+        fut = client.protocol.send_request(types.TEXT_DOCUMENT_INLINE_COMPLETION, params, msg_id=msg_id)
         await client.status.wait_for({"busy"}, after=mark)
         t0 = time.perf_counter()
         client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id=msg_id))
