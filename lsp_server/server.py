@@ -393,8 +393,7 @@ class CodeLlamaServer(LanguageServer):
         at = edit_point(source, position, selected, encoding)
         text, offset = at.text, at.offset
         t_in = (time.perf_counter() - t0) * 1e3
-        # the time budget adapts to the user's typing (pacing); timeBudgetMs stays the cap
-        settings = attrs.evolve(self.settings, time_budget_ms=self.pacer.budget_ms(self.settings.time_budget_ms))
+        settings = self._paced_settings()
         try:
             with self._running() as job:
                 prefetched = await self.prefetcher.join(uri, text, offset) if selected is None else None
@@ -490,12 +489,16 @@ class CodeLlamaServer(LanguageServer):
         if engine is None or offset is None or not self.settings.enabled_for(doc.language_id):
             return
         rid = f"p{next(self._ids)}"
-        settings = attrs.evolve(self.settings, time_budget_ms=self.pacer.budget_ms(self.settings.time_budget_ms))
+        settings = self._paced_settings()
         log.info("%s: suggestion accepted in %s; prefetching the next one", rid, doc.uri.rsplit("/", 1)[-1])
         self.prefetcher.start(
             doc.uri, text, offset,
             lambda: pipeline.complete(engine, self.cache, doc.uri, text, offset, settings, 1, rid, self.extra_for(doc, text)),
         )  # fmt: skip
+
+    def _paced_settings(self) -> config.Settings:
+        """The settings with the time budget the user's typing allows (pacing); ``timeBudgetMs`` stays the cap."""
+        return attrs.evolve(self.settings, time_budget_ms=self.pacer.budget_ms(self.settings.time_budget_ms))
 
     @contextlib.contextmanager
     def _running(self) -> Iterator[_JobStatus]:
