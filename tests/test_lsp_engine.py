@@ -193,3 +193,30 @@ def test_cancel_stops_generation(engine: LlamaCppEngine) -> None:
 def test_time_budget(engine: LlamaCppEngine) -> None:
     r = _run(engine, DOC * 3, len(DOC), max_tokens=2000, time_budget_ms=10, context_tokens=2000)
     assert r.stop == "time"
+
+
+def test_every_decode_runs_on_the_worker_thread(lsp_random_gguf: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The warm-up at load and every request decode on one thread, the engine's worker: llama.cpp's
+    OpenMP build keeps a thread team per calling thread, and a second caller's team made generation with
+    2 threads a third slower (bench/latency.py --vs-server; the engine's ``_warm_up`` says why)."""
+    import threading
+
+    from lsp_server import llama
+
+    callers: list[str] = []
+    real = llama.Context.decode
+
+    def decode(self, tokens, **kw):
+        callers.append(threading.current_thread().name)
+        return real(self, tokens, **kw)
+
+    monkeypatch.setattr(llama.Context, "decode", decode)
+    eng = LlamaCppEngine(lsp_random_gguf, "random")
+    try:
+        assert callers, "the engine warms up before it is ready"
+        warm = len(callers)
+        r = _run(eng, DOC, 300)
+        assert r.generated_tokens > 0 and len(callers) > warm
+        assert set(callers) == {"llama-cpp-worker"}, callers
+    finally:
+        eng.close()
