@@ -143,10 +143,8 @@ _conv.register_structure_hook(str, _strict(str, "a string"))
 _conv.register_structure_hook(FimOrder, lambda v, _t: _fim_order(v))
 _conv.register_structure_hook_func(lambda t: t == list[str], lambda v, _t: _str_list(v))
 _conv.register_unstructure_hook(FimOrder, lambda v: v.value)
-_conv.register_unstructure_hook(
-    Settings,
-    make_dict_unstructure_fn(Settings, _conv, **{f.name: override(rename=_camel(f.name)) for f in attrs.fields(Settings)}),
-)
+_renames: dict[str, Any] = {f.name: override(rename=_camel(f.name)) for f in attrs.fields(Settings)}
+_conv.register_unstructure_hook(Settings, make_dict_unstructure_fn(Settings, _conv, **_renames))
 
 
 def _str_list(value: Any) -> list[str]:
@@ -207,5 +205,5 @@ def _flatten(exc: cattrs.BaseValidationError) -> str:
 
 
 def to_wire(settings: Settings) -> dict[str, Any]:
-    """The settings as camelCase JSON (for logs and status)."""
+    """The settings as camelCase JSON (the server logs them at initialize and what changes after)."""
     return cast(dict[str, Any], _conv.unstructure(settings))

@@ -198,10 +198,10 @@ def _check(reader: gguf.GGUFReader, path: Path, size: int) -> GGUFSummary:
                 )
             head_dim = n_embd // n_head
         for name, heads in ((_ATTN_Q, n_head), (_ATTN_K, n_head_kv)):
-            t = tensors.get(name.format(bid=0))
-            if t is None or heads is None:
+            proj = tensors.get(name.format(bid=0))
+            if proj is None or heads is None:
                 continue
-            shape = [int(d) for d in t.shape]
+            shape = [int(d) for d in proj.shape]
             if shape != [n_embd, heads * head_dim]:
                 raise fail(f"{name.format(bid=0)} of shape {[n_embd, heads * head_dim]}, got {shape}")
 

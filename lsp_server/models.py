@@ -99,7 +99,8 @@ def _download(repo: str, filename: str, progress: Progress | None) -> Path:
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
     from tqdm.auto import tqdm
 
-    class _Report(tqdm):  # huggingface_hub drives a tqdm; forward its percentage to $/progress
+    # huggingface_hub drives a tqdm; forward its percentage to $/progress (tqdm has no type information)
+    class _Report(tqdm):  # type: ignore[misc]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             kwargs["disable"] = False
             kwargs["file"] = _NullFile()

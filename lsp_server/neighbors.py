@@ -127,10 +127,6 @@ class ChunkRing:
         with self._lock:
             return list(self._chunks)
 
-    def push(self, chunk: Chunk) -> None:
-        with self._lock:
-            self._push(chunk)
-
     def _push(self, chunk: Chunk) -> None:
         same = [c for c in self._chunks if (c.uri, c.start_line) == (chunk.uri, chunk.start_line) or c.text == chunk.text]
         if same == [chunk] and self._chunks[-1] == chunk:

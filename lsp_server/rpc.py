@@ -33,8 +33,8 @@ import re
 import signal
 import sys
 import threading
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, Protocol, cast
 
 import cattrs
 from lsprotocol import types
@@ -51,7 +51,7 @@ MAX_CONTENT_LENGTH = 64 * 1024 * 1024  # the largest message body accepted (a 20
 MAX_HEADER_BYTES = 8192  # a header block longer than this is not a header block
 AUTH_TIMEOUT_S = 10.0  # a TCP client must send its authenticated `initialize` within this
 
-PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, INTERNAL_ERROR = -32700, -32600, -32601, -32602, -32603
+PARSE_ERROR, INVALID_REQUEST, INVALID_PARAMS, INTERNAL_ERROR = -32700, -32600, -32602, -32603
 SERVER_NOT_INITIALIZED = -32002
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
@@ -92,7 +92,7 @@ class FrameReader:
                     continue
                 del self._buf[: m.start()]
                 self._resync = False
-            while self._buf[:1] in (b"\r", b"\n"):  # blank lines between messages
+            while self._buf[:1] in (bytearray(b"\r"), bytearray(b"\n")):  # blank lines between messages
                 del self._buf[:1]
             end = _HEADER_END.search(self._buf, 0, MAX_HEADER_BYTES + 4)
             if end is None:
@@ -171,14 +171,14 @@ def converter() -> cattrs.Converter:
     """pygls' converter, with integers and strings that are what they say: cattrs would turn a line 0.5
     into 0, ``true`` into 1 and a uri 7 into "7" (a client that sends them has a bug worth an error,
     not a guess)."""
-    conv = default_converter()
+    conv = cast(Callable[[], cattrs.Converter], default_converter)()  # pygls' function has no annotations
 
     def strict_int(value: Any, kind: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             if not (isinstance(value, float) and value.is_integer()):
                 raise ValueError(f"expected an integer, got {_json_kind(value)} {value!r}"[:120])
             value = int(value)
-        return value if kind is int else kind(value)  # an IntEnum (this hook is found for them too) checks itself
+        return value if kind is int else cast(int, kind(value))  # an IntEnum (this hook is found for them too) checks itself
 
     def strict_str(value: Any, kind: Any) -> str:
         if not isinstance(value, str):
@@ -205,8 +205,20 @@ def converter() -> cattrs.Converter:
     return conv
 
 
+class DocumentHost(Protocol):
+    """What this protocol needs of its server (``server.CodeLlamaServer``) beyond pygls' ``LanguageServer``."""
+
+    def document(self, uri: str) -> Any: ...
+
+    def document_lost(self, uri: str | None, reason: str) -> None: ...
+
+
 class LspProtocol(LanguageServerProtocol):
     """pygls' protocol plus the rules above. ``dispatch`` is the entry point for a message body."""
+
+    @property
+    def _host(self) -> DocumentHost:
+        return cast(DocumentHost, self._server)
 
     def __init__(self, server: Any, converter: Any) -> None:
         super().__init__(server, converter)
@@ -295,7 +307,7 @@ class LspProtocol(LanguageServerProtocol):
         self._pending.add(msg_id)
         uri = getattr(getattr(getattr(message, "params", None), "text_document", None), "uri", None)
         if isinstance(uri, str):
-            doc = self._server.document(uri)
+            doc = self._host.document(uri)
             self._dispatched_on[msg_id] = (uri, doc, getattr(doc, "version", None))
         if method == types.INITIALIZE:
             self.initialize_seen = True
@@ -319,7 +331,7 @@ class LspProtocol(LanguageServerProtocol):
                 params = obj.get("params")
                 doc = params.get("textDocument") if isinstance(params, dict) else None
                 uri = doc.get("uri") if isinstance(doc, dict) else None
-                self._server.document_lost(uri if isinstance(uri, str) else None, f"{method}: {reason}")
+                self._host.document_lost(uri if isinstance(uri, str) else None, f"{method}: {reason}")
             return
         self._handle_parsed(message, structured=True)
 
@@ -368,7 +380,7 @@ class LspProtocol(LanguageServerProtocol):
         if dispatched_on is None:
             return False
         uri, doc, version = dispatched_on
-        now = self._server.document(uri)
+        now = self._host.document(uri)
         return now is not doc or (doc is not None and doc.version != version)
 
     def _send_handler_result(self, future: Any, *, msg_id: Any) -> None:
@@ -416,17 +428,20 @@ class LspProtocol(LanguageServerProtocol):
 
     # ---- document sync -------------------------------------------------------------------------------
     @lsp_method(types.TEXT_DOCUMENT_DID_CHANGE)
-    def lsp_text_document__did_change(self, params: types.DidChangeTextDocumentParams):
-        """Apply the changes, or report the document lost when one cannot be applied exactly.
+    def lsp_text_document__did_change(
+        self, params: types.DidChangeTextDocumentParams
+    ) -> Iterator[tuple[Any, tuple[Any, ...], None]]:
+        """Apply the changes, or report the document lost when one cannot be applied exactly; then yield
+        the server's own didChange handler for pygls to run (its protocol handlers are generators).
 
         pygls' own incremental edit puts text at the wrong place for a character past the end of the
         last line and drops an edit below the last line without a word; here a position is resolved
         by the LSP rules (``apply_change``) and anything else is an error.
         """
         uri = params.text_document.uri
-        doc = self._server.document(uri)
+        doc = self._host.document(uri)
         if doc is None:
-            self._server.document_lost(uri, f"{types.TEXT_DOCUMENT_DID_CHANGE}: the document is not open")
+            self._host.document_lost(uri, f"{types.TEXT_DOCUMENT_DID_CHANGE}: the document is not open")
             return
         text = doc.source
         encoding = self.workspace.position_encoding or types.PositionEncodingKind.Utf16
@@ -435,7 +450,7 @@ class LspProtocol(LanguageServerProtocol):
                 try:
                     text = apply_change(text, change.range, change.text, encoding)
                 except ValueError as exc:
-                    self._server.document_lost(uri, f"{types.TEXT_DOCUMENT_DID_CHANGE}: {exc}")
+                    self._host.document_lost(uri, f"{types.TEXT_DOCUMENT_DID_CHANGE}: {exc}")
                     return
             else:
                 text = change.text
@@ -484,8 +499,8 @@ def _offset(text: str, line: int, character: int, encoding: str) -> int:
             start, n = m.end(), n + 1
         if n < line:
             raise ValueError(f"expected a range within lines 0..{n} of the document, got line {line}")
-    m = _LINE_BREAK.search(text, start)
-    stop = m.start() if m else len(text)
+    brk = _LINE_BREAK.search(text, start)
+    stop = brk.start() if brk else len(text)
     return start + line_column(text[start:stop], character, encoding)
 
 

@@ -195,6 +195,9 @@ class CodeLlamaServer(LanguageServer):
         for p in problems:
             log.warning("settings: %s", p)
             self.show(types.MessageType.Warning, p)
+        old, new = config.to_wire(before), config.to_wire(self.settings)
+        if changed := {k: v for k, v in new.items() if old.get(k) != v}:
+            log.info("settings changed: %s", changed)
         if self.settings.exclude != before.exclude:
             self.neighbors.drop(self.settings.excluded)
         key = _load_key(self.settings)
@@ -439,7 +442,8 @@ class CodeLlamaServer(LanguageServer):
             "-"
             if r is None
             else (
-                f"{r.total_ms:.1f} ms, stop={r.stop}, prompt={r.prompt_tokens} reused={r.reused_tokens} "
+                f"{r.total_ms:.1f} ms (prompt {r.prompt_ms:.1f}, generation {r.generate_ms:.1f}), stop={r.stop}, "
+                f"prompt={r.prompt_tokens} reused={r.reused_tokens} "
                 f"evaluated={r.evaluated_tokens} generated={r.generated_tokens}"
             ),
         )
@@ -577,6 +581,7 @@ def create_server(options: ServerOptions = ServerOptions()) -> CodeLlamaServer:
     def on_initialize(ls: CodeLlamaServer, params: types.InitializeParams) -> None:
         ls.settings, problems = config.parse(params.initialization_options, ls.settings)
         ls._init_problems = ls._cli_problems + problems
+        log.info("settings: %s", config.to_wire(ls.settings))
 
     @server.feature(types.INITIALIZED)
     def on_initialized(ls: CodeLlamaServer, _params: types.InitializedParams) -> None:

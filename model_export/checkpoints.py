@@ -41,6 +41,7 @@ import numpy as np
 
 from model_export import tensors as tn
 from model_export.errors import ExportError
+from model_export.outfile import file_sha256
 from model_export.weightfiles import FLOAT_DTYPES, NUMPY_DTYPES, WeightFile, open_weights
 
 Layout = Literal["meta", "hf-safetensors", "hf-bin"]
@@ -140,9 +141,7 @@ class Checkpoint:
         if not self._hashing:
             raise ExportError("expected source hashing to be on, got it turned off for this checkpoint")
         digests = [f.finish_sha256() for f in self._weight_handles()]
-        for path in self.source_files[len(digests) :]:
-            with open(path, "rb") as fh:
-                digests.append(hashlib.file_digest(fh, "sha256").hexdigest())
+        digests += [file_sha256(path) for path in self.source_files[len(digests) :]]
         listing = "".join(f"{d}  {os.path.relpath(p, self.root)}\n" for d, p in zip(digests, self.source_files, strict=True))
         return hashlib.sha256(listing.encode()).hexdigest()
 

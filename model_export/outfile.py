@@ -16,12 +16,16 @@ manifest), so that every file the tools write follows the same rules:
   native code) leaves one behind; the next ``atomic_output`` in that folder removes those whose process is
   gone and logs each one, and names (without touching) those whose process still runs.
 
+- ``write_file(dest, data, error)``: ``data`` (bytes, or text written as UTF-8) through ``atomic_output``;
+  ``file_sha256(path)``: the hex SHA-256 of a file, read in blocks (``hashlib.file_digest``).
+
 ``error`` is the calling package's exception type (``ExportError``, ``QuantizeError``): every problem is
 raised as ``error("expected ..., got ...")``, so each CLI keeps its one translation boundary.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -151,4 +155,16 @@ def atomic_output(dest: Path, error: ErrorType) -> Iterator[Path]:
     _fsync_dir(folder)
 
 
-__all__ = ["atomic_output", "check_output", "sweep_stale"]
+def write_file(dest: Path, data: bytes | str, error: ErrorType) -> None:
+    """Write ``data`` to ``dest`` whole or not at all (``atomic_output``); text is written as UTF-8."""
+    with atomic_output(dest, error) as tmp:
+        tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+
+
+def file_sha256(path: Path) -> str:
+    """The hex SHA-256 of the file at ``path``."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+__all__ = ["atomic_output", "check_output", "file_sha256", "sweep_stale", "write_file"]

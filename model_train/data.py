@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from model_export.outfile import write_file
 from model_train.errors import TrainError
 
 log = logging.getLogger(__name__)
@@ -194,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
     manifest = build_manifest()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(manifest, indent=1) + "\n")
+    write_file(args.out, json.dumps(manifest, indent=1) + "\n", TrainError)
     n_held = sum(f["split"] == "heldout" for f in manifest["files"])
     log.info(
         "wrote %s: %d files (%d held out), %d near-duplicates dropped",

@@ -14,7 +14,6 @@ report of ``python -m model_train.eval`` on it. Out, in ``lsp_server/models/demo
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 
 from lsp_server.tool import run_tool
 from model_export.errors import ExportError
+from model_export.outfile import file_sha256, write_file
 from model_train.data import DEFAULT_MANIFEST
 from model_train.errors import TrainError
 
@@ -31,14 +31,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_DIR = REPO_ROOT / "lsp_server" / "models" / "demo"
 GGUF_NAME = "codellama-demo.gguf"
 MAX_BYTES = 30 * 1024 * 1024
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def ship(ckpt: Path, eval_report: Path, out_dir: Path = DEMO_DIR, outtype: str = "f16", ctx: int | None = None) -> Path:
@@ -58,14 +50,14 @@ def ship(ckpt: Path, eval_report: Path, out_dir: Path = DEMO_DIR, outtype: str =
     convert(ckpt, gguf, outtype=outtype, ctx=ctx)
     if gguf.stat().st_size > MAX_BYTES:
         raise TrainError(f"expected a GGUF of at most {MAX_BYTES} bytes, got {gguf.stat().st_size}")
-    (out_dir / "tokenizer.model").write_bytes((ckpt / "tokenizer.model").read_bytes())
+    write_file(out_dir / "tokenizer.model", (ckpt / "tokenizer.model").read_bytes(), TrainError)
     manifest = {
         "name": "codellama-demo",
         "description": "A tiny Code Llama trained from scratch on the CPython standard library with the "
         "Code Llama recipe (FIM 0.9, PSM/SPM, AdamW, cosine, LCFT theta 1e4 -> 1e6). A demo, "
         "not a useful assistant.",
         "gguf": GGUF_NAME,
-        "gguf_sha256": sha256(gguf),
+        "gguf_sha256": file_sha256(gguf),
         "outtype": outtype,
         "context_length": ctx,
         "training_command": f"python -m model_train.train --config {cfg['name']} --out CKPT "
@@ -77,7 +69,7 @@ def ship(ckpt: Path, eval_report: Path, out_dir: Path = DEMO_DIR, outtype: str =
         "parameters": train_log["parameters"],
         "timings_s": train_log["timings"],
         "data_manifest": str(DEFAULT_MANIFEST.relative_to(REPO_ROOT)),
-        "data_manifest_sha256": sha256(DEFAULT_MANIFEST),
+        "data_manifest_sha256": file_sha256(DEFAULT_MANIFEST),
         "checkpoint_sha256": train_log["checkpoint_sha256"],
         "heldout_scores": {
             "exact_match": report["line_tasks"]["exact_match"],
@@ -86,7 +78,7 @@ def ship(ckpt: Path, eval_report: Path, out_dir: Path = DEMO_DIR, outtype: str =
             "long_context_perplexity": report["long_context"],
         },
     }
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    write_file(out_dir / "manifest.json", json.dumps(manifest, indent=1) + "\n", TrainError)
     log.info("shipped %s (%d bytes) and manifest.json to %s", GGUF_NAME, gguf.stat().st_size, out_dir)
     return gguf
 

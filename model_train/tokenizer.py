@@ -18,12 +18,15 @@ from __future__ import annotations
 import io
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from lsp_server.vocab import CODELLAMA_FIM_PIECES
+from model_export.outfile import write_file
+from model_train.errors import TrainError
 
 FIM_PIECES = tuple(CODELLAMA_FIM_PIECES.values())  # pre, suf, mid, eot: the order Code Llama appends them in
 
-LLAMA_TRAINER_OPTIONS = dict(
+LLAMA_TRAINER_OPTIONS: dict[str, Any] = dict(
     model_type="bpe",
     normalization_rule_name="identity",
     remove_extra_whitespaces=False,
@@ -77,7 +80,7 @@ def train_tokenizer(
     if fim_pieces:
         data = add_pieces(data, FIM_PIECES)
     out_path = Path(out_path)
-    out_path.write_bytes(data)
+    write_file(out_path, data, TrainError)
     return out_path
 
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -46,6 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from lsp_server.tool import run_tool
+from model_export.outfile import atomic_output, file_sha256, write_file
 from model_train.configs import CONFIGS, Stage, TrainConfig
 from model_train.errors import TrainError
 from model_train.fim import Codec, transform
@@ -131,12 +131,11 @@ def save_checkpoint(model: Transformer, tokenizer: Path, out: Path) -> None:
     """Meta's layout: consolidated.00.pth + params.json + tokenizer.model."""
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to(torch.float32).contiguous() for k, v in model.state_dict().items()}
-    tmp = out / "consolidated.00.pth.tmp"
-    torch.save(state, tmp)
-    tmp.replace(out / "consolidated.00.pth")
-    (out / "params.json").write_text(json.dumps(model.args.to_params(), indent=2) + "\n")
+    with atomic_output(out / "consolidated.00.pth", TrainError) as tmp:
+        torch.save(state, tmp)
+    write_file(out / "params.json", json.dumps(model.args.to_params(), indent=2) + "\n", TrainError)
     if tokenizer.resolve() != (out / "tokenizer.model").resolve():
-        (out / "tokenizer.model").write_bytes(tokenizer.read_bytes())
+        write_file(out / "tokenizer.model", tokenizer.read_bytes(), TrainError)
 
 
 def load_checkpoint(ckpt_dir: Path) -> Transformer:
@@ -243,10 +242,10 @@ def train(cfg: TrainConfig, out: Path, seed: int = 0, threads: int = 2) -> Path:
         "files": [name for name, _ in files],
         "parameters": n_params,
         "timings": timings | {"total_s": round(time.time() - started, 1)},
-        "checkpoint_sha256": hashlib.sha256((out / "consolidated.00.pth").read_bytes()).hexdigest(),
+        "checkpoint_sha256": file_sha256(out / "consolidated.00.pth"),
         "history": history,
     }
-    (out / "train_log.json").write_text(json.dumps(record, indent=1) + "\n")
+    write_file(out / "train_log.json", json.dumps(record, indent=1) + "\n", TrainError)
     log.info("%s done in %.0f s -> %s", cfg.name, time.time() - started, out)
     return out
 

@@ -27,10 +27,15 @@ def llama_session(
 ) -> Iterator[llama.Context]:
     """``path`` loaded on the CPU (no AMX repacking: see ``lsp_server.llama``) with one context of ``n_ctx``
     tokens that keeps every position's logits and evaluates a whole chunk in one batch; ``cb_eval`` is a
-    ``ggml_backend_sched_eval_callback`` the caller keeps alive (the imatrix collector)."""
+    ``ggml_backend_sched_eval_callback`` the caller keeps alive (the imatrix collector).
+
+    The model must have a BOS token: the imatrix and the report start every chunk with it, as
+    llama.cpp's llama-imatrix and llama-perplexity do for Llama models."""
     options = llama.ContextOptions(n_ctx=n_ctx, n_batch=n_ctx, threads=threads, all_logits=True, cb_eval=cb_eval)
     try:
         with llama.open_context(path, options) as ctx:
+            if ctx.model.bos is None:
+                raise QuantizeError(f"expected a model with a BOS token (chunks start with it), got none in {path}")
             yield ctx
     except llama.LlamaError as exc:
         raise QuantizeError(str(exc)) from None

@@ -214,6 +214,8 @@ def compute_imatrix(
         tokens = s.model.tokenize(text)
         if max_tokens is not None:
             tokens = tokens[:max_tokens]
+        bos = s.model.bos
+        assert bos is not None  # llama_session checked
         step = n_ctx - 1  # BOS takes the first slot of every chunk
         if len(tokens) < step:
             raise QuantizeError(f"expected at least {step} tokens of corpus for n_ctx={n_ctx}, got {len(tokens)}")
@@ -222,7 +224,7 @@ def compute_imatrix(
             # Logits for every position, as llama-imatrix asks: otherwise llama.cpp drops all but the last
             # token after the final layer's attention, and that layer's weights would see one token per chunk.
             s.truncate(0)
-            s.decode([s.model.bos] + tokens[start : start + step])
+            s.decode([bos, *tokens[start : start + step]])
             if collector.error is not None:
                 raise QuantizeError(f"expected the imatrix callback to succeed, got {collector.error!r}")
             data.chunk_count += 1

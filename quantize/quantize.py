@@ -87,9 +87,6 @@ TARGETS: dict[str, tuple[str, ...]] = {
     "cuda": ("Q4_K_M", "Q5_K_M", "Q8_0"),
 }
 
-# Types whose ftype is plain float: converting between these is not "requantizing".
-FLOAT_FTYPES = frozenset({"F16", "BF16", "F32"})
-
 
 @dataclass(frozen=True)
 class QuantizeResult:

@@ -142,6 +142,7 @@ def reference_run(
     text, corpus_name = corpus_text(corpus, role="eval")
     with tempfile.TemporaryDirectory(prefix="quantize-report-") as tmpdir:
         with llama_session(ref, n_ctx=n_ctx, threads=threads) as s:
+            assert s.model.bos is not None  # llama_session checked
             chunks = _chunks(s.model.tokenize(text), s.model.bos, n_ctx, n_chunks)
             store = np.lib.format.open_memmap(
                 Path(tmpdir) / "ref.npy", mode="w+", dtype=np.float32, shape=(len(chunks), n_ctx, s.model.n_vocab)

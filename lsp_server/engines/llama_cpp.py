@@ -70,10 +70,6 @@ class SpeculationStats:
     drafted: int = 0  # draft tokens evaluated
     accepted: int = 0  # draft tokens the model agreed with (generated without a decode call of their own)
 
-    @property
-    def acceptance(self) -> float:
-        return self.accepted / self.drafted if self.drafted else 0.0
-
 
 class LlamaCppEngine:
     """Loads the GGUF (blocking: call it off the event loop) and starts the worker thread."""
