@@ -90,6 +90,7 @@ def test_vscode_package_contents(vsix: Path) -> None:
         "gpuLayers",
         "fimOrder",
         "debounceMs",
+        "adaptiveDebounce",
         "suggestList",
     ):
         assert f"codellama.{key}" in props and props[f"codellama.{key}"].get(
@@ -99,6 +100,8 @@ def test_vscode_package_contents(vsix: Path) -> None:
     assert not [k for k, v in props.items() if "`" in v.get("description", "")]
     # the suggestion list stays out of the way unless asked for
     assert props["codellama.suggestList"]["default"] is False
+    # the server's debounce advice is followed unless turned off (it only ever lengthens debounceMs)
+    assert props["codellama.adaptiveDebounce"]["default"] is True
     assert manifest["icon"] == "images/icon.png" and "extension/images/icon.png" in names
     # With VS Code's default quick suggestions a word item can be selected in the suggest widget while the
     # ghost text continues it: Tab then takes the ghost text (VS Code's own Tab would only take the word).

@@ -8,8 +8,9 @@
  *
  * The extension is deliberately thin: all completion logic lives in the server. What it adds is the
  * client-side switch (toggle, per-language enablement, applied before any request is made and sent to the
- * server too), a debounce on top of VS Code's inline-suggestion delay (one model run per pause in typing),
- * restarts with back-off when the server dies, finding the server, and the model picker.
+ * server too), a debounce on top of VS Code's inline-suggestion delay (one model run per pause in typing;
+ * the server's `debounceMs` advice may lengthen it), restarts with back-off when the server dies, finding
+ * the server, and the model picker.
  *
  * Ghost text is the product: the server's `textDocument/completion` (meant for editors without inline
  * completion) is kept out of VS Code's suggestion list unless `codellama.suggestList` is on. With VS Code's
@@ -33,7 +34,7 @@ import { ACCEPT_COMMAND, CompletionEvent, EVENT_METHOD, EventCounter, acceptedEv
 import { LaunchError, type SearchPlaces, launchSpec } from './launch';
 import { StderrLeveler } from './logLevel';
 import { modelLabel, parseModelSpec } from './modelSpec';
-import { RESTART_KEYS, clientSwitches, languageEnabled, serverSettings } from './settings';
+import { RESTART_KEYS, clientSwitches, effectiveDebounceMs, languageEnabled, serverSettings } from './settings';
 import { ServerStatus, parseStatus, renderStatus } from './status';
 
 const SECTION = 'codellama';
@@ -165,8 +166,10 @@ class ServerManager {
           const switches = clientSwitches(get);
           if (!switches.enable || !languageEnabled(switches.enabledLanguages, document.languageId)) return null;
           // VS Code cancels the token when the user types on: only the request of a pause gets through.
-          if (context.triggerKind === vscode.InlineCompletionTriggerKind.Automatic && switches.debounceMs > 0) {
-            await pause(switches.debounceMs, token);
+          // The latest status's advice may lengthen the wait (the server's answers are slower than the typing).
+          const debounceMs = effectiveDebounceMs(switches.debounceMs, this.status.debounceMs, switches.adaptiveDebounce);
+          if (context.triggerKind === vscode.InlineCompletionTriggerKind.Automatic && debounceMs > 0) {
+            await pause(debounceMs, token);
             if (token.isCancellationRequested) return null;
           }
           const t0 = Date.now();

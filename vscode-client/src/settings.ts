@@ -42,6 +42,8 @@ export interface ClientSwitches {
   enabledLanguages: Record<string, boolean>;
   /** Extra wait after VS Code's own inline-suggestion delay before a request goes to the server. */
   debounceMs: number;
+  /** Whether the server's advised debounce (`codellama/status`) may lengthen `debounceMs`. */
+  adaptiveDebounce: boolean;
   /** Also offer the completion in VS Code's suggestion list (textDocument/completion); off by default. */
   suggestList: boolean;
 }
@@ -135,8 +137,20 @@ export function clientSwitches(get: ConfigGetter): ClientSwitches {
     enable: get('enable') !== false,
     enabledLanguages: languageMap(get('enabledLanguages')),
     debounceMs: debounce ?? DEFAULT_DEBOUNCE_MS,
+    adaptiveDebounce: get('adaptiveDebounce') !== false,
     suggestList: get('suggestList') === true,
   };
+}
+
+/**
+ * The debounce an automatic inline request waits, in ms. In: the `codellama.debounceMs` setting, the
+ * server's advice from its latest status (undefined before one arrived, or from a server that gives none)
+ * and `codellama.adaptiveDebounce`. Out: the configured debounce is the floor; the advice may only
+ * lengthen it (when the server's answers take longer than the gaps between keys, requests sent during a
+ * burst would be superseded before they finish).
+ */
+export function effectiveDebounceMs(configured: number, advised: number | undefined, adaptive: boolean): number {
+  return adaptive ? Math.max(configured, advised ?? 0) : configured;
 }
 
 /** Whether completions are wanted in a document of `languageId`: its own entry, else `"*"`, else on. */

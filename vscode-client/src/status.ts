@@ -18,7 +18,12 @@ export interface ServerStatus {
   cachedTokens?: number;
   /** 0..100 while a model loads or downloads, when the server says. */
   percentage?: number;
+  /** The server's advised debounce in ms (its pacing: 0 while its answers beat the typing gaps), 0..2000. */
+  debounceMs?: number;
 }
+
+/** The longest advised debounce taken from a server: what the `codellama.debounceMs` setting allows too. */
+export const MAX_ADVISED_DEBOUNCE_MS = 2000;
 
 const STATES: readonly ServerState[] = ['starting', 'loading', 'ready', 'busy', 'error', 'stopped'];
 
@@ -38,6 +43,10 @@ export function parseStatus(params: unknown): ServerStatus {
   if (typeof pct === 'number' && Number.isFinite(pct)) {
     if (pct <= 1 && p.percentage === undefined) pct *= 100; // a 0..1 fraction
     out.percentage = Math.max(0, Math.min(100, Math.round(pct)));
+  }
+  const debounce = p.debounceMs;
+  if (typeof debounce === 'number' && Number.isFinite(debounce) && debounce >= 0) {
+    out.debounceMs = Math.min(MAX_ADVISED_DEBOUNCE_MS, Math.round(debounce));
   }
   return out;
 }

@@ -31,6 +31,9 @@ local defaults = {
   ghost_text = nil,
   -- Typing faster than this (about 7 keys a second) sends no request until the pause after the last key.
   debounce_ms = 150,
+  -- Wait longer than debounce_ms when the server's status advises it (its answers take longer than the
+  -- gaps between keys); the advice never shortens debounce_ms.
+  adaptive_debounce = true,
   keymaps = {
     accept = '<Tab>',
     accept_word = '<M-Right>',
@@ -281,7 +284,8 @@ local function schedule_request(bufnr)
     state.timer = vim.loop.new_timer()
   end
   state.timer:stop()
-  state.timer:start(state.opts.debounce_ms, 0, vim.schedule_wrap(function()
+  local wait = logic.debounce_ms(state.opts.debounce_ms, state.status, state.opts.adaptive_debounce)
+  state.timer:start(wait, 0, vim.schedule_wrap(function()
     if vim.api.nvim_buf_is_valid(bufnr) and vim.api.nvim_get_current_buf() == bufnr and vim.fn.mode() == 'i' then
       M.request_inline(bufnr, false)
     end

@@ -245,6 +245,26 @@ function M.enabled_for(enable, filetype)
   return true
 end
 
+--- The longest advised debounce taken from a server, in ms.
+M.MAX_ADVISED_DEBOUNCE_MS = 2000
+
+--- The debounce (ms) before an automatic request. In: the `debounce_ms` option, the latest
+--- `codellama/status` params (nil before one arrived; its `debounceMs` is the server's advice, used only when
+--- it is a finite number >= 0, capped at 2000) and the `adaptive_debounce` option. Out: the configured
+--- debounce is the floor; the advice may only lengthen it (when the server's answers take longer than the
+--- gaps between keys, requests sent during a burst would be superseded before they finish).
+function M.debounce_ms(configured, status, adaptive)
+  if not adaptive or type(status) ~= 'table' then
+    return configured
+  end
+  local advised = status.debounceMs
+  -- NaN fails `>= 0`; infinity is not a usable wait.
+  if type(advised) ~= 'number' or not (advised >= 0) or advised == math.huge then
+    return configured
+  end
+  return math.max(configured, math.min(math.floor(advised + 0.5), M.MAX_ADVISED_DEBOUNCE_MS))
+end
+
 --- One status line from a `codellama/status` notification's params.
 function M.status_text(status)
   if type(status) ~= 'table' or type(status.state) ~= 'string' then

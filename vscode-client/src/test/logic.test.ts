@@ -53,6 +53,24 @@ test('status: parses what the server sends, tolerates junk', () => {
   });
 });
 
+test("status: the server's advised debounce is kept when it is a usable number of ms", () => {
+  assert.equal(parseStatus({ state: 'ready', debounceMs: 180 }).debounceMs, 180);
+  assert.equal(parseStatus({ state: 'ready', debounceMs: 0 }).debounceMs, 0);
+  assert.equal(parseStatus({ state: 'ready', debounceMs: 99.6 }).debounceMs, 100);
+  assert.equal(parseStatus({ state: 'ready' }).debounceMs, undefined, 'missing');
+  assert.equal(parseStatus({ state: 'ready', debounceMs: null }).debounceMs, undefined, 'null');
+  assert.equal(parseStatus({ state: 'ready', debounceMs: -5 }).debounceMs, undefined, 'negative');
+  assert.equal(parseStatus({ state: 'ready', debounceMs: NaN }).debounceMs, undefined, 'NaN');
+  assert.equal(parseStatus({ state: 'ready', debounceMs: Infinity }).debounceMs, undefined, 'infinite');
+  assert.equal(parseStatus({ state: 'ready', debounceMs: '200' }).debounceMs, undefined, 'a string');
+  assert.equal(parseStatus({ state: 'ready', debounceMs: 1e9 }).debounceMs, 2000, 'huge: capped');
+  // The whole status as the server sends it (lsp_server/server.py send_status, pacing figures included).
+  assert.deepEqual(
+    parseStatus({ state: 'ready', model: 'demo', lastLatencyMs: 90, cachedTokens: 5, recentLatencyMs: 95, typingGapMs: 120, timeBudgetMs: 400, debounceMs: 120 }),
+    { state: 'ready', model: 'demo', lastLatencyMs: 90, cachedTokens: 5, debounceMs: 120 },
+  );
+});
+
 test('status: rendering per state, in words, at a fixed width', () => {
   const F = '\u2007';
   const ready = renderStatus({ state: 'ready', model: '/m/micro.gguf', lastLatencyMs: 41.6, cachedTokens: 12 }, true);

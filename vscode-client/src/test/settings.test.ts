@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { findProgram, launchSpec, LaunchError } from '../launch';
-import { DEFAULT_DEBOUNCE_MS, clientSwitches, languageEnabled, serverSettings } from '../settings';
+import { DEFAULT_DEBOUNCE_MS, clientSwitches, effectiveDebounceMs, languageEnabled, serverSettings } from '../settings';
 
 const getter = (values: Record<string, unknown>) => (key: string) => values[key];
 
@@ -75,10 +75,28 @@ test('the on/off switch reaches the server as its per-language map', () => {
 });
 
 test('client switches: debounce and the suggestion list default to what VS Code users expect', () => {
-  assert.deepEqual(clientSwitches(getter({})), { enable: true, enabledLanguages: { '*': true, plaintext: false, markdown: false, scminput: false }, debounceMs: DEFAULT_DEBOUNCE_MS, suggestList: false });
+  assert.deepEqual(clientSwitches(getter({})), {
+    enable: true,
+    enabledLanguages: { '*': true, plaintext: false, markdown: false, scminput: false },
+    debounceMs: DEFAULT_DEBOUNCE_MS,
+    adaptiveDebounce: true,
+    suggestList: false,
+  });
   assert.equal(clientSwitches(getter({ debounceMs: 0 })).debounceMs, 0);
   assert.equal(clientSwitches(getter({ debounceMs: -5 })).debounceMs, DEFAULT_DEBOUNCE_MS);
   assert.equal(clientSwitches(getter({ suggestList: true })).suggestList, true);
+  assert.equal(clientSwitches(getter({ adaptiveDebounce: false })).adaptiveDebounce, false);
+  assert.equal(clientSwitches(getter({ adaptiveDebounce: 'no' })).adaptiveDebounce, true, 'only false turns it off');
+});
+
+test('effective debounce: the configured one is the floor, the advice may only lengthen it', () => {
+  assert.equal(effectiveDebounceMs(150, 280, true), 280, 'slow server: wait for the user to slow down');
+  assert.equal(effectiveDebounceMs(150, 0, true), 150, 'a fast server never shortens the setting');
+  assert.equal(effectiveDebounceMs(150, 100, true), 150);
+  assert.equal(effectiveDebounceMs(150, undefined, true), 150, 'no advice yet');
+  assert.equal(effectiveDebounceMs(0, 120, true), 120);
+  assert.equal(effectiveDebounceMs(150, 280, false), 150, 'adaptiveDebounce off: the setting alone');
+  assert.equal(effectiveDebounceMs(0, 280, false), 0);
 });
 
 test('launch: default command gets --stdio and extra args', () => {
