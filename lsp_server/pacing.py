@@ -4,7 +4,7 @@ In: when the user types (``keystroke``, from ``didChange``) and how long model r
 (``finished``, the engine's total ms). Out: the time budget for the next request (``budget_ms``) and the
 debounce a client should use (``debounce_ms``), both reported in ``codellama/status``.
 
-The policy (README, "Latency"):
+The policy (docs/how-it-works.md, "Speed beyond the KV cache"):
 
 - the typing gap is the time between two changes of the same document, counting only gaps under
   ``BURST_MS`` (longer ones are the user reading or thinking, not typing); the model latency is the
