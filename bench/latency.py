@@ -353,7 +353,8 @@ def _ours(engine: LlamaCppEngine, doc: str, offset: int, settings: Settings, exa
     if exact:
         req = dataclasses.replace(req, stop_text=None, stop_tokens=frozenset())
     r = engine.submit(req).future.result()
-    return (time.perf_counter() - t0) * 1e3, {"generated": r.generated_tokens, "evaluated": r.evaluated_tokens}, ctx
+    info = {"generated": r.generated_tokens, "evaluated": r.evaluated_tokens, "generate_ms": r.generate_ms}
+    return (time.perf_counter() - t0) * 1e3, info, ctx
 
 
 def _theirs(server: LlamaServer, ctx, n_predict: int, exact: bool, mid_line: bool) -> tuple[float, dict]:
@@ -361,7 +362,8 @@ def _theirs(server: LlamaServer, ctx, n_predict: int, exact: bool, mid_line: boo
     got = server.infill(ctx.prefix, ctx.suffix, n_predict, exact, [] if exact else (["\n"] if mid_line else ["\n\n"]))
     ms = (time.perf_counter() - t0) * 1e3
     t = got.get("timings", {})
-    return ms, {"generated": t.get("predicted_n", got.get("tokens_predicted", 0)), "evaluated": t.get("prompt_n", 0)}
+    generated = t.get("predicted_n", got.get("tokens_predicted", 0))
+    return ms, {"generated": generated, "evaluated": t.get("prompt_n", 0), "generate_ms": t.get("predicted_ms", 0.0)}
 
 
 def side_by_side_overhead(model: Path, server_bin: Path, text: str, start: int, chars: int, args) -> dict:
@@ -406,6 +408,9 @@ def _compare(name: str, ours: list, theirs: list, extra: dict | None = None) -> 
         "ours_evaluated": statistics.mean(i["evaluated"] for _, i in ours),
         "server_evaluated": statistics.mean(i["evaluated"] for _, i in theirs),
     }  # fmt: skip
+    if all("generate_ms" in i for _, i in ours + theirs):  # generation alone, per generated token
+        row["ours_ms_per_token"] = statistics.median(i["generate_ms"] / max(1, i["generated"]) for _, i in ours)
+        row["server_ms_per_token"] = statistics.median(i["generate_ms"] / max(1, i["generated"]) for _, i in theirs)
     row.update(extra or {})
     return row
 
@@ -514,6 +519,12 @@ def side_by_side_table(rows: list[dict]) -> str:
             f"{r['ours_generated']:.1f}, {r['server_generated']:.1f} | {r['ours_evaluated']:.1f}, {r['server_evaluated']:.1f} |"
         )
     for r in rows:
+        if "ours_ms_per_token" in r:
+            out.append("")
+            out.append(
+                f"{r['scenario']}: generation alone, median ms per generated token: ours {r['ours_ms_per_token']:.2f}, "
+                f"llama-server {r['server_ms_per_token']:.2f} (its timings.predicted_ms)"
+            )
         if "lookup_acceptance" in r:
             out.append("")
             out.append(
