@@ -92,7 +92,7 @@ class FrameReader:
                     continue
                 del self._buf[: m.start()]
                 self._resync = False
-            while self._buf[:1] in (bytearray(b"\r"), bytearray(b"\n")):  # blank lines between messages
+            while self._buf and self._buf[0] in b"\r\n":  # blank lines between messages
                 del self._buf[:1]
             end = _HEADER_END.search(self._buf, 0, MAX_HEADER_BYTES + 4)
             if end is None:
