@@ -227,8 +227,8 @@ class LspProtocol(LanguageServerProtocol):
         self.exit_code: int | None = None  # set when the server should stop
         self.stopped = asyncio.Event()
         self._pending: set[Any] = set()  # ids of client requests not answered yet
-        # request id -> (uri, document object, version) when it was dispatched, for requests on a document
-        self._dispatched_on: dict[Any, tuple[str, Any, Any]] = {}
+        # request id -> (uri, document text) when it was dispatched, for requests on a document
+        self._dispatched_on: dict[Any, tuple[str, str | None]] = {}
 
     # ---- lifecycle -----------------------------------------------------------------------------------
     def stop(self, code: int) -> None:
@@ -308,7 +308,7 @@ class LspProtocol(LanguageServerProtocol):
         uri = getattr(getattr(getattr(message, "params", None), "text_document", None), "uri", None)
         if isinstance(uri, str):
             doc = self._host.document(uri)
-            self._dispatched_on[msg_id] = (uri, doc, getattr(doc, "version", None))
+            self._dispatched_on[msg_id] = (uri, None if doc is None else doc.source)
         if method == types.INITIALIZE:
             self.initialize_seen = True
         elif method == types.SHUTDOWN:
@@ -374,14 +374,20 @@ class LspProtocol(LanguageServerProtocol):
             error = types.ResponseError(code=error.code, message=error.message)
         super()._send_response(msg_id, result, error)
 
-    def _stale(self, dispatched_on: tuple[str, Any, Any] | None) -> bool:
-        """Whether the document a request was about changed between its dispatch and now (every
-        change makes a new document object, see ``lsp_text_document__did_change``)."""
+    def _stale(self, dispatched_on: tuple[str, str | None] | None) -> bool:
+        """Whether the text of the document a request was about changed between its dispatch and now.
+
+        The text, not the version: a didChange that leaves the text as it is does not make an answer wrong.
+        Neovim 0.7 sends one with no changes at all when its debounce timer had already fired as a request
+        flushed the pending changes (the timer's scheduled callback sends again); answering null then left the
+        editor without a suggestion until the next key.
+        """
         if dispatched_on is None:
             return False
-        uri, doc, version = dispatched_on
+        uri, text = dispatched_on
         now = self._host.document(uri)
-        return now is not doc or (doc is not None and doc.version != version)
+        now_text = None if now is None else now.source
+        return now_text is not text and now_text != text
 
     def _send_handler_result(self, future: Any, *, msg_id: Any) -> None:
         self._request_futures.pop(msg_id, None)

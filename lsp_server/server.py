@@ -391,7 +391,7 @@ class CodeLlamaServer(LanguageServer):
             log.info("%s: no model (%s)", rid, self.error or self.state)
             return None
         t0 = time.perf_counter()
-        version, source = doc.version, doc.source
+        source = doc.source
         encoding = self.workspace.position_encoding or types.PositionEncodingKind.Utf16
         at = edit_point(source, position, selected, encoding)
         text, offset = at.text, at.offset
@@ -424,7 +424,8 @@ class CodeLlamaServer(LanguageServer):
             log.info("%s: cancelled by the client after %.1f ms", rid, (time.perf_counter() - t0) * 1e3)
             raise
         t1 = time.perf_counter()
-        if doc.version != version or self.document(uri) is not doc:
+        now = self.document(uri)
+        if now is None or (now.source is not source and now.source != source):  # the text, not the version
             log.debug("%s: document changed while completing; dropped", rid)
             return None
         newline = context.document_newline(source)

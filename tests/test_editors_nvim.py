@@ -205,8 +205,9 @@ def test_nvim_plugin_completes_with_the_real_server(micro_model, which: str, tmp
     path = work / case.name
     path.write_text(case.blanked)
     report_path = tmp_path / "report.json"
+    server_log = tmp_path / "server.log"
     cfg = {
-        "cmd": server_command(),
+        "cmd": [*server_command(), "-v", "--log-file", str(server_log)],
         "settings": {"model": str(micro_model.gguf), **SERVER_SETTINGS},
         "file": str(path),
         "line": case.line,
@@ -224,7 +225,8 @@ def test_nvim_plugin_completes_with_the_real_server(micro_model, which: str, tmp
     dest = ARTIFACTS / f"nvim-{which}"
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "report.json").write_text(json.dumps(report, indent=2))
-    assert report.get("error") is None, f"{report}\n{proc.stderr}"
+    log_tail = server_log.read_text()[-6000:] if server_log.exists() else "(no server log)"
+    assert report.get("error") is None, f"{report}\n{proc.stderr}\nserver log:\n{log_tail}"
     assert proc.returncode == 0
 
     assert report["client"]["name"] == "codellama"

@@ -9,8 +9,9 @@ sent without waiting (as an editor does while the user types) to one long-lived 
 - the server's copy of the document (``codellama/documentState``, probed after every edit) equals a
   reference model of the edits written here independently of the server's code, or is gone exactly
   when an edit could not be applied;
-- no stale text: a completion whose document was edited before its reply was sent (the probe sent
-  after the edit was answered first) is empty.
+- no stale text: a completion whose document's text was changed by an edit before its reply was sent
+  (the probe sent after the edit was answered first) is empty; an edit that leaves the text as it was
+  (an empty insertion, a replacement by the same text) does not make the answer stale.
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ def test_fuzz_json_rpc_against_the_real_server(lsp_random_gguf: Path) -> None:
             completions: list[tuple[int, int]] = []  # (request id, number of edits sent before it)
             edits_before_probe: dict[int, int] = {}
             edits = 0
+            text_after: list[str | None] = [initial]  # the reference text after 0, 1, 2, ... edits
 
             def probe() -> None:
                 pid = next(ids)
@@ -128,6 +130,7 @@ def test_fuzz_json_rpc_against_the_real_server(lsp_random_gguf: Path) -> None:
                         if ref.text is not None:
                             ref.text = None if kind == "null-version" else step[1]
                     ref.version = version
+                    text_after.append(ref.text)
                     s.notify("textDocument/didChange", {
                         "textDocument": {"uri": uri, "version": None if kind == "null-version" else version},
                         "contentChanges": [change],
@@ -169,9 +172,15 @@ def test_fuzz_json_rpc_against_the_real_server(lsp_random_gguf: Path) -> None:
                 reply = s.responses[json.dumps(rid)][0]
                 result = reply.get("result")
                 if result and result.get("items"):
-                    # a probe sent after a later edit and answered before this reply: the reply is stale
-                    later = [p for p, n in edits_before_probe.items() if n > edits_then]
-                    assert all(order[json.dumps(p)] > order[json.dumps(rid)] for p in later), (rid, reply)
+                    # probes sent after later edits: those answered before this reply saw edits the reply came
+                    # after; the reply is right only if the text it was sent against is the one it was asked on
+                    later = {p: n for p, n in edits_before_probe.items() if n > edits_then}
+                    before = [n for p, n in later.items() if order[json.dumps(p)] < order[json.dumps(rid)]]
+                    if before:
+                        after = [n for p, n in later.items() if order[json.dumps(p)] > order[json.dumps(rid)]]
+                        first, last = max(before), min(after, default=len(text_after) - 1)
+                        sent_against = text_after[first : last + 1]  # the server's text when the reply left
+                        assert text_after[edits_then] in sent_against, (rid, reply)
 
         run()
         assert s.bad == [] and "Traceback" not in s.stderr()

@@ -299,3 +299,22 @@ async def test_no_growth_per_request_or_notification() -> None:
     # below 15 bytes a message (the document itself grows by 2,000 characters)
     assert grown < 120_000, grown
     assert sent[0] >= 2 * 4000  # every request was answered
+
+
+def test_a_change_that_leaves_the_text_keeps_the_answer(lsp_random_gguf: Path) -> None:
+    """A didChange that does not change the text (Neovim 0.7 sends one with no changes when its debounce
+    timer fires as a request flushes the pending changes; an empty insertion) arriving while a completion
+    runs: the answer still goes out. A change of the text makes it null (the editor's text is another).
+    Each request is at another position, so that none is a type-through cache hit answered at once."""
+    with RawServer() as s:
+        rules_off = dict.fromkeys(("mode", "nodeEnd", "repetition", "balance", "parseCheck"), False)
+        s.initialize(lsp_random_gguf, {"maxTokens": 64, "maxItems": 1, "timeBudgetMs": 60000, "rules": rules_off})
+        text = "def f(x):\n    return x\n"
+        s.notify("textDocument/didOpen", {"textDocument": {"uri": URI, "languageId": "python", "version": 1, "text": text}})
+        empty_insertion = {"range": {"start": {"line": 0, "character": 3}, "end": {"line": 0, "character": 3}}, "text": ""}
+        cases = [((2, 0), [], True), ((1, 0), [empty_insertion], True), ((1, 4), [{**empty_insertion, "text": "g"}], False)]
+        for version, ((line, character), changes, answered) in enumerate(cases, start=2):
+            s.send({"jsonrpc": "2.0", "id": version, "method": INLINE, "params": inline_params(line, character, trigger=1)})
+            s.notify("textDocument/didChange", {"textDocument": {"uri": URI, "version": version}, "contentChanges": changes})
+            reply = s.response(version)
+            assert bool(reply["result"] and reply["result"]["items"]) is answered, (changes, reply)

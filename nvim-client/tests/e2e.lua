@@ -59,7 +59,11 @@ co = coroutine.create(function()
       return c and c.initialized and vim.lsp.buf_is_attached(bufnr, c.id) and c
     end)
     step('attached')
-    report.client = { name = client.name, offset_encoding = client.offset_encoding, omnifunc = vim.bo[bufnr].omnifunc }
+    -- the plugin takes 'omnifunc' over in a vim.schedule() callback (after the filetype plugins' own)
+    local omnifunc = wait('the plugin to set omnifunc', function()
+      return vim.bo[bufnr].omnifunc == 'v:lua.codellama_omnifunc' and vim.bo[bufnr].omnifunc
+    end, 10000)
+    report.client = { name = client.name, offset_encoding = client.offset_encoding, omnifunc = omnifunc }
     local caps = client.server_capabilities or client.resolved_capabilities
     report.client.inline_provider = caps and caps.inlineCompletionProvider ~= nil
     report.client.completion_provider = caps and (caps.completionProvider ~= nil or caps.completion == true)
