@@ -17,6 +17,7 @@ from pathlib import Path
 from .config import Settings
 from .engines import Engine, EngineError
 from .engines.llama_cpp import EngineOptions, LlamaCppEngine
+from .engines.registry import KINDS
 from .engines.remote import RemoteOptions, local_vocab
 
 
@@ -29,13 +30,11 @@ def open_engine(
     progress: Callable[[float], None] | None = None,
 ) -> Engine:
     """``progress`` receives the in-process model's load progress (0.0 .. 1.0) on the loading thread."""
-    if settings.engine == "llama.cpp":
+    kind = KINDS[settings.engine]
+    if not kind.remote:
         return LlamaCppEngine(path, name, local, progress)
     if not settings.url:
         raise EngineError(f"expected a server URL for the engine {settings.engine!r} (--url or the url setting), got none")
-    from .engines.llama_server import LlamaServerEngine
-    from .engines.openai import OpenAIEngine
-
     options = replace(
         remote,
         url=settings.url,
@@ -44,5 +43,5 @@ def open_engine(
         verify_tls=settings.tls_verify,
         model_name=settings.remote_model or None,
     )
-    cls = LlamaServerEngine if settings.engine == "llama-server" else OpenAIEngine
-    return cls(local_vocab(path), options, name)
+    engine: Engine = kind.load()(local_vocab(path), options, name)
+    return engine

@@ -7,7 +7,7 @@ exactly the pipeline the server uses (context -> FIM prompt -> llama.cpp -> post
 
 Logs go to stderr or ``--log-file``; in a stdio server stdout carries JSON-RPC only. Errors the user can
 fix (a missing model, a bad position, a port in use) end the process with one ``codellama-lsp: error: ...``
-line and exit status 1, bad usage with status 2 (``lsp_server.tool``, docs/cli.md). A server exits with 0 after ``shutdown`` + ``exit``, 1 when the client left without
+line and exit status 1, bad usage with status 2 (``codellama_core.tool``, docs/cli.md). A server exits with 0 after ``shutdown`` + ``exit``, 1 when the client left without
 ``shutdown``, 128 + the signal number on SIGINT/SIGTERM.
 
 A TCP server needs a token from its client (``initializationOptions.token``): ``--token-file``, else
@@ -24,59 +24,20 @@ import secrets
 import sys
 from pathlib import Path
 
-from .config import ENGINES
-from .engines.llama_cpp import KV_TYPES, EngineOptions
-from .engines.remote import RemoteOptions
+from codellama_core.tool import UsageError, run_tool
+
+from . import eval as eval_mod
 from .errors import ServerError
-from .tool import UsageError, run_tool
+from .options import add_common, engine_options, remote_options, settings_from_args, setup_logging
 
 log = logging.getLogger("lsp_server")
 PROG = "codellama-lsp"
 TOKEN_ENV = "CODELLAMA_LSP_TOKEN"
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="demo", help="GGUF path, 'demo' (shipped) or REPO:FILE (Hugging Face)")
-    p.add_argument("--n-ctx", type=int, default=None, help="context size (default: the model's, at most 4096)")
-    p.add_argument("--kv-type", choices=sorted(KV_TYPES), default="f16", help="KV cache type (q8_0 halves its memory)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for llama.cpp (default: the physical cores)")
-    p.add_argument(
-        "--prompt-lookup",
-        type=int,
-        default=8,
-        metavar="N",
-        help="greedy decoding drafts up to N tokens from the prompt and verifies them in one batch (0: off)",
-    )
-    p.add_argument("--n-gpu-layers", type=int, default=0, help="layers to offload (CUDA/Metal builds)")
-    p.add_argument(
-        "--cpu-repack",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="llama.cpp's repacked CPU weights (default: on unless the CPU has AMX, where some Q4_1 files crash)",
-    )
-    r = p.add_argument_group("remote engines (a model on a server; see docs/deployment.md)")
-    r.add_argument("--engine", choices=ENGINES, default=None, help="where the model runs (default: llama.cpp, in this process)")
-    r.add_argument("--url", default=None, help="the server's base URL, e.g. https://gpu-box:8080 (no /v1)")
-    r.add_argument("--api-key-env", default=None, help="environment variable holding the API key (default CODELLAMA_API_KEY)")
-    r.add_argument("--request-timeout", type=float, default=None, help="seconds to connect / get an answer (default 10)")
-    r.add_argument("--no-tls-verify", action="store_true", help="do not verify https certificates (test servers only)")
-    r.add_argument("--remote-model", default=None, help="model name for OpenAI-compatible servers (default: the first)")
-    r.add_argument(
-        "--slot", type=int, default=None, help="llama-server: always use slot N (default: the server picks by prompt similarity)"
-    )
-    r.add_argument(
-        "--prompt-format",
-        choices=["auto", "tokens", "text"],
-        default="auto",
-        help="OpenAI servers: prompt as token ids, as text, or ids falling back to text (default)",
-    )
-    p.add_argument("--log-file", type=Path, default=None, help="write logs here instead of stderr")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="-v: info, -vv: debug (and llama.cpp logs)")
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="codellama-lsp", description="Code Llama inline completion language server")
-    _common(p)
+    add_common(p)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--stdio", action="store_true", help="serve over stdin/stdout (default)")
     mode.add_argument("--tcp", action="store_true", help="serve over TCP")
@@ -96,51 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--character", type=int, required=True, help="0-based column in UTF-16 code units (as LSP)")
     c.add_argument("--max-tokens", type=int, default=None)
     c.add_argument("--fim-order", choices=["spm", "psm"], default=None)
-    _common(c)
-    from . import eval as eval_mod
-
+    add_common(c)
     e = sub.add_parser("eval", help="HumanEval infilling through the completion pipeline (pip install 'codellama-lsp[eval]')")
     eval_mod.add_arguments(e)
-    _common(e)
+    add_common(e)
     return p
-
-
-def _logging(args: argparse.Namespace) -> None:
-    level = logging.WARNING - 10 * min(args.verbose, 2)
-    handler: logging.Handler = logging.FileHandler(args.log_file) if args.log_file else logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    if args.verbose < 2:
-        logging.getLogger("pygls").setLevel(max(level, logging.WARNING))
-
-
-def _engine_options(args: argparse.Namespace) -> EngineOptions:
-    return EngineOptions(
-        n_ctx=args.n_ctx,
-        kv_type=args.kv_type,
-        threads=args.threads,
-        n_gpu_layers=args.n_gpu_layers,
-        cpu_repack=args.cpu_repack,
-        prompt_lookup=args.prompt_lookup,
-    )
-
-
-def _settings(args: argparse.Namespace) -> dict[str, object]:
-    """The settings given on the command line (wire names): defaults that the client's settings override."""
-    raw: dict[str, object] = {"model": args.model}
-    given = {"engine": args.engine, "url": args.url, "apiKeyEnv": args.api_key_env, "remoteModel": args.remote_model}
-    raw.update({k: v for k, v in given.items() if v is not None})
-    if args.request_timeout is not None:
-        raw["requestTimeoutMs"] = int(args.request_timeout * 1000)
-    if args.no_tls_verify:
-        raw["tlsVerify"] = False
-    return raw
-
-
-def _remote_options(args: argparse.Namespace) -> RemoteOptions:
-    return RemoteOptions(url="", slot=args.slot, prompt_format=args.prompt_format)
 
 
 def complete_file(args: argparse.Namespace) -> None:
@@ -150,7 +71,7 @@ def complete_file(args: argparse.Namespace) -> None:
     from .cache import TypeThroughCache
     from .models import resolve
 
-    raw = _settings(args)
+    raw = settings_from_args(args)
     if args.max_tokens is not None:
         raw["maxTokens"] = args.max_tokens
     if args.fim_order is not None:
@@ -163,7 +84,7 @@ def complete_file(args: argparse.Namespace) -> None:
     except (OSError, UnicodeDecodeError) as exc:
         raise ServerError(f"expected a readable UTF-8 file at {args.file}, got: {exc}") from None
     resolved = resolve(settings.model)
-    engine = open_engine(settings, resolved.path, resolved.name, _engine_options(args), _remote_options(args))
+    engine = open_engine(settings, resolved.path, resolved.name, engine_options(args), remote_options(args))
     try:
         text = context.lf_text(source)
         offset = context.offset_at(text, args.line, args.character)
@@ -203,10 +124,10 @@ def serve(args: argparse.Namespace) -> int:
     server = create_server(
         ServerOptions(
             model=args.model,
-            engine=_engine_options(args),
+            engine=engine_options(args),
             load_timeout_s=args.load_timeout,
-            settings=_settings(args),
-            remote=_remote_options(args),
+            settings=settings_from_args(args),
+            remote=remote_options(args),
         )
     )
     if not args.tcp:
@@ -222,12 +143,10 @@ def serve(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _logging(args)
+    setup_logging(args)
     if args.command == "complete":
         return run_tool(PROG, lambda: complete_file(args), (ServerError,))
     if args.command == "eval":
-        from . import eval as eval_mod
-
         return run_tool(PROG, lambda: eval_mod.run(args), (ServerError,))
     code = run_tool(PROG, lambda: serve(args), (ServerError,))
     from .server import busy_threads

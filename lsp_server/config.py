@@ -24,6 +24,7 @@ import attrs
 import cattrs
 from cattrs.gen import make_dict_unstructure_fn, override
 
+from .engines.registry import KINDS
 from .fim import FimOrder
 from .postprocess import RULES
 
@@ -58,7 +59,7 @@ def _url(_inst: Any, _attribute: attrs.Attribute[Any], value: str) -> None:
         raise ValueError(f"expected url to start with http:// or https://, got {value!r}")
 
 
-ENGINES = ("llama.cpp", "llama-server", "openai")
+ENGINES = tuple(KINDS)  # engines/registry.py lists every kind
 
 
 def _range(lo: float, hi: float) -> Validator:

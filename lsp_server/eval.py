@@ -48,10 +48,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from codellama_core.tool import UsageError, run_tool
+
 from . import config, pipeline, postprocess
 from .cache import TypeThroughCache
 from .errors import ServerError
-from .tool import UsageError, run_tool
+from .options import add_common, engine_options, remote_options, settings_from_args, setup_logging
 
 SETS = ("single-line", "multi-line", "random-span", "random-span-light")
 DEFAULT_MAX_TOKENS = {"single-line": 64, "multi-line": 256, "random-span": 256, "random-span-light": 256}
@@ -205,11 +207,10 @@ def open_engine(args: argparse.Namespace) -> Any:
     --url ...``), opened exactly as the server and ``codellama-lsp complete`` open it."""
     from . import config, models
     from .backend import open_engine as open_backend
-    from .cli import _engine_options, _remote_options, _settings
 
-    settings, _problems = config.parse(_settings(args))
+    settings, _problems = config.parse(settings_from_args(args))
     resolved = models.resolve(settings.model)
-    return open_backend(settings, resolved.path, resolved.name, _engine_options(args), _remote_options(args))
+    return open_backend(settings, resolved.path, resolved.name, engine_options(args), remote_options(args))
 
 
 # ---- running ------------------------------------------------------------------------------------------
@@ -391,7 +392,7 @@ def run(args: argparse.Namespace) -> int:
     )
     report["table"] = table({k: v["summary"] for k, v in report["runs"].items()}, title)
     if args.json:
-        from model_export.outfile import atomic_output  # the tools' one way to write an output file
+        from codellama_core.outfile import atomic_output  # the tools' one way to write an output file
 
         with atomic_output(args.json, ServerError) as tmp:
             tmp.write_text(json.dumps(report, indent=1) + "\n")
@@ -400,13 +401,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .cli import _common, _logging
-
     p = argparse.ArgumentParser(prog="python -m lsp_server.eval", description=__doc__.split("\n")[0])
     add_arguments(p)
-    _common(p)
+    add_common(p)
     args = p.parse_args(argv)
-    _logging(args)
+    setup_logging(args)
     return run_tool(p.prog, lambda: run(args), (ServerError,))
 
 

@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from codellama_core.gguf_check import GGUFCheckError, GGUFSummary, check_gguf
+
 from .errors import ServerError
-from .gguf_check import GGUFCheckError, GGUFSummary, check_gguf
 
 DEMO_DIR = Path(__file__).resolve().parent / "models" / "demo"
 HF_PREFIX = "hf:"

@@ -27,8 +27,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol
 
+from codellama_core.fim import CODELLAMA_FIM_PIECES
+
 if TYPE_CHECKING:
-    from .llama import Model
+    from codellama_core.llama import Model
 
 Style = Literal["codellama", "psm"]
 SENTINELS = ("pre", "suf", "mid", "eot")
@@ -55,10 +57,7 @@ class Family:
     eot: tuple[str, ...]  # every one present ends generation; the first present is "the" EOT
 
 
-# Code Llama's fill-in-the-middle pieces as its tokenizer.model stores them (SentencePiece's U+2581 space first):
-# the exporter looks them up, the micro model's tokenizer adds them, the server finds them in GGUFs without FIM keys.
-CODELLAMA_FIM_PIECES = {"pre": "▁<PRE>", "suf": "▁<SUF>", "mid": "▁<MID>", "eot": "▁<EOT>"}
-_CL = CODELLAMA_FIM_PIECES
+_CL = CODELLAMA_FIM_PIECES  # Code Llama's pieces (codellama_core.fim), first of their family's spellings
 
 FAMILIES = (
     Family("codellama", "codellama", (_CL["pre"], "<PRE>"), (_CL["suf"], "<SUF>"), (_CL["mid"], "<MID>"), (_CL["eot"], "<EOT>")),

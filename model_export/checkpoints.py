@@ -39,9 +39,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from codellama_core.outfile import file_sha256
 from model_export import tensors as tn
 from model_export.errors import ExportError
-from model_export.outfile import file_sha256
 from model_export.weightfiles import FLOAT_DTYPES, NUMPY_DTYPES, WeightFile, open_weights
 
 Layout = Literal["meta", "hf-safetensors", "hf-bin"]

@@ -30,7 +30,7 @@ Types: norms stay f32 (1-D, tiny, and llama.cpp adds them in f32); 2-D weights a
 falls back to f16).
 
 Failure: bad input raises ``ExportError``; the output path is never touched unless everything succeeded.
-``model_export.outfile`` owns the output file: it refuses a path that is one of the checkpoint's files,
+``codellama_core.outfile`` owns the output file: it refuses a path that is one of the checkpoint's files,
 writes a temporary file beside the target and removes it on any error, Ctrl-C or SIGTERM (the CLI then
 exits 130 / 143), and sweeps up temporary files a killed run left behind.
 """
@@ -53,11 +53,11 @@ from typing import Any
 import gguf
 import numpy as np
 
-from lsp_server.tool import run_tool
+from codellama_core.outfile import atomic_output, check_output
+from codellama_core.tool import run_tool
 from model_export import tensors as tn
 from model_export.checkpoints import FLOAT32_MAX, Checkpoint, TensorSpec, iter_row_chunks, open_checkpoint, to_float32
 from model_export.errors import ExportError
-from model_export.outfile import atomic_output, check_output
 from model_export.vocab import FimIds, Vocab, load_vocab, write_vocab
 
 log = logging.getLogger("model_export.convert")

@@ -45,7 +45,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from lsp_server.tool import FAILURE, run_tool
+from codellama_core.tool import FAILURE, run_tool
 from model_export import tensors as tn
 from model_export.checkpoints import Checkpoint, open_checkpoint
 from model_export.errors import ExportError
@@ -158,13 +158,13 @@ def reference_logits(ckpt: Checkpoint, tokens: Sequence[int], rope_theta: float 
 def llama_logits(gguf_path: str | Path, tokens: Sequence[int], n_threads: int | None = None) -> np.ndarray:
     """llama.cpp's logits (n, n_vocab) for every position of ``tokens`` evaluated as one sequence.
 
-    Through the project's llama.cpp adapter (``lsp_server.llama``), which loads without llama.cpp's
+    Through the project's llama.cpp adapter (``codellama_core.llama``), which loads without llama.cpp's
     repacked CPU weights (its AMX kernels crash on q8_0 matrices this small, ggml-org/llama.cpp#20824, and
     repacked kernels differ by CPU; the plain kernels make the check the same on every machine), with an
     f32 KV cache: the default f16 cache would add its own rounding to what is measured here, which is the
     file, not the cache.
     """
-    from lsp_server import llama
+    from codellama_core import llama
 
     n = len(tokens)
     options = llama.ContextOptions(

@@ -27,7 +27,7 @@ from typing import Any
 
 import gguf
 
-from lsp_server.vocab import CODELLAMA_FIM_PIECES
+from codellama_core.fim import CODELLAMA_FIM_PIECES
 from model_export.errors import ExportError
 
 FIM_PIECES = CODELLAMA_FIM_PIECES

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model_export.outfile import write_file
+from codellama_core.outfile import write_file
 from model_train.errors import TrainError
 
 log = logging.getLogger(__name__)

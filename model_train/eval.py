@@ -40,8 +40,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from lsp_server.tool import run_tool
-from model_export.outfile import atomic_output
+from codellama_core.outfile import atomic_output
+from codellama_core.tool import run_tool
 from model_train.data import SourceFile, load_corpus
 from model_train.errors import TrainError
 from model_train.fim import Codec, prompt_tokens

@@ -19,9 +19,9 @@ import logging
 import sys
 from pathlib import Path
 
-from lsp_server.tool import run_tool
+from codellama_core.outfile import file_sha256, write_file
+from codellama_core.tool import run_tool
 from model_export.errors import ExportError
-from model_export.outfile import file_sha256, write_file
 from model_train.data import DEFAULT_MANIFEST
 from model_train.errors import TrainError
 

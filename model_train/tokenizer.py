@@ -20,8 +20,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from lsp_server.vocab import CODELLAMA_FIM_PIECES
-from model_export.outfile import write_file
+from codellama_core.fim import CODELLAMA_FIM_PIECES
+from codellama_core.outfile import write_file
 from model_train.errors import TrainError
 
 FIM_PIECES = tuple(CODELLAMA_FIM_PIECES.values())  # pre, suf, mid, eot: the order Code Llama appends them in

@@ -44,8 +44,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from lsp_server.tool import run_tool
-from model_export.outfile import atomic_output, file_sha256, write_file
+from codellama_core.outfile import atomic_output, file_sha256, write_file
+from codellama_core.tool import run_tool
 from model_train.configs import CONFIGS, Stage, TrainConfig
 from model_train.errors import TrainError
 from model_train.fim import Codec, transform

@@ -18,7 +18,7 @@ import logging
 import sys
 from pathlib import Path
 
-from lsp_server.tool import run_tool
+from codellama_core.tool import run_tool
 from quantize.errors import QuantizeError
 from quantize.quantize import (
     TARGETS,

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from lsp_server import llama
+from codellama_core import llama
 
 
 class QuantizeError(Exception):
@@ -25,7 +25,7 @@ class QuantizeError(Exception):
 def llama_session(
     path: str | os.PathLike[str], *, n_ctx: int, threads: int | None = None, cb_eval: Any = None
 ) -> Iterator[llama.Context]:
-    """``path`` loaded on the CPU (no AMX repacking: see ``lsp_server.llama``) with one context of ``n_ctx``
+    """``path`` loaded on the CPU (no AMX repacking: see ``codellama_core.llama``) with one context of ``n_ctx``
     tokens that keeps every position's logits and evaluates a whole chunk in one batch; ``cb_eval`` is a
     ``ggml_backend_sched_eval_callback`` the caller keeps alive (the imatrix collector).
 

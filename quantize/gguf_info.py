@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFReader, Keys
 
-from lsp_server.gguf_check import GGUF_MAGIC, file_magic
+from codellama_core.gguf_check import GGUF_MAGIC, file_magic
 from quantize.errors import QuantizeError
 
 # Storage types that are "not quantized": llama.cpp quantizes from these without --allow-requantize.

@@ -35,10 +35,10 @@ import llama_cpp
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFReader, GGUFType, GGUFWriter, Keys
 
-from lsp_server import llama
-from lsp_server.gguf_check import GGUF_MAGIC, file_magic
-from lsp_server.tool import run_tool
-from model_export.outfile import atomic_output, check_output
+from codellama_core import llama
+from codellama_core.gguf_check import GGUF_MAGIC, file_magic
+from codellama_core.outfile import atomic_output, check_output
+from codellama_core.tool import run_tool
 from quantize.errors import QuantizeError, llama_session
 
 log = logging.getLogger(__name__)

@@ -28,8 +28,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from lsp_server.tool import run_tool
-from model_export.outfile import atomic_output
+from codellama_core.outfile import atomic_output
+from codellama_core.tool import run_tool
 from quantize.errors import QuantizeError
 from quantize.gguf_info import read_info
 from quantize.quantize import TARGETS, TYPES, default_name, interrupt_status, make_folder, parse_types, quantize_file

@@ -15,11 +15,11 @@ back to a legacy type of similar size (Q4_K -> Q5_0, Q6_K -> Q8_0 ...); tiny tes
 therefore not K-quantized at all.
 
 What we check before calling llama.cpp (because some malformed inputs make it abort the process): the
-input is a complete GGUF whose header passes ``lsp_server.gguf_check`` (block count matching the ``blk.N``
+input is a complete GGUF whose header passes ``codellama_core.gguf_check`` (block count matching the ``blk.N``
 tensors, finite epsilon and rope base, sane head counts and context length, tensor extents), not already quantized (unless ``allow_requantize``), the type is known, the
 output is not one of the inputs (same path, symlink or hard link), sits in a writable folder and does not
 exist (unless ``force``), and the thread count is clamped to the usable cores. The output file is
-``model_export.outfile``'s: written beside the target, given normal permissions (0644 under the usual
+``codellama_core.outfile``'s: written beside the target, given normal permissions (0644 under the usual
 umask), renamed into place on success and removed on any failure, Ctrl-C or SIGTERM (``run_native``).
 """
 
@@ -39,10 +39,10 @@ import llama_cpp
 import numpy as np
 from gguf import GGMLQuantizationType
 
-from lsp_server import llama
-from lsp_server.gguf_check import GGUFCheckError, check_gguf
-from lsp_server.tool import exit_code
-from model_export.outfile import atomic_output, check_output
+from codellama_core import llama
+from codellama_core.gguf_check import GGUFCheckError, check_gguf
+from codellama_core.outfile import atomic_output, check_output
+from codellama_core.tool import exit_code
 from quantize.errors import QuantizeError
 from quantize.gguf_info import GGUFInfo, read_info
 

@@ -35,8 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lsp_server.tool import run_tool
-from model_export.outfile import atomic_output
+from codellama_core.outfile import atomic_output
+from codellama_core.tool import run_tool
 from quantize.corpus import corpus_text
 from quantize.errors import QuantizeError, llama_session
 from quantize.gguf_info import GGUFInfo, read_info

@@ -1,4 +1,4 @@
-"""The converter's output file under signals, kills and umasks (``model_export.outfile``, also used by quantize).
+"""The converter's output file under signals, kills and umasks (``codellama_core.outfile``, also used by quantize).
 
 In: fixture checkpoints converted by the real CLI, in a child process that signals itself at a fixed point
 (right after the GGUF header is in the temporary file) - SIGINT, SIGTERM, SIGKILL - and by ``main`` in
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from codellama_core.outfile import sweep_stale
 from model_export.convert import main
-from model_export.outfile import sweep_stale
 
 REPO = Path(__file__).resolve().parents[1]
 

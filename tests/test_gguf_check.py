@@ -1,4 +1,4 @@
-"""``lsp_server.gguf_check``: the pre-flight check that keeps bad GGUF headers away from llama.cpp.
+"""``codellama_core.gguf_check``: the pre-flight check that keeps bad GGUF headers away from llama.cpp.
 
 The files are written with gguf-py's ``GGUFWriter`` (a tiny Llama-shaped header with real tensors), so
 each test states exactly which key or tensor is wrong; one test runs the check on a GGUF built by the
@@ -14,7 +14,7 @@ import gguf
 import numpy as np
 import pytest
 
-from lsp_server.gguf_check import MAX_CONTEXT, GGUFCheckError, check_gguf
+from codellama_core.gguf_check import MAX_CONTEXT, GGUFCheckError, check_gguf
 from tests.fixtures.lsp_models import lsp_random_gguf  # noqa: F401
 
 ARCH = "llama"

@@ -1,4 +1,4 @@
-"""The one llama.cpp adapter (``lsp_server.llama``) on a real tiny GGUF from our exporter.
+"""The one llama.cpp adapter (``codellama_core.llama``) on a real tiny GGUF from our exporter.
 
 KV-cache bookkeeping (decode, truncate, reuse) against a fresh evaluation, failures that say why, the
 log routed to Python logging, and the one private part of llama-cpp-python it relies on, pinned to the
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lsp_server import llama
+from codellama_core import llama
 from tests.fixtures.lsp_models import lsp_random_gguf  # noqa: F401
 
 

@@ -201,7 +201,7 @@ def test_every_decode_runs_on_the_worker_thread(lsp_random_gguf: Path, monkeypat
     2 threads a third slower (bench/latency.py --vs-server; the engine's ``_warm_up`` says why)."""
     import threading
 
-    from lsp_server import llama
+    from codellama_core import llama
 
     callers: list[str] = []
     real = llama.Context.decode

@@ -195,35 +195,3 @@ def test_sampling_is_reproducible_with_a_seed() -> None:
     a = [sample(logits, 0.8, np.random.default_rng((0, 1))) for _ in range(3)]
     b = [sample(logits, 0.8, np.random.default_rng((0, 1))) for _ in range(3)]
     assert a == b
-
-
-# ---- layering ------------------------------------------------------------------------------------------
-def test_engines_and_the_adapter_import_nothing_above_them() -> None:
-    """Data flows down: engines/ may use the vocabulary, healing, sampling, prompt lookup and the llama.cpp adapter, never
-    the pipeline, prompt building, settings or LSP; the adapter (used by the tools too) imports nothing of
-    the package."""
-    import ast
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1] / "lsp_server"
-
-    def imported(path: Path) -> set[str]:
-        """The lsp_server modules ``path`` imports (first component below lsp_server)."""
-        package = path.parent.relative_to(root).parts  # () for lsp_server/, ("engines",) below it
-        names = set()
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom) and node.level:
-                base = list(package[: len(package) - (node.level - 1)])
-                parts = base + (node.module.split(".") if node.module else [])
-                names.update([parts[0]] if parts else [a.name for a in node.names])
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("lsp_server."):
-                names.add(node.module.split(".")[1])
-        return names
-
-    below = {"vocab", "healing", "sampling", "lookup", "llama", "engines", "errors"}  # errors: the package's exception base
-    for path in (root / "engines").glob("*.py"):
-        assert imported(path) <= below, (path.name, imported(path) - below)
-    for name in ("llama.py", "healing.py", "sampling.py", "lookup.py"):
-        assert imported(root / name) == set(), name
-    assert imported(root / "vocab.py") <= {"llama"}  # for type checking only
-    assert imported(root / "errors.py") == set()

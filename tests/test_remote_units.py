@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 
 from lsp_server import config, fim
-from lsp_server.cli import _remote_options, _settings, build_parser
+from lsp_server.cli import build_parser
 from lsp_server.engines.openai import text_prompt
 from lsp_server.engines.remote import _error_message, local_vocab, public_url
 from lsp_server.models import resolve
+from lsp_server.options import remote_options as _remote_options
+from lsp_server.options import settings_from_args as _settings
 
 
 def test_remote_settings_parse_and_bad_values_fall_back() -> None:

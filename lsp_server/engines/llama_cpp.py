@@ -1,7 +1,7 @@
 """llama.cpp in-process engine: one worker thread owns the model's context and its KV cache.
 
 In: ``GenerationRequest``s from any thread (``submit`` returns at once). Out: ``GenerationResult``s on
-the jobs' futures. The model is loaded through the adapter (``lsp_server.llama``); its tokenizer view is
+the jobs' futures. The model is loaded through the adapter (``codellama_core.llama``); its tokenizer view is
 a ``vocab.LlamaVocab``, whose sentinels (from metadata or by text) add to the stop tokens, so a file
 whose EOT llama.cpp does not know as end-of-generation still stops there.
 
@@ -37,7 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import healing, llama
+from codellama_core import llama
+
+from .. import healing
 from ..lookup import DraftPolicy, Lookup
 from ..sampling import sample
 from ..vocab import LlamaVocab
@@ -56,7 +58,7 @@ class EngineOptions:
     kv_type: str = "f16"
     threads: int | None = None
     n_gpu_layers: int = 0
-    # llama.cpp's extra CPU buffer types (weight repacking, AMX); None: on unless the CPU has AMX (lsp_server.llama)
+    # llama.cpp's extra CPU buffer types (weight repacking, AMX); None: on unless the CPU has AMX (codellama_core.llama)
     cpu_repack: bool | None = None
     prompt_lookup: int = 8  # greedy decoding drafts up to this many tokens by prompt lookup (0: off)
 

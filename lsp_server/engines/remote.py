@@ -33,7 +33,8 @@ from typing import Any, Literal, TypeVar
 
 import httpx
 
-from .. import llama
+from codellama_core import llama
+
 from ..vocab import LlamaVocab
 from . import EngineError, EngineInfo, Generation, GenerationRequest, GenerationResult, Job, Stop
 

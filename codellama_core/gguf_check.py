@@ -25,7 +25,7 @@ from typing import Any
 import gguf
 import numpy as np
 
-from .errors import ServerError
+from .errors import CoreError as ServerError
 
 GGUF_MAGIC = gguf.GGUF_MAGIC.to_bytes(4, "little")  # b"GGUF": the first four bytes of every GGUF file
 MAX_CONTEXT = 1 << 24  # 16M tokens: far above any released model; 2^32-1 in a header is damage, not a model

@@ -10,7 +10,7 @@ manifest), so that every file the tools write follows the same rules:
   (so the final rename never crosses file systems). When the block completes, the file is fsynced, given
   the permissions any new file gets (``0o666`` minus the umask, normally 0644 - ``mkstemp`` creates 0600),
   renamed onto ``dest``, and the folder entry is fsynced. If the block raises - an error, Ctrl-C
-  (``KeyboardInterrupt``), SIGTERM (``Terminated``, see ``lsp_server.tool.sigterm_raises``) - the temporary file is removed
+  (``KeyboardInterrupt``), SIGTERM (``Terminated``, see ``codellama_core.tool.sigterm_raises``) - the temporary file is removed
   and ``dest`` is left as it was.
 - Temporary names are ``.NAME.codellama-PID-XXXXXXXX.part``. A run that cannot clean up (SIGKILL, an abort in
   native code) leaves one behind; the next ``atomic_output`` in that folder removes those whose process is

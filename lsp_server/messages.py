@@ -1,0 +1,171 @@
+"""Our own messages beside LSP, declared once: ``codellama/status``, ``codellama/event``, ``codellama/documentState``.
+
+In: the server's state (status), a client's params (event, documentState). Out: typed attrs classes, and their
+wire form (camelCase keys, as lsprotocol writes LSP's own messages) through one cattrs converter. ``VERSION`` is
+sent in every status (``schemaVersion``): a client that reads an older or newer schema can tell. ``schema()``
+describes every message's fields for the editors' readers, whose tests check them against it
+(``tests/test_messages.py``).
+
+Changing what the status shows: add a field to ``Status`` (snake_case here, camelCase on the wire), fill it in
+``server/status.py``, read it in ``vscode-client/src/status.ts`` and ``nvim-client/lua/codellama/logic.lua``; the
+schema test names any reader that misses it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+import attrs
+import cattrs
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
+
+VERSION = 1  # bump when a field changes meaning or goes away; adding an optional field keeps it
+
+STATUS = "codellama/status"  # server -> client notification
+EVENT = "codellama/event"  # client -> server notification: shown / accepted, counted locally only
+DOCUMENT_STATE = "codellama/documentState"  # client -> server request: {uri} -> DocumentState | null
+
+State = Literal["starting", "loading", "ready", "busy", "error"]
+STATES: tuple[str, ...] = ("starting", "loading", "ready", "busy", "error")
+
+
+@attrs.define(frozen=True)
+class Status:
+    """``codellama/status``: what the editor's status item shows (sent on every change of state or news)."""
+
+    state: str  # one of STATES
+    model: str  # the loaded model's name, else the one being loaded
+    last_latency_ms: float | None  # the model's last answer, ms (None: none yet)
+    cached_tokens: int  # prompt tokens the engine holds evaluated
+    last_overhead_ms: float | None  # the last request's time in this process outside the engine, ms
+    shown: int  # suggestions the client reported shown / accepted (codellama/event)
+    accepted: int
+    prefetches: int  # completions started after an accepted one / requests they answered
+    prefetch_hits: int
+    recent_latency_ms: float | None  # median of recent model answers (pacing)
+    typing_gap_ms: float | None  # median gap between keys (pacing)
+    time_budget_ms: int  # the budget a request gets now (adaptive, at most the setting)
+    debounce_ms: int  # the debounce the server advises the clients
+    message: str | None = None  # words for the user (an error, a warning, what is loading)
+    percentage: int | None = None  # loading progress 0-100
+    schema_version: int = VERSION
+
+
+@attrs.define(frozen=True)
+class Event:
+    """``codellama/event``: the client reports a suggestion shown or accepted (local statistics only)."""
+
+    kind: str = "unknown"  # "shown" | "accepted" (anything else is counted as itself)
+    language_id: str = "unknown"
+    uri: str | None = None  # with "accepted": the document, whose next completion is prefetched
+    index: int | None = None  # the item among the candidates
+    candidates: int | None = None
+    chars: int | None = None  # the suggestion's size (never its text)
+    lines: int | None = None
+    latency_ms: float | None = None  # request to ghost text, as the editor saw it
+
+
+@attrs.define(frozen=True)
+class DocumentStateParams:
+    uri: str
+
+
+@attrs.define(frozen=True)
+class DocumentState:
+    """What the server holds for a document (never its text): the client compares it with its own copy."""
+
+    version: int | None
+    length: int
+    sha256: str
+
+
+_OPTIONAL = {"message", "percentage", "uri", "index", "candidates", "chars", "lines", "latency_ms"}  # left out when None
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)([A-Z])", r"_\1", name).lower()
+
+
+def _make_converter() -> cattrs.Converter:
+    conv = cattrs.Converter()
+    for cls in (Status, Event, DocumentStateParams, DocumentState):
+        names = {a.name: override(rename=_camel(a.name), omit_if_default=a.name in _OPTIONAL) for a in attrs.fields(cls)}
+        conv.register_unstructure_hook(cls, make_dict_unstructure_fn(cls, conv, **names))  # type: ignore[arg-type]
+        conv.register_structure_hook(cls, make_dict_structure_fn(cls, conv, **names))  # type: ignore[arg-type]
+    return conv
+
+
+CONVERTER = _make_converter()
+
+
+def to_wire(message: Status | Event | DocumentState | DocumentStateParams) -> dict[str, Any]:
+    wire: dict[str, Any] = CONVERTER.unstructure(message)
+    return wire
+
+
+def read_event(params: object) -> Event:
+    """A client's event params, whatever they are: unknown keys ignored, strings cut to 40 characters, a bad
+    value read as its default (events are statistics: a bad one is counted, never an error)."""
+    fields = params if isinstance(params, dict) else {}
+    # pygls hands over unknown methods' params as an object with attributes, or as a dict
+    get = fields.get if fields else (lambda key: getattr(params, key, None))
+    kind, language, uri = get("kind"), get("languageId"), get("uri")
+
+    def count(key: str) -> int | None:
+        v = get(key)
+        return int(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 2**31 else None
+
+    latency = get("latencyMs")
+    return Event(
+        kind=str(kind or "unknown")[:40],
+        language_id=str(language or "unknown")[:40],
+        uri=uri if isinstance(uri, str) else None,
+        index=count("index"),
+        candidates=count("candidates"),
+        chars=count("chars"),
+        lines=count("lines"),
+        latency_ms=float(latency)
+        if isinstance(latency, (int, float)) and not isinstance(latency, bool) and latency >= 0
+        else None,
+    )
+
+
+def read_document_state_params(params: object) -> DocumentStateParams | None:
+    """``{uri: string}`` or None (the caller answers InvalidParams)."""
+    get = params.get if isinstance(params, dict) else (lambda key: getattr(params, key, None))
+    uri = get("uri")
+    return DocumentStateParams(uri) if isinstance(uri, str) else None
+
+
+def schema() -> dict[str, dict[str, dict[str, Any]]]:
+    """Every message's wire fields: ``{message: {wireName: {"type": ..., "optional": bool}}}``, plus the version."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for method, cls in ((STATUS, Status), (EVENT, Event), (DOCUMENT_STATE, DocumentState)):
+        out[method] = {
+            _camel(a.name): {"type": str(a.type), "optional": a.default is not attrs.NOTHING}
+            for a in attrs.fields(cls)  # type: ignore[arg-type]
+        }
+    return out
+
+
+__all__ = [
+    "DOCUMENT_STATE",
+    "EVENT",
+    "STATES",
+    "STATUS",
+    "VERSION",
+    "DocumentState",
+    "DocumentStateParams",
+    "Event",
+    "Status",
+    "read_document_state_params",
+    "read_event",
+    "schema",
+    "to_wire",
+]

@@ -1,0 +1,122 @@
+"""The language server, assembled: the concerns of ``server/`` in one class, and the LSP handlers that call them.
+
+In: JSON-RPC over stdio or TCP from an editor (the edge - framing, every request answered once, lifecycle errors,
+the transports - is ``rpc``). Out: inline completions (``textDocument/inlineCompletion``), the same completion
+as a single ``textDocument/completion`` item, ``codellama/status`` notifications, ``$/progress`` while a model
+loads, ``window/showMessage`` for bad settings and model errors.
+
+Handlers are adapters: they read the params, call one method of the server, and shape the reply. Where each job
+lives: ``state`` (what the server holds), ``status`` (the status item), ``loading`` (models and engines),
+``documents`` (open files, where a completion goes), ``events`` (typing rhythm, shown/accepted, prefetch),
+``completion`` (one request), ``threads`` (daemon threads for llama.cpp loads).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Any
+
+from lsprotocol import types
+from pygls.exceptions import JsonRpcInvalidParams
+
+from .. import config, context, messages, syntax
+from .completion import Completing
+from .loading import ModelLoading
+from .state import ServerOptions
+
+log = logging.getLogger("lsp_server.server")
+
+
+class CodeLlamaServer(ModelLoading, Completing):
+    """Every concern of the server over one ``ServerState``."""
+
+
+def create_server(options: ServerOptions = ServerOptions()) -> CodeLlamaServer:
+    server = CodeLlamaServer(options)
+
+    @server.feature(types.INITIALIZE)
+    def on_initialize(ls: CodeLlamaServer, params: types.InitializeParams) -> None:
+        ls.settings, problems = config.parse(params.initialization_options, ls.settings)
+        ls._init_problems = ls._cli_problems + problems
+        log.info("settings: %s", config.to_wire(ls.settings))
+
+    @server.feature(types.INITIALIZED)
+    def on_initialized(ls: CodeLlamaServer, _params: types.InitializedParams) -> None:
+        for p in ls._init_problems:
+            ls.show(types.MessageType.Warning, p)
+        ls.start_loading()
+
+    @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
+    def on_configuration(ls: CodeLlamaServer, params: types.DidChangeConfigurationParams) -> None:
+        ls.apply_settings(params.settings)
+
+    @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
+    def on_close(ls: CodeLlamaServer, params: types.DidCloseTextDocumentParams) -> None:
+        ls.cache.forget(params.text_document.uri)
+        syntax.TREES.forget(params.text_document.uri)
+        ls.neighbors.closed(params.text_document.uri)
+
+    @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
+    def on_change(ls: CodeLlamaServer, params: types.DidChangeTextDocumentParams) -> None:
+        ls.changed(params)  # pygls has applied the change to its document already
+
+    @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
+    async def on_inline(ls: CodeLlamaServer, params: types.InlineCompletionParams) -> types.InlineCompletionList | None:
+        invoked = params.context.trigger_kind == types.InlineCompletionTriggerKind.Invoked
+        n = ls.settings.max_items if invoked else 1
+        got = await ls.complete_at(params.text_document.uri, params.position, n, params.context.selected_completion_info)
+        if got is None:
+            return types.InlineCompletionList(items=[])
+        texts, rng, _word = got
+        return types.InlineCompletionList(items=[types.InlineCompletionItem(insert_text=t, range=rng) for t in texts])
+
+    @server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(trigger_characters=[]))
+    async def on_completion(ls: CodeLlamaServer, params: types.CompletionParams) -> types.CompletionList:
+        got = await ls.complete_at(params.text_document.uri, params.position, 1)
+        if got is None or not got[0]:
+            return types.CompletionList(is_incomplete=True, items=[])
+        (text, *_), rng, word = got
+        # Completion clients filter items by the word before the cursor (Neovim's omnifunc does), so the
+        # item replaces that word with itself plus the completion.
+        full = word + text
+        encoding = ls.workspace.position_encoding or types.PositionEncodingKind.Utf16
+        start = types.Position(line=rng.start.line, character=rng.start.character - context.units_of(word, encoding))
+        first = full.split("\n", 1)[0].strip() or full.strip()
+        item = types.CompletionItem(
+            label=first[:80],
+            kind=types.CompletionItemKind.Text,
+            detail="Code Llama",
+            text_edit=types.TextEdit(range=types.Range(start=start, end=rng.end), new_text=full),
+            filter_text=full,
+            sort_text="0",
+        )
+        return types.CompletionList(is_incomplete=True, items=[item])
+
+    @server.feature(messages.EVENT)
+    def on_event(ls: CodeLlamaServer, params: Any) -> None:
+        # Local statistics only: nothing is sent anywhere. The totals ride along in codellama/status.
+        ls.event(messages.read_event(params))
+
+    @server.feature(messages.DOCUMENT_STATE)
+    def on_document_state(ls: CodeLlamaServer, params: Any) -> dict[str, Any] | None:
+        # What the server holds for a document, to check that it is in sync with the editor's copy
+        # (the text's SHA-256, never the text). None: not open here (or dropped after a bad change).
+        asked = messages.read_document_state_params(params)
+        if asked is None:
+            raise JsonRpcInvalidParams(f"{messages.DOCUMENT_STATE}: expected params {{uri: string}}")
+        doc = ls.document(asked.uri)
+        if doc is None:
+            return None
+        source = doc.source
+        sha = hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()
+        return messages.to_wire(messages.DocumentState(version=doc.version, length=len(source), sha256=sha))
+
+    @server.feature(types.SHUTDOWN)
+    async def on_shutdown(ls: CodeLlamaServer, *_args: Any) -> None:
+        await ls.close()
+
+    return server
+
+
+__all__ = ["CodeLlamaServer", "create_server"]

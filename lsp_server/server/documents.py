@@ -1,0 +1,91 @@
+"""Documents: the open files pygls keeps (incremental sync), their view for context, and where a completion goes.
+
+In: URIs, positions in the negotiated encoding (UTF-16 unless the client offered UTF-8/32), the editor's selected
+completion item. Out: the document text with LF newlines and the cursor offset (``edit_point``), the other open
+files and the ring of edited regions as context (``extra_for``), and a document forgotten when a change could not
+be applied (``document_lost``), so no completion comes from a copy that differs from the editor's.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote
+
+from lsprotocol import types
+
+from .. import context, neighbors, pipeline
+from .status import StatusReporting
+
+log = logging.getLogger("lsp_server.server")
+_WORD_BEFORE = re.compile(r"\w+\Z")
+
+
+class Documents(StatusReporting):
+    def document(self, uri: str) -> Any:
+        """The open document ``uri`` or None (pygls keys documents by the unquoted URI)."""
+        return self.workspace.text_documents.get(unquote(uri))
+
+    def document_lost(self, uri: str | None, reason: str) -> None:
+        """A document change could not be applied: forget the document (so no completion comes from a
+        copy that differs from the editor's) and tell the user."""
+        if uri is not None:
+            self.workspace.remove_text_document(uri)
+            self.cache.forget(uri)
+        where = uri or "a document"
+        log.error("%s is out of sync: %s", where, reason)
+        self.show(types.MessageType.Error, f"{where} is out of sync ({reason}); completions for it stop until it is reopened")
+
+    def neighbor_view(self, doc: Any, text: str | None = None) -> neighbors.Doc:
+        """The neighbors' view of an open pygls document: its path relative to the workspace root, if inside."""
+        path = doc.path
+        root = self.workspace.root_path
+        if root and os.path.commonpath([os.path.abspath(path), os.path.abspath(root)]) == os.path.abspath(root):
+            path = os.path.relpath(path, root)
+        return neighbors.Doc(
+            doc.uri, path.replace(os.sep, "/"), doc.language_id or "", context.lf_text(doc.source) if text is None else text
+        )
+
+    def extra_for(self, doc: Any, text: str) -> pipeline.Extra | None:
+        """Where the request's context from other files comes from: the other open documents of its
+        language that are not excluded, and the ring (None when ``extraContextTokens`` is 0)."""
+        if self.settings.extra_context_tokens <= 0:
+            return None
+        others = tuple(
+            self.neighbor_view(d) for d in self.workspace.text_documents.values()
+            if d.uri != doc.uri and d.language_id == doc.language_id and not self.settings.excluded(d.path)
+        )  # fmt: skip
+        return pipeline.Extra(self.neighbors, self.neighbor_view(doc, text), others)
+
+
+@dataclass(frozen=True)
+class EditPoint:
+    """Where a completion goes (see ``edit_point``)."""
+
+    text: str  # the document with LF newlines, with the selected completion item applied if there is one
+    offset: int  # the cursor in ``text``
+    range: types.Range  # what the completion replaces in the editor's document
+    head: str  # the selected item's text, put in front of every completion ("" without one)
+    word: str  # identifier characters just before the cursor, for textDocument/completion items ("" with a selection)
+
+
+def edit_point(source: str, position: types.Position, selected: types.SelectedCompletionInfo | None, encoding: str) -> EditPoint:
+    """A request's document ``source`` and ``position`` (in ``encoding`` units) -> the text to complete and the
+    range to replace. With an item selected in the editor's completion widget, complete as if it were applied."""
+    text = context.lf_text(source)
+    offset = context.offset_at(text, position.line, position.character, encoding)
+    line_start = text.rfind("\n", 0, offset) + 1
+    start = types.Position(line=text.count("\n", 0, offset), character=context.units_of(text[line_start:offset], encoding))
+    if selected is None:
+        word = _WORD_BEFORE.search(text, line_start, offset)
+        return EditPoint(text, offset, types.Range(start=start, end=start), "", word.group(0) if word else "")
+    sel = selected.range
+    sel_start = context.offset_at(text, sel.start.line, sel.start.character, encoding)
+    sel_end = context.offset_at(text, sel.end.line, sel.end.character, encoding)
+    head = selected.text
+    return EditPoint(
+        text[:sel_start] + head + text[sel_end:], sel_start + len(head), types.Range(start=sel.start, end=sel.end), head, ""
+    )
