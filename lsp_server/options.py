@@ -47,6 +47,13 @@ def add_common(p: argparse.ArgumentParser) -> None:
         "--slot", type=int, default=None, help="llama-server: always use slot N (default: the server picks by prompt similarity)"
     )
     r.add_argument(
+        "--cache-reuse",
+        type=int,
+        default=64,
+        metavar="N",
+        help="llama-server: reuse runs of at least N cached tokens that moved in the prompt (KV shifting; 0: the server's setting)",
+    )
+    r.add_argument(
         "--prompt-format",
         choices=["auto", "tokens", "text"],
         default="auto",
@@ -91,4 +98,6 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, object]:
 
 
 def remote_options(args: argparse.Namespace) -> RemoteOptions:
-    return RemoteOptions(url="", slot=args.slot, prompt_format=args.prompt_format)
+    if args.cache_reuse < 0:
+        raise SystemExit(f"--cache-reuse: expected a number of tokens >= 0, got {args.cache_reuse}")
+    return RemoteOptions(url="", slot=args.slot, prompt_format=args.prompt_format, cache_reuse=args.cache_reuse)

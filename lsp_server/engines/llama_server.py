@@ -11,6 +11,16 @@ only what differs - with SPM and anchored windows a keystroke re-evaluates a few
 stop on our stop tokens and the caller's text rule on our side, and close the connection to stop (cancel, a newer
 keystroke, the time budget) - llama-server then stops the slot.
 
+Moved text (``cache_reuse``, ``n_cache_reuse`` per request): with ``cache_prompt`` the slot reuses the longest common
+prefix of its cached prompt and ours; with ``n_cache_reuse`` N it also walks the rest and shifts every run of at least
+N cached tokens that reappears further on (``llama_memory_seq_rm``/``seq_add``, what ``--cache-reuse`` does for the
+whole server) instead of evaluating it again: extra-context chunks that moved because one before them was dropped, the
+prefix window after the suffix window's end moved (a line inserted above the cursor). Sent with every request, so it
+works on a server started without ``--cache-reuse``; a server that cannot shift (sliding-window or recurrent models)
+ignores it with a warning. The chunks keep a stable order for this (``neighbors``: new ones after the kept ones).
+RoPE shifting rotates the cached keys: the same tokens at the new positions, to float rounding (llama-server does
+the same for ``--cache-reuse``).
+
 Slot choice (``slot``): by default llama-server picks the idle slot whose cached prompt is most similar to ours
 (``id_slot`` -1, ``--slot-prompt-similarity``), which keeps an editor on "its" slot while the server has room;
 ``slot`` N pins slot N (``id_slot``). bench/team.py measures both: with 4 editors on 2 cores the server's pick
@@ -96,6 +106,8 @@ class LlamaServerEngine(RemoteEngine):
             "seed": s.seed + index,
             "id_slot": -1 if self.options.slot is None else self.options.slot,
         }
+        if self.options.cache_reuse > 0:  # absent: the server's --cache-reuse (off unless its admin set it)
+            body["n_cache_reuse"] = self.options.cache_reuse
         gen_ms = 0.0  # this candidate's generation time so far (the server's clock)
         try:
             async with contextlib.aclosing(self.events("/completion", body, on_headers)) as events:

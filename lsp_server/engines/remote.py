@@ -56,6 +56,9 @@ class RemoteOptions:
     verify_tls: bool = True
     model_name: str | None = None  # OpenAI servers: the "model" field (None: the server's first model)
     slot: int | None = None  # llama-server: pin to this slot (id_slot); None: the server picks by prompt similarity
+    # llama-server: a run of at least this many tokens of the slot's cached prompt that moved to another place in the
+    # new prompt is shifted there, not evaluated again (``n_cache_reuse`` per request; 0: off, the server's own value)
+    cache_reuse: int = 64
     prompt_format: Literal["auto", "tokens", "text"] = "auto"  # OpenAI servers: token ids, text, or ids then text
 
 

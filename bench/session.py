@@ -1,0 +1,714 @@
+"""Session replay: an editing session over several files, side by side with llama-server as llama.vscode drives it.
+
+In: models (``demo``, ``random`` - the 92 M-parameter random-weight Code-Llama-shaped Q4_K_M of bench/latency.py -,
+``random1b`` - a 1.06 B-parameter one built the same way -, ``random400m``, or GGUF paths), the sides to run and how
+long a session. Out: one Markdown table per model on stdout (and every request with ``--json``).
+
+The session is built from real code changes. Three standard-library files are open (``textwrap.py``, ``shlex.py``,
+``heapq.py``); each holds two *places*: a function whose last lines are missing in the "older version" the session
+starts from (removed with ``ast``, so what is retyped is real code). The cursor visits the places in the order
+``1, 3, 2, 5, 1, 4, 6, 3, 1, 2, 5, 4`` (a switch of file on most visits, revisits of places seen before); at each
+visit the user types on where the place was left (the first key of a first visit is the new line; a new line types
+its indentation with it, as editors auto-indent), ``--keys`` keys per visit at a person's pace, and takes a suggestion
+(Tab: the suggestion is inserted) whenever it is exactly the real code that comes next. Every key is one completion
+request, sent after the previous answer came (editors debounce ~50-100 ms, a typist's keys come 60-200 ms apart:
+every key gets its request); the next key waits for the answer, so every request's costs are counted, none is
+cancelled. Between two visits the user pauses (``--visit-pause``): time a server may use in the background.
+
+Sides (``--sides``), asked in turn for every request (which goes first rotates: the machine's load changes from
+minute to minute), on the same documents:
+
+- ``ours``: the real ``codellama-lsp --stdio`` (``--server-root`` picks the checkout it runs from) driven by a real
+  LSP client, its settings left at their defaults but ``maxTokens`` (8); the costs come from the server's log line
+  per request (``prompt= reused= evaluated= generated=``); log lines of background work that say ``evaluated=N``
+  (prefill) are summed apart;
+- ``peer``: llama.cpp's ``llama-server`` (``--cache-reuse 256 -ub 1024 -b 1024 --spm-infill``, one slot, the same
+  context size) asked the way llama.vscode asks it: ``POST /infill`` with ``input_prefix`` (the 256 lines before the
+  cursor's line), ``prompt`` (the line up to the cursor), ``input_suffix`` (the rest of the line and 64 lines),
+  ``input_extra`` (llama.vscode's ring: 32-line chunks - ``ring_chunk_size`` 64 / 2 - picked at random from the region
+  around the cursor when a file becomes active and unmodified, and from beyond the prefix/suffix windows when the
+  cursor moved more than 32 lines; queued, and moved into the ring of at most 16 one per idle tick, each move followed
+  by a background request with ``n_predict`` 0 that evaluates the new ring - one tick per visit pause here),
+  ``cache_prompt``, ``n_predict`` 8; its costs are ``timings.prompt_n`` (evaluated) and ``cache_n``;
+- ``remote``: ``codellama-lsp --engine llama-server`` against its own llama-server (``--remote-slots`` slots,
+  ``--remote-slot`` auto | N | document), the costs again from our log (the server's own ``prompt_n``).
+
+Per side: prompt tokens evaluated per jump (the first request of a visit; first visits and revisits apart) and per
+keystroke, p50/p95 latency of both (client-side, request to answer), suggestions shown and taken, background tokens,
+and memory: the process's RSS (with its llama-server for ``remote``), and the engine's own log line about kept
+prompts when it writes one. The targets of issue 21 are printed under each table: per jump at most 0.25x the peer's
+evaluated tokens, per key at most 2, key p50 at most 1.0x the peer's, a revisit evaluating a few tokens.
+
+Run: ``python bench/session.py --models demo,random`` (``--quick``: four visits, three keys each).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import asyncio
+import json
+import os
+import random
+import re
+import statistics
+import sys
+import sysconfig
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+FILES = ("textwrap.py", "shlex.py", "heapq.py")
+ORDER = (1, 3, 2, 5, 1, 4, 6, 3, 1, 2, 5, 4)
+QUICK_ORDER = (1, 3, 1, 4)  # a switch of file, a revisit, another file
+N_PREDICT = 8
+
+# llama.vscode's defaults (its package.json / extra-context.ts)
+N_PREFIX, N_SUFFIX = 256, 64
+RING_N_CHUNKS, RING_CHUNK_SIZE, RING_SCOPE = 16, 64, 1024
+MAX_LAST_PICK_LINE_DISTANCE = 32
+PEER_FLAGS = ("--cache-reuse", "256", "-ub", "1024", "-b", "1024", "--spm-infill")
+
+COSTS = re.compile(r"prompt=(\d+) reused=(\d+) evaluated=(\d+) generated=(\d+)")
+REQUEST_LINE = re.compile(r" (r\d+) \S+: (\d+) item\(s\) from (\w+);.* engine (.*)$")
+EVALUATED = re.compile(r"evaluated=(\d+)")
+KEPT_MEMORY = re.compile(r"(?i)(kept|budget).*\b(MiB|MB|GiB)\b")
+
+
+# ---- models -------------------------------------------------------------------------------------------
+# Random-weight Code-Llama-shaped models (the 32016-token vocabulary with FIM pieces, SwiGLU, RMSNorm, rope theta
+# 1e6, multi-head attention as Code Llama 7B): their text is noise, their costs are those of the shape.
+SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
+    # 1.06 B: 18 layers of Code Llama's 2,048-wide / 5,632 FFN shape (TinyLlama's width, Code Llama's attention)
+    "random1b": ("random-1.06B Q4_K_M", dict(dim=2048, n_layers=18, n_heads=16, n_kv_heads=16, multiple_of=256)),
+    # 0.4 B: the fallback when 1 B is too slow for the machine
+    "random400m": ("random-0.42B Q4_K_M", dict(dim=1280, n_layers=16, n_heads=10, n_kv_heads=10, multiple_of=256)),
+}
+
+
+def random_gguf(tag: str, shape: dict[str, Any]) -> Path:
+    """Build (once; cached under .cache/bench/) a random Code-Llama-shaped Q4_K_M GGUF, as bench/latency.py builds its
+    92 M one: a seeded random Meta checkpoint (tests/fixtures/checkpoints.py) -> our converter -> our quantizer."""
+    out = REPO / ".cache" / "bench" / f"random-codellama-{tag}.Q4_K_M.gguf"
+    if out.is_file():
+        return out
+    import torch
+
+    from model_export.convert import convert
+    from model_train.model import ModelArgs
+    from quantize.quantize import quantize_file
+    from tests.fixtures.checkpoints import CODELLAMA_VOCAB, codellama_layout_tokenizer, random_model, write_meta_checkpoint
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+        tok = codellama_layout_tokenizer(Path(tmp) / "tokenizer.model")
+        args = ModelArgs(vocab_size=CODELLAMA_VOCAB, norm_eps=1e-5, rope_theta=1e6, **shape)
+        model = random_model(args, seed=16, dtype=torch.bfloat16)
+        ckpt = write_meta_checkpoint(Path(tmp) / "ckpt", model, tok)
+        del model
+        convert(ckpt, Path(tmp) / "random-f16.gguf", outtype="f16", ctx=4096)
+        quantize_file(Path(tmp) / "random-f16.gguf", Path(tmp) / "q.gguf", "Q4_K_M")
+        (Path(tmp) / "q.gguf").rename(out)
+    print(f"built {out.name} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    return out
+
+
+def model_path(spec: str) -> tuple[str, Path]:
+    if spec == "random":
+        from bench.latency import random_codellama_gguf
+
+        return "random-92M Q4_K_M", random_codellama_gguf()
+    if spec in SHAPES:
+        name, shape = SHAPES[spec]
+        return name, random_gguf(spec.removeprefix("random"), shape)
+    from lsp_server import models
+
+    resolved = models.resolve(spec)
+    return resolved.name, resolved.path
+
+
+def context_length(path: Path) -> int:
+    import gguf
+
+    r = gguf.GGUFReader(path)
+    f = r.fields["llama.context_length"]
+    return int(f.parts[f.data[0]][0])
+
+
+# ---- the session ------------------------------------------------------------------------------------------
+@dataclass
+class Place:
+    number: int
+    file: str
+    offset: int  # where the cursor is in the current document (the end of what was typed here so far)
+    text: str  # the real code removed from the "older version", with its leading newline: what is retyped
+    typed: int = 0
+    accept: str = ""  # a suggestion that is exactly the code that comes next: the next key is Tab
+
+    @property
+    def rest(self) -> str:
+        return self.text[self.typed :]
+
+
+@dataclass
+class Session:
+    docs: dict[str, str]  # file -> current text
+    places: dict[int, Place]
+    dirty: set[str] = field(default_factory=set)
+
+    def insert(self, place: Place, text: str) -> None:
+        """Types ``text`` at the place's cursor; the cursors of later places in that file move with the text."""
+        doc = self.docs[place.file]
+        self.docs[place.file] = doc[: place.offset] + text + doc[place.offset :]
+        for other in self.places.values():
+            if other is not place and other.file == place.file and other.offset >= place.offset:
+                other.offset += len(text)
+        place.offset += len(text)
+        place.typed += len(text)
+        self.dirty.add(place.file)
+
+    def next_key(self, place: Place) -> str:
+        """What one key types at ``place``: the next character, or a new line with the next line's indentation."""
+        rest = place.rest
+        if not rest:
+            return "#"  # the place is complete (longer sessions than the removed code): type a comment
+        if rest[0] == "\n":
+            line = rest[1:].split("\n", 1)[0]
+            return "\n" + line[: len(line) - len(line.lstrip())]
+        return rest[0]
+
+
+def build_session(stdlib: Path, lines_removed: int = 6) -> Session:
+    """The "older versions": in each file, two functions (near 30% and 70% of the file) lose their last
+    ``lines_removed`` lines; place numbers go 1-2 (first file), 3-4, 5-6."""
+    docs: dict[str, str] = {}
+    places: dict[int, Place] = {}
+    for i, name in enumerate(FILES):
+        text = (stdlib / name).read_text(encoding="utf-8")
+        lines = text.split("\n")
+        funcs = [
+            n for n in ast.walk(ast.parse(text))
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno and _code_start(n) <= n.end_lineno - lines_removed
+        ]  # fmt: skip
+        chosen: list[ast.FunctionDef | ast.AsyncFunctionDef] = []
+        for at in (0.3, 0.7):
+            best = min((f for f in funcs if f not in chosen), key=lambda f: abs(f.lineno - at * len(lines)))
+            chosen.append(best)
+        chosen.sort(key=lambda f: f.lineno)
+        cuts = []
+        for f in chosen:
+            end = f.end_lineno or f.lineno  # 1-based, inclusive
+            first = end - lines_removed  # 0-based index of the first removed line
+            cuts.append((first, end))
+        kept: list[str] = []
+        prev = 0
+        spans = []
+        for first, end in cuts:
+            kept.extend(lines[prev:first])
+            spans.append((len(kept) - 1, "\n" + "\n".join(lines[first:end])))  # typed after the end of kept line
+            prev = end
+        kept.extend(lines[prev:])
+        doc = "\n".join(kept)
+        docs[name] = doc
+        for k, (line_idx, removed) in enumerate(spans):
+            offset = sum(len(ln) + 1 for ln in kept[:line_idx]) + len(kept[line_idx])
+            places[2 * i + k + 1] = Place(2 * i + k + 1, name, offset, removed)
+    # offsets were computed on the final documents: no later place moved them
+    return Session(docs, places)
+
+
+def _code_start(f: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """The 0-based line of the function's first statement after its docstring (what may be removed: code)."""
+    body = f.body
+    if len(body) > 1 and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        return body[1].lineno - 1
+    return body[0].lineno - 1 if len(body) > 1 else 10**9
+
+
+def position(doc: str, offset: int) -> tuple[int, int]:
+    """LSP position (UTF-16 code units) of ``offset``."""
+    line = doc.count("\n", 0, offset)
+    col = offset - (doc.rfind("\n", 0, offset) + 1)
+    return line, len(doc[offset - col : offset].encode("utf-16-le")) // 2
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, round(q * (len(s) - 1)))]
+
+
+def rss_mib(pid: int | None) -> float:
+    if pid is None:
+        return float("nan")
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+@dataclass
+class Request:
+    kind: str  # "jump" | "key"
+    place: int
+    revisit: bool
+    ms: float
+    evaluated: int
+    reused: int
+    prompt: int
+    shown: str  # the text the suggestion adds after the cursor ("" when none)
+    source: str = "model"
+
+
+@dataclass
+class SideStats:
+    requests: list[Request] = field(default_factory=list)
+    background: int = 0  # prompt tokens evaluated outside requests (prefill; llama.vscode's ring updates)
+    rss: list[float] = field(default_factory=list)
+    accepted: int = 0
+    memory_line: str = ""
+
+
+# ---- our server over LSP ------------------------------------------------------------------------------
+class LspSide:
+    """``codellama-lsp --stdio`` (from ``root``) driven by pytest-lsp's client; costs from its log file."""
+
+    def __init__(self, name: str, root: Path, model: Path, args: tuple[str, ...], log: Path, options: dict[str, Any]) -> None:
+        self.name, self.root, self.model, self.args, self.log, self.options = name, root, model, args, log, options
+        self.stats = SideStats()
+        self._read = 0
+        self._versions: dict[str, int] = {}
+        self.extra_pids: list[int] = []
+
+    async def start(self) -> None:
+        from lsprotocol import types
+        from pytest_lsp.client import make_test_lsp_client
+
+        from tests.fixtures.lsp_client import StatusLog, capabilities
+
+        self.client = make_test_lsp_client()
+        self.status = StatusLog()
+
+        @self.client.feature("codellama/status")
+        def _on_status(params: Any) -> None:
+            self.status.add({"state": params.get("state") if isinstance(params, dict) else getattr(params, "state", None)})
+
+        env = dict(os.environ, PYTHONPATH=str(self.root), HF_HUB_OFFLINE="1")
+        cmd = [sys.executable, "-m", "lsp_server", "--stdio", "-v", "--log-file", str(self.log), *self.args]
+        await self.client.start_io(*cmd, env=env, cwd=str(self.root))
+        await self.client.initialize_session(
+            types.InitializeParams(
+                capabilities=capabilities(), initialization_options={**self.options, "model": str(self.model)}
+            )
+        )
+        got = await self.status.wait_for({"ready", "error"}, timeout=600)
+        if got["state"] != "ready":
+            raise SystemExit(f"{self.name}: expected the server to get ready, got {got}")
+        server = getattr(self.client, "_server", None)
+        self.pid = getattr(server, "pid", None)
+        self._costs()  # skip the start-up lines
+
+    def open(self, uri: str, text: str) -> None:
+        from tests.fixtures.lsp_client import open_doc
+
+        self._versions[uri] = 1
+        open_doc(self.client, uri, text)
+
+    def insert(self, uri: str, line: int, col: int, text: str) -> None:
+        from tests.fixtures.lsp_client import insert
+
+        self._versions[uri] += 1
+        insert(self.client, uri, line, col, text, self._versions[uri])
+
+    async def ask(self, uri: str, doc: str, offset: int) -> tuple[float, str, dict[str, Any]]:
+        from tests.fixtures.lsp_client import inline
+
+        line, col = position(doc, offset)
+        t0 = time.perf_counter()
+        got = await inline(self.client, uri, line, col, timeout=900)
+        ms = (time.perf_counter() - t0) * 1e3
+        shown = ""
+        items = [] if got is None else (got if isinstance(got, list) else list(got.items))
+        if items:
+            item = items[0]
+            text = item.insert_text if isinstance(item.insert_text, str) else item.insert_text.value
+            start = offset
+            if item.range is not None:  # the item replaces from the range's start (the word before the cursor)
+                r = item.range.start
+                line_start = sum(len(ln) + 1 for ln in doc.split("\n")[: r.line])
+                start = line_start + len(doc[line_start:].split("\n", 1)[0].encode("utf-16-le")[: 2 * r.character].decode("utf-16-le"))
+            typed = doc[start:offset]
+            shown = text[len(typed) :] if text.startswith(typed) else ""
+        return ms, shown, self._costs()
+
+    def _costs(self) -> dict[str, Any]:
+        """The request's costs from the new lines of the log (and background work logged since)."""
+        try:
+            with open(self.log, encoding="utf-8", errors="replace") as f:
+                f.seek(self._read)
+                new = f.read()
+                self._read = f.tell()
+        except OSError:
+            return {}
+        costs: dict[str, Any] = {}
+        for line in new.splitlines():
+            m = REQUEST_LINE.search(line)
+            if m:
+                c = COSTS.search(m.group(4))
+                costs = {"source": m.group(3), "prompt": 0, "reused": 0, "evaluated": 0}
+                if c:
+                    costs.update(prompt=int(c.group(1)), reused=int(c.group(2)), evaluated=int(c.group(3)))
+                continue
+            e = EVALUATED.search(line)
+            if e:
+                self.stats.background += int(e.group(1))
+            if KEPT_MEMORY.search(line):
+                self.stats.memory_line = line.split(": ", 1)[-1].strip()
+        return costs
+
+    def rss(self) -> float:
+        return rss_mib(self.pid) + sum(rss_mib(p) for p in self.extra_pids)
+
+    async def close(self) -> None:
+        import contextlib
+
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.client.shutdown_session(), 30)
+        await self.client.stop()
+
+
+# ---- llama-server as llama.vscode drives it ---------------------------------------------------------------
+class InfillSide:
+    """``/infill`` requests with llama.vscode's windows and ring of extra chunks (see the module docstring)."""
+
+    name = "peer"
+
+    def __init__(self, url: str, pid: int, seed: int) -> None:
+        import httpx
+
+        self.url, self.pid = url, pid
+        self.http = httpx.AsyncClient(timeout=900)
+        self.rng = random.Random(seed)
+        self.stats = SideStats()
+        self.chunks: list[dict[str, Any]] = []  # the ring, oldest first
+        self.chunk_lines: list[list[str]] = []
+        self.queued: list[tuple[dict[str, Any], list[str]]] = []
+        self.last_line_pick = -9999
+
+    def pick_chunk(self, lines: list[str], filename: str, evict: bool) -> None:
+        if len(lines) < 3:
+            return
+        if len(lines) + 1 < RING_CHUNK_SIZE:
+            new = lines
+        else:
+            start = self.rng.randrange(max(1, len(lines) - RING_CHUNK_SIZE // 2 + 1))
+            new = lines[start : start + RING_CHUNK_SIZE // 2]
+        text = "\n".join(new) + "\n"
+        if evict and (any(c["text"] == text for c in self.chunks) or any(c["text"] == text for c, _ in self.queued)):
+            return
+        if evict:  # chunks very similar to the new one go
+            keep = [i for i, ls in enumerate(self.chunk_lines) if _line_jaccard(ls, new) <= 0.9]
+            self.chunks = [self.chunks[i] for i in keep]
+            self.chunk_lines = [self.chunk_lines[i] for i in keep]
+            self.queued = [(c, ls) for c, ls in self.queued if _line_jaccard(ls, new) <= 0.9]
+        if len(self.queued) >= 16:
+            self.queued.pop(0)
+        self.queued.append(({"text": text, "time": int(time.time() * 1000), "filename": filename}, new))
+
+    def activated(self, doc: str, filename: str, line: int, dirty: bool) -> None:
+        """The file became the active editor: llama.vscode picks a chunk around the cursor (unmodified files only)."""
+        if dirty:
+            return
+        lines = doc.split("\n")
+        self.pick_chunk(lines[max(0, line - RING_CHUNK_SIZE // 2) : min(line + RING_CHUNK_SIZE // 2, len(lines) - 1) + 1], filename, True)
+
+    async def idle_tick(self) -> None:
+        """One ring update while the user is idle: one queued chunk into the ring, and a request that evaluates it."""
+        if not self.queued:
+            return
+        chunk, lines = self.queued.pop(0)
+        self.chunks.append(chunk)
+        self.chunk_lines.append(lines)
+        while len(self.chunks) > RING_N_CHUNKS:
+            self.chunks.pop(0)
+            self.chunk_lines.pop(0)
+        body = {"input_prefix": "", "input_suffix": "", "input_extra": self.chunks, "prompt": "", "n_predict": 0,
+                "temperature": 0.0, "samplers": [], "stream": False, "cache_prompt": True,
+                "t_max_prompt_ms": 1, "t_max_predict_ms": 1}  # fmt: skip
+        r = await self.http.post(self.url + "/infill", json=body)
+        r.raise_for_status()
+        self.stats.background += int((r.json().get("timings") or {}).get("prompt_n") or 0)
+
+    async def ask(self, uri: str, doc: str, offset: int) -> tuple[float, str, dict[str, Any]]:
+        lines = doc.split("\n")
+        line, _ = position(doc, offset)
+        col = offset - (doc.rfind("\n", 0, offset) + 1)
+        filename = uri.rsplit("/", 1)[-1]
+        if abs(line - self.last_line_pick) > MAX_LAST_PICK_LINE_DISTANCE:  # the cursor moved: context from further out
+            self.pick_chunk(lines[max(0, line - RING_SCOPE) : max(0, line - N_PREFIX) + 1], filename, False)
+            last = len(lines) - 1
+            self.pick_chunk(lines[min(last, line + N_SUFFIX) : min(last, line + N_SUFFIX + RING_CHUNK_SIZE) + 1], filename, False)
+            self.last_line_pick = line
+        cur = lines[line]
+        body = {
+            "input_prefix": "\n".join(lines[max(0, line - N_PREFIX) : line]) + ("\n" if line else ""),
+            "input_suffix": cur[col:] + "\n" + "\n".join(lines[line + 1 : line + 1 + N_SUFFIX]) + "\n",
+            "input_extra": self.chunks,
+            "prompt": cur[:col],
+            "n_predict": N_PREDICT,
+            "top_k": 40,
+            "top_p": 0.99,
+            "stream": False,
+            "samplers": ["top_k", "top_p", "infill"],
+            "cache_prompt": True,
+            "t_max_prompt_ms": 500,
+            "t_max_predict_ms": 1000,
+        }
+        t0 = time.perf_counter()
+        r = await self.http.post(self.url + "/infill", json=body)
+        ms = (time.perf_counter() - t0) * 1e3
+        if r.status_code != 200:
+            raise SystemExit(f"/infill: expected HTTP 200, got {r.status_code}: {r.text[:200]}")
+        got = r.json()
+        t = got.get("timings") or {}
+        n, cached = int(t.get("prompt_n") or 0), int(t.get("cache_n") or 0)
+        return ms, str(got.get("content") or ""), {"source": "model", "prompt": n + cached, "reused": cached, "evaluated": n}
+
+    def rss(self) -> float:
+        return rss_mib(self.pid)
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+
+def _line_jaccard(a: list[str], b: list[str]) -> float:
+    sa, sb = set(a), set(b)
+    return len(sa & sb) / len(sa | sb) if sa | sb else 1.0
+
+
+# ---- one run --------------------------------------------------------------------------------------------
+async def replay(model_name: str, model: Path, args: argparse.Namespace) -> dict[str, Any]:
+    from tests.fixtures.llama_server import LlamaServer
+
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    session = build_session(stdlib)
+    order = QUICK_ORDER if args.quick else tuple(int(x) for x in args.order.split(","))
+    keys = args.keys if args.keys else (3 if args.quick else 5)
+    n_ctx = min(context_length(model), 4096)
+    rng = random.Random(args.seed)
+    tmp = Path(tempfile.mkdtemp(prefix="session-"))
+    sides: list[Any] = []
+    servers: list[LlamaServer] = []
+    options = {"maxTokens": N_PREDICT, **json.loads(args.options)}
+    wanted = [s.strip() for s in args.sides.split(",") if s.strip()]
+    try:
+        for s in wanted:
+            if s == "ours":
+                sides.append(
+                    LspSide("ours", args.server_root, model, ("--threads", str(args.threads)), tmp / "ours.log", options)
+                )
+            elif s == "peer":
+                srv = LlamaServer(model, slots=1, ctx_per_slot=n_ctx, threads=args.threads, extra=PEER_FLAGS, log=tmp / "peer-server.log")
+                servers.append(srv)
+                sides.append(InfillSide(srv.url, srv.proc.pid, args.seed))
+            elif s == "remote":
+                srv = LlamaServer(model, slots=args.remote_slots, ctx_per_slot=n_ctx, threads=args.threads, log=tmp / "remote-server.log")
+                servers.append(srv)
+                extra = ["--engine", "llama-server", "--url", srv.url]
+                if args.remote_slot != "auto":
+                    extra += ["--slot", args.remote_slot]
+                side = LspSide("remote", args.server_root, model, tuple(extra), tmp / "remote.log", options)
+                side.extra_pids.append(srv.proc.pid)
+                sides.append(side)
+            else:
+                raise SystemExit(f"--sides: expected ours, peer or remote, got {s!r}")
+        for side in sides:
+            if isinstance(side, LspSide):
+                await side.start()
+                for name in FILES:  # every file is open from the start
+                    side.open(f"file:///session/{name}", session.docs[name])
+        seen: set[int] = set()
+        event = 0
+        active = ""
+        t_start = time.perf_counter()
+        for v, number in enumerate(order):
+            place = session.places[number]
+            uri = f"file:///session/{place.file}"
+            revisit = number in seen
+            seen.add(number)
+            if v:
+                await asyncio.sleep(args.visit_pause)  # the user moves to the next place
+            for side in sides:
+                if isinstance(side, InfillSide):
+                    if place.file != active:
+                        doc = session.docs[place.file]
+                        side.activated(doc, place.file, position(doc, place.offset)[0], place.file in session.dirty)
+                    await side.idle_tick()
+            active = place.file
+            for k in range(keys):
+                # the key (or Tab on a suggestion that is exactly the code that comes next)
+                pending, place.accept = place.accept, ""
+                text = pending or session.next_key(place)
+                doc_before = session.docs[place.file]
+                line, col = position(doc_before, place.offset)
+                session.insert(place, text)
+                doc = session.docs[place.file]
+                for side in sides:
+                    if isinstance(side, LspSide):
+                        side.insert(uri, line, col, text)
+                    if pending:
+                        side.stats.accepted += 1
+                turn = sides[event % len(sides) :] + sides[: event % len(sides)]
+                event += 1
+                offers = []
+                for side in turn:
+                    ms, shown, costs = await side.ask(uri, doc, place.offset)
+                    side.stats.requests.append(
+                        Request(
+                            "jump" if k == 0 else "key", number, revisit, ms, int(costs.get("evaluated", 0)),
+                            int(costs.get("reused", 0)), int(costs.get("prompt", 0)), shown, str(costs.get("source", "?")),
+                        )
+                    )  # fmt: skip
+                    side.stats.rss.append(side.rss())
+                    if shown.strip() and place.rest.startswith(shown):
+                        offers.append(shown)
+                if offers:
+                    place.accept = max(offers, key=len)
+                await asyncio.sleep(rng.uniform(0.06, 0.2) * args.pace)
+        wall = time.perf_counter() - t_start
+        await asyncio.sleep(0.5)
+        for side in sides:
+            if isinstance(side, LspSide):
+                side._costs()
+    finally:
+        for side in sides:
+            try:
+                await side.close()
+            except Exception as exc:  # one side failing to close must not hide the others' results
+                print(f"{side.name}: close failed: {exc}", file=sys.stderr)
+        for srv in servers:
+            srv.stop()
+    return {
+        "model": model_name,
+        "n_ctx": n_ctx,
+        "visits": list(order),
+        "keys_per_visit": keys,
+        "wall_s": wall,
+        "load": os.getloadavg(),
+        "sides": {side.name: summarize(side.stats) for side in sides},
+        "requests": {side.name: [r.__dict__ for r in side.stats.requests] for side in sides},
+    }
+
+
+def summarize(st: SideStats) -> dict[str, Any]:
+    jumps = [r for r in st.requests if r.kind == "jump"]
+    keys = [r for r in st.requests if r.kind == "key"]
+    first = [r for r in jumps if not r.revisit]
+    again = [r for r in jumps if r.revisit]
+
+    def mean(rs: list[Request]) -> float:
+        return statistics.mean(r.evaluated for r in rs) if rs else float("nan")
+
+    return {
+        "jumps": len(jumps),
+        "keys": len(keys),
+        "eval_per_jump": mean(jumps),
+        "eval_per_first_visit": mean(first),
+        "eval_per_revisit": mean(again),
+        "eval_per_key": mean(keys),
+        "eval_per_key_p50": pct([float(r.evaluated) for r in keys], 0.5),
+        "jump_p50_ms": pct([r.ms for r in jumps], 0.5),
+        "jump_p95_ms": pct([r.ms for r in jumps], 0.95),
+        "key_p50_ms": pct([r.ms for r in keys], 0.5),
+        "key_p95_ms": pct([r.ms for r in keys], 0.95),
+        "shown": sum(1 for r in st.requests if r.shown),
+        "accepted": st.accepted,
+        "background": st.background,
+        "rss_max_mib": max((x for x in st.rss if x == x), default=float("nan")),
+        "rss_end_mib": st.rss[-1] if st.rss else float("nan"),
+        "memory_line": st.memory_line,
+        "cache_answers": sum(1 for r in st.requests if r.source == "cache"),
+    }
+
+
+LABELS = {
+    "ours": "codellama-lsp (in-process)",
+    "peer": "llama-server /infill (llama.vscode's shape)",
+    "remote": "codellama-lsp -> llama-server",
+}
+
+
+def table(run: dict[str, Any]) -> str:
+    out = [
+        f"**{run['model']}** (n_ctx {run['n_ctx']}; {len(run['visits'])} visits x {run['keys_per_visit']} keys; "
+        f"load {run['load'][0]:.2f}; {run['wall_s']:.0f} s)",
+        "",
+        "| side | evaluated per jump (first visits / revisits) | per key (p50) | jump p50 / p95 | key p50 / p95 | "
+        "shown / taken | background tokens | RSS max |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, s in run["sides"].items():
+        out.append(
+            f"| {LABELS.get(name, name)} | {s['eval_per_jump']:.0f} ({s['eval_per_first_visit']:.0f} / {s['eval_per_revisit']:.0f}) | "
+            f"{s['eval_per_key']:.1f} ({s['eval_per_key_p50']:.0f}) | {s['jump_p50_ms'] / 1e3:.2f} / {s['jump_p95_ms'] / 1e3:.2f} s | "
+            f"{s['key_p50_ms'] / 1e3:.3f} / {s['key_p95_ms'] / 1e3:.3f} s | {s['shown']} / {s['accepted']} | {s['background']} | "
+            f"{s['rss_max_mib']:.0f} MiB |"
+        )
+    peer = run["sides"].get("peer")
+    for name, s in run["sides"].items():
+        if peer is None or name == "peer":
+            continue
+        jump_ratio = s["eval_per_jump"] / max(1e-9, peer["eval_per_jump"])
+        key_ratio = s["key_p50_ms"] / max(1e-9, peer["key_p50_ms"])
+        out.append("")
+        out.append(
+            f"{LABELS.get(name, name)} against the peer: per jump {jump_ratio:.2f}x (target <= 0.25: "
+            f"{'met' if jump_ratio <= 0.25 else 'not met'}); per key {s['eval_per_key']:.1f} (target <= 2: "
+            f"{'met' if s['eval_per_key'] <= 2 else 'not met'}); key p50 {key_ratio:.2f}x (target <= 1.0: "
+            f"{'met' if key_ratio <= 1.0 else 'not met'}); a revisit evaluates {s['eval_per_revisit']:.0f} tokens"
+            + (f"; engine: {s['memory_line']}" if s["memory_line"] else "")
+        )
+    return "\n".join(out)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--models", default="demo,random", help="demo, random (92 M), random400m, random1b, or GGUF paths")
+    p.add_argument("--sides", default="ours,peer", help="ours, peer, remote (comma-separated)")
+    p.add_argument("--quick", action="store_true", help="a short session: 4 visits (one revisit), 3 keys each")
+    p.add_argument("--order", default=",".join(map(str, ORDER)), help="the places visited, in turn (1-6)")
+    p.add_argument("--keys", type=int, default=0, help="keys per visit (default 5; 3 with --quick)")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads of each side's llama.cpp")
+    p.add_argument("--visit-pause", type=float, default=1.5, help="seconds between two visits")
+    p.add_argument("--pace", type=float, default=1.0, help="scale of the 60-200 ms pause between keys")
+    p.add_argument("--options", default="{}", help="extra initializationOptions for our server, as JSON")
+    p.add_argument("--remote-slots", type=int, default=1, help="remote: the llama-server's slots")
+    p.add_argument("--remote-slot", default="auto", help="remote: auto (the server picks), N (pinned) or document")
+    p.add_argument("--server-root", type=Path, default=REPO, help="the checkout codellama-lsp runs from (PYTHONPATH)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args()
+    args.server_root = args.server_root.resolve()
+    runs = []
+    for spec in [m.strip() for m in args.models.split(",") if m.strip()]:
+        name, path = model_path(spec)
+        run = asyncio.run(replay(name, path, args))
+        runs.append(run)
+        print(table(run), flush=True)
+        print(flush=True)
+        if args.json:  # after every model: a long run that fails late keeps what it measured
+            args.json.write_text(json.dumps({"server_root": str(args.server_root), "runs": runs}, indent=2, default=float))
+
+
+if __name__ == "__main__":
+    main()
