@@ -30,6 +30,7 @@ minute to minute), on the same documents:
   cursor moved more than 32 lines; queued, and moved into the ring of at most 16 one per idle tick, each move followed
   by a background request with ``n_predict`` 0 that evaluates the new ring - one tick per visit pause here),
   ``cache_prompt``, ``n_predict`` 8; its costs are ``timings.prompt_n`` (evaluated) and ``cache_n``;
+- ``ours:PATH``: the same from another checkout (a branch beside main, in the same run);
 - ``remote``: ``codellama-lsp --engine llama-server`` against its own llama-server (``--remote-slots`` slots,
   ``--remote-slot`` auto | N | document), the costs again from our log (the server's own ``prompt_n``).
 
@@ -51,6 +52,7 @@ import json
 import os
 import random
 import re
+import shutil
 import statistics
 import sys
 import sysconfig
@@ -307,9 +309,7 @@ class LspSide:
         cmd = [sys.executable, "-m", "lsp_server", "--stdio", "-v", "--log-file", str(self.log), *self.args]
         await self.client.start_io(*cmd, env=env, cwd=str(self.root))
         await self.client.initialize_session(
-            types.InitializeParams(
-                capabilities=capabilities(), initialization_options={**self.options, "model": str(self.model)}
-            )
+            types.InitializeParams(capabilities=capabilities(), initialization_options={**self.options, "model": str(self.model)})
         )
         got = await self.status.wait_for({"ready", "error"}, timeout=600)
         if got["state"] != "ready":
@@ -346,7 +346,9 @@ class LspSide:
             if item.range is not None:  # the item replaces from the range's start (the word before the cursor)
                 r = item.range.start
                 line_start = sum(len(ln) + 1 for ln in doc.split("\n")[: r.line])
-                start = line_start + len(doc[line_start:].split("\n", 1)[0].encode("utf-16-le")[: 2 * r.character].decode("utf-16-le"))
+                start = line_start + len(
+                    doc[line_start:].split("\n", 1)[0].encode("utf-16-le")[: 2 * r.character].decode("utf-16-le")
+                )
             typed = doc[start:offset]
             shown = text[len(typed) :] if text.startswith(typed) else ""
         return ms, shown, self._costs()
@@ -430,7 +432,9 @@ class InfillSide:
         if dirty:
             return
         lines = doc.split("\n")
-        self.pick_chunk(lines[max(0, line - RING_CHUNK_SIZE // 2) : min(line + RING_CHUNK_SIZE // 2, len(lines) - 1) + 1], filename, True)
+        self.pick_chunk(
+            lines[max(0, line - RING_CHUNK_SIZE // 2) : min(line + RING_CHUNK_SIZE // 2, len(lines) - 1) + 1], filename, True
+        )
 
     async def idle_tick(self) -> None:
         """One ring update while the user is idle: one queued chunk into the ring, and a request that evaluates it."""
@@ -506,23 +510,28 @@ async def replay(model_name: str, model: Path, args: argparse.Namespace) -> dict
     keys = args.keys if args.keys else (3 if args.quick else 5)
     n_ctx = min(context_length(model), 4096)
     rng = random.Random(args.seed)
-    tmp = Path(tempfile.mkdtemp(prefix="session-"))
+    tmp = Path(tempfile.mkdtemp(prefix="session-", dir=args.keep_logs))
     sides: list[Any] = []
     servers: list[LlamaServer] = []
     options = {"maxTokens": N_PREDICT, **json.loads(args.options)}
     wanted = [s.strip() for s in args.sides.split(",") if s.strip()]
     try:
         for s in wanted:
-            if s == "ours":
-                sides.append(
-                    LspSide("ours", args.server_root, model, ("--threads", str(args.threads)), tmp / "ours.log", options)
-                )
+            if s == "ours" or s.startswith("ours:"):  # ours:PATH runs codellama-lsp from another checkout
+                root = Path(s[5:]).resolve() if s.startswith("ours:") else args.server_root
+                label = "ours" if s == "ours" else f"ours@{root.name}"
+                log = tmp / f"{label.replace('@', '-')}.log"
+                sides.append(LspSide(label, root, model, ("--threads", str(args.threads)), log, options))
             elif s == "peer":
-                srv = LlamaServer(model, slots=1, ctx_per_slot=n_ctx, threads=args.threads, extra=PEER_FLAGS, log=tmp / "peer-server.log")
+                srv = LlamaServer(
+                    model, slots=1, ctx_per_slot=n_ctx, threads=args.threads, extra=PEER_FLAGS, log=tmp / "peer-server.log"
+                )
                 servers.append(srv)
                 sides.append(InfillSide(srv.url, srv.proc.pid, args.seed))
             elif s == "remote":
-                srv = LlamaServer(model, slots=args.remote_slots, ctx_per_slot=n_ctx, threads=args.threads, log=tmp / "remote-server.log")
+                srv = LlamaServer(
+                    model, slots=args.remote_slots, ctx_per_slot=n_ctx, threads=args.threads, log=tmp / "remote-server.log"
+                )
                 servers.append(srv)
                 extra = ["--engine", "llama-server", "--url", srv.url]
                 if args.remote_slot != "auto":
@@ -531,7 +540,7 @@ async def replay(model_name: str, model: Path, args: argparse.Namespace) -> dict
                 side.extra_pids.append(srv.proc.pid)
                 sides.append(side)
             else:
-                raise SystemExit(f"--sides: expected ours, peer or remote, got {s!r}")
+                raise SystemExit(f"--sides: expected ours, ours:PATH, peer or remote, got {s!r}")
         for side in sides:
             if isinstance(side, LspSide):
                 await side.start()
@@ -598,6 +607,10 @@ async def replay(model_name: str, model: Path, args: argparse.Namespace) -> dict
                 print(f"{side.name}: close failed: {exc}", file=sys.stderr)
         for srv in servers:
             srv.stop()
+        if args.keep_logs is None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            print(f"logs kept in {tmp}", file=sys.stderr)
     return {
         "model": model_name,
         "n_ctx": n_ctx,
@@ -648,6 +661,12 @@ LABELS = {
 }
 
 
+def _label(name: str) -> str:
+    if name.startswith("ours@"):
+        return f"codellama-lsp (in-process, {name[5:]})"
+    return LABELS.get(name, name)
+
+
 def table(run: dict[str, Any]) -> str:
     out = [
         f"**{run['model']}** (n_ctx {run['n_ctx']}; {len(run['visits'])} visits x {run['keys_per_visit']} keys; "
@@ -659,7 +678,7 @@ def table(run: dict[str, Any]) -> str:
     ]
     for name, s in run["sides"].items():
         out.append(
-            f"| {LABELS.get(name, name)} | {s['eval_per_jump']:.0f} ({s['eval_per_first_visit']:.0f} / {s['eval_per_revisit']:.0f}) | "
+            f"| {_label(name)} | {s['eval_per_jump']:.0f} ({s['eval_per_first_visit']:.0f} / {s['eval_per_revisit']:.0f}) | "
             f"{s['eval_per_key']:.1f} ({s['eval_per_key_p50']:.0f}) | {s['jump_p50_ms'] / 1e3:.2f} / {s['jump_p95_ms'] / 1e3:.2f} s | "
             f"{s['key_p50_ms'] / 1e3:.3f} / {s['key_p95_ms'] / 1e3:.3f} s | {s['shown']} / {s['accepted']} | {s['background']} | "
             f"{s['rss_max_mib']:.0f} MiB |"
@@ -672,7 +691,7 @@ def table(run: dict[str, Any]) -> str:
         key_ratio = s["key_p50_ms"] / max(1e-9, peer["key_p50_ms"])
         out.append("")
         out.append(
-            f"{LABELS.get(name, name)} against the peer: per jump {jump_ratio:.2f}x (target <= 0.25: "
+            f"{_label(name)} against the peer: per jump {jump_ratio:.2f}x (target <= 0.25: "
             f"{'met' if jump_ratio <= 0.25 else 'not met'}); per key {s['eval_per_key']:.1f} (target <= 2: "
             f"{'met' if s['eval_per_key'] <= 2 else 'not met'}); key p50 {key_ratio:.2f}x (target <= 1.0: "
             f"{'met' if key_ratio <= 1.0 else 'not met'}); a revisit evaluates {s['eval_per_revisit']:.0f} tokens"
@@ -684,7 +703,7 @@ def table(run: dict[str, Any]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", default="demo,random", help="demo, random (92 M), random400m, random1b, or GGUF paths")
-    p.add_argument("--sides", default="ours,peer", help="ours, peer, remote (comma-separated)")
+    p.add_argument("--sides", default="ours,peer", help="ours, ours:PATH (another checkout), peer, remote (comma-separated)")
     p.add_argument("--quick", action="store_true", help="a short session: 4 visits (one revisit), 3 keys each")
     p.add_argument("--order", default=",".join(map(str, ORDER)), help="the places visited, in turn (1-6)")
     p.add_argument("--keys", type=int, default=0, help="keys per visit (default 5; 3 with --quick)")
@@ -697,6 +716,7 @@ def main() -> None:
     p.add_argument("--server-root", type=Path, default=REPO, help="the checkout codellama-lsp runs from (PYTHONPATH)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--keep-logs", type=Path, default=None, help="keep the servers' logs in a folder under this one")
     args = p.parse_args()
     args.server_root = args.server_root.resolve()
     runs = []

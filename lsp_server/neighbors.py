@@ -13,9 +13,7 @@ As llama.vscode does, the server keeps a ring of chunks. Two kinds of chunk are 
 - the other open documents of the same language, cut into blocks of ``CHUNK_LINES`` lines on a fixed grid.
 
 Candidates are ranked by the Jaccard similarity of their identifiers with the identifiers of the lines
-around the cursor, and the best are taken while their text fits the token budget. They go into the prompt in a
-stable order: a chunk chosen before keeps its place ahead of the ones that join it (so re-choosing keeps the
-prompt's first tokens, or moves them as whole runs an engine can shift instead of evaluating). The choice is sticky:
+around the cursor, and the best are taken while their text fits the token budget. The choice is sticky:
 it is made again only when the cursor enters another block of lines, or the ring or the set of open
 documents changed. While the user types within a block the chunks (the first part of the prompt) stay
 exactly the same, so their KV cache is reused and only the tokens near the cursor are evaluated again.
@@ -26,7 +24,6 @@ they are recorded or offered as candidates).
 
 from __future__ import annotations
 
-import itertools
 import re
 import threading
 from collections import OrderedDict, deque
@@ -179,8 +176,6 @@ class Neighbors:
         self.chunk_lines = chunk_lines
         self._blocks: OrderedDict[tuple[str, int], list[Chunk]] = OrderedDict()  # (uri, hash(text)) -> blocks
         self._chosen: dict[str, tuple[tuple[object, ...], list[Chunk]]] = {}  # uri -> (why it was chosen, the chunks)
-        self._order: dict[tuple[str, int, str], int] = {}  # a chunk's place in the prompt order: when it was first chosen
-        self._seq = itertools.count()
         self._lock = threading.Lock()
 
     def _doc_blocks(self, doc: Doc) -> list[Chunk]:
@@ -210,7 +205,7 @@ class Neighbors:
         count: Callable[[str], int],
     ) -> list[Chunk]:
         """Chunks for a request in ``doc`` at ``offset`` whose FIM windows span ``window`` (character
-        offsets): at most ``budget`` tokens of rendered text (``count`` counts tokens), in the stable order.
+        offsets): at most ``budget`` tokens of rendered text (``count`` counts tokens), most similar last.
 
         ``others`` are the other open documents (already filtered for language and privacy). Chunks of
         ``doc`` itself that overlap its FIM windows are left out (the model sees those lines anyway).
@@ -250,16 +245,7 @@ class Neighbors:
                 chosen.append(c)
                 seen.add(c.text)
                 used += n
-            # A stable order, not a ranking: a chunk chosen before keeps its place ahead of the chunks that join it
-            # (new ones go last). The chunks open the prompt, so when the choice is made again (another block, another
-            # file) the kept ones still form its first tokens, or runs of tokens that only moved, which engines reuse
-            # (a common prefix; KV shifting, llama-server's n_cache_reuse) instead of evaluating them again.
-            for c in reversed(chosen):  # among new ones, the most similar last: nearest the cursor's part
-                self._order.setdefault(_key(c), next(self._seq))
-            chosen.sort(key=lambda c: self._order[_key(c)])
-            if len(self._order) > 4096:  # forget the order of chunks not chosen for a long time
-                for k in sorted(self._order, key=self._order.__getitem__)[:2048]:
-                    del self._order[k]
+            chosen.reverse()  # the most similar nearest the cursor's part of the prompt
             self._chosen[doc.uri] = (why, chosen)
             return chosen
 
@@ -278,10 +264,6 @@ class Neighbors:
             for uri, (_, chunks) in list(self._chosen.items()):
                 if any(excluded(c.path) for c in chunks):
                     del self._chosen[uri]
-
-
-def _key(c: Chunk) -> tuple[str, int, str]:
-    return (c.uri, c.start_line, c.text)
 
 
 def _around(text: str, line: int) -> str:

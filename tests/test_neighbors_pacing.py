@@ -87,33 +87,6 @@ def test_selection_is_sticky_while_typing_in_a_block() -> None:
         assert again is first  # the same chunks: the prompt's first part (and its KV cache) stays
 
 
-def test_selection_keeps_chosen_chunks_ahead_of_new_ones() -> None:
-    # three one-block files; the two places of main.py share one of them (common) and each wants one more (a, b)
-    files = {n: Doc(f"file:///{n}.py", f"{n}.py", "python", _module(n, [f"{n}_func"], 0)) for n in ("common", "a", "b")}
-    head = "def f(value):\n    return common_func_helper(value) + common_offset + a_func_helper(value) + a_offset\n"
-    tail = "def g(value):\n    return common_func_helper(value) + common_offset + b_func_helper(value) + b_offset\n"
-    text = head + "\n" * (3 * CHUNK_LINES) + tail
-    budget = 2 * max(_count(neighbors.render(nb_blocks)) for nb_blocks in ([c] for c in _blocks(files.values())))
-    nb = Neighbors()
-    cur = Doc("file:///main.py", "main.py", "python", text)
-    first = nb.select(cur, len(head) - 1, (0, len(head)), list(files.values()), budget, _count)
-    second = nb.select(cur, len(text) - 1, (len(text) - len(tail), len(text)), list(files.values()), budget, _count)
-    assert {c.uri for c in first} == {"file:///common.py", "file:///a.py"}
-    assert {c.uri for c in second} == {"file:///common.py", "file:///b.py"}
-    # the kept chunk opens the new choice, the new one comes after it: the kept text stays one run of tokens that an
-    # engine shifts to its new place (it moved up by the dropped chunk) instead of evaluating it again
-    assert [c.uri for c in second] == ["file:///common.py", "file:///b.py"]
-    kept = next(c for c in first if c.uri == "file:///common.py")
-    assert neighbors.render(second).startswith(neighbors.render([kept]))
-    # and a third place wanting a and common again: both kept ones come first, in the order they were first chosen
-    third = nb.select(cur, len(head) - 2, (0, len(head)), list(files.values()), budget, _count)
-    assert third is not first and third == first
-
-
-def _blocks(docs) -> list[neighbors.Chunk]:
-    return [neighbors.Chunk(d.uri, d.path, d.language, 0, d.text, neighbors.identifiers(d.text)) for d in docs]
-
-
 def test_chunk_header_uses_the_language_comment() -> None:
     c = neighbors.Chunk("file:///a.rs", "src/a.rs", "rust", 0, "fn main() {}", frozenset())
     assert c.render() == "// src/a.rs\nfn main() {}\n"

@@ -169,6 +169,48 @@ def test_text_prompts_tokenize_back_to_our_ids(demo_vocab) -> None:
             assert got == ids[:at] + [got[at]] + ids[at:], order
 
 
+def _completion(url: str, body: dict) -> dict:
+    req = urllib.request.Request(url + "/completion", json.dumps(body).encode(), {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return json.loads(r.read())
+
+
+@pytest.mark.parametrize("cache_reuse", [64, 0], ids=["n_cache_reuse-64", "off"])
+async def test_moved_text_is_shifted_not_evaluated_again(demo_server, demo_vocab, cache_reuse) -> None:
+    """An extra chunk dropped from the front of the prompt moves the rest up: with ``n_cache_reuse`` the slot shifts
+    the cached run to its new place (a few tokens evaluated), and greedy text after the shift is a cold run's text."""
+    import sysconfig
+    from pathlib import Path
+
+    vocab = demo_vocab
+    code = (Path(sysconfig.get_paths()["stdlib"]) / "textwrap.py").read_text().split("\n")
+    dropped = vocab.encode("\n".join(code[40:52]) + "\n")  # a chunk the new prompt no longer holds
+    kept = vocab.encode("\n".join(code[200:240]) + "\n")  # the run that moves (chunks, the prefix window ...)
+    joined = vocab.encode("\n".join(code[300:304]) + "\n")  # new text after it
+    assert len(kept) > 200 and len(dropped) > 80
+    bos = [vocab.sentinels.bos] if vocab.add_bos else []
+    engine = await asyncio.to_thread(make, "llama-server", demo_server.url, vocab, slot=0, cache_reuse=cache_reuse)
+    try:
+        first = result_of(engine.submit(request(vocab, prompt=bos + dropped + kept, max_tokens=1)))
+        assert first.evaluated_tokens > len(kept)
+        moved = bos + kept + joined
+        second = result_of(engine.submit(request(vocab, prompt=moved, max_tokens=8)))
+    finally:
+        await asyncio.to_thread(engine.close)
+    if cache_reuse:
+        assert second.reused_tokens >= len(kept) - 1, second  # shifted, not evaluated again
+        assert second.evaluated_tokens <= len(joined) + 2, second
+    else:  # only the common prefix (BOS) is reused: the moved run is evaluated again
+        assert second.evaluated_tokens >= len(kept) + len(joined) - 1, second
+    # the same greedy tokens as a cold evaluation of the same prompt (another slot, no cache)
+    cold = _completion(
+        demo_server.url,
+        {"prompt": moved, "n_predict": 8, "cache_prompt": False, "temperature": 0, "id_slot": 1, "return_tokens": True},
+    )
+    assert second.candidates[0].tokens == cold["tokens"][: len(second.candidates[0].tokens)]
+    assert len(second.candidates[0].tokens) > 0
+
+
 def _slot(url: str, slot_id: int) -> dict:
     with urllib.request.urlopen(f"{url}/slots", timeout=10) as r:
         return next(s for s in json.loads(r.read()) if s["id"] == slot_id)

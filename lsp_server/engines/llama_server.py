@@ -17,7 +17,7 @@ N cached tokens that reappears further on (``llama_memory_seq_rm``/``seq_add``, 
 whole server) instead of evaluating it again: extra-context chunks that moved because one before them was dropped, the
 prefix window after the suffix window's end moved (a line inserted above the cursor). Sent with every request, so it
 works on a server started without ``--cache-reuse``; a server that cannot shift (sliding-window or recurrent models)
-ignores it with a warning. The chunks keep a stable order for this (``neighbors``: new ones after the kept ones).
+ignores it with a warning. The extra-context chunks keep a stable order for this (``neighbors``).
 RoPE shifting rotates the cached keys: the same tokens at the new positions, to float rounding (llama-server does
 the same for ``--cache-reuse``).
 
