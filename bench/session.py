@@ -640,6 +640,7 @@ def summarize(st: SideStats) -> dict[str, Any]:
         "eval_per_revisit": mean(again),
         "eval_per_key": mean(keys),
         "eval_per_key_p50": pct([float(r.evaluated) for r in keys], 0.5),
+        "prompt_per_jump": statistics.mean(r.prompt for r in jumps if r.prompt) if any(r.prompt for r in jumps) else float("nan"),
         "jump_p50_ms": pct([r.ms for r in jumps], 0.5),
         "jump_p95_ms": pct([r.ms for r in jumps], 0.95),
         "key_p50_ms": pct([r.ms for r in keys], 0.5),
@@ -672,13 +673,13 @@ def table(run: dict[str, Any]) -> str:
         f"**{run['model']}** (n_ctx {run['n_ctx']}; {len(run['visits'])} visits x {run['keys_per_visit']} keys; "
         f"load {run['load'][0]:.2f}; {run['wall_s']:.0f} s)",
         "",
-        "| side | evaluated per jump (first visits / revisits) | per key (p50) | jump p50 / p95 | key p50 / p95 | "
-        "shown / taken | background tokens | RSS max |",
-        "|---|---|---|---|---|---|---|---|",
+        "| side | prompt tokens per jump | evaluated per jump (first visits / revisits) | per key (p50) | jump p50 / p95 | "
+        "key p50 / p95 | shown / taken | background tokens | RSS max |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, s in run["sides"].items():
         out.append(
-            f"| {_label(name)} | {s['eval_per_jump']:.0f} ({s['eval_per_first_visit']:.0f} / {s['eval_per_revisit']:.0f}) | "
+            f"| {_label(name)} | {s['prompt_per_jump']:.0f} | {s['eval_per_jump']:.0f} ({s['eval_per_first_visit']:.0f} / {s['eval_per_revisit']:.0f}) | "
             f"{s['eval_per_key']:.1f} ({s['eval_per_key_p50']:.0f}) | {s['jump_p50_ms'] / 1e3:.2f} / {s['jump_p95_ms'] / 1e3:.2f} s | "
             f"{s['key_p50_ms'] / 1e3:.3f} / {s['key_p95_ms'] / 1e3:.3f} s | {s['shown']} / {s['accepted']} | {s['background']} | "
             f"{s['rss_max_mib']:.0f} MiB |"
