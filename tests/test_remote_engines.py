@@ -188,7 +188,8 @@ async def test_moved_text_is_shifted_not_evaluated_again(demo_server, demo_vocab
     kept = vocab.encode("\n".join(code[200:240]) + "\n")  # the run that moves (chunks, the prefix window ...)
     joined = vocab.encode("\n".join(code[300:304]) + "\n")  # new text after it
     assert len(kept) > 200 and len(dropped) > 80
-    bos = [vocab.sentinels.bos] if vocab.add_bos else []
+    # a head of its own per case: the server's host-memory prompt cache must not hand back another case's prompt
+    bos = ([vocab.sentinels.bos] if vocab.add_bos else []) + vocab.encode(f"# case {cache_reuse}\n")
     engine = await asyncio.to_thread(make, "llama-server", demo_server.url, vocab, slot=0, cache_reuse=cache_reuse)
     try:
         first = result_of(engine.submit(request(vocab, prompt=bos + dropped + kept, max_tokens=1)))
@@ -200,7 +201,7 @@ async def test_moved_text_is_shifted_not_evaluated_again(demo_server, demo_vocab
     if cache_reuse:
         assert second.reused_tokens >= len(kept) - 1, second  # shifted, not evaluated again
         assert second.evaluated_tokens <= len(joined) + 2, second
-    else:  # only the common prefix (BOS) is reused: the moved run is evaluated again
+    else:  # only the common prefix (BOS and the head) is reused: the moved run is evaluated again
         assert second.evaluated_tokens >= len(kept) + len(joined) - 1, second
     # the same greedy tokens as a cold evaluation of the same prompt (another slot, no cache)
     cold = _completion(
