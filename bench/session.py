@@ -31,8 +31,9 @@ minute to minute), on the same documents:
   by a background request with ``n_predict`` 0 that evaluates the new ring - one tick per visit pause here),
   ``cache_prompt``, ``n_predict`` 8; its costs are ``timings.prompt_n`` (evaluated) and ``cache_n``;
 - ``ours:PATH``: the same from another checkout (a branch beside main, in the same run);
-- ``remote``: ``codellama-lsp --engine llama-server`` against its own llama-server (``--remote-slots`` slots,
-  ``--remote-slot`` auto | N | document), the costs again from our log (the server's own ``prompt_n``).
+- ``remote`` / ``remote:N``: ``codellama-lsp --engine llama-server`` against its own llama-server (``--remote-slots``
+  slots; the server picks the slot by similarity, or slot N is pinned), the costs again from our log (the server's
+  own ``prompt_n``), the RSS of both processes.
 
 Per side: prompt tokens evaluated per jump (the first request of a visit; first visits and revisits apart) and per
 keystroke, p50/p95 latency of both (client-side, request to answer), suggestions shown and taken, background tokens,
@@ -523,24 +524,32 @@ async def replay(model_name: str, model: Path, args: argparse.Namespace) -> dict
                 log = tmp / f"{label.replace('@', '-')}.log"
                 sides.append(LspSide(label, root, model, ("--threads", str(args.threads)), log, options))
             elif s == "peer":
+                # /infill fills n_ctx - n_batch - 2 n_predict with extra chunks but does not count the sentinels and
+                # the line prefix ("prompt"): at exactly n_ctx it refuses some requests (4,100 > 4,096 tokens)
                 srv = LlamaServer(
-                    model, slots=1, ctx_per_slot=n_ctx, threads=args.threads, extra=PEER_FLAGS, log=tmp / "peer-server.log"
+                    model, slots=1, ctx_per_slot=n_ctx + 128, threads=args.threads, extra=PEER_FLAGS, log=tmp / "peer-server.log"
                 )
                 servers.append(srv)
                 sides.append(InfillSide(srv.url, srv.proc.pid, args.seed))
-            elif s == "remote":
+            elif s == "remote" or s.startswith("remote:"):  # remote:N pins slot N (--slot), remote lets the server pick
+                slot = s[7:] if s.startswith("remote:") else args.remote_slot
                 srv = LlamaServer(
-                    model, slots=args.remote_slots, ctx_per_slot=n_ctx, threads=args.threads, log=tmp / "remote-server.log"
+                    model,
+                    slots=args.remote_slots,
+                    ctx_per_slot=n_ctx,
+                    threads=args.threads,
+                    log=tmp / f"server-{len(servers)}.log",
                 )
                 servers.append(srv)
                 extra = ["--engine", "llama-server", "--url", srv.url]
-                if args.remote_slot != "auto":
-                    extra += ["--slot", args.remote_slot]
-                side = LspSide("remote", args.server_root, model, tuple(extra), tmp / "remote.log", options)
+                if slot != "auto":
+                    extra += ["--slot", slot]
+                label = "remote" if slot == "auto" else f"remote:{slot}"
+                side = LspSide(label, args.server_root, model, tuple(extra), tmp / f"{label.replace(':', '-')}.log", options)
                 side.extra_pids.append(srv.proc.pid)
                 sides.append(side)
             else:
-                raise SystemExit(f"--sides: expected ours, ours:PATH, peer or remote, got {s!r}")
+                raise SystemExit(f"--sides: expected ours, ours:PATH, peer, remote or remote:N, got {s!r}")
         for side in sides:
             if isinstance(side, LspSide):
                 await side.start()
@@ -665,6 +674,8 @@ LABELS = {
 def _label(name: str) -> str:
     if name.startswith("ours@"):
         return f"codellama-lsp (in-process, {name[5:]})"
+    if name.startswith("remote:"):
+        return f"codellama-lsp -> llama-server, slot {name[7:]} pinned"
     return LABELS.get(name, name)
 
 
@@ -704,7 +715,9 @@ def table(run: dict[str, Any]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", default="demo,random", help="demo, random (92 M), random400m, random1b, or GGUF paths")
-    p.add_argument("--sides", default="ours,peer", help="ours, ours:PATH (another checkout), peer, remote (comma-separated)")
+    p.add_argument(
+        "--sides", default="ours,peer", help="ours, ours:PATH (another checkout), peer, remote, remote:N (comma-separated)"
+    )
     p.add_argument("--quick", action="store_true", help="a short session: 4 visits (one revisit), 3 keys each")
     p.add_argument("--order", default=",".join(map(str, ORDER)), help="the places visited, in turn (1-6)")
     p.add_argument("--keys", type=int, default=0, help="keys per visit (default 5; 3 with --quick)")
@@ -713,7 +726,7 @@ def main() -> None:
     p.add_argument("--pace", type=float, default=1.0, help="scale of the 60-200 ms pause between keys")
     p.add_argument("--options", default="{}", help="extra initializationOptions for our server, as JSON")
     p.add_argument("--remote-slots", type=int, default=1, help="remote: the llama-server's slots")
-    p.add_argument("--remote-slot", default="auto", help="remote: auto (the server picks), N (pinned) or document")
+    p.add_argument("--remote-slot", default="auto", help="remote: auto (the server picks) or N (pinned; also remote:N)")
     p.add_argument("--server-root", type=Path, default=REPO, help="the checkout codellama-lsp runs from (PYTHONPATH)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None)
