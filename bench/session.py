@@ -22,8 +22,8 @@ minute to minute), on the same documents:
   LSP client, its settings left at their defaults but ``maxTokens`` (8); the costs come from the server's log line
   per request (``prompt= reused= evaluated= generated=``); log lines of background work that say ``evaluated=N``
   (prefill) are summed apart;
-- ``peer``: llama.cpp's ``llama-server`` (``--cache-reuse 256 -ub 1024 -b 1024 --spm-infill``, one slot, the same
-  context size) asked the way llama.vscode asks it: ``POST /infill`` with ``input_prefix`` (the 256 lines before the
+- ``peer``: llama.cpp's ``llama-server`` (``--cache-reuse 256 -ub 1024 -b 1024 --spm-infill -n 8``, one slot, the
+  same context size) asked the way llama.vscode asks it: ``POST /infill`` with ``input_prefix`` (the 256 lines before the
   cursor's line), ``prompt`` (the line up to the cursor), ``input_suffix`` (the rest of the line and 64 lines),
   ``input_extra`` (llama.vscode's ring: 32-line chunks - ``ring_chunk_size`` 64 / 2 - picked at random from the region
   around the cursor when a file becomes active and unmodified, and from beyond the prefix/suffix windows when the
@@ -75,7 +75,10 @@ N_PREDICT = 8
 N_PREFIX, N_SUFFIX = 256, 64
 RING_N_CHUNKS, RING_CHUNK_SIZE, RING_SCOPE = 16, 64, 1024
 MAX_LAST_PICK_LINE_DISTANCE = 32
-PEER_FLAGS = ("--cache-reuse", "256", "-ub", "1024", "-b", "1024", "--spm-infill")
+# -n: the server's n_predict, which /infill's cut of the extra chunks counts (n_ctx - n_batch - 2 n_predict); left at
+# -1 the cut overflows a 4,096-token model by a few tokens and the request is refused (the context of a slot is capped
+# at the model's training context), so it says what the requests ask for
+PEER_FLAGS = ("--cache-reuse", "256", "-ub", "1024", "-b", "1024", "--spm-infill", "-n", str(N_PREDICT))
 
 COSTS = re.compile(r"prompt=(\d+) reused=(\d+) evaluated=(\d+) generated=(\d+)")
 REQUEST_LINE = re.compile(r" (r\d+) \S+: (\d+) item\(s\) from (\w+);.* engine (.*)$")
@@ -524,10 +527,8 @@ async def replay(model_name: str, model: Path, args: argparse.Namespace) -> dict
                 log = tmp / f"{label.replace('@', '-')}.log"
                 sides.append(LspSide(label, root, model, ("--threads", str(args.threads)), log, options))
             elif s == "peer":
-                # /infill fills n_ctx - n_batch - 2 n_predict with extra chunks but does not count the sentinels and
-                # the line prefix ("prompt"): at exactly n_ctx it refuses some requests (4,100 > 4,096 tokens)
                 srv = LlamaServer(
-                    model, slots=1, ctx_per_slot=n_ctx + 128, threads=args.threads, extra=PEER_FLAGS, log=tmp / "peer-server.log"
+                    model, slots=1, ctx_per_slot=n_ctx, threads=args.threads, extra=PEER_FLAGS, log=tmp / "peer-server.log"
                 )
                 servers.append(srv)
                 sides.append(InfillSide(srv.url, srv.proc.pid, args.seed))
