@@ -7,9 +7,10 @@ problems. A bad value never stops the server: it is reported (the server shows t
 typo would otherwise silently do nothing.
 
 Wire names: ``model, contextTokens, maxTokens, temperature, timeBudgetMs, fimOrder, prefixRatio,
-maxItems, enable, rules, extraContextTokens, exclude`` (``enable`` maps a language id, or ``"*"`` for all, to
+maxItems, enable, rules, extraContextTokens, exclude, completionItems`` (``enable`` maps a language id, or ``"*"`` for all, to
 true/false; ``rules`` maps post-processing rule names to true/false, see ``postprocess``; ``exclude`` lists glob
-patterns, on top of ``DEFAULT_EXCLUDE``, of files that never enter a prompt and never get completions); for remote
+patterns, on top of ``DEFAULT_EXCLUDE``, of files that never enter a prompt and never get completions;
+``completionItems: false`` keeps ``completionProvider`` out of the capabilities, read at ``initialize``); for remote
 engines ``engine, url, apiKeyEnv, requestTimeoutMs, tlsVerify, remoteModel`` (the API key itself is never a setting:
 only the name of the environment variable that holds it, so it never lands in settings files, logs or status).
 """
@@ -95,6 +96,9 @@ class Settings:
     remote_model: str = ""  # OpenAI-compatible servers: the model name ("" = the server's first model)
     # post-processing rules by name (postprocess.RULES), all on unless switched off here
     rules: dict[str, bool] = attrs.field(factory=dict, validator=lambda _i, _a, v: _known_rules(v))
+    # whether ``initialize`` advertises ``completionProvider``, so completion menus (nvim-cmp, VS Code's
+    # suggest list) ask for our items too; read at ``initialize`` only. The request is answered either way.
+    completion_items: bool = True
 
     @property
     def rule_set(self) -> frozenset[str]:

@@ -54,6 +54,17 @@ async def test_initialize_capabilities_status_and_progress(lsp_random_gguf: Path
         assert after["lastLatencyMs"] is not None
 
 
+async def test_completion_items_left_out_of_the_capabilities_when_asked(lsp_random_gguf: Path) -> None:
+    """``completionItems: false`` (the Neovim plugin's default): no ``completionProvider``, so completion menus
+    (nvim-cmp, blink.cmp) never ask the model on every key; a client that asks anyway is still answered."""
+    async with lsp_session(lsp_random_gguf, options={"completionItems": False}) as client:
+        caps = client.init_result.capabilities
+        assert caps.completion_provider is None and caps.inline_completion_provider
+        open_doc(client, URI, CODE)
+        result = await completion(client, URI, 4, 4)
+        assert isinstance(result, types.CompletionList)
+
+
 async def test_utf8_position_encoding_when_offered(lsp_random_gguf: Path) -> None:
     async with lsp_session(
         lsp_random_gguf, encodings=[types.PositionEncodingKind.Utf8, types.PositionEncodingKind.Utf16]

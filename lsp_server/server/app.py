@@ -40,9 +40,16 @@ def create_server(options: ServerOptions = ServerOptions()) -> CodeLlamaServer:
         ls.settings, problems = config.parse(params.initialization_options, ls.settings)
         ls._init_problems = ls._cli_problems + problems
         log.info("settings: %s", config.to_wire(ls.settings))
+        # pygls computes the capabilities from the registered features right after this handler: with
+        # completionItems off the completion feature is set aside until ``initialized``, so completion menus
+        # (nvim-cmp, blink.cmp) never ask for our items, while a client that asks anyway is still answered.
+        if not ls.settings.completion_items:
+            ls._completion_feature = ls.protocol.fm.features.pop(types.TEXT_DOCUMENT_COMPLETION, None)
 
     @server.feature(types.INITIALIZED)
     def on_initialized(ls: CodeLlamaServer, _params: types.InitializedParams) -> None:
+        if ls._completion_feature is not None:
+            ls.protocol.fm.features[types.TEXT_DOCUMENT_COMPLETION] = ls._completion_feature
         for p in ls._init_problems:
             ls.show(types.MessageType.Warning, p)
         ls.start_loading()

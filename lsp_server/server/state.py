@@ -52,6 +52,7 @@ class ServerState(LanguageServer):
         self.options = options
         self.settings, self._cli_problems = config.parse(options.settings, config.Settings(model=options.model))
         self._init_problems: list[str] = []  # settings problems to show once the client is initialized
+        self._completion_feature: Any = None  # the completion handler while initialize leaves it unadvertised
         # the model (loading.py)
         self.engine: Engine | None = None
         self._loaded_model: str | None = None

@@ -31,7 +31,8 @@ class StatusReporting(ServerState):
         pacing = self.pacer.status(self.settings.time_budget_ms)
         return messages.Status(
             state=state,
-            model=self._loaded_model or self.settings.model,
+            # while a new model loads, its name (the statusline said the old one's until it was ready)
+            model=self.settings.model if state == "loading" else (self._loaded_model or self.settings.model),
             last_latency_ms=None if self.last_latency_ms is None else round(self.last_latency_ms, 1),
             cached_tokens=self.engine.cached_tokens if self.engine else 0,
             last_overhead_ms=None if self.overhead_ms is None else round(self.overhead_ms, 3),

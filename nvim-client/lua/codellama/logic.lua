@@ -265,6 +265,16 @@ function M.debounce_ms(configured, status, adaptive)
   return math.max(configured, math.min(math.floor(advised + 0.5), M.MAX_ADVISED_DEBOUNCE_MS))
 end
 
+--- `text` cut to `width` characters from the right, with "..." where it was cut (the start, where the
+--- state is, always stays).
+function M.truncate(text, width)
+  local n = vim.fn.strchars(text)
+  if not width or n <= width then
+    return text
+  end
+  return vim.fn.strcharpart(text, 0, math.max(width - 3, 1)) .. '...'
+end
+
 --- One status line from a `codellama/status` notification's params.
 function M.status_text(status)
   if type(status) ~= 'table' or type(status.state) ~= 'string' then
