@@ -354,7 +354,10 @@ class LspProtocol(LanguageServerProtocol):
     # ---- messages out --------------------------------------------------------------------------------
     def reply_error(self, msg_id: Any, code: int, message: str) -> None:
         """An error response, for a request that was (or will never be) handed to pygls."""
-        log.warning("error reply %s to %r: %s", code, msg_id, message)
+        # A cancelled request is normal typing (each key cancels the last request): not a warning, which
+        # editors show (VS Code's output channel had one "[warning] ... request cancelled" per key).
+        level = logging.DEBUG if code == types.LSPErrorCodes.RequestCancelled.value else logging.WARNING
+        log.log(level, "error reply %s to %r: %s", code, msg_id, message)
         self._pending.discard(msg_id)
         self._dispatched_on.pop(msg_id, None)
         if msg_id is None:  # lsprotocol's message type would leave out the null id JSON-RPC requires
@@ -388,6 +391,14 @@ class LspProtocol(LanguageServerProtocol):
         now = self._host.document(uri)
         now_text = None if now is None else now.source
         return now_text is not text and now_text != text
+
+    def _handle_cancel_notification(self, msg_id: Any) -> None:
+        # pygls' own, at debug level: a cancel that crosses the answer on the wire is normal while typing.
+        future = self._request_futures.pop(msg_id, None)
+        if future is None:
+            log.debug("cancel for request %r, answered already", msg_id)
+        elif future.cancel():
+            log.debug("cancelled request %r", msg_id)
 
     def _send_handler_result(self, future: Any, *, msg_id: Any) -> None:
         self._request_futures.pop(msg_id, None)

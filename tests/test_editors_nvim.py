@@ -27,6 +27,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -254,32 +255,23 @@ def readme_snippet() -> str:
     return found[0]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("which", NVIMS)
-def test_nvim_as_users_have_it(micro_model, which: str, tmp_path: Path) -> None:
-    """The README's snippet as init.lua (only the plugin path and the model filled in), no --clean, the
-    plugin's defaults, a multi-line completion, typed at 150 and at 50 ms a key, three times each; the
-    server found on PATH as `codellama-lsp`, as the snippet says."""
-    binary = NVIMS[which]()
-    inline = nvim_version(binary) >= (0, 10)
-    case = multiline_case(micro_model.files)
+def run_as_user(
+    binary: str, micro_model: Any, tmp_path: Path, trials: list[dict[str, Any]], options: str = "", **cfg_extra: Any
+) -> dict[str, Any]:
+    """Runs nvim-client/tests/user_e2e.lua in ``binary`` with the README's snippet as init.lua (only the plugin
+    path and the model filled in; ``options``, Lua table fields, added to the setup() call); returns its report."""
     snippet = readme_snippet()
     model_placeholder = "~/models/codellama-7b.Q4_K_M.gguf"
     assert "/path/to/codellama-lsp/nvim-client" in snippet and model_placeholder in snippet
-    init = tmp_path / "init.lua"
-    init.write_text(
-        snippet.replace("/path/to/codellama-lsp/nvim-client", str(NVIM_CLIENT)).replace(model_placeholder, str(micro_model.gguf))
+    init_text = snippet.replace("/path/to/codellama-lsp/nvim-client", str(NVIM_CLIENT)).replace(
+        model_placeholder, str(micro_model.gguf)
     )
-    work = tmp_path / "work"
-    work.mkdir()
-    trials = []
-    for repeat in range(REPEATS):
-        for delay in TYPING_DELAYS_MS:
-            path = work / f"shapes_{delay}ms_{repeat + 1}.py"
-            path.write_bytes(case.blanked.encode())
-            trials.append({"file": str(path), "line": case.line, "typed": case.typed, "delay_ms": delay, "want": case.expected})
+    if options:
+        init_text = init_text.replace("require('codellama').setup({\n", "require('codellama').setup({\n  " + options + "\n", 1)
+    init = tmp_path / "init.lua"
+    init.write_text(init_text)
     report_path = tmp_path / "report.json"
-    cfg = {"trials": trials, "out": str(report_path), "timeout_ms": 240000}
+    cfg = {"trials": trials, "out": str(report_path), "timeout_ms": 240000, **cfg_extra}
     (tmp_path / "e2e.json").write_text(json.dumps(cfg))
     env = server_env()
     env["CODELLAMA_E2E"] = str(tmp_path / "e2e.json")
@@ -288,7 +280,7 @@ def test_nvim_as_users_have_it(micro_model, which: str, tmp_path: Path) -> None:
         env[xdg] = str(tmp_path / xdg.lower())
     proc = subprocess.run(
         [binary, "--headless", "-u", str(init), "-c", f"luafile {NVIM_CLIENT / 'tests' / 'user_e2e.lua'}"],
-        cwd=work,
+        cwd=tmp_path,
         env=env,
         capture_output=True,
         text=True,
@@ -296,22 +288,74 @@ def test_nvim_as_users_have_it(micro_model, which: str, tmp_path: Path) -> None:
         stdin=subprocess.DEVNULL,
     )
     assert report_path.exists(), f"no report from Neovim (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-    report = json.loads(report_path.read_text())
-    dest = ARTIFACTS / f"nvim-user-{which}"
-    dest.mkdir(parents=True, exist_ok=True)
-    (dest / "report.json").write_text(json.dumps(report, indent=2))
+    report: dict[str, Any] = json.loads(report_path.read_text())
     summary = [
         (t["delay_ms"], t["ok"], t.get("latency_ms"), t.get("requests"), t.get("error", "")[:200]) for t in report["trials"]
     ]
     print(f"nvim {report['nvim']} trials (ms/key, ok, completion ms after the last key, requests, error):", *summary, sep="\n  ")
     assert report.get("error") is None, f"{report}\n{proc.stderr}"
-    assert report["mode"] == ("ghost" if inline else "omnifunc")
     assert len(report["trials"]) == len(trials)
+    return report
+
+
+def user_trials(case: BlankCase, work: Path, repeats: int = REPEATS, **extra: Any) -> list[dict[str, Any]]:
+    work.mkdir(exist_ok=True)
+    trials = []
+    for repeat in range(repeats):
+        for delay in TYPING_DELAYS_MS:
+            path = work / f"shapes_{delay}ms_{repeat + 1}.py"
+            path.write_bytes(case.blanked.encode())
+            trials.append(
+                {"file": str(path), "line": case.line, "typed": case.typed, "delay_ms": delay, "want": case.expected, **extra}
+            )
+    return trials
+
+
+def assert_saved(report: dict[str, Any], case: BlankCase) -> None:
     for t in report["trials"]:
         assert t["ok"], t
         assert t["saved"].encode() == case.original.encode() and "\0" not in t["saved"], "byte for byte, no NUL"
+        assert t["preview_windows"] == 0, "no preview window left open after the completion"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", NVIMS)
+def test_nvim_as_users_have_it(micro_model, which: str, tmp_path: Path) -> None:
+    """The README's snippet as init.lua (only the plugin path and the model filled in), no --clean, the
+    plugin's defaults, a multi-line completion, typed at 150 and at 50 ms a key, three times each; the
+    server found on PATH as `codellama-lsp`, as the snippet says.
+
+    0.11 (ghost text): two characters of the ghost typed before accepting, the rest must stay on screen,
+    shortened, from the key on (issue 24 item 2); in the 50 ms trials <M-Down> takes the first line first.
+    0.7 (the menu): <C-x><C-o> opens the menu for the single entry, <C-y> accepts it (issue 24 item 1: it
+    copied a character from the line above when no menu showed), the file written byte for byte."""
+    binary = NVIMS[which]()
+    inline = nvim_version(binary) >= (0, 10)
+    case = multiline_case(micro_model.files)
+    trials = user_trials(case, tmp_path / "work", type_through=2 if inline else 0)
+    for t in trials:
+        t["accept_line"] = inline and t["delay_ms"] == 50
+    report = run_as_user(binary, micro_model, tmp_path, trials)
+    dest = ARTIFACTS / f"nvim-user-{which}"
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "report.json").write_text(json.dumps(report, indent=2))
+    assert report["mode"] == ("ghost" if inline else "omnifunc")
+    assert_saved(report, case)
+    first_line, rest = case.expected.split("\n", 1)
+    for t in report["trials"]:
         if inline:
             assert t["ghost_hl"] == "CodellamaGhost"
+            assert (
+                [k["shown"] for k in t["type_through"]]
+                == [k["want"] for k in t["type_through"]]
+                == [first_line[1:], first_line[2:]]
+            )
+            if t["accept_line"]:
+                assert t["line_accepted"] == case.typed + first_line and t["after_line_accept"] == "\n" + rest
+        else:
+            assert t["menu_items"] == 1 and t["menu_line"] == case.typed + first_line
+    # completion menus (nvim-cmp) get no items from us unless completion_items = true (issue 24 item 8)
+    assert report["completion_provider"] is False
     # 0.7 - 0.9: the plugin's omnifunc although Python's filetype plugin sets its own
     assert report["omnifunc"] == "v:lua.codellama_omnifunc"
     assert report["servers"] == 1 and report["server_pids"] == 1
@@ -321,6 +365,35 @@ def test_nvim_as_users_have_it(micro_model, which: str, tmp_path: Path) -> None:
     assert report["completion_while_off"] == ""
     assert "error" in report["status_after_kill"] and "restarting" in report["status_after_kill"]
     assert report["restarted"] is True
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setup", ["menu", "manual"])
+def test_nvim_menu_and_manual_mode_on_0_11(micro_model, setup: str, tmp_path: Path) -> None:
+    """Neovim 0.11 with the README's snippet plus one documented option, at 150 and 50 ms a key:
+
+    - ``ghost_text = false, completion_items = true``: the menu path of 0.7 on 0.11 (issue 24 item 1):
+      <C-x><C-o> opens a menu for the single entry, <C-y> accepts, the file is written byte for byte; with
+      ``completion_items`` the server advertises its completion items (item 8's option);
+    - ``auto_trigger = false`` (issue 24 item 14, manual mode): no ghost and no request during a 1.5 s pause;
+      <M-\\> asks, the ghost comes, <Tab> accepts."""
+    options = {"menu": "ghost_text = false, completion_items = true,", "manual": "auto_trigger = false,"}[setup]
+    case = multiline_case(micro_model.files)
+    trials = user_trials(case, tmp_path / "work", repeats=1)
+    report = run_as_user(wheel_nvim(), micro_model, tmp_path, trials, options, trials_only=True, manual=setup == "manual")
+    dest = ARTIFACTS / f"nvim-{setup}-wheel-0.11"
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "report.json").write_text(json.dumps(report, indent=2))
+    assert_saved(report, case)
+    first_line = case.expected.split("\n", 1)[0]
+    if setup == "menu":
+        assert report["mode"] == "omnifunc" and report["completion_provider"] is True
+        for t in report["trials"]:
+            assert t["menu_items"] == 1 and t["menu_line"] == case.typed + first_line
+    else:
+        assert report["mode"] == "ghost" and report["completion_provider"] is False
+        for t in report["trials"]:
+            assert t["auto_requests"] == 0 and t["auto_ghost"] is False, t
 
 
 def test_nvim_missing_server_says_so(tmp_path: Path) -> None:

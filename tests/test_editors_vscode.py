@@ -111,6 +111,30 @@ def test_vscode_package_contents(vsix: Path) -> None:
     assert {"codellama.toggle", "codellama.restart", "codellama.selectModel", "codellama.showLogs"} <= commands
 
 
+# VS Code names of server settings that differ from the server's (lsp_server/config.py): the same setting.
+VSCODE_NAMES = {"maxItems": "maxCandidates", "completionItems": "suggestList"}
+
+
+def test_every_server_setting_reachable_from_both_editors() -> None:
+    """Issue 24 item 12: each server setting has a ``codellama.*`` setting in VS Code with a description, and
+    is documented in the Neovim plugin's README under the server's name (the plugin passes ``settings``
+    through as they are)."""
+    from lsp_server import config
+
+    props = json.loads((CLIENT / "package.json").read_text())["contributes"]["configuration"]["properties"]
+    nvim_readme = (REPO / "nvim-client" / "README.md").read_text()
+    names = list(config.to_wire(config.Settings()))
+    assert {"exclude", "extraContextTokens", "rules", "completionItems"} <= set(names)
+    for name in names:
+        key = f"codellama.{VSCODE_NAMES.get(name, name)}"
+        assert key in props and (props[key].get("description") or props[key].get("markdownDescription")), key
+        assert f"`{name}`" in nvim_readme, f"{name} missing from nvim-client/README.md"
+    # the rules VS Code offers are the server's
+    from lsp_server.postprocess import RULES
+
+    assert set(props["codellama.rules"]["properties"]) == set(RULES)
+
+
 @pytest.mark.slow
 def test_vscode_ghost_text_end_to_end(micro_model, vsix: Path, tmp_path: Path) -> None:
     case = multiline_case(micro_model.files)
@@ -135,8 +159,20 @@ def test_vscode_ghost_text_end_to_end(micro_model, vsix: Path, tmp_path: Path) -
                     "delayMs": delay,
                     "expectedGhost": case.expected,
                     "expectedSaved": case.original,
+                    # Ctrl+Down (accept the next line) first, then Tab, in the fast trials (issue 24 item 14)
+                    "acceptLine": delay == 50,
                 }
             )
+    manual = "shapes_manual.py"
+    (workspace / manual).write_bytes(case.blanked.encode())
+    manual_trial = {
+        "file": manual,
+        "line": case.line,
+        "typed": case.typed,
+        "delayMs": 150,
+        "expectedGhost": case.expected,
+        "expectedSaved": case.original,
+    }
     out = ARTIFACTS / "vscode"
     shutil.rmtree(out, ignore_errors=True)
     cfg = {
@@ -144,6 +180,7 @@ def test_vscode_ghost_text_end_to_end(micro_model, vsix: Path, tmp_path: Path) -
         "vsix": str(vsix),
         "workspace": str(workspace),
         "trials": trials,
+        "manualTrial": manual_trial,
         "outDir": str(out),
         "tmpDir": str(tmp_path),
         "readyTimeoutMs": 90000,
@@ -182,5 +219,15 @@ def test_vscode_ghost_text_end_to_end(micro_model, vsix: Path, tmp_path: Path) -
     for t in result["trials"]:
         assert t["ok"], f"{t}\nscreenshot: {out}\n{proc.stderr[-4000:]}"
         assert t["saved"].encode() == case.original.encode() and "\0" not in t["saved"]
+    first_line, rest = case.expected.split("\n", 1)
+    for t in result["trials"]:
+        if t.get("afterLineAccept") is not None:
+            assert t["afterLineAccept"].rstrip() == ("\n" + rest).rstrip()
+    assert sum(1 for t in result["trials"] if t.get("afterLineAccept") is not None) == REPEATS
+    # manual mode: nothing by itself during a 2 s pause, Suggest Completions completes, saved byte for byte
+    manual = result.get("manual") or {}
+    assert manual.get("ok"), manual
+    assert manual["ghostWithoutAsking"] == "" and manual["requestsWithoutAsking"] == 0, manual
+    assert manual["saved"].encode() == case.original.encode()
     assert result["ok"], f"{result.get('error')}\nscreenshot: {out / 'failure.png'}\n{proc.stderr[-4000:]}"
     assert result["toggled"] is True and result["restarted"] is True and result["recoveredFromCrash"] is True

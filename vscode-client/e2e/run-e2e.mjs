@@ -226,6 +226,22 @@ async function runTrial(trial, t, index) {
   t.requests = lastRequestNumber() - r0;
   await page.screenshot({ path: join(outDir, index === 0 ? 'ghost.png' : `ghost-trial${index + 1}.png`) });
   await sleep(200); // a person's reaction time between seeing the ghost text and pressing Tab
+  if (trial.acceptLine) {
+    // Ctrl+Down: the ghost's first line goes in, the rest stays as ghost text; Tab then takes the rest.
+    await page.keyboard.press('Control+ArrowDown');
+    const first = want.split('\n')[0];
+    const rest = want.slice(first.length);
+    t.afterLineAccept = await waitFor(
+      'the rest of the ghost after Ctrl+Down',
+      async () => {
+        const g = await ghostText();
+        return g.replace(/\s+$/, '') === rest.replace(/\s+$/, '') ? g : false;
+      },
+      5000,
+      20,
+    );
+    await sleep(200);
+  }
   await page.keyboard.press('Tab');
   await sleep(300);
   await page.keyboard.press('Control+S');
@@ -303,6 +319,68 @@ try {
     mark(`trial ${index + 1} (${trial.delayMs} ms/key): ${t.ok ? 'ok' : t.error}`);
   }
 
+  // 8. Manual mode (codellama.autoTrigger: false): no ghost text by itself, however long the pause; the
+  //    explicit request (Code Llama: Suggest Completions, Alt+\) still completes. Then back to automatic.
+  if (cfg.manualTrial) {
+    const settingsFile = join(userData, 'User', 'settings.json');
+    const changes = () => (extensionLog().match(/settings changed/g) ?? []).length;
+    const setAuto = async (on) => {
+      const before = changes();
+      writeFileSync(settingsFile, JSON.stringify({ ...userSettings, 'codellama.autoTrigger': on }, null, 2));
+      await waitFor('the settings change to reach the extension', () => changes() > before, 15000);
+    };
+    await setAuto(false);
+    const trial = cfg.manualTrial;
+    const m = { file: trial.file, delayMs: trial.delayMs, ok: false };
+    result.manual = m;
+    try {
+      const path = join(cfg.workspace, trial.file);
+      const before = readFileSync(path, 'utf8');
+      await openFile(trial.file);
+      await page.locator('.monaco-editor .view-lines').first().click();
+      await page.keyboard.press('Control+G');
+      const quick = page.locator('.quick-input-box input');
+      await quick.waitFor({ state: 'visible', timeout: 10000 });
+      await quick.fill(`:${trial.line}`);
+      await sleep(200);
+      await page.keyboard.press('Enter');
+      await sleep(300);
+      await page.keyboard.press('Home');
+      await page.keyboard.press('Home');
+      await sleep(500);
+      const r0 = lastRequestNumber();
+      await page.keyboard.type(trial.typed, { delay: trial.delayMs });
+      await sleep(2000); // a long pause: automatic ghost text would have come by now
+      m.ghostWithoutAsking = await ghostText();
+      m.requestsWithoutAsking = lastRequestNumber() - r0;
+      await runCommand('Code Llama: Suggest Completions');
+      m.ghostText = await waitFor(
+        'ghost text after Suggest Completions',
+        async () => {
+          const g = await ghostText();
+          return g.replace(/\s+$/, '') === trial.expectedGhost.replace(/\s+$/, '') ? g : false;
+        },
+        cfg.ghostTimeoutMs ?? 20000,
+        20,
+      );
+      await sleep(200);
+      await page.keyboard.press('Tab');
+      await sleep(300);
+      await page.keyboard.press('Control+S');
+      m.saved = await waitFor('the saved file to change', () => {
+        const now = readFileSync(path, 'utf8');
+        return now !== before ? now : false;
+      }, 15000);
+      m.ok = true;
+    } catch (err) {
+      m.error = err instanceof Error ? err.message : String(err);
+      await page.screenshot({ path: join(outDir, 'failure-manual.png') }).catch(() => undefined);
+      await page.keyboard.press('Escape').catch(() => undefined);
+    }
+    mark(`manual mode: ${m.ok ? 'ok' : m.error}`);
+    await setAuto(true);
+  }
+
   // 9. The toggle command flips completions off and on; the status item says so.
   await runCommand('Code Llama: Toggle Completions');
   await page.locator('[aria-label^="Code Llama: disabled"]').first().waitFor({ timeout: 15000 });
@@ -338,7 +416,7 @@ try {
   await page.locator('[aria-label^="Code Llama: ready"]').first().waitFor({ timeout: 60000 });
   result.recoveredFromCrash = true;
   mark('recovered from a crash');
-  result.ok = result.trials.every((t) => t.ok);
+  result.ok = result.trials.every((t) => t.ok) && (!cfg.manualTrial || result.manual?.ok === true);
 } catch (err) {
   result.error = err instanceof Error ? `${err.message}\n${err.stack ?? ''}` : String(err);
   if (page) await page.screenshot({ path: join(outDir, 'failure.png') }).catch(() => undefined);

@@ -165,6 +165,8 @@ class ServerManager {
         provideInlineCompletionItems: async (document, position, context, token, next) => {
           const switches = clientSwitches(get);
           if (!switches.enable || !languageEnabled(switches.enabledLanguages, document.languageId)) return null;
+          // Manual mode: only an explicit request (Alt+\, the command palette) reaches the server.
+          if (!switches.autoTrigger && context.triggerKind === vscode.InlineCompletionTriggerKind.Automatic) return null;
           // VS Code cancels the token when the user types on: only the request of a pause gets through.
           // The latest status's advice may lengthen the wait (the server's answers are slower than the typing).
           const debounceMs = effectiveDebounceMs(switches.debounceMs, this.status.debounceMs, switches.adaptiveDebounce);

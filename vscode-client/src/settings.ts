@@ -35,7 +35,16 @@ export interface ServerSettings {
   requestTimeoutMs?: number;
   tlsVerify?: boolean;
   remoteModel?: string;
+  /** tokens of chunks from other open files and recent edits (0: off) */
+  extraContextTokens?: number;
+  /** glob patterns of files that never reach a prompt, on top of the server's built-in list */
+  exclude?: string[];
+  /** post-processing rules switched off by name (lsp_server/postprocess.py RULES) */
+  rules?: Record<string, boolean>;
 }
+
+/** The server's post-processing rules (lsp_server/postprocess.py RULES): anything else is left out. */
+export const RULES: readonly string[] = ['mode', 'nodeEnd', 'repetition', 'balance', 'parseCheck'];
 
 export interface ClientSwitches {
   enable: boolean;
@@ -46,6 +55,8 @@ export interface ClientSwitches {
   adaptiveDebounce: boolean;
   /** Also offer the completion in VS Code's suggestion list (textDocument/completion); off by default. */
   suggestList: boolean;
+  /** Ghost text by itself after a pause; false: manual mode, only an explicit request (Alt+\\) asks. */
+  autoTrigger: boolean;
 }
 
 /** VS Code waits 50 ms after a key before asking inline providers; ours waits this much more, so that at
@@ -115,6 +126,20 @@ export function serverSettings(get: ConfigGetter): ServerSettings {
   if (timeout !== undefined) out.requestTimeoutMs = timeout;
   const verify = get('tlsVerify');
   if (typeof verify === 'boolean') out.tlsVerify = verify;
+  const extra = integer(get('extraContextTokens'), 0);
+  if (extra !== undefined) out.extraContextTokens = extra;
+  const exclude = get('exclude');
+  if (Array.isArray(exclude)) {
+    const patterns = exclude.filter((p): p is string => typeof p === 'string' && p.trim() !== '').map((p) => p.trim());
+    if (patterns.length > 0) out.exclude = patterns;
+  }
+  const rules = get('rules');
+  if (rules !== null && typeof rules === 'object' && !Array.isArray(rules)) {
+    const picked = Object.entries(rules as Record<string, unknown>).filter(
+      (e): e is [string, boolean] => RULES.includes(e[0]) && typeof e[1] === 'boolean',
+    );
+    if (picked.length > 0) out.rules = Object.fromEntries(picked);
+  }
   return out;
 }
 
@@ -139,6 +164,7 @@ export function clientSwitches(get: ConfigGetter): ClientSwitches {
     debounceMs: debounce ?? DEFAULT_DEBOUNCE_MS,
     adaptiveDebounce: get('adaptiveDebounce') !== false,
     suggestList: get('suggestList') === true,
+    autoTrigger: get('autoTrigger') !== false,
   };
 }
 

@@ -60,6 +60,17 @@ test('server settings: remote engine settings go to the server; the API key neve
   assert.equal(serverSettings(getter({ engine: 'vllm', requestTimeoutMs: 5 })).engine, undefined);
 });
 
+test('server settings: extra context, exclusions and rules go to the server under its names', () => {
+  const s = serverSettings(getter({ extraContextTokens: 0, exclude: [' *.secret ', '', 3, 'build/*.py'], rules: { parseCheck: false, balance: true, bogus: false, mode: 'no' } }));
+  assert.equal(s.extraContextTokens, 0);
+  assert.deepEqual(s.exclude, ['*.secret', 'build/*.py']);
+  assert.deepEqual(s.rules, { parseCheck: false, balance: true });
+  const none = serverSettings(getter({ extraContextTokens: -1, exclude: 'x', rules: ['parseCheck'] }));
+  assert.equal(none.extraContextTokens, undefined);
+  assert.equal(none.exclude, undefined);
+  assert.equal(none.rules, undefined);
+});
+
 test('per-language enablement: own entry, then "*", then on', () => {
   assert.equal(languageEnabled({ '*': false, python: true }, 'python'), true);
   assert.equal(languageEnabled({ '*': false, python: true }, 'rust'), false);
@@ -81,7 +92,9 @@ test('client switches: debounce and the suggestion list default to what VS Code 
     debounceMs: DEFAULT_DEBOUNCE_MS,
     adaptiveDebounce: true,
     suggestList: false,
+    autoTrigger: true,
   });
+  assert.equal(clientSwitches(getter({ autoTrigger: false })).autoTrigger, false, 'manual mode');
   assert.equal(clientSwitches(getter({ debounceMs: 0 })).debounceMs, 0);
   assert.equal(clientSwitches(getter({ debounceMs: -5 })).debounceMs, DEFAULT_DEBOUNCE_MS);
   assert.equal(clientSwitches(getter({ suggestList: true })).suggestList, true);
