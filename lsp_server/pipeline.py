@@ -156,6 +156,7 @@ async def complete(
     n: int = 1,
     request_id: str = "-",
     extra: Extra | None = None,
+    language_id: str | None = None,
 ) -> Completion:
     t0 = time.perf_counter()
     hit = cache.get(key, text, offset)
@@ -165,7 +166,8 @@ async def complete(
     cur = cursor(text, offset)
     ticket = _LATEST[engine] = next(_TICKETS)
     # the syntax at the cursor: an incremental parse on the syntax thread, beside the prompt's evaluation
-    parsing = syntax.submit(key, text, offset) if syntax.language_for(key) else None
+    # (by the editor's language id first: an ``untitled:`` buffer has no extension)
+    parsing = syntax.submit(key, text, offset, language_id) if syntax.language_for(key, language_id) else None
     request, ctx = await asyncio.to_thread(build_request, engine, text, offset, settings, n, request_id, cur, parsing, extra)
     t1 = time.perf_counter()
     if _LATEST.get(engine) != ticket:  # a newer request arrived while this prompt was being built

@@ -55,6 +55,20 @@ EXTENSIONS = {
     "hxx": "cpp",
     "java": "java",
 }
+# editor language id (VS Code's languageId, Neovim's filetype) -> grammar: chosen before the file's extension,
+# so ``untitled:`` buffers and files whose name does not tell the language get their syntax rules too
+LANGUAGE_IDS = {
+    "python": "python",
+    "javascript": "javascript",
+    "javascriptreact": "javascript",
+    "typescript": "typescript",
+    "typescriptreact": "tsx",
+    "go": "go",
+    "rust": "rust",
+    "c": "c",
+    "cpp": "cpp",
+    "java": "java",
+}
 _WHEELS = {
     "python": ("tree_sitter_python", "language"),
     "javascript": ("tree_sitter_javascript", "language"),
@@ -129,8 +143,11 @@ TAB_WIDTH = 4
 Mode = Literal["line", "block", "any"]
 
 
-def language_for(key: str) -> str | None:
-    """The grammar for a document key (``file:///x/a.py``, ``a.go``), or None."""
+def language_for(key: str, language_id: str | None = None) -> str | None:
+    """The grammar for a document: its editor language id when we know it, else the extension of its key
+    (``file:///x/a.py``, ``a.go``); None without either."""
+    if language_id and language_id.lower() in LANGUAGE_IDS:
+        return LANGUAGE_IDS[language_id.lower()]
     name = key.rsplit("/", 1)[-1]
     if "." not in name:
         return None
@@ -295,9 +312,9 @@ def _mode(source: bytes, tree: ts.Tree, cur: int, language: str) -> tuple[Mode, 
     return "any", "", None
 
 
-def analyze(key: str, text: str, offset: int, trees: SyntaxTrees = TREES) -> SyntaxInfo | None:
-    """The syntax at ``offset`` in ``text`` (LF document), or None without a grammar for ``key``."""
-    language = language_for(key)
+def analyze(key: str, text: str, offset: int, trees: SyntaxTrees = TREES, language_id: str | None = None) -> SyntaxInfo | None:
+    """The syntax at ``offset`` in ``text`` (LF document), or None without a grammar for ``key`` / ``language_id``."""
+    language = language_for(key, language_id)
     if language is None:
         return None
     source = text.encode("utf-8", errors="surrogatepass")
@@ -340,6 +357,6 @@ def inserted_has_error(info: SyntaxInfo, text: str) -> bool:
 _EXECUTOR = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="syntax")
 
 
-def submit(key: str, text: str, offset: int) -> concurrent.futures.Future[SyntaxInfo | None]:
+def submit(key: str, text: str, offset: int, language_id: str | None = None) -> concurrent.futures.Future[SyntaxInfo | None]:
     """``analyze`` on the syntax thread; the future resolves to its result."""
-    return _EXECUTOR.submit(analyze, key, text, offset)
+    return _EXECUTOR.submit(analyze, key, text, offset, TREES, language_id)

@@ -356,6 +356,9 @@ def test_nvim_as_users_have_it(micro_model, which: str, tmp_path: Path) -> None:
             assert t["menu_items"] == 1 and t["menu_line"] == case.typed + first_line
     # completion menus (nvim-cmp) get no items from us unless completion_items = true (issue 24 item 8)
     assert report["completion_provider"] is False
+    # :checkhealth codellama: the server found and running with its version, the model ready (item 7)
+    assert "codellama-lsp" in report["health"] and "running: codellama-lsp" in report["health"], report["health"]
+    assert "codellama: ready" in report["health"] and "ERROR" not in report["health"], report["health"]
     # 0.7 - 0.9: the plugin's omnifunc although Python's filetype plugin sets its own
     assert report["omnifunc"] == "v:lua.codellama_omnifunc"
     assert report["servers"] == 1 and report["server_pids"] == 1

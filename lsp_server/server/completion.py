@@ -57,7 +57,7 @@ class Completing(Events):
                     )
                 else:
                     result = await pipeline.complete(
-                        engine, self.cache, uri, text, offset, settings, n, rid, self.extra_for(doc, text)
+                        engine, self.cache, uri, text, offset, settings, n, rid, self.extra_for(doc, text), doc.language_id
                     )
                 r = result.result
                 # the model's answer (a cache hit or a superseded job has no latency worth showing)

@@ -55,7 +55,7 @@ class Events(Documents):
         log.info("%s: suggestion accepted in %s; prefetching the next one", rid, doc.uri.rsplit("/", 1)[-1])
         self.prefetcher.start(
             doc.uri, text, offset,
-            lambda: pipeline.complete(engine, self.cache, doc.uri, text, offset, settings, 1, rid, self.extra_for(doc, text)),
+            lambda: pipeline.complete(engine, self.cache, doc.uri, text, offset, settings, 1, rid, self.extra_for(doc, text), doc.language_id),
         )  # fmt: skip
 
     def paced_settings(self) -> config.Settings:

@@ -247,6 +247,11 @@ co = coroutine.create(function()
       return
     end
 
+    -- :checkhealth codellama, as the user reads it
+    vim.cmd('checkhealth codellama')
+    report.health = table.concat(vim.api.nvim_buf_get_lines(0, 0, -1, false), '\n')
+    vim.cmd('bwipeout!')
+
     -- The ghost's highlight group, as a terminal without true colour draws it.
     local hl = vim.api.nvim_get_hl_by_name('CodellamaGhost', false)
     report.ghost_cterm = { fg = hl.foreground, italic = hl.italic == true }

@@ -905,6 +905,16 @@ function M.statusline(max_width)
   return logic.truncate(text, max_width or math.max(30, math.floor(vim.o.columns / 3)))
 end
 
+--- The options setup() was given, with the defaults (nil before setup()).
+function M.options()
+  return state.opts
+end
+
+--- What the server is sent as its settings.
+function M.server_settings()
+  return server_settings()
+end
+
 function M.counts()
   return vim.deepcopy(state.counts)
 end
