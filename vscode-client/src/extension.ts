@@ -64,6 +64,15 @@ export async function deactivate(): Promise<void> {
   manager = undefined;
 }
 
+/** vscode-languageclient shows its own error notification when the server cannot start (with 'force');
+ *  ours names the setting that fixes it, so one failed start gives one notification, not two. The message
+ *  still goes to the log. */
+class CodeLlamaClient extends LanguageClient {
+  override error(message: string, data?: unknown, showNotification: boolean | 'force' = true): void {
+    super.error(message, data, showNotification === 'force' ? false : showNotification);
+  }
+}
+
 /** Owns the LanguageClient: one per server process; a restart builds a fresh one. */
 class ServerManager {
   private client: LanguageClient | undefined;
@@ -191,7 +200,7 @@ class ServerManager {
         },
       },
     };
-    const client = new LanguageClient('codellama', 'Code Llama', serverOptions, clientOptions);
+    const client = new CodeLlamaClient('codellama', 'Code Llama', serverOptions, clientOptions);
     client.onNotification(STATUS_METHOD, (params: unknown) => this.setStatus(parseStatus(params)));
     this.client = client;
     this.stopping = false;

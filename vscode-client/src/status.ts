@@ -78,6 +78,15 @@ export function fixedWidth(text: string, width: number = STATUS_WIDTH): string {
   return text.length >= width ? text : text + FIGURE_SPACE.repeat(width - text.length);
 }
 
+/** A latency in 7 characters: "\u2007118 ms" below 10 s, then seconds ("\u200717.9 s", "\u2007\u2007123 s"):
+ *  a 17.9 s answer read "9999 ms" when milliseconds were capped at four digits. */
+export function latencyWords(ms: number): string {
+  const rounded = Math.round(ms);
+  const words =
+    rounded < 10000 ? `${rounded} ms` : ms < 99950 ? `${(ms / 1000).toFixed(1)} s` : `${Math.min(99999, Math.round(ms / 1000))} s`;
+  return FIGURE_SPACE.repeat(Math.max(0, 7 - words.length)) + words;
+}
+
 /** The state in words: "loading 42%", "ready 118 ms", "busy", "error", "off", ... */
 export function stateWords(status: ServerStatus, enabled: boolean): string {
   if (!enabled) return 'off';
@@ -86,8 +95,7 @@ export function stateWords(status: ServerStatus, enabled: boolean): string {
       return status.percentage !== undefined ? `loading ${status.percentage}%` : 'loading';
     case 'ready': {
       if (status.lastLatencyMs === undefined) return 'ready';
-      const ms = String(Math.min(9999, Math.round(status.lastLatencyMs)));
-      return `ready ${FIGURE_SPACE.repeat(4 - ms.length)}${ms} ms`;
+      return `ready ${latencyWords(status.lastLatencyMs)}`;
     }
     default:
       return status.state;

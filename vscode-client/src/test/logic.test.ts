@@ -4,7 +4,7 @@ import { RestartPolicy } from '../backoff';
 import { EventCounter, acceptedEvent, describeText, shownEvent } from '../events';
 import { modelLabel, parseModelSpec } from '../modelSpec';
 import { StderrLeveler } from '../logLevel';
-import { parseStatus, renderStatus } from '../status';
+import { latencyWords, parseStatus, renderStatus } from '../status';
 
 test('back-off doubles, caps, gives up, and resets after a stable run', () => {
   const p = new RestartPolicy({ initialMs: 1000, maxMs: 5000, stableMs: 60000, maxAttempts: 4 });
@@ -78,6 +78,11 @@ test('status: rendering per state, in words, at a fixed width', () => {
   assert.equal(ready.label, 'Code Llama: ready, micro');
   assert.match(ready.tooltip, /Model: \/m\/micro\.gguf\nLast model answer: 42 ms\nCached tokens: 12/);
   assert.equal(ready.severity, 'normal');
+  // long answers in seconds, not capped at "9999 ms" (a 17.9 s answer); always 7 characters
+  assert.equal(latencyWords(17900), `${F}17.9 s`);
+  assert.equal(latencyWords(9999.4), '9999 ms');
+  assert.equal(latencyWords(123456), `${F}${F}123 s`);
+  assert.equal(renderStatus({ state: 'ready', lastLatencyMs: 17900 }, true).text, `$(sparkle) Code Llama ready ${F}17.9 s`);
   const loading = renderStatus({ state: 'loading', percentage: 42 }, true);
   assert.equal(loading.text, `$(loading~spin) Code Llama loading 42%${F.repeat(2)}`);
   const busy = renderStatus({ state: 'busy' }, true);
