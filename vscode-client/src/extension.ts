@@ -281,6 +281,8 @@ class ServerManager {
   configurationChanged(e: vscode.ConfigurationChangeEvent): void {
     if (!e.affectsConfiguration(SECTION)) return;
     if (RESTART_KEYS.some((k) => e.affectsConfiguration(`${SECTION}.${k}`))) {
+      // said, not only logged: the user who just fixed the server path sees that it is being used
+      void vscode.window.showInformationMessage('Code Llama: server settings changed; restarting the server.');
       void this.restart('launch settings changed; restarting the server');
       return;
     }
@@ -344,8 +346,26 @@ async function searchPlaces(): Promise<SearchPlaces> {
 async function offerSetting(message: string, setting: string): Promise<void> {
   const open = 'Open Setting';
   const choice = await vscode.window.showErrorMessage(`Code Llama: ${message}`, open, 'Show Logs');
-  if (choice === open) await vscode.commands.executeCommand('workbench.action.openSettings', setting);
+  if (choice === open) await openSettingWhereItApplies(setting);
   else if (choice === 'Show Logs') await vscode.commands.executeCommand('codellama.showLogs');
+}
+
+/**
+ * Opens the settings editor where `setting` takes effect. The server settings are machine-scoped: in a
+ * remote window (Remote-SSH, WSL, dev containers) and in code-server VS Code reads them from the Remote
+ * settings, and the User tab shows "No Settings Found" for them.
+ */
+async function openSettingWhereItApplies(setting: string): Promise<void> {
+  const remote = vscode.env.remoteName !== undefined || vscode.env.uiKind === vscode.UIKind.Web;
+  if (remote) {
+    try {
+      await vscode.commands.executeCommand('workbench.action.openRemoteSettings', { query: setting });
+      return;
+    } catch {
+      // no remote settings here after all: the user settings below
+    }
+  }
+  await vscode.commands.executeCommand('workbench.action.openSettings', setting);
 }
 
 async function statusMenu(): Promise<void> {
