@@ -297,6 +297,17 @@ co = coroutine.create(function()
       end, 60000)
       report.restarted = true
     end
+
+    -- Another model: the statusline names it at once and while it loads (the server's loading status too).
+    local before = cl.status() and cl.status().model
+    vim.cmd('CodellamaModel demo')
+    report.status_new_model = cl.statusline()
+    local s = wait('the server loading the new model', function()
+      local st = cl.status()
+      return st and st.state == 'loading' and st.message == 'loading demo' and st
+    end, 30000)
+    report.server_loading_model = s.model
+    report.model_before = before
   end)
   finish(not ok and tostring(err) or nil)
 end)

@@ -773,11 +773,12 @@ local function client_config()
       local what = ('server exited (code %d, signal %d)'):format(code or -1, signal or 0)
       vim.schedule(function()
         clear()
+        -- what to do first: a statusline too narrow for the whole message still says it
         if not delay then
-          fail(what .. (' %d times in a row; not restarting (:CodellamaRestart)'):format(state.crashes - 1))
+          fail(('not restarting (:CodellamaRestart): %s %d times in a row'):format(what, state.crashes - 1))
           return
         end
-        fail(('%s; restarting in %d s'):format(what, delay / 1000))
+        fail(('restarting in %d s: %s'):format(delay / 1000, what))
         state.restart_timer = vim.defer_fn(function()
           state.restart_timer = nil
           M.restart_now()
@@ -894,15 +895,15 @@ function M.status()
   return state.status
 end
 
---- For 'statusline': "codellama: ready | micro | 42 ms". At most `max_width` characters (default: a third
---- of the screen, at least 30), cut at the end: Neovim cuts a statusline that is too long at its start,
+--- For 'statusline': "codellama: ready | micro | 42 ms". At most `max_width` characters (default: half
+--- the screen, at least 40), cut at the end: Neovim cuts a statusline that is too long at its start,
 --- which hid "codellama: error" and the file name behind a long message.
 function M.statusline(max_width)
   local text = state.enabled and logic.status_text(state.status) or 'codellama: off'
   if state.enabled and state.opts and state.opts.auto_trigger == false then
     text = text:gsub('^codellama: ready', 'codellama: ready (manual)')
   end
-  return logic.truncate(text, max_width or math.max(30, math.floor(vim.o.columns / 3)))
+  return logic.truncate(text, max_width or math.max(40, math.floor(vim.o.columns / 2)))
 end
 
 --- The options setup() was given, with the defaults (nil before setup()).
