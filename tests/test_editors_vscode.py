@@ -219,7 +219,7 @@ def test_vscode_ghost_text_end_to_end(micro_model, vsix: Path, tmp_path: Path) -
     for t in result["trials"]:
         assert t["ok"], f"{t}\nscreenshot: {out}\n{proc.stderr[-4000:]}"
         assert t["saved"].encode() == case.original.encode() and "\0" not in t["saved"]
-    first_line, rest = case.expected.split("\n", 1)
+    rest = case.expected.split("\n", 1)[1]
     for t in result["trials"]:
         if t.get("afterLineAccept") is not None:
             assert t["afterLineAccept"].rstrip() == ("\n" + rest).rstrip()
