@@ -417,7 +417,7 @@ def test_nvim_missing_server_says_so(tmp_path: Path) -> None:
         "vim.cmd('edit x.py')\n"
         "vim.defer_fn(function()\n"
         "  local f = io.open(vim.lsp.get_log_path(), 'rb'); local log = f and f:read('*a') or ''; if f then f:close() end\n"
-        f"  vim.fn.writefile({{vim.fn.json_encode({{status = require('codellama').statusline(), log = log}})}}, '{out}')\n"
+        f"  vim.fn.writefile({{vim.fn.json_encode({{status = require('codellama').statusline(), full = require('codellama').statusline(1000), log = log}})}}, '{out}')\n"
         "  vim.cmd('qall!')\n"
         "end, 500)\n"
     )
@@ -435,5 +435,7 @@ def test_nvim_missing_server_says_so(tmp_path: Path) -> None:
     )
     assert out.exists(), proc.stderr
     got = json.loads(out.read_text())
-    assert got["status"].startswith("codellama: error | codellama-lsp-not-installed not found"), got["status"]
+    assert got["full"].startswith("codellama: error | codellama-lsp-not-installed not found"), got["full"]
+    # the statusline's own text fits half the (80-column) screen, cut at its end: the state stays visible
+    assert got["status"] == got["full"][:37] + "...", got["status"]
     assert "codellama-lsp-not-installed not found" in got["log"]
