@@ -231,3 +231,4 @@ def test_vscode_ghost_text_end_to_end(micro_model, vsix: Path, tmp_path: Path) -
     assert manual["saved"].encode() == case.original.encode()
     assert result["ok"], f"{result.get('error')}\nscreenshot: {out / 'failure.png'}\n{proc.stderr[-4000:]}"
     assert result["toggled"] is True and result["restarted"] is True and result["recoveredFromCrash"] is True
+    assert result["cancelWarnings"] == [] and result["restartErrors"] == [], (result["cancelWarnings"], result["restartErrors"])

@@ -397,6 +397,12 @@ try {
   await page.locator('[aria-label^="Code Llama: ready"]').first().waitFor({ timeout: 60000 });
   result.restarted = true;
   mark('restarted');
+  // Normal typing and a requested restart leave no warnings or errors in the output channel (issue 24
+  // items 10, 11): cancelled requests are debug-level, a server stopped on request is no error.
+  await sleep(3000); // languageclient kills a server still there 2 s after `exit`
+  const logLines = extensionLog().split('\n');
+  result.cancelWarnings = logLines.filter((l) => /\[warning\]/.test(l) && /cancel/i.test(l));
+  result.restartErrors = logLines.filter((l) => /\[error\]/.test(l));
 
   // 11. A crash: kill the server (the process whose working directory is our workspace); the extension
   //     must start a new one after its back-off delay and get back to "ready".

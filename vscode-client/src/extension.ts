@@ -68,14 +68,23 @@ export async function deactivate(): Promise<void> {
  *  ours names the setting that fixes it, so one failed start gives one notification, not two. The message
  *  still goes to the log. */
 class CodeLlamaClient extends LanguageClient {
+  /** Set when we stop the server (Restart Server, a settings change, closing the window). */
+  stopRequested = false;
+
   override error(message: string, data?: unknown, showNotification: boolean | 'force' = true): void {
+    // vscode-languageclient kills a server that has not exited 2 s after `exit` (llama.cpp may take longer
+    // to free a model) and logs the signal as an error: after a stop we asked for, that is no error.
+    if (this.stopRequested && /^Server process exited with (signal|code)/.test(message)) {
+      this.info(`${message} (stopped on request)`, data, false);
+      return;
+    }
     super.error(message, data, showNotification === 'force' ? false : showNotification);
   }
 }
 
 /** Owns the LanguageClient: one per server process; a restart builds a fresh one. */
 class ServerManager {
-  private client: LanguageClient | undefined;
+  private client: CodeLlamaClient | undefined;
   private readonly policy = new RestartPolicy();
   private readonly item: vscode.StatusBarItem;
   private status: ServerStatus = { state: 'stopped' };
@@ -257,6 +266,7 @@ class ServerManager {
     this.client = undefined;
     if (!old) return;
     this.stopping = true;
+    old.stopRequested = true;
     try {
       await old.stop(5000);
     } catch (err) {
