@@ -151,7 +151,9 @@ class ServerManager {
     };
     const settings = serverSettings(get);
     const clientOptions: LanguageClientOptions = {
-      documentSelector: [{ scheme: 'file' }, { scheme: 'untitled' }],
+      // Notebook code cells too: each cell is a document of its own to the server, which takes the other
+      // open cells as extra context like other open files (and their languageId for the syntax rules).
+      documentSelector: [{ scheme: 'file' }, { scheme: 'untitled' }, { scheme: 'vscode-notebook-cell' }],
       initializationOptions: settings,
       outputChannel: this.log,
       traceOutputChannel: this.log,
