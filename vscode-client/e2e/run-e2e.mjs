@@ -235,7 +235,9 @@ async function runTrial(trial, t, index) {
       'the rest of the ghost after Ctrl+Down',
       async () => {
         const g = await ghostText();
-        return g.replace(/\s+$/, '') === rest.replace(/\s+$/, '') ? g : false;
+        // the rest starts with a line break: its first row is the empty end of the cursor's line
+        const norm = (x) => x.replace(/^\n+/, '').replace(/\s+$/, '');
+        return g.trim() !== '' && norm(g) === norm(rest) ? g : false;
       },
       5000,
       20,
