@@ -256,6 +256,50 @@ async function runTrial(trial, t, index) {
   }
 }
 
+/** The texts of the notification toasts on screen. */
+async function toasts() {
+  return page.evaluate(() => [...document.querySelectorAll('.notification-toast .notification-list-item-message')].map((e) => e.textContent ?? ''));
+}
+
+// The server is found nowhere (no .venv, not on PATH, no setting): one error notification naming the
+// setting; its "Open Setting" opens the settings editor where that (machine) setting takes effect -
+// code-server is a remote window, so the Remote tab, not "No Settings Found" in the User tab; setting it
+// there restarts the server, says so, and the server gets ready.
+async function missingServer() {
+  const m = { ok: false };
+  result.missing = m;
+  await page.locator('.monaco-workbench').click({ position: { x: 640, y: 300 } });
+  await openFile(cfg.openFile);
+  await waitFor('the "not found" notification', async () => (await toasts()).some((t) => /not found|did not start/.test(t)), 60000);
+  await sleep(3000); // a second notification for the same failure would be on screen by now
+  m.errorToasts = (await toasts()).filter((t) => t.includes('Code Llama') || /codellama/i.test(t));
+  const toast = page.locator('.notification-toast', { hasText: 'Code Llama' }).first();
+  await toast.hover();
+  await toast.locator('a.monaco-button, .monaco-button', { hasText: 'Open Setting' }).first().click();
+  await page.locator('.settings-editor').first().waitFor({ timeout: 15000 });
+  await sleep(1500);
+  m.settingsEditor = await page.evaluate(() => {
+    const ed = document.querySelector('.settings-editor');
+    const tab = ed?.querySelector('.settings-tabs-widget .action-item.checked, .settings-tabs-widget .checked');
+    const noResults = ed?.querySelector('.no-results-message');
+    return {
+      tab: tab?.textContent ?? '',
+      noResults: noResults && noResults.offsetParent !== null ? noResults.textContent ?? '' : '',
+      items: [...(ed?.querySelectorAll('.setting-item-label') ?? [])].map((e) => e.textContent ?? ''),
+      search: ed?.querySelector('.settings-header-widget textarea, .suggest-input-container textarea')?.value ?? '',
+    };
+  });
+  await page.screenshot({ path: join(outDir, 'open-setting.png') });
+  // the user sets it where the editor showed it: the Remote (machine) settings
+  const machine = join(userData, 'Machine', 'settings.json');
+  writeFileSync(machine, JSON.stringify({ ...cfg.settings, 'codellama.server.pythonPath': cfg.pythonPath }, null, 2));
+  await waitFor('the restart notification', async () => (await toasts()).some((t) => t.includes('restarting the server')), 30000);
+  m.restartToast = true;
+  await page.locator('[aria-label^="Code Llama: ready"]').first().waitFor({ timeout: cfg.readyTimeoutMs ?? 90000 });
+  m.ready = true;
+  m.ok = true;
+}
+
 try {
   // 1. Install the packaged extension, offline, into the isolated extensions folder.
   const install = spawnSync(cfg.codeServer, [...csArgs, '--install-extension', cfg.vsix], { env, encoding: 'utf8', timeout: 120000 });
@@ -295,6 +339,12 @@ try {
   await page.goto(`${base}/?folder=${encodeURIComponent(cfg.workspace)}`);
   await page.locator('.monaco-workbench').waitFor({ timeout: 90000 });
   mark('workbench loaded');
+
+  if (cfg.scenario === 'missing-server') {
+    await missingServer();
+    result.ok = result.missing?.ok === true;
+    throw null; // done: skip the trials (caught below, not an error)
+  }
 
   // 4. Keys typed before the language client has started are lost to didOpen: open a file, wait for the
   //    client, then for the server to say it is ready (model loaded).
@@ -426,7 +476,7 @@ try {
   mark('recovered from a crash');
   result.ok = result.trials.every((t) => t.ok) && (!cfg.manualTrial || result.manual?.ok === true);
 } catch (err) {
-  result.error = err instanceof Error ? `${err.message}\n${err.stack ?? ''}` : String(err);
+  if (err !== null) result.error = err instanceof Error ? `${err.message}\n${err.stack ?? ''}` : String(err);
   if (page) await page.screenshot({ path: join(outDir, 'failure.png') }).catch(() => undefined);
 } finally {
   saveLogs();
