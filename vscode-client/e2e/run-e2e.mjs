@@ -206,11 +206,28 @@ async function runTrial(trial, t, index) {
   await page.keyboard.press('Home'); // twice: the first may stop at the indentation
   await sleep(500); // the inline requests of the cursor move come and go before the first key
   const r0 = lastRequestNumber();
-  await page.keyboard.type(trial.typed, { delay: trial.delayMs });
-  const lastKey = Date.now();
+  // VS Code's word suggestions and the ghost (issue 24 item 13): `extra` (e.g. " w", which opens the word
+  // widget on "width") typed before the ghost came ("widget-first") or after it was shown ("ghost-first").
+  const extra = trial.extra ?? '';
+  await page.keyboard.type(trial.typed + (trial.extraWhen === 'widget-first' ? extra : ''), { delay: trial.delayMs });
+  let lastKey = Date.now();
   t.keys = trial.typed.length;
+  const widgetVisible = () => page.evaluate(() => !!document.querySelector('.editor-widget.suggest-widget.visible'));
+  let want = trial.expectedGhost;
+  if (trial.extraWhen === 'ghost-first') {
+    await waitFor('ghost text before the extra keys', async () => (await ghostText()).replace(/\s+$/, '') === want.replace(/\s+$/, ''), cfg.ghostTimeoutMs ?? 20000, 20);
+    await sleep(200);
+    for (const ch of extra) {
+      await page.keyboard.type(ch);
+      await sleep(trial.delayMs);
+    }
+    lastKey = Date.now();
+    // looked at as soon as the keys are in: the ghost stays (shortened) with the widget open
+    t.ghostRightAfterExtra = await ghostText();
+    t.widgetRightAfterExtra = await widgetVisible();
+  }
+  if (extra) want = want.slice(extra.length);
   // Ghost text must come by itself, at rest, with the default settings: no manual trigger.
-  const want = trial.expectedGhost;
   const ghost = await waitFor(
     `ghost text ${JSON.stringify(want)}`,
     async () => {
@@ -223,6 +240,7 @@ async function runTrial(trial, t, index) {
   );
   t.ghostLatencyMs = Date.now() - lastKey;
   t.ghostText = ghost;
+  t.widgetWithGhost = await widgetVisible();
   t.requests = lastRequestNumber() - r0;
   await page.screenshot({ path: join(outDir, index === 0 ? 'ghost.png' : `ghost-trial${index + 1}.png`) });
   await sleep(200); // a person's reaction time between seeing the ghost text and pressing Tab
