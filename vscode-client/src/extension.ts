@@ -30,7 +30,7 @@ import {
   TransportKind,
 } from 'vscode-languageclient/node';
 import { RestartPolicy } from './backoff';
-import { ACCEPT_COMMAND, CompletionEvent, EVENT_METHOD, EventCounter, acceptedEvent, shownEvent } from './events';
+import { ACCEPT_COMMAND, CompletionEvent, EVENT_METHOD, EventCounter, ShownTracker, acceptedEvent, shownEvent } from './events';
 import { LaunchError, type SearchPlaces, launchSpec } from './launch';
 import { StderrLeveler } from './logLevel';
 import { modelLabel, parseModelSpec } from './modelSpec';
@@ -89,6 +89,7 @@ class ServerManager {
   private readonly item: vscode.StatusBarItem;
   private status: ServerStatus = { state: 'stopped' };
   private readonly counter = new EventCounter();
+  private readonly shownTracker = new ShownTracker();
   private restartTimer: NodeJS.Timeout | undefined;
   private stopping = false;
 
@@ -201,7 +202,8 @@ class ServerManager {
           const texts = items.map((i) => (typeof i.insertText === 'string' ? i.insertText : i.insertText.value));
           const shown = shownEvent(document.languageId, texts, Date.now() - t0);
           if (shown) {
-            this.report(shown);
+            // the rest of a suggestion already shown (typed through, partly accepted) is not shown again
+            if (this.shownTracker.isNew(document.uri.toString(), texts[shown.index])) this.report(shown);
             items.forEach((item, index) => {
               // VS Code runs an item's command when the user accepts it: that is our "accepted" signal.
               item.command ??= { title: 'accepted', command: ACCEPT_COMMAND, arguments: [acceptedEvent(shown, index, texts[index])] };

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { RestartPolicy } from '../backoff';
-import { EventCounter, acceptedEvent, describeText, shownEvent } from '../events';
+import { EventCounter, ShownTracker, acceptedEvent, describeText, shownEvent } from '../events';
 import { modelLabel, parseModelSpec } from '../modelSpec';
 import { StderrLeveler } from '../logLevel';
 import { latencyWords, parseStatus, renderStatus } from '../status';
@@ -127,4 +127,13 @@ test('stderr lines keep the level the server logged them at', () => {
   assert.equal(l.level('  File "x.py", line 1'), 'error');
   assert.equal(l.level('DEBUG:pygls.protocol:Sending data'), 'debug');
   assert.equal(l.level(`INFO ${'x'.repeat(100)} ERROR late in the message`), 'info');
+});
+
+test('events: the rest of a suggestion (typed through, partly accepted) is not counted as shown again', () => {
+  const t = new ShownTracker();
+  assert.equal(t.isNew('file:///a.py', ' width < 0:\n    raise'), true);
+  assert.equal(t.isNew('file:///a.py', ' < 0:\n    raise'), false, 'after Ctrl+Right');
+  assert.equal(t.isNew('file:///a.py', '\n    raise'), false, 'after another');
+  assert.equal(t.isNew('file:///b.py', '\n    raise'), true, 'another file');
+  assert.equal(t.isNew('file:///b.py', 'x = 1'), true, 'another suggestion');
 });
