@@ -425,7 +425,7 @@ end
 --- Undoes what show_menu changed, once the completion is over.
 local function restore_menu()
   local m = state.menu
-  if not m then
+  if not m or m.opening then
     return
   end
   state.menu = nil
@@ -454,7 +454,11 @@ show_menu = function(start, words)
     set_cot(cot .. ',menuone')
   end
   state.menu = m
+  -- complete() ends the <C-x><C-o> attempt that is still pending (the omnifunc returned -2), which fires
+  -- CompleteDone inside this call: that one must not undo "menuone" before the menu is drawn.
+  m.opening = true
   vim.fn.complete(start + 1, words)
+  m.opening = false
 end
 
 --- 'omnifunc' (<C-x><C-o>): the completion as a menu entry, inserted where the server's range starts.
