@@ -159,6 +159,7 @@ local function run_trial(trial, index)
     end
     local s = wait('ghost text', function()
       local cur = cl.current()
+      r.last_ghost_seen = cur and cur.ghost or r.last_ghost_seen
       return cur and cur.ghost == want and cur
     end, 20000, 5)
     r.latency_ms = now_ms() - last_key
