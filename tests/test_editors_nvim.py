@@ -258,7 +258,13 @@ def readme_snippet() -> str:
 
 
 def run_as_user(
-    binary: str, micro_model: Any, tmp_path: Path, trials: list[dict[str, Any]], options: str = "", **cfg_extra: Any
+    binary: str,
+    micro_model: Any,
+    tmp_path: Path,
+    trials: list[dict[str, Any]],
+    options: str = "",
+    server_settings: dict[str, Any] | None = None,
+    **cfg_extra: Any,
 ) -> dict[str, Any]:
     """Runs nvim-client/tests/user_e2e.lua in ``binary`` with the README's snippet as init.lua (only the plugin
     path and the model filled in; ``options``, Lua table fields, added to the setup() call); returns its report."""
@@ -270,6 +276,10 @@ def run_as_user(
     )
     if options:
         init_text = init_text.replace("require('codellama').setup({\n", "require('codellama').setup({\n  " + options + "\n", 1)
+    if server_settings:
+        # after the model, in the snippet's own settings table
+        extra = "".join(f", {k} = {json.dumps(v)}" for k, v in server_settings.items())
+        init_text = init_text.replace(f"'{micro_model.gguf}'", f"'{micro_model.gguf}'{extra}", 1)
     init = tmp_path / "init.lua"
     init.write_text(init_text)
     report_path = tmp_path / "report.json"
@@ -390,7 +400,9 @@ def test_nvim_menu_and_manual_mode_on_0_11(micro_model, setup: str, tmp_path: Pa
     options = {"menu": "ghost_text = false, completion_items = true,", "manual": "auto_trigger = false,"}[setup]
     case = multiline_case(micro_model.files)
     trials = user_trials(case, tmp_path / "work", repeats=1)
-    report = run_as_user(wheel_nvim(), micro_model, tmp_path, trials, options, trials_only=True, manual=setup == "manual")
+    # the time budget of the plugin e2e test: on a loaded machine the default 2 s cut the memorised body short
+    budget = {"timeBudgetMs": SERVER_SETTINGS["timeBudgetMs"]}
+    report = run_as_user(wheel_nvim(), micro_model, tmp_path, trials, options, budget, trials_only=True, manual=setup == "manual")
     dest = ARTIFACTS / f"nvim-{setup}-wheel-0.11"
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "report.json").write_text(json.dumps(report, indent=2))
