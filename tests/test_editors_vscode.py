@@ -240,7 +240,9 @@ def test_vscode_ghost_text_end_to_end(micro_model, vsix: Path, tmp_path: Path) -
     rest = case.expected.split("\n", 1)[1]
     for t in result["trials"]:
         if t.get("afterLineAccept") is not None:
+            # Ctrl+Down took the first line, the rest stayed as ghost text; one Ctrl+Down a line took the rest
             assert t["afterLineAccept"].strip("\n").rstrip() == rest.rstrip()
+            assert t["lineAccepts"] == 3, t
     assert sum(1 for t in result["trials"] if t.get("afterLineAccept") is not None) == REPEATS
     # the word widget: whichever came first, the ghost is shown with the widget open and Tab takes the ghost
     # (the saved file above is the memorised one, " width" typed by hand included)

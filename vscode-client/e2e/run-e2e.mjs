@@ -260,9 +260,16 @@ async function runTrial(trial, t, index) {
       5000,
       20,
     );
-    await sleep(200);
+    // and the other lines, one Ctrl+Down each, until no ghost text is left
+    t.lineAccepts = 1;
+    while (t.lineAccepts < 8 && (await ghostText()).trim() !== '') {
+      await sleep(200);
+      await page.keyboard.press('Control+ArrowDown');
+      t.lineAccepts += 1;
+      await sleep(300);
+    }
   }
-  await page.keyboard.press('Tab');
+  if (!trial.acceptLine || (await ghostText()).trim() !== '') await page.keyboard.press('Tab');
   await sleep(300);
   await page.keyboard.press('Control+S');
   t.saved = await waitFor('the saved file to change', () => {
