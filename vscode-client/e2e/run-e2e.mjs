@@ -276,6 +276,13 @@ async function runTrial(trial, t, index) {
     const now = readFileSync(path, 'utf8');
     return now !== before ? now : false;
   }, 15000);
+  // On a loaded machine the file was seen written twice: first as typed, then with the accepted text (the
+  // editor shows the whole text, saved). What counts is the file once the save has settled.
+  if (t.saved !== trial.expectedSaved) {
+    await sleep(3000);
+    t.firstSaved = t.saved;
+    t.saved = readFileSync(path, 'utf8');
+  }
   if (t.saved !== trial.expectedSaved) {
     throw new Error(`expected the saved file to be the original, got ${JSON.stringify(t.saved.split('\n').slice(trial.line - 2, trial.line + 4))}`);
   }
@@ -399,11 +406,15 @@ try {
   // 8. Manual mode (codellama.autoTrigger: false): no ghost text by itself, however long the pause; the
   //    explicit request (Code Llama: Suggest Completions, Alt+\) still completes. Then back to automatic.
   if (cfg.manualTrial) {
-    const settingsFile = join(userData, 'User', 'settings.json');
+    // the Remote (machine) settings file: code-server picks up its changes from disk (the User file's it did not)
+    const settingsFile = join(userData, 'Machine', 'settings.json');
     const changes = () => (extensionLog().match(/settings changed/g) ?? []).length;
     const setAuto = async (on) => {
       const before = changes();
-      writeFileSync(settingsFile, JSON.stringify({ ...userSettings, 'codellama.autoTrigger': on }, null, 2));
+      // (with a long time budget: Suggest Completions asks for several candidates, which a loaded machine
+      // cut short within the default 2 s)
+      const manual = on ? {} : { 'codellama.autoTrigger': false, 'codellama.timeBudgetMs': 20000 };
+      writeFileSync(settingsFile, JSON.stringify({ ...(cfg.settings ?? {}), ...manual }, null, 2));
       await waitFor('the settings change to reach the extension', () => changes() > before, 15000);
     };
     await setAuto(false);
@@ -435,6 +446,7 @@ try {
         'ghost text after Suggest Completions',
         async () => {
           const g = await ghostText();
+          if (g.trim() !== '') m.lastGhostSeen = g;
           return g.replace(/\s+$/, '') === trial.expectedGhost.replace(/\s+$/, '') ? g : false;
         },
         cfg.ghostTimeoutMs ?? 20000,
@@ -448,6 +460,10 @@ try {
         const now = readFileSync(path, 'utf8');
         return now !== before ? now : false;
       }, 15000);
+      if (m.saved !== trial.expectedSaved) {
+        await sleep(3000); // the save settling (see runTrial)
+        m.saved = readFileSync(path, 'utf8');
+      }
       m.ok = true;
     } catch (err) {
       m.error = err instanceof Error ? err.message : String(err);
