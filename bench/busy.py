@@ -213,7 +213,9 @@ def complete_table(runs: dict[tuple[str, int], list[dict]]) -> tuple[str, list[s
             )
             if busy:
                 ok = printed == len(rs) and ratio <= 3.0
-                verdicts.append(f"{setting}: {'PASS' if ok else 'FAIL'} (printed {printed}/{len(rs)}, busy/idle {ratio:.2f}x <= 3)")
+                verdicts.append(
+                    f"{setting}: {'PASS' if ok else 'FAIL'} (printed {printed}/{len(rs)}, busy/idle {ratio:.2f}x <= 3)"
+                )
     return "\n".join(out), verdicts
 
 

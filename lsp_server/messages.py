@@ -83,7 +83,8 @@ class DocumentState:
     sha256: str
 
 
-_OPTIONAL = {"message", "percentage", "slow", "hint", "uri", "index", "candidates", "chars", "lines", "latency_ms"}  # left out when None
+_OPTIONAL = {"message", "percentage", "uri", "index", "candidates", "chars", "lines", "latency_ms"}  # left out when None
+_OPTIONAL |= {"slow", "hint"}  # the status's words while the time budget cuts answers
 
 
 def _camel(name: str) -> str:

@@ -132,5 +132,7 @@ class BudgetCuts:
             parts.append(f"the CPU is busy with other work (load {load:.1f} on {cores} cores)")
         parts.append("try a smaller model, fewer contextTokens, --threads, or a larger timeBudgetMs")
         if last.budget_ms < last.configured_ms:
-            parts.append(f"the budget follows your typing pauses ({last.budget_ms} ms now, at most timeBudgetMs {last.configured_ms})")
+            parts.append(
+                f"the budget follows your typing pauses ({last.budget_ms} ms now, at most timeBudgetMs {last.configured_ms})"
+            )
         return "; ".join(parts)

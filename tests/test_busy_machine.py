@@ -114,7 +114,7 @@ def slow_complete(delay_ms: int, *extra: str) -> tuple[subprocess.CompletedProce
 def test_complete_without_a_budget_waits_for_a_slow_model() -> None:
     """60 ms more per decode call: the demo completion takes about 3 s in the engine, longer than an editor's
     default budget (2,000 ms), which cut it to nothing before; the command waits and prints it."""
-    p, (generated, ms, stop) = slow_complete(60)
+    p, (_generated, ms, stop) = slow_complete(60)
     assert p.returncode == 0, p.stderr
     assert ms > 2000 and stop != "time", (ms, stop)
     assert p.stdout.strip(), "expected the completion on stdout"
@@ -122,7 +122,7 @@ def test_complete_without_a_budget_waits_for_a_slow_model() -> None:
 
 
 def test_complete_with_a_budget_says_that_it_cut() -> None:
-    p, (generated, ms, stop) = slow_complete(60, "--time-budget-ms", "300")
+    p, (generated, _ms, stop) = slow_complete(60, "--time-budget-ms", "300")
     assert p.returncode == 0, p.stderr
     assert stop == "time"
     said = [ln for ln in p.stderr.splitlines() if ln.startswith("codellama-lsp: ")]
@@ -147,7 +147,9 @@ async def test_the_status_says_when_the_budget_cuts_answers(tmp_path: Path) -> N
     env = {"CODELLAMA_TEST_DECODE_DELAY_MS": "80"}
     os.environ.update(env)  # server_env() copies this process's environment into the server's
     try:
-        async with lsp_session("demo", options={"timeBudgetMs": 300}, command=[*SLOW, "--stdio", "-v", "--log-file", str(log)]) as client:
+        async with lsp_session(
+            "demo", options={"timeBudgetMs": 300}, command=[*SLOW, "--stdio", "-v", "--log-file", str(log)]
+        ) as client:
             open_doc(client, "file:///w/demo.py", doc)
             before = len(client.status.items)
             await inline(client, "file:///w/demo.py", 6, 0)
