@@ -182,6 +182,20 @@ def keystroke_rows(results: list[dict]) -> list[dict]:
     return rows
 
 
+def keystroke_verdicts(rows: list[dict], busiest: int) -> list[str]:
+    """The issue's goal per model and setting: p50 with the most cores busy at most 3x the p50 with none."""
+    out = []
+    for r in rows:
+        if r["busy"] != busiest or not busiest:
+            continue
+        idle = next((x for x in rows if (x["model"], x["setting"], x["busy"]) == (r["model"], r["setting"], 0)), None)
+        if idle is None:
+            continue
+        ratio = r["p50_ms"] / idle["p50_ms"]
+        out.append(f"{r['model']} {r['setting']}: keystroke p50 busy/idle {ratio:.2f}x ({'PASS' if ratio <= 3 else 'FAIL'} <= 3)")
+    return out
+
+
 def keystroke_table(rows: list[dict]) -> str:
     out = ["| model | setting | busy cores | model requests | p50 ms | p95 ms | answered with text | cut by the budget |"]
     out.append("|" + "---|" * 8)
@@ -264,6 +278,8 @@ def main() -> None:
             print(notes[-2] + "; " + notes[-1].split(": ", 1)[1], file=sys.stderr)
     rows = keystroke_rows(results)
     print(keystroke_table(rows))
+    print()
+    print("\n".join(keystroke_verdicts(rows, max(loads))))
     out: dict = {"cpu": cpu_name(), "cores": cores, "notes": notes, "keystrokes": rows}
     if args.complete:
         runs: dict[tuple[str, int], list[dict]] = {}
