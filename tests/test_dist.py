@@ -181,5 +181,7 @@ def test_installed_lsp_session_over_stdio(installed: Installed) -> None:
 def test_one_version_everywhere() -> None:
     package = json.loads((REPO / "vscode-client" / "package.json").read_text())
     lock = json.loads((REPO / "vscode-client" / "package-lock.json").read_text())
-    assert package["version"] == VERSION, f"expected the extension's version to be pyproject's {VERSION}, got {package['version']}"
+    assert package["version"] == VERSION, (
+        f"expected the extension's version to be pyproject's {VERSION}, got {package['version']}"
+    )
     assert lock["version"] == lock["packages"][""]["version"] == VERSION
