@@ -98,6 +98,11 @@ T.test('per-filetype enablement and the status line', function()
   T.eq(L.status_text({ state = 'ready', model = '/m/micro.gguf', lastLatencyMs = 41.6 }), 'codellama: ready | micro | 42 ms')
   T.eq(L.status_text({ state = 'error', message = 'expected a GGUF file', lastLatencyMs = vim.NIL }), 'codellama: error | expected a GGUF file')
   T.eq(L.status_text({ state = 'loading', model = 'demo' }), 'codellama: loading | demo')
+  local downloading = 'downloading f.gguf: 12.5 of 36.9 MB, 3.1 MB/s'
+  T.eq(L.status_text({ state = 'loading', model = 'o/r:f.gguf', percentage = 34, message = downloading }),
+    'codellama: loading 34% | f | ' .. downloading)
+  T.eq(L.status_text({ state = 'loading', model = 'demo', percentage = vim.NIL }), 'codellama: loading | demo')
+  T.eq(L.status_text({ state = 'loading', model = 'demo', percentage = 0 / 0 }), 'codellama: loading | demo', 'NaN')
 end)
 
 T.test("the server's advised debounce only lengthens the configured one", function()

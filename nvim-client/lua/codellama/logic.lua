@@ -271,13 +271,18 @@ function M.status_text(status)
     return 'codellama: starting'
   end
   local parts = { 'codellama: ' .. status.state }
+  -- a download or a load: its percentage, and the server's words ("downloading f.gguf: 12.5 of 36.9 MB, 3.1 MB/s")
+  local pct = status.percentage
+  if status.state == 'loading' and type(pct) == 'number' and pct == pct then
+    parts[1] = ('codellama: loading %d%%'):format(math.max(0, math.min(100, math.floor(pct + 0.5))))
+  end
   if type(status.model) == 'string' and status.model ~= '' then
     table.insert(parts, ((status.model:match('[^/\\:]+$') or status.model):gsub('%.gguf$', '')))
   end
   if status.state == 'ready' and type(status.lastLatencyMs) == 'number' then
     table.insert(parts, ('%d ms'):format(math.floor(status.lastLatencyMs + 0.5)))
   end
-  if status.state == 'error' and type(status.message) == 'string' then
+  if (status.state == 'error' or status.state == 'loading') and type(status.message) == 'string' and status.message ~= '' then
     table.insert(parts, status.message)
   end
   return table.concat(parts, ' | ')
