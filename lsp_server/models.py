@@ -55,15 +55,21 @@ class ResolvedModel:
     summary: GGUFSummary
 
 
+def demo_path() -> Path | None:
+    """The shipped demo GGUF, or None when the package lost it."""
+    found = sorted(DEMO_DIR.glob("*.gguf")) if DEMO_DIR.is_dir() else []
+    return found[0] if found else None
+
+
 def resolve(spec: str, progress: Progress | None = None) -> ResolvedModel:
     spec = spec.strip()
     if not spec:
         raise ModelError("expected a model (a GGUF path, 'demo' or [hf:]REPO:FILE), got an empty string")
     if spec == "demo":
-        found = sorted(DEMO_DIR.glob("*.gguf")) if DEMO_DIR.is_dir() else []
-        if not found:
+        demo = demo_path()
+        if demo is None:
             raise ModelError(f"expected the demo model in {DEMO_DIR}/*.gguf, got no such file (reinstall the package)")
-        return ResolvedModel(found[0], "demo", "the shipped demo model", _checked(found[0]))
+        return ResolvedModel(demo, "demo", "the shipped demo model", _checked(demo))
     hub = hub_spec(spec)
     if hub is not None:
         repo, filename = hub
