@@ -244,3 +244,19 @@ def test_lsp_session_shows_the_download_progress(hub_factory, gguf_bytes: bytes,
         loading = [st for st in s.statuses() if st["state"] == "loading" and st.get("percentage") is not None]
         assert any((st.get("message") or "").startswith("downloading") for st in loading), s.statuses()
     assert len(hub.gets(FILE)) == 1
+
+
+def test_the_stand_in_answers_the_hubs_model_api(hub_factory) -> None:
+    """The stand-in's ``/api/models`` is what huggingface_hub's ``HfApi.model_info`` reads (the server does not call
+    it today; a client or a later picker may), including the gated answer."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError
+
+    from tests.fixtures.hub_server import COMMIT
+
+    hub: HubServer = hub_factory({HUB_REPO: {FILE: b"GGUF"}, "o/gated": {"x.gguf": b"GGUF"}}, HubFaults(gated={"o/gated": "t"}))
+    info = HfApi(endpoint=hub.url).model_info(HUB_REPO)
+    assert info.sha == COMMIT and [s.rfilename for s in info.siblings or []] == [FILE]
+    with pytest.raises(GatedRepoError):
+        HfApi(endpoint=hub.url, token=False).model_info("o/gated")
+    assert HfApi(endpoint=hub.url, token="t").model_info("o/gated").sha == COMMIT
