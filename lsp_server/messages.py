@@ -205,10 +205,8 @@ def read_models_params(params: object) -> ModelsParams | None:
     """``{folders?: string[], nCtx?: integer}`` or None (the caller answers InvalidParams)."""
     if params is None:
         return ModelsParams()
-    if isinstance(params, dict):
-        folders, n_ctx = params.get("folders"), params.get("nCtx")
-    else:  # pygls hands over unknown methods' params as an object with attributes
-        folders, n_ctx = getattr(params, "folders", None), getattr(params, "nCtx", None)
+    get = _getter(params)
+    folders, n_ctx = get("folders"), get("nCtx")
     if folders is not None and not (isinstance(folders, list) and all(isinstance(f, str) for f in folders)):
         return None
     if n_ctx is not None and not (isinstance(n_ctx, int) and not isinstance(n_ctx, bool) and 0 < n_ctx <= 1 << 24):
