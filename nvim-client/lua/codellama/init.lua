@@ -44,7 +44,8 @@ local defaults = {
     next = '<M-]>',
     prev = '<M-[>',
   },
-  n_ctx = nil, -- llama.cpp context (--n-ctx); nil: the server's choice
+  n_ctx = nil, -- llama.cpp context (--n-ctx), up to the model's trained length (Code Llama: 16384); nil: the server's choice
+  kv_type = nil, -- llama.cpp's KV cache type (--kv-type): 'q8_0' takes 17/32 of 'f16' (the default)
   n_gpu_layers = nil, -- --n-gpu-layers
 }
 
@@ -638,6 +639,9 @@ local function client_config()
   local cmd = vim.deepcopy(opts.cmd)
   if opts.n_ctx then
     vim.list_extend(cmd, { '--n-ctx', tostring(opts.n_ctx) })
+  end
+  if opts.kv_type then
+    vim.list_extend(cmd, { '--kv-type', opts.kv_type })
   end
   if opts.n_gpu_layers then
     vim.list_extend(cmd, { '--n-gpu-layers', tostring(opts.n_gpu_layers) })
