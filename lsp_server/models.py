@@ -12,7 +12,7 @@ In: the ``model`` setting / ``--model`` argument, one of
 - anything else: a path to a GGUF file.
 
 Out: the path of a file that passed ``gguf_check`` (a consistent, sane GGUF header), with its summary
-and where it came from, or a ``ModelError`` whose message says, in one line, what was expected and what was
+and where it came from (a download a killed process left half done is resumed, ``_resume_dead_partial``), or a ``ModelError`` whose message says, in one line, what was expected and what was
 found (the server shows it as an error status; the CLI prints it). While a file downloads, ``progress`` gets
 the percentage and "12.5 of 36.9 MB, 3.1 MB/s"; a fresh download is checked against the SHA-256 the Hub sent
 (its ETag) before llama.cpp reads it. Nothing is downloaded at import time; the tests download from a local
@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from codellama_core.gguf_check import GGUFCheckError, GGUFSummary, check_gguf
 
@@ -141,14 +143,64 @@ def _download(repo: str, filename: str, progress: Progress | None) -> Path:
     if progress:
         progress(f"fetching {repo}:{filename}", None)
     cached = try_to_load_from_cache(repo, filename)
+    verified = False
+    if not isinstance(cached, str) and not constants.HF_HUB_OFFLINE:
+        verified = _resume_dead_partial(repo, filename, _Report, progress)
     try:
         path = Path(hf_hub_download(repo, filename, tqdm_class=_Report))
     except (OSError, httpx.HTTPError, ValueError) as exc:  # huggingface_hub's errors are OSErrors; a proxy's, httpx's
         raise ModelError(_hub_error(repo, filename, exc, constants.HF_HUB_OFFLINE, constants.ENDPOINT)) from None
     if not (isinstance(cached, str) and Path(cached) == path):
-        _verify_sha256(repo, filename, path, progress)
+        if not verified:
+            _verify_sha256(repo, filename, path, progress)
         _remove_dead_partials(path)
     return path
+
+
+def _resume_dead_partial(repo: str, filename: str, tqdm_class: type[Any], progress: Progress | None) -> bool:
+    """Finish the partial download a killed process left (an editor closed mid-download), with a Range request.
+
+    huggingface_hub 1.x writes each download to ``blobs/<etag>.<random>.incomplete`` and starts every process's
+    download from zero (huggingface_hub PR 4228). When such a file of this very blob is there and no live process
+    holds the blob's lock (the lock is huggingface_hub's own, so a download in progress in another editor is waited
+    for, not raced), its bytes are kept: the rest is fetched with huggingface_hub's ``http_get`` (``Range:
+    bytes=N-``), checked against the SHA-256 the Hub announced, and moved into place as the blob, where
+    ``hf_hub_download`` then finds it. True when it did so (and checked the hash). Anything that goes wrong here
+    leaves the normal download to run."""
+    import httpx
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.file_download import http_get, repo_folder_name
+    from huggingface_hub.utils._fixes import WeakFileLock  # huggingface_hub.utils re-exports both, untyped
+    from huggingface_hub.utils._headers import build_hf_headers
+
+    folder = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo, repo_type="model")
+    if not any((folder / "blobs").glob("*.incomplete")):
+        return False  # the usual case: nothing to resume, no extra request
+    try:
+        meta = get_hf_file_metadata(hf_hub_url(repo, filename))
+        etag, size = meta.etag, meta.size
+        if not etag or not size or not re.fullmatch(r"[0-9a-f]{64}", etag):
+            return False
+        blob = folder / "blobs" / etag
+        lock = Path(constants.HF_HUB_CACHE) / ".locks" / folder.name / f"{etag}.lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with WeakFileLock(str(lock)):
+            partials = sorted(blob.parent.glob(f"{etag}.*.incomplete"), key=lambda q: q.stat().st_size, reverse=True)
+            if blob.exists() or not partials or not 0 < partials[0].stat().st_size <= size:
+                return False
+            partial, have = partials[0], partials[0].stat().st_size
+            log.info("%s:%s: resuming a partial download at %d of %d bytes", repo, filename, have, size)
+            headers = build_hf_headers()
+            if urlparse(meta.location).hostname != urlparse(constants.ENDPOINT).hostname:
+                headers.pop("authorization", None)  # a CDN: the token stays with the Hub (as huggingface_hub does)
+            with partial.open("ab") as f:
+                http_get(meta.location, f, resume_size=have, headers=headers, expected_size=size, tqdm_class=tqdm_class)
+            _verify_sha256(repo, filename, partial, progress, expected=etag)
+            os.replace(partial, blob)
+            return True
+    except (OSError, httpx.HTTPError, ValueError) as exc:
+        log.warning("%s:%s: could not resume the partial download (%s); downloading it whole", repo, filename, exc)
+        return False
 
 
 def _remove_dead_partials(path: Path) -> None:
@@ -171,12 +223,12 @@ def _download_text(done: float, total: float, new: float, seconds: float) -> str
     return f"{done / 1e6:.1f} of {total / 1e6:.1f} MB{speed}"
 
 
-def _verify_sha256(repo: str, filename: str, path: Path, progress: Progress | None) -> None:
+def _verify_sha256(repo: str, filename: str, path: Path, progress: Progress | None, expected: str | None = None) -> None:
     """A GGUF on the Hub is an LFS file: its cache blob is named by the SHA-256 that the Hub sent as the ETag.
     huggingface_hub checks only the size of a plain HTTP download, so a proxy or a disk that changed bytes would
     reach llama.cpp unnoticed; hashing once, right after the download, catches it."""
     blob = path.resolve()
-    expected = blob.name
+    expected = expected or blob.name
     if not re.fullmatch(r"[0-9a-f]{64}", expected):  # not an LFS blob (a git file): no SHA-256 to compare with
         return
     if progress:

@@ -11,9 +11,10 @@ its own empty Hugging Face cache. Out: pass/fail of
   to the served one, then the cache reused with the network gone (the stand-in stopped) and with
   ``HF_HUB_OFFLINE=1``: no request at all;
 - a connection dropped mid-file: huggingface_hub asks again with ``Range: bytes=N-`` and the file is complete
-  and identical; a download whose process is killed mid-way: huggingface_hub 1.x does not resume it across
-  processes (its partial files are per process since huggingface_hub PR 4228), so the next start downloads the
-  whole file again, and the dead process's partial file is removed;
+  and identical; a download whose process is killed mid-way: huggingface_hub 1.x would start it over (its
+  partial files are per process since huggingface_hub PR 4228), ``models.py`` resumes the dead process's
+  partial file with ``Range: bytes=N-`` (its own bytes kept, the file identical), and leaves a live download's
+  partial file alone (the second start waits on huggingface_hub's lock);
 - 404 (no repository, no file), 401 (a gated repository; the right ``HF_TOKEN`` opens it), a 5xx that
   passes (retried) and one that does not, offline with nothing cached, nothing listening: one-line errors
   that say what to do;
@@ -143,22 +144,44 @@ def test_dropped_connection_resumes_with_a_range_request(hub_factory, gguf_bytes
     assert not list(blobs(tmp_path).glob("*.incomplete"))
 
 
-def test_killed_download_starts_again_and_leaves_no_partial_file(hub_factory, gguf_bytes: bytes, tmp_path: Path) -> None:
+def test_killed_download_is_resumed_by_the_next_start(hub_factory, gguf_bytes: bytes, tmp_path: Path) -> None:
     hub: HubServer = hub_factory({HUB_REPO: {FILE: gguf_bytes}}, HubFaults(chunk=1 << 20, delay_s=0.2))
     proc = start_resolve(hub_env(tmp_path, hub.url))
     assert proc.stdout is not None
-    for line in proc.stdout:  # killed once the first percentage arrived (10 MB of 37 written)
-        if '"progress"' in line and "downloading" in line:
+    seen = 0
+    for line in proc.stdout:  # killed at the second percentage (huggingface_hub reports a chunk before writing it)
+        seen += '"progress"' in line and "downloading" in line
+        if seen == 2:
             break
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
-    left = list(blobs(tmp_path).glob("*.incomplete"))
-    assert left, "the killed process leaves its partial file behind"
+    (left,) = blobs(tmp_path).glob("*.incomplete")  # huggingface_hub's per-process partial file, left by the dead one
+    have = left.stat().st_size
+    assert 0 < have < len(gguf_bytes)
     hub.faults.delay_s = 0
     got = resolve_once(hub_env(tmp_path, hub.url))
-    assert sha256(got["path"]) == hub.sha256(FILE)
-    assert [g.range for g in hub.gets(FILE)] == [None, None], "huggingface_hub 1.x starts a new process's download over"
-    assert not list(blobs(tmp_path).glob("*.incomplete")), "the dead download's partial file is cleaned up"
+    assert sha256(got["path"]) == hub.sha256(FILE), "the resumed file is complete and identical"
+    assert [g.range for g in hub.gets(FILE)] == [None, f"bytes={have}-"], "the next start asks only for the rest"
+    pcts = [p for _, p in got["progress"] if p is not None]
+    assert pcts[0] >= 100 * have // len(gguf_bytes) and pcts[-1] == 100, got["progress"]
+    assert not list(blobs(tmp_path).glob("*.incomplete"))
+
+
+def test_a_live_download_is_waited_for_not_resumed(hub_factory, gguf_bytes: bytes, tmp_path: Path) -> None:
+    """A partial file of a download still running (another editor) is not touched: the second start waits on
+    huggingface_hub's lock and finds the finished blob (see also the two-servers test)."""
+    hub: HubServer = hub_factory({HUB_REPO: {FILE: gguf_bytes}}, HubFaults(delay_s=0.05))
+    env = hub_env(tmp_path, hub.url)
+    first = start_resolve(env)
+    assert first.stdout is not None
+    for line in first.stdout:
+        if "downloading" in line:
+            break
+    assert list(blobs(tmp_path).glob("*.incomplete"))
+    second = start_resolve(env)
+    a, b = finish(first), finish(second)
+    assert a["path"] == b["path"] and sha256(b["path"]) == hub.sha256(FILE)
+    assert [g.range for g in hub.gets(FILE)] == [None], "one download, no resume of a live one"
 
 
 @pytest.mark.parametrize(
@@ -227,7 +250,8 @@ def test_two_servers_asking_at_once_download_once(hub_factory, gguf_bytes: bytes
     a, b = finish(first), finish(second)
     assert a["path"] == b["path"] and sha256(a["path"]) == hub.sha256(FILE)
     assert len(hub.gets(FILE)) == 1, "the bytes are sent once"
-    assert len([s for s in hub.served if s.method == "HEAD"]) == 2
+    # one HEAD each, and once more when the second start saw the first's partial file (alive: waited for, not resumed)
+    assert len([s for s in hub.served if s.method == "HEAD"]) in (2, 3)
 
 
 def test_lsp_session_shows_the_download_progress(hub_factory, gguf_bytes: bytes, tmp_path: Path) -> None:
