@@ -12,11 +12,12 @@ In: the ``model`` setting / ``--model`` argument, one of
 - anything else: a path to a GGUF file.
 
 Out: the path of a file that passed ``gguf_check`` (a consistent, sane GGUF header), with its summary
-and where it came from (a download a killed process left half done is resumed, ``_resume_dead_partial``), or a ``ModelError`` whose message says, in one line, what was expected and what was
+and where it came from, or a ``ModelError`` whose message says, in one line, what was expected and what was
 found (the server shows it as an error status; the CLI prints it). While a file downloads, ``progress`` gets
-the percentage and "12.5 of 36.9 MB, 3.1 MB/s"; a fresh download is checked against the SHA-256 the Hub sent
-(its ETag) before llama.cpp reads it. Nothing is downloaded at import time; the tests download from a local
-stand-in for the Hub (tests/fixtures/hub_server.py, ``HF_ENDPOINT``), never from huggingface.co.
+the percentage and "12.5 of 36.9 MB, 3.1 MB/s"; a download that a killed process left half done is resumed
+(``_resume_dead_partial``); a fresh download is checked against the SHA-256 the Hub sent (its ETag) before
+llama.cpp reads it. Nothing is downloaded at import time; the tests download from a local stand-in for the
+Hub (tests/fixtures/hub_server.py, ``HF_ENDPOINT``), never from huggingface.co.
 """
 
 from __future__ import annotations
