@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--character", type=int, required=True, help="0-based column in UTF-16 code units (as LSP)")
     c.add_argument("--max-tokens", type=int, default=None)
     c.add_argument("--fim-order", choices=["spm", "psm"], default=None)
+    c.add_argument(
+        "--time-budget-ms", type=int, default=None, help="stop generating after this long (default: timeBudgetMs's 2000)"
+    )
     add_common(c)
     e = sub.add_parser("eval", help="HumanEval infilling through the completion pipeline (pip install 'codellama-lsp[eval]')")
     eval_mod.add_arguments(e)
@@ -86,6 +89,8 @@ def complete_file(args: argparse.Namespace) -> None:
         raw["maxTokens"] = args.max_tokens
     if args.fim_order is not None:
         raw["fimOrder"] = args.fim_order
+    if args.time_budget_ms is not None:
+        raw["timeBudgetMs"] = args.time_budget_ms
     settings, problems = config.parse(raw)
     for p in problems:
         print(f"codellama-lsp: {p}", file=sys.stderr)

@@ -147,7 +147,9 @@ def test_installed_wheel_is_what_runs(installed: Installed) -> None:
 
 
 def test_installed_complete_on_the_demo_offline(installed: Installed) -> None:
-    cmd = [str(installed.bin / "codellama-lsp"), "complete", "demo.py", "--line", "6", "--character", "0", "--model", "demo"]
+    # a busy machine must not cut the answer: no time budget to speak of (the default 2 s is for typing)
+    cmd = [str(installed.bin / "codellama-lsp"), "complete", "demo.py", "--line", "6", "--character", "0", "--model", "demo",
+           "--time-budget-ms", "600000"]  # fmt: skip
     proc = subprocess.run(cmd, cwd=installed.work, env=installed.env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip(), f"expected a completion on stdout, got none; stderr:\n{proc.stderr}"
@@ -159,7 +161,7 @@ def test_installed_lsp_session_over_stdio(installed: Installed) -> None:
     uri = (installed.work / "demo.py").as_uri()
     server = RawServer(command=[str(installed.bin / "codellama-lsp"), "--stdio", "-v"], env=installed.env, cwd=installed.work)
     with server as s:
-        reply = s.initialize("demo", timeout=300)
+        reply = s.initialize("demo", {"timeBudgetMs": 600000}, timeout=300)
         assert reply["result"]["serverInfo"]["version"] == VERSION
         ready = s.wait_status({"ready", "error"})
         assert ready["state"] == "ready", ready
