@@ -4,13 +4,13 @@ In: GGUF files (the shipped demo, the Hugging Face cache, folders the client nam
 cache type the server runs with, and this machine's memory. Out: ``ModelsReport`` - every GGUF found, read from
 its header with gguf-py (never loaded): size, quantization, trained context, FIM tokens found or not (by the
 same rules the engine uses, ``vocab.resolve_sentinels``), the memory it needs at the configured context and
-whether that fits; and ``KNOWN``, a short list of Code Llama GGUFs on the Hub (7B/13B/34B x Q4_K_M/Q5_K_M/Q8_0)
+whether that fits; and ``known_models()``, a short list of Code Llama GGUFs on the Hub (7B/13B/34B x Q4_K_M/Q5_K_M/Q8_0)
 with their download size and memory need computed from parameter counts, bits per weight and the KV cache size.
 
 Memory estimate (what llama.cpp allocates on a CPU): the weights (the file, memory-mapped) + the KV cache
 (2 x layers x context x KV heads x head size x bytes per element: f16 2, q8_0 34/32) + a compute buffer
-(``COMPUTE_BYTES_PER_CTX`` x context, the logits and attention scratch llama.cpp reports as "compute buffer",
-measured on the test models and 7B files at 4k-16k) + ``OVERHEAD_BYTES``. It is an estimate: the picker
+(``COMPUTE_BYTES_PER_CTX`` x context: llama.cpp reported 64 MiB at 16k for the 16k test model; larger models
+need somewhat more, not measured here) + ``OVERHEAD_BYTES``. It is an estimate: the picker
 warns when it exceeds the memory available now, it does not refuse.
 """
 
@@ -27,7 +27,7 @@ from codellama_core.gguf_check import GGUFCheckError, check_gguf
 from .vocab import resolve_sentinels
 
 KV_BYTES_PER_ELEMENT = {"f16": 2.0, "q8_0": 34 / 32, "f32": 4.0}  # q8_0: 32 int8 + one f16 scale per block
-COMPUTE_BYTES_PER_CTX = 4096  # llama.cpp's compute buffer grows with the context: ~64 MiB at 16k on a tiny model
+COMPUTE_BYTES_PER_CTX = 4096  # llama.cpp's compute buffer grows with the context: 64 MiB at 16k on the test model
 OVERHEAD_BYTES = 256 << 20  # the process itself: Python, the server, tree-sitter, llama.cpp's own tables
 
 
@@ -58,7 +58,8 @@ def available_memory() -> int | None:
 
 # ---- known Code Llama GGUFs on the Hub --------------------------------------------------------------------
 
-# bits per weight of llama.cpp's mixes on Llama shapes (file size x 8 / parameters of TheBloke's files)
+# bits per weight of llama.cpp's mixes on Llama shapes, about: file size x 8 / parameters of TheBloke's Code Llama
+# files (7B: Q4_K_M 4.08 GB, Q5_K_M 4.78 GB, Q8_0 7.16 GB as listed on the model card)
 BITS_PER_WEIGHT = {"Q4_K_M": 4.85, "Q5_K_M": 5.69, "Q8_0": 8.5}
 
 
