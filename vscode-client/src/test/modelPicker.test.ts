@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { formatBytes, parseModels, pickerEntries } from '../modelPicker';
+import { parseStatus, renderStatus } from '../status';
 
 // What lsp_server's codellama/models answers (tests/test_modelinfo.py checks the server's side).
 const answer = {
@@ -64,4 +65,12 @@ test('picker entries: sizes, FIM, memory, and the warnings asked before use', ()
 
 test('bytes are quoted as downloads are', () => {
   assert.deepEqual([formatBytes(4.08e9), formatBytes(36_879_616), formatBytes(500)], ['4.1 GB', '37 MB', '1 kB']);
+});
+
+test('a download in the status item: percentage in the text, size and speed in the tooltip', () => {
+  // what lsp_server/models.py reports while huggingface_hub downloads (tests/test_models_hub.py checks the server)
+  const message = 'downloading codellama-7b.Q4_K_M.gguf: 1402.0 of 4081.0 MB, 23.4 MB/s';
+  const view = renderStatus(parseStatus({ state: 'loading', model: 'TheBloke/CodeLlama-7B-GGUF:codellama-7b.Q4_K_M.gguf', percentage: 34, message }), true);
+  assert.match(view.text, /Code Llama loading 34%/);
+  assert.ok(view.tooltip.includes(`Server: loading (${message})`), view.tooltip);
 });
