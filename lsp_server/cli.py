@@ -39,6 +39,7 @@ NO_BUDGET_MS = 600_000  # `complete` without --time-budget-ms: the largest budge
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="codellama-lsp", description="Code Llama inline completion language server")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     add_common(p)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--stdio", action="store_true", help="serve over stdin/stdout (default)")
@@ -71,6 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
     eval_mod.add_arguments(e)
     add_common(e)
     return p
+
+
+def _version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("codellama-lsp")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "(not installed)"
 
 
 def complete_file(args: argparse.Namespace) -> None:
