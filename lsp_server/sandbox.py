@@ -22,9 +22,10 @@ arguments:
   ``/home``, ``/root`` (beyond the path to a Python installed there), no working tree, no host ``/tmp``, so
   no file-system Unix socket of a host service. Writable: an empty ``/tmp`` (the working directory, ``HOME``
   and ``TMPDIR``) and ``/dev/shm``, both size-limited tmpfs; the root itself is remounted read-only.
-- **Limits.** bwrap's pid namespace has bwrap as its init: when the program exits, or when the wall clock
-  runs out (this module then kills that init), the kernel kills every process left in the namespace, so a
-  ``fork(); setsid(); fork()`` grandchild dies with the run. Inside, before the program starts, the harness
+- **Limits.** bwrap's pid namespace has bwrap as its init. When the program exits, or when the wall clock
+  runs out, this module kills that init (through a pidfd from bwrap's ``--info-fd``) and waits for it: the
+  kernel kills everything left in the namespace first, so a ``fork(); setsid(); fork()`` grandchild is gone
+  when ``run`` returns (bwrap itself exits as soon as the program does, before that clean-up). Inside, before the program starts, the harness
   sets rlimits: ``RLIMIT_NPROC`` (tasks, threads included), ``RLIMIT_AS`` per address space,
   ``RLIMIT_CPU``, ``RLIMIT_FSIZE`` (also the size of its output), ``RLIMIT_NOFILE`` and no core dumps.
   The memory of the whole tree is bounded by ``processes x memory per process`` plus the two tmpfs sizes:
@@ -55,11 +56,13 @@ import contextlib
 import json
 import os
 import secrets
+import select
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -222,17 +225,39 @@ def _tail(f: IO[bytes]) -> bytes:
     return f.read()
 
 
-def _kill_tree(proc: subprocess.Popen[bytes], info_r: int) -> None:
-    """Kill the sandbox's pid-namespace init (the kernel then kills everything in it), then bwrap."""
-    with contextlib.suppress(OSError, ValueError, KeyError):
-        info = json.loads(os.read(info_r, 4096).decode().split("}")[0] + "}")
-        if proc.poll() is None:  # bwrap has not reaped its child: the pid is still that child's
-            pidfd = os.pidfd_open(int(info["child-pid"]))
-            try:
+def _init_pidfd(info_r: int, deadline: float) -> int | None:
+    """A pidfd of the sandbox's pid-namespace init, from bwrap's ``--info-fd`` (None if bwrap failed first).
+
+    Opened while bwrap, its parent, runs the program, so the pid is still that init's. bwrap itself exits as
+    soon as the program does, before its init has killed what the program left (and does so only because
+    ``--die-with-parent`` then kills it): the pidfd is how a run waits for that.
+    """
+    buf = b""
+    while b"}" not in buf:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([info_r], [], [], left)[0]:
+            return None
+        chunk = os.read(info_r, 4096)
+        if not chunk:  # bwrap closed it without a word: it could not start
+            return None
+        buf += chunk
+    try:
+        return os.pidfd_open(int(json.loads(buf[: buf.index(b"}") + 1])["child-pid"]))
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _end(proc: subprocess.Popen[bytes], pidfd: int | None) -> None:
+    """Kill the namespace's init and wait until it is gone: the kernel has then killed and reaped everything
+    in the namespace (an init exits only after its namespace is empty). Then bwrap, if it still runs."""
+    if pidfd is not None:
+        try:
+            with contextlib.suppress(ProcessLookupError):
                 signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-            finally:
-                os.close(pidfd)
-    try:  # bwrap exits once its child, the namespace's init, is gone: all of the namespace is then gone
+            select.select([pidfd], [], [], 30)  # readable once it exited
+        finally:
+            os.close(pidfd)
+    try:
         proc.wait(timeout=5)
     except subprocess.TimeoutExpired:
         proc.kill()
@@ -248,7 +273,6 @@ def run(program: str, limits: Limits | None = None, unconfined: bool = False) ->
     limits = limits or Limits()
     nonce = secrets.token_hex(16).encode()
     info_r, info_w = os.pipe()
-    os.set_blocking(info_r, False)
     try:
         cmd = _command(limits, info_w, unconfined)
         with contextlib.ExitStack() as stack:
@@ -266,8 +290,10 @@ def run(program: str, limits: Limits | None = None, unconfined: bool = False) ->
             )
             os.close(info_w)
             info_w = -1
+            deadline = time.monotonic() + limits.timeout_s
+            pidfd = None if unconfined else _init_pidfd(info_r, deadline)
             try:
-                code: int | None = proc.wait(timeout=limits.timeout_s)
+                code: int | None = proc.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 code = None
             finally:
@@ -275,8 +301,8 @@ def run(program: str, limits: Limits | None = None, unconfined: bool = False) ->
                     with contextlib.suppress(ProcessLookupError):
                         os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
-                elif proc.returncode is None:
-                    _kill_tree(proc, info_r)
+                else:
+                    _end(proc, pidfd)
             out, err = _tail(fout), _tail(ferr)
     finally:
         os.close(info_r)
