@@ -12,7 +12,6 @@ confine programs fails these tests (the fixture's error says how to fix it), it 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -28,6 +27,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,12 +50,13 @@ def hostile(code: str, limits: sandbox.Limits | None = None) -> sandbox.Result:
     return sandbox.run(textwrap.dedent(code), limits)
 
 
-NOBODY_DRIVER = """
+DRIVER = """
 import dataclasses, json, sys
 from lsp_server import sandbox
 a = json.load(sys.stdin)
-sandbox.check()
-print(json.dumps(dataclasses.asdict(sandbox.run(a["code"], sandbox.Limits(**a["limits"])))))
+if not a["unconfined"]:
+    sandbox.check()
+print(json.dumps(dataclasses.asdict(sandbox.run(a["code"], sandbox.Limits(**a["limits"]), a["unconfined"]))))
 """
 SYSTEM_PYTHON = Path("/usr/bin/python3")
 
@@ -65,19 +66,22 @@ class Runner:
     """Runs hostile programs as this user (as root: the outer-bwrap, setpriv, inner-bwrap chain), or, when the
     tests run as root, also as an unprivileged user (nobody, with the system's Python, which nobody can
     read): the one-bwrap path that CI and every ordinary user take. ``prefix`` starts a host process as that
-    user (a victim of the same uid)."""
+    user (a victim of the same uid). With ``env``, the sandbox runs from a fresh process started with that
+    environment, so that it is in that process's ``/proc/<pid>/environ`` as an API key would be."""
 
     name: str
     prefix: list[str]
+    python: str
 
-    def __call__(self, code: str, limits: sandbox.Limits | None = None, env: dict[str, str] | None = None) -> sandbox.Result:
+    def __call__(
+        self, code: str, limits: sandbox.Limits | None = None, env: dict[str, str] | None = None, unconfined: bool = False
+    ) -> sandbox.Result:
         code = textwrap.dedent(code)
-        if not self.prefix:
-            with _environ(env or {}):
-                return sandbox.run(code, limits)
-        args = {"code": code, "limits": dataclasses.asdict(limits or sandbox.Limits())}
+        if not self.prefix and env is None:
+            return sandbox.run(code, limits, unconfined)
+        args = {"code": code, "limits": dataclasses.asdict(limits or sandbox.Limits()), "unconfined": unconfined}
         p = subprocess.run(
-            [*self.prefix, str(SYSTEM_PYTHON), "-c", NOBODY_DRIVER],
+            [*self.prefix, self.python, "-c", DRIVER],
             input=json.dumps(args),
             capture_output=True,
             text=True,
@@ -89,27 +93,13 @@ class Runner:
         return sandbox.Result(**json.loads(p.stdout))
 
 
-@contextlib.contextmanager
-def _environ(extra: dict[str, str]) -> Iterator[None]:
-    saved = {k: os.environ.get(k) for k in extra}
-    os.environ.update(extra)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 @pytest.fixture(params=["this-user", "nobody"])
 def runner(request: pytest.FixtureRequest) -> Runner:
     if request.param == "this-user":
-        return Runner("this-user", [])
+        return Runner("this-user", [], sys.executable)
     if os.geteuid() != 0 or not SYSTEM_PYTHON.exists() or not shutil.which("setpriv"):
         pytest.skip("the unprivileged path is the this-user case here (not root, or no /usr/bin/python3 or setpriv)")
-    return Runner("nobody", ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"])
+    return Runner("nobody", ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"], str(SYSTEM_PYTHON))
 
 
 def procs_with(token: str) -> list[int]:
@@ -249,8 +239,7 @@ def test_environment_of_this_process_is_not_readable(runner: Runner) -> None:
     secret = "sk-" + secrets.token_hex(20)
     # what `eval --engine openai` would hold, in the environment of the process that runs the sandbox
     env = {"OPENAI_API_KEY": secret, "CODELLAMA_SANDBOX_TEST_SECRET": secret}
-    r = runner(
-        """
+    code = """
         import os
         found = {k: v for k, v in os.environ.items() if "KEY" in k or "SECRET" in k}
         for pid in [os.getppid(), 1, *(int(p) for p in os.listdir("/proc") if p.isdigit())]:
@@ -265,12 +254,14 @@ def test_environment_of_this_process_is_not_readable(runner: Runner) -> None:
                         found[f"{pid}/{what}"] = item.decode()
         print("found", found)
         assert found
-        """,
-        env=env,
-    )
+        """
+    r = runner(code, env=env)
     assert r.status == "failed", r
     assert "found {}" in r.stdout, r.stdout
     assert secret not in r.stdout + r.stderr
+    # the same program unconfined finds it (in its parent's /proc/<pid>/environ): the probe itself works
+    unconfined = runner(code, env=env, unconfined=True)
+    assert unconfined.status == "passed" and secret in unconfined.stdout, unconfined
 
 
 def test_unix_socket_of_a_host_service_is_unreachable(runner: Runner, outside: Path) -> None:
@@ -574,12 +565,14 @@ def test_all_canonical_solutions_pass() -> None:
     """All 164 problems' canonical solutions pass in the sandbox (the limits do not fail honest code)."""
     problems = ev.load_problems()
     tasks = {t.problem: t for t in ev.build_tasks("random-span-light", problems)}
-    failed = [
-        p["task_id"]
-        for p in problems
-        if ev.run_sandboxed(ev.program(p, tasks[p["task_id"]], tasks[p["task_id"]].middle)) != "passed"
-    ]
-    assert failed == []
+
+    def run(p: dict) -> str:
+        task = tasks[p["task_id"]]
+        return ev.run_sandboxed(ev.program(p, task, task.middle))
+
+    with ThreadPoolExecutor(max_workers=2) as pool:  # as `eval --jobs 2` runs them: concurrent sandboxes
+        results = list(pool.map(run, problems))
+    assert [p["task_id"] for p, r in zip(problems, results, strict=True) if r != "passed"] == []
 
 
 # ---- refusing to run unconfined ----------------------------------------------------------------------------
