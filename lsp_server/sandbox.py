@@ -150,7 +150,8 @@ def _python() -> tuple[str, list[Path]]:
     except ValueError:
         inside = exe.resolve()
     roots = {prefix, Path(sys.base_prefix).resolve(), exe.resolve().parent.parent}
-    return str(inside), sorted(r for r in roots if not _under(r, Path("/usr")))
+    # /usr is bound whole; a root inside another root comes with it
+    return str(inside), sorted(r for r in roots if not any(_under(r, o) for o in roots - {r} | {Path("/usr")}))
 
 
 def _under(path: Path, root: Path) -> bool:
@@ -166,17 +167,17 @@ def _view(roots: list[Path], limits: Limits) -> list[str]:
             args += ["--symlink", os.readlink(p), str(p)]
         elif p.is_dir():
             args += ["--ro-bind", str(p), str(p)]
-    made: set[Path] = set()
-    for root in roots:
-        # bwrap creates missing parents 0700 (as root): make them traversable for the unprivileged program
-        for parent in reversed(root.parents):
-            if parent != Path("/") and parent not in made and not _under(parent, Path("/usr")):
-                args += ["--perms", "0755", "--dir", str(parent)]
-                made.add(parent)
-        args += ["--ro-bind", str(root), str(root)]
     args += ["--proc", "/proc", "--dev", "/dev"]
     args += ["--perms", "1777", "--size", str(limits.tmp_mb << 20), "--tmpfs", "/tmp"]
     args += ["--perms", "1777", "--size", str(1 << 20), "--tmpfs", "/dev/shm"]
+    made: set[Path] = set()
+    for root in roots:  # after /tmp's tmpfs, so that a virtual environment under /tmp is not hidden by it
+        # bwrap creates missing parents 0700 (as root): make them traversable for the unprivileged program
+        for parent in reversed(root.parents):
+            if parent not in made and str(parent) not in ("/", "/tmp"):
+                args += ["--perms", "0755", "--dir", str(parent)]
+                made.add(parent)
+        args += ["--ro-bind", str(root), str(root)]
     args += ["--remount-ro", "/", "--chdir", "/tmp", "--hostname", "sandbox", "--clearenv"]
     for k, v in (("PATH", "/usr/bin:/bin"), ("HOME", "/tmp"), ("TMPDIR", "/tmp"), ("LANG", "C.UTF-8")):
         args += ["--setenv", k, v]
