@@ -355,7 +355,7 @@ if os.fork() == 0:
         os.execv(sys.executable, [sys.executable, "-c", "import time; time.sleep(120)", "{token}"])
     os._exit(0)
 os.wait()
-time.sleep(1.0)
+time.sleep(2.0)
 {end}
 """
 
@@ -378,7 +378,7 @@ def test_no_grandchild_survives_the_run(runner: Runner, end: str, status: str) -
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
-        r = runner(GRANDCHILD.format(token=token, end=end), sandbox.Limits(timeout_s=4))
+        r = runner(GRANDCHILD.format(token=token, end=end), sandbox.Limits(timeout_s=6))
     finally:
         done.set()
         watcher.join()
@@ -446,7 +446,7 @@ def test_memory_of_the_whole_tree_is_bounded(runner: Runner) -> None:
     # every process takes what it can, all at once: the sum stays under the budget
     r = runner(
         """
-        import os, time
+        import os
         def hog():
             got = []
             try:
@@ -455,6 +455,7 @@ def test_memory_of_the_whole_tree_is_bounded(runner: Runner) -> None:
             except MemoryError:
                 return 8 * len(got)
         r, w = os.pipe()
+        hold, release = os.pipe()  # every child holds its memory until the parent has taken its own
         pids = []
         for _ in range(8):
             try:
@@ -462,15 +463,20 @@ def test_memory_of_the_whole_tree_is_bounded(runner: Runner) -> None:
             except OSError:
                 break
             if pid == 0:
+                os.close(release)
                 os.write(w, b"%d\\n" % hog())
-                time.sleep(1)  # hold it while the others take theirs
+                os.read(hold, 1)
                 os._exit(0)
             pids.append(pid)
+        os.close(hold)
         mine = hog()
+        buf = b""
+        while buf.count(b"\\n") < len(pids):  # one line from each child
+            buf += os.read(r, 64)
+        got = [int(x) for x in buf.split()] + [mine]
+        os.close(release)
         for p in pids:
             os.waitpid(p, 0)
-        os.close(w)
-        got = [int(x) for x in os.read(r, 4096).split()] + [mine]
         print("processes", len(got), "MiB", sum(got))
         """
     )
