@@ -21,13 +21,14 @@ arguments:
   and the virtual environment (``sys.prefix``, whose site-packages the program may import). No ``/etc``,
   ``/home``, ``/root`` (beyond the path to a Python installed there), no working tree, no host ``/tmp``, so
   no file-system Unix socket of a host service. Writable: an empty ``/tmp`` (the working directory, ``HOME``
-  and ``TMPDIR``) and ``/dev/shm``, both size-limited tmpfs; the root itself is remounted read-only.
+  and ``TMPDIR``; 64 MiB) and ``/dev/shm`` (1 MiB), size-limited tmpfs; the root is remounted read-only.
 - **Limits.** bwrap's pid namespace has bwrap as its init. When the program exits, or when the wall clock
   runs out, this module kills that init (through a pidfd from bwrap's ``--info-fd``) and waits for it: the
   kernel kills everything left in the namespace first, so a ``fork(); setsid(); fork()`` grandchild is gone
-  when ``run`` returns (bwrap itself exits as soon as the program does, before that clean-up). Inside, before the program starts, the harness
-  sets rlimits: ``RLIMIT_NPROC`` (tasks, threads included), ``RLIMIT_AS`` per address space,
-  ``RLIMIT_CPU``, ``RLIMIT_FSIZE`` (also the size of its output), ``RLIMIT_NOFILE`` and no core dumps.
+  when ``run`` returns (bwrap itself exits as soon as the program does, before that clean-up). Inside,
+  before the program starts, the harness sets rlimits: ``RLIMIT_NPROC`` (tasks, threads included),
+  ``RLIMIT_AS`` per address space, ``RLIMIT_CPU``, ``RLIMIT_FSIZE`` (also the size of its output),
+  ``RLIMIT_NOFILE`` and no core dumps.
   The memory of the whole tree is bounded by ``processes x memory per process`` plus the two tmpfs sizes:
   ``RLIMIT_NPROC`` counts the tasks of one uid *in one user namespace* (Linux 5.14+ ucounts), and the program
   runs in a user namespace of its own in which its uid has no other process, so the count starts at the
