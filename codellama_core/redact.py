@@ -16,9 +16,9 @@ import urllib.parse
 LIMIT = 300  # characters of one message; a status item or a popup shows far fewer
 
 _USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^/@\s:]*):(?P<password>[^/@\s]*)@")
-_AUTH = re.compile(r"(?i)\b(bearer|basic|token)(\s+|=|:\s*)(?P<secret>[^\s'\"]+)")
+_AUTH = re.compile(r"(?i)\b(bearer|basic)(\s+)(?P<secret>[^\s'\"]+)")
 _PAIRS = re.compile(
-    r"(?i)\b(api[_-]?key|apikey|password|passwd|secret|access[_-]?token)(['\"]?\s*[:=]\s*['\"]?)(?P<secret>[^\s'\",}]+)"
+    r"(?i)\b(api[_-]?key|apikey|password|passwd|secret|token|access[_-]?token)(['\"]?\s*[:=]\s*['\"]?)(?P<secret>[^\s'\",}]+)"
 )
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]")
 
@@ -43,7 +43,8 @@ def cap(text: str, limit: int = LIMIT) -> str:
 
 def message(text: str, limit: int = LIMIT) -> str:
     """What a popup, a status or a log line may show of ``text``: secrets out, one line, at most ``limit``."""
-    return cap(one_line(secrets_out(text)), limit)
+    # one line first: a secret with a line break in it is then one word, replaced whole
+    return cap(secrets_out(one_line(text)), limit)
 
 
 def public_url(url: str) -> str:
