@@ -609,7 +609,7 @@ def test_an_accepted_event_starts_the_prefetch() -> None:
     one too, so the event's is the second)."""
     s = RawServer()
     try:
-        s.initialize("demo", {"maxTokens": 16})
+        s.initialize("demo", {"maxTokens": 16, "timeBudgetMs": 30000})
         uri = "file:///w/accept.py"
         text = "def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    \n"
         open_doc(s, uri, text)
