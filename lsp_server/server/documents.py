@@ -22,6 +22,7 @@ from .status import StatusReporting
 
 log = logging.getLogger("lsp_server.server")
 _WORD_BEFORE = re.compile(r"\w+\Z")
+MAX_NEIGHBOR_CHARS = 1 << 20  # an open document larger than this is no other file's context (it is copied per request)
 
 
 class Documents(StatusReporting):
@@ -81,7 +82,8 @@ class Documents(StatusReporting):
             return None
         others = tuple(
             self.neighbor_view(d) for d in self.workspace.text_documents.values()
-            if d.uri != doc.uri and d.language_id == doc.language_id and not self.is_excluded(d)
+            if d.uri != doc.uri and d.language_id == doc.language_id and len(d.source) <= MAX_NEIGHBOR_CHARS
+            and not self.is_excluded(d)
         )  # fmt: skip
         return pipeline.Extra(self.neighbors, self.neighbor_view(doc, text), others)
 
