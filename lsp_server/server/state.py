@@ -72,7 +72,6 @@ class ServerState(LanguageServer):
         self._inflight = 0  # completion requests awaiting the engine
         self._busy_timer: asyncio.TimerHandle | None = None  # shows "busy" once a request runs BUSY_AFTER_S
         self._busy_shown = False
-        self._trim_timer: asyncio.TimerHandle | None = None  # malloc_trim once idle (memory.py)
         self.events: collections.Counter[tuple[str, str]] = collections.Counter()  # (kind, language) -> count
         # completions (completion.py, events.py)
         self.cache = TypeThroughCache()

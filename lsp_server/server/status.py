@@ -17,7 +17,6 @@ from lsprotocol import types
 from codellama_core import redact
 
 from .. import messages
-from . import memory
 from .state import ServerState
 
 BUSY_AFTER_S = 0.3  # a request running longer than this shows "busy"; shorter ones leave "ready" alone
@@ -72,15 +71,8 @@ class StatusReporting(ServerState):
 
     def _job_started(self) -> None:
         self._inflight += 1
-        if self._trim_timer is not None:
-            self._trim_timer.cancel()
-            self._trim_timer = None
         if self._inflight == 1 and self._busy_timer is None:
             self._busy_timer = asyncio.get_running_loop().call_later(BUSY_AFTER_S, self._show_busy)
-
-    def _trim_memory(self) -> None:
-        self._trim_timer = None
-        memory.trim()
 
     def _show_busy(self) -> None:
         self._busy_timer = None
@@ -93,8 +85,6 @@ class StatusReporting(ServerState):
         self._inflight -= 1
         if self._inflight:
             return
-        if self._trim_timer is None:  # idle now: give freed memory back once the burst of keys is over
-            self._trim_timer = asyncio.get_running_loop().call_later(memory.IDLE_S, self._trim_memory)
         if self._busy_timer is not None:
             self._busy_timer.cancel()
             self._busy_timer = None
