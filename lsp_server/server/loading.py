@@ -148,8 +148,11 @@ class ModelLoading(StatusReporting):
 
     def _load_failed(self, generation: int, spec: str, exc: Exception, token: str, progress: bool) -> None:
         known = isinstance(exc, (models.ModelError, EngineError))
-        message = str(exc) if known else f"expected to load {spec}, got {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
-        message, shown_spec = redact.message(message, 1000), redact.message(spec, 200)
+        shown_spec = redact.message(spec, 120)  # a long spec must not push the reason out of a capped message
+        reason = redact.message(" ".join(str(exc).split()), 300)
+        message = (
+            redact.message(str(exc), 1000) if known else f"expected to load {shown_spec}, got {type(exc).__name__}: {reason}"
+        )
         if not known:
             log.error("model %s: unexpected failure", shown_spec, exc_info=exc)
         current = generation == self._load_generation
