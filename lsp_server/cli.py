@@ -38,6 +38,7 @@ TOKEN_ENV = "CODELLAMA_LSP_TOKEN"
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="codellama-lsp", description="Code Llama inline completion language server")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     add_common(p)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--stdio", action="store_true", help="serve over stdin/stdout (default)")
@@ -70,11 +71,23 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--character", type=int, required=True, help="0-based column in UTF-16 code units (as LSP)")
     c.add_argument("--max-tokens", type=int, default=None)
     c.add_argument("--fim-order", choices=["spm", "psm"], default=None)
+    c.add_argument(
+        "--time-budget-ms", type=int, default=None, help="stop generating after this long (default: timeBudgetMs's 2000)"
+    )
     add_common(c)
     e = sub.add_parser("eval", help="HumanEval infilling through the completion pipeline (pip install 'codellama-lsp[eval]')")
     eval_mod.add_arguments(e)
     add_common(e)
     return p
+
+
+def _version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("codellama-lsp")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "(not installed)"
 
 
 def complete_file(args: argparse.Namespace) -> None:
@@ -89,6 +102,8 @@ def complete_file(args: argparse.Namespace) -> None:
         raw["maxTokens"] = args.max_tokens
     if args.fim_order is not None:
         raw["fimOrder"] = args.fim_order
+    if args.time_budget_ms is not None:
+        raw["timeBudgetMs"] = args.time_budget_ms
     settings, problems = config.parse(raw)
     for p in problems:
         print(f"codellama-lsp: {p}", file=sys.stderr)
