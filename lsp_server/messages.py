@@ -52,6 +52,9 @@ class Status:
     debounce_ms: int  # the debounce the server advises the clients
     message: str | None = None  # words for the user (an error, a warning, what is loading)
     percentage: int | None = None  # loading progress 0-100
+    cut_answers: int = 0  # of the last few model answers, how many the time budget cut (pacing.BudgetCuts)
+    slow: str | None = None  # while answers are being cut: "answers cut at 2.0 s"; shown instead of "ready"
+    hint: str | None = None  # with slow: what the user can do (smaller model, fewer context tokens, threads)
     schema_version: int = VERSION
 
 
@@ -134,6 +137,7 @@ class Models:
 
 
 _OPTIONAL = {"message", "percentage", "uri", "index", "candidates", "chars", "lines", "latency_ms", "error"}  # left out when None
+_OPTIONAL |= {"slow", "hint"}  # the status's words while the time budget cuts answers
 
 
 def _camel(name: str) -> str:

@@ -45,6 +45,8 @@ CASE_FILE = "spaces.py"
 CASE_NEEDLE = "return 3.14159 * self.radius ** 2"
 # Typed: the indentation and the first word ("return"). A prefix that ends inside a word ("ret") is
 # tokenized unlike anything the model saw, and a tiny memorising model then loses the thread.
+# The cases rely on the micro model having memorised these lines, which holds whatever CPU trained it (its
+# greedy tokens along them lead by 3.8-4.1 logits or more on an AMD EPYC); never on where it emits EOT.
 SERVER_SETTINGS = {"maxTokens": 48, "timeBudgetMs": 20000}
 
 

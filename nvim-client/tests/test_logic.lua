@@ -103,6 +103,12 @@ T.test('per-filetype enablement and the status line', function()
     'codellama: loading 34% | f | ' .. downloading)
   T.eq(L.status_text({ state = 'loading', model = 'demo', percentage = vim.NIL }), 'codellama: loading | demo')
   T.eq(L.status_text({ state = 'loading', model = 'demo', percentage = 0 / 0 }), 'codellama: loading | demo', 'NaN')
+  -- answers cut by the time budget: "slow" in words with the server's hint, instead of "ready"
+  local slow = { state = 'ready', model = 'demo', lastLatencyMs = 2004, cutAnswers = 3, slow = 'answers cut at 2.0 s', hint = 'try a smaller model' }
+  T.eq(L.status_text(slow), 'codellama: slow: answers cut at 2.0 s | demo | try a smaller model')
+  T.eq(L.status_text({ state = 'ready', slow = 'answers cut at 0.6 s (adaptive)' }), 'codellama: slow: answers cut at 0.6 s (adaptive)')
+  T.eq(L.status_text({ state = 'busy', slow = 'answers cut at 2.0 s' }), 'codellama: busy')
+  T.eq(L.status_text({ state = 'ready', slow = vim.NIL, lastLatencyMs = 90 }), 'codellama: ready | 90 ms')
 end)
 
 T.test("the server's advised debounce only lengthens the configured one", function()

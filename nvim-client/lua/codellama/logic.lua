@@ -336,7 +336,9 @@ function M.status_text(status)
   if type(status) ~= 'table' or type(status.state) ~= 'string' then
     return 'codellama: starting'
   end
-  local parts = { 'codellama: ' .. status.state }
+  -- answers cut by the time budget: the server's words ("answers cut at 2.0 s") instead of "ready", and its hint
+  local slow = status.state == 'ready' and type(status.slow) == 'string' and status.slow ~= ''
+  local parts = { 'codellama: ' .. (slow and ('slow: ' .. status.slow) or status.state) }
   -- a download or a load: its percentage, and the server's words ("downloading f.gguf: 12.5 of 36.9 MB, 3.1 MB/s")
   local pct = status.percentage
   if status.state == 'loading' and type(pct) == 'number' and pct == pct then
@@ -345,7 +347,9 @@ function M.status_text(status)
   if type(status.model) == 'string' and status.model ~= '' then
     table.insert(parts, ((status.model:match('[^/\\:]+$') or status.model):gsub('%.gguf$', '')))
   end
-  if status.state == 'ready' and type(status.lastLatencyMs) == 'number' then
+  if slow and type(status.hint) == 'string' and status.hint ~= '' then
+    table.insert(parts, status.hint)
+  elseif status.state == 'ready' and type(status.lastLatencyMs) == 'number' then
     table.insert(parts, ('%d ms'):format(math.floor(status.lastLatencyMs + 0.5)))
   end
   if (status.state == 'error' or status.state == 'loading') and type(status.message) == 'string' and status.message ~= '' then
