@@ -21,6 +21,7 @@ import asyncio
 import logging
 import os
 import secrets
+import stat
 import sys
 from pathlib import Path
 
@@ -51,6 +52,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help=f"TCP: the token clients must send (default ${TOKEN_ENV}, else a random one printed at start)",
+    )
+    p.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="a server the client's url setting may name besides --url's (repeatable; see docs/deployment.md)",
+    )
+    p.add_argument(
+        "--allow-remote-settings",
+        action="store_true",
+        help="let the client's settings choose the server (url), the API key variable (apiKeyEnv) and tlsVerify",
     )
     p.add_argument("--load-timeout", type=float, default=300.0, help="seconds llama.cpp may take to load a model")
     sub = p.add_subparsers(dest="command")
@@ -126,6 +139,41 @@ def complete_file(args: argparse.Namespace) -> None:
         print("codellama-lsp: the model returned no completion here", file=sys.stderr)
 
 
+MAX_TOKEN_BYTES = 4096  # a token is a few dozen characters; more is not a token file
+
+
+def read_token_file(path: Path) -> str:
+    """The token in ``path``: a regular file (never a FIFO, which would block start-up, nor a device such as
+    ``/dev/zero``, which never ends), at most ``MAX_TOKEN_BYTES``; a warning when others may read it."""
+    try:
+        # O_NONBLOCK: opening a FIFO with no writer would otherwise wait forever before fstat could tell
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    except OSError as exc:
+        raise ServerError(f"expected a readable token file at {path}, got: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise ServerError(f"expected a regular token file at {path}, got {_file_kind(st.st_mode)}")
+        if st.st_mode & 0o077:
+            log.warning("the token file %s can be read by others (mode %o): chmod 600 %s", path, stat.S_IMODE(st.st_mode), path)
+        data = f.read(MAX_TOKEN_BYTES + 1)
+    if len(data) > MAX_TOKEN_BYTES:
+        raise ServerError(f"expected a token of at most {MAX_TOKEN_BYTES} bytes in {path}, got a longer file")
+    try:
+        token = data.decode("utf-8").strip()
+    except UnicodeDecodeError as exc:
+        raise ServerError(f"expected a UTF-8 token in {path}, got: {exc}") from None
+    if not token:
+        raise ServerError(f"expected a token in {path}, got an empty file")
+    return token
+
+
+def _file_kind(mode: int) -> str:
+    kinds = {stat.S_ISFIFO: "a FIFO", stat.S_ISCHR: "a character device", stat.S_ISBLK: "a block device",
+             stat.S_ISDIR: "a directory", stat.S_ISSOCK: "a socket"}  # fmt: skip
+    return next((name for test, name in kinds.items() if test(mode)), "not a regular file")
+
+
 def budget_cut(r: GenerationResult, budget_ms: int, kept: bool) -> str:
     """One line on a completion the time budget cut: what was generated, in how long, and which setting did it."""
     what = "kept its complete lines" if kept else "no complete line was left to show"
@@ -138,13 +186,7 @@ def budget_cut(r: GenerationResult, budget_ms: int, kept: bool) -> str:
 def _token(args: argparse.Namespace) -> tuple[str, bool]:
     """(the TCP token, whether it was generated here and so must be shown)."""
     if args.token_file is not None:
-        try:
-            token = args.token_file.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ServerError(f"expected a readable token file at {args.token_file}, got: {exc}") from None
-        if not token:
-            raise ServerError(f"expected a token in {args.token_file}, got an empty file")
-        return token, False
+        return read_token_file(args.token_file), False
     if os.environ.get(TOKEN_ENV, "").strip():
         return os.environ[TOKEN_ENV].strip(), False
     return secrets.token_urlsafe(24), True
@@ -163,11 +205,19 @@ def serve(args: argparse.Namespace) -> int:
             load_timeout_s=args.load_timeout,
             settings=settings_from_args(args),
             remote=remote_options(args),
+            allow_hosts=tuple(args.allow_host),
+            allow_remote_settings=args.allow_remote_settings,
         )
     )
     if not args.tcp:
         return asyncio.run(rpc.serve_stdio(server, server.close))
     token, generated = _token(args)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning(
+            "listening on %s: other machines can reach this server (only the token keeps them out, and the "
+            "connection is not encrypted); use --host 127.0.0.1 and an SSH tunnel unless this is what you want",
+            args.host,
+        )
 
     def listening(addr: str) -> None:
         shown = f"; token: {token}" if generated else f" (token from {args.token_file or '$' + TOKEN_ENV})"

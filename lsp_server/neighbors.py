@@ -157,6 +157,20 @@ class ChunkRing:
             if chunk is not None:
                 self._push(chunk)
 
+    def forget_within(self, text: str) -> None:
+        """Drop every chunk whose text is part of ``text``, and the region being edited if its block is: an
+        excluded file opened under a new name (a file renamed to ``.env``) takes its old chunks with it."""
+        with self._lock:
+            kept = [c for c in self._chunks if c.text not in text]
+            if len(kept) != len(self._chunks):
+                self._chunks = deque(kept)
+                self.generation += 1
+            if self._editing is not None:
+                pdoc, pline = self._editing
+                _, block_text = block(pdoc.text, pline, self.chunk_lines)
+                if block_text.strip() and block_text in text:
+                    self._editing = None
+
     def forget(self, uri: str) -> None:
         """Drop every chunk of ``uri`` (a document that became excluded)."""
         with self._lock:
@@ -257,12 +271,24 @@ class Neighbors:
     def drop(self, excluded: Callable[[str], bool]) -> None:
         """Forget every chunk, and every choice holding one, of a path that ``excluded`` now matches
         (after the exclusion patterns changed)."""
+        # the URI too: a chunk's path is workspace-relative, and an absolute pattern matches only the full path
         for c in self.ring.chunks():
-            if excluded(c.path):
+            if excluded(c.path) or excluded(c.uri):
                 self.ring.forget(c.uri)
+        editing = self.ring._editing
+        if editing is not None and (excluded(editing[0].path) or excluded(editing[0].uri)):
+            self.ring.forget(editing[0].uri)
         with self._lock:
             for uri, (_, chunks) in list(self._chosen.items()):
-                if any(excluded(c.path) for c in chunks):
+                if excluded(uri) or any(excluded(c.path) or excluded(c.uri) for c in chunks):
+                    del self._chosen[uri]
+
+    def forget_within(self, text: str) -> None:
+        """Forget chunks (in the ring and in choices) whose text is part of ``text`` (see ``ChunkRing.forget_within``)."""
+        self.ring.forget_within(text)
+        with self._lock:
+            for uri, (_, chunks) in list(self._chosen.items()):
+                if any(c.text in text for c in chunks):
                     del self._chosen[uri]
 
 

@@ -365,6 +365,16 @@ class LspProtocol(LanguageServerProtocol):
             return
         super()._send_response(msg_id, error=types.ResponseError(code=code, message=message))
 
+    def _handle_response(self, msg_id: Any, result: Any | None = None, error: types.ResponseError | None = None) -> None:
+        """A client's answer to one of our requests; an answer that comes after we stopped waiting (a timed-out
+        ``window/workDoneProgress/create``) is dropped quietly, never an ``InvalidStateError`` traceback."""
+        future = self._request_futures.get(msg_id)
+        if future is not None and future.done():
+            self._request_futures.pop(msg_id, None)
+            log.debug("dropped a late answer to request %r (no longer awaited)", msg_id)
+            return
+        super()._handle_response(msg_id, result, error)
+
     def _send_response(self, msg_id: Any, result: Any = None, error: types.ResponseError | None = None) -> None:
         # pygls' path for handler results and its own errors: once per request, and without the
         # traceback pygls puts into an error's data
@@ -717,6 +727,7 @@ def _authenticate(first: bytes | FrameError | None, token: str) -> tuple[str | N
     given = options.pop("token", None) if isinstance(options, dict) else None  # not a setting: keep it from them
     if not isinstance(given, str):
         return f"{what}, got no token", b""
-    if not hmac.compare_digest(given.encode(), token.encode()):
+    # surrogatepass: a JSON "\ud800" is a lone surrogate, which plain UTF-8 cannot encode (it is simply wrong)
+    if not hmac.compare_digest(given.encode("utf-8", "surrogatepass"), token.encode("utf-8", "surrogatepass")):
         return f"{what}, got a wrong token", b""
     return None, json.dumps(obj).encode()

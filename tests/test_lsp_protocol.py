@@ -302,7 +302,8 @@ async def test_unexpected_load_failure_is_an_error_status_then_recovery(lsp_rand
     """Not a ModelError/EngineError (here the OSError pathlib raises for a path longer than the file system
     allows): still an error status with the message, never a status stuck at "loading", and the next model
     setting recovers."""
-    async with lsp_session("x" * 5000 + ".gguf", wait_ready=False) as client:
+    # longer than a file name may be (255), shorter than the model setting may be (4096: longer is a settings problem)
+    async with lsp_session("x" * 3000 + ".gguf", wait_ready=False) as client:
         err = await client.status.wait_for({"error", "ready"})
         assert err["state"] == "error", err
         assert "File name too long" in err["message"], err

@@ -29,6 +29,11 @@ from .state import ServerOptions
 log = logging.getLogger("lsp_server.server")
 
 
+_ALL_FILES = types.FileOperationRegistrationOptions(
+    filters=[types.FileOperationFilter(pattern=types.FileOperationPattern(glob="**/*"))]
+)  # renames of any file: one renamed to .env takes its chunks out of the ring
+
+
 class CodeLlamaServer(ModelLoading, Completing):
     """Every concern of the server over one ``ServerState``."""
 
@@ -38,9 +43,10 @@ def create_server(options: ServerOptions = ServerOptions()) -> CodeLlamaServer:
 
     @server.feature(types.INITIALIZE)
     def on_initialize(ls: CodeLlamaServer, params: types.InitializeParams) -> None:
-        ls.settings, problems = config.parse(params.initialization_options, ls.settings)
-        ls._init_problems = ls._cli_problems + problems
-        log.info("settings: %s", config.to_wire(ls.settings))
+        raw, refused = config.guard(params.initialization_options, ls.trust)
+        ls.settings, problems = config.parse(raw, ls.settings)
+        ls._init_problems = ls._cli_problems + refused + problems
+        log.info("settings: %s", config.for_log(config.to_wire(ls.settings)))
         # pygls computes the capabilities from the registered features right after this handler: with
         # completionItems off the completion feature is set aside until ``initialized``, so completion menus
         # (nvim-cmp, blink.cmp) never ask for our items, while a client that asks anyway is still answered.
@@ -59,11 +65,20 @@ def create_server(options: ServerOptions = ServerOptions()) -> CodeLlamaServer:
     def on_configuration(ls: CodeLlamaServer, params: types.DidChangeConfigurationParams) -> None:
         ls.apply_settings(params.settings)
 
+    @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
+    def on_open(ls: CodeLlamaServer, params: types.DidOpenTextDocumentParams) -> None:
+        ls.opened(params.text_document.uri)
+
     @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
     def on_close(ls: CodeLlamaServer, params: types.DidCloseTextDocumentParams) -> None:
         ls.cache.forget(params.text_document.uri)
         syntax.TREES.forget(params.text_document.uri)
-        ls.neighbors.closed(params.text_document.uri)
+        ls.closed(params.text_document.uri)
+
+    @server.feature(types.WORKSPACE_DID_RENAME_FILES, _ALL_FILES)
+    def on_rename(ls: CodeLlamaServer, params: types.RenameFilesParams) -> None:
+        for f in params.files:
+            ls.renamed(f.old_uri, f.new_uri)
 
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def on_change(ls: CodeLlamaServer, params: types.DidChangeTextDocumentParams) -> None:

@@ -35,7 +35,7 @@ class Completing(Events):
         if doc is None:
             log.info("%s: %s is not open; nothing to complete", rid, uri)
             return None
-        if not self.settings.enabled_for(doc.language_id) or self.settings.excluded(doc.path):
+        if not self.settings.enabled_for(doc.language_id) or self.is_excluded(doc):
             return None  # privacy: an excluded file never gets a completion (so never reaches a prompt)
         engine = self.engine
         if engine is None:

@@ -28,7 +28,7 @@ class Events(Documents):
         uri = params.text_document.uri
         self.pacer.keystroke(uri)
         doc = self.workspace.text_documents.get(uri)
-        if doc is None or self.settings.excluded(doc.path):
+        if doc is None or self.is_excluded(doc):
             return
         line = next(
             (c.range.start.line for c in params.content_changes if isinstance(c, types.TextDocumentContentChangePartial)), 0
@@ -42,7 +42,7 @@ class Events(Documents):
         self.events[(event.kind, event.language_id)] += 1
         log.debug("event %s (%s): %d so far", event.kind, event.language_id, self.events[(event.kind, event.language_id)])
         doc = self.document(event.uri) if event.kind == "accepted" and event.uri is not None else None
-        if doc is not None and not self.settings.excluded(doc.path):
+        if doc is not None and not self.is_excluded(doc):
             self.prefetch_if_accepted(doc, context.lf_text(doc.source))
 
     def prefetch_if_accepted(self, doc: Any, text: str) -> None:

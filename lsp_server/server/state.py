@@ -36,6 +36,8 @@ class ServerOptions:
     load_timeout_s: float = 300.0  # llama.cpp's load of a checked file; a slow disk may need more
     settings: dict[str, Any] = field(default_factory=dict)  # command-line defaults (wire names); the client's override
     remote: RemoteOptions = RemoteOptions(url="")  # remote engines' command-line tuning (--slot, --prompt-format)
+    allow_hosts: tuple[str, ...] = ()  # --allow-host: servers a client's url setting may name, besides --url's
+    allow_remote_settings: bool = False  # --allow-remote-settings: a client's url/apiKeyEnv/tlsVerify are taken as sent
 
 
 class ServerState(LanguageServer):
@@ -51,6 +53,8 @@ class ServerState(LanguageServer):
         )
         self.options = options
         self.settings, self._cli_problems = config.parse(options.settings, config.Settings(model=options.model))
+        # what a client's settings may choose (they may come from a cloned repository's workspace settings)
+        self.trust = config.Trust.from_command_line(options.settings, options.allow_hosts, options.allow_remote_settings)
         self._init_problems: list[str] = []  # settings problems to show once the client is initialized
         self._completion_feature: Any = None  # the completion handler while initialize leaves it unadvertised
         # the model (loading.py)

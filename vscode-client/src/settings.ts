@@ -152,11 +152,21 @@ export function loadArgs(get: ConfigGetter): string[] {
   if (kv === 'q8_0') args.push('--kv-type', 'q8_0'); // f16 is the server's default
   const gpu = integer(get('gpuLayers'), -1);
   if (gpu !== undefined && gpu !== 0) args.push('--n-gpu-layers', String(gpu));
+  // Where prompts may go and which key goes with them: the server takes these only from its command line
+  // (a workspace must not choose them). They are `machine`-scoped settings, which VS Code never reads from a
+  // workspace's .vscode/settings.json, so the user's own values are passed on here.
+  const url = get('url');
+  if (typeof url === 'string' && url.trim() !== '') args.push('--url', url.trim());
+  const keyEnv = get('apiKeyEnv');
+  if (typeof keyEnv === 'string' && /^[A-Za-z_][A-Za-z0-9_]*$/.test(keyEnv) && keyEnv !== 'CODELLAMA_API_KEY') {
+    args.push('--api-key-env', keyEnv);
+  }
+  if (get('tlsVerify') === false) args.push('--no-tls-verify');
   return args;
 }
 
 /** Settings whose change needs a new server process. */
-export const RESTART_KEYS = ['server', 'contextWindow', 'kvType', 'gpuLayers'] as const;
+export const RESTART_KEYS = ['server', 'contextWindow', 'kvType', 'gpuLayers', 'url', 'apiKeyEnv', 'tlsVerify'] as const;
 
 export function clientSwitches(get: ConfigGetter): ClientSwitches {
   const debounce = integer(get('debounceMs'), 0);

@@ -132,6 +132,16 @@ test('launch: context size and GPU layers become server arguments', () => {
   assert.deepEqual(launchSpec(getter({ ...cmd, kvType: 'f16' }), {}).args, ['--stdio'], 'f16 is the default');
 });
 
+test('launch: remote server, key variable and TLS choice from user settings go on the command line (the server trusts only that)', () => {
+  const cmd = { 'server.command': ['/opt/codellama-lsp'] };
+  assert.deepEqual(
+    launchSpec(getter({ ...cmd, url: ' https://gpu-box:8080 ', apiKeyEnv: 'TEAM_KEY', tlsVerify: false }), {}).args,
+    ['--stdio', '--url', 'https://gpu-box:8080', '--api-key-env', 'TEAM_KEY', '--no-tls-verify'],
+  );
+  assert.deepEqual(launchSpec(getter({ ...cmd, url: '', apiKeyEnv: 'CODELLAMA_API_KEY', tlsVerify: true }), {}).args, ['--stdio']);
+  assert.deepEqual(launchSpec(getter({ ...cmd, apiKeyEnv: 'BAD NAME; rm' }), {}).args, ['--stdio'], 'not a variable name');
+});
+
 test('launch: a Python interpreter wins over the command', () => {
   const spec = launchSpec(getter({ 'server.pythonPath': '/venv/bin/python', 'server.command': ['x'] }), {});
   assert.equal(spec.command, '/venv/bin/python');
