@@ -1,7 +1,8 @@
 """The one llama.cpp adapter: load a GGUF, read its vocabulary, decode tokens, read logits.
 
 In: a GGUF path and load/context options. Out: a ``Model`` (vocabulary access, metadata) and a
-``Context`` (a KV cache of ``n_ctx`` positions that ``decode`` fills and ``truncate`` cuts back), both
+``Context`` (a KV cache of ``n_ctx`` positions that ``decode`` fills, ``truncate`` cuts back, ``rearrange`` moves
+pieces of (KV shifting) and ``save_state``/``load_state`` copy to and from host memory), both
 over llama.cpp's C API through llama-cpp-python's ctypes bindings (0.3.36). Everything in the project
 that runs llama.cpp - the completion engine, ``model_export.verify``, ``quantize`` (report, imatrix,
 quantize) and ``model_train.eval`` - goes through this module, so the platform workarounds live here once:
@@ -313,6 +314,15 @@ class ContextOptions:
     cb_eval: Any = None  # a ggml_backend_sched_eval_callback the caller keeps alive (imatrix)
 
 
+@dataclass(frozen=True)
+class SavedState:
+    """What a context's cache held (``Context.save_state``): its tokens and llama.cpp's copy of their cells."""
+
+    tokens: tuple[int, ...]
+    data: Any  # a ctypes uint8 array of ``size`` bytes
+    size: int
+
+
 class Context:
     """A llama.cpp context on one sequence: ``decode`` appends tokens at the end of what the KV cache
     holds, ``truncate`` forgets positions from ``n`` on. ``tokens`` mirrors the cache position by position."""
@@ -349,6 +359,7 @@ class Context:
         self.n_batch = int(p.n_batch)
         self.all_logits = options.all_logits
         self.tokens: list[int] = []
+        self._shift_pending = False  # moved keys not yet rotated (``rearrange``)
         self._batch = lc.llama_batch_init(self.n_batch, 0, 1)
         for i in range(self.n_batch):  # one sequence: set once, never changes
             self._batch.n_seq_id[i] = 1
@@ -382,6 +393,7 @@ class Context:
             if rc != 0:
                 raise LlamaError(f"expected llama_decode to return 0, got {rc}{': ' + last_error() if last_error() else ''}")
             self.tokens.extend(chunk)
+            self._shift_pending = False
 
     def logits(self, i: int = -1) -> np.ndarray:
         """Logits of the last decode's position ``i`` (-1: its last), float32 (n_vocab,): a view, valid
@@ -410,9 +422,95 @@ class Context:
         if n < len(self.tokens):
             if n == 0:
                 lc.llama_memory_clear(lc.llama_get_memory(self.handle), True)
+                self._shift_pending = False
             else:
                 lc.llama_memory_seq_rm(lc.llama_get_memory(self.handle), -1, n, -1)
             del self.tokens[n:]
+
+    # ---- moving and keeping what the cache holds ----------------------------------------------------------
+    @property
+    def can_shift(self) -> bool:
+        """Whether the KV cache can move positions (``rearrange``): llama.cpp re-applies RoPE to the keys."""
+        return bool(lib().llama_memory_can_shift(lib().llama_get_memory(self.handle)))
+
+    def rearrange(self, pieces: Sequence[tuple[int, int]]) -> None:
+        """Make the cache hold, at positions 0, 1, ..., the concatenation of the old position ranges ``pieces``
+        (``(start, length)`` each, non-overlapping, any order) and nothing else; ``tokens`` follows.
+
+        This is llama-server's ``--cache-reuse``: ``llama_memory_seq_rm`` drops the cells no piece keeps and
+        ``llama_memory_seq_add`` moves each piece to its new place, which re-rotates its keys by the distance
+        moved (RoPE is relative). The values are the ones computed in the old context, so a moved piece is an
+        approximation of evaluating it again (``engines.llama_cpp`` says how close). llama.cpp appends only after
+        a sequence's last position, so the pieces must tile the new prefix without gaps: they do by construction.
+        The rotation happens in the next ``decode``; ``save_state`` makes sure one ran.
+        """
+        lc = lib()
+        mem = lc.llama_get_memory(self.handle)
+        old = self.tokens
+        taken = np.zeros(len(old) + 1, dtype=np.int32)  # +1/-1 at piece bounds: a count of pieces per cell
+        new: list[int] = []
+        moves: list[tuple[int, int, int]] = []  # (old start, length, new start)
+        for start, length in pieces:
+            if length <= 0:
+                continue
+            if start < 0 or start + length > len(old):
+                raise LlamaError(f"expected pieces within the {len(old)} cached positions, got ({start}, {length})")
+            taken[start] += 1
+            taken[start + length] -= 1
+            if start != len(new):
+                moves.append((start, length, len(new)))
+            new.extend(old[start : start + length])
+        cover = np.cumsum(taken[:-1])
+        if cover.size and int(cover.max()) > 1:
+            raise LlamaError("expected non-overlapping pieces of the cache, got pieces that share positions")
+        # drop every cell no piece keeps, one run of free positions at a time
+        free = np.flatnonzero(np.diff(np.concatenate(([1], (cover > 0).astype(np.int8), [1]))))  # run bounds
+        for a, b in zip(free[0::2], free[1::2], strict=True):
+            if not lc.llama_memory_seq_rm(mem, 0, int(a), int(b)):
+                raise LlamaError(f"expected llama.cpp to remove cache positions {a}..{b}, got a refusal")
+        if moves:
+            if not self.can_shift:
+                raise LlamaError("expected a KV cache that can shift positions, got one that cannot")
+            # two steps, so that no piece lands on positions another piece still has to leave: every moving
+            # piece goes past all old and new positions first, then to its place
+            away = len(old) + len(new) + 1
+            for start, length, _ in moves:
+                lc.llama_memory_seq_add(mem, 0, start, start + length, away)
+            for start, length, to in moves:
+                lc.llama_memory_seq_add(mem, 0, start + away, start + away + length, to - start - away)
+            self._shift_pending = True
+        self.tokens = new
+
+    def state_size(self) -> int:
+        """Bytes that ``save_state`` takes now (the cells of the sequence and their keys and values)."""
+        return int(lib().llama_state_seq_get_size(self.handle, 0))
+
+    def save_state(self) -> SavedState:
+        """A copy of what the cache holds, in host memory (``llama_state_seq_get_data``), with its tokens."""
+        lc = lib()
+        if self._shift_pending and self.tokens:  # moved keys are rotated by the next decode: run one
+            last = self.tokens[-1]
+            self.truncate(len(self.tokens) - 1)
+            self.decode([last])
+        size = self.state_size()
+        buf = (ctypes.c_uint8 * size)()
+        got = int(lc.llama_state_seq_get_data(self.handle, buf, size, 0))
+        if got != size:
+            raise LlamaError(f"expected llama.cpp to copy {size} bytes of cache state, got {got}")
+        return SavedState(tuple(self.tokens), buf, size)
+
+    def load_state(self, saved: SavedState) -> None:
+        """Replace what the cache holds by ``saved`` (``llama_state_seq_set_data``)."""
+        lc = lib()
+        lc.llama_memory_clear(lc.llama_get_memory(self.handle), True)
+        self.tokens = []
+        self._shift_pending = False
+        if not saved.tokens:
+            return
+        if int(lc.llama_state_seq_set_data(self.handle, saved.data, saved.size, 0)) == 0:
+            lc.llama_memory_clear(lc.llama_get_memory(self.handle), True)
+            raise LlamaError(f"expected llama.cpp to restore a saved cache state of {len(saved.tokens)} tokens, got a refusal")
+        self.tokens = list(saved.tokens)
 
     def close(self) -> None:
         if self.handle:

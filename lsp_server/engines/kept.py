@@ -1,0 +1,185 @@
+"""Kept prompts: which evaluated tokens a new prompt can reuse, and the evaluated prompts of recent places.
+
+In: the tokens a KV cache holds (the live context's, or a kept copy's) and a new prompt. Out: a ``Plan`` - the
+pieces of the cache that, moved next to each other, tile the longest possible start of the prompt - and a store
+(``KeptPrompts``) of cache copies in host memory within a byte budget, from which the one that reuses the most is
+picked.
+
+Reuse is not only a common prefix. When the user jumps back to a place, the prompt there is (nearly) the one
+evaluated there before: restoring that copy leaves a few tokens to evaluate. When text moved - the suffix window
+ends a line earlier because a line was inserted above the cursor, an extra-context chunk was evicted from the front,
+another was appended - the pieces of the cache that still appear in the prompt are moved to their new positions
+(``codellama_core.llama.Context.rearrange``: llama-server's ``--cache-reuse``) instead of being evaluated again.
+
+The plan is greedy, as llama-server's: from the end of the common prefix, take the longest run of the cache that
+continues the prompt there (found through an index of ``GRAM``-token grams), as long as it is at least ``min_chunk``
+tokens; stop at the first prompt token no such run continues. llama.cpp appends only after a sequence's last
+position, so a prompt token the cache does not have ends the reuse: everything after it is evaluated.
+
+A moved piece keeps the values computed in its old context: an approximation, the one llama-server makes. Short
+pieces are where it would matter (a few tokens whose neighbours changed), hence ``min_chunk``. The drift measured on
+the demo model and a random-weight GGUF (tests/test_kept_prompts.py, docs/how-it-works.md) is small next to the
+logit gaps greedy decoding decides by: the greedy text after a move equals a cold evaluation's.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from codellama_core.llama import SavedState
+
+GRAM = 8  # tokens per index key: short enough to find any run of min_chunk tokens, long enough to be rare
+MAX_CANDIDATES = 16  # places per gram looked at (the most recent): repetitive code has many
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Pieces ``(start in the cache, length)`` whose concatenation is ``prompt[:covered]``."""
+
+    pieces: tuple[tuple[int, int], ...]
+    covered: int
+    prefix: int  # of which the common prefix (no move needed)
+
+    @property
+    def moved(self) -> int:
+        """Tokens that change position."""
+        return self.covered - self.prefix
+
+
+def common_prefix(a: Sequence[int] | np.ndarray, b: Sequence[int] | np.ndarray, limit: int) -> int:
+    n = min(len(a), len(b), limit)
+    if n <= 0:
+        return 0
+    # numpy: prompts are thousands of tokens and this runs on every keystroke
+    diff = np.flatnonzero(np.asarray(a[:n], dtype=np.int64) != np.asarray(b[:n], dtype=np.int64))
+    return int(diff[0]) if diff.size else n
+
+
+class GramIndex:
+    """Where each ``GRAM``-token gram of a token sequence starts (the most recent ``MAX_CANDIDATES``)."""
+
+    def __init__(self, tokens: Sequence[int] | np.ndarray) -> None:
+        self.tokens = np.asarray(tokens, dtype=np.int64)
+        self._at: dict[bytes, list[int]] = {}
+        t = self.tokens
+        if len(t) >= GRAM:
+            grams = np.lib.stride_tricks.sliding_window_view(t, GRAM)
+            raw = np.ascontiguousarray(grams).view(f"V{GRAM * 8}").ravel()
+            for i, key in enumerate(raw.tolist()):
+                self._at.setdefault(key, []).append(i)
+
+    def places(self, gram: np.ndarray) -> list[int]:
+        got = self._at.get(np.ascontiguousarray(gram, dtype=np.int64).tobytes(), [])
+        return got[-MAX_CANDIDATES:]
+
+    def hits(self, prompt: np.ndarray, stride: int = GRAM) -> int:
+        """How many of the prompt's grams (one every ``stride`` tokens) the sequence has: a cheap score."""
+        n = 0
+        for i in range(0, len(prompt) - GRAM + 1, stride):
+            if prompt[i : i + GRAM].tobytes() in self._at:
+                n += 1
+        return n * stride
+
+
+def plan(cache: Sequence[int] | np.ndarray, prompt: Sequence[int], limit: int, min_chunk: int, index: GramIndex | None = None) -> Plan:
+    """The pieces of ``cache`` that tile the longest start of ``prompt`` (at most ``limit`` tokens); runs other than
+    the common prefix must be ``min_chunk`` tokens or longer (0: the common prefix only)."""
+    c = np.asarray(cache, dtype=np.int64)
+    p = np.asarray(prompt, dtype=np.int64)
+    limit = min(limit, len(p))
+    k = common_prefix(c, p, limit)
+    pieces: list[tuple[int, int]] = [(0, k)] if k else []
+    if min_chunk <= 0 or limit - k < max(min_chunk, GRAM) or len(c) - k < max(min_chunk, GRAM):
+        return Plan(tuple(pieces), k, k)
+    if index is None:
+        index = GramIndex(c)
+    used = np.zeros(len(c) + 1, dtype=bool)
+    used[:k] = True
+    i = k
+    while limit - i >= max(min_chunk, GRAM):
+        best, best_at = 0, -1
+        for at in index.places(p[i : i + GRAM]):
+            if used[at]:
+                continue
+            n = min(len(c) - at, limit - i)
+            stop = np.flatnonzero((c[at : at + n] != p[i : i + n]) | used[at : at + n])
+            run = int(stop[0]) if stop.size else n
+            if run > best:
+                best, best_at = run, at
+        if best < max(min_chunk, GRAM):
+            break
+        pieces.append((best_at, best))
+        used[best_at : best_at + best] = True
+        i += best
+    return Plan(tuple(pieces), i, k)
+
+
+@dataclass
+class Kept:
+    """One evaluated prompt in host memory."""
+
+    state: SavedState
+    index: GramIndex
+    used: float = field(default_factory=time.monotonic)
+
+    @property
+    def tokens(self) -> tuple[int, ...]:
+        return self.state.tokens
+
+    @property
+    def size(self) -> int:
+        return self.state.size
+
+
+class KeptPrompts:
+    """Copies of evaluated prompts, the least recently used dropped first once their bytes pass ``budget``."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self._entries: OrderedDict[int, Kept] = OrderedDict()
+        self._ids = 0
+        self.saved = 0  # copies made
+        self.restored = 0  # copies put back into the context
+        self.dropped = 0  # copies forgotten for the budget
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def bytes(self) -> int:
+        return sum(e.size for e in self._entries.values())
+
+    def entries(self) -> list[tuple[int, Kept]]:
+        return list(self._entries.items())
+
+    def add(self, state: SavedState) -> int | None:
+        """Keep ``state`` (dropping copies it makes redundant: those it starts with for most of their length, and the
+        least recently used beyond the budget); None when it alone is over the budget."""
+        if state.size > self.budget:
+            return None
+        for key, e in list(self._entries.items()):
+            if common_prefix(e.tokens, state.tokens, len(e.tokens)) >= 0.8 * len(e.tokens):
+                del self._entries[key]
+        self._ids += 1
+        self._entries[self._ids] = Kept(state, GramIndex(state.tokens))
+        self.saved += 1
+        while self.bytes > self.budget:
+            self._entries.popitem(last=False)
+            self.dropped += 1
+        return self._ids
+
+    def take(self, key: int) -> Kept:
+        """The copy ``key``, now the most recently used."""
+        e = self._entries[key]
+        e.used = time.monotonic()
+        self._entries.move_to_end(key)
+        self.restored += 1
+        return e
+
+    def clear(self) -> None:
+        self._entries.clear()
