@@ -87,6 +87,25 @@ def test_selection_is_sticky_while_typing_in_a_block() -> None:
         assert again is first  # the same chunks: the prompt's first part (and its KV cache) stays
 
 
+def test_a_new_choice_keeps_the_old_chunks_in_place_and_appends_new_ones() -> None:
+    """When the choice changes, chunks still chosen keep their order at the front of the prompt (the engine moves
+    their evaluated tokens), evicted ones go, new ones are appended; a choice that barely improves is not made."""
+    lib = Doc("file:///lib.py", "lib.py", "python", _module("lib", ["parse_header", "render_footer"]))
+    nb = Neighbors()
+    text = "def main(value):\n    parse_header_helper(value) + lib_offset\n"
+    cur = Doc("file:///m.py", "m.py", "python", text)
+    first = nb.select(cur, len(text), (0, len(text)), [lib], 300, _count)
+    assert first
+    util = Doc("file:///util.py", "util.py", "python", _module("util", ["parse_header_helper", "main"]))
+    second = nb.select(cur, len(text), (0, len(text)), [lib, util], 600, _count)
+    assert second[: len(first)] == first and any(c.uri == util.uri for c in second[len(first) :])
+    # the ring changes with a chunk that is hardly better: the choice stays as it was
+    nb.ring.edited(Doc("file:///x.py", "x.py", "python", "zzz_unrelated = 1\n"), 0)
+    nb.ring.edited(Doc("file:///y.py", "y.py", "python", "other = 2\n"), 0)
+    third = nb.select(cur, len(text), (0, len(text)), [lib, util], 600, _count)
+    assert third == second
+
+
 def test_chunk_header_uses_the_language_comment() -> None:
     c = neighbors.Chunk("file:///a.rs", "src/a.rs", "rust", 0, "fn main() {}", frozenset())
     assert c.render() == "// src/a.rs\nfn main() {}\n"
