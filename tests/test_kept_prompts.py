@@ -230,7 +230,9 @@ def test_the_memory_budget_is_respected() -> None:
         off.close()
 
 
-def test_prefill_is_superseded_by_a_real_request_and_never_delays_it(demo: LlamaCppEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_prefill_is_superseded_by_a_real_request_and_never_delays_it(
+    demo: LlamaCppEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A background prefill decodes small chunks; a real request arriving during one waits for that chunk only,
     then runs, reusing what the prefill evaluated. A prefill submitted while a real request waits is dropped."""
     demo.reset()

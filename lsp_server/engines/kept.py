@@ -86,7 +86,9 @@ class GramIndex:
         return n * stride
 
 
-def plan(cache: Sequence[int] | np.ndarray, prompt: Sequence[int], limit: int, min_chunk: int, index: GramIndex | None = None) -> Plan:
+def plan(
+    cache: Sequence[int] | np.ndarray, prompt: Sequence[int], limit: int, min_chunk: int, index: GramIndex | None = None
+) -> Plan:
     """The pieces of ``cache`` that tile the longest start of ``prompt`` (at most ``limit`` tokens); runs other than
     the common prefix must be ``min_chunk`` tokens or longer (0: the common prefix only)."""
     c = np.asarray(cache, dtype=np.int64)

@@ -22,6 +22,7 @@ from ..backend import open_engine
 from ..cache import TypeThroughCache
 from ..engines import Engine, EngineError
 from ..engines.remote import RemoteEngine
+from ..pacing import PromptSizer
 from .status import StatusReporting
 from .threads import in_daemon_thread
 
@@ -159,6 +160,7 @@ class ModelLoading(StatusReporting):
         old, self.engine = self.engine, engine
         self._loaded_model, self._loaded_key, self.error = settings.model, load_key(settings), None
         self.cache = TypeThroughCache()
+        self.sizer = PromptSizer()
         if old is not None:
             in_daemon_thread(old.close)
         info, sentinels = engine.info, engine.vocab.sentinels

@@ -22,7 +22,7 @@ from ..cache import TypeThroughCache
 from ..engines import Engine
 from ..engines.llama_cpp import EngineOptions
 from ..engines.remote import RemoteOptions
-from ..pacing import Pacer
+from ..pacing import Pacer, PromptSizer
 from ..prefetch import Prefetcher
 from ..rpc import LspProtocol
 
@@ -74,4 +74,5 @@ class ServerState(LanguageServer):
         self._ids = itertools.count(1)
         self.neighbors = neighbors.Neighbors()  # other files' chunks and recently edited regions
         self.pacer = Pacer()  # adaptive time budget and debounce
+        self.sizer = PromptSizer()  # prompt sizes from the engine's measured speed (coldJumpMs)
         self.prefetcher = Prefetcher()  # the next completion after an accepted one
