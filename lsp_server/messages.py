@@ -14,6 +14,7 @@ schema test names any reader that misses it.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any, Literal
 
 import attrs
@@ -109,12 +110,18 @@ def to_wire(message: Status | Event | DocumentState | DocumentStateParams) -> di
     return wire
 
 
+def _getter(params: object) -> Callable[[str], object]:
+    """Field access for params as pygls hands them over for methods it does not know: a dict, or an object."""
+    if isinstance(params, dict):
+        fields: dict[Any, Any] = params
+        return lambda key: fields.get(key)
+    return lambda key: getattr(params, key, None)
+
+
 def read_event(params: object) -> Event:
     """A client's event params, whatever they are: unknown keys ignored, strings cut to 40 characters, a bad
     value read as its default (events are statistics: a bad one is counted, never an error)."""
-    fields = params if isinstance(params, dict) else {}
-    # pygls hands over unknown methods' params as an object with attributes, or as a dict
-    get = fields.get if fields else (lambda key: getattr(params, key, None))
+    get = _getter(params)
     kind, language, uri = get("kind"), get("languageId"), get("uri")
 
     def count(key: str) -> int | None:
@@ -138,8 +145,7 @@ def read_event(params: object) -> Event:
 
 def read_document_state_params(params: object) -> DocumentStateParams | None:
     """``{uri: string}`` or None (the caller answers InvalidParams)."""
-    get = params.get if isinstance(params, dict) else (lambda key: getattr(params, key, None))
-    uri = get("uri")
+    uri = _getter(params)("uri")
     return DocumentStateParams(uri) if isinstance(uri, str) else None
 
 
@@ -148,8 +154,7 @@ def schema() -> dict[str, dict[str, dict[str, Any]]]:
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for method, cls in ((STATUS, Status), (EVENT, Event), (DOCUMENT_STATE, DocumentState)):
         out[method] = {
-            _camel(a.name): {"type": str(a.type), "optional": a.default is not attrs.NOTHING}
-            for a in attrs.fields(cls)  # type: ignore[arg-type]
+            _camel(a.name): {"type": str(a.type), "optional": a.default is not attrs.NOTHING} for a in attrs.fields(cls)
         }
     return out
 

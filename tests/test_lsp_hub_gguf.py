@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from lsp_server import context, fim, llama, pipeline
+from codellama_core import llama
+from lsp_server import context, fim, pipeline
 from lsp_server.cache import TypeThroughCache
 from lsp_server.config import Settings
 from lsp_server.engines.llama_cpp import EngineOptions, LlamaCppEngine
