@@ -13,7 +13,9 @@ token. The tests bound the drift at 1.0 and demand the same greedy tokens.
 
 from __future__ import annotations
 
+import re
 import textwrap
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,6 +30,7 @@ from lsp_server.engines import GenerationRequest
 from lsp_server.engines.kept import GramIndex, KeptPrompts, plan
 from lsp_server.engines.llama_cpp import EngineOptions, LlamaCppEngine, kept_budget
 from tests.fixtures.lsp_models import lsp_random_gguf  # noqa: F401
+from tests.fixtures.raw_lsp import RawServer
 
 DEMO = Path(__file__).resolve().parents[1] / "lsp_server" / "models" / "demo" / "codellama-demo.gguf"
 SOURCE = Path(textwrap.__file__).read_text()
@@ -283,3 +286,74 @@ def test_prefill_evaluates_the_prompt_for_the_next_request(demo: LlamaCppEngine)
 def test_speed_is_measured(demo: LlamaCppEngine) -> None:
     assert demo.speed.prompt_tps > 0 and demo.speed.gen_ms > 0
     assert demo.bytes_per_token > 0
+
+
+# ---- over LSP: the real server over stdio ------------------------------------------------------------------
+def _log_costs(stderr: str, rid_file: str) -> list[tuple[str, int]]:
+    """(source, evaluated) of each completion log line for ``rid_file``."""
+    out = []
+    for m in re.finditer(rf"r\d+ {re.escape(rid_file)}: \d item\(s\) from (\w+);[^\n]*?(?:evaluated=(\d+)|engine -)", stderr):
+        out.append((m.group(1), int(m.group(2)) if m.group(2) else 0))
+    return out
+
+
+def _wait_log(s: RawServer, text: str, timeout: float = 300.0) -> None:
+    """Until the server's log (stderr, which the raw peer's event-driven waits do not watch) has ``text``."""
+    deadline = time.monotonic() + timeout
+    while text not in s.stderr():
+        assert time.monotonic() < deadline, f"no {text!r} in the server log: {s.stderr()[-3000:]}"
+        time.sleep(0.05)
+
+
+def test_over_lsp_prefill_kept_prompts_and_the_completion_cache() -> None:
+    """didOpen prefills; a revisit of an unchanged place is answered by the completion cache, a revisit after an edit
+    there by the kept prompt (a few tokens evaluated); an edit at a new place prefills it before its request."""
+    a, b = "file:///w/a.py", "file:///w/b.py"
+
+    def inline(s: RawServer, uri: str, line: int, character: int) -> dict:
+        params = {"textDocument": {"uri": uri}, "position": {"line": line, "character": character}, "context": {"triggerKind": 2}}
+        return s.request("textDocument/inlineCompletion", params, timeout=300)
+
+    def opened(s: RawServer, uri: str, text: str) -> None:
+        s.notify("textDocument/didOpen", {"textDocument": {"uri": uri, "languageId": "python", "version": 1, "text": text}})
+
+    with RawServer() as s:
+        s.initialize(DEMO, {"maxTokens": 8, "timeBudgetMs": 120000, "coldJumpMs": 0})
+        opened(s, a, SOURCE)
+        _wait_log(s, "prefill a.py (opened)")
+        opened(s, b, OTHER)
+        # the end of a docstring line, where the demo model has something to say
+        line_a, line_b = 60, OTHER[:5000].count("\n")
+        col = len(SOURCE.split("\n")[line_a])
+        for uri, line, at in ((a, line_a, col), (b, line_b, 0), (a, line_a, col)):
+            assert "result" in inline(s, uri, line, at)
+        costs = _log_costs(s.stderr(), "a.py")
+        assert costs[0][0] == "model" and costs[-1][0] == "cache", costs  # the revisit: the completion cache
+        # an edit at the revisited place, then a request there: the kept prompt, a few tokens evaluated
+        s.notify(
+            "textDocument/didChange",
+            {
+                "textDocument": {"uri": a, "version": 2},
+                "contentChanges": [
+                    {"range": {"start": {"line": line_a, "character": 0}, "end": {"line": line_a, "character": 0}}, "text": "x"}
+                ],
+            },
+        )
+        assert "result" in inline(s, a, line_a, col + 1)
+        source, evaluated = _log_costs(s.stderr(), "a.py")[-1]
+        assert source in ("model", "none") and evaluated <= 8, s.stderr()[-3000:]
+        # an edit far away: a new place, prefilled, then its request reuses what the prefill evaluated
+        far = line_a + 200
+        s.notify(
+            "textDocument/didChange",
+            {
+                "textDocument": {"uri": a, "version": 3},
+                "contentChanges": [
+                    {"range": {"start": {"line": far, "character": 0}, "end": {"line": far, "character": 0}}, "text": "\n"}
+                ],
+            },
+        )
+        _wait_log(s, "(edited at a new place)")
+        assert "result" in inline(s, a, far + 1, 0)
+        source, evaluated = _log_costs(s.stderr(), "a.py")[-1]
+        assert evaluated <= 8, s.stderr()[-3000:]

@@ -11,7 +11,7 @@ from lsp_server import config, neighbors
 from lsp_server.cache import TypeThroughCache
 from lsp_server.lookup import Lookup
 from lsp_server.neighbors import CHUNK_LINES, ChunkRing, Doc, Neighbors
-from lsp_server.pacing import MIN_SAMPLES, Pacer
+from lsp_server.pacing import MIN_CONTEXT, MIN_SAMPLES, Pacer, PromptSizer
 
 
 def _module(name: str, funcs: list[str], lines: int = 100) -> str:
@@ -205,3 +205,20 @@ def test_draft_policy_drafts_only_what_pays() -> None:
         tiny.verified(4, 0)
     sizes = [tiny.size(8) for _ in range(DraftPolicy.PROBE_EVERY)]
     assert sizes[:-1] == [0] * (DraftPolicy.PROBE_EVERY - 1) and sizes[-1] == 2  # only a rare probe
+
+
+def test_prompt_size_fits_a_cold_jump_into_the_target() -> None:
+    """A fast engine keeps the configured sizes; a slow one gets what it evaluates within coldJumpMs (in 128-token
+    steps, four fifths to the windows); small changes in the measured speed change nothing (every change moves the
+    windows, which costs an evaluation)."""
+    fast = PromptSizer().choose(5000.0, 3.0, 1500, 2048, 512)
+    assert (fast.context_tokens, fast.extra_context_tokens) == (2048, 512)
+    sizer = PromptSizer()
+    slow = sizer.choose(1000.0, 20.0, 1500, 2048, 512)  # (1500 - 16 * 20) ms at 1000 tokens/s: 1180 tokens
+    assert (slow.context_tokens, slow.extra_context_tokens) == (896, 256)
+    assert "1000 prompt tokens/s" in slow.why and "coldJumpMs 1500" in slow.why
+    assert sizer.choose(1100.0, 20.0, 1500, 2048, 512) is slow  # 10 % faster: the same sizes
+    faster = sizer.choose(1500.0, 20.0, 1500, 2048, 512)
+    assert faster.context_tokens > slow.context_tokens
+    crawl = PromptSizer().choose(30.0, 150.0, 1500, 2048, 512)  # a 7B on a laptop CPU: the least there is
+    assert (crawl.context_tokens, crawl.extra_context_tokens) == (MIN_CONTEXT, 0)
