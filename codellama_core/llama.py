@@ -311,6 +311,9 @@ class ContextOptions:
     flash_attn: bool = False  # llama.cpp's fused attention (faster at long contexts; not the reference path)
     kv_type: str = "f16"  # "f16" | "q8_0" | "f32"
     all_logits: bool = False  # keep every position's logits of a decode (evaluation), not only the last
+    # a second sequence that ``rearrange`` parks cache cells in while it evaluates new tokens before them (the KV
+    # cache shared by both: llama.cpp's unified cache of n_ctx cells)
+    scratch: bool = False
     cb_eval: Any = None  # a ggml_backend_sched_eval_callback the caller keeps alive (imatrix)
 
 
@@ -335,7 +338,9 @@ class Context:
         p = lc.llama_context_default_params()
         p.n_ctx = options.n_ctx
         p.n_batch = p.n_ubatch = min(options.n_batch, options.n_ctx)
-        p.n_seq_max = 1
+        p.n_seq_max = 2 if options.scratch else 1
+        if options.scratch:
+            p.kv_unified = True  # one set of n_ctx cells that both sequences refer to (parking copies no data)
         p.n_threads = p.n_threads_batch = threads
         p.type_k = p.type_v = KV_TYPES[options.kv_type]
         # llama.cpp needs flash attention for a quantized V cache; elsewhere the plain path is the reference
@@ -358,6 +363,7 @@ class Context:
         self.n_ctx = int(lc.llama_n_ctx(handle))
         self.n_batch = int(p.n_batch)
         self.all_logits = options.all_logits
+        self.scratch = options.scratch
         self.tokens: list[int] = []
         self._shift_pending = False  # moved keys not yet rotated (``rearrange``)
         self._batch = lc.llama_batch_init(self.n_batch, 0, 1)
@@ -433,53 +439,91 @@ class Context:
         """Whether the KV cache can move positions (``rearrange``): llama.cpp re-applies RoPE to the keys."""
         return bool(lib().llama_memory_can_shift(lib().llama_get_memory(self.handle)))
 
-    def rearrange(self, pieces: Sequence[tuple[int, int]]) -> None:
-        """Make the cache hold, at positions 0, 1, ..., the concatenation of the old position ranges ``pieces``
-        (``(start, length)`` each, non-overlapping, any order) and nothing else; ``tokens`` follows.
+    def rearrange(self, pieces: Sequence[tuple[int, int] | list[int]]) -> None:
+        """Make the cache hold, at positions 0, 1, ..., the concatenation of ``pieces`` and nothing else; ``tokens``
+        follows. A piece is an old position range ``(start, length)`` (non-overlapping, any order), or a list of new
+        tokens, evaluated there (a context made with ``scratch`` only).
 
-        This is llama-server's ``--cache-reuse``: ``llama_memory_seq_rm`` drops the cells no piece keeps and
-        ``llama_memory_seq_add`` moves each piece to its new place, which re-rotates its keys by the distance
-        moved (RoPE is relative). The values are the ones computed in the old context, so a moved piece is an
-        approximation of evaluating it again (``engines.llama_cpp`` says how close). llama.cpp appends only after
-        a sequence's last position, so the pieces must tile the new prefix without gaps: they do by construction.
-        The rotation happens in the next ``decode``; ``save_state`` makes sure one ran.
+        This is llama-server's ``--cache-reuse``, and more: ``llama_memory_seq_rm`` drops the cells no piece keeps and
+        ``llama_memory_seq_add`` moves each piece to its new place, which re-rotates its keys by the distance moved
+        (RoPE is relative). The values are the ones computed in the old context, so a moved piece is an
+        approximation of evaluating it again (``lsp_server.engines.kept`` says how close). llama.cpp appends only
+        after a sequence's last position, so ranges after new tokens are parked in sequence 1 first
+        (``llama_memory_seq_cp``), the new tokens decoded, then the ranges moved after them and copied back. Keys
+        moved are rotated in the next ``decode``; ``save_state`` makes sure one ran.
         """
         lc = lib()
         mem = lc.llama_get_memory(self.handle)
         old = self.tokens
+        first_new = next((i for i, p in enumerate(pieces) if isinstance(p, list)), len(pieces))
         taken = np.zeros(len(old) + 1, dtype=np.int32)  # +1/-1 at piece bounds: a count of pieces per cell
-        new: list[int] = []
-        moves: list[tuple[int, int, int]] = []  # (old start, length, new start)
-        for start, length in pieces:
+        head = np.zeros(len(old) + 1, dtype=np.int32)  # the same for the pieces before the first new tokens
+        total = 0
+        for i, piece in enumerate(pieces):
+            if isinstance(piece, list):
+                total += len(piece)
+                continue
+            start, length = piece
             if length <= 0:
                 continue
             if start < 0 or start + length > len(old):
                 raise LlamaError(f"expected pieces within the {len(old)} cached positions, got ({start}, {length})")
-            taken[start] += 1
-            taken[start + length] -= 1
-            if start != len(new):
-                moves.append((start, length, len(new)))
-            new.extend(old[start : start + length])
+            for arr in (taken, head) if i < first_new else (taken,):
+                arr[start] += 1
+                arr[start + length] -= 1
+            total += length
         cover = np.cumsum(taken[:-1])
         if cover.size and int(cover.max()) > 1:
             raise LlamaError("expected non-overlapping pieces of the cache, got pieces that share positions")
-        # drop every cell no piece keeps, one run of free positions at a time
-        free = np.flatnonzero(np.diff(np.concatenate(([1], (cover > 0).astype(np.int8), [1]))))  # run bounds
+        parked = [p for p in pieces[first_new:] if isinstance(p, tuple) and p[1] > 0]
+        if first_new < len(pieces) and not self.scratch:
+            raise LlamaError("expected a context made with scratch=True to evaluate new tokens between cached ones")
+        for start, length in parked:  # cells kept for after the new tokens: into sequence 1 (and out of 0, below)
+            lc.llama_memory_seq_cp(mem, 0, 1, start, start + length)
+        kept = np.cumsum(head[:-1]) > 0
+        # drop from sequence 0 every cell the head pieces do not keep, one run of free positions at a time
+        free = np.flatnonzero(np.diff(np.concatenate(([1], kept.astype(np.int8), [1]))))  # run bounds
         for a, b in zip(free[0::2], free[1::2], strict=True):
             if not lc.llama_memory_seq_rm(mem, 0, int(a), int(b)):
                 raise LlamaError(f"expected llama.cpp to remove cache positions {a}..{b}, got a refusal")
-        if moves:
-            if not self.can_shift:
-                raise LlamaError("expected a KV cache that can shift positions, got one that cannot")
-            # two steps, so that no piece lands on positions another piece still has to leave: every moving
-            # piece goes past all old and new positions first, then to its place
-            away = len(old) + len(new) + 1
-            for start, length, _ in moves:
-                lc.llama_memory_seq_add(mem, 0, start, start + length, away)
-            for start, length, to in moves:
-                lc.llama_memory_seq_add(mem, 0, start + away, start + away + length, to - start - away)
-            self._shift_pending = True
+        away = len(old) + total + 1  # past every old and new position
+        moves: list[tuple[int, int, int]] = []  # (old start, length, new start) of the head pieces
+        new: list[int] = []
+        for piece in pieces[:first_new]:
+            assert isinstance(piece, tuple)
+            start, length = piece
+            if length <= 0:
+                continue
+            if start != len(new):
+                moves.append((start, length, len(new)))
+            new.extend(old[start : start + length])
+        if (moves or parked) and not self.can_shift:
+            raise LlamaError("expected a KV cache that can shift positions, got one that cannot")
+        # two steps, so that no piece lands on positions another piece still has to leave: every moving piece goes
+        # past all old and new positions first, then to its place
+        for start, length, _ in moves:
+            lc.llama_memory_seq_add(mem, 0, start, start + length, away)
+        for start, length, to in moves:
+            lc.llama_memory_seq_add(mem, 0, start + away, start + away + length, to - start - away)
+        self._shift_pending = self._shift_pending or bool(moves)
         self.tokens = new
+        if first_new == len(pieces):
+            return
+        lc.llama_memory_seq_add(mem, 1, -1, -1, away)  # the parked cells past everything sequence 0 will hold
+        for piece in pieces[first_new:]:
+            if isinstance(piece, list):
+                self.decode(piece)
+                continue
+            start, length = piece
+            if length <= 0:
+                continue
+            to = len(self.tokens)
+            lc.llama_memory_seq_add(mem, 1, start + away, start + away + length, to - start - away)
+            lc.llama_memory_seq_cp(mem, 1, 0, to, to + length)
+            lc.llama_memory_seq_rm(mem, 1, to, to + length)
+            self.tokens.extend(old[start : start + length])
+            self._shift_pending = True
+        lc.llama_memory_seq_rm(mem, 1, -1, -1)
 
     def state_size(self) -> int:
         """Bytes that ``save_state`` takes now (the cells of the sequence and their keys and values)."""

@@ -43,6 +43,13 @@ def add_common(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="shortest run of moved prompt tokens whose KV cache is shifted instead of evaluated again (0: prefix only)",
     )
+    p.add_argument(
+        "--reuse-gap",
+        type=int,
+        default=256,
+        metavar="N",
+        help="most new prompt tokens evaluated between two reused runs, the run after them moved (0: off)",
+    )
     p.add_argument("--n-gpu-layers", type=int, default=0, help="layers to offload (CUDA/Metal builds)")
     p.add_argument(
         "--cpu-repack",
@@ -91,6 +98,7 @@ def engine_options(args: argparse.Namespace) -> EngineOptions:
         prompt_lookup=args.prompt_lookup,
         kept_prompts_mib=args.kept_prompts_mib,
         reuse_min=args.reuse_min,
+        reuse_gap=args.reuse_gap,
     )
 
 

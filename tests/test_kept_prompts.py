@@ -50,6 +50,16 @@ def test_plan_takes_the_common_prefix_then_moved_runs() -> None:
     assert plan(cache, cache[:50] + cache[120:300], 229, 0).covered == 50  # prefix only
 
 
+def test_plan_evaluates_new_tokens_between_reused_runs() -> None:
+    cache = list(range(1000, 1600))
+    new = [7] * 40
+    prompt = cache[:100] + new + cache[100:400] + [5, 5]
+    p = plan(cache, prompt, len(prompt) - 1, 64, max_gap=256)
+    assert p.pieces == ((0, 100), new, (100, 300)) and p.covered == 440 and p.reused == 400 and p.inserted == 40
+    assert plan(cache, prompt, len(prompt) - 1, 64).covered == 100  # without gaps: the new tokens end the reuse
+    assert plan(cache, cache[:100] + new + cache[100:200], 239, 64, max_gap=256).covered == 100  # too short a run after
+
+
 def test_plan_reorders_and_never_uses_a_cell_twice() -> None:
     a, b = list(range(100, 200)), list(range(500, 600))
     p = plan(a + b, b + a + a, 300, 64)
@@ -101,20 +111,22 @@ def test_moved_text_gives_the_cold_greedy_text(which: str, lsp_random_gguf: Path
     path = DEMO if which == "demo" else lsp_random_gguf
     model = llama.Model(path)
     try:
-        opts = llama.ContextOptions(n_ctx=2048, flash_attn=True)
+        opts = llama.ContextOptions(n_ctx=2048, flash_attn=True, scratch=True)
         warm, cold = llama.Context(model, opts), llama.Context(model, opts)
         lines = SOURCE.split("\n")
         before = [model.bos or 1] + model.tokenize("\n".join(lines[100:220]))
         cases = {
             "lines deleted in the middle": [model.bos or 1] + model.tokenize("\n".join(lines[100:130] + lines[150:220])),
             "the front evicted": [model.bos or 1] + before[200:],
+            "lines inserted in the middle": [model.bos or 1]
+            + model.tokenize("\n".join(lines[100:130] + ["    # a comment the user wrote", "    total = 0"] + lines[130:220])),
         }
         for name, after in cases.items():
             warm.truncate(0)
             warm.decode(before)
-            p = plan(warm.tokens, after, len(after) - 1, 64)
+            p = plan(warm.tokens, after, len(after) - 1, 64, max_gap=256)
             assert p.moved > 900, (name, p)
-            warm.rearrange(p.pieces)
+            warm.rearrange(list(p.pieces))
             assert warm.tokens == after[: p.covered]
             warm.decode(after[p.covered :])
             cold.truncate(0)

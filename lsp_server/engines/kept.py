@@ -35,20 +35,33 @@ from codellama_core.llama import SavedState
 
 GRAM = 8  # tokens per index key: short enough to find any run of min_chunk tokens, long enough to be rare
 MAX_CANDIDATES = 16  # places per gram looked at (the most recent): repetitive code has many
+RESUME_MIN = 128  # a run after new tokens is reused when it is at least this long (shorter: evaluate on)
+MAX_GAPS = 4  # places in one prompt where new tokens come between reused runs
 
 
 @dataclass(frozen=True)
 class Plan:
-    """Pieces ``(start in the cache, length)`` whose concatenation is ``prompt[:covered]``."""
+    """How the cache becomes the start of a prompt: ``pieces`` in prompt order, each a range ``(start in the cache,
+    length)`` kept, or a list of new tokens evaluated between kept ranges; together they are ``prompt[:covered]``."""
 
-    pieces: tuple[tuple[int, int], ...]
+    pieces: tuple[tuple[int, int] | list[int], ...]
     covered: int
     prefix: int  # of which the common prefix (no move needed)
 
     @property
+    def reused(self) -> int:
+        """Prompt tokens taken from the cache."""
+        return sum(p[1] for p in self.pieces if isinstance(p, tuple))
+
+    @property
     def moved(self) -> int:
-        """Tokens that change position."""
-        return self.covered - self.prefix
+        """Reused tokens that change position."""
+        return self.reused - self.prefix
+
+    @property
+    def inserted(self) -> int:
+        """New tokens evaluated between kept ranges."""
+        return self.covered - self.reused
 
 
 def common_prefix(a: Sequence[int] | np.ndarray, b: Sequence[int] | np.ndarray, limit: int) -> int:
@@ -87,23 +100,32 @@ class GramIndex:
 
 
 def plan(
-    cache: Sequence[int] | np.ndarray, prompt: Sequence[int], limit: int, min_chunk: int, index: GramIndex | None = None
+    cache: Sequence[int] | np.ndarray,
+    prompt: Sequence[int],
+    limit: int,
+    min_chunk: int,
+    index: GramIndex | None = None,
+    max_gap: int = 0,
 ) -> Plan:
-    """The pieces of ``cache`` that tile the longest start of ``prompt`` (at most ``limit`` tokens); runs other than
-    the common prefix must be ``min_chunk`` tokens or longer (0: the common prefix only)."""
+    """The pieces of ``cache`` that build the longest start of ``prompt`` (at most ``limit`` tokens); runs other than
+    the common prefix must be ``min_chunk`` tokens or longer (0: the common prefix only). With ``max_gap``, up to that
+    many new tokens may come between two runs when the run after them is ``RESUME_MIN`` tokens or longer (a chunk of
+    another file inserted before the FIM part, a line inserted above the cursor): they are evaluated there and the
+    run after them is moved, not evaluated."""
     c = np.asarray(cache, dtype=np.int64)
     p = np.asarray(prompt, dtype=np.int64)
     limit = min(limit, len(p))
     k = common_prefix(c, p, limit)
-    pieces: list[tuple[int, int]] = [(0, k)] if k else []
-    if min_chunk <= 0 or limit - k < max(min_chunk, GRAM) or len(c) - k < max(min_chunk, GRAM):
+    pieces: list[tuple[int, int] | list[int]] = [(0, k)] if k else []
+    shortest = max(min_chunk, GRAM)
+    if min_chunk <= 0 or limit - k < shortest or len(c) - k < shortest:
         return Plan(tuple(pieces), k, k)
     if index is None:
         index = GramIndex(c)
     used = np.zeros(len(c) + 1, dtype=bool)
     used[:k] = True
-    i = k
-    while limit - i >= max(min_chunk, GRAM):
+
+    def longest(i: int) -> tuple[int, int]:
         best, best_at = 0, -1
         for at in index.places(p[i : i + GRAM]):
             if used[at]:
@@ -113,12 +135,30 @@ def plan(
             run = int(stop[0]) if stop.size else n
             if run > best:
                 best, best_at = run, at
-        if best < max(min_chunk, GRAM):
+        return best, best_at
+
+    i = covered = k
+    gaps = 0
+    while limit - i >= shortest:
+        run, at = longest(i)
+        gap_end = i
+        if run < shortest and max_gap > 0 and gaps < MAX_GAPS:  # new tokens here: does the cache go on after a few of them?
+            for j in range(i + 1, min(i + max_gap, limit - RESUME_MIN) + 1):
+                run, at = longest(j)
+                if run >= RESUME_MIN:
+                    gap_end = j
+                    break
+            else:
+                run = 0
+        if run < shortest:
             break
-        pieces.append((best_at, best))
-        used[best_at : best_at + best] = True
-        i += best
-    return Plan(tuple(pieces), i, k)
+        if gap_end > i:
+            pieces.append([int(t) for t in p[i:gap_end]])
+            gaps += 1
+        pieces.append((at, run))
+        used[at : at + run] = True
+        i = covered = gap_end + run
+    return Plan(tuple(pieces), covered, k)
 
 
 @dataclass

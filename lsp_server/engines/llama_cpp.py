@@ -82,6 +82,7 @@ class EngineOptions:
     # host memory for the evaluated prompts of recent places (MiB; None: sized to the model, see ``kept_budget``; 0: off)
     kept_prompts_mib: int | None = None
     reuse_min: int = 64  # shortest run of moved tokens reused by KV shifting (0: the common prefix only)
+    reuse_gap: int = 256  # most new tokens evaluated between two reused runs (0: reuse stops at the first new token)
 
 
 @dataclass
@@ -148,7 +149,9 @@ class LlamaCppEngine:
         try:
             self.vocab = LlamaVocab(self._model)
             n_ctx = options.n_ctx or min(self._model.n_ctx_train or 2048, MAX_DEFAULT_CTX)
-            ctx_options = llama.ContextOptions(n_ctx=n_ctx, threads=options.threads, kv_type=options.kv_type, flash_attn=True)
+            ctx_options = llama.ContextOptions(
+                n_ctx=n_ctx, threads=options.threads, kv_type=options.kv_type, flash_attn=True, scratch=options.reuse_gap > 0
+            )
             self._ctx = llama.Context(self._model, ctx_options)
         except llama.LlamaError as exc:
             self._model.close()
@@ -164,6 +167,7 @@ class LlamaCppEngine:
         self.speed = Speed()
         self._options = options
         self._reuse_min = max(0, options.reuse_min) if self._ctx.can_shift else 0
+        self._reuse_gap = max(0, options.reuse_gap) if self._reuse_min else 0
         self._kept = KeptPrompts(0)
         self._live_saved: tuple[int, ...] = ()  # the live tokens as last copied to or from the kept prompts
         self.bytes_per_token = 0.0
@@ -336,8 +340,7 @@ class LlamaCppEngine:
             result.stop = "context"
             return self._finish(result, job)
         t1 = time.perf_counter()
-        result.reused_tokens = self._prepare(prompt, result)
-        pos = result.reused_tokens
+        pos = self._prepare(prompt, result)
         step = self._prefill_chunk() if req.background else PROMPT_CHUNK
         t_eval = time.perf_counter()
         while pos < len(prompt):
@@ -417,19 +420,19 @@ class LlamaCppEngine:
         """
         limit = len(prompt) - 1
         live = self._ctx.tokens
-        best = plan(live, prompt, limit, self._reuse_min)
+        best = plan(live, prompt, limit, self._reuse_min, max_gap=self._reuse_gap)
         source: int | None = None
-        if self._kept.budget and len(self._kept) and best.covered < limit - RESTORE_GAIN:
+        if self._kept.budget and len(self._kept) and best.reused < limit - RESTORE_GAIN:
             p = np.asarray(prompt, dtype=np.int64)
             # a cheap score first (the common prefix, or the prompt's grams the copy has), full plans for the best few
             ranked = sorted(
                 self._kept.entries(), key=lambda e: max(common_prefix(e[1].tokens, p, limit), e[1].index.hits(p)), reverse=True
             )
             for key, e in ranked[:3]:
-                got = plan(e.tokens, prompt, limit, self._reuse_min, e.index)
-                if got.covered > best.covered + RESTORE_GAIN:
+                got = plan(e.tokens, prompt, limit, self._reuse_min, e.index, self._reuse_gap)
+                if got.reused > best.reused + RESTORE_GAIN:
                     best, source = got, key
-        if source is not None or len(live) - best.covered >= SAVE_MIN:
+        if source is not None or len(live) - best.reused >= SAVE_MIN:
             self._save_live()
         if source is not None:
             kept = self._kept.take(source)
@@ -437,7 +440,9 @@ class LlamaCppEngine:
             self._live_saved = kept.tokens
             result.restored_tokens = len(kept.tokens)
         self._apply(best)
+        result.reused_tokens = best.reused
         result.moved_tokens = best.moved
+        result.evaluated_tokens += best.inserted
         return best.covered
 
     def _apply(self, p: Plan) -> None:
@@ -445,7 +450,7 @@ class LlamaCppEngine:
         if p.covered == p.prefix:  # the common prefix: cut the rest
             self._ctx.truncate(p.covered)
         elif p.pieces != ((0, n),):
-            self._ctx.rearrange(p.pieces)
+            self._ctx.rearrange(list(p.pieces))
 
     def _save_live(self) -> None:
         """Copy the live context to host memory, unless it is small or already kept as it is."""
