@@ -28,6 +28,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import attrs
+
 FILES = ("textwrap", "shlex", "heapq")
 # (file, line) of the six places: inside functions, at the end of a statement line
 PLACES = [(0, 140), (0, 330), (1, 120), (1, 260), (2, 200), (2, 420)]
@@ -36,7 +38,7 @@ KEYS = "self"
 DEBOUNCE_S = 0.2
 
 
-def run_session(model: str, prefill: bool) -> dict[str, object]:
+def run_session(model: str, prefill: bool, budget_ms: int, cold_jump_ms: int) -> dict[str, object]:
     from lsp_server import pipeline
     from lsp_server.cache import TypeThroughCache
     from lsp_server.config import Settings
@@ -49,7 +51,9 @@ def run_session(model: str, prefill: bool) -> dict[str, object]:
     engine = LlamaCppEngine(Path(model), "bench")
     cache = TypeThroughCache()
     nb = Neighbors()
-    settings = Settings(max_tokens=8)
+    settings = Settings(max_tokens=8, time_budget_ms=budget_ms)
+    if hasattr(settings, "cold_jump_ms"):  # trees without it have no prompt sizing
+        settings = attrs.evolve(settings, cold_jump_ms=cold_jump_ms)
     jumps: list[tuple[int, float, bool]] = []
     keys: list[tuple[int, float, bool]] = []
     prefilled: list[int] = []
@@ -64,13 +68,13 @@ def run_session(model: str, prefill: bool) -> dict[str, object]:
 
     def sized() -> Settings:
         speed = getattr(engine, "speed", None)
-        if sizer is None or speed is None or speed.prompt_tps <= 0:
+        if sizer is None or speed is None or speed.prompt_tps <= 0 or settings.cold_jump_ms <= 0:  # type: ignore[attr-defined]
             return settings
         got = sizer.choose(
             speed.prompt_tps, speed.gen_ms, settings.cold_jump_ms, settings.context_tokens, settings.extra_context_tokens
         )  # type: ignore[attr-defined]
         sizes.append(got.context_tokens + got.extra_context_tokens)
-        return replace(settings, context_tokens=got.context_tokens, extra_context_tokens=got.extra_context_tokens)
+        return attrs.evolve(settings, context_tokens=got.context_tokens, extra_context_tokens=got.extra_context_tokens)
 
     sizes: list[int] = []
 
@@ -128,6 +132,7 @@ def run_session(model: str, prefill: bool) -> dict[str, object]:
         "cached": cached,
         "kept_mib": kept_mib,
         "sizes": sorted(set(sizes)),
+        "prefilled": prefilled,
     }
 
 
@@ -137,10 +142,12 @@ def main() -> None:
     p.add_argument("--tree", action="append", default=None, help="checkouts to compare (default: this one)")
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--prefill", action="store_true", help="emulate the server's prefill in trees that have it")
+    p.add_argument("--budget-ms", type=int, default=2000, help="timeBudgetMs (a large one: counts without time cuts)")
+    p.add_argument("--cold-jump-ms", type=int, default=1500, help="coldJumpMs (0: the prompt sizes as set)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child is not None:
-        print(json.dumps(run_session(args.model, args.child == "prefill")))
+        print(json.dumps(run_session(args.model, args.child == "prefill", args.budget_ms, args.cold_jump_ms)))
         return
     trees = args.tree or [str(Path(__file__).resolve().parents[1])]
     results: dict[str, list[dict[str, object]]] = {t: [] for t in trees}
@@ -152,19 +159,20 @@ def main() -> None:
             loads.append(os.getloadavg()[0])
             mode = "prefill" if args.prefill and has_prefill else "plain"
             out = subprocess.run(
-                [sys.executable, __file__, "--model", args.model, "--child", mode],
+                [sys.executable, __file__, "--model", args.model, "--child", mode, "--budget-ms", str(args.budget_ms)]
+                + ["--cold-jump-ms", str(args.cold_jump_ms)],
                 env=env,
                 capture_output=True,
                 text=True,
                 check=True,
             )
             results[tree].append(json.loads(out.stdout.strip().splitlines()[-1]))
-    print(f"load average during the runs: {min(loads):.1f}-{max(loads):.1f} ({os.cpu_count()} CPUs)")
+    print(f"load average during the runs: {min(loads):.1f}-{max(loads):.1f} ({os.cpu_count()} CPUs); {vars(args)}")
     print(
         "| tree | evaluated per jump: mean (p50, max) | per key: mean (p50, max) | answered | cache hits | jump p50 | key p50 "
-        "| kept MiB | prompt sizes |"
+        "| kept MiB | prompt sizes | prefilled per jump |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for tree, runs in results.items():
         for r in runs:
             je, ke = r["jump_eval"], r["key_eval"]
@@ -173,7 +181,8 @@ def main() -> None:
                 f"| {tree} | {statistics.mean(je):.0f} ({statistics.median(je):.0f}, {max(je)}) "
                 f"| {statistics.mean(ke):.1f} ({statistics.median(ke):.0f}, {max(ke)}) | {r['answered']}/{r['requests']} "
                 f"| {r['cached']} | {statistics.median(r['jump_ms']):.0f} ms | {statistics.median(r['key_ms']):.0f} ms "  # type: ignore[arg-type]
-                f"| {r['kept_mib']:.1f} | {r['sizes'] or 'as set'} |"
+                f"| {r['kept_mib']:.1f} | {r['sizes'] or 'as set'} "
+                f"| {statistics.mean(r['prefilled']) if r['prefilled'] else 0:.0f} |"  # type: ignore[arg-type]
             )
 
 

@@ -46,7 +46,7 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--reuse-gap",
         type=int,
-        default=256,
+        default=512,
         metavar="N",
         help="most new prompt tokens evaluated between two reused runs, the run after them moved (0: off)",
     )

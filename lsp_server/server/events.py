@@ -71,8 +71,9 @@ class Events(Prefilling):
         return self.sized(s)
 
     def sized(self, s: config.Settings) -> config.Settings:
-        """``s`` with ``contextTokens``/``extraContextTokens`` chosen so that a cold jump fits ``coldJumpMs`` on this
-        engine (its ``speed``), where the user left them at their defaults; what was chosen and why is logged."""
+        """``s`` with ``contextTokens``/``extraContextTokens`` chosen so that a cold jump fits ``coldJumpMs`` (or three
+        quarters of a larger ``timeBudgetMs``) on this engine (its ``speed``), where the user left them at their
+        defaults; what was chosen and why is logged."""
         speed = getattr(self.engine, "speed", None)
         defaults = config.Settings()
         auto_ctx = s.context_tokens == defaults.context_tokens
@@ -80,7 +81,9 @@ class Events(Prefilling):
         if s.cold_jump_ms <= 0 or speed is None or speed.prompt_tps <= 0 or not (auto_ctx or auto_extra):
             return s
         before = self.sizer.sizes
-        got = self.sizer.choose(speed.prompt_tps, speed.gen_ms, s.cold_jump_ms, s.context_tokens, s.extra_context_tokens)
+        # a time budget raised above the default says slower answers are welcome: the target follows it
+        target = max(s.cold_jump_ms, self.settings.time_budget_ms * 3 // 4)
+        got = self.sizer.choose(speed.prompt_tps, speed.gen_ms, target, s.context_tokens, s.extra_context_tokens)
         if got != before:
             log.info(
                 "prompt size: contextTokens %d, extraContextTokens %d (%s)", got.context_tokens, got.extra_context_tokens, got.why
