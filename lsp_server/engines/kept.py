@@ -125,14 +125,28 @@ def plan(
     used = np.zeros(len(c) + 1, dtype=bool)
     used[:k] = True
 
-    def longest(i: int) -> tuple[int, int]:
+    def run_at(at: int, i: int, at_least: int) -> int:
+        """Tokens from cache ``at`` and prompt ``i`` on that agree (unused cells only); 0 when fewer than ``at_least``
+        (checked first on the last of them, then in growing steps: the cost follows the run, not the prompt)."""
+        n = min(len(c) - at, limit - i)
+        if n < at_least or (at_least and (c[at + at_least - 1] != p[i + at_least - 1] or used[at + at_least - 1])):
+            return 0
+        done, step = 0, 64
+        while done < n:
+            m = min(n, done + step)
+            stop = np.flatnonzero((c[at + done : at + m] != p[i + done : i + m]) | used[at + done : at + m])
+            if stop.size:
+                done += int(stop[0])
+                break
+            done, step = m, step * 2
+        return done if done >= at_least else 0
+
+    def longest(i: int, at_least: int = 0) -> tuple[int, int]:
         best, best_at = 0, -1
         for at in index.places(p[i : i + GRAM]):
             if used[at]:
                 continue
-            n = min(len(c) - at, limit - i)
-            stop = np.flatnonzero((c[at : at + n] != p[i : i + n]) | used[at : at + n])
-            run = int(stop[0]) if stop.size else n
+            run = run_at(at, i, max(at_least, best + 1))
             if run > best:
                 best, best_at = run, at
         return best, best_at
@@ -144,7 +158,7 @@ def plan(
         gap_end = i
         if run < shortest and max_gap > 0 and gaps < MAX_GAPS:  # new tokens here: does the cache go on after a few of them?
             for j in range(i + 1, min(i + max_gap, limit - RESUME_MIN) + 1):
-                run, at = longest(j)
+                run, at = longest(j, RESUME_MIN)
                 if run >= RESUME_MIN:
                     gap_end = j
                     break
