@@ -14,6 +14,13 @@ quantize) and ``model_train.eval`` - goes through this module, so the platform w
   where the CPU has no AMX (``cpu_has_amx``): repacked weights are what llama-server runs by default.
 - Flash attention: off (the reference path) unless asked for (``ContextOptions.flash_attn``) or needed by
   a quantized V cache; the completion engine asks for it, as llama-server does by default.
+- Threads that wait without spinning: llama-cpp-python's llama.cpp is built with OpenMP (libgomp), whose
+  threads spin at every barrier (dozens a token). When other processes hold the cores, each barrier waits
+  for a descheduled thread while its partner burns the time slice: 20-100x slower generation on a busy
+  machine (docs/benchmarks.md, "A busy machine"). ``lib()`` sets ``OMP_WAIT_POLICY=passive`` before
+  ``llama_cpp`` (and with it libgomp, which reads its environment once, when it loads) is imported, unless
+  the user set ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` (their choice wins). llama.cpp's own threadpool
+  (``llama_attach_threadpool``) does not help here: an OpenMP build computes every graph in an OpenMP team.
 - Logging: llama.cpp's log goes to the Python logger ``llama.cpp`` (errors at WARNING, warnings at INFO,
   the rest at DEBUG) instead of llama-cpp-python's handler, which prints everything to stderr; the last
   error lines are kept so that a failed load can say why in one line.
@@ -54,18 +61,43 @@ class LlamaError(Exception):
     """llama.cpp refused a file or an operation; the message says what was expected and what happened."""
 
 
+WAIT_POLICY = "passive"  # OMP_WAIT_POLICY for llama.cpp's OpenMP threads unless the user chose one
+_WAIT_KNOBS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")  # libgomp's own settings: set by the user, left alone
+
+
+def set_wait_policy() -> str:
+    """Make llama.cpp's OpenMP threads sleep at barriers instead of spinning, before libgomp loads.
+
+    Returns what applies, for the log: ``"OMP_WAIT_POLICY=passive"``, the user's own setting, or why
+    nothing could be set (llama_cpp, and with it libgomp, was loaded already: libgomp reads its environment once).
+    """
+    import sys
+
+    chosen = [f"{k}={os.environ[k]}" for k in _WAIT_KNOBS if os.environ.get(k, "").strip()]
+    if chosen:
+        return " ".join(chosen) + " (the user's)"
+    if "llama_cpp" in sys.modules:
+        return "libgomp's default (llama_cpp was imported before the adapter could set OMP_WAIT_POLICY)"
+    os.environ["OMP_WAIT_POLICY"] = WAIT_POLICY  # os.environ writes through to the C environment (putenv)
+    return f"OMP_WAIT_POLICY={WAIT_POLICY}"
+
+
 def lib() -> Any:
     """The ``llama_cpp`` bindings, with the backend initialised and the log routed (once per process)."""
     global _ready, _callback
-    import llama_cpp
-
     if not _ready:
         with _init_lock:
             if not _ready:
+                policy = set_wait_policy()  # before the import: libgomp reads its environment when it loads
+                import llama_cpp
+
                 llama_cpp.llama_backend_init()
                 _callback = llama_cpp.llama_log_callback(_on_log)
                 llama_cpp.llama_log_set(_callback, ctypes.c_void_p(0))
+                log.debug("OpenMP wait policy: %s", policy)
                 _ready = True
+    import llama_cpp
+
     return llama_cpp
 
 

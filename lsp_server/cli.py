@@ -27,16 +27,19 @@ from pathlib import Path
 from codellama_core.tool import UsageError, run_tool
 
 from . import eval as eval_mod
+from .engines import GenerationResult
 from .errors import ServerError
 from .options import add_common, engine_options, remote_options, settings_from_args, setup_logging
 
 log = logging.getLogger("lsp_server")
 PROG = "codellama-lsp"
 TOKEN_ENV = "CODELLAMA_LSP_TOKEN"
+NO_BUDGET_MS = 600_000  # `complete` without --time-budget-ms: the largest budget the settings allow (10 minutes)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="codellama-lsp", description="Code Llama inline completion language server")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     add_common(p)
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--stdio", action="store_true", help="serve over stdin/stdout (default)")
@@ -57,11 +60,27 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--character", type=int, required=True, help="0-based column in UTF-16 code units (as LSP)")
     c.add_argument("--max-tokens", type=int, default=None)
     c.add_argument("--fim-order", choices=["spm", "psm"], default=None)
+    c.add_argument(
+        "--time-budget-ms",
+        type=int,
+        default=None,
+        metavar="MS",
+        help="give up generating after MS milliseconds, as an editor does (default: wait for the model)",
+    )
     add_common(c)
     e = sub.add_parser("eval", help="HumanEval infilling through the completion pipeline (pip install 'codellama-lsp[eval]')")
     eval_mod.add_arguments(e)
     add_common(e)
     return p
+
+
+def _version() -> str:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("codellama-lsp")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "(not installed)"
 
 
 def complete_file(args: argparse.Namespace) -> None:
@@ -76,6 +95,11 @@ def complete_file(args: argparse.Namespace) -> None:
         raw["maxTokens"] = args.max_tokens
     if args.fim_order is not None:
         raw["fimOrder"] = args.fim_order
+    # The time budget is the editor's (an answer after the user typed on is worthless); a command the user
+    # runs and waits for waits for the model, however busy the machine, unless it is given a budget.
+    if args.time_budget_ms is not None and not 10 <= args.time_budget_ms <= NO_BUDGET_MS:
+        raise UsageError(f"expected --time-budget-ms between 10 and {NO_BUDGET_MS}, got {args.time_budget_ms}")
+    raw["timeBudgetMs"] = args.time_budget_ms if args.time_budget_ms is not None else NO_BUDGET_MS
     settings, problems = config.parse(raw)
     for p in problems:
         print(f"codellama-lsp: {p}", file=sys.stderr)
@@ -96,8 +120,19 @@ def complete_file(args: argparse.Namespace) -> None:
         log.info("prompt %d tokens, generated %d, %.0f ms, stop=%s", r.prompt_tokens, r.generated_tokens, r.total_ms, r.stop)
     if result.texts:
         print(context.to_document_newlines(result.texts[0], context.document_newline(source)))
-    else:
+    if r is not None and r.stop == "time":
+        print(f"codellama-lsp: {budget_cut(r, settings.time_budget_ms, bool(result.texts))}", file=sys.stderr)
+    elif not result.texts:
         print("codellama-lsp: the model returned no completion here", file=sys.stderr)
+
+
+def budget_cut(r: GenerationResult, budget_ms: int, kept: bool) -> str:
+    """One line on a completion the time budget cut: what was generated, in how long, and which setting did it."""
+    what = "kept its complete lines" if kept else "no complete line was left to show"
+    return (
+        f"the time budget cut the completion: {r.generated_tokens} token(s) generated in {r.total_ms:.0f} ms "
+        f"(--time-budget-ms {budget_ms}); {what}. Leave --time-budget-ms out to wait for the model."
+    )
 
 
 def _token(args: argparse.Namespace) -> tuple[str, bool]:

@@ -20,10 +20,16 @@ The policy (docs/how-it-works.md, "Speed beyond the KV cache"):
   sends a request only once the user slows down.
 - prompt size (``PromptSizer``): unless the user set ``contextTokens``/``extraContextTokens``, they are chosen from
   the engine's measured prompt speed so that a jump to a place with nothing evaluated answers within ``coldJumpMs``.
+
+Cut answers (``BudgetCuts``): of the last ``CUT_WINDOW`` model answers, how many the time budget cut
+(``stop=time``). When at least a third were cut, answers are being cut: the status says so in words
+(``slow: answers cut at 2.0 s``) with a hint, instead of a plain "ready", so the user learns why little or
+nothing comes (a completion cut mid-line keeps only its complete lines).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -131,3 +137,53 @@ class PromptSizer:
         )
         self.sizes = PromptSizes(ctx, extra, why)
         return self.sizes
+
+
+CUT_WINDOW = 6  # model answers looked at for "answers are being cut"
+
+
+@dataclass(frozen=True)
+class Cut:
+    cut: bool  # the time budget stopped it (stop=time)
+    budget_ms: int  # the budget it had
+    configured_ms: int  # timeBudgetMs then (the cap of the adaptive budget)
+
+
+class BudgetCuts:
+    """The recent model answers and which of them the time budget cut."""
+
+    def __init__(self) -> None:
+        self.recent: deque[Cut] = deque(maxlen=CUT_WINDOW)
+
+    def finished(self, stop: str, budget_ms: int, configured_ms: int) -> None:
+        self.recent.append(Cut(stop == "time", budget_ms, configured_ms))
+
+    @property
+    def cut(self) -> int:
+        return sum(c.cut for c in self.recent)
+
+    def slow(self) -> str | None:
+        """``"answers cut at 2.0 s"`` while at least a third of the recent answers were cut, else None."""
+        cuts = [c for c in self.recent if c.cut]
+        if not cuts or 3 * len(cuts) < len(self.recent):
+            return None
+        last = cuts[-1]
+        adaptive = " (adaptive)" if last.budget_ms < last.configured_ms else ""
+        return f"answers cut at {last.budget_ms / 1000:.1f} s{adaptive}"
+
+    def hint(self) -> str | None:
+        """What the user can do about it (None while answers are not being cut)."""
+        if self.slow() is None:
+            return None
+        last = [c for c in self.recent if c.cut][-1]
+        parts = []
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        cores = os.cpu_count() or 1
+        if load > cores:
+            parts.append(f"the CPU is busy with other work (load {load:.1f} on {cores} cores)")
+        parts.append("try a smaller model, fewer contextTokens, --threads, or a larger timeBudgetMs")
+        if last.budget_ms < last.configured_ms:
+            parts.append(
+                f"the budget follows your typing pauses ({last.budget_ms} ms now, at most timeBudgetMs {last.configured_ms})"
+            )
+        return "; ".join(parts)

@@ -216,7 +216,7 @@ async def test_cancel_request_ends_generation_early(lsp_random_gguf: Path) -> No
         except Exception as exc:  # pygls answers a cancelled request with an error response
             assert "cancel" in str(exc).lower(), exc
         cancel_ms = (time.perf_counter() - t0) * 1e3
-        assert cancel_ms < 3000, cancel_ms
+        assert cancel_ms < 10000, cancel_ms  # generous: a loaded machine; the uncancelled job runs for minutes
         # the worker is free again: the next request does not wait for 2000 tokens
         client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"maxTokens": 8}))
         client.text_document_did_change(
@@ -228,8 +228,10 @@ async def test_cancel_request_ends_generation_early(lsp_random_gguf: Path) -> No
         mark = len(client.status.items)
         await inline(client, uri, 4, 4, timeout=30)
         done = await client.status.wait_for({"ready"}, after=mark)
-        assert done["lastLatencyMs"] < 5000
-        assert time.perf_counter() - t0 < 10
+        # 8 tokens, not the rest of 10 x 2048: bounds a loaded machine keeps (5.6 s seen at load 16 before the
+        # passive OpenMP wait policy), far below what the cancelled generation would still take
+        assert done["lastLatencyMs"] < 20000
+        assert time.perf_counter() - t0 < 40
 
 
 def test_cli_complete_one_shot(lsp_random_gguf: Path, tmp_path: Path) -> None:

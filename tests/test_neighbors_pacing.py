@@ -11,7 +11,7 @@ from lsp_server import config, neighbors
 from lsp_server.cache import TypeThroughCache
 from lsp_server.lookup import Lookup
 from lsp_server.neighbors import CHUNK_LINES, ChunkRing, Doc, Neighbors
-from lsp_server.pacing import MIN_CONTEXT, MIN_SAMPLES, Pacer, PromptSizer
+from lsp_server.pacing import CUT_WINDOW, MIN_CONTEXT, MIN_SAMPLES, BudgetCuts, Pacer, PromptSizer
 
 
 def _module(name: str, funcs: list[str], lines: int = 100) -> str:
@@ -176,6 +176,26 @@ def test_pacer_budget_and_debounce() -> None:
 
 
 # ---- accepted suggestions ----------------------------------------------------------------------------
+def test_budget_cuts_say_slow_while_a_third_of_recent_answers_are_cut() -> None:
+    cuts = BudgetCuts()
+    assert (cuts.cut, cuts.slow(), cuts.hint()) == (0, None, None)
+    cuts.finished("eot", 2000, 2000)
+    cuts.finished("time", 2000, 2000)
+    assert cuts.cut == 1 and cuts.slow() == "answers cut at 2.0 s"  # 1 of 2
+    hint = cuts.hint()
+    assert hint is not None and "smaller model" in hint and "contextTokens" in hint and "--threads" in hint
+    for _ in range(2):
+        cuts.finished("rule", 2000, 2000)
+    assert cuts.slow() is None and cuts.hint() is None  # 1 of 4: answers come whole again
+    # the adaptive budget (pacing lowered it below timeBudgetMs) is named as such, with its cap
+    cuts.finished("time", 640, 2000)
+    assert cuts.slow() == "answers cut at 0.6 s (adaptive)"
+    assert "640 ms now, at most timeBudgetMs 2000" in (cuts.hint() or "")
+    for _ in range(CUT_WINDOW):
+        cuts.finished("length", 2000, 2000)
+    assert cuts.cut == 0 and cuts.slow() is None  # only the last CUT_WINDOW answers count
+
+
 def test_cache_sees_an_accepted_suggestion() -> None:
     cache = TypeThroughCache()
     text = "def f(x):\n    return \n\nprint(f(1))\n"

@@ -72,7 +72,7 @@ KV_TYPES = ("f16", "q8_0")
 
 @dataclass(frozen=True)
 class EngineOptions:
-    n_ctx: int | None = None  # None: the model's training context, capped at MAX_DEFAULT_CTX
+    n_ctx: int | None = None  # None: the model's training context, capped at MAX_DEFAULT_CTX; at most that context
     kv_type: str = "f16"
     threads: int | None = None
     n_gpu_layers: int = 0
@@ -120,6 +120,21 @@ def kept_budget(bytes_per_token: float, n_ctx: int, ram: int | None = None) -> i
     return max(full, min(8 * full, ram // 8, 8 << 30))
 
 
+def context_size(asked: int | None, n_ctx_train: int) -> int:
+    """The context to allocate: ``asked`` (``--n-ctx``), at most the length the model was trained at (Code Llama:
+    16,384; past it the rope positions are ones the model never saw), or by default the trained length capped at
+    ``MAX_DEFAULT_CTX`` (the KV cache grows with it: a 7B model's f16 cache is 0.5 MiB a token, 8 GiB at 16k,
+    half that with ``kv_type`` q8_0). A model that does not say its length (0) gets what was asked, else 2048."""
+    if asked is not None and asked < 1:
+        raise EngineError(f"expected --n-ctx >= 1, got {asked}")
+    if asked is None:
+        return min(n_ctx_train or 2048, MAX_DEFAULT_CTX)
+    if n_ctx_train and asked > n_ctx_train:
+        log.warning("--n-ctx %d is more than the model's trained context %d: using %d", asked, n_ctx_train, n_ctx_train)
+        return n_ctx_train
+    return asked
+
+
 @dataclass
 class SpeculationStats:
     """Prompt-lookup counters since the engine started (the worker writes, anyone may read)."""
@@ -148,7 +163,7 @@ class LlamaCppEngine:
             raise EngineError(str(exc)) from None
         try:
             self.vocab = LlamaVocab(self._model)
-            n_ctx = options.n_ctx or min(self._model.n_ctx_train or 2048, MAX_DEFAULT_CTX)
+            n_ctx = context_size(options.n_ctx, self._model.n_ctx_train)
             ctx_options = llama.ContextOptions(
                 n_ctx=n_ctx, threads=options.threads, kv_type=options.kv_type, flash_attn=True, scratch=options.reuse_gap > 0
             )

@@ -14,6 +14,7 @@ request), ``events`` (typing rhythm, shown/accepted, prefetch),
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from typing import Any
@@ -116,6 +117,14 @@ def create_server(options: ServerOptions = ServerOptions()) -> CodeLlamaServer:
         source = doc.source
         sha = hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()
         return messages.to_wire(messages.DocumentState(version=doc.version, length=len(source), sha256=sha))
+
+    @server.feature(messages.MODELS)
+    async def on_models(ls: CodeLlamaServer, params: Any) -> dict[str, Any]:
+        # The model pickers' list: GGUFs on this machine (headers only) and known Hub files, sized for this context.
+        asked = messages.read_models_params(params)
+        if asked is None:
+            raise JsonRpcInvalidParams(f"{messages.MODELS}: expected params {{folders?: string[], nCtx?: integer}}")
+        return messages.to_wire(await asyncio.to_thread(ls.models_report, asked))
 
     @server.feature(types.SHUTDOWN)
     async def on_shutdown(ls: CodeLlamaServer, *_args: Any) -> None:

@@ -64,6 +64,7 @@ class Completing(Events):
                 if r is not None and r.stop not in ("cancelled", "superseded"):
                     job.answered = True
                     self.last_latency_ms = r.total_ms
+                    self.cuts.finished(r.stop, settings.time_budget_ms, self.settings.time_budget_ms)
                 # a prefetch's answer is news too: the status shows its hit (prefetchHits), though not a latency
                 if prefetched is not None:
                     job.answered = True
@@ -84,8 +85,9 @@ class Completing(Events):
         if r is not None and result.source != "cache":
             self.pacer.finished(r.total_ms)
         log.info(
-            "%s %s: %d item(s) from %s; handler %.2f ms + pipeline %.2f ms; engine %s",
+            "%s %s: %d item(s) from %s; handler %.2f ms + pipeline %.2f ms; engine %s%s",
             rid, uri.rsplit("/", 1)[-1], len(texts), result.source, t_in, result.pipeline_ms, engine_summary(r),
+            cut_reason(r, settings.time_budget_ms, self.settings.time_budget_ms),
         )  # fmt: skip
         self.overhead_ms = t_in + result.pipeline_ms + (time.perf_counter() - t1) * 1e3
         return texts, at.range, at.word
@@ -101,3 +103,12 @@ def engine_summary(r: GenerationResult | None) -> str:
         f"prompt={r.prompt_tokens} reused={r.reused_tokens} "
         f"evaluated={r.evaluated_tokens} generated={r.generated_tokens} moved={r.moved_tokens} restored={r.restored_tokens}"
     )
+
+
+def cut_reason(r: GenerationResult | None, budget_ms: int, configured_ms: int) -> str:
+    """For the log line of a request the time budget cut: which budget, and where it came from."""
+    if r is None or r.stop != "time":
+        return ""
+    if budget_ms < configured_ms:
+        return f"; cut by the adaptive time budget, {budget_ms} ms (typing pauses; timeBudgetMs {configured_ms} is its cap)"
+    return f"; cut by the time budget, timeBudgetMs {budget_ms}"

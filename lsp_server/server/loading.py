@@ -11,18 +11,21 @@ bad file, an exception of any kind, a timeout) ends in an ``error`` status with 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException
 
-from .. import config, models
+from .. import config, messages, modelinfo, models
 from ..backend import open_engine
 from ..cache import TypeThroughCache
 from ..engines import Engine, EngineError
+from ..engines.llama_cpp import MAX_DEFAULT_CTX
 from ..engines.remote import RemoteEngine
-from ..pacing import PromptSizer
+from ..pacing import BudgetCuts, PromptSizer
 from .status import StatusReporting
 from .threads import in_daemon_thread
 
@@ -161,6 +164,7 @@ class ModelLoading(StatusReporting):
         self._loaded_model, self._loaded_key, self.error = settings.model, load_key(settings), None
         self.cache = TypeThroughCache()
         self.sizer = PromptSizer()
+        self.cuts = BudgetCuts()  # another model (the status's hint suggests one): its answers start uncut
         if old is not None:
             in_daemon_thread(old.close)
         info, sentinels = engine.info, engine.vocab.sentinels
@@ -174,6 +178,11 @@ class ModelLoading(StatusReporting):
             msg = "FIM/EOT ids found by their text: " + ", ".join(
                 f"{k}={getattr(sentinels, k)}" for k, v in sentinels.source.items() if v == "text"
             )
+        asked = self.options.engine.n_ctx
+        if asked and info.kind == "llama.cpp" and info.n_ctx < asked:  # engines/llama_cpp.context_size capped it
+            capped = f"context {info.n_ctx} tokens, the model's trained length (--n-ctx {asked} asked for more)"
+            self.show(types.MessageType.Warning, capped)
+            msg = f"{msg}; {capped}" if msg else capped
         if progress:
             self.work_done_progress.end(token, types.WorkDoneProgressEnd(message="ready"))
         self.send_status("ready", msg)
@@ -184,6 +193,25 @@ class ModelLoading(StatusReporting):
                 loop.call_soon_threadsafe(self._on_health, engine, message)
 
             engine.set_listener(on_health)
+
+    def models_report(self, asked: messages.ModelsParams) -> messages.Models:
+        """``codellama/models``: the pickers' list at the context this server runs (or the client asks about);
+        blocking (reads GGUF headers), so it runs on a thread."""
+        loaded = self.engine.info.n_ctx if self.engine is not None and self.engine.info.kind == "llama.cpp" else None
+        n_ctx = asked.n_ctx or loaded or self.options.engine.n_ctx or MAX_DEFAULT_CTX
+        kv_type = self.options.engine.kv_type
+        folders = list(asked.folders)
+        current = Path(self.settings.model).expanduser()
+        if self.settings.model.endswith(".gguf") and current.is_file():
+            folders.append(str(current.parent))  # the folder of the model in use holds its siblings
+        r = modelinfo.report(n_ctx, kv_type, folders, models.demo_path())
+        return messages.Models(
+            n_ctx=r.n_ctx,
+            kv_type=r.kv_type,
+            memory_bytes=r.memory_bytes,
+            local=[messages.LocalModel(**dataclasses.asdict(m)) for m in r.local],
+            known=[messages.KnownModel(**dataclasses.asdict(m)) for m in r.known],
+        )
 
     def _on_health(self, engine: Engine, message: str | None) -> None:
         """A remote engine's server went down (``message``: why) or came back (None): status, and one message."""

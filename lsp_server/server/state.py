@@ -22,7 +22,7 @@ from ..cache import TypeThroughCache
 from ..engines import Engine
 from ..engines.llama_cpp import EngineOptions
 from ..engines.remote import RemoteOptions
-from ..pacing import Pacer, PromptSizer
+from ..pacing import BudgetCuts, Pacer, PromptSizer
 from ..prefetch import Prefetcher
 from ..rpc import LspProtocol
 
@@ -75,4 +75,5 @@ class ServerState(LanguageServer):
         self.neighbors = neighbors.Neighbors()  # other files' chunks and recently edited regions
         self.pacer = Pacer()  # adaptive time budget and debounce
         self.sizer = PromptSizer()  # prompt sizes from the engine's measured speed (coldJumpMs)
+        self.cuts = BudgetCuts()  # which recent answers the time budget cut (the status says "slow")
         self.prefetcher = Prefetcher()  # the next completion after an accepted one

@@ -45,6 +45,9 @@ class StatusReporting(ServerState):
             debounce_ms=int(pacing["debounceMs"] or 0),
             message=message or None,
             percentage=percentage,
+            cut_answers=self.cuts.cut,
+            slow=self.cuts.slow(),
+            hint=self.cuts.hint(),
         )
 
     def send_status(self, state: str, message: str | None = None, percentage: int | None = None) -> None:

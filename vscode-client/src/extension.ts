@@ -33,6 +33,7 @@ import { RestartPolicy } from './backoff';
 import { ACCEPT_COMMAND, CompletionEvent, EVENT_METHOD, EventCounter, acceptedEvent, shownEvent } from './events';
 import { LaunchError, type SearchPlaces, launchSpec } from './launch';
 import { StderrLeveler } from './logLevel';
+import { MODELS_METHOD, type PickerEntry, parseModels, pickerEntries } from './modelPicker';
 import { modelLabel, parseModelSpec } from './modelSpec';
 import { RESTART_KEYS, clientSwitches, effectiveDebounceMs, languageEnabled, serverSettings } from './settings';
 import { ServerStatus, parseStatus, renderStatus } from './status';
@@ -292,6 +293,19 @@ class ServerManager {
   get modelName(): string {
     return modelLabel(this.status.model);
   }
+
+  /** The picker's list from the running server (`codellama/models`), or undefined when it cannot answer now. */
+  async listModels(): Promise<PickerEntry[] | undefined> {
+    if (!this.client?.isRunning()) return undefined;
+    const folders = (vscode.workspace.workspaceFolders ?? []).map((f) => f.uri.fsPath).filter((p) => p);
+    try {
+      const list = parseModels(await this.client.sendRequest(MODELS_METHOD, { folders }));
+      return list ? pickerEntries(list) : undefined;
+    } catch (err) {
+      this.log.warn(`${MODELS_METHOD} failed: ${err instanceof Error ? err.message : String(err)}`);
+      return undefined;
+    }
+  }
 }
 
 /** Resolves after `ms`, or as soon as `token` is cancelled. */
@@ -350,17 +364,38 @@ async function statusMenu(): Promise<void> {
 }
 
 async function selectModel(log: vscode.LogOutputChannel): Promise<void> {
-  const pick = await vscode.window.showQuickPick(
+  type Item = vscode.QuickPickItem & { id: string; entry?: PickerEntry };
+  // GGUFs the server found (demo, Hugging Face cache, workspace folders) and known Code Llama files, with sizes,
+  // memory needed at the server's context, and FIM support; then the ways to name any other model.
+  const entries = (await manager?.listModels()) ?? [];
+  const group = (g: PickerEntry['group'], title: string): Item[] => {
+    const items = entries.filter((e) => e.group === g).map((e): Item => ({ label: e.label, description: e.description, detail: e.detail, id: 'entry', entry: e }));
+    return items.length ? [{ label: title, kind: vscode.QuickPickItemKind.Separator, id: '' }, ...items] : [];
+  };
+  const pick = await vscode.window.showQuickPick<Item>(
     [
+      ...group('local', 'On this machine'),
+      ...group('hub', 'Code Llama on the Hugging Face Hub (downloaded once)'),
+      { label: 'Other', kind: vscode.QuickPickItemKind.Separator, id: '' },
       { label: '$(file) Choose a .gguf file…', id: 'file' },
       { label: '$(cloud-download) Hugging Face repo:file…', id: 'hf', description: 'downloaded once into the Hugging Face cache' },
       { label: '$(beaker) Demo model', id: 'demo', description: 'tiny, shipped with the server' },
     ],
-    { title: 'Code Llama: select model' },
+    { title: 'Code Llama: select model', matchOnDescription: true, matchOnDetail: true },
   );
   if (!pick) return;
   let value: string | undefined;
-  if (pick.id === 'demo') value = 'demo';
+  if (pick.entry) {
+    if (pick.entry.broken) {
+      void vscode.window.showErrorMessage(`Code Llama: ${pick.entry.detail}`);
+      return;
+    }
+    if (pick.entry.warning) {
+      const go = await vscode.window.showWarningMessage(`Code Llama: ${pick.entry.warning}.`, { modal: true }, 'Use Anyway');
+      if (go !== 'Use Anyway') return;
+    }
+    value = pick.entry.spec;
+  } else if (pick.id === 'demo') value = 'demo';
   else if (pick.id === 'file') {
     const uris = await vscode.window.showOpenDialog({ canSelectMany: false, filters: { 'GGUF model': ['gguf'] }, openLabel: 'Use model' });
     value = uris?.[0]?.fsPath;

@@ -123,13 +123,15 @@ export function loadArgs(get: ConfigGetter): string[] {
   const args: string[] = [];
   const nCtx = integer(get('contextWindow'), 1); // 0: the server's own choice
   if (nCtx !== undefined) args.push('--n-ctx', String(nCtx));
+  const kv = get('kvType');
+  if (kv === 'q8_0') args.push('--kv-type', 'q8_0'); // f16 is the server's default
   const gpu = integer(get('gpuLayers'), -1);
   if (gpu !== undefined && gpu !== 0) args.push('--n-gpu-layers', String(gpu));
   return args;
 }
 
 /** Settings whose change needs a new server process. */
-export const RESTART_KEYS = ['server', 'contextWindow', 'gpuLayers'] as const;
+export const RESTART_KEYS = ['server', 'contextWindow', 'kvType', 'gpuLayers'] as const;
 
 export function clientSwitches(get: ConfigGetter): ClientSwitches {
   const debounce = integer(get('debounceMs'), 0);

@@ -7,7 +7,8 @@
 --   0.7 - 0.9   the server's `textDocument/completion` through 'omnifunc' (<C-x><C-o>) and
 --               :CodellamaComplete, which inserts the completion at the cursor
 -- plus `codellama/status` in `require('codellama').statusline()`, shown/accepted events reported to the
--- local server, and :CodellamaStatus / :CodellamaRestart / :CodellamaToggle / :CodellamaModel / :CodellamaLog.
+-- local server, and :CodellamaStatus / :CodellamaRestart / :CodellamaToggle / :CodellamaModel [spec] (no spec: a
+-- picker) / :CodellamaLog.
 --
 -- One server per Neovim instance, however often setup() runs; a server that dies is restarted with
 -- back-off (1, 2, 4, 8, 16 s; after 5 crashes in a row it stays down and the statusline says so); a server
@@ -43,7 +44,8 @@ local defaults = {
     next = '<M-]>',
     prev = '<M-[>',
   },
-  n_ctx = nil, -- llama.cpp context (--n-ctx); nil: the server's choice
+  n_ctx = nil, -- llama.cpp context (--n-ctx), up to the model's trained length (Code Llama: 16384); nil: the server's choice
+  kv_type = nil, -- llama.cpp's KV cache type (--kv-type): 'q8_0' takes 17/32 of 'f16' (the default)
   n_gpu_layers = nil, -- --n-gpu-layers
 }
 
@@ -638,6 +640,9 @@ local function client_config()
   if opts.n_ctx then
     vim.list_extend(cmd, { '--n-ctx', tostring(opts.n_ctx) })
   end
+  if opts.kv_type then
+    vim.list_extend(cmd, { '--kv-type', opts.kv_type })
+  end
   if opts.n_gpu_layers then
     vim.list_extend(cmd, { '--n-gpu-layers', tostring(opts.n_gpu_layers) })
   end
@@ -773,6 +778,42 @@ function M.set(settings)
   end
 end
 
+--- :CodellamaModel without an argument: the server's list (codellama/models: GGUFs on this machine and known Code
+--- Llama files, with size, memory needed at the context and FIM support) in vim.ui.select; a model that will not
+--- fit the memory available now, or has no FIM tokens, is confirmed first.
+function M.pick_model()
+  local client = M.client()
+  if not client then
+    vim.notify('codellama: the server is not running', vim.log.levels.WARN)
+    return
+  end
+  request(client, 'codellama/models', { folders = { vim.fn.getcwd() } }, function(err, result)
+    if err or type(result) ~= 'table' then
+      vim.notify('codellama: codellama/models failed: ' .. vim.inspect(err or result), vim.log.levels.ERROR)
+      return
+    end
+    local choices = logic.model_choices(result)
+    vim.ui.select(choices, {
+      prompt = ('Code Llama model (memory at %d tokens):'):format(result.nCtx),
+      format_item = function(c)
+        return c.text
+      end,
+    }, function(choice)
+      if not choice then
+        return
+      end
+      if choice.broken then
+        vim.notify('codellama: ' .. choice.text, vim.log.levels.ERROR)
+        return
+      end
+      if choice.warning and vim.fn.confirm(choice.warning .. '.', '&Use anyway\n&Cancel', 2) ~= 1 then
+        return
+      end
+      M.set({ model = choice.spec })
+    end)
+  end)
+end
+
 function M.toggle()
   state.enabled = not state.enabled
   if not state.enabled then
@@ -828,8 +869,12 @@ function M.setup(opts)
   cmd('CodellamaToggle', M.toggle, {})
   cmd('CodellamaComplete', M.complete, {})
   cmd('CodellamaModel', function(a)
-    M.set({ model = a.args })
-  end, { nargs = 1, complete = 'file', desc = 'a .gguf path, demo, or a Hugging Face repo:file' })
+    if a.args == '' then
+      M.pick_model()
+    else
+      M.set({ model = a.args })
+    end
+  end, { nargs = '?', complete = 'file', desc = 'a .gguf path, demo, or a Hugging Face repo:file; none: pick from a list' })
   cmd('CodellamaLog', function()
     vim.cmd('split ' .. vim.fn.fnameescape(vim.lsp.get_log_path()))
   end, {})

@@ -96,6 +96,25 @@ test('status: rendering per state, in words, at a fixed width', () => {
   assert.equal(new Set(widths).size, 1, `widths ${widths}`);
 });
 
+test('status: answers cut by the time budget show as "slow" with the hint, instead of "ready"', () => {
+  const wire = { state: 'ready', model: 'demo', lastLatencyMs: 2004, cutAnswers: 3, slow: 'answers cut at 2.0 s', hint: 'try a smaller model' };
+  const parsed = parseStatus(wire);
+  assert.equal(parsed.slow, 'answers cut at 2.0 s');
+  assert.equal(parsed.hint, 'try a smaller model');
+  assert.equal(parseStatus({ state: 'ready', slow: 7, hint: '' }).slow, undefined, 'not a string');
+  assert.equal(parseStatus({ state: 'ready', slow: '' }).slow, undefined, 'empty');
+  const view = renderStatus(parsed, true);
+  assert.equal(view.text, '$(watch) Code Llama slow: answers cut at 2.0 s');
+  assert.equal(view.severity, 'warning');
+  assert.equal(view.label, 'Code Llama: ready, demo, slow: answers cut at 2.0 s');
+  assert.match(view.tooltip, /Slow: answers cut at 2\.0 s\nTry: try a smaller model/);
+  // "slow" belongs to a ready server: loading, busy, error and "off" keep their own words
+  assert.equal(renderStatus({ ...parsed, state: 'busy' }, true).text.includes('slow'), false);
+  assert.equal(renderStatus(parsed, false).text.includes('slow'), false);
+  // once the answers come whole again the server leaves the field out: "ready" again
+  assert.match(renderStatus(parseStatus({ state: 'ready', lastLatencyMs: 90, cutAnswers: 1 }), true).text, /ready/);
+});
+
 test('events: shown carries sizes only; accepted keeps the request, counts add up', () => {
   assert.deepEqual(describeText('a\nb\r\nc'), { chars: 6, lines: 3 });
   assert.equal(shownEvent('python', ['', '  '], 5), undefined);

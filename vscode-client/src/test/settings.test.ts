@@ -115,6 +115,8 @@ test('launch: context size and GPU layers become server arguments', () => {
   const cmd = { 'server.command': ['/opt/codellama-lsp'] };
   assert.deepEqual(launchSpec(getter({ ...cmd, contextWindow: 8192, gpuLayers: -1, 'server.extraArgs': ['-v'] }), {}).args, ['--stdio', '--n-ctx', '8192', '--n-gpu-layers', '-1', '-v']);
   assert.deepEqual(launchSpec(getter({ ...cmd, contextWindow: 0, gpuLayers: 0 }), {}).args, ['--stdio'], '0 leaves the choice to the server');
+  assert.deepEqual(launchSpec(getter({ ...cmd, contextWindow: 16384, kvType: 'q8_0' }), {}).args, ['--stdio', '--n-ctx', '16384', '--kv-type', 'q8_0']);
+  assert.deepEqual(launchSpec(getter({ ...cmd, kvType: 'f16' }), {}).args, ['--stdio'], 'f16 is the default');
 });
 
 test('launch: a Python interpreter wins over the command', () => {
