@@ -487,6 +487,8 @@ class Context:
         lc = lib()
         mem = lc.llama_get_memory(self.handle)
         old = self.tokens
+        if self.scratch:  # nothing may be left parked by an earlier call that failed half-way
+            lc.llama_memory_seq_rm(mem, 1, -1, -1)
         first_new = next((i for i, p in enumerate(pieces) if isinstance(p, list)), len(pieces))
         taken = np.zeros(len(old) + 1, dtype=np.int32)  # +1/-1 at piece bounds: a count of pieces per cell
         head = np.zeros(len(old) + 1, dtype=np.int32)  # the same for the pieces before the first new tokens
@@ -556,6 +558,13 @@ class Context:
             self.tokens.extend(old[start : start + length])
             self._shift_pending = True
         lc.llama_memory_seq_rm(mem, 1, -1, -1)
+
+    def clear(self) -> None:
+        """Forget everything the cache holds, in every sequence (after a failed operation: a known empty state)."""
+        lc = lib()
+        lc.llama_memory_clear(lc.llama_get_memory(self.handle), True)
+        self.tokens = []
+        self._shift_pending = False
 
     def state_size(self) -> int:
         """Bytes that ``save_state`` takes now (the cells of the sequence and their keys and values)."""

@@ -335,6 +335,8 @@ class LlamaCppEngine:
                         job.future.set_result(result)
             except Exception as exc:  # the worker must survive; the job's caller sees the error
                 log.exception("completion %s failed", job.request.request_id)
+                self._ctx.clear()  # what the cache holds may no longer match its tokens: start from nothing
+                self._live_saved = ()
                 if not job.future.done():
                     job.future.set_exception(EngineError(f"expected llama.cpp to complete, got: {exc}"))
             finally:
