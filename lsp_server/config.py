@@ -7,7 +7,7 @@ problems. A bad value never stops the server: it is reported (the server shows t
 typo would otherwise silently do nothing.
 
 Wire names: ``model, contextTokens, maxTokens, temperature, timeBudgetMs, fimOrder, prefixRatio,
-maxItems, enable, rules, extraContextTokens, exclude, completionItems`` (``enable`` maps a language id, or ``"*"`` for all, to
+maxItems, enable, rules, extraContextTokens, exclude, completionItems, coldJumpMs`` (``enable`` maps a language id, or ``"*"`` for all, to
 true/false; ``rules`` maps post-processing rule names to true/false, see ``postprocess``; ``exclude`` lists glob
 patterns, on top of ``DEFAULT_EXCLUDE``, of files that never enter a prompt and never get completions;
 ``completionItems: false`` keeps ``completionProvider`` out of the capabilities, read at ``initialize``); for remote
@@ -131,6 +131,10 @@ class Settings:
     enable: dict[str, bool] = attrs.field(factory=lambda: {"*": True})
     # tokens of chunks from other open files and recently edited regions, before the FIM part (0: off)
     extra_context_tokens: int = attrs.field(default=512, validator=_range(0, 131072))
+    # latency target of a jump to a place nothing evaluated yet: contextTokens/extraContextTokens left at their
+    # defaults are sized from the engine's measured speed to fit it (pacing.PromptSizer; never above the defaults);
+    # 0: the sizes as they are
+    cold_jump_ms: int = attrs.field(default=1500, validator=_range(0, 600000))
     # privacy: files whose name (or path) matches one of these or of DEFAULT_EXCLUDE never reach a prompt
     exclude: list[str] = attrs.field(factory=list, validator=_patterns)
     # where the model runs: in this process (llama.cpp), or on a server; for a server, ``model`` names the GGUF

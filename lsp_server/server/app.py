@@ -7,7 +7,8 @@ loads, ``window/showMessage`` for bad settings and model errors.
 
 Handlers are adapters: they read the params, call one method of the server, and shape the reply. Where each job
 lives: ``state`` (what the server holds), ``status`` (the status item), ``loading`` (models and engines),
-``documents`` (open files, where a completion goes), ``events`` (typing rhythm, shown/accepted, prefetch),
+``documents`` (open files, where a completion goes), ``prefill`` (a place's prompt evaluated before its first
+request), ``events`` (typing rhythm, shown/accepted, prefetch),
 ``completion`` (one request), ``threads`` (daemon threads for llama.cpp loads).
 """
 
@@ -65,10 +66,6 @@ def create_server(options: ServerOptions = ServerOptions()) -> CodeLlamaServer:
     def on_configuration(ls: CodeLlamaServer, params: types.DidChangeConfigurationParams) -> None:
         ls.apply_settings(params.settings)
 
-    @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
-    def on_open(ls: CodeLlamaServer, params: types.DidOpenTextDocumentParams) -> None:
-        ls.opened(params.text_document.uri)
-
     @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
     def on_close(ls: CodeLlamaServer, params: types.DidCloseTextDocumentParams) -> None:
         ls.cache.forget(params.text_document.uri)
@@ -79,6 +76,10 @@ def create_server(options: ServerOptions = ServerOptions()) -> CodeLlamaServer:
     def on_rename(ls: CodeLlamaServer, params: types.RenameFilesParams) -> None:
         for f in params.files:
             ls.renamed(f.old_uri, f.new_uri)
+
+    @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
+    def on_open(ls: CodeLlamaServer, params: types.DidOpenTextDocumentParams) -> None:
+        ls.opened(params.text_document.uri)  # pygls has stored the document already
 
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def on_change(ls: CodeLlamaServer, params: types.DidChangeTextDocumentParams) -> None:

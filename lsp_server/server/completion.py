@@ -94,13 +94,14 @@ class Completing(Events):
 
 
 def engine_summary(r: GenerationResult | None) -> str:
-    """The engine's part of a request's log line: timings, why it stopped, the prompt tokens reused and evaluated."""
+    """The engine's part of a request's log line: timings, why it stopped, the prompt tokens reused (of them moved by
+    KV shifting) and evaluated, and the tokens of a kept prompt restored from host memory."""
     if r is None:
         return "-"
     return (
         f"{r.total_ms:.1f} ms (prompt {r.prompt_ms:.1f}, generation {r.generate_ms:.1f}), stop={r.stop}, "
         f"prompt={r.prompt_tokens} reused={r.reused_tokens} "
-        f"evaluated={r.evaluated_tokens} generated={r.generated_tokens}"
+        f"evaluated={r.evaluated_tokens} generated={r.generated_tokens} moved={r.moved_tokens} restored={r.restored_tokens}"
     )
 
 

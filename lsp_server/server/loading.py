@@ -27,7 +27,7 @@ from ..cache import TypeThroughCache
 from ..engines import Engine, EngineError
 from ..engines.llama_cpp import MAX_DEFAULT_CTX
 from ..engines.remote import RemoteEngine
-from ..pacing import BudgetCuts
+from ..pacing import BudgetCuts, PromptSizer
 from .status import StatusReporting
 from .threads import in_daemon_thread
 
@@ -177,6 +177,7 @@ class ModelLoading(StatusReporting):
         old, self.engine = self.engine, engine
         self._loaded_model, self._loaded_key, self.error = settings.model, load_key(settings), None
         self.cache = TypeThroughCache()
+        self.sizer = PromptSizer()
         self.cuts = BudgetCuts()  # another model (the status's hint suggests one): its answers start uncut
         if old is not None:
             in_daemon_thread(old.close)

@@ -22,7 +22,7 @@ from ..cache import TypeThroughCache
 from ..engines import Engine
 from ..engines.llama_cpp import EngineOptions
 from ..engines.remote import RemoteOptions
-from ..pacing import BudgetCuts, Pacer
+from ..pacing import BudgetCuts, Pacer, PromptSizer
 from ..prefetch import Prefetcher
 from ..rpc import LspProtocol
 
@@ -79,5 +79,6 @@ class ServerState(LanguageServer):
         self._ids = itertools.count(1)
         self.neighbors = neighbors.Neighbors()  # other files' chunks and recently edited regions
         self.pacer = Pacer()  # adaptive time budget and debounce
+        self.sizer = PromptSizer()  # prompt sizes from the engine's measured speed (coldJumpMs)
         self.cuts = BudgetCuts()  # which recent answers the time budget cut (the status says "slow")
         self.prefetcher = Prefetcher()  # the next completion after an accepted one
