@@ -301,8 +301,29 @@ def _ask(s: RawServer, main: str) -> None:
     inline(s, main, 3, 36)
 
 
-def test_a_file_renamed_to_env_takes_its_chunks_out_of_the_ring(tmp_path: Path, demo_vocab) -> None:
-    """Item 6: edited as ``notes.py``, renamed to ``.env`` (closed, moved on disk, opened under the new name)."""
+def _renamed_on_disk_then_reopened(s, old: str, tmp_path: Path) -> None:
+    """Closed, moved on disk, opened under the new name."""
+    (tmp_path / "notes.py").rename(tmp_path / ".env")
+    s.notify("textDocument/didClose", {"textDocument": {"uri": old}})
+    open_doc(s, uri_of(tmp_path / ".env"), "# edited\n" + SECRET, "python")
+
+
+def _rename_told_by_the_editor(s, old: str, tmp_path: Path) -> None:
+    """The editor's own news (``workspace/didRenameFiles``), before the file is reopened."""
+    s.notify("workspace/didRenameFiles", {"files": [{"oldUri": old, "newUri": uri_of(tmp_path / ".env")}]})
+    s.notify("textDocument/didClose", {"textDocument": {"uri": old}})
+
+
+def _closed_and_reopened_as_env(s, old: str, tmp_path: Path) -> None:
+    """An editor that tells nothing but close and open (the old file still on disk: a copy)."""
+    s.notify("textDocument/didClose", {"textDocument": {"uri": old}})
+    open_doc(s, uri_of(tmp_path / ".env"), "# edited\n" + SECRET, "properties")
+
+
+@pytest.mark.parametrize("rename", [_renamed_on_disk_then_reopened, _rename_told_by_the_editor, _closed_and_reopened_as_env])
+def test_a_file_renamed_to_env_takes_its_chunks_out_of_the_ring(tmp_path: Path, demo_vocab, rename) -> None:
+    """Item 6: edited as ``notes.py``, then renamed to ``.env`` in each way an editor may tell it: its chunks leave the
+    ring, so no prompt for another file carries them."""
     (tmp_path / "notes.py").write_text(SECRET)
     with fake_openai() as fake:
         s = start(fake)
@@ -310,43 +331,7 @@ def test_a_file_renamed_to_env_takes_its_chunks_out_of_the_ring(tmp_path: Path, 
             old = uri_of(tmp_path / "notes.py")
             open_doc(s, old, SECRET)
             main = _edit_then_elsewhere(s, old, tmp_path)
-            (tmp_path / "notes.py").rename(tmp_path / ".env")
-            s.notify("textDocument/didClose", {"textDocument": {"uri": old}})
-            open_doc(s, uri_of(tmp_path / ".env"), "# edited\n" + SECRET, "python")
-            _ask(s, main)
-            _no_marker(fake, demo_vocab)
-        finally:
-            s.stop()
-
-
-def test_a_rename_told_by_the_editor_takes_the_chunks_out(tmp_path: Path, demo_vocab) -> None:
-    """Item 6, the editor's own news (``workspace/didRenameFiles``), before the file is reopened."""
-    (tmp_path / "notes.py").write_text(SECRET)
-    with fake_openai() as fake:
-        s = start(fake)
-        try:
-            old = uri_of(tmp_path / "notes.py")
-            open_doc(s, old, SECRET)
-            main = _edit_then_elsewhere(s, old, tmp_path)
-            s.notify("workspace/didRenameFiles", {"files": [{"oldUri": old, "newUri": uri_of(tmp_path / ".env")}]})
-            s.notify("textDocument/didClose", {"textDocument": {"uri": old}})
-            _ask(s, main)
-            _no_marker(fake, demo_vocab)
-        finally:
-            s.stop()
-
-
-def test_a_renamed_file_reopened_under_an_excluded_name_takes_its_chunks(tmp_path: Path, demo_vocab) -> None:
-    """Item 6, an editor that tells nothing but close and open (the old file still on disk: a copy)."""
-    (tmp_path / "notes.py").write_text(SECRET)
-    with fake_openai() as fake:
-        s = start(fake)
-        try:
-            old = uri_of(tmp_path / "notes.py")
-            open_doc(s, old, SECRET)
-            main = _edit_then_elsewhere(s, old, tmp_path)
-            s.notify("textDocument/didClose", {"textDocument": {"uri": old}})
-            open_doc(s, uri_of(tmp_path / ".env"), "# edited\n" + SECRET, "properties")
+            rename(s, old, tmp_path)
             _ask(s, main)
             _no_marker(fake, demo_vocab)
         finally:
