@@ -26,6 +26,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -207,25 +208,8 @@ def test_vscode_ghost_text_end_to_end(micro_model, vsix: Path, tmp_path: Path) -
         # every other setting, VS Code's and the extension's, is the default.
         "settings": {"codellama.model": str(micro_model.gguf), "codellama.server.extraArgs": ["-v"]},
     }
-    cfg_path = tmp_path / "e2e.json"
-    cfg_path.write_text(json.dumps(cfg))
-    node = shutil.which("node")
-    assert node, "expected node on PATH"
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV",)}
     # not on PATH: the way VS Code started from a desktop launcher sees it
-    env["PATH"] = os.pathsep.join(d for d in env.get("PATH", "").split(os.pathsep) if Path(d) != script.parent)
-    proc = subprocess.run(
-        [node, str(CLIENT / "e2e" / "run-e2e.mjs"), str(cfg_path)],
-        cwd=CLIENT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    assert lines, f"no result from the e2e run (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-    result = json.loads(lines[-1])
-    (out / "result.json").write_text(json.dumps(result, indent=2))
+    result, proc = run_e2e(cfg, tmp_path, out, script)
     if (out / "ghost.png").exists() and (os.environ.get("CODELLAMA_UPDATE_DOCS") == "1" or not DOC_SHOT.exists()):
         DOC_SHOT.parent.mkdir(exist_ok=True)
         shutil.copyfile(out / "ghost.png", DOC_SHOT)
@@ -287,14 +271,32 @@ def test_vscode_missing_server_open_setting(vsix: Path, tmp_path: Path) -> None:
         "pythonPath": sys.executable,
         "settings": {"codellama.model": "demo"},
     }
+    result, proc = run_e2e(cfg, tmp_path, out, script, pythonpath=True)
+    m = result.get("missing") or {}
+    print("missing-server run:", json.dumps(m, indent=2))
+    assert result.get("error") is None, f"{result['error']}\nscreenshot: {out / 'failure.png'}\n{proc.stderr[-3000:]}"
+    assert len(m["errorToasts"]) == 1 and "codellama.server.pythonPath" in m["errorToasts"][0], m["errorToasts"]
+    editor = m["settingsEditor"]
+    assert editor["noResults"] == "" and "Remote" in editor["tab"], editor
+    assert any("Python Path" in item for item in editor["items"]), editor
+    assert m["restartToast"] is True and m["ready"] is True
+
+
+def run_e2e(
+    cfg: dict[str, object], tmp_path: Path, out: Path, script: Path, pythonpath: bool = False
+) -> tuple[dict[str, Any], subprocess.CompletedProcess[str]]:
+    """``e2e/run-e2e.mjs`` with ``cfg``; its last JSON line (also saved as ``out/result.json``) and the process.
+    ``codellama-lsp`` (in ``script``'s folder) is left off PATH: the way VS Code started from a desktop launcher sees it;
+    ``pythonpath`` puts this checkout on PYTHONPATH (for a server started as ``python -m lsp_server``)."""
     cfg_path = tmp_path / "e2e.json"
     cfg_path.write_text(json.dumps(cfg))
     node = shutil.which("node")
     assert node, "expected node on PATH"
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV",)}
     env["PATH"] = os.pathsep.join(d for d in env.get("PATH", "").split(os.pathsep) if Path(d) != script.parent)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    assert shutil.which("codellama-lsp", path=env["PATH"]) is None, "expected no codellama-lsp on PATH for this test"
+    if pythonpath:
+        env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+        assert shutil.which("codellama-lsp", path=env["PATH"]) is None, "expected no codellama-lsp on PATH for this test"
     proc = subprocess.run(
         [node, str(CLIENT / "e2e" / "run-e2e.mjs"), str(cfg_path)],
         cwd=CLIENT,
@@ -305,13 +307,6 @@ def test_vscode_missing_server_open_setting(vsix: Path, tmp_path: Path) -> None:
     )
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     assert lines, f"no result from the e2e run (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-    result = json.loads(lines[-1])
+    result: dict[str, Any] = json.loads(lines[-1])
     (out / "result.json").write_text(json.dumps(result, indent=2))
-    m = result.get("missing") or {}
-    print("missing-server run:", json.dumps(m, indent=2))
-    assert result.get("error") is None, f"{result['error']}\nscreenshot: {out / 'failure.png'}\n{proc.stderr[-3000:]}"
-    assert len(m["errorToasts"]) == 1 and "codellama.server.pythonPath" in m["errorToasts"][0], m["errorToasts"]
-    editor = m["settingsEditor"]
-    assert editor["noResults"] == "" and "Remote" in editor["tab"], editor
-    assert any("Python Path" in item for item in editor["items"]), editor
-    assert m["restartToast"] is True and m["ready"] is True
+    return result, proc
