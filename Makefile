@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 
-.PHONY: demo test lint venv test-env clean
+.PHONY: demo test lint venv test-env dist clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,5 +30,17 @@ lint: test-env
 test: lint
 	$(PY) -m pytest -ra tests
 
+# What users install: dist/codellama_lsp-VERSION-py3-none-any.whl and .tar.gz (python -m build: the sdist, then the
+# wheel built from it) and dist/codellama-lsp-VERSION.vsix (vsce). The version is pyproject.toml's; the extension's
+# package.json must carry the same one (tests/test_dist.py checks).
+VERSION = $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+dist: $(PY)
+	$(PIP) install --quiet build
+	rm -rf dist
+	$(PY) -m build --outdir dist .
+	cd vscode-client && npm ci --no-audit --no-fund && npm run package
+	cp vscode-client/codellama-lsp.vsix dist/codellama-lsp-$(VERSION).vsix
+	ls -l dist
+
 clean:
-	rm -rf $(VENV) .cache build *.egg-info
+	rm -rf $(VENV) .cache build dist *.egg-info

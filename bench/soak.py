@@ -12,6 +12,13 @@ after its request and the server answered the probe sent after that edit first (
 before it replied). RSS is the server process's resident set (psutil), sampled after each burst; the
 first ``--warmup`` requests are warm-up (model pages, caches, allocator pools).
 
+The document starts longer than the prompt window (``--initial-functions``, default 400 small functions, ~13k
+characters, more than ``contextTokens`` 2048 tokens): a document that starts tiny and grows one character per
+key makes every prompt longer than the last until it fills the window, and llama.cpp's buffers and our token
+lists grow with it - about 1.3 KB per keystroke, which an earlier soak read as a leak (issue 23, item 12). In
+process (the pipeline alone, 1,500 requests): a fixed-size document stays flat (+0.1 MB after warm-up); a
+growing one already past the window grows 0.2 KB per request, flattening; one that starts tiny 1.3 KB per request.
+
 Run: ``python bench/soak.py`` (about two minutes with the demo model on two cores).
 """
 
@@ -38,6 +45,7 @@ def main() -> int:
     p.add_argument("--requests", type=int, default=10_000)
     p.add_argument("--burst", type=int, default=20)
     p.add_argument("--warmup", type=int, default=2_000)
+    p.add_argument("--initial-functions", type=int, default=400, help="functions in the document before typing (0: tiny)")
     args = p.parse_args()
 
     t0 = time.perf_counter()
@@ -45,7 +53,8 @@ def main() -> int:
         s.initialize(args.model, {"maxTokens": 16, "timeBudgetMs": 1000})
         assert s.statuses()[-1]["state"] == "ready", s.statuses()[-1]
         proc = psutil.Process(s.proc.pid)
-        text = "import os\n\n\ndef main(argv):\n    total = 0\n    "
+        head = "".join(f"def f{k}(a, b):\n    return a * {k} + b\n\n\n" for k in range(args.initial_functions))
+        text = "import os\n\n\n" + head + "def main(argv):\n    total = 0\n    "
         line, col = text.count("\n"), len(text) - text.rfind("\n") - 1
         s.notify("textDocument/didOpen", {"textDocument": {"uri": URI, "languageId": "python", "version": 1, "text": text}})
         version, ids, edits = 1, (f"soak{i}" for i in range(10**9)), 0  # never RawServer's own numeric ids

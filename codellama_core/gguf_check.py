@@ -179,6 +179,17 @@ def _check(reader: gguf.GGUFReader, path: Path, size: int) -> GGUFSummary:
 
     tokens = reader.get_field(gguf.Keys.Tokenizer.LIST)
     n_vocab = len(tokens.data) if tokens is not None else None
+    if tokens is not None:
+        # llama.cpp maps each token's text to its id and asserts that no two share one (the process aborts)
+        seen: dict[bytes, int] = {}
+        for i, part in enumerate(tokens.data):
+            text = bytes(tokens.parts[part])
+            if text in seen:
+                raise fail(
+                    f"{gguf.Keys.Tokenizer.LIST} with distinct token texts (llama.cpp aborts on a repeat), "
+                    f"got token {i} equal to token {seen[text]} ({text[:40]!r})"
+                )
+            seen[text] = i
 
     # shapes (GGUF lists dimensions innermost first: token_embd is [n_embd, n_vocab])
     embd = tensors.get(_TOKEN_EMBD)

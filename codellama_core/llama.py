@@ -1,7 +1,8 @@
 """The one llama.cpp adapter: load a GGUF, read its vocabulary, decode tokens, read logits.
 
 In: a GGUF path and load/context options. Out: a ``Model`` (vocabulary access, metadata) and a
-``Context`` (a KV cache of ``n_ctx`` positions that ``decode`` fills and ``truncate`` cuts back), both
+``Context`` (a KV cache of ``n_ctx`` positions that ``decode`` fills, ``truncate`` cuts back, ``rearrange`` moves
+pieces of (KV shifting) and ``save_state``/``load_state`` copy to and from host memory), both
 over llama.cpp's C API through llama-cpp-python's ctypes bindings (0.3.36). Everything in the project
 that runs llama.cpp - the completion engine, ``model_export.verify``, ``quantize`` (report, imatrix,
 quantize) and ``model_train.eval`` - goes through this module, so the platform workarounds live here once:
@@ -13,6 +14,13 @@ quantize) and ``model_train.eval`` - goes through this module, so the platform w
   where the CPU has no AMX (``cpu_has_amx``): repacked weights are what llama-server runs by default.
 - Flash attention: off (the reference path) unless asked for (``ContextOptions.flash_attn``) or needed by
   a quantized V cache; the completion engine asks for it, as llama-server does by default.
+- Threads that wait without spinning: llama-cpp-python's llama.cpp is built with OpenMP (libgomp), whose
+  threads spin at every barrier (dozens a token). When other processes hold the cores, each barrier waits
+  for a descheduled thread while its partner burns the time slice: 20-100x slower generation on a busy
+  machine (docs/benchmarks.md, "A busy machine"). ``lib()`` sets ``OMP_WAIT_POLICY=passive`` before
+  ``llama_cpp`` (and with it libgomp, which reads its environment once, when it loads) is imported, unless
+  the user set ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` (their choice wins). llama.cpp's own threadpool
+  (``llama_attach_threadpool``) does not help here: an OpenMP build computes every graph in an OpenMP team.
 - Logging: llama.cpp's log goes to the Python logger ``llama.cpp`` (errors at WARNING, warnings at INFO,
   the rest at DEBUG) instead of llama-cpp-python's handler, which prints everything to stderr; the last
   error lines are kept so that a failed load can say why in one line.
@@ -53,18 +61,43 @@ class LlamaError(Exception):
     """llama.cpp refused a file or an operation; the message says what was expected and what happened."""
 
 
+WAIT_POLICY = "passive"  # OMP_WAIT_POLICY for llama.cpp's OpenMP threads unless the user chose one
+_WAIT_KNOBS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")  # libgomp's own settings: set by the user, left alone
+
+
+def set_wait_policy() -> str:
+    """Make llama.cpp's OpenMP threads sleep at barriers instead of spinning, before libgomp loads.
+
+    Returns what applies, for the log: ``"OMP_WAIT_POLICY=passive"``, the user's own setting, or why
+    nothing could be set (llama_cpp, and with it libgomp, was loaded already: libgomp reads its environment once).
+    """
+    import sys
+
+    chosen = [f"{k}={os.environ[k]}" for k in _WAIT_KNOBS if os.environ.get(k, "").strip()]
+    if chosen:
+        return " ".join(chosen) + " (the user's)"
+    if "llama_cpp" in sys.modules:
+        return "libgomp's default (llama_cpp was imported before the adapter could set OMP_WAIT_POLICY)"
+    os.environ["OMP_WAIT_POLICY"] = WAIT_POLICY  # os.environ writes through to the C environment (putenv)
+    return f"OMP_WAIT_POLICY={WAIT_POLICY}"
+
+
 def lib() -> Any:
     """The ``llama_cpp`` bindings, with the backend initialised and the log routed (once per process)."""
     global _ready, _callback
-    import llama_cpp
-
     if not _ready:
         with _init_lock:
             if not _ready:
+                policy = set_wait_policy()  # before the import: libgomp reads its environment when it loads
+                import llama_cpp
+
                 llama_cpp.llama_backend_init()
                 _callback = llama_cpp.llama_log_callback(_on_log)
                 llama_cpp.llama_log_set(_callback, ctypes.c_void_p(0))
+                log.debug("OpenMP wait policy: %s", policy)
                 _ready = True
+    import llama_cpp
+
     return llama_cpp
 
 
@@ -310,7 +343,19 @@ class ContextOptions:
     flash_attn: bool = False  # llama.cpp's fused attention (faster at long contexts; not the reference path)
     kv_type: str = "f16"  # "f16" | "q8_0" | "f32"
     all_logits: bool = False  # keep every position's logits of a decode (evaluation), not only the last
+    # a second sequence that ``rearrange`` parks cache cells in while it evaluates new tokens before them (the KV
+    # cache shared by both: llama.cpp's unified cache of n_ctx cells)
+    scratch: bool = False
     cb_eval: Any = None  # a ggml_backend_sched_eval_callback the caller keeps alive (imatrix)
+
+
+@dataclass(frozen=True)
+class SavedState:
+    """What a context's cache held (``Context.save_state``): its tokens and llama.cpp's copy of their cells."""
+
+    tokens: tuple[int, ...]
+    data: Any  # a ctypes uint8 array of ``size`` bytes
+    size: int
 
 
 class Context:
@@ -325,7 +370,9 @@ class Context:
         p = lc.llama_context_default_params()
         p.n_ctx = options.n_ctx
         p.n_batch = p.n_ubatch = min(options.n_batch, options.n_ctx)
-        p.n_seq_max = 1
+        p.n_seq_max = 2 if options.scratch else 1
+        if options.scratch:
+            p.kv_unified = True  # one set of n_ctx cells that both sequences refer to (parking copies no data)
         p.n_threads = p.n_threads_batch = threads
         p.type_k = p.type_v = KV_TYPES[options.kv_type]
         # llama.cpp needs flash attention for a quantized V cache; elsewhere the plain path is the reference
@@ -348,7 +395,9 @@ class Context:
         self.n_ctx = int(lc.llama_n_ctx(handle))
         self.n_batch = int(p.n_batch)
         self.all_logits = options.all_logits
+        self.scratch = options.scratch
         self.tokens: list[int] = []
+        self._shift_pending = False  # moved keys not yet rotated (``rearrange``)
         self._batch = lc.llama_batch_init(self.n_batch, 0, 1)
         for i in range(self.n_batch):  # one sequence: set once, never changes
             self._batch.n_seq_id[i] = 1
@@ -382,6 +431,7 @@ class Context:
             if rc != 0:
                 raise LlamaError(f"expected llama_decode to return 0, got {rc}{': ' + last_error() if last_error() else ''}")
             self.tokens.extend(chunk)
+            self._shift_pending = False
 
     def logits(self, i: int = -1) -> np.ndarray:
         """Logits of the last decode's position ``i`` (-1: its last), float32 (n_vocab,): a view, valid
@@ -410,9 +460,142 @@ class Context:
         if n < len(self.tokens):
             if n == 0:
                 lc.llama_memory_clear(lc.llama_get_memory(self.handle), True)
+                self._shift_pending = False
             else:
                 lc.llama_memory_seq_rm(lc.llama_get_memory(self.handle), -1, n, -1)
             del self.tokens[n:]
+
+    # ---- moving and keeping what the cache holds ----------------------------------------------------------
+    @property
+    def can_shift(self) -> bool:
+        """Whether the KV cache can move positions (``rearrange``): llama.cpp re-applies RoPE to the keys."""
+        return bool(lib().llama_memory_can_shift(lib().llama_get_memory(self.handle)))
+
+    def rearrange(self, pieces: Sequence[tuple[int, int] | list[int]]) -> None:
+        """Make the cache hold, at positions 0, 1, ..., the concatenation of ``pieces`` and nothing else; ``tokens``
+        follows. A piece is an old position range ``(start, length)`` (non-overlapping, any order), or a list of new
+        tokens, evaluated there (a context made with ``scratch`` only).
+
+        This is llama-server's ``--cache-reuse``, and more: ``llama_memory_seq_rm`` drops the cells no piece keeps and
+        ``llama_memory_seq_add`` moves each piece to its new place, which re-rotates its keys by the distance moved
+        (RoPE is relative). The values are the ones computed in the old context, so a moved piece is an
+        approximation of evaluating it again (``lsp_server.engines.kept`` says how close). llama.cpp appends only
+        after a sequence's last position, so ranges after new tokens are parked in sequence 1 first
+        (``llama_memory_seq_cp``), the new tokens decoded, then the ranges moved after them and copied back. Keys
+        moved are rotated in the next ``decode``; ``save_state`` makes sure one ran.
+        """
+        lc = lib()
+        mem = lc.llama_get_memory(self.handle)
+        old = self.tokens
+        if self.scratch:  # nothing may be left parked by an earlier call that failed half-way
+            lc.llama_memory_seq_rm(mem, 1, -1, -1)
+        first_new = next((i for i, p in enumerate(pieces) if isinstance(p, list)), len(pieces))
+        taken = np.zeros(len(old) + 1, dtype=np.int32)  # +1/-1 at piece bounds: a count of pieces per cell
+        head = np.zeros(len(old) + 1, dtype=np.int32)  # the same for the pieces before the first new tokens
+        total = 0
+        for i, piece in enumerate(pieces):
+            if isinstance(piece, list):
+                total += len(piece)
+                continue
+            start, length = piece
+            if length <= 0:
+                continue
+            if start < 0 or start + length > len(old):
+                raise LlamaError(f"expected pieces within the {len(old)} cached positions, got ({start}, {length})")
+            for arr in (taken, head) if i < first_new else (taken,):
+                arr[start] += 1
+                arr[start + length] -= 1
+            total += length
+        cover = np.cumsum(taken[:-1])
+        if cover.size and int(cover.max()) > 1:
+            raise LlamaError("expected non-overlapping pieces of the cache, got pieces that share positions")
+        parked = [p for p in pieces[first_new:] if isinstance(p, tuple) and p[1] > 0]
+        if first_new < len(pieces) and not self.scratch:
+            raise LlamaError("expected a context made with scratch=True to evaluate new tokens between cached ones")
+        for start, length in parked:  # cells kept for after the new tokens: into sequence 1 (and out of 0, below)
+            lc.llama_memory_seq_cp(mem, 0, 1, start, start + length)
+        kept = np.cumsum(head[:-1]) > 0
+        # drop from sequence 0 every cell the head pieces do not keep, one run of free positions at a time
+        free = np.flatnonzero(np.diff(np.concatenate(([1], kept.astype(np.int8), [1]))))  # run bounds
+        for a, b in zip(free[0::2], free[1::2], strict=True):
+            if not lc.llama_memory_seq_rm(mem, 0, int(a), int(b)):
+                raise LlamaError(f"expected llama.cpp to remove cache positions {a}..{b}, got a refusal")
+        away = len(old) + total + 1  # past every old and new position
+        moves: list[tuple[int, int, int]] = []  # (old start, length, new start) of the head pieces
+        new: list[int] = []
+        for piece in pieces[:first_new]:
+            assert isinstance(piece, tuple)
+            start, length = piece
+            if length <= 0:
+                continue
+            if start != len(new):
+                moves.append((start, length, len(new)))
+            new.extend(old[start : start + length])
+        if (moves or parked) and not self.can_shift:
+            raise LlamaError("expected a KV cache that can shift positions, got one that cannot")
+        # two steps, so that no piece lands on positions another piece still has to leave: every moving piece goes
+        # past all old and new positions first, then to its place
+        for start, length, _ in moves:
+            lc.llama_memory_seq_add(mem, 0, start, start + length, away)
+        for start, length, to in moves:
+            lc.llama_memory_seq_add(mem, 0, start + away, start + away + length, to - start - away)
+        self._shift_pending = self._shift_pending or bool(moves)
+        self.tokens = new
+        if first_new == len(pieces):
+            return
+        lc.llama_memory_seq_add(mem, 1, -1, -1, away)  # the parked cells past everything sequence 0 will hold
+        for piece in pieces[first_new:]:
+            if isinstance(piece, list):
+                self.decode(piece)
+                continue
+            start, length = piece
+            if length <= 0:
+                continue
+            to = len(self.tokens)
+            lc.llama_memory_seq_add(mem, 1, start + away, start + away + length, to - start - away)
+            lc.llama_memory_seq_cp(mem, 1, 0, to, to + length)
+            lc.llama_memory_seq_rm(mem, 1, to, to + length)
+            self.tokens.extend(old[start : start + length])
+            self._shift_pending = True
+        lc.llama_memory_seq_rm(mem, 1, -1, -1)
+
+    def clear(self) -> None:
+        """Forget everything the cache holds, in every sequence (after a failed operation: a known empty state)."""
+        lc = lib()
+        lc.llama_memory_clear(lc.llama_get_memory(self.handle), True)
+        self.tokens = []
+        self._shift_pending = False
+
+    def state_size(self) -> int:
+        """Bytes that ``save_state`` takes now (the cells of the sequence and their keys and values)."""
+        return int(lib().llama_state_seq_get_size(self.handle, 0))
+
+    def save_state(self) -> SavedState:
+        """A copy of what the cache holds, in host memory (``llama_state_seq_get_data``), with its tokens."""
+        lc = lib()
+        if self._shift_pending and self.tokens:  # moved keys are rotated by the next decode: run one
+            last = self.tokens[-1]
+            self.truncate(len(self.tokens) - 1)
+            self.decode([last])
+        size = self.state_size()
+        buf = (ctypes.c_uint8 * size)()
+        got = int(lc.llama_state_seq_get_data(self.handle, buf, size, 0))
+        if got != size:
+            raise LlamaError(f"expected llama.cpp to copy {size} bytes of cache state, got {got}")
+        return SavedState(tuple(self.tokens), buf, size)
+
+    def load_state(self, saved: SavedState) -> None:
+        """Replace what the cache holds by ``saved`` (``llama_state_seq_set_data``)."""
+        lc = lib()
+        lc.llama_memory_clear(lc.llama_get_memory(self.handle), True)
+        self.tokens = []
+        self._shift_pending = False
+        if not saved.tokens:
+            return
+        if int(lc.llama_state_seq_set_data(self.handle, saved.data, saved.size, 0)) == 0:
+            lc.llama_memory_clear(lc.llama_get_memory(self.handle), True)
+            raise LlamaError(f"expected llama.cpp to restore a saved cache state of {len(saved.tokens)} tokens, got a refusal")
+        self.tokens = list(saved.tokens)
 
     def close(self) -> None:
         if self.handle:

@@ -21,8 +21,8 @@ layout, token healing, the engine, post-processing with the syntax rules), greed
 no time budget (``timeBudgetMs`` at its maximum, so a slow machine does not change the scores).
 
 Scores: pass@1 (the document with the completion inserted, then the problem's tests and
-``check(entry_point)``, run in a sandbox: see ``run_sandboxed``), exact match (completion == middle, trailing
-whitespace ignored), edit similarity (``difflib`` ratio), no-answer rate (the pipeline returned nothing),
+``check(entry_point)``, run in bubblewrap: see ``lsp_server.sandbox``; it passes only if ``check`` returned),
+exact match (completion == middle, trailing whitespace ignored), edit similarity (``difflib`` ratio), no-answer rate (the pipeline returned nothing),
 tokens generated per task, latency p50/p95 (wall time of ``pipeline.complete``); and the same pass@1 with
 an empty middle as the baseline (a task whose tests pass without its middle proves little).
 """
@@ -31,16 +31,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import difflib
 import json
-import os
+import logging
 import random
-import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -50,7 +46,7 @@ from typing import Any
 
 from codellama_core.tool import UsageError, run_tool
 
-from . import config, pipeline, postprocess
+from . import config, pipeline, postprocess, sandbox
 from .cache import TypeThroughCache
 from .errors import ServerError
 from .options import add_common, engine_options, remote_options, settings_from_args, setup_logging
@@ -119,81 +115,14 @@ def subset(tasks: list[Task], limit: int | None, seed: int) -> list[Task]:
 
 
 # ---- the sandbox ------------------------------------------------------------------------------------
-# The child sets its own limits before it runs the program (no preexec_fn: this process has threads).
-_BOOTSTRAP = r"""
-import ctypes, os, resource, sys
-mem, cpu, isolate = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
-resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
-resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
-resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 24, 1 << 24))
-resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-if isolate:
-    libc = ctypes.CDLL(None, use_errno=True)
-    # a new, empty network namespace (only a down loopback): as root directly, else inside a user namespace
-    if libc.unshare(0x40000000) != 0 and libc.unshare(0x10000000 | 0x40000000) != 0:
-        sys.exit(97)
-sys.argv = ["program.py"]
-code = open("program.py", encoding="utf-8").read()
-exec(compile(code, "program.py", "exec"), {"__name__": "__main__"})
-"""
-_NO_NETNS = 97
+def run_sandboxed(program: str, timeout_s: float = 10.0, memory_mb: int = 1024, unconfined: bool = False) -> str:
+    """Run a test program in the sandbox (``lsp_server.sandbox``: bubblewrap): "passed", "failed" or "timeout".
 
-
-def network_isolation() -> bool:
-    """Whether sandboxed programs can be put in an empty network namespace on this machine."""
-    with tempfile.TemporaryDirectory(prefix="codellama-eval-") as d:
-        Path(d, "program.py").write_text(
-            "import socket, sys\nsys.exit(0 if [n for _, n in socket.if_nameindex()] == ['lo'] else 1)\n"
-        )
-        r = subprocess.run(
-            [sys.executable, "-I", "-c", _BOOTSTRAP, str(1 << 30), "10", "1"], cwd=d, capture_output=True, timeout=30
-        )
-        return r.returncode == 0
-
-
-def run_sandboxed(program: str, timeout_s: float = 10.0, memory_mb: int = 1024, isolate_network: bool = True) -> str:
-    """Run a Python program in a child process: "passed" (exit 0), "failed", or "timeout".
-
-    Enforced: its own temporary directory (cwd, HOME, TMPDIR; removed afterwards), a minimal environment,
-    ``python -I`` (no user site, no PYTHON* variables), rlimits on address space (``memory_mb``), CPU time,
-    file size (16 MiB) and core dumps, no network (an empty network namespace, when ``isolate_network``:
-    see ``network_isolation``), a wall-clock ``timeout_s``, after which its whole process group is killed
-    (as it is in any case when the program returns, so nothing it started lives on).
+    "passed" only when the program returned (its last line, ``check(entry_point)``, completed): exiting early
+    with status 0 fails. ``memory_mb`` bounds the whole process tree. ``unconfined`` (``--unsafe-no-sandbox``)
+    runs it as a plain child process with the same limits and scoring.
     """
-    with tempfile.TemporaryDirectory(prefix="codellama-eval-") as d:
-        Path(d, "program.py").write_text(program, encoding="utf-8")
-        env = {"PATH": "/usr/bin:/bin", "HOME": d, "TMPDIR": d, "PYTHONDONTWRITEBYTECODE": "1", "LANG": "C.UTF-8"}
-        args = [
-            sys.executable,
-            "-I",
-            "-c",
-            _BOOTSTRAP,
-            str(memory_mb << 20),
-            str(int(timeout_s) + 1),
-            "1" if isolate_network else "0",
-        ]
-        proc = subprocess.Popen(
-            args,
-            cwd=d,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        try:
-            code = proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            code = None
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    if code is None:
-        return "timeout"
-    if code == _NO_NETNS:
-        raise RuntimeError("expected to create a network namespace for the sandbox, got EPERM (use --allow-network)")
-    return "passed" if code == 0 else "failed"
+    return sandbox.run(program, sandbox.Limits(timeout_s=timeout_s, memory_mb=memory_mb), unconfined=unconfined).status
 
 
 def program(problem: dict[str, Any], task: Task, completion: str) -> str:
@@ -262,14 +191,14 @@ def score(
     problems: dict[str, dict[str, Any]],
     jobs: int,
     timeout_s: float,
-    isolate_network: bool,
+    unconfined: bool,
     baseline: bool,
 ) -> None:
     """Add pass/exact/edit-similarity (and the empty-middle baseline's pass) to each row, in place."""
 
     def run(item: tuple[Task, str]) -> str:
         task, middle = item
-        return run_sandboxed(program(problems[task.problem], task, middle), timeout_s, isolate_network=isolate_network)
+        return run_sandboxed(program(problems[task.problem], task, middle), timeout_s, unconfined=unconfined)
 
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         results = list(pool.map(run, [(t, r["completion"] or "") for t, r in zip(tasks, rows, strict=True)]))
@@ -344,7 +273,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ablate", action="store_true", help="also run with no syntax rules and with each rule off")
     p.add_argument("--jobs", type=int, default=2, help="test programs run at once")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds per test program")
-    p.add_argument("--allow-network", action="store_true", help="run test programs without network isolation")
+    p.add_argument(
+        "--unsafe-no-sandbox",
+        action="store_true",
+        help="run the model-written test programs unconfined (only where bubblewrap cannot run; see docs/eval.md)",
+    )
     p.add_argument("--no-baseline", action="store_true", help="skip the empty-middle baseline")
     p.add_argument("--json", type=Path, default=None, help="write the summary and every task's result here")
 
@@ -355,11 +288,13 @@ def run(args: argparse.Namespace) -> int:
     by_id = {p["task_id"]: p for p in problems}
     all_tasks = build_tasks(args.set, problems, args.seed)
     tasks = subset(all_tasks, args.limit, args.seed)
-    isolate = not args.allow_network
-    if isolate and not network_isolation():
-        raise ServerError(
-            "expected to create a network namespace for the sandbox, got none here (pass --allow-network to run anyway)"
+    unconfined = args.unsafe_no_sandbox
+    if unconfined:
+        logging.getLogger(__name__).warning(
+            "--unsafe-no-sandbox: the model-written test programs run unconfined, with this user's files and network"
         )
+    else:
+        sandbox.check()  # before the model loads: a machine that cannot confine them refuses, saying how to fix it
     engine = open_engine(args)
     report: dict[str, Any] = {
         "set": args.set,
@@ -371,7 +306,7 @@ def run(args: argparse.Namespace) -> int:
         "engine": args.engine or "llama.cpp",
         "engine_info": asdict(engine.info),
         "fim_order": args.fim_order,
-        "sandbox": {"timeout_s": args.timeout, "memory_mb": 1024, "network": "empty namespace" if isolate else "not isolated"},
+        "sandbox": sandbox.describe(unconfined, sandbox.Limits(timeout_s=args.timeout)),
         "runs": {},
     }
     try:
@@ -379,7 +314,7 @@ def run(args: argparse.Namespace) -> int:
             settings = _settings(args, rules)
             print(f"codellama-lsp eval: {args.set}, {len(tasks)} tasks, rules: {name}", file=sys.stderr)
             rows = asyncio.run(complete_tasks(engine, tasks, settings, progress=True))
-            score(tasks, rows, by_id, args.jobs, args.timeout, isolate, baseline=not args.no_baseline and name == "all")
+            score(tasks, rows, by_id, args.jobs, args.timeout, unconfined, baseline=not args.no_baseline and name == "all")
             summary = summarize(rows)
             if name != "all" and "baseline_pass@1" in report["runs"].get("all", {}).get("summary", {}):
                 summary["baseline_pass@1"] = report["runs"]["all"]["summary"]["baseline_pass@1"]

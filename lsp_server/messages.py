@@ -1,4 +1,5 @@
-"""Our own messages beside LSP, declared once: ``codellama/status``, ``codellama/event``, ``codellama/documentState``.
+"""Our own messages beside LSP, declared once: ``codellama/status``, ``codellama/event``, ``codellama/documentState``,
+``codellama/models``.
 
 In: the server's state (status), a client's params (event, documentState). Out: typed attrs classes, and their
 wire form (camelCase keys, as lsprotocol writes LSP's own messages) through one cattrs converter. ``VERSION`` is
@@ -14,6 +15,7 @@ schema test names any reader that misses it.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any, Literal
 
 import attrs
@@ -25,6 +27,7 @@ VERSION = 1  # bump when a field changes meaning or goes away; adding an optiona
 STATUS = "codellama/status"  # server -> client notification
 EVENT = "codellama/event"  # client -> server notification: shown / accepted, counted locally only
 DOCUMENT_STATE = "codellama/documentState"  # client -> server request: {uri} -> DocumentState | null
+MODELS = "codellama/models"  # client -> server request: {folders?, nCtx?} -> Models (the editors' model pickers)
 
 State = Literal["starting", "loading", "ready", "busy", "error"]
 STATES: tuple[str, ...] = ("starting", "loading", "ready", "busy", "error")
@@ -49,6 +52,9 @@ class Status:
     debounce_ms: int  # the debounce the server advises the clients
     message: str | None = None  # words for the user (an error, a warning, what is loading)
     percentage: int | None = None  # loading progress 0-100
+    cut_answers: int = 0  # of the last few model answers, how many the time budget cut (pacing.BudgetCuts)
+    slow: str | None = None  # while answers are being cut: "answers cut at 2.0 s"; shown instead of "ready"
+    hint: str | None = None  # with slow: what the user can do (smaller model, fewer context tokens, threads)
     schema_version: int = VERSION
 
 
@@ -80,7 +86,58 @@ class DocumentState:
     sha256: str
 
 
-_OPTIONAL = {"message", "percentage", "uri", "index", "candidates", "chars", "lines", "latency_ms"}  # left out when None
+@attrs.define(frozen=True)
+class ModelsParams:
+    folders: list[str] = attrs.field(factory=list)  # folders (or .gguf files) to look in, besides the HF cache
+    n_ctx: int | None = None  # the context to size memory for (default: the server's)
+
+
+@attrs.define(frozen=True)
+class LocalModel:
+    """A GGUF found on this machine, read from its header (``modelinfo.describe``)."""
+
+    spec: str  # what the ``model`` setting takes: "demo", "REPO:FILE", a path
+    path: str
+    source: str  # "demo" | "huggingface" | "folder"
+    size_bytes: int
+    quantization: str | None
+    parameters: int | None
+    n_ctx_train: int | None
+    fim: bool  # FIM tokens found (metadata or text); False: completions from the prefix only
+    fim_family: str | None
+    memory_bytes: int | None  # needed at the context below, weights + KV cache + buffers
+    fits: bool | None  # within the memory available now (None: unknown)
+    error: str | None = None  # not a usable GGUF: why
+
+
+@attrs.define(frozen=True)
+class KnownModel:
+    """A Code Llama GGUF on the Hugging Face Hub, sized from its parameter count (``modelinfo.known_models``)."""
+
+    spec: str
+    size: str  # "7B" | "13B" | "34B"
+    quantization: str
+    download_bytes: int
+    memory_bytes: int
+    n_ctx_train: int
+    fim: bool  # 34B was not trained to fill in the middle
+    fits: bool | None
+    cached: bool  # already in the Hugging Face cache
+
+
+@attrs.define(frozen=True)
+class Models:
+    """``codellama/models``' answer: what a picker lists, and the numbers its warnings are computed from."""
+
+    n_ctx: int
+    kv_type: str
+    memory_bytes: int | None  # available now
+    local: list[LocalModel]
+    known: list[KnownModel]
+
+
+_OPTIONAL = {"message", "percentage", "uri", "index", "candidates", "chars", "lines", "latency_ms", "error"}  # left out when None
+_OPTIONAL |= {"slow", "hint"}  # the status's words while the time budget cuts answers
 
 
 def _camel(name: str) -> str:
@@ -94,7 +151,7 @@ def _snake(name: str) -> str:
 
 def _make_converter() -> cattrs.Converter:
     conv = cattrs.Converter()
-    for cls in (Status, Event, DocumentStateParams, DocumentState):
+    for cls in (Status, Event, DocumentStateParams, DocumentState, ModelsParams, LocalModel, KnownModel, Models):
         names = {a.name: override(rename=_camel(a.name), omit_if_default=a.name in _OPTIONAL) for a in attrs.fields(cls)}
         conv.register_unstructure_hook(cls, make_dict_unstructure_fn(cls, conv, **names))  # type: ignore[arg-type]
         conv.register_structure_hook(cls, make_dict_structure_fn(cls, conv, **names))  # type: ignore[arg-type]
@@ -104,17 +161,23 @@ def _make_converter() -> cattrs.Converter:
 CONVERTER = _make_converter()
 
 
-def to_wire(message: Status | Event | DocumentState | DocumentStateParams) -> dict[str, Any]:
+def to_wire(message: Status | Event | DocumentState | DocumentStateParams | Models) -> dict[str, Any]:
     wire: dict[str, Any] = CONVERTER.unstructure(message)
     return wire
+
+
+def _getter(params: object) -> Callable[[str], object]:
+    """Field access for params as pygls hands them over for methods it does not know: a dict, or an object."""
+    if isinstance(params, dict):
+        fields: dict[Any, Any] = params
+        return lambda key: fields.get(key)
+    return lambda key: getattr(params, key, None)
 
 
 def read_event(params: object) -> Event:
     """A client's event params, whatever they are: unknown keys ignored, strings cut to 40 characters, a bad
     value read as its default (events are statistics: a bad one is counted, never an error)."""
-    fields = params if isinstance(params, dict) else {}
-    # pygls hands over unknown methods' params as an object with attributes, or as a dict
-    get = fields.get if fields else (lambda key: getattr(params, key, None))
+    get = _getter(params)
     kind, language, uri = get("kind"), get("languageId"), get("uri")
 
     def count(key: str) -> int | None:
@@ -138,9 +201,21 @@ def read_event(params: object) -> Event:
 
 def read_document_state_params(params: object) -> DocumentStateParams | None:
     """``{uri: string}`` or None (the caller answers InvalidParams)."""
-    get = params.get if isinstance(params, dict) else (lambda key: getattr(params, key, None))
-    uri = get("uri")
+    uri = _getter(params)("uri")
     return DocumentStateParams(uri) if isinstance(uri, str) else None
+
+
+def read_models_params(params: object) -> ModelsParams | None:
+    """``{folders?: string[], nCtx?: integer}`` or None (the caller answers InvalidParams)."""
+    if params is None:
+        return ModelsParams()
+    get = _getter(params)
+    folders, n_ctx = get("folders"), get("nCtx")
+    if folders is not None and not (isinstance(folders, list) and all(isinstance(f, str) for f in folders)):
+        return None
+    if n_ctx is not None and not (isinstance(n_ctx, int) and not isinstance(n_ctx, bool) and 0 < n_ctx <= 1 << 24):
+        return None
+    return ModelsParams(list(folders or [])[:64], n_ctx)
 
 
 def schema() -> dict[str, dict[str, dict[str, Any]]]:
@@ -148,8 +223,7 @@ def schema() -> dict[str, dict[str, dict[str, Any]]]:
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for method, cls in ((STATUS, Status), (EVENT, Event), (DOCUMENT_STATE, DocumentState)):
         out[method] = {
-            _camel(a.name): {"type": str(a.type), "optional": a.default is not attrs.NOTHING}
-            for a in attrs.fields(cls)  # type: ignore[arg-type]
+            _camel(a.name): {"type": str(a.type), "optional": a.default is not attrs.NOTHING} for a in attrs.fields(cls)
         }
     return out
 
@@ -157,15 +231,21 @@ def schema() -> dict[str, dict[str, dict[str, Any]]]:
 __all__ = [
     "DOCUMENT_STATE",
     "EVENT",
+    "MODELS",
     "STATES",
     "STATUS",
     "VERSION",
     "DocumentState",
     "DocumentStateParams",
     "Event",
+    "KnownModel",
+    "LocalModel",
+    "Models",
+    "ModelsParams",
     "Status",
     "read_document_state_params",
     "read_event",
+    "read_models_params",
     "schema",
     "to_wire",
 ]

@@ -14,9 +14,13 @@ As llama.vscode does, the server keeps a ring of chunks. Two kinds of chunk are 
 
 Candidates are ranked by the Jaccard similarity of their identifiers with the identifiers of the lines
 around the cursor, and the best are taken while their text fits the token budget. The choice is sticky:
-it is made again only when the cursor enters another block of lines, or the ring or the set of open
+it is looked at again only when the cursor enters another block of lines, or the ring or the set of open
 documents changed. While the user types within a block the chunks (the first part of the prompt) stay
 exactly the same, so their KV cache is reused and only the tokens near the cursor are evaluated again.
+When it is looked at again, it changes only when that pays (the old chunks score less than ``KEEP_SCORE`` of
+the best choice), and then in a stable order: chunks still chosen keep their place, the others are dropped
+and new ones appended, so the engine moves the evaluated tokens of the chunks that stayed (KV shifting)
+instead of evaluating the whole prompt again, as llama.vscode's ring of chunks does for llama-server.
 
 Privacy: documents matching ``config.Settings.exclude`` never get here (the server filters them before
 they are recorded or offered as candidates).
@@ -33,6 +37,7 @@ from dataclasses import dataclass
 CHUNK_LINES = 32  # lines per chunk (and the grid that blocks start on)
 QUERY_LINES = 32  # lines above and below the cursor whose identifiers make the query
 MIN_SCORE = 0.02  # a chunk sharing almost no identifier with the cursor's region is noise, not context
+KEEP_SCORE = 0.8  # the old choice of chunks stays while its similarity is at least this share of the best choice's
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{2,}")  # identifiers of 3+ characters (i, x, df say little)
 
 # Line comment per LSP language id, for the path header of each chunk; "#" for the rest.
@@ -157,6 +162,20 @@ class ChunkRing:
             if chunk is not None:
                 self._push(chunk)
 
+    def forget_within(self, text: str) -> None:
+        """Drop every chunk whose text is part of ``text``, and the region being edited if its block is: an
+        excluded file opened under a new name (a file renamed to ``.env``) takes its old chunks with it."""
+        with self._lock:
+            kept = [c for c in self._chunks if c.text not in text]
+            if len(kept) != len(self._chunks):
+                self._chunks = deque(kept)
+                self.generation += 1
+            if self._editing is not None:
+                pdoc, pline = self._editing
+                _, block_text = block(pdoc.text, pline, self.chunk_lines)
+                if block_text.strip() and block_text in text:
+                    self._editing = None
+
     def forget(self, uri: str) -> None:
         """Drop every chunk of ``uri`` (a document that became excluded)."""
         with self._lock:
@@ -176,6 +195,7 @@ class Neighbors:
         self.chunk_lines = chunk_lines
         self._blocks: OrderedDict[tuple[str, int], list[Chunk]] = OrderedDict()  # (uri, hash(text)) -> blocks
         self._chosen: dict[str, tuple[tuple[object, ...], list[Chunk]]] = {}  # uri -> (why it was chosen, the chunks)
+        self._last: list[Chunk] = []  # the latest choice for any document: a new document's choice starts from it
         self._lock = threading.Lock()
 
     def _doc_blocks(self, doc: Doc) -> list[Chunk]:
@@ -228,10 +248,9 @@ class Neighbors:
             ]  # fmt: skip
             for o in others:
                 candidates.extend(self._doc_blocks(o))
-            scored = sorted(
-                ((jaccard(query, c.ids), -i, c) for i, c in enumerate(candidates)), key=lambda t: (t[0], t[1]), reverse=True
-            )
-            chosen: list[Chunk] = []
+            scores = {c: jaccard(query, c.ids) for c in candidates}
+            scored = sorted(((scores[c], -i, c) for i, c in enumerate(candidates)), key=lambda t: (t[0], t[1]), reverse=True)
+            best: list[Chunk] = []
             seen: set[str] = set()
             used = 0
             for score, _, c in scored:
@@ -242,12 +261,37 @@ class Neighbors:
                 n = count(c.render())
                 if used + n > budget:
                     continue
-                chosen.append(c)
+                best.append(c)
                 seen.add(c.text)
                 used += n
-            chosen.reverse()  # the most similar nearest the cursor's part of the prompt
+            best.reverse()  # the most similar nearest the cursor's part of the prompt
+            chosen = self._stable(old[1] if old is not None else self._last, best, scores, budget, count)
             self._chosen[doc.uri] = (why, chosen)
+            self._last = chosen
             return chosen
+
+    @staticmethod
+    def _stable(
+        old: list[Chunk], best: list[Chunk], scores: dict[Chunk, float], budget: int, count: Callable[[str], int]
+    ) -> list[Chunk]:
+        """The new choice laid out so that the prompt's start stays what the engine evaluated before.
+
+        The old choice stays as it is while it is still on offer, fits the budget and scores at least ``KEEP_SCORE``
+        of the best choice's similarity (re-choosing costs a prompt evaluation: it must pay). Otherwise the chunks of
+        both stay in their old order, the old ones no longer chosen are dropped and the new ones appended (most
+        similar last): the engine moves the kept chunks' evaluated tokens (KV shifting) instead of evaluating them.
+        """
+        if not old:
+            return best
+        total = sum(scores.get(c, 0.0) for c in best)
+        if (
+            all(c in scores and scores[c] >= MIN_SCORE for c in old)
+            and sum(scores[c] for c in old) >= KEEP_SCORE * total
+            and sum(count(c.render()) for c in old) <= budget
+        ):
+            return list(old)
+        kept = [c for c in old if c in best]
+        return kept + [c for c in best if c not in kept]
 
     def closed(self, uri: str) -> None:
         """``uri`` was closed: forget the choice made for it (its ring chunks stay: recently edited)."""
@@ -257,12 +301,24 @@ class Neighbors:
     def drop(self, excluded: Callable[[str], bool]) -> None:
         """Forget every chunk, and every choice holding one, of a path that ``excluded`` now matches
         (after the exclusion patterns changed)."""
+        # the URI too: a chunk's path is workspace-relative, and an absolute pattern matches only the full path
         for c in self.ring.chunks():
-            if excluded(c.path):
+            if excluded(c.path) or excluded(c.uri):
                 self.ring.forget(c.uri)
+        editing = self.ring._editing
+        if editing is not None and (excluded(editing[0].path) or excluded(editing[0].uri)):
+            self.ring.forget(editing[0].uri)
         with self._lock:
             for uri, (_, chunks) in list(self._chosen.items()):
-                if any(excluded(c.path) for c in chunks):
+                if excluded(uri) or any(excluded(c.path) or excluded(c.uri) for c in chunks):
+                    del self._chosen[uri]
+
+    def forget_within(self, text: str) -> None:
+        """Forget chunks (in the ring and in choices) whose text is part of ``text`` (see ``ChunkRing.forget_within``)."""
+        self.ring.forget_within(text)
+        with self._lock:
+            for uri, (_, chunks) in list(self._chosen.items()):
+                if any(c.text in text for c in chunks):
                     del self._chosen[uri]
 
 

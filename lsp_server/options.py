@@ -29,6 +29,27 @@ def add_common(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="greedy decoding drafts up to N tokens from the prompt and verifies them in one batch (0: off)",
     )
+    p.add_argument(
+        "--kept-prompts-mib",
+        type=int,
+        default=None,
+        metavar="MIB",
+        help="host memory for the evaluated prompts of recent places (default: 8 full contexts, at most 1/8 of RAM; 0: off)",
+    )
+    p.add_argument(
+        "--reuse-min",
+        type=int,
+        default=64,
+        metavar="N",
+        help="shortest run of moved prompt tokens whose KV cache is shifted instead of evaluated again (0: prefix only)",
+    )
+    p.add_argument(
+        "--reuse-gap",
+        type=int,
+        default=512,
+        metavar="N",
+        help="most new prompt tokens evaluated between two reused runs, the run after them moved (0: off)",
+    )
     p.add_argument("--n-gpu-layers", type=int, default=0, help="layers to offload (CUDA/Metal builds)")
     p.add_argument(
         "--cpu-repack",
@@ -82,6 +103,9 @@ def engine_options(args: argparse.Namespace) -> EngineOptions:
         n_gpu_layers=args.n_gpu_layers,
         cpu_repack=args.cpu_repack,
         prompt_lookup=args.prompt_lookup,
+        kept_prompts_mib=args.kept_prompts_mib,
+        reuse_min=args.reuse_min,
+        reuse_gap=args.reuse_gap,
     )
 
 

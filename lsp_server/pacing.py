@@ -1,4 +1,4 @@
-"""Adaptive time budget and debounce: fit the completion into the user's typing rhythm.
+"""Adaptive time budget, debounce and prompt size: fit the completion into the user's typing rhythm and the machine.
 
 In: when the user types (``keystroke``, from ``didChange``) and how long model requests take
 (``finished``, the engine's total ms). Out: the time budget for the next request (``budget_ms``) and the
@@ -18,12 +18,21 @@ The policy (docs/how-it-works.md, "Speed beyond the KV cache"):
   before the next key and nothing is gained by waiting: 0. Otherwise most requests during a burst are
   superseded by the next keystroke before they finish; waiting one median gap (at most ``MAX_DEBOUNCE_MS``)
   sends a request only once the user slows down.
+- prompt size (``PromptSizer``): unless the user set ``contextTokens``/``extraContextTokens``, they are chosen from
+  the engine's measured prompt speed so that a jump to a place with nothing evaluated answers within ``coldJumpMs``.
+
+Cut answers (``BudgetCuts``): of the last ``CUT_WINDOW`` model answers, how many the time budget cut
+(``stop=time``). When at least a third were cut, answers are being cut: the status says so in words
+(``slow: answers cut at 2.0 s``) with a hint, instead of a plain "ready", so the user learns why little or
+nothing comes (a completion cut mid-line keeps only its complete lines).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
+from dataclasses import dataclass
 
 WINDOW = 32
 BURST_MS = 1500.0
@@ -79,3 +88,102 @@ class Pacer:
             "timeBudgetMs": self.budget_ms(configured),
             "debounceMs": self.debounce_ms(),
         }
+
+
+# ---- prompt size from measured speed --------------------------------------------------------------------------
+SIZE_STEP = 128  # prompt sizes are multiples of this: a size that moved by a few tokens would move the windows
+MIN_CONTEXT = 256  # the windows around the cursor never get less (below that a completion has too little to go on)
+RESIZE_BY = 0.25  # the measured room must move by this share before the sizes change (each change costs a jump)
+EXPECTED_TOKENS = 16  # generated tokens a cold jump is sized for (an ordinary one-line completion)
+
+
+@dataclass(frozen=True)
+class PromptSizes:
+    context_tokens: int
+    extra_context_tokens: int
+    why: str
+
+
+class PromptSizer:
+    """``contextTokens``/``extraContextTokens`` from the engine's measured speed, so that a cold jump (a place whose
+    prompt nothing evaluated yet) answers within ``coldJumpMs``.
+
+    In: prompt tokens per second and ms per generated token (the engine's ``speed``), the target, the configured
+    sizes (the most it gives). Out: sizes, cut in ``SIZE_STEP`` steps (windows and chunks cut on a grid stay put),
+    four fifths to the windows and one fifth to other files' chunks as the defaults (2048 + 512) are, never less
+    than ``MIN_CONTEXT`` for the windows. A size changes only when the room measured moves by ``RESIZE_BY``: every
+    change moves the windows, which the engine then evaluates again.
+    """
+
+    def __init__(self) -> None:
+        self._room: float | None = None
+        self.sizes: PromptSizes | None = None
+
+    def choose(self, prompt_tps: float, gen_ms: float, target_ms: int, context_tokens: int, extra_tokens: int) -> PromptSizes:
+        gen = EXPECTED_TOKENS * gen_ms
+        room = max(0.0, (target_ms - gen) * prompt_tps / 1e3)
+        if self.sizes is not None and self._room is not None and abs(room - self._room) <= RESIZE_BY * self._room:
+            return self.sizes
+        self._room = room
+        if room >= context_tokens + extra_tokens:
+            ctx, extra = context_tokens, extra_tokens
+        else:
+            ctx = max(MIN_CONTEXT, min(context_tokens, int(room * 0.8) // SIZE_STEP * SIZE_STEP))
+            extra = min(extra_tokens, max(0, int(room - ctx) // SIZE_STEP * SIZE_STEP))
+        cold = (ctx + extra) / prompt_tps * 1e3 + gen if prompt_tps > 0 else 0.0
+        why = (
+            f"{prompt_tps:.0f} prompt tokens/s and {gen_ms:.1f} ms per generated token measured here: a cold jump "
+            f"({ctx + extra} prompt tokens + {EXPECTED_TOKENS} generated) takes about {cold:.0f} ms, coldJumpMs {target_ms}"
+        )
+        self.sizes = PromptSizes(ctx, extra, why)
+        return self.sizes
+
+
+CUT_WINDOW = 6  # model answers looked at for "answers are being cut"
+
+
+@dataclass(frozen=True)
+class Cut:
+    cut: bool  # the time budget stopped it (stop=time)
+    budget_ms: int  # the budget it had
+    configured_ms: int  # timeBudgetMs then (the cap of the adaptive budget)
+
+
+class BudgetCuts:
+    """The recent model answers and which of them the time budget cut."""
+
+    def __init__(self) -> None:
+        self.recent: deque[Cut] = deque(maxlen=CUT_WINDOW)
+
+    def finished(self, stop: str, budget_ms: int, configured_ms: int) -> None:
+        self.recent.append(Cut(stop == "time", budget_ms, configured_ms))
+
+    @property
+    def cut(self) -> int:
+        return sum(c.cut for c in self.recent)
+
+    def slow(self) -> str | None:
+        """``"answers cut at 2.0 s"`` while at least a third of the recent answers were cut, else None."""
+        cuts = [c for c in self.recent if c.cut]
+        if not cuts or 3 * len(cuts) < len(self.recent):
+            return None
+        last = cuts[-1]
+        adaptive = " (adaptive)" if last.budget_ms < last.configured_ms else ""
+        return f"answers cut at {last.budget_ms / 1000:.1f} s{adaptive}"
+
+    def hint(self) -> str | None:
+        """What the user can do about it (None while answers are not being cut)."""
+        if self.slow() is None:
+            return None
+        last = [c for c in self.recent if c.cut][-1]
+        parts = []
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        cores = os.cpu_count() or 1
+        if load > cores:
+            parts.append(f"the CPU is busy with other work (load {load:.1f} on {cores} cores)")
+        parts.append("try a smaller model, fewer contextTokens, --threads, or a larger timeBudgetMs")
+        if last.budget_ms < last.configured_ms:
+            parts.append(
+                f"the budget follows your typing pauses ({last.budget_ms} ms now, at most timeBudgetMs {last.configured_ms})"
+            )
+        return "; ".join(parts)

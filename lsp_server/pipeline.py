@@ -73,6 +73,8 @@ def _syntax_now(info: SyntaxSource) -> syntax.SyntaxInfo | None:
     return info.result() if info.done() and info.exception() is None else None
 
 
+SYNTAX_WAIT_S = 1.0  # how long an answer waits for its parse after the engine is done
+
 # The newest request per engine (event-loop thread only): prompts are built on worker threads, so a
 # request whose prompt was built after a newer one's must not reach the engine after it.
 _TICKETS = itertools.count(1)
@@ -156,6 +158,7 @@ async def complete(
     n: int = 1,
     request_id: str = "-",
     extra: Extra | None = None,
+    language_id: str | None = None,
 ) -> Completion:
     t0 = time.perf_counter()
     hit = cache.get(key, text, offset)
@@ -165,7 +168,12 @@ async def complete(
     cur = cursor(text, offset)
     ticket = _LATEST[engine] = next(_TICKETS)
     # the syntax at the cursor: an incremental parse on the syntax thread, beside the prompt's evaluation
-    parsing = syntax.submit(key, text, offset) if syntax.language_for(key) else None
+    # (by the editor's language id first: an ``untitled:`` buffer has no extension; a big document is not parsed)
+    parsing = (
+        syntax.submit(key, text, offset, language_id)
+        if syntax.language_for(key, language_id) and len(text) <= syntax.MAX_BYTES
+        else None
+    )
     request, ctx = await asyncio.to_thread(build_request, engine, text, offset, settings, n, request_id, cur, parsing, extra)
     t1 = time.perf_counter()
     if _LATEST.get(engine) != ticket:  # a newer request arrived while this prompt was being built
@@ -182,7 +190,11 @@ async def complete(
     info: syntax.SyntaxInfo | None = None
     if parsing is not None:
         try:
-            info = await asyncio.wrap_future(parsing)
+            # the parse has had the engine's time; a parse that takes much longer (another document's, queued
+            # on the one syntax thread) must not hold this answer: indentation rules then
+            info = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(parsing)), SYNTAX_WAIT_S)
+        except TimeoutError:
+            log.info("%s: syntax analysis not done within %.1f s; indentation rules decide", request_id, SYNTAX_WAIT_S)
         except Exception:  # a grammar that fails on this text: indentation rules, and a trace in the log
             log.exception("%s: syntax analysis failed", request_id)
     rules = settings.rule_set

@@ -354,13 +354,26 @@ class LspProtocol(LanguageServerProtocol):
     # ---- messages out --------------------------------------------------------------------------------
     def reply_error(self, msg_id: Any, code: int, message: str) -> None:
         """An error response, for a request that was (or will never be) handed to pygls."""
-        log.warning("error reply %s to %r: %s", code, msg_id, message)
+        # A cancelled request is normal typing (each key cancels the last request): not a warning, which
+        # editors show (VS Code's output channel had one "[warning] ... request cancelled" per key).
+        level = logging.DEBUG if code == types.LSPErrorCodes.RequestCancelled.value else logging.WARNING
+        log.log(level, "error reply %s to %r: %s", code, msg_id, message)
         self._pending.discard(msg_id)
         self._dispatched_on.pop(msg_id, None)
         if msg_id is None:  # lsprotocol's message type would leave out the null id JSON-RPC requires
             self._send_data({"jsonrpc": "2.0", "id": None, "error": {"code": code, "message": message}})
             return
         super()._send_response(msg_id, error=types.ResponseError(code=code, message=message))
+
+    def _handle_response(self, msg_id: Any, result: Any | None = None, error: types.ResponseError | None = None) -> None:
+        """A client's answer to one of our requests; an answer that comes after we stopped waiting (a timed-out
+        ``window/workDoneProgress/create``) is dropped quietly, never an ``InvalidStateError`` traceback."""
+        future = self._request_futures.get(msg_id)
+        if future is not None and future.done():
+            self._request_futures.pop(msg_id, None)
+            log.debug("dropped a late answer to request %r (no longer awaited)", msg_id)
+            return
+        super()._handle_response(msg_id, result, error)
 
     def _send_response(self, msg_id: Any, result: Any = None, error: types.ResponseError | None = None) -> None:
         # pygls' path for handler results and its own errors: once per request, and without the
@@ -388,6 +401,14 @@ class LspProtocol(LanguageServerProtocol):
         now = self._host.document(uri)
         now_text = None if now is None else now.source
         return now_text is not text and now_text != text
+
+    def _handle_cancel_notification(self, msg_id: Any) -> None:
+        # pygls' own, at debug level: a cancel that crosses the answer on the wire is normal while typing.
+        future = self._request_futures.pop(msg_id, None)
+        if future is None:
+            log.debug("cancel for request %r, answered already", msg_id)
+        elif future.cancel():
+            log.debug("cancelled request %r", msg_id)
 
     def _send_handler_result(self, future: Any, *, msg_id: Any) -> None:
         self._request_futures.pop(msg_id, None)
@@ -706,6 +727,7 @@ def _authenticate(first: bytes | FrameError | None, token: str) -> tuple[str | N
     given = options.pop("token", None) if isinstance(options, dict) else None  # not a setting: keep it from them
     if not isinstance(given, str):
         return f"{what}, got no token", b""
-    if not hmac.compare_digest(given.encode(), token.encode()):
+    # surrogatepass: a JSON "\ud800" is a lone surrogate, which plain UTF-8 cannot encode (it is simply wrong)
+    if not hmac.compare_digest(given.encode("utf-8", "surrogatepass"), token.encode("utf-8", "surrogatepass")):
         return f"{what}, got a wrong token", b""
     return None, json.dumps(obj).encode()

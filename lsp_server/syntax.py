@@ -17,6 +17,10 @@ The edit is derived from the texts rather than from ``didChange`` events on purp
 the LF-normalised text, sometimes with the editor's selected completion item applied, and a diff covers
 every way text reaches it (server, CLI, eval) with one code path. Everything here blocks (1-2 ms on a
 5,000-line file, see bench/syntax.py): call it off the event loop.
+
+Bounds: a document over ``MAX_BYTES`` is not parsed at all (``analyze`` returns None: the indentation rules
+decide), since a first parse grows with the text (a 5 MB file took seconds and a 50 MB one gigabytes), and one
+syntax thread serves every document; ``TREES`` keeps trees of at most ``TREES_MAX_BYTES`` of source in all.
 """
 
 from __future__ import annotations
@@ -53,6 +57,20 @@ EXTENSIONS = {
     "hpp": "cpp",
     "hh": "cpp",
     "hxx": "cpp",
+    "java": "java",
+}
+# editor language id (VS Code's languageId, Neovim's filetype) -> grammar: chosen before the file's extension,
+# so ``untitled:`` buffers and files whose name does not tell the language get their syntax rules too
+LANGUAGE_IDS = {
+    "python": "python",
+    "javascript": "javascript",
+    "javascriptreact": "javascript",
+    "typescript": "typescript",
+    "typescriptreact": "tsx",
+    "go": "go",
+    "rust": "rust",
+    "c": "c",
+    "cpp": "cpp",
     "java": "java",
 }
 _WHEELS = {
@@ -129,8 +147,11 @@ TAB_WIDTH = 4
 Mode = Literal["line", "block", "any"]
 
 
-def language_for(key: str) -> str | None:
-    """The grammar for a document key (``file:///x/a.py``, ``a.go``), or None."""
+def language_for(key: str, language_id: str | None = None) -> str | None:
+    """The grammar for a document: its editor language id when we know it, else the extension of its key
+    (``file:///x/a.py``, ``a.go``); None without either."""
+    if language_id and language_id.lower() in LANGUAGE_IDS:
+        return LANGUAGE_IDS[language_id.lower()]
     name = key.rsplit("/", 1)[-1]
     if "." not in name:
         return None
@@ -209,13 +230,24 @@ def edited(tree: ts.Tree, old: bytes, new: bytes, start: int | None = None) -> t
     return copy
 
 
+MAX_BYTES = 1 << 20  # documents larger than this (UTF-8) are not parsed
+TREES_MAX_BYTES = 16 << 20  # source bytes whose trees TREES keeps, all documents together
+
+
 class SyntaxTrees:
     """The last tree of each document (a small LRU), reparsed incrementally as the text changes."""
 
-    def __init__(self, capacity: int = 32) -> None:
+    def __init__(self, capacity: int = 32, max_bytes: int = TREES_MAX_BYTES) -> None:
         self._trees: OrderedDict[str, tuple[str, bytes, ts.Tree]] = OrderedDict()
         self._lock = threading.Lock()
         self.capacity = capacity
+        self.max_bytes = max_bytes
+
+    @property
+    def source_bytes(self) -> int:
+        """The source bytes of the trees held (a tree's memory grows with its source)."""
+        with self._lock:
+            return sum(len(v[1]) for v in self._trees.values())
 
     def tree(self, key: str, language: str, source: bytes) -> ts.Tree:
         with self._lock:
@@ -227,8 +259,10 @@ class SyntaxTrees:
         with self._lock:
             self._trees[key] = (language, source, tree)
             self._trees.move_to_end(key)
-            while len(self._trees) > self.capacity:
-                self._trees.popitem(last=False)
+            held = sum(len(v[1]) for v in self._trees.values())
+            while len(self._trees) > self.capacity or (held > self.max_bytes and len(self._trees) > 1):
+                _, (_, old_source, _) = self._trees.popitem(last=False)
+                held -= len(old_source)
         return tree
 
     def forget(self, key: str) -> None:
@@ -295,12 +329,14 @@ def _mode(source: bytes, tree: ts.Tree, cur: int, language: str) -> tuple[Mode, 
     return "any", "", None
 
 
-def analyze(key: str, text: str, offset: int, trees: SyntaxTrees = TREES) -> SyntaxInfo | None:
-    """The syntax at ``offset`` in ``text`` (LF document), or None without a grammar for ``key``."""
-    language = language_for(key)
-    if language is None:
+def analyze(key: str, text: str, offset: int, trees: SyntaxTrees = TREES, language_id: str | None = None) -> SyntaxInfo | None:
+    """The syntax at ``offset`` in ``text`` (LF document), or None without a grammar for ``key`` / ``language_id``."""
+    language = language_for(key, language_id)
+    if language is None or len(text) > MAX_BYTES:  # (characters: at most as many as bytes)
         return None
     source = text.encode("utf-8", errors="surrogatepass")
+    if len(source) > MAX_BYTES:
+        return None
     cur = len(text[:offset].encode("utf-8", errors="surrogatepass"))
     tree = trees.tree(key, language, source)
     mode, why, body_indent = _mode(source, tree, cur, language)
@@ -340,6 +376,6 @@ def inserted_has_error(info: SyntaxInfo, text: str) -> bool:
 _EXECUTOR = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="syntax")
 
 
-def submit(key: str, text: str, offset: int) -> concurrent.futures.Future[SyntaxInfo | None]:
+def submit(key: str, text: str, offset: int, language_id: str | None = None) -> concurrent.futures.Future[SyntaxInfo | None]:
     """``analyze`` on the syntax thread; the future resolves to its result."""
-    return _EXECUTOR.submit(analyze, key, text, offset)
+    return _EXECUTOR.submit(analyze, key, text, offset, TREES, language_id)

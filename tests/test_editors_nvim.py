@@ -12,7 +12,10 @@ In: the micro Code Llama (``micro_model``: a tiny model that memorised a few fil
   server, sets 'omnifunc'; on the blanked, half-typed line ``textDocument/completion`` and <C-x><C-o>
   give the rest of the line; then the plugin's ghost text (inline extmarks on 0.11; forced on in 0.7,
   which cannot draw inline virtual text, as an end-of-line overlay) shows the same text, <Tab> accepts
-  it, and the written file is the original again.
+  it, and the written file is the original again;
+- the model picker (nvim-client/tests/pick_model.lua) in both versions: ``:CodellamaModel`` alone lists the
+  server's ``codellama/models`` answer (the demo, a GGUF in the working folder, the known Code Llama files with
+  FIM marked), asks before a model without FIM tokens, and loads the local file chosen.
 
 The helpers here are shared with tests/test_editors_vscode.py.
 """
@@ -27,6 +30,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,6 +46,8 @@ CASE_FILE = "spaces.py"
 CASE_NEEDLE = "return 3.14159 * self.radius ** 2"
 # Typed: the indentation and the first word ("return"). A prefix that ends inside a word ("ret") is
 # tokenized unlike anything the model saw, and a tiny memorising model then loses the thread.
+# The cases rely on the micro model having memorised these lines, which holds whatever CPU trained it (its
+# greedy tokens along them lead by 3.8-4.1 logits or more on an AMD EPYC); never on where it emits EOT.
 SERVER_SETTINGS = {"maxTokens": 48, "timeBudgetMs": 20000}
 
 
@@ -232,7 +238,9 @@ def test_nvim_plugin_completes_with_the_real_server(micro_model, which: str, tmp
     assert report["client"]["name"] == "codellama"
     assert report["client"]["omnifunc"] == "v:lua.codellama_omnifunc"
     assert report["omnifunc_line"] == case.typed + case.expected
-    assert report["client"]["completion_provider"] and report["client"]["inline_provider"]
+    # completion_items is off by default: no completionProvider for menus (nvim-cmp), while the plugin's
+    # own textDocument/completion (<C-x><C-o>, :CodellamaComplete) is still answered below
+    assert report["client"]["completion_provider"] is False and report["client"]["inline_provider"]
     assert report["status_ready"].startswith("codellama: ready")
     # textDocument/completion through Neovim's built-in client: the memorised rest of the line
     assert completes(report["completion"], case)
@@ -254,32 +262,33 @@ def readme_snippet() -> str:
     return found[0]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("which", NVIMS)
-def test_nvim_as_users_have_it(micro_model, which: str, tmp_path: Path) -> None:
-    """The README's snippet as init.lua (only the plugin path and the model filled in), no --clean, the
-    plugin's defaults, a multi-line completion, typed at 150 and at 50 ms a key, three times each; the
-    server found on PATH as `codellama-lsp`, as the snippet says."""
-    binary = NVIMS[which]()
-    inline = nvim_version(binary) >= (0, 10)
-    case = multiline_case(micro_model.files)
+def run_as_user(
+    binary: str,
+    micro_model: Any,
+    tmp_path: Path,
+    trials: list[dict[str, Any]],
+    options: str = "",
+    server_settings: dict[str, Any] | None = None,
+    **cfg_extra: Any,
+) -> dict[str, Any]:
+    """Runs nvim-client/tests/user_e2e.lua in ``binary`` with the README's snippet as init.lua (only the plugin
+    path and the model filled in; ``options``, Lua table fields, added to the setup() call); returns its report."""
     snippet = readme_snippet()
     model_placeholder = "~/models/codellama-7b.Q4_K_M.gguf"
     assert "/path/to/codellama-lsp/nvim-client" in snippet and model_placeholder in snippet
-    init = tmp_path / "init.lua"
-    init.write_text(
-        snippet.replace("/path/to/codellama-lsp/nvim-client", str(NVIM_CLIENT)).replace(model_placeholder, str(micro_model.gguf))
+    init_text = snippet.replace("/path/to/codellama-lsp/nvim-client", str(NVIM_CLIENT)).replace(
+        model_placeholder, str(micro_model.gguf)
     )
-    work = tmp_path / "work"
-    work.mkdir()
-    trials = []
-    for repeat in range(REPEATS):
-        for delay in TYPING_DELAYS_MS:
-            path = work / f"shapes_{delay}ms_{repeat + 1}.py"
-            path.write_bytes(case.blanked.encode())
-            trials.append({"file": str(path), "line": case.line, "typed": case.typed, "delay_ms": delay, "want": case.expected})
+    if options:
+        init_text = init_text.replace("require('codellama').setup({\n", "require('codellama').setup({\n  " + options + "\n", 1)
+    if server_settings:
+        # after the model, in the snippet's own settings table
+        extra = "".join(f", {k} = {json.dumps(v)}" for k, v in server_settings.items())
+        init_text = init_text.replace(f"'{micro_model.gguf}'", f"'{micro_model.gguf}'{extra}", 1)
+    init = tmp_path / "init.lua"
+    init.write_text(init_text)
     report_path = tmp_path / "report.json"
-    cfg = {"trials": trials, "out": str(report_path), "timeout_ms": 240000}
+    cfg = {"trials": trials, "out": str(report_path), "timeout_ms": 240000, **cfg_extra}
     (tmp_path / "e2e.json").write_text(json.dumps(cfg))
     env = server_env()
     env["CODELLAMA_E2E"] = str(tmp_path / "e2e.json")
@@ -288,7 +297,7 @@ def test_nvim_as_users_have_it(micro_model, which: str, tmp_path: Path) -> None:
         env[xdg] = str(tmp_path / xdg.lower())
     proc = subprocess.run(
         [binary, "--headless", "-u", str(init), "-c", f"luafile {NVIM_CLIENT / 'tests' / 'user_e2e.lua'}"],
-        cwd=work,
+        cwd=tmp_path,
         env=env,
         capture_output=True,
         text=True,
@@ -296,22 +305,77 @@ def test_nvim_as_users_have_it(micro_model, which: str, tmp_path: Path) -> None:
         stdin=subprocess.DEVNULL,
     )
     assert report_path.exists(), f"no report from Neovim (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
-    report = json.loads(report_path.read_text())
-    dest = ARTIFACTS / f"nvim-user-{which}"
-    dest.mkdir(parents=True, exist_ok=True)
-    (dest / "report.json").write_text(json.dumps(report, indent=2))
+    report: dict[str, Any] = json.loads(report_path.read_text())
     summary = [
         (t["delay_ms"], t["ok"], t.get("latency_ms"), t.get("requests"), t.get("error", "")[:200]) for t in report["trials"]
     ]
     print(f"nvim {report['nvim']} trials (ms/key, ok, completion ms after the last key, requests, error):", *summary, sep="\n  ")
     assert report.get("error") is None, f"{report}\n{proc.stderr}"
-    assert report["mode"] == ("ghost" if inline else "omnifunc")
     assert len(report["trials"]) == len(trials)
+    return report
+
+
+def user_trials(case: BlankCase, work: Path, repeats: int = REPEATS, **extra: Any) -> list[dict[str, Any]]:
+    work.mkdir(exist_ok=True)
+    trials = []
+    for repeat in range(repeats):
+        for delay in TYPING_DELAYS_MS:
+            path = work / f"shapes_{delay}ms_{repeat + 1}.py"
+            path.write_bytes(case.blanked.encode())
+            trials.append(
+                {"file": str(path), "line": case.line, "typed": case.typed, "delay_ms": delay, "want": case.expected, **extra}
+            )
+    return trials
+
+
+def assert_saved(report: dict[str, Any], case: BlankCase) -> None:
     for t in report["trials"]:
         assert t["ok"], t
         assert t["saved"].encode() == case.original.encode() and "\0" not in t["saved"], "byte for byte, no NUL"
+        assert t["preview_windows"] == 0, "no preview window left open after the completion"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", NVIMS)
+def test_nvim_as_users_have_it(micro_model, which: str, tmp_path: Path) -> None:
+    """The README's snippet as init.lua (only the plugin path and the model filled in), no --clean, the
+    plugin's defaults, a multi-line completion, typed at 150 and at 50 ms a key, three times each; the
+    server found on PATH as `codellama-lsp`, as the snippet says.
+
+    0.11 (ghost text): two characters of the ghost typed before accepting, the rest must stay on screen,
+    shortened, from the key on (issue 24 item 2); in the 50 ms trials <M-Down> takes the first line first.
+    0.7 (the menu): <C-x><C-o> opens the menu for the single entry, <C-y> accepts it (issue 24 item 1: it
+    copied a character from the line above when no menu showed), the file written byte for byte."""
+    binary = NVIMS[which]()
+    inline = nvim_version(binary) >= (0, 10)
+    case = multiline_case(micro_model.files)
+    trials = user_trials(case, tmp_path / "work", type_through=2 if inline else 0)
+    for t in trials:
+        t["accept_line"] = inline and t["delay_ms"] == 50
+    report = run_as_user(binary, micro_model, tmp_path, trials)
+    dest = ARTIFACTS / f"nvim-user-{which}"
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "report.json").write_text(json.dumps(report, indent=2))
+    assert report["mode"] == ("ghost" if inline else "omnifunc")
+    assert_saved(report, case)
+    first_line, rest = case.expected.split("\n", 1)
+    for t in report["trials"]:
         if inline:
             assert t["ghost_hl"] == "CodellamaGhost"
+            assert (
+                [k["shown"] for k in t["type_through"]]
+                == [k["want"] for k in t["type_through"]]
+                == [first_line[1:], first_line[2:]]
+            )
+            if t["delay_ms"] == 50:  # <M-Down> first in these
+                assert t["line_accepted"] == case.typed + first_line and t["after_line_accept"] == "\n" + rest
+        else:
+            assert t["menu_items"] == 1 and t["menu_line"] == case.typed + first_line
+    # completion menus (nvim-cmp) get no items from us unless completion_items = true (issue 24 item 8)
+    assert report["completion_provider"] is False
+    # :checkhealth codellama: the server found and running with its version, the model ready (item 7)
+    assert "codellama-lsp" in report["health"] and "running: codellama-lsp" in report["health"], report["health"]
+    assert "codellama: ready" in report["health"] and "ERROR" not in report["health"], report["health"]
     # 0.7 - 0.9: the plugin's omnifunc although Python's filetype plugin sets its own
     assert report["omnifunc"] == "v:lua.codellama_omnifunc"
     assert report["servers"] == 1 and report["server_pids"] == 1
@@ -319,8 +383,44 @@ def test_nvim_as_users_have_it(micro_model, which: str, tmp_path: Path) -> None:
     # <Tab> without a ghost indents; switched off, the server runs no model for the menu either
     assert re.fullmatch(r"x\s+y", report["tab_line"]), report["tab_line"]
     assert report["completion_while_off"] == ""
-    assert "error" in report["status_after_kill"] and "restarting" in report["status_after_kill"]
+    # cut at its end to half the (headless: 80 columns) screen, the state and what happens first (item 5)
+    assert report["status_after_kill"].startswith("codellama: error | restarting in 1 s")
+    assert len(report["status_after_kill"]) <= 40
+    # :CodellamaModel demo: the new model's name at once and in the server's loading status (item 6)
+    assert report["status_new_model"] == "codellama: loading | demo" and report["server_loading_model"] == "demo"
+    assert report["model_before"] != "demo"
     assert report["restarted"] is True
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setup", ["menu", "manual"])
+def test_nvim_menu_and_manual_mode_on_0_11(micro_model, setup: str, tmp_path: Path) -> None:
+    """Neovim 0.11 with the README's snippet plus one documented option, at 150 and 50 ms a key:
+
+    - ``ghost_text = false, completion_items = true``: the menu path of 0.7 on 0.11 (issue 24 item 1):
+      <C-x><C-o> opens a menu for the single entry, <C-y> accepts, the file is written byte for byte; with
+      ``completion_items`` the server advertises its completion items (item 8's option);
+    - ``auto_trigger = false`` (issue 24 item 14, manual mode): no ghost and no request during a 1.5 s pause;
+      <M-\\> asks, the ghost comes, <Tab> accepts."""
+    options = {"menu": "ghost_text = false, completion_items = true,", "manual": "auto_trigger = false,"}[setup]
+    case = multiline_case(micro_model.files)
+    trials = user_trials(case, tmp_path / "work", repeats=1)
+    # the time budget of the plugin e2e test: on a loaded machine the default 2 s cut the memorised body short
+    budget = {"timeBudgetMs": SERVER_SETTINGS["timeBudgetMs"]}
+    report = run_as_user(wheel_nvim(), micro_model, tmp_path, trials, options, budget, trials_only=True, manual=setup == "manual")
+    dest = ARTIFACTS / f"nvim-{setup}-wheel-0.11"
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "report.json").write_text(json.dumps(report, indent=2))
+    assert_saved(report, case)
+    first_line = case.expected.split("\n", 1)[0]
+    if setup == "menu":
+        assert report["mode"] == "omnifunc" and report["completion_provider"] is True
+        for t in report["trials"]:
+            assert t["menu_items"] == 1 and t["menu_line"] == case.typed + first_line
+    else:
+        assert report["mode"] == "ghost" and report["completion_provider"] is False
+        for t in report["trials"]:
+            assert t["auto_requests"] == 0 and t["auto_ghost"] is False, t
 
 
 def test_nvim_missing_server_says_so(tmp_path: Path) -> None:
@@ -334,7 +434,7 @@ def test_nvim_missing_server_says_so(tmp_path: Path) -> None:
         "vim.cmd('edit x.py')\n"
         "vim.defer_fn(function()\n"
         "  local f = io.open(vim.lsp.get_log_path(), 'rb'); local log = f and f:read('*a') or ''; if f then f:close() end\n"
-        f"  vim.fn.writefile({{vim.fn.json_encode({{status = require('codellama').statusline(), log = log}})}}, '{out}')\n"
+        f"  vim.fn.writefile({{vim.fn.json_encode({{status = require('codellama').statusline(), full = require('codellama').statusline(1000), log = log}})}}, '{out}')\n"
         "  vim.cmd('qall!')\n"
         "end, 500)\n"
     )
@@ -352,5 +452,61 @@ def test_nvim_missing_server_says_so(tmp_path: Path) -> None:
     )
     assert out.exists(), proc.stderr
     got = json.loads(out.read_text())
-    assert got["status"].startswith("codellama: error | codellama-lsp-not-installed not found"), got["status"]
+    assert got["full"].startswith("codellama: error | codellama-lsp-not-installed not found"), got["full"]
+    # the statusline's own text fits half the (80-column) screen, cut at its end: the state stays visible
+    assert got["status"] == got["full"][:37] + "...", got["status"]
     assert "codellama-lsp-not-installed not found" in got["log"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", NVIMS)
+def test_nvim_model_picker_with_the_real_server(which: str, tmp_path: Path) -> None:
+    """:CodellamaModel alone: the server's list (codellama/models) in vim.ui.select, a model without FIM tokens
+    confirmed first (and cancelled: nothing set), a local GGUF chosen and loaded (nvim-client/tests/pick_model.lua)."""
+    work = tmp_path / "work"
+    work.mkdir()
+    demo = REPO / "lsp_server" / "models" / "demo" / "codellama-demo.gguf"
+    local = work / "my-codellama.f16.gguf"
+    local.symlink_to(demo)
+    (work / "x.py").write_text("def f():\n    return 1\n")
+    report_path = tmp_path / "report.json"
+    cfg = {
+        "cmd": [*server_command(), "-v", "--log-file", str(tmp_path / "server.log")],
+        "settings": {"model": "demo"},
+        "file": str(work / "x.py"),
+        "pick_warned": "codellama-34b.Q4_K_M.gguf",
+        "pick_ok": "my-codellama.f16.gguf",
+        "out": str(report_path),
+    }
+    (tmp_path / "e2e.json").write_text(json.dumps(cfg))
+    env = {**server_env(), "CODELLAMA_E2E": str(tmp_path / "e2e.json"), "HF_HOME": str(tmp_path / "hf")}
+    proc = subprocess.run(
+        [
+            NVIMS[which](),
+            "--headless",
+            "--clean",
+            "--cmd",
+            f"set rtp^={NVIM_CLIENT}",
+            "-c",
+            f"luafile {NVIM_CLIENT / 'tests' / 'pick_model.lua'}",
+        ],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+    assert report_path.exists(), f"no report from Neovim (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    report = json.loads(report_path.read_text())
+    log_tail = (tmp_path / "server.log").read_text()[-4000:] if (tmp_path / "server.log").exists() else ""
+    assert report.get("error") is None, f"{report}\n{proc.stderr}\n{log_tail}"
+    shown = report["shown_first"]
+    assert report["prompt"].startswith("Code Llama model (memory at 4096 tokens)")
+    assert any(s.startswith("demo  [shipped]  F16 · 8 MB · trained 4096 · FIM") for s in shown), shown
+    assert any(s.startswith("my-codellama.f16.gguf  [file]  F16 · 8 MB") for s in shown), shown
+    hub = [s for s in shown if "[hub]" in s]
+    assert len(hub) == 9 and all(("no FIM" in s) == ("34b" in s) for s in hub), hub
+    assert len(report["asked"]) == 1 and "codellama-34b.Q4_K_M.gguf has no fill-in-the-middle tokens" in report["asked"][0]
+    assert report["set"] == [str(local)], "cancelled: nothing set; then the local file"
+    assert report["status"]["model"] == str(local) and report["statusline"].startswith("codellama: ready | my-codellama.f16")

@@ -47,51 +47,33 @@ def test_canonical_middle_passes_and_a_wrong_one_fails(problems: list[dict]) -> 
     assert task.middle.strip() == "return False"
     assert ev.run_sandboxed(ev.program(by_id[task.problem], task, task.middle)) == "passed"
     assert ev.run_sandboxed(ev.program(by_id[task.problem], task, "    return True")) == "failed"
+    # leaving with status 0 before check() returned is no pass (the hostile programs: tests/test_sandbox.py)
+    assert ev.run_sandboxed(ev.program(by_id[task.problem], task, "    import sys; sys.exit(0)")) == "failed"
 
 
-def test_sandbox_timeout_kills_the_process_group(tmp_path: Path) -> None:
-    pidfile = tmp_path / "child.pid"
-    prog = (
-        "import subprocess, sys\n"
-        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
-        f"open({str(pidfile)!r}, 'w').write(str(p.pid))\n"
-        "while True: pass\n"
-    )
+def test_sandbox_timeout_kills_everything_it_started() -> None:
+    prog = "import subprocess, sys\nsubprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)', 'eval-test-sleeper'])\nwhile True: pass\n"
     t0 = time.monotonic()
-    assert ev.run_sandboxed(prog, timeout_s=2, isolate_network=False) == "timeout"
+    assert ev.run_sandboxed(prog, timeout_s=2) == "timeout"
     assert time.monotonic() - t0 < 10
-    child = int(pidfile.read_text())
-    assert _dead(child)
+    assert not any(b"eval-test-sleeper" in _cmdline(p) for p in Path("/proc").iterdir() if p.name.isdigit())
 
 
-def _dead(pid: int, within_s: float = 5.0) -> bool:
-    """Gone or a zombie (killed; re-parented to an init that may not reap it), polled until ``within_s``."""
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        try:
-            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-                return True
-        except FileNotFoundError:
-            return True
-        time.sleep(0.05)
-    return False
+def _cmdline(proc: Path) -> bytes:
+    try:
+        return (proc / "cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
-def test_sandbox_memory_limit_and_own_directory() -> None:
-    assert ev.run_sandboxed("x = bytearray(3 << 30)\n", memory_mb=512, isolate_network=False) == "failed"
+def test_sandbox_memory_limit_own_directory_and_no_network() -> None:
+    assert ev.run_sandboxed("x = bytearray(3 << 30)\n", memory_mb=512) == "failed"
     prog = "import os, tempfile\nassert os.getcwd() == os.environ['HOME'] == tempfile.gettempdir()\nassert 'VIRTUAL_ENV' not in os.environ\n"
-    assert ev.run_sandboxed(prog, isolate_network=False) == "passed"
-
-
-def test_sandbox_has_no_network() -> None:
+    assert ev.run_sandboxed(prog) == "passed"
     prog = "import socket\nassert [n for _, n in socket.if_nameindex()] == ['lo']\n"
-    if ev.network_isolation():
-        assert ev.run_sandboxed(prog) == "passed"
-        connect = "import socket\ntry:\n    socket.create_connection(('1.1.1.1', 53), timeout=2)\nexcept OSError:\n    raise SystemExit(0)\nraise SystemExit(1)\n"
-        assert ev.run_sandboxed(connect) == "passed"
-    else:  # no namespaces on this machine: the harness refuses rather than run unisolated
-        with pytest.raises(RuntimeError, match="network namespace"):
-            ev.run_sandboxed(prog)
+    assert ev.run_sandboxed(prog) == "passed"
+    connect = "import socket\ntry:\n    socket.create_connection(('1.1.1.1', 53), timeout=2)\nexcept OSError:\n    pass\nelse:\n    raise SystemExit(1)\n"
+    assert ev.run_sandboxed(connect) == "passed"
 
 
 @pytest.mark.slow
@@ -99,8 +81,6 @@ def test_eval_end_to_end_on_the_demo_model(tmp_path: Path, capsys: pytest.Captur
     """A seeded subset through the real pipeline and llama.cpp on the shipped demo model; no quality bar."""
     out = tmp_path / "eval.json"
     args = ["--model", "demo", "--limit", "8", "--seed", "1", "--ablate", "--json", str(out)]
-    if not ev.network_isolation():
-        args.append("--allow-network")
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     try:
@@ -110,6 +90,7 @@ def test_eval_end_to_end_on_the_demo_model(tmp_path: Path, capsys: pytest.Captur
         root.setLevel(level)
     report = json.loads(out.read_text())
     assert report["tasks_in_set"] == 1033 and report["tasks"] == 8
+    assert report["sandbox"]["confined"] is True and report["sandbox"]["tool"] == "bubblewrap"
     assert set(report["runs"]) == {"all", "none"} | {f"all but {r}" for r in ev.postprocess.RULES}
     ids = [r["task_id"] for r in report["runs"]["all"]["results"]]
     assert ids == [t.task_id for t in ev.subset(ev.build_tasks("single-line", ev.load_problems()), 8, 1)]

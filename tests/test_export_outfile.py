@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 # The patch only adds the signal; everything else is the real converter.
 _SIGNAL_WHILE_WRITING = """
 import os, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, also when the test runner was started in the background (SIGINT ignored)
 import gguf
 from model_export.convert import main
 real = gguf.GGUFWriter.write_ti_data_to_file

@@ -54,6 +54,17 @@ async def test_initialize_capabilities_status_and_progress(lsp_random_gguf: Path
         assert after["lastLatencyMs"] is not None
 
 
+async def test_completion_items_left_out_of_the_capabilities_when_asked(lsp_random_gguf: Path) -> None:
+    """``completionItems: false`` (the Neovim plugin's default): no ``completionProvider``, so completion menus
+    (nvim-cmp, blink.cmp) never ask the model on every key; a client that asks anyway is still answered."""
+    async with lsp_session(lsp_random_gguf, options={"completionItems": False}) as client:
+        caps = client.init_result.capabilities
+        assert caps.completion_provider is None and caps.inline_completion_provider
+        open_doc(client, URI, CODE)
+        result = await completion(client, URI, 4, 4)
+        assert isinstance(result, types.CompletionList)
+
+
 async def test_utf8_position_encoding_when_offered(lsp_random_gguf: Path) -> None:
     async with lsp_session(
         lsp_random_gguf, encodings=[types.PositionEncodingKind.Utf8, types.PositionEncodingKind.Utf16]
@@ -216,7 +227,7 @@ async def test_cancel_request_ends_generation_early(lsp_random_gguf: Path) -> No
         except Exception as exc:  # pygls answers a cancelled request with an error response
             assert "cancel" in str(exc).lower(), exc
         cancel_ms = (time.perf_counter() - t0) * 1e3
-        assert cancel_ms < 3000, cancel_ms
+        assert cancel_ms < 10000, cancel_ms  # generous: a loaded machine; the uncancelled job runs for minutes
         # the worker is free again: the next request does not wait for 2000 tokens
         client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings={"maxTokens": 8}))
         client.text_document_did_change(
@@ -228,8 +239,10 @@ async def test_cancel_request_ends_generation_early(lsp_random_gguf: Path) -> No
         mark = len(client.status.items)
         await inline(client, uri, 4, 4, timeout=30)
         done = await client.status.wait_for({"ready"}, after=mark)
-        assert done["lastLatencyMs"] < 5000
-        assert time.perf_counter() - t0 < 10
+        # 8 tokens, not the rest of 10 x 2048: bounds a loaded machine keeps (5.6 s seen at load 16 before the
+        # passive OpenMP wait policy), far below what the cancelled generation would still take
+        assert done["lastLatencyMs"] < 20000
+        assert time.perf_counter() - t0 < 40
 
 
 def test_cli_complete_one_shot(lsp_random_gguf: Path, tmp_path: Path) -> None:
@@ -289,7 +302,8 @@ async def test_unexpected_load_failure_is_an_error_status_then_recovery(lsp_rand
     """Not a ModelError/EngineError (here the OSError pathlib raises for a path longer than the file system
     allows): still an error status with the message, never a status stuck at "loading", and the next model
     setting recovers."""
-    async with lsp_session("x" * 5000 + ".gguf", wait_ready=False) as client:
+    # longer than a file name may be (255), shorter than the model setting may be (4096: longer is a settings problem)
+    async with lsp_session("x" * 3000 + ".gguf", wait_ready=False) as client:
         err = await client.status.wait_for({"error", "ready"})
         assert err["state"] == "error", err
         assert "File name too long" in err["message"], err

@@ -164,6 +164,23 @@ def test_type_through_serves_the_rest() -> None:
     assert c.hits == 1
 
 
+def test_recent_places_answer_backspace_undo_and_revisits() -> None:
+    c = TypeThroughCache(recent=3)
+    a = "def f(x):\n    \n\ndef g(y):\n    \n"
+    at_f, at_g = a.index("    \n") + 4, a.rindex("    \n") + 4
+    c.put("u", a, at_f, ["return x + 1"])
+    c.put("u", a, at_g, ["return y * 2"])  # the type-through entry of "u" is now g's
+    assert c.get("u", a, at_f) == ["return x + 1"]  # back at f: the recent places
+    typed = a[:at_f] + "re" + a[at_f:]
+    assert c.get("u", typed, at_f + 2) == ["turn x + 1"]  # typed past a recent place
+    assert c.get("v", a, at_g) == ["return y * 2"]  # the same text in another document
+    assert c.get("u", a[:at_f] + "# changed\n" + a[at_f:], at_f + 10) is None
+    assert c.recent_hits == 3
+    for i in range(3):  # three more places: the first ones are dropped
+        c.put("u", a + "#" * (i + 1), len(a) + i + 1, ["x"])
+    assert len(c) == 3 and c.get("w", a, at_f) is None
+
+
 # ---- settings --------------------------------------------------------------------------------------
 def test_settings_camel_case_and_bad_values_fall_back() -> None:
     s, problems = config.parse({"maxTokens": 12, "fimOrder": "PSM", "temperature": "hot", "prefixRatio": 3, "nope": 1})

@@ -28,9 +28,12 @@ def test_status_wire_form_is_camel_case_with_optional_fields_left_out() -> None:
     wire = messages.to_wire(s)
     assert wire["lastLatencyMs"] == 12.5 and wire["prefetchHits"] == 0 and wire["schemaVersion"] == messages.VERSION
     assert wire["recentLatencyMs"] is None  # always present (null: not known yet)
-    assert "message" not in wire and "percentage" not in wire
-    wire = messages.to_wire(messages.Status(**{**vars_of(s), "message": "loading demo", "percentage": 0}))
+    assert "message" not in wire and "percentage" not in wire and "slow" not in wire and "hint" not in wire
+    assert wire["cutAnswers"] == 0
+    slow = {"cut_answers": 3, "slow": "answers cut at 2.0 s", "hint": "try a smaller model"}
+    wire = messages.to_wire(messages.Status(**{**vars_of(s), "message": "loading demo", "percentage": 0, **slow}))
     assert wire["message"] == "loading demo" and wire["percentage"] == 0
+    assert (wire["cutAnswers"], wire["slow"], wire["hint"]) == (3, "answers cut at 2.0 s", "try a smaller model")
     assert set(wire) == set(messages.schema()[messages.STATUS])
 
 
@@ -71,7 +74,7 @@ def test_the_vscode_status_reader_reads_only_schema_fields() -> None:
     read = read_fields(body, "p")
     schema = set(messages.schema()[messages.STATUS])
     assert read - OLDER_SPELLINGS <= schema, read - OLDER_SPELLINGS - schema
-    assert {"state", "model", "message", "lastLatencyMs", "percentage", "debounceMs"} <= read
+    assert {"state", "model", "message", "lastLatencyMs", "percentage", "debounceMs", "slow", "hint"} <= read
 
 
 def test_the_neovim_status_reader_reads_only_schema_fields() -> None:
@@ -80,7 +83,7 @@ def test_the_neovim_status_reader_reads_only_schema_fields() -> None:
         read |= read_fields((ROOT / "nvim-client/lua/codellama" / name).read_text(encoding="utf-8"), "status")
     schema = set(messages.schema()[messages.STATUS])
     assert read - CLIENT_SIDE <= schema, read - CLIENT_SIDE - schema
-    assert {"state", "model", "message", "lastLatencyMs", "debounceMs"} <= read
+    assert {"state", "model", "message", "lastLatencyMs", "debounceMs", "slow", "hint"} <= read
 
 
 def test_the_clients_send_only_event_fields_the_server_reads() -> None:

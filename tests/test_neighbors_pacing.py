@@ -11,7 +11,7 @@ from lsp_server import config, neighbors
 from lsp_server.cache import TypeThroughCache
 from lsp_server.lookup import Lookup
 from lsp_server.neighbors import CHUNK_LINES, ChunkRing, Doc, Neighbors
-from lsp_server.pacing import MIN_SAMPLES, Pacer
+from lsp_server.pacing import CUT_WINDOW, MIN_CONTEXT, MIN_SAMPLES, BudgetCuts, Pacer, PromptSizer
 
 
 def _module(name: str, funcs: list[str], lines: int = 100) -> str:
@@ -87,6 +87,25 @@ def test_selection_is_sticky_while_typing_in_a_block() -> None:
         assert again is first  # the same chunks: the prompt's first part (and its KV cache) stays
 
 
+def test_a_new_choice_keeps_the_old_chunks_in_place_and_appends_new_ones() -> None:
+    """When the choice changes, chunks still chosen keep their order at the front of the prompt (the engine moves
+    their evaluated tokens), evicted ones go, new ones are appended; a choice that barely improves is not made."""
+    lib = Doc("file:///lib.py", "lib.py", "python", _module("lib", ["parse_header", "render_footer"]))
+    nb = Neighbors()
+    text = "def main(value):\n    parse_header_helper(value) + lib_offset\n"
+    cur = Doc("file:///m.py", "m.py", "python", text)
+    first = nb.select(cur, len(text), (0, len(text)), [lib], 300, _count)
+    assert first
+    util = Doc("file:///util.py", "util.py", "python", _module("util", ["parse_header_helper", "main"]))
+    second = nb.select(cur, len(text), (0, len(text)), [lib, util], 600, _count)
+    assert second[: len(first)] == first and any(c.uri == util.uri for c in second[len(first) :])
+    # the ring changes with a chunk that is hardly better: the choice stays as it was
+    nb.ring.edited(Doc("file:///x.py", "x.py", "python", "zzz_unrelated = 1\n"), 0)
+    nb.ring.edited(Doc("file:///y.py", "y.py", "python", "other = 2\n"), 0)
+    third = nb.select(cur, len(text), (0, len(text)), [lib, util], 600, _count)
+    assert third == second
+
+
 def test_chunk_header_uses_the_language_comment() -> None:
     c = neighbors.Chunk("file:///a.rs", "src/a.rs", "rust", 0, "fn main() {}", frozenset())
     assert c.render() == "// src/a.rs\nfn main() {}\n"
@@ -157,6 +176,26 @@ def test_pacer_budget_and_debounce() -> None:
 
 
 # ---- accepted suggestions ----------------------------------------------------------------------------
+def test_budget_cuts_say_slow_while_a_third_of_recent_answers_are_cut() -> None:
+    cuts = BudgetCuts()
+    assert (cuts.cut, cuts.slow(), cuts.hint()) == (0, None, None)
+    cuts.finished("eot", 2000, 2000)
+    cuts.finished("time", 2000, 2000)
+    assert cuts.cut == 1 and cuts.slow() == "answers cut at 2.0 s"  # 1 of 2
+    hint = cuts.hint()
+    assert hint is not None and "smaller model" in hint and "contextTokens" in hint and "--threads" in hint
+    for _ in range(2):
+        cuts.finished("rule", 2000, 2000)
+    assert cuts.slow() is None and cuts.hint() is None  # 1 of 4: answers come whole again
+    # the adaptive budget (pacing lowered it below timeBudgetMs) is named as such, with its cap
+    cuts.finished("time", 640, 2000)
+    assert cuts.slow() == "answers cut at 0.6 s (adaptive)"
+    assert "640 ms now, at most timeBudgetMs 2000" in (cuts.hint() or "")
+    for _ in range(CUT_WINDOW):
+        cuts.finished("length", 2000, 2000)
+    assert cuts.cut == 0 and cuts.slow() is None  # only the last CUT_WINDOW answers count
+
+
 def test_cache_sees_an_accepted_suggestion() -> None:
     cache = TypeThroughCache()
     text = "def f(x):\n    return \n\nprint(f(1))\n"
@@ -186,3 +225,20 @@ def test_draft_policy_drafts_only_what_pays() -> None:
         tiny.verified(4, 0)
     sizes = [tiny.size(8) for _ in range(DraftPolicy.PROBE_EVERY)]
     assert sizes[:-1] == [0] * (DraftPolicy.PROBE_EVERY - 1) and sizes[-1] == 2  # only a rare probe
+
+
+def test_prompt_size_fits_a_cold_jump_into_the_target() -> None:
+    """A fast engine keeps the configured sizes; a slow one gets what it evaluates within coldJumpMs (in 128-token
+    steps, four fifths to the windows); small changes in the measured speed change nothing (every change moves the
+    windows, which costs an evaluation)."""
+    fast = PromptSizer().choose(5000.0, 3.0, 1500, 2048, 512)
+    assert (fast.context_tokens, fast.extra_context_tokens) == (2048, 512)
+    sizer = PromptSizer()
+    slow = sizer.choose(1000.0, 20.0, 1500, 2048, 512)  # (1500 - 16 * 20) ms at 1000 tokens/s: 1180 tokens
+    assert (slow.context_tokens, slow.extra_context_tokens) == (896, 256)
+    assert "1000 prompt tokens/s" in slow.why and "coldJumpMs 1500" in slow.why
+    assert sizer.choose(1100.0, 20.0, 1500, 2048, 512) is slow  # 10 % faster: the same sizes
+    faster = sizer.choose(1500.0, 20.0, 1500, 2048, 512)
+    assert faster.context_tokens > slow.context_tokens
+    crawl = PromptSizer().choose(30.0, 150.0, 1500, 2048, 512)  # a 7B on a laptop CPU: the least there is
+    assert (crawl.context_tokens, crawl.extra_context_tokens) == (MIN_CONTEXT, 0)

@@ -374,6 +374,7 @@ def test_outputs_get_normal_permissions(kq_f16, tmp_path, umask):
 # only adds the signal; llama_model_quantize itself is the real one.
 _SIGNAL_DURING_QUANTIZE = """
 import os, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, also when the test runner was started in the background (SIGINT ignored)
 import llama_cpp
 real = llama_cpp.llama_model_quantize
 def signal_then_quantize(*args):

@@ -67,6 +67,17 @@ def test_languages_without_a_grammar_fall_back() -> None:
     assert syntax.language_for("file:///x/App.TSX") == "tsx"
 
 
+def test_the_editors_language_id_comes_before_the_extension() -> None:
+    """Issue 24 item 15: an ``untitled:`` buffer, or a file whose name does not tell the language, gets the
+    grammar of its languageId (VS Code) / filetype (Neovim)."""
+    assert syntax.language_for("untitled:Untitled-1", "python") == "python"
+    assert syntax.language_for("file:///x/build_script", "python") == "python"
+    assert syntax.language_for("file:///x/App.jsx", "typescriptreact") == "tsx"
+    assert syntax.language_for("file:///x/a.py", "plaintext") == "python", "an id we have no grammar for: the extension"
+    info = syntax.analyze("untitled:Untitled-7", "x = foo(a, \n    b)\n", 11, language_id="python")
+    assert info is not None and info.language == "python" and info.mode == "line"
+
+
 # ---- rule: mode (one line inside arguments/conditions/strings, even at the end of a line) --------------
 def test_mode_rule_keeps_one_line_inside_call_args() -> None:
     doc = "x = foo(a, |\n    b)\n"

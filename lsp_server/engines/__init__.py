@@ -53,6 +53,9 @@ class GenerationRequest:
     heal: bytes = b""
     stop_text: Callable[[str], bool] | None = None  # early stop on the decoded text so far (without heal): "rule"
     request_id: str = "-"
+    # a prefill: evaluate the prompt only (no generation), at the lowest priority - dropped while a real request waits
+    # or runs, superseded by any real request (the evaluated tokens stay for it to reuse)
+    background: bool = False
 
 
 @dataclass
@@ -70,6 +73,8 @@ class GenerationResult:
     reused_tokens: int = 0  # prompt tokens whose KV cache entries were kept from earlier requests
     evaluated_tokens: int = 0  # prompt tokens actually run through the model
     generated_tokens: int = 0
+    moved_tokens: int = 0  # of the reused tokens, those moved to other positions (KV shifting)
+    restored_tokens: int = 0  # tokens of a kept prompt put back into the context from host memory (0: none)
     prompt_ms: float = 0.0
     generate_ms: float = 0.0
     total_ms: float = 0.0  # from submit to done (includes waiting for the worker)

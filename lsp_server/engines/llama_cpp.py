@@ -7,10 +7,16 @@ whose EOT llama.cpp does not know as end-of-generation still stops there.
 
 How a request runs on the worker:
 
-1. KV reuse: the context still holds the tokens the previous request evaluated (prompt and generated
-   tokens). The longest common prefix of those and the new prompt is kept; only the rest is evaluated,
-   in chunks of ``PROMPT_CHUNK`` tokens. With SPM prompts and anchored windows, typing one character
-   re-evaluates a few tokens at the end of the prefix.
+1. Reuse (``_prepare``): the context holds the tokens the previous request evaluated (prompt and generated
+   tokens), and host memory holds copies of the contexts of recent places (``kept.KeptPrompts``, within
+   ``EngineOptions.kept_prompts_mib``; by default eight full contexts, at most an eighth of the RAM). The live
+   context and the kept copies are planned against the new prompt (``kept.plan``): the common prefix, then runs
+   of ``reuse_min`` or more tokens found elsewhere in the cache, moved to their new positions (KV shifting, as
+   llama-server's ``--cache-reuse``). The copy that reuses the most is put back (``llama_state_seq_set_data``),
+   after the live context was copied out if it would lose evaluated tokens - also a prompt the time budget cut
+   short, so its evaluation continues when the user comes back instead of starting over. Only the rest is
+   evaluated, in chunks of ``PROMPT_CHUNK`` tokens. Typing at the cursor (SPM, anchored windows) re-evaluates a
+   few tokens; a revisit of a kept place a few; a line inserted above the cursor the lines after it.
 2. Generation, one token at a time: candidate 1 with ``sampling.temperature`` (greedy by default), the
    others with ``alt_temperature``, each from the end of the prompt. While part of ``heal`` is not yet
    covered, only the tokens ``healing.allowed`` names may come next; the healed text is removed from
@@ -21,13 +27,21 @@ How a request runs on the worker:
 
 Superseding: ``submit`` replaces a job still waiting for the worker (it resolves at once, no text) and
 flags the running one, which stops at the next token. A partly evaluated prompt is not wasted: the
-tokens that made it into the KV cache count for the next request's common prefix.
+tokens that made it into the KV cache are reused by the next request (or kept, see 1).
+
+Background requests (``GenerationRequest.background``, the server's prefill of a place the user opened or
+rests at) evaluate the prompt only, in chunks of about ``PREFILL_MS``; they never supersede a real request and
+any real request supersedes them, so one waits at most one such chunk.
+
+Speed: the warm-up and every request measure prompt tokens per second and ms per generated token (``speed``),
+which the server uses to size prompts for a latency target.
 """
 
 from __future__ import annotations
 
 import codecs
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -44,23 +58,81 @@ from ..lookup import DraftPolicy, Lookup
 from ..sampling import sample
 from ..vocab import LlamaVocab
 from . import EngineError, EngineInfo, Generation, GenerationRequest, GenerationResult, Job, Stop
+from .kept import KeptPrompts, Plan, common_prefix, plan
 
 log = logging.getLogger(__name__)
 
 MAX_DEFAULT_CTX = 4096  # a 7B model's f16 KV cache at 16k tokens is about 8 GiB; ask for more explicitly
 PROMPT_CHUNK = 128  # tokens per decode call while evaluating a prompt (a cancellation point)
+PREFILL_MS = 30.0  # a background prompt evaluation decodes in chunks of about this long (what a real request may wait)
+SAVE_MIN = 64  # evaluated tokens a request would lose that are worth a copy in host memory
+RESTORE_GAIN = 16  # tokens a kept copy must reuse beyond the live context to be put back
 KV_TYPES = ("f16", "q8_0")
 
 
 @dataclass(frozen=True)
 class EngineOptions:
-    n_ctx: int | None = None  # None: the model's training context, capped at MAX_DEFAULT_CTX
+    n_ctx: int | None = None  # None: the model's training context, capped at MAX_DEFAULT_CTX; at most that context
     kv_type: str = "f16"
     threads: int | None = None
     n_gpu_layers: int = 0
     # llama.cpp's extra CPU buffer types (weight repacking, AMX); None: on unless the CPU has AMX (codellama_core.llama)
     cpu_repack: bool | None = None
     prompt_lookup: int = 8  # greedy decoding drafts up to this many tokens by prompt lookup (0: off)
+    # host memory for the evaluated prompts of recent places (MiB; None: sized to the model, see ``kept_budget``; 0: off)
+    kept_prompts_mib: int | None = None
+    reuse_min: int = 64  # shortest run of moved tokens reused by KV shifting (0: the common prefix only)
+    reuse_gap: int = 512  # most new tokens evaluated between two reused runs (0: reuse stops at the first new token)
+
+
+@dataclass
+class Speed:
+    """What this engine measured on this machine: prompt tokens per second and ms per generated token, from the
+    warm-up and then from every request (a moving average, so a machine that gets busy shows it)."""
+
+    prompt_tps: float = 0.0
+    gen_ms: float = 0.0
+    samples: int = 0
+
+    def prompt(self, tokens: int, ms: float) -> None:
+        if tokens >= 16 and ms > 0:  # a handful of tokens measures the call overhead, not the model
+            self.prompt_tps = _average(self.prompt_tps, tokens / ms * 1e3)
+            self.samples += 1
+
+    def generated(self, tokens: int, ms: float) -> None:
+        if tokens > 0 and ms > 0:
+            self.gen_ms = _average(self.gen_ms, ms / tokens)
+
+
+def _average(old: float, new: float, weight: float = 0.2) -> float:
+    return new if old <= 0 else (1 - weight) * old + weight * new
+
+
+def kept_budget(bytes_per_token: float, n_ctx: int, ram: int | None = None) -> int:
+    """The default host memory for kept prompts: eight full contexts, at most an eighth of the RAM and 8 GiB, but
+    always one full context (a 7B model's f16 cache takes 0.5 MiB per token: 2 GiB for 4096 tokens)."""
+    full = int(bytes_per_token * n_ctx)
+    if ram is None:
+        try:
+            ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            ram = 8 << 30
+    return max(full, min(8 * full, ram // 8, 8 << 30))
+
+
+def context_size(asked: int | None, n_ctx_train: int) -> int:
+    """The context to allocate: ``asked`` (``--n-ctx``), at most the length the model was trained at (Code Llama:
+    16,384; past it the rope positions are ones the model never saw), or by default the trained length capped at
+    ``MAX_DEFAULT_CTX`` (the KV cache grows with it: a 7B model's f16 cache is 0.5 MiB a token, 8 GiB at 16k,
+    half that with ``kv_type`` q8_0). A model that does not say its length (0) gets what was asked, else 2048."""
+    if asked is not None and asked < 1:
+        raise EngineError(f"expected --n-ctx >= 1, got {asked}")
+    if asked is None:
+        return min(n_ctx_train or 2048, MAX_DEFAULT_CTX)
+    if n_ctx_train and asked > n_ctx_train:
+        log.warning("--n-ctx %d is more than the model's trained context %d: using %d", asked, n_ctx_train, n_ctx_train)
+        return n_ctx_train
+    return asked
 
 
 @dataclass
@@ -91,8 +163,10 @@ class LlamaCppEngine:
             raise EngineError(str(exc)) from None
         try:
             self.vocab = LlamaVocab(self._model)
-            n_ctx = options.n_ctx or min(self._model.n_ctx_train or 2048, MAX_DEFAULT_CTX)
-            ctx_options = llama.ContextOptions(n_ctx=n_ctx, threads=options.threads, kv_type=options.kv_type, flash_attn=True)
+            n_ctx = context_size(options.n_ctx, self._model.n_ctx_train)
+            ctx_options = llama.ContextOptions(
+                n_ctx=n_ctx, threads=options.threads, kv_type=options.kv_type, flash_attn=True, scratch=options.reuse_gap > 0
+            )
             self._ctx = llama.Context(self._model, ctx_options)
         except llama.LlamaError as exc:
             self._model.close()
@@ -105,6 +179,13 @@ class LlamaCppEngine:
         self._lookup_n = max(0, options.prompt_lookup)
         self._policy = DraftPolicy(self._lookup_n)  # draft lengths that pay on this model and machine
         self.stats = SpeculationStats()
+        self.speed = Speed()
+        self._options = options
+        self._reuse_min = max(0, options.reuse_min) if self._ctx.can_shift else 0
+        self._reuse_gap = max(0, options.reuse_gap) if self._reuse_min else 0
+        self._kept = KeptPrompts(0)
+        self._live_saved: tuple[int, ...] = ()  # the live tokens as last copied to or from the kept prompts
+        self.bytes_per_token = 0.0
         log.info("model %s sentinels: %s", name, self.vocab.sentinels.describe())
         self._cv = threading.Condition()
         self._pending: Job | None = None
@@ -124,6 +205,11 @@ class LlamaCppEngine:
     def cached_tokens(self) -> int:
         return len(self._ctx.tokens)
 
+    @property
+    def kept(self) -> KeptPrompts:
+        """The evaluated prompts kept in host memory (read-only use: the worker changes it)."""
+        return self._kept
+
     def reset(self, timeout: float = 60.0) -> None:
         """Forget the KV cache (the next request evaluates its whole prompt); for baselines and tests.
 
@@ -133,12 +219,20 @@ class LlamaCppEngine:
             if not self._cv.wait_for(lambda: self._running is None and self._pending is None, timeout):
                 raise EngineError(f"expected the engine to become idle within {timeout:g} s, got a request still running")
             self._ctx.truncate(0)
+            self._kept.clear()
+            self._live_saved = ()
 
     def submit(self, request: GenerationRequest) -> Job:
+        """Queue ``request``; it supersedes a waiting one and stops a running one at its next token. A background
+        request (``request.background``) never does: it is dropped when a real one waits or runs, and any real
+        request supersedes it."""
         job = Job(request)
         with self._cv:
             if self._closed:
                 job.future.set_exception(EngineError("expected a running engine, got one that was closed"))
+                return job
+            if request.background and any(j is not None and not j.request.background for j in (self._pending, self._running)):
+                self._resolve_empty(job, "superseded")
                 return job
             if self._pending is not None:
                 self._pending.cancel("superseded")
@@ -185,11 +279,38 @@ class LlamaCppEngine:
             warm = [self.vocab.sentinels.bos or 0] * min(PROMPT_CHUNK, max(1, self.info.n_ctx // 2))
             self._ctx.decode(warm)
             self._ctx.decode(warm[:1])
+            # the first measure of this machine's speed (the first decode above also set up llama.cpp's graphs)
+            ms = []
+            for _ in range(2):  # the faster of two: a scheduler hiccup on a shared machine is not the model's speed
+                self._ctx.truncate(0)
+                t = time.perf_counter()
+                self._ctx.decode(warm)
+                ms.append((time.perf_counter() - t) * 1e3)
+            self.speed.prompt(len(warm), min(ms))
+            t = time.perf_counter()
+            self._ctx.decode(warm[:1])
+            self.speed.generated(1, (time.perf_counter() - t) * 1e3)
+            self.bytes_per_token = self._ctx.state_size() / len(self._ctx.tokens)
             self._ctx.truncate(0)
+            self._set_kept_budget()
         except Exception as exc:
             self._warm.set_exception(exc)
             raise
         self._warm.set_result(None)
+
+    def _set_kept_budget(self) -> None:
+        mib = self._options.kept_prompts_mib
+        budget = kept_budget(self.bytes_per_token, self.info.n_ctx) if mib is None else max(0, mib) << 20
+        self._kept.budget = budget
+        full = self.bytes_per_token * self.info.n_ctx
+        log.info(
+            "kept prompts: up to %.0f MiB of host memory%s (%.1f KiB per token: %.1f full contexts of %d tokens); "
+            "moved text reused from %s; speed at warm-up: %.0f prompt tokens/s, %.1f ms per generated token",
+            budget / 2**20, "" if mib is None else " (--kept-prompts-mib)", self.bytes_per_token / 1024,
+            budget / full if full else 0.0, self.info.n_ctx,
+            f"runs of {self._reuse_min}+ tokens" if self._reuse_min else "nowhere (the common prefix only)",
+            self.speed.prompt_tps, self.speed.gen_ms,
+        )  # fmt: skip
 
     def _loop(self) -> None:
         try:
@@ -214,6 +335,8 @@ class LlamaCppEngine:
                         job.future.set_result(result)
             except Exception as exc:  # the worker must survive; the job's caller sees the error
                 log.exception("completion %s failed", job.request.request_id)
+                self._ctx.clear()  # what the cache holds may no longer match its tokens: start from nothing
+                self._live_saved = ()
                 if not job.future.done():
                     job.future.set_exception(EngineError(f"expected llama.cpp to complete, got: {exc}"))
             finally:
@@ -237,18 +360,25 @@ class LlamaCppEngine:
             result.stop = "context"
             return self._finish(result, job)
         t1 = time.perf_counter()
-        result.reused_tokens = self._reuse(prompt)
-        pos = result.reused_tokens
+        pos = self._prepare(prompt, result)
+        step = self._prefill_chunk() if req.background else PROMPT_CHUNK
+        t_eval = time.perf_counter()
         while pos < len(prompt):
             if (why := self._interrupted(job)) is not None:
                 result.stop = why
+                result.prompt_ms = (time.perf_counter() - t1) * 1e3
                 return self._finish(result, job)
-            chunk = prompt[pos : pos + PROMPT_CHUNK]
+            chunk = prompt[pos : pos + step]
             self._ctx.decode(chunk)
             pos += len(chunk)
             result.evaluated_tokens += len(chunk)
         t2 = time.perf_counter()
         result.prompt_ms = (t2 - t1) * 1e3
+        if not req.background:  # (small chunks: a prefill's speed says more about llama.cpp's per-call cost)
+            self.speed.prompt(result.evaluated_tokens, (t2 - t_eval) * 1e3)
+        if req.background:  # a prefill: the prompt is evaluated, nothing to generate
+            result.stop = "length"
+            return self._finish(result, job)
         stops = req.stop_tokens | self.vocab.sentinels.eog
         firsts: list[int] = []  # each candidate's first choice past the healed text: later ones choose otherwise
         for i in range(max(1, req.n)):
@@ -270,6 +400,7 @@ class LlamaCppEngine:
             if gen.stop == "time":
                 break
         result.generate_ms = (time.perf_counter() - t2) * 1e3
+        self.speed.generated(result.generated_tokens, result.generate_ms)
         return self._finish(result, job)
 
     def _first_choice(self, tokens: Sequence[int], heal: bytes) -> int | None:
@@ -294,17 +425,62 @@ class LlamaCppEngine:
             result.candidates = []
         return result
 
-    def _reuse(self, prompt: list[int]) -> int:
-        """Keep the longest common prefix of the KV cache and ``prompt`` (at least one token to evaluate)."""
-        old = self._ctx.tokens
-        n = min(len(old), len(prompt) - 1)
-        # compare in numpy: prompts are thousands of tokens and this runs on every keystroke
-        if n > 0:
-            diff = np.flatnonzero(np.asarray(old[:n], dtype=np.int64) != np.asarray(prompt[:n], dtype=np.int64))
-            n = int(diff[0]) if diff.size else n
-        n = max(n, 0)
-        self._ctx.truncate(n)
-        return n
+    def _prefill_chunk(self) -> int:
+        """Tokens per decode of a background evaluation: about ``PREFILL_MS`` on this machine, so a real request
+        that supersedes it waits that long at most."""
+        return int(min(PROMPT_CHUNK, max(32, self.speed.prompt_tps * PREFILL_MS / 1e3)))
+
+    def _prepare(self, prompt: list[int], result: GenerationResult) -> int:
+        """Make the context hold as much of ``prompt`` as can be reused, and say how many tokens that is (at least
+        one token is left to evaluate: its logits start the generation).
+
+        The live context and every kept copy are planned against the prompt (``kept.plan``: the common prefix plus
+        moved runs); the best is used. Before the live context loses evaluated tokens it is copied to host memory,
+        so that coming back costs nothing, also for a prompt the time budget cut short.
+        """
+        limit = len(prompt) - 1
+        live = self._ctx.tokens
+        best = plan(live, prompt, limit, self._reuse_min, max_gap=self._reuse_gap)
+        source: int | None = None
+        if self._kept.budget and len(self._kept) and best.reused < limit - RESTORE_GAIN:
+            p = np.asarray(prompt, dtype=np.int64)
+            # a cheap score first (the common prefix, or the prompt's grams the copy has), full plans for the best few
+            ranked = sorted(
+                self._kept.entries(), key=lambda e: max(common_prefix(e[1].tokens, p, limit), e[1].index.hits(p)), reverse=True
+            )
+            for key, e in ranked[:3]:
+                got = plan(e.tokens, prompt, limit, self._reuse_min, e.index, self._reuse_gap)
+                if got.reused > best.reused + RESTORE_GAIN:
+                    best, source = got, key
+        if source is not None or len(live) - best.reused >= SAVE_MIN:
+            self._save_live()
+        if source is not None:
+            kept = self._kept.take(source)
+            self._ctx.load_state(kept.state)
+            self._live_saved = kept.tokens
+            result.restored_tokens = len(kept.tokens)
+        self._apply(best)
+        result.reused_tokens = best.reused
+        result.moved_tokens = best.moved
+        result.evaluated_tokens += best.inserted
+        return best.covered
+
+    def _apply(self, p: Plan) -> None:
+        n = len(self._ctx.tokens)
+        if p.covered == p.prefix:  # the common prefix: cut the rest
+            self._ctx.truncate(p.covered)
+        elif p.pieces != ((0, n),):
+            self._ctx.rearrange(list(p.pieces))
+
+    def _save_live(self) -> None:
+        """Copy the live context to host memory, unless it is small or already kept as it is."""
+        tokens = tuple(self._ctx.tokens)
+        if len(tokens) < SAVE_MIN or not self._kept.budget or tokens == self._live_saved:
+            return
+        if self.bytes_per_token * len(tokens) > self._kept.budget:
+            return
+        self._kept.add(self._ctx.save_state())
+        self._live_saved = tuple(self._ctx.tokens)
 
     def _generate(
         self, job: Job, stops: frozenset[int], temperature: float, rng: np.random.Generator, banned: Sequence[int] = ()

@@ -116,6 +116,11 @@ class LlamaServerEngine(RemoteEngine):
                     if not isinstance(tokens, list):
                         raise Fault(f"expected token ids from {self.where}/completion (return_tokens), got {str(ev)[:80]!r}")
                     gen.tokens.extend(int(t) for t in tokens)
+                    if len(gen.tokens) >= req.max_tokens and not ev.get("stop"):  # a server that ignores n_predict
+                        del gen.tokens[req.max_tokens :]
+                        if self.stop_now(req, gen) is None:
+                            gen.stop = "length"
+                            return
                     t = ev.get("timings")
                     if isinstance(t, dict):
                         if index == 0:  # the first candidate's prompt costs; later ones reuse the whole prompt

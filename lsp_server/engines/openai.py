@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import EngineInfo, Generation, GenerationRequest, GenerationResult, Job, Stop
+from .llama_server import PROBE
 from .remote import Fault, RemoteEngine, RemoteOptions, RemoteVocab, RequestFault
 
 log = logging.getLogger(__name__)
@@ -92,9 +93,26 @@ class OpenAIEngine(RemoteEngine):
                 f"the model at {self.where} has {n_vocab} tokens, the local vocabulary {self.vocab.n_vocab}: "
                 "set 'model' to the GGUF (or Hugging Face model) the server runs"
             )
+        await self._same_tokenizer()
         n_ctx = int(meta.get("n_ctx") or entry.get("max_model_len") or self.info.n_ctx)  # llama-server | vLLM | unknown
         name = self._model.rsplit("/", 1)[-1]  # llama-server's id is its model path
         return self.with_info(name=name, n_ctx=n_ctx, n_ctx_train=int(meta.get("n_ctx_train") or n_ctx))
+
+    async def _same_tokenizer(self) -> None:
+        """The vocabulary size alone does not tell two vocabularies apart: where the server has ``/tokenize``
+        (llama-server and vLLM do; the OpenAI API has none), a probe text must give the ids ours gives."""
+        body = {"model": self._model, "content": PROBE, "prompt": PROBE, "add_special": False, "add_special_tokens": False}
+        try:
+            got = await self.post_json("/tokenize", body)
+        except (Fault, RequestFault) as exc:
+            log.info("%s has no usable /tokenize (%s): the vocabulary is checked by its size only", self.where, exc)
+            return
+        ids = got.get("tokens") if isinstance(got, dict) else None
+        if ids != self.vocab.encode(PROBE):
+            raise Fault(
+                f"the model at {self.where} tokenizes differently from the local vocabulary: "
+                "set 'model' to the GGUF (or Hugging Face model) the server runs"
+            )
 
     async def _stream(
         self,
@@ -143,23 +161,37 @@ class OpenAIEngine(RemoteEngine):
         texts = [self.vocab.token_text(t) for t in (fim.eot, fim.pre, fim.suf, fim.mid) if t is not None and t in stops]
         if texts:
             body["stop"] = texts[:4]  # OpenAI allows at most 4 stop strings
-        async with contextlib.aclosing(self.events("/v1/completions", body, on_headers)) as events:
-            async for ev in events:
-                usage = ev.get("usage")
-                if isinstance(usage, dict) and index == 0:
-                    cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
-                    result.reused_tokens = cached
-                    result.evaluated_tokens = max(0, int(usage.get("prompt_tokens") or 0) - cached)
-                if isinstance(usage, dict):
-                    result.generated_tokens += int(usage.get("completion_tokens") or 0)
-                choices = ev.get("choices")
-                if not isinstance(choices, list):
-                    raise Fault(f"expected 'choices' from {self.where}/v1/completions, got {str(ev)[:80]!r}")
-                for choice in choices:
-                    gen.text += str(choice.get("text") or "")
-                    if (why := self.stop_now(req, gen)) is not None:
-                        gen.stop = why
-                        return
-                    reason = choice.get("finish_reason")
-                    if reason:
-                        gen.stop = STOPS.get(str(reason), "eot")
+        # Text servers stream one token per event; counted here, since the usage (with the true count) comes
+        # only in the last event, which a stream we close early (a stop, the budget, a cancel) never gets.
+        streamed = 0
+        usage_seen = False
+        try:
+            async with contextlib.aclosing(self.events("/v1/completions", body, on_headers)) as events:
+                async for ev in events:
+                    usage = ev.get("usage")
+                    if isinstance(usage, dict) and index == 0:
+                        cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
+                        result.reused_tokens = cached
+                        result.evaluated_tokens = max(0, int(usage.get("prompt_tokens") or 0) - cached)
+                    if isinstance(usage, dict) and usage.get("completion_tokens") is not None:
+                        result.generated_tokens += int(usage.get("completion_tokens") or 0)
+                        usage_seen = True
+                    choices = ev.get("choices")
+                    if not isinstance(choices, list):
+                        raise Fault(f"expected 'choices' from {self.where}/v1/completions, got {str(ev)[:80]!r}")
+                    for choice in choices:
+                        text = str(choice.get("text") or "")
+                        streamed += 1 if text else 0
+                        gen.text += text
+                        if (why := self.stop_now(req, gen)) is not None:
+                            gen.stop = why
+                            return
+                        reason = choice.get("finish_reason")
+                        if reason:
+                            gen.stop = STOPS.get(str(reason), "eot")
+                        elif streamed >= req.max_tokens:  # a server that ignores max_tokens: we stop here
+                            gen.stop = "length"
+                            return
+        finally:
+            if not usage_seen:
+                result.generated_tokens += streamed

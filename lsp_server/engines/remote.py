@@ -26,14 +26,13 @@ import logging
 import os
 import threading
 import time
-import urllib.parse
 from collections.abc import AsyncGenerator, Callable, Coroutine
 from dataclasses import dataclass, replace
 from typing import Any, Literal, TypeVar
 
 import httpx
 
-from codellama_core import llama
+from codellama_core import llama, redact
 
 from ..vocab import LlamaVocab
 from . import EngineError, EngineInfo, Generation, GenerationRequest, GenerationResult, Job, Stop
@@ -94,12 +93,10 @@ def local_vocab(path: str | os.PathLike[str]) -> RemoteVocab:
         raise EngineError(f"expected a GGUF with the server model's vocabulary at {path}: {exc}") from None
 
 
-def public_url(url: str) -> str:
-    """``url`` without user:password (what status messages and logs may show)."""
-    parts = urllib.parse.urlsplit(url)
-    host = parts.hostname or ""
-    netloc = host + (f":{parts.port}" if parts.port else "")
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+public_url = redact.public_url  # ``url`` without user:password (what status messages and logs may show)
+
+MAX_BODY = 4 << 20  # bytes of one JSON answer (/v1/models, /tokenize): a model list is a few KB
+MAX_EVENT = 1 << 20  # bytes of one server-sent event line: a token's event is a few hundred bytes
 
 
 class _HttpJob(Job):
@@ -219,8 +216,15 @@ class RemoteEngine:
         await self._client.aclose()
 
     def headers(self) -> dict[str, str]:
-        """Request headers; the API key is read from the environment now (so a changed variable counts)."""
+        """Request headers; the API key is read from the environment now (so a changed variable counts). A key
+        that cannot be a header value (CR/LF, control or non-ASCII characters) is refused without showing it."""
         key = os.environ.get(self.options.api_key_env, "") if self.options.api_key_env else ""
+        key = key.strip()
+        if key and not all(33 <= ord(c) < 127 for c in key):
+            raise Fault(
+                f"expected the API key in ${self.options.api_key_env} to be one line of printable ASCII, "
+                f"got {len(key)} characters with a line break, space or control character in them (not shown)"
+            )
         return {"Authorization": f"Bearer {key}"} if key else {}
 
     def url(self, path: str) -> str:
@@ -275,8 +279,8 @@ class RemoteEngine:
             return str(exc)
         if isinstance(exc, TimeoutError):
             return f"no answer from {self.where} within {self.options.timeout_s:g} s"
-        log.warning("probing %s failed unexpectedly", self.where, exc_info=exc)
-        return f"unexpected answer from {self.where}: {type(exc).__name__}: {exc}"
+        log.warning("probing %s failed unexpectedly: %s", self.where, redact.message(f"{type(exc).__name__}: {exc}"))
+        return redact.message(f"unexpected answer from {self.where}: {type(exc).__name__}: {exc}")
 
     def _notify(self, message: str | None) -> None:
         if self._listener is not None:
@@ -373,24 +377,38 @@ class RemoteEngine:
             return f"no answer from {self.where} within {self.options.timeout_s:g} s"
         if isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError)):
             return f"{self.where} closed the connection mid-answer ({_reason(exc)})"
-        return f"request to {self.where} failed: {_reason(exc)}"
+        return f"request to {self.where} failed: {_reason(exc)}"  # _reason redacts: httpx quotes header values
 
     # ---- HTTP helpers for subclasses ----------------------------------------------------------------------
     async def get_json(self, path: str) -> object:
-        try:
-            r = await self._client.get(self.url(path), headers=self.headers())
-        except httpx.HTTPError as exc:
-            raise Fault(self._describe(exc)) from None
-        self.check_status(r.status_code, r.text, path)
-        return self.parse_json(r.text, path)
+        return await self._json("GET", path, None)
 
     async def post_json(self, path: str, body: dict[str, Any]) -> object:
+        return await self._json("POST", path, body)
+
+    async def _json(self, method: str, path: str, body: dict[str, Any] | None) -> object:
+        """One JSON answer, read as a stream and refused past ``MAX_BODY`` bytes (a server that sends a
+        gigabyte costs us a few megabytes, not the gigabyte)."""
         try:
-            r = await self._client.post(self.url(path), json=body, headers=self.headers())
+            async with self._client.stream(method, self.url(path), json=body, headers=self.headers()) as r:
+                text = await self.read_capped(r, path)
         except httpx.HTTPError as exc:
             raise Fault(self._describe(exc)) from None
-        self.check_status(r.status_code, r.text, path)
-        return self.parse_json(r.text, path)
+        self.check_status(r.status_code, text, path)
+        return self.parse_json(text, path)
+
+    async def read_capped(self, r: httpx.Response, path: str, limit: int = MAX_BODY) -> str:
+        declared = r.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise Fault(f"expected an answer of at most {limit >> 20} MiB from {self.where}{path}, got {int(declared)} bytes")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in r.aiter_bytes():
+            size += len(chunk)
+            if size > limit:
+                raise Fault(f"expected an answer of at most {limit >> 20} MiB from {self.where}{path}, got more")
+            chunks.append(chunk)
+        return b"".join(chunks).decode("utf-8", "replace")
 
     def check_status(self, status: int, body: str, path: str) -> None:
         if status < 400:
@@ -423,15 +441,17 @@ class RemoteEngine:
         async with self._client.stream("POST", self.url(path), json=body, headers=self.headers()) as r:
             on_headers()
             if r.status_code >= 400:
-                self.check_status(r.status_code, (await r.aread()).decode("utf-8", "replace"), path)
+                self.check_status(r.status_code, await self.read_capped(r, path), path)
             if not r.headers.get("content-type", "").startswith("text/event-stream"):
                 # a server that ignores "stream" (or a proxy in the way): one JSON answer
-                data = self.parse_json((await r.aread()).decode("utf-8", "replace"), path)
+                data = self.parse_json(await self.read_capped(r, path), path)
                 if not isinstance(data, dict):
                     raise Fault(f"expected a JSON object from {self.where}{path}, got {type(data).__name__}")
                 yield data
                 return
-            async for line in r.aiter_lines():
+            async for line in _lines(r, MAX_EVENT):
+                if line is None:
+                    raise Fault(f"expected server-sent events of at most {MAX_EVENT >> 20} MiB from {self.where}{path}")
                 if not line.startswith("data:"):
                     continue  # blank separators, ":" keep-alive pings, "event:" names
                 payload = line[5:].strip()
@@ -477,9 +497,25 @@ class RemoteEngine:
         return replace(self.info, **changes)
 
 
+async def _lines(r: httpx.Response, limit: int) -> AsyncGenerator[str | None, None]:
+    """The response's lines (LF or CRLF), each at most ``limit`` bytes; None (then the end) for a longer one
+    (httpx's ``aiter_lines`` would hold a line without end in memory whole)."""
+    buf = b""
+    async for chunk in r.aiter_bytes():
+        buf += chunk
+        while (nl := buf.find(b"\n")) >= 0:
+            line, buf = buf[:nl], buf[nl + 1 :]
+            yield line.rstrip(b"\r").decode("utf-8", "replace")
+        if len(buf) > limit:
+            yield None
+            return
+    if buf:
+        yield buf.rstrip(b"\r").decode("utf-8", "replace")
+
+
 def _reason(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
-    return text.split("] ", 1)[-1][:120]
+    return redact.message(text.split("] ", 1)[-1], 120)
 
 
 def _error_message(body: str) -> str:

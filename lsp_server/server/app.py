@@ -7,12 +7,14 @@ loads, ``window/showMessage`` for bad settings and model errors.
 
 Handlers are adapters: they read the params, call one method of the server, and shape the reply. Where each job
 lives: ``state`` (what the server holds), ``status`` (the status item), ``loading`` (models and engines),
-``documents`` (open files, where a completion goes), ``events`` (typing rhythm, shown/accepted, prefetch),
+``documents`` (open files, where a completion goes), ``prefill`` (a place's prompt evaluated before its first
+request), ``events`` (typing rhythm, shown/accepted, prefetch),
 ``completion`` (one request), ``threads`` (daemon threads for llama.cpp loads).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from typing import Any
@@ -28,6 +30,11 @@ from .state import ServerOptions
 log = logging.getLogger("lsp_server.server")
 
 
+_ALL_FILES = types.FileOperationRegistrationOptions(
+    filters=[types.FileOperationFilter(pattern=types.FileOperationPattern(glob="**/*"))]
+)  # renames of any file: one renamed to .env takes its chunks out of the ring
+
+
 class CodeLlamaServer(ModelLoading, Completing):
     """Every concern of the server over one ``ServerState``."""
 
@@ -37,12 +44,20 @@ def create_server(options: ServerOptions = ServerOptions()) -> CodeLlamaServer:
 
     @server.feature(types.INITIALIZE)
     def on_initialize(ls: CodeLlamaServer, params: types.InitializeParams) -> None:
-        ls.settings, problems = config.parse(params.initialization_options, ls.settings)
-        ls._init_problems = ls._cli_problems + problems
-        log.info("settings: %s", config.to_wire(ls.settings))
+        raw, refused = config.guard(params.initialization_options, ls.trust)
+        ls.settings, problems = config.parse(raw, ls.settings)
+        ls._init_problems = ls._cli_problems + refused + problems
+        log.info("settings: %s", config.for_log(config.to_wire(ls.settings)))
+        # pygls computes the capabilities from the registered features right after this handler: with
+        # completionItems off the completion feature is set aside until ``initialized``, so completion menus
+        # (nvim-cmp, blink.cmp) never ask for our items, while a client that asks anyway is still answered.
+        if not ls.settings.completion_items:
+            ls._completion_feature = ls.protocol.fm.features.pop(types.TEXT_DOCUMENT_COMPLETION, None)
 
     @server.feature(types.INITIALIZED)
     def on_initialized(ls: CodeLlamaServer, _params: types.InitializedParams) -> None:
+        if ls._completion_feature is not None:
+            ls.protocol.fm.features[types.TEXT_DOCUMENT_COMPLETION] = ls._completion_feature
         for p in ls._init_problems:
             ls.show(types.MessageType.Warning, p)
         ls.start_loading()
@@ -55,7 +70,16 @@ def create_server(options: ServerOptions = ServerOptions()) -> CodeLlamaServer:
     def on_close(ls: CodeLlamaServer, params: types.DidCloseTextDocumentParams) -> None:
         ls.cache.forget(params.text_document.uri)
         syntax.TREES.forget(params.text_document.uri)
-        ls.neighbors.closed(params.text_document.uri)
+        ls.closed(params.text_document.uri)
+
+    @server.feature(types.WORKSPACE_DID_RENAME_FILES, _ALL_FILES)
+    def on_rename(ls: CodeLlamaServer, params: types.RenameFilesParams) -> None:
+        for f in params.files:
+            ls.renamed(f.old_uri, f.new_uri)
+
+    @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
+    def on_open(ls: CodeLlamaServer, params: types.DidOpenTextDocumentParams) -> None:
+        ls.opened(params.text_document.uri)  # pygls has stored the document already
 
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def on_change(ls: CodeLlamaServer, params: types.DidChangeTextDocumentParams) -> None:
@@ -111,6 +135,14 @@ def create_server(options: ServerOptions = ServerOptions()) -> CodeLlamaServer:
         source = doc.source
         sha = hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()
         return messages.to_wire(messages.DocumentState(version=doc.version, length=len(source), sha256=sha))
+
+    @server.feature(messages.MODELS)
+    async def on_models(ls: CodeLlamaServer, params: Any) -> dict[str, Any]:
+        # The model pickers' list: GGUFs on this machine (headers only) and known Hub files, sized for this context.
+        asked = messages.read_models_params(params)
+        if asked is None:
+            raise JsonRpcInvalidParams(f"{messages.MODELS}: expected params {{folders?: string[], nCtx?: integer}}")
+        return messages.to_wire(await asyncio.to_thread(ls.models_report, asked))
 
     @server.feature(types.SHUTDOWN)
     async def on_shutdown(ls: CodeLlamaServer, *_args: Any) -> None:

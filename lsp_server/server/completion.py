@@ -35,7 +35,7 @@ class Completing(Events):
         if doc is None:
             log.info("%s: %s is not open; nothing to complete", rid, uri)
             return None
-        if not self.settings.enabled_for(doc.language_id) or self.settings.excluded(doc.path):
+        if not self.settings.enabled_for(doc.language_id) or self.is_excluded(doc):
             return None  # privacy: an excluded file never gets a completion (so never reaches a prompt)
         engine = self.engine
         if engine is None:
@@ -57,13 +57,14 @@ class Completing(Events):
                     )
                 else:
                     result = await pipeline.complete(
-                        engine, self.cache, uri, text, offset, settings, n, rid, self.extra_for(doc, text)
+                        engine, self.cache, uri, text, offset, settings, n, rid, self.extra_for(doc, text), doc.language_id
                     )
                 r = result.result
                 # the model's answer (a cache hit or a superseded job has no latency worth showing)
                 if r is not None and r.stop not in ("cancelled", "superseded"):
                     job.answered = True
                     self.last_latency_ms = r.total_ms
+                    self.cuts.finished(r.stop, settings.time_budget_ms, self.settings.time_budget_ms)
                 # a prefetch's answer is news too: the status shows its hit (prefetchHits), though not a latency
                 if prefetched is not None:
                     job.answered = True
@@ -84,19 +85,30 @@ class Completing(Events):
         if r is not None and result.source != "cache":
             self.pacer.finished(r.total_ms)
         log.info(
-            "%s %s: %d item(s) from %s; handler %.2f ms + pipeline %.2f ms; engine %s",
+            "%s %s: %d item(s) from %s; handler %.2f ms + pipeline %.2f ms; engine %s%s",
             rid, uri.rsplit("/", 1)[-1], len(texts), result.source, t_in, result.pipeline_ms, engine_summary(r),
+            cut_reason(r, settings.time_budget_ms, self.settings.time_budget_ms),
         )  # fmt: skip
         self.overhead_ms = t_in + result.pipeline_ms + (time.perf_counter() - t1) * 1e3
         return texts, at.range, at.word
 
 
 def engine_summary(r: GenerationResult | None) -> str:
-    """The engine's part of a request's log line: timings, why it stopped, the prompt tokens reused and evaluated."""
+    """The engine's part of a request's log line: timings, why it stopped, the prompt tokens reused (of them moved by
+    KV shifting) and evaluated, and the tokens of a kept prompt restored from host memory."""
     if r is None:
         return "-"
     return (
         f"{r.total_ms:.1f} ms (prompt {r.prompt_ms:.1f}, generation {r.generate_ms:.1f}), stop={r.stop}, "
         f"prompt={r.prompt_tokens} reused={r.reused_tokens} "
-        f"evaluated={r.evaluated_tokens} generated={r.generated_tokens}"
+        f"evaluated={r.evaluated_tokens} generated={r.generated_tokens} moved={r.moved_tokens} restored={r.restored_tokens}"
     )
+
+
+def cut_reason(r: GenerationResult | None, budget_ms: int, configured_ms: int) -> str:
+    """For the log line of a request the time budget cut: which budget, and where it came from."""
+    if r is None or r.stop != "time":
+        return ""
+    if budget_ms < configured_ms:
+        return f"; cut by the adaptive time budget, {budget_ms} ms (typing pauses; timeBudgetMs {configured_ms} is its cap)"
+    return f"; cut by the time budget, timeBudgetMs {budget_ms}"

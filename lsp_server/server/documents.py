@@ -13,7 +13,7 @@ import os
 import re
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 from lsprotocol import types
 
@@ -22,6 +22,7 @@ from .status import StatusReporting
 
 log = logging.getLogger("lsp_server.server")
 _WORD_BEFORE = re.compile(r"\w+\Z")
+MAX_NEIGHBOR_CHARS = 1 << 20  # an open document larger than this is no other file's context (it is copied per request)
 
 
 class Documents(StatusReporting):
@@ -38,6 +39,31 @@ class Documents(StatusReporting):
         where = uri or "a document"
         log.error("%s is out of sync: %s", where, reason)
         self.show(types.MessageType.Error, f"{where} is out of sync ({reason}); completions for it stop until it is reopened")
+
+    def opened(self, uri: str) -> None:
+        """An excluded file opened (perhaps a file just renamed to ``.env``): chunks of its text leave the ring."""
+        doc = self.document(uri)
+        if doc is not None and self.is_excluded(doc):
+            self.neighbors.forget_within(context.lf_text(doc.source))
+
+    def closed(self, uri: str) -> None:
+        """``uri`` closed: its chunks stay in the ring (recently edited), unless the file is gone from the disk
+        (deleted, or renamed - perhaps to an excluded name, which the editor may not tell us)."""
+        self.neighbors.closed(uri)
+        path = _local_path(uri)
+        if path is not None and not os.path.lexists(path):
+            self.neighbors.ring.forget(uri)
+
+    def renamed(self, old_uri: str, new_uri: str) -> None:
+        """``workspace/didRenameFiles``: the old name's chunks go (they now belong to a file under another name)."""
+        self.neighbors.ring.forget(old_uri)
+        self.neighbors.closed(old_uri)
+        if self.settings.excluded(new_uri):
+            self.neighbors.drop(self.settings.excluded)
+
+    def is_excluded(self, doc: Any) -> bool:
+        """The privacy rule for an open document: its path or its URI matches ``exclude`` (see ``config``)."""
+        return self.settings.excluded(doc.path) or self.settings.excluded(doc.uri)
 
     def neighbor_view(self, doc: Any, text: str | None = None) -> neighbors.Doc:
         """The neighbors' view of an open pygls document: its path relative to the workspace root, if inside."""
@@ -56,9 +82,16 @@ class Documents(StatusReporting):
             return None
         others = tuple(
             self.neighbor_view(d) for d in self.workspace.text_documents.values()
-            if d.uri != doc.uri and d.language_id == doc.language_id and not self.settings.excluded(d.path)
+            if d.uri != doc.uri and d.language_id == doc.language_id and len(d.source) <= MAX_NEIGHBOR_CHARS
+            and not self.is_excluded(d)
         )  # fmt: skip
         return pipeline.Extra(self.neighbors, self.neighbor_view(doc, text), others)
+
+
+def _local_path(uri: str) -> str | None:
+    if not uri.startswith("file:"):
+        return None
+    return unquote(urlsplit(uri).path) or None
 
 
 @dataclass(frozen=True)
@@ -85,7 +118,9 @@ def edit_point(source: str, position: types.Position, selected: types.SelectedCo
     sel = selected.range
     sel_start = context.offset_at(text, sel.start.line, sel.start.character, encoding)
     sel_end = context.offset_at(text, sel.end.line, sel.end.character, encoding)
+    first, last = (sel.start, sel.end) if sel_start <= sel_end else (sel.end, sel.start)
+    sel_start, sel_end = min(sel_start, sel_end), max(sel_start, sel_end)  # a reversed range: the same span
     head = selected.text
     return EditPoint(
-        text[:sel_start] + head + text[sel_end:], sel_start + len(head), types.Range(start=sel.start, end=sel.end), head, ""
+        text[:sel_start] + head + text[sel_end:], sel_start + len(head), types.Range(start=first, end=last), head, ""
     )

@@ -11,17 +11,23 @@ bad file, an exception of any kind, a timeout) ends in an ``error`` status with 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable
+from pathlib import Path
 
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException
 
-from .. import config, models
+from codellama_core import redact
+
+from .. import config, messages, modelinfo, models
 from ..backend import open_engine
 from ..cache import TypeThroughCache
 from ..engines import Engine, EngineError
+from ..engines.llama_cpp import MAX_DEFAULT_CTX
 from ..engines.remote import RemoteEngine
+from ..pacing import BudgetCuts, PromptSizer
 from .status import StatusReporting
 from .threads import in_daemon_thread
 
@@ -39,17 +45,25 @@ class ModelLoading(StatusReporting):
     def apply_settings(self, raw: object) -> None:
         """New settings from the client: problems shown, exclusions applied, a load started when the model changed."""
         before = self.settings
+        raw, refused = config.guard(raw, self.trust)
         self.settings, problems = config.parse(raw, before)
-        for p in problems:
+        for p in refused + problems:
             log.warning("settings: %s", p)
             self.show(types.MessageType.Warning, p)
         old, new = config.to_wire(before), config.to_wire(self.settings)
         if changed := {k: v for k, v in new.items() if old.get(k) != v}:
-            log.info("settings changed: %s", changed)
+            log.info("settings changed: %s", config.for_log(changed))
         if self.settings.exclude != before.exclude:
             self.neighbors.drop(self.settings.excluded)
         key = load_key(self.settings)
         if key == self._loaded_key and self.engine is not None:
+            if self._load_task is not None and not self._load_task.done():
+                # back to the loaded model while another one loads: that load is superseded (its result is
+                # dropped, or it is skipped), or its failure would leave no model at all
+                self._load_generation += 1
+                self._loading_key = key
+                log.info("settings back to the loaded model %s; the newer load is dropped", redact.message(self.settings.model))
+                self.send_status("error" if self.error else "ready", self.error)
             return
         loading = self._load_task is not None and not self._load_task.done()
         if loading and self._loading_key == key:
@@ -74,7 +88,7 @@ class ModelLoading(StatusReporting):
     async def _load_locked(self, generation: int, settings: config.Settings) -> None:
         spec = settings.model
         token = f"codellama-load-{generation}"
-        self.send_status("loading", f"loading {spec}")
+        self.send_status("loading", f"loading {redact.message(spec, 200)}")
         progress = await self._progress_begin(token, f"Loading {spec}")
         report = self._reporter(generation, token, progress)
         try:
@@ -138,13 +152,17 @@ class ModelLoading(StatusReporting):
 
     def _load_failed(self, generation: int, spec: str, exc: Exception, token: str, progress: bool) -> None:
         known = isinstance(exc, (models.ModelError, EngineError))
-        message = str(exc) if known else f"expected to load {spec}, got {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+        shown_spec = redact.message(spec, 120)  # a long spec must not push the reason out of a capped message
+        reason = redact.message(" ".join(str(exc).split()), 300)
+        message = (
+            redact.message(str(exc), 1000) if known else f"expected to load {shown_spec}, got {type(exc).__name__}: {reason}"
+        )
         if not known:
-            log.error("model %s: unexpected failure", spec, exc_info=exc)
+            log.error("model %s: unexpected failure", shown_spec, exc_info=exc)
         current = generation == self._load_generation
         if current:
             self.error = message
-            log.error("model %s: %s", spec, message)
+            log.error("model %s: %s", shown_spec, message)
             old, self.engine, self._loaded_model = self.engine, None, None
             if old is not None:
                 in_daemon_thread(old.close)
@@ -159,6 +177,8 @@ class ModelLoading(StatusReporting):
         old, self.engine = self.engine, engine
         self._loaded_model, self._loaded_key, self.error = settings.model, load_key(settings), None
         self.cache = TypeThroughCache()
+        self.sizer = PromptSizer()
+        self.cuts = BudgetCuts()  # another model (the status's hint suggests one): its answers start uncut
         if old is not None:
             in_daemon_thread(old.close)
         info, sentinels = engine.info, engine.vocab.sentinels
@@ -172,10 +192,21 @@ class ModelLoading(StatusReporting):
             msg = "FIM/EOT ids found by their text: " + ", ".join(
                 f"{k}={getattr(sentinels, k)}" for k, v in sentinels.source.items() if v == "text"
             )
+        asked = self.options.engine.n_ctx
+        if asked and info.kind == "llama.cpp" and info.n_ctx < asked:  # engines/llama_cpp.context_size capped it
+            capped = f"context {info.n_ctx} tokens, the model's trained length (--n-ctx {asked} asked for more)"
+            self.show(types.MessageType.Warning, capped)
+            msg = f"{msg}; {capped}" if msg else capped
         if progress:
             self.work_done_progress.end(token, types.WorkDoneProgressEnd(message="ready"))
-        self.send_status("ready", msg)
-        if isinstance(engine, RemoteEngine):  # told at once if the server is down already
+        down = engine.down if isinstance(engine, RemoteEngine) else None
+        if down is None:
+            self.send_status("ready", msg)
+        else:  # the first probe failed: "error" at once, never "ready" then "error"
+            self.error = down
+            self.show(types.MessageType.Error, down)
+            self.send_status("error", down)
+        if isinstance(engine, RemoteEngine):  # told of every later change of the server's health
             loop = asyncio.get_running_loop()
 
             def on_health(message: str | None) -> None:  # called on the engine's thread
@@ -183,10 +214,29 @@ class ModelLoading(StatusReporting):
 
             engine.set_listener(on_health)
 
+    def models_report(self, asked: messages.ModelsParams) -> messages.Models:
+        """``codellama/models``: the pickers' list at the context this server runs (or the client asks about);
+        blocking (reads GGUF headers), so it runs on a thread."""
+        loaded = self.engine.info.n_ctx if self.engine is not None and self.engine.info.kind == "llama.cpp" else None
+        n_ctx = asked.n_ctx or loaded or self.options.engine.n_ctx or MAX_DEFAULT_CTX
+        kv_type = self.options.engine.kv_type
+        folders = list(asked.folders)
+        current = Path(self.settings.model).expanduser()
+        if self.settings.model.endswith(".gguf") and current.is_file():
+            folders.append(str(current.parent))  # the folder of the model in use holds its siblings
+        r = modelinfo.report(n_ctx, kv_type, folders, models.demo_path())
+        return messages.Models(
+            n_ctx=r.n_ctx,
+            kv_type=r.kv_type,
+            memory_bytes=r.memory_bytes,
+            local=[messages.LocalModel(**dataclasses.asdict(m)) for m in r.local],
+            known=[messages.KnownModel(**dataclasses.asdict(m)) for m in r.known],
+        )
+
     def _on_health(self, engine: Engine, message: str | None) -> None:
         """A remote engine's server went down (``message``: why) or came back (None): status, and one message."""
-        if engine is not self.engine:
-            return
+        if engine is not self.engine or (message is not None and message == self.error and self.state == "error"):
+            return  # another engine's, or the news told already (the first probe's failure, when it loaded)
         self.error = message
         if message is not None:
             self.show(types.MessageType.Error, message)

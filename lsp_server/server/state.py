@@ -22,7 +22,7 @@ from ..cache import TypeThroughCache
 from ..engines import Engine
 from ..engines.llama_cpp import EngineOptions
 from ..engines.remote import RemoteOptions
-from ..pacing import Pacer
+from ..pacing import BudgetCuts, Pacer, PromptSizer
 from ..prefetch import Prefetcher
 from ..rpc import LspProtocol
 
@@ -36,6 +36,8 @@ class ServerOptions:
     load_timeout_s: float = 300.0  # llama.cpp's load of a checked file; a slow disk may need more
     settings: dict[str, Any] = field(default_factory=dict)  # command-line defaults (wire names); the client's override
     remote: RemoteOptions = RemoteOptions(url="")  # remote engines' command-line tuning (--slot, --prompt-format)
+    allow_hosts: tuple[str, ...] = ()  # --allow-host: servers a client's url setting may name, besides --url's
+    allow_remote_settings: bool = False  # --allow-remote-settings: a client's url/apiKeyEnv/tlsVerify are taken as sent
 
 
 class ServerState(LanguageServer):
@@ -51,7 +53,10 @@ class ServerState(LanguageServer):
         )
         self.options = options
         self.settings, self._cli_problems = config.parse(options.settings, config.Settings(model=options.model))
+        # what a client's settings may choose (they may come from a cloned repository's workspace settings)
+        self.trust = config.Trust.from_command_line(options.settings, options.allow_hosts, options.allow_remote_settings)
         self._init_problems: list[str] = []  # settings problems to show once the client is initialized
+        self._completion_feature: Any = None  # the completion handler while initialize leaves it unadvertised
         # the model (loading.py)
         self.engine: Engine | None = None
         self._loaded_model: str | None = None
@@ -74,4 +79,6 @@ class ServerState(LanguageServer):
         self._ids = itertools.count(1)
         self.neighbors = neighbors.Neighbors()  # other files' chunks and recently edited regions
         self.pacer = Pacer()  # adaptive time budget and debounce
+        self.sizer = PromptSizer()  # prompt sizes from the engine's measured speed (coldJumpMs)
+        self.cuts = BudgetCuts()  # which recent answers the time budget cut (the status says "slow")
         self.prefetcher = Prefetcher()  # the next completion after an accepted one

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 from lsprotocol import types
 
+from codellama_core import redact
+
 from .. import messages
 from .state import ServerState
 
@@ -31,7 +33,8 @@ class StatusReporting(ServerState):
         pacing = self.pacer.status(self.settings.time_budget_ms)
         return messages.Status(
             state=state,
-            model=self._loaded_model or self.settings.model,
+            # while a new model loads, its name (the statusline said the old one's until it was ready)
+            model=redact.message(self.settings.model if state == "loading" else (self._loaded_model or self.settings.model), 200),
             last_latency_ms=None if self.last_latency_ms is None else round(self.last_latency_ms, 1),
             cached_tokens=self.engine.cached_tokens if self.engine else 0,
             last_overhead_ms=None if self.overhead_ms is None else round(self.overhead_ms, 3),
@@ -43,8 +46,11 @@ class StatusReporting(ServerState):
             typing_gap_ms=pacing["typingGapMs"],
             time_budget_ms=int(pacing["timeBudgetMs"] or 0),
             debounce_ms=int(pacing["debounceMs"] or 0),
-            message=message or None,
+            message=redact.message(message) if message else None,
             percentage=percentage,
+            cut_answers=self.cuts.cut,
+            slow=self.cuts.slow(),
+            hint=self.cuts.hint(),
         )
 
     def send_status(self, state: str, message: str | None = None, percentage: int | None = None) -> None:
@@ -52,7 +58,9 @@ class StatusReporting(ServerState):
         self.protocol.notify(messages.STATUS, messages.to_wire(self.status_message(state, message, percentage)))
 
     def show(self, kind: types.MessageType, message: str) -> None:
-        self.window_show_message(types.ShowMessageParams(type=kind, message=f"codellama-lsp: {message}"))
+        # secrets out, one line, capped: messages quote settings, servers and libraries (httpx quotes header values)
+        text = redact.message(message, 1000)
+        self.window_show_message(types.ShowMessageParams(type=kind, message=f"codellama-lsp: {text}"))
 
     @contextlib.contextmanager
     def running(self) -> Iterator[JobStatus]:

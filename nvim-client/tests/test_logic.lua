@@ -98,6 +98,36 @@ T.test('per-filetype enablement and the status line', function()
   T.eq(L.status_text({ state = 'ready', model = '/m/micro.gguf', lastLatencyMs = 41.6 }), 'codellama: ready | micro | 42 ms')
   T.eq(L.status_text({ state = 'error', message = 'expected a GGUF file', lastLatencyMs = vim.NIL }), 'codellama: error | expected a GGUF file')
   T.eq(L.status_text({ state = 'loading', model = 'demo' }), 'codellama: loading | demo')
+  local downloading = 'downloading f.gguf: 12.5 of 36.9 MB, 3.1 MB/s'
+  T.eq(L.status_text({ state = 'loading', model = 'o/r:f.gguf', percentage = 34, message = downloading }),
+    'codellama: loading 34% | f | ' .. downloading)
+  T.eq(L.status_text({ state = 'loading', model = 'demo', percentage = vim.NIL }), 'codellama: loading | demo')
+  T.eq(L.status_text({ state = 'loading', model = 'demo', percentage = 0 / 0 }), 'codellama: loading | demo', 'NaN')
+  -- answers cut by the time budget: "slow" in words with the server's hint, instead of "ready"
+  local slow = { state = 'ready', model = 'demo', lastLatencyMs = 2004, cutAnswers = 3, slow = 'answers cut at 2.0 s', hint = 'try a smaller model' }
+  T.eq(L.status_text(slow), 'codellama: slow: answers cut at 2.0 s | demo | try a smaller model')
+  T.eq(L.status_text({ state = 'ready', slow = 'answers cut at 0.6 s (adaptive)' }), 'codellama: slow: answers cut at 0.6 s (adaptive)')
+  T.eq(L.status_text({ state = 'busy', slow = 'answers cut at 2.0 s' }), 'codellama: busy')
+  T.eq(L.status_text({ state = 'ready', slow = vim.NIL, lastLatencyMs = 90 }), 'codellama: ready | 90 ms')
+end)
+
+T.test('a long status is cut at its end, so the state stays visible', function()
+  local long = L.status_text({ state = 'error', message = ('x'):rep(200) })
+  local cut = L.truncate(long, 40)
+  T.eq(#cut, 40)
+  T.eq(cut:sub(1, 17), 'codellama: error ')
+  T.eq(cut:sub(-3), '...')
+  T.eq(L.truncate('codellama: ready', 40), 'codellama: ready')
+end)
+
+T.test('typing what the ghost shows advances it; anything else ends it', function()
+  local s = L.suggestion({ insertText = ' width < 0:\n        raise' }, { 0, 6 }, { '    if' }, 'utf-16')
+  local a = L.advance(s, '    if w', 8)
+  T.eq(a.first, 'idth < 0:')
+  T.eq(a.rest, { '        raise' })
+  T.eq(L.advance(a, '    if w', 8), a, 'no move: the same')
+  T.eq(L.advance(s, '    if x', 8), nil, 'typed something else')
+  T.eq(L.advance(s, '    i', 5), nil, 'moved back')
 end)
 
 T.test("the server's advised debounce only lengthens the configured one", function()
@@ -148,6 +178,40 @@ T.test('menu entries never carry a newline: extra lines go to user_data', functi
   local one = L.menu_entry('return 1', 'return 1')
   T.eq(one.word, 'return 1')
   T.eq(one.user_data, nil)
+end)
+
+
+T.test(':CodellamaModel choices from the server\'s codellama/models answer', function()
+  local models = {
+    nCtx = 4096,
+    kvType = 'f16',
+    memoryBytes = 8e9,
+    ['local'] = {
+      { spec = 'demo', source = 'demo', sizeBytes = 8448128, quantization = 'F16', nCtxTrain = 4096, fim = true, memoryBytes = 3e8, fits = true },
+      { spec = '/m/broken.gguf', source = 'folder', sizeBytes = 24, fim = false, error = 'expected a GGUF header' },
+      { spec = 7 },
+    },
+    known = {
+      { spec = 'TheBloke/CodeLlama-7B-GGUF:codellama-7b.Q4_K_M.gguf', quantization = 'Q4_K_M', downloadBytes = 4.09e9, memoryBytes = 6.5e9, nCtxTrain = 16384, fim = true, fits = true, cached = false },
+      { spec = 'TheBloke/CodeLlama-34B-GGUF:codellama-34b.Q8_0.gguf', quantization = 'Q8_0', downloadBytes = 35.9e9, memoryBytes = 37e9, nCtxTrain = 16384, fim = false, fits = false, cached = false },
+      { spec = 'o/r:cached.gguf', fim = true, cached = true },
+    },
+  }
+  local c = L.model_choices(models)
+  T.eq(#c, 4, 'the bad entry and the cached Hub file are left out')
+  T.eq(c[1].text, 'demo  [shipped]  F16 · 8 MB · trained 4096 · FIM · needs ~300 MB at 4096 tokens')
+  T.eq(c[1].warning, nil)
+  T.eq(c[2].broken, true)
+  T.eq(c[2].text, '(broken) broken.gguf  [file]  expected a GGUF header')
+  T.eq(c[3].text, 'codellama-7b.Q4_K_M.gguf  [hub]  Q4_K_M · 4.1 GB download · trained 16384 · FIM · needs ~6.5 GB at 4096 tokens')
+  T.eq(c[4].text:sub(1, 10), '(too big) ')
+  T.eq(
+    c[4].warning,
+    'codellama-34b.Q8_0.gguf needs about 37.0 GB of memory at 4096 tokens, more than the 8.0 GB available now. '
+      .. 'codellama-34b.Q8_0.gguf has no fill-in-the-middle tokens: completions will use only the text before the cursor'
+  )
+  T.eq(L.model_choices(vim.NIL), {})
+  T.eq(L.format_bytes(36879616), '37 MB')
 end)
 
 T.finish()

@@ -3,15 +3,18 @@
 -- Neovim starts with `-u init.lua`, where init.lua is the README's setup snippet (only the plugin path and
 -- the model filled in): no --clean, filetype plugins and indent scripts on, the plugin's default debounce,
 -- time budget and keys. This file runs after it (`-c luafile`).
--- In: $CODELLAMA_E2E, a JSON file: {trials: [{file, line (1-based, empty), typed, delay_ms, want}], out,
--- timeout_ms}. Out: a JSON report at `out`: per trial the latency of the completion after the last key,
+-- In: $CODELLAMA_E2E, a JSON file: {trials: [{file, line (1-based, empty), typed, delay_ms, want,
+-- type_through (characters of the ghost to type before accepting), accept_line (<M-Down> first)}], out,
+-- timeout_ms, manual (auto_trigger = false: wait, then <M-\>), trials_only (skip the checks after the trials)}.
+-- Out: a JSON report at `out`: per trial the latency of the completion after the last key,
 -- the requests that reached the server, and the file as written; then the highlight group of the ghost,
 -- what <Tab> does without a ghost, :CodellamaToggle, the number of servers, and a killed server coming back.
 -- Assertions live in the Python test.
 --
 -- Keys go through Neovim's input queue one at a time on timers (nvim_feedkeys, "typed" mode), so the
 -- plugin's autocommands, debounce and mappings run as in an interactive session. Neovim 0.10+ shows ghost
--- text, accepted with <Tab>; 0.7 - 0.9 get the completion through the menu: <C-x><C-o>, then <C-y>.
+-- text, accepted with <Tab>; 0.7 - 0.9 (and ghost_text = false) get the completion through the menu:
+-- <C-x><C-o>, then <C-y>.
 local cfg = vim.fn.json_decode(table.concat(vim.fn.readfile(os.getenv('CODELLAMA_E2E')), '\n'))
 local v = vim.version()
 local report = { nvim = ('%d.%d.%d'):format(v.major, v.minor, v.patch), trials = {}, steps = {} }
@@ -91,7 +94,25 @@ local function server_pids()
 end
 
 local cl = require('codellama')
-local inline = vim.fn.has('nvim-0.10') == 1
+-- The path this configuration gets: ghost text (0.10+ by default) or the menu (0.7 - 0.9, or ghost_text = false).
+local inline = cl.mode() == 'ghost'
+
+--- The codellama ghost on screen: its extmark's first virtual text, or nil.
+local function ghost_on_screen(bufnr)
+  local marks = vim.api.nvim_buf_get_extmarks(bufnr, vim.api.nvim_create_namespace('codellama'), 0, -1, { details = true })
+  local d = marks[1] and marks[1][4]
+  return d and d.virt_text and d.virt_text[1][1] or nil
+end
+
+local function preview_windows()
+  local n = 0
+  for _, w in ipairs(vim.api.nvim_list_wins()) do
+    if vim.wo[w].previewwindow then
+      n = n + 1
+    end
+  end
+  return n
+end
 
 local function run_trial(trial, index)
   local r = { file = trial.file, delay_ms = trial.delay_ms, ok = false }
@@ -127,27 +148,71 @@ local function run_trial(trial, index)
     return vim.api.nvim_get_current_line() == trial.typed
   end, 5000, 5)
   local want_lines = vim.split(trial.typed .. trial.want, '\n', { plain = true })
+  local want = trial.want
   if inline then
+    if cfg.manual then
+      -- manual mode: no ghost and no request by itself, however long the pause; <M-\> asks
+      sleep(1500)
+      r.auto_requests = last_request() - r0
+      r.auto_ghost = cl.current() ~= nil or ghost_on_screen(bufnr) ~= nil
+      feed('<M-\\>')
+    end
     local s = wait('ghost text', function()
       local cur = cl.current()
-      return cur and cur.ghost == trial.want and cur
+      r.last_ghost_seen = cur and cur.ghost or r.last_ghost_seen
+      return cur and cur.ghost == want and cur
     end, 20000, 5)
     r.latency_ms = now_ms() - last_key
     r.ghost = s.ghost
     local marks = vim.api.nvim_buf_get_extmarks(bufnr, vim.api.nvim_create_namespace('codellama'), 0, -1, { details = true })
     r.ghost_hl = marks[1] and marks[1][4].virt_text and marks[1][4].virt_text[1][2]
     r.requests = last_request() - r0
+    -- Typing what the ghost shows keeps the rest of it on screen, shortened, from the key on (no blink):
+    -- looked at as soon as each key is in the buffer, before any new answer could come.
+    r.type_through = {}
+    for i = 1, (trial.type_through or 0) do
+      local before = vim.api.nvim_get_current_line()
+      feed(want:sub(1, 1))
+      wait('the typed character', function()
+        return vim.api.nvim_get_current_line() ~= before
+      end, 5000, 1)
+      want = want:sub(2)
+      local shown = ghost_on_screen(bufnr)
+      table.insert(r.type_through, { shown = shown, want = vim.split(want, '\n', { plain = true })[1] })
+      if i < trial.type_through then
+        sleep(trial.delay_ms)
+      end
+    end
+    if trial.accept_line then
+      -- <M-Down>: the ghost's first line goes in, the rest stays as ghost
+      sleep(200)
+      feed('<M-Down>')
+      wait('the first line accepted', function()
+        return vim.api.nvim_get_current_line() == want_lines[1]
+      end, 5000, 5)
+      local rest = cl.current()
+      r.after_line_accept = rest and rest.ghost or vim.NIL
+      r.line_accepted = vim.api.nvim_get_current_line()
+    end
+    sleep(200) -- a person's reaction time
     feed('<Tab>')
   else
-    -- The menu: one match goes in at once (its first line; Vim shows no menu for a single match), the
-    -- other lines when the completion ends (<C-y> in the menu, <Esc>, or the next key).
+    -- The menu: it always opens (a single entry too), its first line in the text; <C-y> accepts, which
+    -- adds the other lines; then <Esc>.
     feed('<C-x><C-o>')
-    wait('the completion', function()
-      return vim.fn.pumvisible() == 1 or vim.api.nvim_get_current_line() == want_lines[1]
+    wait('the completion menu', function()
+      return vim.fn.pumvisible() == 1
     end, 20000, 5)
     r.latency_ms = now_ms() - last_key
     r.requests = last_request() - r0
-    feed(vim.fn.pumvisible() == 1 and '<C-y><Esc>' or '<Esc>')
+    r.menu_items = #vim.fn.complete_info({ 'items' }).items
+    r.menu_line = vim.api.nvim_get_current_line()
+    sleep(200)
+    feed('<C-y>')
+    wait('the menu to close', function()
+      return vim.fn.pumvisible() == 0
+    end, 5000, 5)
+    feed('<Esc>')
   end
   wait('the completion in the buffer', function()
     return vim.deep_equal(vim.api.nvim_buf_get_lines(bufnr, trial.line - 1, trial.line - 1 + #want_lines, false), want_lines)
@@ -159,6 +224,7 @@ local function run_trial(trial, index)
   local f = assert(io.open(trial.file, 'rb'))
   r.saved = f:read('*a')
   f:close()
+  r.preview_windows = preview_windows()
   r.ok = true
 end
 
@@ -176,6 +242,16 @@ co = coroutine.create(function()
     end
     report.servers = servers()
     report.counts = cl.counts()
+    local caps = cl.client() and cl.client().server_capabilities or {}
+    report.completion_provider = caps.completionProvider ~= nil
+    if cfg.trials_only then
+      return
+    end
+
+    -- :checkhealth codellama, as the user reads it
+    vim.cmd('checkhealth codellama')
+    report.health = table.concat(vim.api.nvim_buf_get_lines(0, 0, -1, false), '\n')
+    vim.cmd('bwipeout!')
 
     -- The ghost's highlight group, as a terminal without true colour draws it.
     local hl = vim.api.nvim_get_hl_by_name('CodellamaGhost', false)
@@ -222,6 +298,17 @@ co = coroutine.create(function()
       end, 60000)
       report.restarted = true
     end
+
+    -- Another model: the statusline names it at once and while it loads (the server's loading status too).
+    local before = cl.status() and cl.status().model
+    vim.cmd('CodellamaModel demo')
+    report.status_new_model = cl.statusline()
+    local s = wait('the server loading the new model', function()
+      local st = cl.status()
+      return st and st.state == 'loading' and st.message == 'loading demo' and st
+    end, 30000)
+    report.server_loading_model = s.model
+    report.model_before = before
   end)
   finish(not ok and tostring(err) or nil)
 end)

@@ -51,3 +51,19 @@ export class EventCounter {
     return this.shown === 0 ? 0 : this.accepted / this.shown;
   }
 }
+
+/**
+ * Whether a result is a suggestion already counted as shown: VS Code asks again after every key that types
+ * the ghost text and after every partial accept (Ctrl+Right), and the answer is the rest of the same
+ * suggestion. Counting each as "shown" made 1 Tab + 4 Ctrl+Right read "1 of 8".
+ */
+export class ShownTracker {
+  private last: { uri: string; text: string } | undefined;
+
+  /** True when `text` in `uri` is new (count it as shown); false for the rest of the last one. */
+  isNew(uri: string, text: string): boolean {
+    const continues = this.last !== undefined && this.last.uri === uri && text !== '' && this.last.text.endsWith(text);
+    if (!continues) this.last = { uri, text };
+    return !continues;
+  }
+}

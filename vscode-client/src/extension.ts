@@ -30,9 +30,10 @@ import {
   TransportKind,
 } from 'vscode-languageclient/node';
 import { RestartPolicy } from './backoff';
-import { ACCEPT_COMMAND, CompletionEvent, EVENT_METHOD, EventCounter, acceptedEvent, shownEvent } from './events';
+import { ACCEPT_COMMAND, CompletionEvent, EVENT_METHOD, EventCounter, ShownTracker, acceptedEvent, shownEvent } from './events';
 import { LaunchError, type SearchPlaces, launchSpec } from './launch';
 import { StderrLeveler } from './logLevel';
+import { MODELS_METHOD, type PickerEntry, parseModels, pickerEntries } from './modelPicker';
 import { modelLabel, parseModelSpec } from './modelSpec';
 import { RESTART_KEYS, clientSwitches, effectiveDebounceMs, languageEnabled, serverSettings } from './settings';
 import { ServerStatus, parseStatus, renderStatus } from './status';
@@ -64,13 +65,32 @@ export async function deactivate(): Promise<void> {
   manager = undefined;
 }
 
+/** vscode-languageclient shows its own error notification when the server cannot start (with 'force');
+ *  ours names the setting that fixes it, so one failed start gives one notification, not two. The message
+ *  still goes to the log. */
+class CodeLlamaClient extends LanguageClient {
+  /** Set when we stop the server (Restart Server, a settings change, closing the window). */
+  stopRequested = false;
+
+  override error(message: string, data?: unknown, showNotification: boolean | 'force' = true): void {
+    // vscode-languageclient kills a server that has not exited 2 s after `exit` (llama.cpp may take longer
+    // to free a model) and logs the signal as an error: after a stop we asked for, that is no error.
+    if (this.stopRequested && /^Server process exited with (signal|code)/.test(message)) {
+      this.info(`${message} (stopped on request)`, data, false);
+      return;
+    }
+    super.error(message, data, showNotification === 'force' ? false : showNotification);
+  }
+}
+
 /** Owns the LanguageClient: one per server process; a restart builds a fresh one. */
 class ServerManager {
-  private client: LanguageClient | undefined;
+  private client: CodeLlamaClient | undefined;
   private readonly policy = new RestartPolicy();
   private readonly item: vscode.StatusBarItem;
   private status: ServerStatus = { state: 'stopped' };
   private readonly counter = new EventCounter();
+  private readonly shownTracker = new ShownTracker();
   private restartTimer: NodeJS.Timeout | undefined;
   private stopping = false;
 
@@ -133,7 +153,9 @@ class ServerManager {
     };
     const settings = serverSettings(get);
     const clientOptions: LanguageClientOptions = {
-      documentSelector: [{ scheme: 'file' }, { scheme: 'untitled' }],
+      // Notebook code cells too: each cell is a document of its own to the server, which takes the other
+      // open cells as extra context like other open files (and their languageId for the syntax rules).
+      documentSelector: [{ scheme: 'file' }, { scheme: 'untitled' }, { scheme: 'vscode-notebook-cell' }],
       initializationOptions: settings,
       outputChannel: this.log,
       traceOutputChannel: this.log,
@@ -165,6 +187,8 @@ class ServerManager {
         provideInlineCompletionItems: async (document, position, context, token, next) => {
           const switches = clientSwitches(get);
           if (!switches.enable || !languageEnabled(switches.enabledLanguages, document.languageId)) return null;
+          // Manual mode: only an explicit request (Alt+\, the command palette) reaches the server.
+          if (!switches.autoTrigger && context.triggerKind === vscode.InlineCompletionTriggerKind.Automatic) return null;
           // VS Code cancels the token when the user types on: only the request of a pause gets through.
           // The latest status's advice may lengthen the wait (the server's answers are slower than the typing).
           const debounceMs = effectiveDebounceMs(switches.debounceMs, this.status.debounceMs, switches.adaptiveDebounce);
@@ -179,7 +203,8 @@ class ServerManager {
           const texts = items.map((i) => (typeof i.insertText === 'string' ? i.insertText : i.insertText.value));
           const shown = shownEvent(document.languageId, texts, Date.now() - t0);
           if (shown) {
-            this.report(shown);
+            // the rest of a suggestion already shown (typed through, partly accepted) is not shown again
+            if (this.shownTracker.isNew(document.uri.toString(), texts[shown.index])) this.report(shown);
             items.forEach((item, index) => {
               // VS Code runs an item's command when the user accepts it: that is our "accepted" signal.
               item.command ??= { title: 'accepted', command: ACCEPT_COMMAND, arguments: [acceptedEvent(shown, index, texts[index])] };
@@ -189,7 +214,7 @@ class ServerManager {
         },
       },
     };
-    const client = new LanguageClient('codellama', 'Code Llama', serverOptions, clientOptions);
+    const client = new CodeLlamaClient('codellama', 'Code Llama', serverOptions, clientOptions);
     client.onNotification(STATUS_METHOD, (params: unknown) => this.setStatus(parseStatus(params)));
     this.client = client;
     this.stopping = false;
@@ -246,6 +271,7 @@ class ServerManager {
     this.client = undefined;
     if (!old) return;
     this.stopping = true;
+    old.stopRequested = true;
     try {
       await old.stop(5000);
     } catch (err) {
@@ -270,6 +296,8 @@ class ServerManager {
   configurationChanged(e: vscode.ConfigurationChangeEvent): void {
     if (!e.affectsConfiguration(SECTION)) return;
     if (RESTART_KEYS.some((k) => e.affectsConfiguration(`${SECTION}.${k}`))) {
+      // said, not only logged: the user who just fixed the server path sees that it is being used
+      void vscode.window.showInformationMessage('Code Llama: server settings changed; restarting the server.');
       void this.restart('launch settings changed; restarting the server');
       return;
     }
@@ -291,6 +319,19 @@ class ServerManager {
 
   get modelName(): string {
     return modelLabel(this.status.model);
+  }
+
+  /** The picker's list from the running server (`codellama/models`), or undefined when it cannot answer now. */
+  async listModels(): Promise<PickerEntry[] | undefined> {
+    if (!this.client?.isRunning()) return undefined;
+    const folders = (vscode.workspace.workspaceFolders ?? []).map((f) => f.uri.fsPath).filter((p) => p);
+    try {
+      const list = parseModels(await this.client.sendRequest(MODELS_METHOD, { folders }));
+      return list ? pickerEntries(list) : undefined;
+    } catch (err) {
+      this.log.warn(`${MODELS_METHOD} failed: ${err instanceof Error ? err.message : String(err)}`);
+      return undefined;
+    }
   }
 }
 
@@ -333,8 +374,26 @@ async function searchPlaces(): Promise<SearchPlaces> {
 async function offerSetting(message: string, setting: string): Promise<void> {
   const open = 'Open Setting';
   const choice = await vscode.window.showErrorMessage(`Code Llama: ${message}`, open, 'Show Logs');
-  if (choice === open) await vscode.commands.executeCommand('workbench.action.openSettings', setting);
+  if (choice === open) await openSettingWhereItApplies(setting);
   else if (choice === 'Show Logs') await vscode.commands.executeCommand('codellama.showLogs');
+}
+
+/**
+ * Opens the settings editor where `setting` takes effect. The server settings are machine-scoped: in a
+ * remote window (Remote-SSH, WSL, dev containers) and in code-server VS Code reads them from the Remote
+ * settings, and the User tab shows "No Settings Found" for them.
+ */
+async function openSettingWhereItApplies(setting: string): Promise<void> {
+  const remote = vscode.env.remoteName !== undefined || vscode.env.uiKind === vscode.UIKind.Web;
+  if (remote) {
+    try {
+      await vscode.commands.executeCommand('workbench.action.openRemoteSettings', { query: setting });
+      return;
+    } catch {
+      // no remote settings here after all: the user settings below
+    }
+  }
+  await vscode.commands.executeCommand('workbench.action.openSettings', setting);
 }
 
 async function statusMenu(): Promise<void> {
@@ -350,17 +409,38 @@ async function statusMenu(): Promise<void> {
 }
 
 async function selectModel(log: vscode.LogOutputChannel): Promise<void> {
-  const pick = await vscode.window.showQuickPick(
+  type Item = vscode.QuickPickItem & { id: string; entry?: PickerEntry };
+  // GGUFs the server found (demo, Hugging Face cache, workspace folders) and known Code Llama files, with sizes,
+  // memory needed at the server's context, and FIM support; then the ways to name any other model.
+  const entries = (await manager?.listModels()) ?? [];
+  const group = (g: PickerEntry['group'], title: string): Item[] => {
+    const items = entries.filter((e) => e.group === g).map((e): Item => ({ label: e.label, description: e.description, detail: e.detail, id: 'entry', entry: e }));
+    return items.length ? [{ label: title, kind: vscode.QuickPickItemKind.Separator, id: '' }, ...items] : [];
+  };
+  const pick = await vscode.window.showQuickPick<Item>(
     [
+      ...group('local', 'On this machine'),
+      ...group('hub', 'Code Llama on the Hugging Face Hub (downloaded once)'),
+      { label: 'Other', kind: vscode.QuickPickItemKind.Separator, id: '' },
       { label: '$(file) Choose a .gguf file…', id: 'file' },
       { label: '$(cloud-download) Hugging Face repo:file…', id: 'hf', description: 'downloaded once into the Hugging Face cache' },
       { label: '$(beaker) Demo model', id: 'demo', description: 'tiny, shipped with the server' },
     ],
-    { title: 'Code Llama: select model' },
+    { title: 'Code Llama: select model', matchOnDescription: true, matchOnDetail: true },
   );
   if (!pick) return;
   let value: string | undefined;
-  if (pick.id === 'demo') value = 'demo';
+  if (pick.entry) {
+    if (pick.entry.broken) {
+      void vscode.window.showErrorMessage(`Code Llama: ${pick.entry.detail}`);
+      return;
+    }
+    if (pick.entry.warning) {
+      const go = await vscode.window.showWarningMessage(`Code Llama: ${pick.entry.warning}.`, { modal: true }, 'Use Anyway');
+      if (go !== 'Use Anyway') return;
+    }
+    value = pick.entry.spec;
+  } else if (pick.id === 'demo') value = 'demo';
   else if (pick.id === 'file') {
     const uris = await vscode.window.showOpenDialog({ canSelectMany: false, filters: { 'GGUF model': ['gguf'] }, openLabel: 'Use model' });
     value = uris?.[0]?.fsPath;

@@ -35,7 +35,16 @@ export interface ServerSettings {
   requestTimeoutMs?: number;
   tlsVerify?: boolean;
   remoteModel?: string;
+  /** tokens of chunks from other open files and recent edits (0: off) */
+  extraContextTokens?: number;
+  /** glob patterns of files that never reach a prompt, on top of the server's built-in list */
+  exclude?: string[];
+  /** post-processing rules switched off by name (lsp_server/postprocess.py RULES) */
+  rules?: Record<string, boolean>;
 }
+
+/** The server's post-processing rules (lsp_server/postprocess.py RULES): anything else is left out. */
+export const RULES: readonly string[] = ['mode', 'nodeEnd', 'repetition', 'balance', 'parseCheck'];
 
 export interface ClientSwitches {
   enable: boolean;
@@ -46,6 +55,8 @@ export interface ClientSwitches {
   adaptiveDebounce: boolean;
   /** Also offer the completion in VS Code's suggestion list (textDocument/completion); off by default. */
   suggestList: boolean;
+  /** Ghost text by itself after a pause; false: manual mode, only an explicit request (Alt+\\) asks. */
+  autoTrigger: boolean;
 }
 
 /** VS Code waits 50 ms after a key before asking inline providers; ours waits this much more, so that at
@@ -115,6 +126,20 @@ export function serverSettings(get: ConfigGetter): ServerSettings {
   if (timeout !== undefined) out.requestTimeoutMs = timeout;
   const verify = get('tlsVerify');
   if (typeof verify === 'boolean') out.tlsVerify = verify;
+  const extra = integer(get('extraContextTokens'), 0);
+  if (extra !== undefined) out.extraContextTokens = extra;
+  const exclude = get('exclude');
+  if (Array.isArray(exclude)) {
+    const patterns = exclude.filter((p): p is string => typeof p === 'string' && p.trim() !== '').map((p) => p.trim());
+    if (patterns.length > 0) out.exclude = patterns;
+  }
+  const rules = get('rules');
+  if (rules !== null && typeof rules === 'object' && !Array.isArray(rules)) {
+    const picked = Object.entries(rules as Record<string, unknown>).filter(
+      (e): e is [string, boolean] => RULES.includes(e[0]) && typeof e[1] === 'boolean',
+    );
+    if (picked.length > 0) out.rules = Object.fromEntries(picked);
+  }
   return out;
 }
 
@@ -123,13 +148,25 @@ export function loadArgs(get: ConfigGetter): string[] {
   const args: string[] = [];
   const nCtx = integer(get('contextWindow'), 1); // 0: the server's own choice
   if (nCtx !== undefined) args.push('--n-ctx', String(nCtx));
+  const kv = get('kvType');
+  if (kv === 'q8_0') args.push('--kv-type', 'q8_0'); // f16 is the server's default
   const gpu = integer(get('gpuLayers'), -1);
   if (gpu !== undefined && gpu !== 0) args.push('--n-gpu-layers', String(gpu));
+  // Where prompts may go and which key goes with them: the server takes these only from its command line
+  // (a workspace must not choose them). They are `machine`-scoped settings, which VS Code never reads from a
+  // workspace's .vscode/settings.json, so the user's own values are passed on here.
+  const url = get('url');
+  if (typeof url === 'string' && url.trim() !== '') args.push('--url', url.trim());
+  const keyEnv = get('apiKeyEnv');
+  if (typeof keyEnv === 'string' && /^[A-Za-z_][A-Za-z0-9_]*$/.test(keyEnv) && keyEnv !== 'CODELLAMA_API_KEY') {
+    args.push('--api-key-env', keyEnv);
+  }
+  if (get('tlsVerify') === false) args.push('--no-tls-verify');
   return args;
 }
 
 /** Settings whose change needs a new server process. */
-export const RESTART_KEYS = ['server', 'contextWindow', 'gpuLayers'] as const;
+export const RESTART_KEYS = ['server', 'contextWindow', 'kvType', 'gpuLayers', 'url', 'apiKeyEnv', 'tlsVerify'] as const;
 
 export function clientSwitches(get: ConfigGetter): ClientSwitches {
   const debounce = integer(get('debounceMs'), 0);
@@ -139,6 +176,7 @@ export function clientSwitches(get: ConfigGetter): ClientSwitches {
     debounceMs: debounce ?? DEFAULT_DEBOUNCE_MS,
     adaptiveDebounce: get('adaptiveDebounce') !== false,
     suggestList: get('suggestList') === true,
+    autoTrigger: get('autoTrigger') !== false,
   };
 }
 

@@ -20,6 +20,10 @@ export interface ServerStatus {
   percentage?: number;
   /** The server's advised debounce in ms (its pacing: 0 while its answers beat the typing gaps), 0..2000. */
   debounceMs?: number;
+  /** While the time budget cuts answers: the server's words ("answers cut at 2.0 s"), shown instead of "ready". */
+  slow?: string;
+  /** With `slow`: what the user can do (smaller model, fewer context tokens, threads). */
+  hint?: string;
 }
 
 /** The longest advised debounce taken from a server: what the `codellama.debounceMs` setting allows too. */
@@ -48,6 +52,8 @@ export function parseStatus(params: unknown): ServerStatus {
   if (typeof debounce === 'number' && Number.isFinite(debounce) && debounce >= 0) {
     out.debounceMs = Math.min(MAX_ADVISED_DEBOUNCE_MS, Math.round(debounce));
   }
+  if (typeof p.slow === 'string' && p.slow !== '') out.slow = p.slow;
+  if (typeof p.hint === 'string' && p.hint !== '') out.hint = p.hint;
   return out;
 }
 
@@ -78,16 +84,25 @@ export function fixedWidth(text: string, width: number = STATUS_WIDTH): string {
   return text.length >= width ? text : text + FIGURE_SPACE.repeat(width - text.length);
 }
 
-/** The state in words: "loading 42%", "ready 118 ms", "busy", "error", "off", ... */
+/** A latency in 7 characters: "\u2007118 ms" below 10 s, then seconds ("\u200717.9 s", "\u2007\u2007123 s"):
+ *  a 17.9 s answer read "9999 ms" when milliseconds were capped at four digits. */
+export function latencyWords(ms: number): string {
+  const rounded = Math.round(ms);
+  const words =
+    rounded < 10000 ? `${rounded} ms` : ms < 99950 ? `${(ms / 1000).toFixed(1)} s` : `${Math.min(99999, Math.round(ms / 1000))} s`;
+  return FIGURE_SPACE.repeat(Math.max(0, 7 - words.length)) + words;
+}
+
+/** The state in words: "loading 42%", "ready 118 ms", "slow: answers cut at 2.0 s", "busy", "error", "off", ... */
 export function stateWords(status: ServerStatus, enabled: boolean): string {
   if (!enabled) return 'off';
+  if (status.state === 'ready' && status.slow) return `slow: ${status.slow}`;
   switch (status.state) {
     case 'loading':
       return status.percentage !== undefined ? `loading ${status.percentage}%` : 'loading';
     case 'ready': {
       if (status.lastLatencyMs === undefined) return 'ready';
-      const ms = String(Math.min(9999, Math.round(status.lastLatencyMs)));
-      return `ready ${FIGURE_SPACE.repeat(4 - ms.length)}${ms} ms`;
+      return `ready ${latencyWords(status.lastLatencyMs)}`;
     }
     default:
       return status.state;
@@ -97,16 +112,20 @@ export function stateWords(status: ServerStatus, enabled: boolean): string {
 export function renderStatus(status: ServerStatus, enabled: boolean): StatusView {
   const model = modelLabel(status.model);
   const parts: string[] = [];
-  const text = `${enabled ? ICONS[status.state] : ICONS.stopped} Code Llama ${fixedWidth(stateWords(status, enabled))}`;
+  const icon = !enabled ? ICONS.stopped : status.state === 'ready' && status.slow ? '$(watch)' : ICONS[status.state];
+  const text = `${icon} Code Llama ${fixedWidth(stateWords(status, enabled))}`;
 
   parts.push(`Server: ${status.state}${status.message ? ` (${status.message})` : ''}`);
+  if (status.slow) parts.push(`Slow: ${status.slow}${status.hint ? `\nTry: ${status.hint}` : ''}`);
   if (status.model) parts.push(`Model: ${status.model}`);
   if (status.lastLatencyMs !== undefined) parts.push(`Last model answer: ${Math.round(status.lastLatencyMs)} ms`);
   if (status.cachedTokens !== undefined) parts.push(`Cached tokens: ${status.cachedTokens}`);
   parts.push(enabled ? 'Completions: on' : 'Completions: off');
   parts.push('Click for actions');
 
-  const label = `Code Llama: ${enabled ? status.state : 'disabled'}${model ? `, ${model}` : ''}`;
-  const severity = status.state === 'error' ? 'error' : status.state === 'stopped' || !enabled ? 'warning' : 'normal';
+  const slow = enabled && status.state === 'ready' && status.slow !== undefined;
+  const label = `Code Llama: ${enabled ? status.state : 'disabled'}${model ? `, ${model}` : ''}${slow ? `, slow: ${status.slow}` : ''}`;
+  const severity =
+    status.state === 'error' ? 'error' : status.state === 'stopped' || !enabled || slow ? 'warning' : 'normal';
   return { text, tooltip: parts.join('\n'), label, severity };
 }

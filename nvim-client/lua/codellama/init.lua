@@ -7,7 +7,8 @@
 --   0.7 - 0.9   the server's `textDocument/completion` through 'omnifunc' (<C-x><C-o>) and
 --               :CodellamaComplete, which inserts the completion at the cursor
 -- plus `codellama/status` in `require('codellama').statusline()`, shown/accepted events reported to the
--- local server, and :CodellamaStatus / :CodellamaRestart / :CodellamaToggle / :CodellamaModel / :CodellamaLog.
+-- local server, and :CodellamaStatus / :CodellamaRestart / :CodellamaToggle / :CodellamaModel [spec] (no spec: a
+-- picker) / :CodellamaLog.
 --
 -- One server per Neovim instance, however often setup() runs; a server that dies is restarted with
 -- back-off (1, 2, 4, 8, 16 s; after 5 crashes in a row it stays down and the statusline says so); a server
@@ -17,6 +18,7 @@
 -- key did before (the user's mapping, a snippet jump, indentation).
 local logic = require('codellama.logic')
 local chain_omnifunc -- defined below M.omnifunc, which calls it
+local show_menu -- likewise
 
 local M = {}
 
@@ -29,6 +31,12 @@ local defaults = {
   enable = { ['*'] = true, markdown = false, text = false, gitcommit = false },
   -- nil: decided by the Neovim version (see the header); true/false forces this plugin's ghost text on/off.
   ghost_text = nil,
+  -- false: manual mode, no ghost text while typing; `keymaps.trigger` (<M-\\>) still asks for one.
+  auto_trigger = true,
+  -- true: the server advertises its `textDocument/completion` items, so completion menus (nvim-cmp,
+  -- blink.cmp, vim.lsp.completion) list them too. Off by default, as in VS Code: a menu would ask the model
+  -- on every key on top of the ghost text. The plugin's own 'omnifunc' (<C-x><C-o>) works either way.
+  completion_items = false,
   -- Typing faster than this (about 7 keys a second) sends no request until the pause after the last key.
   debounce_ms = 150,
   -- Wait longer than debounce_ms when the server's status advises it (its answers take longer than the
@@ -43,7 +51,8 @@ local defaults = {
     next = '<M-]>',
     prev = '<M-[>',
   },
-  n_ctx = nil, -- llama.cpp context (--n-ctx); nil: the server's choice
+  n_ctx = nil, -- llama.cpp context (--n-ctx), up to the model's trained length (Code Llama: 16384); nil: the server's choice
+  kv_type = nil, -- llama.cpp's KV cache type (--kv-type): 'q8_0' takes 17/32 of 'f16' (the default)
   n_gpu_layers = nil, -- --n-gpu-layers
 }
 
@@ -76,6 +85,28 @@ local function log(level, msg)
   end)
 end
 
+--- A message that must not stop the editor: no hit-enter prompt (a crash's restart waited for a key on
+--- 0.11); the statusline and :CodellamaLog keep the whole text.
+local function echo_quietly(msg)
+  vim.schedule(function()
+    local width = math.max(vim.o.columns - 12, 20)
+    local text = 'codellama: ' .. msg
+    if #text > width then
+      text = text:sub(1, width - 3) .. '...'
+    end
+    vim.api.nvim_echo({ { text, 'ErrorMsg' } }, false, {})
+  end)
+end
+
+--- Tells statuslines to redraw: 0.11 does not redraw a statusline by itself when only a Lua value it
+--- shows changed (the status stayed 'starting' until the next key).
+local function status_changed()
+  vim.schedule(function()
+    vim.api.nvim_exec_autocmds('User', { pattern = 'CodellamaStatus', modeline = false })
+    vim.cmd('redrawstatus!')
+  end)
+end
+
 --- An error for the user: the statusline shows it, and Neovim's LSP log (:CodellamaLog) keeps it.
 local function fail(msg)
   state.status = { state = 'error', message = msg }
@@ -83,10 +114,8 @@ local function fail(msg)
   if ok then
     lsp_log.error('codellama', msg)
   end
-  log(vim.log.levels.ERROR, msg)
-  vim.schedule(function()
-    vim.api.nvim_exec_autocmds('User', { pattern = 'CodellamaStatus', modeline = false })
-  end)
+  echo_quietly(msg)
+  status_changed()
 end
 
 --- The ghost's look: grey and italic, in true colour and in 256-colour terminals (where `Comment` of
@@ -127,8 +156,12 @@ end
 local function server_settings()
   local s = vim.deepcopy(state.opts.settings or {})
   s.enable = state.enabled and (s.enable or state.opts.enable) or { ['*'] = false }
+  if s.completionItems == nil then
+    s.completionItems = state.opts.completion_items == true
+  end
   return s
 end
+
 
 local function wants(bufnr)
   local ft = vim.bo[bufnr].filetype
@@ -280,6 +313,9 @@ local function schedule_request(bufnr)
     clear()
   end
   state.seq = state.seq + 1 -- answers to older requests are now stale
+  if state.opts.auto_trigger == false then
+    return -- manual mode: only keymaps.trigger asks
+  end
   if not state.timer then
     state.timer = vim.loop.new_timer()
   end
@@ -367,6 +403,66 @@ function M.request_completion(bufnr, callback)
   end, bufnr)
 end
 
+local function preview_open()
+  for _, w in ipairs(vim.api.nvim_tabpage_list_wins(0)) do
+    if vim.wo[w].previewwindow then
+      return true
+    end
+  end
+  return false
+end
+
+-- 'completeopt' is global-local from 0.11 on: there the buffer's own value is set and restored.
+local function get_cot()
+  return has('0.11') and vim.bo.completeopt or vim.o.completeopt
+end
+local function set_cot(value)
+  if has('0.11') then
+    vim.bo.completeopt = value
+  else
+    vim.o.completeopt = value
+  end
+end
+
+--- Undoes what show_menu changed, once the completion is over.
+local function restore_menu()
+  local m = state.menu
+  if not m or m.opening then
+    return
+  end
+  state.menu = nil
+  if m.completeopt then
+    set_cot(m.completeopt)
+  end
+  if m.close_preview then
+    vim.schedule(function()
+      vim.cmd('silent! pclose') -- scheduled: windows cannot close while the completion is ending
+    end)
+  end
+end
+
+--- Opens the menu with our entries. Vim inserts a single match at once and shows no menu unless
+--- 'completeopt' has "menuone"; <C-y>, the key that accepts from the menu, then copies the character above
+--- the cursor into the text. So "menuone" is added until the completion ends: the menu always shows,
+--- <C-y> accepts (adding a multi-line entry's other lines), <C-e> cancels. The full text of a multi-line
+--- entry shows in the preview window ('completeopt' "preview", 0.7's default) or popup (0.11's), and a
+--- preview window opened for it is closed again.
+show_menu = function(start, words)
+  restore_menu()
+  local cot = (has('0.11') and vim.bo.completeopt ~= '') and vim.bo.completeopt or vim.o.completeopt
+  local m = { close_preview = cot:find('preview', 1, true) ~= nil and not preview_open() }
+  if #words > 0 and not cot:find('menuone', 1, true) then
+    m.completeopt = get_cot()
+    set_cot(cot .. ',menuone')
+  end
+  state.menu = m
+  -- complete() ends the <C-x><C-o> attempt that is still pending (the omnifunc returned -2), which fires
+  -- CompleteDone inside this call: that one must not undo "menuone" before the menu is drawn.
+  m.opening = true
+  vim.fn.complete(start + 1, words)
+  m.opening = false
+end
+
 --- 'omnifunc' (<C-x><C-o>): the completion as a menu entry, inserted where the server's range starts.
 --- Neovim's own vim.lsp.omnifunc filters entries by the word before the cursor, which a completion
 --- that starts at the cursor (the rest of "ret|urn x") never matches; this one uses the range as given.
@@ -416,7 +512,7 @@ function M.omnifunc(findstart, _base)
     if #words == 0 and chain_omnifunc(bufnr, line, col) then
       return
     end
-    vim.fn.complete(start + 1, words)
+    show_menu(start, words)
   end, bufnr)
   return -2
 end
@@ -442,6 +538,7 @@ end
 
 --- CompleteDone: a multi-line entry went in as its first line; add the other lines as real lines.
 local function complete_done()
+  restore_menu()
   local item = vim.v.completed_item
   local data = type(item) == 'table' and item.user_data or nil
   local extra = type(data) == 'table' and data.codellama_lines or nil
@@ -569,11 +666,22 @@ local function on_attach(client, bufnr)
       buffer = bufnr,
       callback = function()
         local sug = state.suggestion
-        if sug then
-          local cur = vim.api.nvim_win_get_cursor(0)
-          if cur[1] - 1 ~= sug.s.row or cur[2] ~= sug.s.col then
-            M.dismiss()
-          end
+        if not sug then
+          return
+        end
+        local cur = vim.api.nvim_win_get_cursor(0)
+        if cur[1] - 1 == sug.s.row and cur[2] == sug.s.col then
+          return
+        end
+        -- 0.11 runs CursorMovedI before TextChangedI: a key that types what the ghost shows moves the
+        -- cursor first. Keep the rest of the ghost on screen (no blink); any other move dismisses it.
+        local line = vim.api.nvim_buf_get_lines(bufnr, cur[1] - 1, cur[1], false)[1] or ''
+        local rest = cur[1] - 1 == sug.s.row and logic.advance(sug.s, line, cur[2]) or nil
+        if rest then
+          sug.s = rest
+          render(bufnr, rest)
+        else
+          M.dismiss()
         end
       end,
     })
@@ -616,11 +724,9 @@ local function on_attach(client, bufnr)
       vim.bo[bufnr].omnifunc = 'v:lua.codellama_omnifunc'
     end
   end)
-  vim.api.nvim_create_autocmd('CompleteDone', {
-    group = vim.api.nvim_create_augroup('codellama_complete_' .. bufnr, { clear = true }),
-    buffer = bufnr,
-    callback = complete_done,
-  })
+  local cgroup = vim.api.nvim_create_augroup('codellama_complete_' .. bufnr, { clear = true })
+  vim.api.nvim_create_autocmd('CompleteDone', { group = cgroup, buffer = bufnr, callback = complete_done })
+  vim.api.nvim_create_autocmd('InsertLeave', { group = cgroup, buffer = bufnr, callback = restore_menu })
   if mode == 'omnifunc' then
     map(bufnr, km.trigger, function()
       M.complete()
@@ -637,6 +743,9 @@ local function client_config()
   local cmd = vim.deepcopy(opts.cmd)
   if opts.n_ctx then
     vim.list_extend(cmd, { '--n-ctx', tostring(opts.n_ctx) })
+  end
+  if opts.kv_type then
+    vim.list_extend(cmd, { '--kv-type', opts.kv_type })
   end
   if opts.n_gpu_layers then
     vim.list_extend(cmd, { '--n-gpu-layers', tostring(opts.n_gpu_layers) })
@@ -655,9 +764,7 @@ local function client_config()
         if type(params) == 'table' and params.state == 'ready' then
           state.crashes = 0
         end
-        vim.schedule(function()
-          vim.api.nvim_exec_autocmds('User', { pattern = 'CodellamaStatus', modeline = false })
-        end)
+        status_changed()
       end,
     },
     on_exit = function(code, signal)
@@ -666,6 +773,7 @@ local function client_config()
       end
       if code == 0 and signal == 0 then -- it was asked to exit (e.g. Neovim quits): not a crash
         state.status = { state = 'stopped' }
+        status_changed()
         return
       end
       state.client_id = nil
@@ -674,11 +782,12 @@ local function client_config()
       local what = ('server exited (code %d, signal %d)'):format(code or -1, signal or 0)
       vim.schedule(function()
         clear()
+        -- what to do first: a statusline too narrow for the whole message still says it
         if not delay then
-          fail(what .. (' %d times in a row; not restarting (:CodellamaRestart)'):format(state.crashes - 1))
+          fail(('not restarting (:CodellamaRestart): %s %d times in a row'):format(what, state.crashes - 1))
           return
         end
-        fail(('%s; restarting in %d s'):format(what, delay / 1000))
+        fail(('restarting in %d s: %s'):format(delay / 1000, what))
         state.restart_timer = vim.defer_fn(function()
           state.restart_timer = nil
           M.restart_now()
@@ -768,9 +877,50 @@ end
 function M.set(settings)
   state.opts.settings = vim.tbl_extend('force', state.opts.settings or {}, settings)
   local client = M.client()
+  if client and settings.model and (not state.status or state.status.model ~= settings.model) then
+    -- the statusline names the model being loaded at once, not the one it replaces
+    state.status = { state = 'loading', model = settings.model }
+    status_changed()
+  end
   if client then
     notify(client, 'workspace/didChangeConfiguration', { settings = { codellama = server_settings() } })
   end
+end
+
+--- :CodellamaModel without an argument: the server's list (codellama/models: GGUFs on this machine and known Code
+--- Llama files, with size, memory needed at the context and FIM support) in vim.ui.select; a model that will not
+--- fit the memory available now, or has no FIM tokens, is confirmed first.
+function M.pick_model()
+  local client = M.client()
+  if not client then
+    vim.notify('codellama: the server is not running', vim.log.levels.WARN)
+    return
+  end
+  request(client, 'codellama/models', { folders = { vim.fn.getcwd() } }, function(err, result)
+    if err or type(result) ~= 'table' then
+      vim.notify('codellama: codellama/models failed: ' .. vim.inspect(err or result), vim.log.levels.ERROR)
+      return
+    end
+    local choices = logic.model_choices(result)
+    vim.ui.select(choices, {
+      prompt = ('Code Llama model (memory at %d tokens):'):format(result.nCtx),
+      format_item = function(c)
+        return c.text
+      end,
+    }, function(choice)
+      if not choice then
+        return
+      end
+      if choice.broken then
+        vim.notify('codellama: ' .. choice.text, vim.log.levels.ERROR)
+        return
+      end
+      if choice.warning and vim.fn.confirm(choice.warning .. '.', '&Use anyway\n&Cancel', 2) ~= 1 then
+        return
+      end
+      M.set({ model = choice.spec })
+    end)
+  end)
 end
 
 function M.toggle()
@@ -790,12 +940,25 @@ function M.status()
   return state.status
 end
 
---- For 'statusline': "codellama: ready | micro | 42 ms".
-function M.statusline()
-  if not state.enabled then
-    return 'codellama: off'
+--- For 'statusline': "codellama: ready | micro | 42 ms". At most `max_width` characters (default: half
+--- the screen, at least 40), cut at the end: Neovim cuts a statusline that is too long at its start,
+--- which hid "codellama: error" and the file name behind a long message.
+function M.statusline(max_width)
+  local text = state.enabled and logic.status_text(state.status) or 'codellama: off'
+  if state.enabled and state.opts and state.opts.auto_trigger == false then
+    text = text:gsub('^codellama: ready', 'codellama: ready (manual)')
   end
-  return logic.status_text(state.status)
+  return logic.truncate(text, max_width or math.max(40, math.floor(vim.o.columns / 2)))
+end
+
+--- The options setup() was given, with the defaults (nil before setup()).
+function M.options()
+  return state.opts
+end
+
+--- What the server is sent as its settings.
+function M.server_settings()
+  return server_settings()
 end
 
 function M.counts()
@@ -828,8 +991,12 @@ function M.setup(opts)
   cmd('CodellamaToggle', M.toggle, {})
   cmd('CodellamaComplete', M.complete, {})
   cmd('CodellamaModel', function(a)
-    M.set({ model = a.args })
-  end, { nargs = 1, complete = 'file', desc = 'a .gguf path, demo, or a Hugging Face repo:file' })
+    if a.args == '' then
+      M.pick_model()
+    else
+      M.set({ model = a.args })
+    end
+  end, { nargs = '?', complete = 'file', desc = 'a .gguf path, demo, or a Hugging Face repo:file; none: pick from a list' })
   cmd('CodellamaLog', function()
     vim.cmd('split ' .. vim.fn.fnameescape(vim.lsp.get_log_path()))
   end, {})

@@ -265,19 +265,104 @@ function M.debounce_ms(configured, status, adaptive)
   return math.max(configured, math.min(math.floor(advised + 0.5), M.MAX_ADVISED_DEBOUNCE_MS))
 end
 
+--- `text` cut to `width` characters from the right, with "..." where it was cut (the start, where the
+--- state is, always stays).
+function M.truncate(text, width)
+  local n = vim.fn.strchars(text)
+  if not width or n <= width then
+    return text
+  end
+  return vim.fn.strcharpart(text, 0, math.max(width - 3, 1)) .. '...'
+end
+
+--- "4.1 GB", "37 MB": sizes as downloads are quoted (decimal).
+function M.format_bytes(n)
+  if n >= 1e9 then
+    return ('%.1f GB'):format(n / 1e9)
+  elseif n >= 1e6 then
+    return ('%d MB'):format(math.floor(n / 1e6 + 0.5))
+  end
+  return ('%d kB'):format(math.max(1, math.floor(n / 1e3 + 0.5)))
+end
+
+local function num(v)
+  return type(v) == 'number' and v == v and v >= 0 and v ~= math.huge and v or nil
+end
+
+--- :CodellamaModel's list from the server's `codellama/models` answer: one choice per GGUF on this machine and per
+--- known Code Llama file on the Hub not cached yet, each { spec, text, warning?, broken }. `warning` (too big for the
+--- memory available now, or no FIM tokens) is asked about before the model is used; `broken` files cannot be.
+function M.model_choices(models)
+  if type(models) ~= 'table' or not num(models.nCtx) then
+    return {}
+  end
+  local out = {}
+  local function add(e, hub)
+    if type(e) ~= 'table' or type(e.spec) ~= 'string' or e.spec == '' or (hub and e.cached == true) then
+      return
+    end
+    local name = e.spec == 'demo' and 'demo' or (e.spec:match('[^/\\:]+$') or e.spec)
+    local facts = {}
+    if type(e.quantization) == 'string' then
+      table.insert(facts, e.quantization)
+    end
+    local size = num(hub and e.downloadBytes or e.sizeBytes)
+    if size then
+      table.insert(facts, M.format_bytes(size) .. (hub and ' download' or ''))
+    end
+    if num(e.nCtxTrain) then
+      table.insert(facts, ('trained %d'):format(e.nCtxTrain))
+    end
+    table.insert(facts, e.fim == true and 'FIM' or 'no FIM')
+    local ctx = math.min(models.nCtx, num(e.nCtxTrain) or models.nCtx)
+    if num(e.memoryBytes) then
+      table.insert(facts, ('needs ~%s at %d tokens'):format(M.format_bytes(e.memoryBytes), ctx))
+    end
+    local where = hub and 'hub' or (e.source == 'huggingface' and 'hf cache' or e.source == 'demo' and 'shipped' or 'file')
+    local warnings = {}
+    if e.fits == false then
+      local free = num(models.memoryBytes) and ('the ' .. M.format_bytes(models.memoryBytes) .. ' available now') or 'what is available now'
+      table.insert(warnings, ('%s needs about %s of memory at %d tokens, more than %s'):format(name, M.format_bytes(e.memoryBytes or 0), ctx, free))
+    end
+    local broken = type(e.error) == 'string' and e.error ~= ''
+    if e.fim ~= true and not broken then
+      table.insert(warnings, name .. ' has no fill-in-the-middle tokens: completions will use only the text before the cursor')
+    end
+    local mark = broken and '(broken) ' or e.fits == false and '(too big) ' or ''
+    local text = ('%s%s  [%s]  %s'):format(mark, name, where, broken and e.error or table.concat(facts, ' · '))
+    table.insert(out, { spec = e.spec, text = text, warning = #warnings > 0 and table.concat(warnings, '. ') or nil, broken = broken })
+  end
+  for _, e in ipairs(type(models['local']) == 'table' and models['local'] or {}) do
+    add(e, false)
+  end
+  for _, e in ipairs(type(models.known) == 'table' and models.known or {}) do
+    add(e, true)
+  end
+  return out
+end
+
 --- One status line from a `codellama/status` notification's params.
 function M.status_text(status)
   if type(status) ~= 'table' or type(status.state) ~= 'string' then
     return 'codellama: starting'
   end
-  local parts = { 'codellama: ' .. status.state }
+  -- answers cut by the time budget: the server's words ("answers cut at 2.0 s") instead of "ready", and its hint
+  local slow = status.state == 'ready' and type(status.slow) == 'string' and status.slow ~= ''
+  local parts = { 'codellama: ' .. (slow and ('slow: ' .. status.slow) or status.state) }
+  -- a download or a load: its percentage, and the server's words ("downloading f.gguf: 12.5 of 36.9 MB, 3.1 MB/s")
+  local pct = status.percentage
+  if status.state == 'loading' and type(pct) == 'number' and pct == pct then
+    parts[1] = ('codellama: loading %d%%'):format(math.max(0, math.min(100, math.floor(pct + 0.5))))
+  end
   if type(status.model) == 'string' and status.model ~= '' then
     table.insert(parts, ((status.model:match('[^/\\:]+$') or status.model):gsub('%.gguf$', '')))
   end
-  if status.state == 'ready' and type(status.lastLatencyMs) == 'number' then
+  if slow and type(status.hint) == 'string' and status.hint ~= '' then
+    table.insert(parts, status.hint)
+  elseif status.state == 'ready' and type(status.lastLatencyMs) == 'number' then
     table.insert(parts, ('%d ms'):format(math.floor(status.lastLatencyMs + 0.5)))
   end
-  if status.state == 'error' and type(status.message) == 'string' then
+  if (status.state == 'error' or status.state == 'loading') and type(status.message) == 'string' and status.message ~= '' then
     table.insert(parts, status.message)
   end
   return table.concat(parts, ' | ')

@@ -1,10 +1,10 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { RestartPolicy } from '../backoff';
-import { EventCounter, acceptedEvent, describeText, shownEvent } from '../events';
+import { EventCounter, ShownTracker, acceptedEvent, describeText, shownEvent } from '../events';
 import { modelLabel, parseModelSpec } from '../modelSpec';
 import { StderrLeveler } from '../logLevel';
-import { parseStatus, renderStatus } from '../status';
+import { latencyWords, parseStatus, renderStatus } from '../status';
 
 test('back-off doubles, caps, gives up, and resets after a stable run', () => {
   const p = new RestartPolicy({ initialMs: 1000, maxMs: 5000, stableMs: 60000, maxAttempts: 4 });
@@ -78,6 +78,11 @@ test('status: rendering per state, in words, at a fixed width', () => {
   assert.equal(ready.label, 'Code Llama: ready, micro');
   assert.match(ready.tooltip, /Model: \/m\/micro\.gguf\nLast model answer: 42 ms\nCached tokens: 12/);
   assert.equal(ready.severity, 'normal');
+  // long answers in seconds, not capped at "9999 ms" (a 17.9 s answer); always 7 characters
+  assert.equal(latencyWords(17900), `${F}17.9 s`);
+  assert.equal(latencyWords(9999.4), '9999 ms');
+  assert.equal(latencyWords(123456), `${F}${F}123 s`);
+  assert.equal(renderStatus({ state: 'ready', lastLatencyMs: 17900 }, true).text, `$(sparkle) Code Llama ready ${F}17.9 s`);
   const loading = renderStatus({ state: 'loading', percentage: 42 }, true);
   assert.equal(loading.text, `$(loading~spin) Code Llama loading 42%${F.repeat(2)}`);
   const busy = renderStatus({ state: 'busy' }, true);
@@ -94,6 +99,25 @@ test('status: rendering per state, in words, at a fixed width', () => {
   const widths = [ready, loading, busy, error, off, renderStatus({ state: 'ready', lastLatencyMs: 12345 }, true), renderStatus({ state: 'loading', percentage: 100 }, true)]
     .map((v) => v.text.slice(v.text.indexOf(' ')).length);
   assert.equal(new Set(widths).size, 1, `widths ${widths}`);
+});
+
+test('status: answers cut by the time budget show as "slow" with the hint, instead of "ready"', () => {
+  const wire = { state: 'ready', model: 'demo', lastLatencyMs: 2004, cutAnswers: 3, slow: 'answers cut at 2.0 s', hint: 'try a smaller model' };
+  const parsed = parseStatus(wire);
+  assert.equal(parsed.slow, 'answers cut at 2.0 s');
+  assert.equal(parsed.hint, 'try a smaller model');
+  assert.equal(parseStatus({ state: 'ready', slow: 7, hint: '' }).slow, undefined, 'not a string');
+  assert.equal(parseStatus({ state: 'ready', slow: '' }).slow, undefined, 'empty');
+  const view = renderStatus(parsed, true);
+  assert.equal(view.text, '$(watch) Code Llama slow: answers cut at 2.0 s');
+  assert.equal(view.severity, 'warning');
+  assert.equal(view.label, 'Code Llama: ready, demo, slow: answers cut at 2.0 s');
+  assert.match(view.tooltip, /Slow: answers cut at 2\.0 s\nTry: try a smaller model/);
+  // "slow" belongs to a ready server: loading, busy, error and "off" keep their own words
+  assert.equal(renderStatus({ ...parsed, state: 'busy' }, true).text.includes('slow'), false);
+  assert.equal(renderStatus(parsed, false).text.includes('slow'), false);
+  // once the answers come whole again the server leaves the field out: "ready" again
+  assert.match(renderStatus(parseStatus({ state: 'ready', lastLatencyMs: 90, cutAnswers: 1 }), true).text, /ready/);
 });
 
 test('events: shown carries sizes only; accepted keeps the request, counts add up', () => {
@@ -122,4 +146,13 @@ test('stderr lines keep the level the server logged them at', () => {
   assert.equal(l.level('  File "x.py", line 1'), 'error');
   assert.equal(l.level('DEBUG:pygls.protocol:Sending data'), 'debug');
   assert.equal(l.level(`INFO ${'x'.repeat(100)} ERROR late in the message`), 'info');
+});
+
+test('events: the rest of a suggestion (typed through, partly accepted) is not counted as shown again', () => {
+  const t = new ShownTracker();
+  assert.equal(t.isNew('file:///a.py', ' width < 0:\n    raise'), true);
+  assert.equal(t.isNew('file:///a.py', ' < 0:\n    raise'), false, 'after Ctrl+Right');
+  assert.equal(t.isNew('file:///a.py', '\n    raise'), false, 'after another');
+  assert.equal(t.isNew('file:///b.py', '\n    raise'), true, 'another file');
+  assert.equal(t.isNew('file:///b.py', 'x = 1'), true, 'another suggestion');
 });

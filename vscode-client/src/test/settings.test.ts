@@ -60,6 +60,17 @@ test('server settings: remote engine settings go to the server; the API key neve
   assert.equal(serverSettings(getter({ engine: 'vllm', requestTimeoutMs: 5 })).engine, undefined);
 });
 
+test('server settings: extra context, exclusions and rules go to the server under its names', () => {
+  const s = serverSettings(getter({ extraContextTokens: 0, exclude: [' *.secret ', '', 3, 'build/*.py'], rules: { parseCheck: false, balance: true, bogus: false, mode: 'no' } }));
+  assert.equal(s.extraContextTokens, 0);
+  assert.deepEqual(s.exclude, ['*.secret', 'build/*.py']);
+  assert.deepEqual(s.rules, { parseCheck: false, balance: true });
+  const none = serverSettings(getter({ extraContextTokens: -1, exclude: 'x', rules: ['parseCheck'] }));
+  assert.equal(none.extraContextTokens, undefined);
+  assert.equal(none.exclude, undefined);
+  assert.equal(none.rules, undefined);
+});
+
 test('per-language enablement: own entry, then "*", then on', () => {
   assert.equal(languageEnabled({ '*': false, python: true }, 'python'), true);
   assert.equal(languageEnabled({ '*': false, python: true }, 'rust'), false);
@@ -81,7 +92,9 @@ test('client switches: debounce and the suggestion list default to what VS Code 
     debounceMs: DEFAULT_DEBOUNCE_MS,
     adaptiveDebounce: true,
     suggestList: false,
+    autoTrigger: true,
   });
+  assert.equal(clientSwitches(getter({ autoTrigger: false })).autoTrigger, false, 'manual mode');
   assert.equal(clientSwitches(getter({ debounceMs: 0 })).debounceMs, 0);
   assert.equal(clientSwitches(getter({ debounceMs: -5 })).debounceMs, DEFAULT_DEBOUNCE_MS);
   assert.equal(clientSwitches(getter({ suggestList: true })).suggestList, true);
@@ -115,6 +128,18 @@ test('launch: context size and GPU layers become server arguments', () => {
   const cmd = { 'server.command': ['/opt/codellama-lsp'] };
   assert.deepEqual(launchSpec(getter({ ...cmd, contextWindow: 8192, gpuLayers: -1, 'server.extraArgs': ['-v'] }), {}).args, ['--stdio', '--n-ctx', '8192', '--n-gpu-layers', '-1', '-v']);
   assert.deepEqual(launchSpec(getter({ ...cmd, contextWindow: 0, gpuLayers: 0 }), {}).args, ['--stdio'], '0 leaves the choice to the server');
+  assert.deepEqual(launchSpec(getter({ ...cmd, contextWindow: 16384, kvType: 'q8_0' }), {}).args, ['--stdio', '--n-ctx', '16384', '--kv-type', 'q8_0']);
+  assert.deepEqual(launchSpec(getter({ ...cmd, kvType: 'f16' }), {}).args, ['--stdio'], 'f16 is the default');
+});
+
+test('launch: remote server, key variable and TLS choice from user settings go on the command line (the server trusts only that)', () => {
+  const cmd = { 'server.command': ['/opt/codellama-lsp'] };
+  assert.deepEqual(
+    launchSpec(getter({ ...cmd, url: ' https://gpu-box:8080 ', apiKeyEnv: 'TEAM_KEY', tlsVerify: false }), {}).args,
+    ['--stdio', '--url', 'https://gpu-box:8080', '--api-key-env', 'TEAM_KEY', '--no-tls-verify'],
+  );
+  assert.deepEqual(launchSpec(getter({ ...cmd, url: '', apiKeyEnv: 'CODELLAMA_API_KEY', tlsVerify: true }), {}).args, ['--stdio']);
+  assert.deepEqual(launchSpec(getter({ ...cmd, apiKeyEnv: 'BAD NAME; rm' }), {}).args, ['--stdio'], 'not a variable name');
 });
 
 test('launch: a Python interpreter wins over the command', () => {

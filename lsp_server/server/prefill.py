@@ -1,0 +1,92 @@
+"""Prefill: evaluate the prompt of a place before the first key asks for it, in the background.
+
+In: a document opened (``didOpen``: its first place, whose prompt starts with the other files' chunks that the
+document's later places share) and an edit at a new place (``didChange`` more than ``NEW_PLACE_LINES`` lines from
+the last edit, or in another document: the request for it follows after the client's debounce). Out: a background
+request to the in-process engine (``GenerationRequest.background``) with the prompt a completion there would have;
+what it evaluates stays in the engine's cache (or its kept prompts) for the request that follows.
+
+It never gets in a request's way: nothing is started while a completion runs, the engine drops a background request
+while a real one waits or runs and stops it between two small chunks when one comes (``engines.llama_cpp``), and
+prompts are built on a worker thread. Remote engines get none (a server would generate for it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+
+from lsprotocol import types
+
+from .. import config, context, pipeline
+from .documents import Documents
+
+log = logging.getLogger("lsp_server.server")
+
+NEW_PLACE_LINES = 32  # an edit this many lines from the last one (or in another document) is at a new place
+PREFILL_BUDGET_S = 120.0  # a prefill's own cap; any real request stops it sooner
+
+
+class Prefilling(Documents):
+    _prefill_task: asyncio.Task[None] | None = None
+    _last_place: tuple[str, int] | None = None
+    prefills = 0  # prefills submitted to the engine
+
+    def paced_settings(self) -> config.Settings:  # events.Events: the settings a request gets now
+        raise NotImplementedError
+
+    def prefill_opened(self, uri: str) -> None:
+        """``uri`` was opened: prefill its first place."""
+        self._prefill(uri, lambda text: 0, "opened")
+
+    def prefill_if_moved(self, uri: str, line: int, character: int) -> None:
+        """An edit that left the cursor at ``line:character`` of ``uri``: prefill there when that is a new place."""
+        last, self._last_place = self._last_place, (uri, line)
+        if last is not None and last[0] == uri and abs(last[1] - line) < NEW_PLACE_LINES:
+            return
+        encoding = self.workspace.position_encoding or types.PositionEncodingKind.Utf16
+        self._prefill(uri, lambda text: context.offset_at(text, line, character, encoding), "edited at a new place")
+
+    def _prefill(self, uri: str, at: Callable[[str], int], why: str) -> None:
+        engine = self.engine
+        doc = self.document(uri)
+        if engine is None or doc is None or engine.info.kind != "llama.cpp" or self._inflight:
+            return
+        if not self.settings.enabled_for(doc.language_id) or self.is_excluded(doc):
+            return  # privacy: an excluded file never reaches a prompt
+        if self._prefill_task is not None and not self._prefill_task.done():
+            self._prefill_task.cancel()
+        text = context.lf_text(doc.source)
+        offset = at(text)
+        settings = self.paced_settings()
+        rid = f"f{next(self._ids)}"
+        extra = self.extra_for(doc, text)
+
+        async def run() -> None:
+            cur = context.cursor(text, offset)
+            request, _ctx = await asyncio.to_thread(
+                pipeline.build_request, engine, text, offset, settings, 1, rid, cur, None, extra
+            )
+            if self._inflight or engine is not self.engine:  # a completion started meanwhile: it goes first
+                return
+            job = engine.submit(replace(request, background=True, time_budget_s=PREFILL_BUDGET_S, request_id=rid))
+            self.prefills += 1
+            try:
+                r = await asyncio.wrap_future(job.future)
+            except asyncio.CancelledError:
+                job.cancel("superseded")
+                raise
+            log.info(
+                "%s prefill %s (%s): stop=%s prompt=%d reused=%d evaluated=%d in %.1f ms",
+                rid, uri.rsplit("/", 1)[-1], why, r.stop, r.prompt_tokens, r.reused_tokens, r.evaluated_tokens, r.prompt_ms,
+            )  # fmt: skip
+
+        self._prefill_task = asyncio.get_running_loop().create_task(run())
+        self._prefill_task.add_done_callback(_log_failure)
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("prefill failed: %s", task.exception())
