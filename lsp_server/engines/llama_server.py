@@ -116,18 +116,18 @@ class LlamaServerEngine(RemoteEngine):
                     if not isinstance(tokens, list):
                         raise Fault(f"expected token ids from {self.where}/completion (return_tokens), got {str(ev)[:80]!r}")
                     gen.tokens.extend(int(t) for t in tokens)
-                    if len(gen.tokens) >= req.max_tokens and not ev.get("stop"):  # a server that ignores n_predict
-                        del gen.tokens[req.max_tokens :]
-                        if self.stop_now(req, gen) is None:
-                            gen.stop = "length"
-                            return
-                    t = ev.get("timings")
+                    t = ev.get("timings")  # first: the event that ends the answer carries the costs too
                     if isinstance(t, dict):
                         if index == 0:  # the first candidate's prompt costs; later ones reuse the whole prompt
                             result.reused_tokens = int(t.get("cache_n") or 0)
                             result.evaluated_tokens = int(t.get("prompt_n") or 0)
                             result.prompt_ms = float(t.get("prompt_ms") or 0.0)
                         gen_ms = float(t.get("predicted_ms") or 0.0)
+                    if len(gen.tokens) >= req.max_tokens and not ev.get("stop"):  # a server that ignores n_predict
+                        del gen.tokens[req.max_tokens :]
+                        if self.stop_now(req, gen) is None:
+                            gen.stop = "length"
+                            return
                     if (why := self.stop_now(req, gen)) is not None:
                         gen.stop = why  # leaving the loop closes the connection: the slot stops generating
                         return
