@@ -222,6 +222,22 @@ def test_a_cut_prompt_is_continued_not_redone(demo: LlamaCppEngine, monkeypatch:
     assert back.evaluated_tokens == cut.prompt_tokens - cut.evaluated_tokens
 
 
+def test_coming_back_when_the_budget_holds_one_prompt() -> None:
+    """A budget of one prompt: going back to A keeps B (the live context) and restores A, whose copy the save of B
+    pushes out of the store; A is put back all the same (once a KeyError: the completion failed)."""
+    e = LlamaCppEngine(DEMO, "demo", EngineOptions(kept_prompts_mib=5))
+    try:
+        a, b = (SOURCE, 5000), (OTHER, 3000)
+        _run(e, *a)
+        _run(e, *b)
+        back = _run(e, *a)
+        assert back.stop != "error" and back.evaluated_tokens <= 8, back
+        assert e.kept.bytes <= 5 << 20 and len(e.kept) == 1
+        assert _run(e, *b).evaluated_tokens <= 8  # and B, kept when A came back
+    finally:
+        e.close()
+
+
 def test_the_memory_budget_is_respected() -> None:
     e = LlamaCppEngine(DEMO, "demo", EngineOptions(kept_prompts_mib=8))
     try:

@@ -452,10 +452,12 @@ class LlamaCppEngine:
                 got = plan(e.tokens, prompt, limit, self._reuse_min, e.index, self._reuse_gap)
                 if got.reused > best.reused + RESTORE_GAIN:
                     best, source = got, key
-        if source is not None or len(live) - best.reused >= SAVE_MIN:
+        # the chosen copy first: saving the live context may drop it from the store (over the budget, or made
+        # redundant by the live copy), and it is still put back from here
+        kept = self._kept.take(source) if source is not None else None
+        if kept is not None or len(live) - best.reused >= SAVE_MIN:
             self._save_live()
-        if source is not None:
-            kept = self._kept.take(source)
+        if kept is not None:
             self._ctx.load_state(kept.state)
             self._live_saved = kept.tokens
             result.restored_tokens = len(kept.tokens)

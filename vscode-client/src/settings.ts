@@ -37,6 +37,7 @@ export interface ServerSettings {
   remoteModel?: string;
   /** tokens of chunks from other open files and recent edits (0: off) */
   extraContextTokens?: number;
+  coldJumpMs?: number;
   /** glob patterns of files that never reach a prompt, on top of the server's built-in list */
   exclude?: string[];
   /** post-processing rules switched off by name (lsp_server/postprocess.py RULES) */
@@ -128,6 +129,8 @@ export function serverSettings(get: ConfigGetter): ServerSettings {
   if (typeof verify === 'boolean') out.tlsVerify = verify;
   const extra = integer(get('extraContextTokens'), 0);
   if (extra !== undefined) out.extraContextTokens = extra;
+  const coldJump = integer(get('coldJumpMs'), 0);
+  if (coldJump !== undefined) out.coldJumpMs = coldJump;
   const exclude = get('exclude');
   if (Array.isArray(exclude)) {
     const patterns = exclude.filter((p): p is string => typeof p === 'string' && p.trim() !== '').map((p) => p.trim());
