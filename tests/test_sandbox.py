@@ -241,23 +241,31 @@ def test_environment_of_this_process_is_not_readable(runner: Runner) -> None:
     env = {"OPENAI_API_KEY": secret, "CODELLAMA_SANDBOX_TEST_SECRET": secret}
     code = """
         import os
+        # anything that looks like a key, anywhere this program can read; what it prints is kept short (the
+        # sandbox keeps the tail of a long output, and a CI machine's other processes have KEY in their
+        # command lines): the test's own two variables first, then a count of the rest
+        names = (b"OPENAI_API_KEY=", b"CODELLAMA_SANDBOX_TEST_SECRET=")
         found = {k: v for k, v in os.environ.items() if "KEY" in k or "SECRET" in k}
+        broad = dict(found)
         for pid in [os.getppid(), 1, *(int(p) for p in os.listdir("/proc") if p.isdigit())]:
             for what in ("environ", "cmdline"):
                 try:
                     data = open(f"/proc/{pid}/{what}", "rb").read()
-                except OSError as e:
-                    print(pid, what, e.strerror)
+                except OSError:
                     continue
                 for item in data.split(b"\\0"):
                     if b"KEY" in item or b"SECRET" in item:
-                        found[f"{pid}/{what}"] = item.decode()
+                        broad[f"{pid}/{what}"] = item.decode(errors="replace")
+                    if item.startswith(names):
+                        found[f"{pid}/{what}"] = item.decode(errors="replace")
         print("found", found)
+        print("anything like a key:", len(broad))
         assert found
         """
     r = runner(code, env=env)
     assert r.status == "failed", r
     assert "found {}" in r.stdout, r.stdout
+    assert "anything like a key: 0" in r.stdout, r.stdout
     assert secret not in r.stdout + r.stderr
     # the same program unconfined finds it (in its parent's /proc/<pid>/environ): the probe itself works
     unconfined = runner(code, env=env, unconfined=True)
