@@ -25,7 +25,7 @@ from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, overrid
 VERSION = 1  # bump when a field changes meaning or goes away; adding an optional field keeps it
 
 STATUS = "codellama/status"  # server -> client notification
-EVENT = "codellama/event"  # client -> server notification: shown / accepted, counted locally only
+EVENT = "codellama/event"  # client -> server notification: shown / accepted (counted locally only), cursor (prefill)
 DOCUMENT_STATE = "codellama/documentState"  # client -> server request: {uri} -> DocumentState | null
 MODELS = "codellama/models"  # client -> server request: {folders?, nCtx?} -> Models (the editors' model pickers)
 
@@ -59,12 +59,23 @@ class Status:
 
 
 @attrs.define(frozen=True)
-class Event:
-    """``codellama/event``: the client reports a suggestion shown or accepted (local statistics only)."""
+class EventPosition:
+    """Where a ``cursor`` event's cursor rests: an LSP position (line, character in the negotiated encoding)."""
 
-    kind: str = "unknown"  # "shown" | "accepted" (anything else is counted as itself)
+    line: int
+    character: int
+
+
+@attrs.define(frozen=True)
+class Event:
+    """``codellama/event``: the client reports a suggestion shown or accepted (local statistics only), or that the
+    cursor rests at a place (``cursor``, with ``uri`` and ``position``: the server prefills that place's prompt).
+    LSP itself tells a server nothing about the cursor until a request comes."""
+
+    kind: str = "unknown"  # "shown" | "accepted" | "cursor" (anything else is counted as itself)
     language_id: str = "unknown"
-    uri: str | None = None  # with "accepted": the document, whose next completion is prefetched
+    uri: str | None = None  # with "accepted": the document, whose next completion is prefetched; with "cursor": where
+    position: EventPosition | None = None  # with "cursor": where the cursor rests
     index: int | None = None  # the item among the candidates
     candidates: int | None = None
     chars: int | None = None  # the suggestion's size (never its text)
@@ -136,7 +147,18 @@ class Models:
     known: list[KnownModel]
 
 
-_OPTIONAL = {"message", "percentage", "uri", "index", "candidates", "chars", "lines", "latency_ms", "error"}  # left out when None
+_OPTIONAL = {
+    "message",
+    "percentage",
+    "uri",
+    "position",
+    "index",
+    "candidates",
+    "chars",
+    "lines",
+    "latency_ms",
+    "error",
+}  # left out when None
 _OPTIONAL |= {"slow", "hint"}  # the status's words while the time budget cuts answers
 
 
@@ -189,6 +211,7 @@ def read_event(params: object) -> Event:
         kind=str(kind or "unknown")[:40],
         language_id=str(language or "unknown")[:40],
         uri=uri if isinstance(uri, str) else None,
+        position=_position(get("position")),
         index=count("index"),
         candidates=count("candidates"),
         chars=count("chars"),
@@ -197,6 +220,17 @@ def read_event(params: object) -> Event:
         if isinstance(latency, (int, float)) and not isinstance(latency, bool) and latency >= 0
         else None,
     )
+
+
+def _position(value: object) -> EventPosition | None:
+    """``{line, character}`` with two integers >= 0, else None."""
+    if value is None:
+        return None
+    get = _getter(value)
+    line, character = get("line"), get("character")
+    if not (isinstance(line, int) and isinstance(character, int)) or isinstance(line, bool) or isinstance(character, bool):
+        return None
+    return EventPosition(line, character) if 0 <= line < 2**31 and 0 <= character < 2**31 else None
 
 
 def read_document_state_params(params: object) -> DocumentStateParams | None:
@@ -238,6 +272,7 @@ __all__ = [
     "DocumentState",
     "DocumentStateParams",
     "Event",
+    "EventPosition",
     "KnownModel",
     "LocalModel",
     "Models",

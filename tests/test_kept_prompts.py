@@ -348,7 +348,7 @@ def test_over_lsp_prefill_kept_prompts_and_the_completion_cache() -> None:
     with RawServer() as s:
         s.initialize(DEMO, {"maxTokens": 8, "timeBudgetMs": 120000, "coldJumpMs": 0})
         opened(s, a, SOURCE)
-        _wait_log(s, "prefill a.py (opened)")
+        _wait_log(s, "prefill a.py (opened): stop=")
         opened(s, b, OTHER)
         # the end of a docstring line, where the demo model has something to say
         line_a, line_b = 60, OTHER[:5000].count("\n")
@@ -374,6 +374,7 @@ def test_over_lsp_prefill_kept_prompts_and_the_completion_cache() -> None:
         assert source in ("model", "none") and evaluated <= 24, s.stderr()[-3000:]
         # an edit far away: a new place, prefilled, then its request reuses what the prefill evaluated
         far = line_a + 200
+        before = s.stderr().count("(edited at a new place): stop=")
         s.notify(
             "textDocument/didChange",
             {
@@ -383,7 +384,86 @@ def test_over_lsp_prefill_kept_prompts_and_the_completion_cache() -> None:
                 ],
             },
         )
-        _wait_log(s, "(edited at a new place)")
+        deadline = time.monotonic() + 300
+        while s.stderr().count("(edited at a new place): stop=") == before:  # this edit's prefill, done
+            assert time.monotonic() < deadline, s.stderr()[-3000:]
+            time.sleep(0.05)
         assert "result" in inline(s, a, far + 1, 0)
         source, evaluated = _log_costs(s.stderr(), "a.py")[-1]
         assert evaluated <= 8, s.stderr()[-3000:]
+
+
+def test_over_lsp_a_resting_cursor_prefills_its_place_and_a_key_stops_it() -> None:
+    """A ``cursor`` event (the clients send one where the cursor rests) at a new place prefills that place before
+    any key: the request there then evaluates a token or two. A key stops a prefill under way (what it evaluated
+    stays: the request continues from there instead of waiting for the prefill to finish); the same place told
+    again, or a place in an excluded file, is not prefilled."""
+    a, secret = "file:///w/a.py", "file:///w/secrets.py"
+    big = SOURCE + OTHER + THIRD  # places far apart: prompts that share little
+    rests = "(cursor rests at a new place)"
+
+    def cursor(s: RawServer, uri: str, line: int, character: int) -> None:
+        s.notify("codellama/event", {"kind": "cursor", "uri": uri, "position": {"line": line, "character": character}})
+
+    def inline(s: RawServer, uri: str, line: int, character: int) -> dict:
+        params = {"textDocument": {"uri": uri}, "position": {"line": line, "character": character}, "context": {"triggerKind": 2}}
+        return s.request("textDocument/inlineCompletion", params, timeout=300)
+
+    def request_costs(stderr: str) -> tuple[int, int, int]:
+        """(prompt, reused, evaluated) of the last completion the model answered for a.py."""
+        found = re.findall(r"r\d+ a\.py: \d item\(s\) from \w+;.*prompt=(\d+) reused=(\d+) evaluated=(\d+)", stderr)
+        assert found, stderr[-3000:]
+        prompt, reused, evaluated = map(int, found[-1])
+        return prompt, reused, evaluated
+
+    def prefill_result(s: RawServer, rid: str) -> tuple[str, int, int, int]:
+        """(stop, prompt, reused, evaluated) of prefill ``rid`` once the engine is done with it."""
+        _wait_log(s, f"{rid} prefill a.py {rests}: stop=", timeout=60)
+        m = re.search(rf"{rid} prefill a\.py [^:]*: stop=(\w+) prompt=(\d+) reused=(\d+) evaluated=(\d+)", s.stderr())
+        assert m, s.stderr()[-3000:]
+        return m.group(1), int(m.group(2)), int(m.group(3)), int(m.group(4))
+
+    with RawServer() as s:
+        s.initialize(DEMO, {"maxTokens": 8, "timeBudgetMs": 120000, "coldJumpMs": 0})
+        s.notify("textDocument/didOpen", {"textDocument": {"uri": a, "languageId": "python", "version": 1, "text": big}})
+        _wait_log(s, "prefill a.py (opened): stop=")
+        # the cursor rests at a new place: prefilled before any key; the request there evaluates a token or two
+        line = 400
+        cursor(s, a, line, 0)
+        _wait_log(s, f"prefill a.py {rests}: stop=length")
+        cursor(s, a, line + 5, 0)  # the same place (within 32 lines): nothing new
+        assert "result" in inline(s, a, line, 0)
+        _prompt, _reused, evaluated = request_costs(s.stderr())
+        assert evaluated <= 4, s.stderr()[-3000:]
+        assert s.stderr().count(f"prefill a.py {rests}: stop=") == 1
+        # an excluded file: never prefilled (its text never reaches a prompt)
+        s.notify("textDocument/didOpen", {"textDocument": {"uri": secret, "languageId": "python", "version": 1, "text": OTHER}})
+        cursor(s, secret, 200, 0)
+        # a key while a prefill is under way: it stops, and the request reuses what it evaluated
+        version, stopped = 1, None
+        for line in (900, 1400, 1900, 2400, 2900):  # a prefill may finish before the key on a fast machine: try again
+            submitted = len(re.findall(rf"prefill a\.py {re.escape(rests)}: \d+ prompt tokens submitted", s.stderr()))
+            cursor(s, a, line, 0)
+            deadline = time.monotonic() + 300
+            while (
+                len(re.findall(rf"(f\d+) prefill a\.py {re.escape(rests)}: \d+ prompt tokens submitted", s.stderr())) == submitted
+            ):
+                assert time.monotonic() < deadline, s.stderr()[-3000:]
+                time.sleep(0.002)
+            time.sleep(0.05)  # (not a timed assertion: the prefill gets some chunks done before the key, or none)
+            version += 1
+            key = {"range": {"start": {"line": line, "character": 0}, "end": {"line": line, "character": 0}}, "text": "x"}
+            s.notify("textDocument/didChange", {"textDocument": {"uri": a, "version": version}, "contentChanges": [key]})
+            assert "result" in inline(s, a, line, 1)
+            rid = re.findall(rf"(f\d+) prefill a\.py {re.escape(rests)}: \d+ prompt tokens submitted", s.stderr())[-1]
+            stop, pre_prompt, pre_reused, pre_evaluated = prefill_result(s, rid)
+            if stop == "superseded":
+                stopped = (pre_prompt, pre_reused, pre_evaluated, *request_costs(s.stderr()))
+                break
+        assert stopped is not None, "every prefill finished before the key came"
+        pre_prompt, pre_reused, pre_evaluated, _prompt, reused, _evaluated = stopped
+        # the request did not wait for the rest of the prefill (it stopped short of its prompt), and reused what it
+        # evaluated (the key changed the prompt's last tokens only: the prefix ends at the cursor)
+        assert pre_reused + pre_evaluated < pre_prompt, stopped
+        assert reused >= pre_reused + pre_evaluated - 16, (stopped, s.stderr()[-3000:])
+        assert "prefill secrets.py" not in s.stderr()

@@ -89,12 +89,29 @@ def test_the_neovim_status_reader_reads_only_schema_fields() -> None:
 def test_the_clients_send_only_event_fields_the_server_reads() -> None:
     schema = set(messages.schema()[messages.EVENT])
     ts = (ROOT / "vscode-client/src/events.ts").read_text(encoding="utf-8")
-    interface = ts[ts.index("export interface CompletionEvent") :]
-    interface = interface[: interface.index("}")]
-    sent_ts = set(re.findall(r"^\s*(\w+)\??:", interface, re.M))
-    assert sent_ts and sent_ts <= schema, sent_ts - schema
+    sent_ts: dict[str, set[str]] = {}
+    for name in ("CompletionEvent", "CursorEvent"):  # shown/accepted, and where the cursor rests
+        interface = ts[ts.index(f"export interface {name}") :]
+        interface = interface[: interface.index("\n}")]
+        sent_ts[name] = set(re.findall(r"^  (\w+)\??:", interface, re.M))
+        assert sent_ts[name] and sent_ts[name] <= schema, (name, sent_ts[name] - schema)
+    assert {"kind", "uri", "position"} <= sent_ts["CursorEvent"]
     lua = (ROOT / "nvim-client/lua/codellama/init.lua").read_text(encoding="utf-8")
-    call = lua[lua.index("'codellama/event', {") :]
-    call = call[: call.index("})")]
-    sent_lua = set(re.findall(r"^\s*(\w+) =", call, re.M))
-    assert sent_lua and sent_lua <= schema, sent_lua - schema
+    calls = lua.split("'codellama/event', {")[1:]
+    assert len(calls) == 2, "expected the Neovim plugin's two events (shown/accepted, cursor)"
+    for call in calls:
+        call = call[: call.index("})")]
+        sent_lua = set(re.findall(r"^\s*(\w+) =", call, re.M))
+        assert sent_lua and sent_lua <= schema, sent_lua - schema
+    assert "position" in sent_lua  # the second: cursor
+
+
+def test_a_cursor_event_is_read_with_its_position() -> None:
+    e = messages.read_event(
+        {"kind": "cursor", "languageId": "python", "uri": "file:///a.py", "position": {"line": 3, "character": 4}}
+    )
+    assert e == messages.Event(kind="cursor", language_id="python", uri="file:///a.py", position=messages.EventPosition(3, 4))
+    assert messages.to_wire(e)["position"] == {"line": 3, "character": 4}
+    for bad in ({"line": -1, "character": 0}, {"line": 1}, {"line": True, "character": 0}, "3:4", [3, 4]):
+        assert messages.read_event({"kind": "cursor", "position": bad}).position is None, bad
+    assert "position" not in messages.to_wire(messages.Event(kind="shown"))

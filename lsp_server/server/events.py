@@ -1,10 +1,10 @@
 """What the editor tells besides documents: each change's typing rhythm and edited region, shown/accepted events,
-and the prefetch of the next completion once a suggestion is accepted.
+where the cursor rests, and the prefetch of the next completion once a suggestion is accepted.
 
 In: ``didChange`` params after pygls applied them, ``codellama/event`` (``messages.Event``). Out: the pacer's
 rhythm (time budget, advised debounce), the ring of edited regions (``neighbors``), local counts that ride along
-in the status (nothing is sent anywhere), and a prefetch (``prefetch.Prefetcher``) whose answer a request for the
-same place joins.
+in the status (nothing is sent anywhere), a prefetch (``prefetch.Prefetcher``) whose answer a request for the
+same place joins, and prefills (``prefill``): of a place where the cursor rests, stopped by any key.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ class Events(Prefilling):
         when the change is an accepted suggestion."""
         uri = params.text_document.uri
         self.pacer.keystroke(uri)
+        self.cancel_prefill()  # any key: a prefill never competes with typing (what it evaluated stays)
         doc = self.workspace.text_documents.get(uri)
         if doc is None or self.is_excluded(doc):
             return
@@ -45,7 +46,12 @@ class Events(Prefilling):
         self.prefill_opened(uri)
 
     def event(self, event: messages.Event) -> None:
-        """A shown/accepted event counted; an accepted one with its document starts the next completion."""
+        """A shown/accepted event counted; an accepted one with its document starts the next completion; a cursor
+        resting at a new place prefills it."""
+        if event.kind == "cursor":
+            if event.uri is not None and event.position is not None and self.document(event.uri) is not None:
+                self.prefill_if_moved(event.uri, event.position.line, event.position.character, "cursor rests at a new place")
+            return
         self.events[(event.kind, event.language_id)] += 1
         log.debug("event %s (%s): %d so far", event.kind, event.language_id, self.events[(event.kind, event.language_id)])
         doc = self.document(event.uri) if event.kind == "accepted" and event.uri is not None else None

@@ -1,19 +1,24 @@
 """Prefill: evaluate the prompt of a place before the first key asks for it, in the background.
 
 In: a document opened (``didOpen``: its first place, whose prompt starts with the other files' chunks that the
-document's later places share) and an edit at a new place (``didChange`` more than ``NEW_PLACE_LINES`` lines from
-the last edit, or in another document: the request for it follows after the client's debounce). Out: a background
-request to the in-process engine (``GenerationRequest.background``) with the prompt a completion there would have;
-what it evaluates stays in the engine's cache (or its kept prompts) for the request that follows.
+document's later places share), the cursor resting at a new place (the clients' ``codellama/event`` of kind
+``cursor``: LSP sends no cursor moves, so the editors say where the cursor rests, before the first key there) and
+an edit at a new place (``didChange``: the request for it follows after the client's debounce). A place is new when
+it is more than ``NEW_PLACE_LINES`` lines from the last place (cursor or edit) or in another document. Out: a
+background request to the in-process engine (``GenerationRequest.background``) with the prompt a completion there
+would have; what it evaluates stays in the engine's cache (or its kept prompts) for the request that follows.
 
-It never gets in a request's way: nothing is started while a completion runs, the engine drops a background request
-while a real one waits or runs and stops it between two small chunks when one comes (``engines.llama_cpp``), and
-prompts are built on a worker thread. Remote engines get none (a server would generate for it).
+It never gets in a request's way: nothing is started while a completion runs, any key stops it (``cancel_prefill``:
+what it evaluated stays, and the request continues from there), the engine drops a background request while a real
+one waits or runs and stops it between two small chunks when one comes (``engines.llama_cpp``), and prompts are
+built on a worker thread. Excluded files and disabled languages get none; remote engines neither (a server would
+generate for it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 from collections.abc import Callable
 from dataclasses import replace
@@ -21,6 +26,7 @@ from dataclasses import replace
 from lsprotocol import types
 
 from .. import config, context, pipeline
+from ..engines import GenerationResult
 from .documents import Documents
 
 log = logging.getLogger("lsp_server.server")
@@ -41,13 +47,19 @@ class Prefilling(Documents):
         """``uri`` was opened: prefill its first place."""
         self._prefill(uri, lambda text: 0, "opened")
 
-    def prefill_if_moved(self, uri: str, line: int, character: int) -> None:
-        """An edit that left the cursor at ``line:character`` of ``uri``: prefill there when that is a new place."""
+    def prefill_if_moved(self, uri: str, line: int, character: int, why: str = "edited at a new place") -> None:
+        """The cursor is at ``line:character`` of ``uri`` (after an edit, or resting there): prefill there when that
+        is a new place."""
         last, self._last_place = self._last_place, (uri, line)
         if last is not None and last[0] == uri and abs(last[1] - line) < NEW_PLACE_LINES:
             return
         encoding = self.workspace.position_encoding or types.PositionEncodingKind.Utf16
-        self._prefill(uri, lambda text: context.offset_at(text, line, character, encoding), "edited at a new place")
+        self._prefill(uri, lambda text: context.offset_at(text, line, character, encoding), why)
+
+    def cancel_prefill(self) -> None:
+        """A key: the prefill running stops (between two chunks; what it evaluated stays for the request)."""
+        if self._prefill_task is not None and not self._prefill_task.done():
+            self._prefill_task.cancel()
 
     def _prefill(self, uri: str, at: Callable[[str], int], why: str) -> None:
         engine = self.engine
@@ -63,6 +75,7 @@ class Prefilling(Documents):
         settings = self.paced_settings()
         rid = f"f{next(self._ids)}"
         extra = self.extra_for(doc, text)
+        name = uri.rsplit("/", 1)[-1]
 
         async def run() -> None:
             cur = context.cursor(text, offset)
@@ -73,18 +86,27 @@ class Prefilling(Documents):
                 return
             job = engine.submit(replace(request, background=True, time_budget_s=PREFILL_BUDGET_S, request_id=rid))
             self.prefills += 1
-            try:
-                r = await asyncio.wrap_future(job.future)
+            log.info("%s prefill %s (%s): %d prompt tokens submitted", rid, name, why, len(request.prompt))
+            # logged when the engine is done with it, also when a key stopped it: what it evaluated is counted
+            job.future.add_done_callback(lambda f: _log_result(rid, name, why, f))
+            try:  # shielded: a cancelled wait must not cancel the engine's future, whose result says what was evaluated
+                await asyncio.shield(asyncio.wrap_future(job.future))
             except asyncio.CancelledError:
                 job.cancel("superseded")
                 raise
-            log.info(
-                "%s prefill %s (%s): stop=%s prompt=%d reused=%d evaluated=%d in %.1f ms",
-                rid, uri.rsplit("/", 1)[-1], why, r.stop, r.prompt_tokens, r.reused_tokens, r.evaluated_tokens, r.prompt_ms,
-            )  # fmt: skip
 
         self._prefill_task = asyncio.get_running_loop().create_task(run())
         self._prefill_task.add_done_callback(_log_failure)
+
+
+def _log_result(rid: str, name: str, why: str, done: concurrent.futures.Future[GenerationResult]) -> None:
+    if done.cancelled() or done.exception() is not None:
+        return  # the task's own failure log says why
+    r = done.result()
+    log.info(
+        "%s prefill %s (%s): stop=%s prompt=%d reused=%d evaluated=%d in %.1f ms",
+        rid, name, why, r.stop, r.prompt_tokens, r.reused_tokens, r.evaluated_tokens, r.prompt_ms,
+    )  # fmt: skip
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

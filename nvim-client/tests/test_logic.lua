@@ -214,4 +214,11 @@ T.test(':CodellamaModel choices from the server\'s codellama/models answer', fun
   T.eq(L.format_bytes(36879616), '37 MB')
 end)
 
+T.test('a cursor event only when the cursor rests on another row or buffer', function()
+  T.eq(L.cursor_moved(nil, 'file:///a.py', 3), true, 'nothing told yet')
+  T.eq(L.cursor_moved({ uri = 'file:///a.py', row = 3 }, 'file:///a.py', 3), false, 'the same row')
+  T.eq(L.cursor_moved({ uri = 'file:///a.py', row = 3 }, 'file:///a.py', 4), true, 'another row')
+  T.eq(L.cursor_moved({ uri = 'file:///a.py', row = 3 }, 'file:///b.py', 3), true, 'another buffer')
+end)
+
 T.finish()

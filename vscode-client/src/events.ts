@@ -1,9 +1,11 @@
 /**
- * Shown/accepted events -> the `codellama/event` notifications the server counts locally.
+ * Shown/accepted events -> the `codellama/event` notifications the server counts locally; where the cursor
+ * rests -> `cursor` events, whose place the server prefills.
  *
- * In: the completion items VS Code received for a request, and the acceptance command VS Code runs when
- * the user takes one. Out: `{kind, languageId, chars, lines, latencyMs?, index?}` payloads. Only sizes
- * and the language are reported, never the text, and they go to the local server only.
+ * In: the completion items VS Code received for a request, the acceptance command VS Code runs when
+ * the user takes one, and the cursor of the active editor. Out: `{kind, languageId, chars, lines, latencyMs?,
+ * index?}` payloads (only sizes and the language, never the text, to the local server only), and
+ * `{kind: 'cursor', languageId, uri, position}` when the cursor rests on a line it was not on before.
  */
 export const EVENT_METHOD = 'codellama/event';
 export const ACCEPT_COMMAND = 'codellama.accepted';
@@ -18,6 +20,34 @@ export interface CompletionEvent {
   lines: number;
   latencyMs?: number;
   uri?: string;
+}
+
+/** The cursor rests at `position` of `uri`: the server evaluates that place's prompt before the first key. */
+export interface CursorEvent {
+  kind: 'cursor';
+  languageId: string;
+  uri: string;
+  position: { line: number; character: number };
+}
+
+/**
+ * Which resting cursors to tell the server: not the line last told (typing moves the cursor on every key;
+ * the server itself ignores places near the last one).
+ */
+export class CursorTracker {
+  private last: { uri: string; line: number } | undefined;
+
+  /** The event for a cursor resting at `line:character` of `uri`, or undefined when it is on the line last told. */
+  rests(uri: string, languageId: string, line: number, character: number): CursorEvent | undefined {
+    if (this.last !== undefined && this.last.uri === uri && this.last.line === line) return undefined;
+    this.last = { uri, line };
+    return { kind: 'cursor', languageId, uri, position: { line, character } };
+  }
+
+  /** A new server knows no place yet. */
+  reset(): void {
+    this.last = undefined;
+  }
 }
 
 export function describeText(text: string): { chars: number; lines: number } {

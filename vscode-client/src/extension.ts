@@ -4,7 +4,9 @@
  * In: the `codellama.*` settings and the user's commands. Out: a running `codellama-lsp --stdio` (through
  * vscode-languageclient, which registers the inline-completion provider the server advertises), one log
  * channel that also receives the server's stderr, a status item fed by `codellama/status`, and
- * `codellama/event` notifications (shown/accepted) for the server's local statistics.
+ * `codellama/event` notifications: shown/accepted for the server's local statistics, and where the cursor rests
+ * (`cursor`, ~300 ms after the selection stops moving or an editor becomes active), so that the server evaluates
+ * that place's prompt before the first key there.
  *
  * The extension is deliberately thin: all completion logic lives in the server. What it adds is the
  * client-side switch (toggle, per-language enablement, applied before any request is made and sent to the
@@ -30,7 +32,16 @@ import {
   TransportKind,
 } from 'vscode-languageclient/node';
 import { RestartPolicy } from './backoff';
-import { ACCEPT_COMMAND, CompletionEvent, EVENT_METHOD, EventCounter, ShownTracker, acceptedEvent, shownEvent } from './events';
+import {
+  ACCEPT_COMMAND,
+  CompletionEvent,
+  CursorTracker,
+  EVENT_METHOD,
+  EventCounter,
+  ShownTracker,
+  acceptedEvent,
+  shownEvent,
+} from './events';
 import { LaunchError, type SearchPlaces, launchSpec } from './launch';
 import { StderrLeveler } from './logLevel';
 import { MODELS_METHOD, type PickerEntry, parseModels, pickerEntries } from './modelPicker';
@@ -39,6 +50,10 @@ import { RESTART_KEYS, clientSwitches, effectiveDebounceMs, languageEnabled, ser
 import { ServerStatus, parseStatus, renderStatus } from './status';
 
 const SECTION = 'codellama';
+/** How long the cursor must rest before the server is told where (it then prefills that place). */
+const CURSOR_REST_MS = 300;
+/** The documents the client attaches (its documentSelector's schemes): only they get cursor events. */
+const SCHEMES = ['file', 'untitled', 'vscode-notebook-cell'];
 const STATUS_METHOD = 'codellama/status';
 
 let manager: ServerManager | undefined;
@@ -56,6 +71,8 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
     vscode.commands.registerCommand('codellama.statusMenu', () => statusMenu()),
     vscode.commands.registerCommand(ACCEPT_COMMAND, (event: CompletionEvent) => manager?.report(event)),
     vscode.workspace.onDidChangeConfiguration((e) => manager?.configurationChanged(e)),
+    vscode.window.onDidChangeTextEditorSelection((e) => manager?.cursorMoved(e.textEditor)),
+    vscode.window.onDidChangeActiveTextEditor((editor) => editor && manager?.cursorMoved(editor)),
   );
   await manager.start();
 }
@@ -91,6 +108,8 @@ class ServerManager {
   private status: ServerStatus = { state: 'stopped' };
   private readonly counter = new EventCounter();
   private readonly shownTracker = new ShownTracker();
+  private readonly cursorTracker = new CursorTracker();
+  private cursorTimer: NodeJS.Timeout | undefined;
   private restartTimer: NodeJS.Timeout | undefined;
   private stopping = false;
 
@@ -155,7 +174,7 @@ class ServerManager {
     const clientOptions: LanguageClientOptions = {
       // Notebook code cells too: each cell is a document of its own to the server, which takes the other
       // open cells as extra context like other open files (and their languageId for the syntax rules).
-      documentSelector: [{ scheme: 'file' }, { scheme: 'untitled' }, { scheme: 'vscode-notebook-cell' }],
+      documentSelector: SCHEMES.map((scheme) => ({ scheme })),
       initializationOptions: settings,
       outputChannel: this.log,
       traceOutputChannel: this.log,
@@ -217,6 +236,7 @@ class ServerManager {
     const client = new CodeLlamaClient('codellama', 'Code Llama', serverOptions, clientOptions);
     client.onNotification(STATUS_METHOD, (params: unknown) => this.setStatus(parseStatus(params)));
     this.client = client;
+    this.cursorTracker.reset();
     this.stopping = false;
     this.setStatus({ state: 'starting', model: settings.model });
     this.log.info(`starting server: ${spec.command} ${spec.args.join(' ')} (model ${settings.model})`);
@@ -293,6 +313,24 @@ class ServerManager {
     }
   }
 
+  /**
+   * The cursor moved (or an editor became active): once it rests CURSOR_REST_MS, tell the server where, for a
+   * document whose ghost text is on (the server prefills that place; any key stops it).
+   */
+  cursorMoved(editor: vscode.TextEditor): void {
+    clearTimeout(this.cursorTimer);
+    this.cursorTimer = setTimeout(() => {
+      if (vscode.window.activeTextEditor !== editor || !this.client?.isRunning()) return;
+      const document = editor.document;
+      const switches = clientSwitches((k) => this.config().get(k));
+      if (!switches.enable || !languageEnabled(switches.enabledLanguages, document.languageId)) return;
+      if (!SCHEMES.includes(document.uri.scheme)) return;
+      const at = editor.selection.active;
+      const event = this.cursorTracker.rests(document.uri.toString(), document.languageId, at.line, at.character);
+      if (event) this.client.sendNotification(EVENT_METHOD, event).catch(() => undefined);
+    }, CURSOR_REST_MS);
+  }
+
   configurationChanged(e: vscode.ConfigurationChangeEvent): void {
     if (!e.affectsConfiguration(SECTION)) return;
     if (RESTART_KEYS.some((k) => e.affectsConfiguration(`${SECTION}.${k}`))) {
@@ -314,6 +352,7 @@ class ServerManager {
 
   async dispose(): Promise<void> {
     clearTimeout(this.restartTimer);
+    clearTimeout(this.cursorTimer);
     await this.stop();
   }
 

@@ -39,6 +39,10 @@ local defaults = {
   completion_items = false,
   -- Typing faster than this (about 7 keys a second) sends no request until the pause after the last key.
   debounce_ms = 150,
+  -- Where the cursor rests this long (ms) in a buffer with completions on, the server is told (a `cursor`
+  -- event) and evaluates that place's prompt in the background, so the first key there answers sooner.
+  -- 0 turns it off.
+  cursor_event_ms = 300,
   -- Wait longer than debounce_ms when the server's status advises it (its answers take longer than the
   -- gaps between keys); the advice never shortens debounce_ms.
   adaptive_debounce = true,
@@ -70,6 +74,8 @@ local state = {
   enabled = true,
   ns = nil,
   timer = nil,
+  cursor_timer = nil, -- the debounce of `cursor` events
+  last_cursor = nil, -- {uri, row}: the place last told in a `cursor` event
   suggestion = nil, -- {bufnr, s = logic suggestion, items, index, request_seq}
   seq = 0,
   counts = { shown = 0, accepted = 0, requests = 0 }, -- requests: completion requests sent to the server
@@ -234,6 +240,42 @@ local function report(kind, bufnr, s, items, index, latency)
       latencyMs = latency,
     })
   end
+end
+
+--- The cursor moved in `bufnr`: once it rests there `cursor_event_ms`, tell the server where (a `cursor` event:
+--- the server prefills that place's prompt; any key stops it). Only for buffers with completions on.
+local function cursor_rests(bufnr)
+  local wait = state.opts.cursor_event_ms
+  if type(wait) ~= 'number' or wait <= 0 then
+    return
+  end
+  if not state.cursor_timer then
+    state.cursor_timer = vim.loop.new_timer()
+  end
+  state.cursor_timer:stop()
+  state.cursor_timer:start(wait, 0, vim.schedule_wrap(function()
+    if not vim.api.nvim_buf_is_valid(bufnr) or vim.api.nvim_get_current_buf() ~= bufnr then
+      return
+    end
+    local client = M.client()
+    if not client or not state.enabled or not wants(bufnr) then
+      return
+    end
+    local cur = vim.api.nvim_win_get_cursor(0)
+    local uri = vim.uri_from_bufnr(bufnr)
+    if not logic.cursor_moved(state.last_cursor, uri, cur[1] - 1) then
+      return
+    end
+    state.last_cursor = { uri = uri, row = cur[1] - 1 }
+    local line = vim.api.nvim_buf_get_lines(bufnr, cur[1] - 1, cur[1], false)[1] or ''
+    local character = logic.to_units(line, cur[2], client.offset_encoding or 'utf-16')
+    notify(client, 'codellama/event', {
+      kind = 'cursor',
+      languageId = vim.bo[bufnr].filetype,
+      uri = uri,
+      position = { line = cur[1] - 1, character = character },
+    })
+  end))
 end
 
 local function show(bufnr, items, index, latency)
@@ -724,6 +766,16 @@ local function on_attach(client, bufnr)
       vim.bo[bufnr].omnifunc = 'v:lua.codellama_omnifunc'
     end
   end)
+  -- Where the cursor rests (LSP tells the server nothing about it): the server prefills that place.
+  local rgroup = vim.api.nvim_create_augroup('codellama_cursor_' .. bufnr, { clear = true })
+  vim.api.nvim_create_autocmd({ 'CursorMoved', 'CursorMovedI', 'BufEnter' }, {
+    group = rgroup,
+    buffer = bufnr,
+    callback = function()
+      cursor_rests(bufnr)
+    end,
+  })
+  cursor_rests(bufnr)
   local cgroup = vim.api.nvim_create_augroup('codellama_complete_' .. bufnr, { clear = true })
   vim.api.nvim_create_autocmd('CompleteDone', { group = cgroup, buffer = bufnr, callback = complete_done })
   vim.api.nvim_create_autocmd('InsertLeave', { group = cgroup, buffer = bufnr, callback = restore_menu })
@@ -848,6 +900,7 @@ end
 --- Starts a server and attaches every buffer the last one had (and the current one).
 function M.restart_now()
   state.status = nil
+  state.last_cursor = nil -- a new server knows no place yet
   local any = false
   for b in pairs(state.buffers) do
     if vim.api.nvim_buf_is_valid(b) then

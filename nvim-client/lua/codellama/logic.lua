@@ -265,6 +265,13 @@ function M.debounce_ms(configured, status, adaptive)
   return math.max(configured, math.min(math.floor(advised + 0.5), M.MAX_ADVISED_DEBOUNCE_MS))
 end
 
+--- Whether a cursor resting on `row` of `uri` is news for the server (a `cursor` event, whose place it
+--- prefills before the first key there). In: the last place told ({uri, row} or nil). Out: false on the row
+--- last told (typing moves the cursor on every key; the server itself ignores places near the last one).
+function M.cursor_moved(last, uri, row)
+  return type(last) ~= 'table' or last.uri ~= uri or last.row ~= row
+end
+
 --- `text` cut to `width` characters from the right, with "..." where it was cut (the start, where the
 --- state is, always stays).
 function M.truncate(text, width)

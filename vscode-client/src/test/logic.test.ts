@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { RestartPolicy } from '../backoff';
-import { EventCounter, ShownTracker, acceptedEvent, describeText, shownEvent } from '../events';
+import { CursorTracker, EventCounter, ShownTracker, acceptedEvent, describeText, shownEvent } from '../events';
 import { modelLabel, parseModelSpec } from '../modelSpec';
 import { StderrLeveler } from '../logLevel';
 import { latencyWords, parseStatus, renderStatus } from '../status';
@@ -155,4 +155,19 @@ test('events: the rest of a suggestion (typed through, partly accepted) is not c
   assert.equal(t.isNew('file:///a.py', '\n    raise'), false, 'after another');
   assert.equal(t.isNew('file:///b.py', '\n    raise'), true, 'another file');
   assert.equal(t.isNew('file:///b.py', 'x = 1'), true, 'another suggestion');
+});
+
+test('a cursor event when the cursor rests on a line not told before', () => {
+  const t = new CursorTracker();
+  assert.deepEqual(t.rests('file:///a.py', 'python', 3, 4), {
+    kind: 'cursor',
+    languageId: 'python',
+    uri: 'file:///a.py',
+    position: { line: 3, character: 4 },
+  });
+  assert.equal(t.rests('file:///a.py', 'python', 3, 9), undefined, 'typing on the same line');
+  assert.equal(t.rests('file:///a.py', 'python', 90, 0)?.position.line, 90, 'another line');
+  assert.equal(t.rests('file:///b.py', 'python', 90, 0)?.uri, 'file:///b.py', 'another file');
+  t.reset();
+  assert.notEqual(t.rests('file:///b.py', 'python', 90, 0), undefined, 'a new server is told again');
 });
