@@ -13,7 +13,10 @@ its indentation with it, as editors auto-indent), ``--keys`` keys per visit at a
 (Tab: the suggestion is inserted) whenever it is exactly the real code that comes next. Every key is one completion
 request, sent after the previous answer came (editors debounce ~50-100 ms, a typist's keys come 60-200 ms apart:
 every key gets its request); the next key waits for the answer, so every request's costs are counted, none is
-cancelled. Between two visits the user pauses (``--visit-pause``): time a server may use in the background.
+cancelled. Between two visits the user moves (``--visit-pause``, 2 s); when the cursor arrives at the place, the person
+looks before typing (``--rest``, 1 s): the editor client tells our server where the cursor rests (the ``cursor``
+event, after the clients' 300 ms debounce) and the server prefills that place. Both are time a server may use in the
+background; the peer gets the same pauses and does in them what llama.vscode does.
 
 Sides (``--sides``), asked in turn for every request (which goes first rotates: the machine's load changes from
 minute to minute), on the same documents:
@@ -26,17 +29,22 @@ minute to minute), on the same documents:
   same context size) asked the way llama.vscode asks it: ``POST /infill`` with ``input_prefix`` (the 256 lines before the
   cursor's line), ``prompt`` (the line up to the cursor), ``input_suffix`` (the rest of the line and 64 lines),
   ``input_extra`` (llama.vscode's ring: 32-line chunks - ``ring_chunk_size`` 64 / 2 - picked at random from the region
-  around the cursor when a file becomes active and unmodified, and from beyond the prefix/suffix windows when the
-  cursor moved more than 32 lines; queued, and moved into the ring of at most 16 one per idle tick, each move followed
-  by a background request with ``n_predict`` 0 that evaluates the new ring - one tick per visit pause here),
-  ``cache_prompt``, ``n_predict`` 8; its costs are ``timings.prompt_n`` (evaluated) and ``cache_n``;
+  around the cursor when a file becomes active and unmodified - its ``onDidChangeActiveTextEditor`` picks twice, for
+  the "previous" editor and the new one, and both are the new one, as ``activeTextEditor`` has changed already - and
+  from beyond the prefix/suffix windows when the cursor moved more than 32 lines; queued, and moved into the ring of
+  at most 16 by a 1 s timer, one chunk per tick, only once 3 s have passed since the last completion started, each
+  move followed by a background ``/infill`` with ``n_predict`` 0 that evaluates the new ring), ``cache_prompt``,
+  ``n_predict`` 8; its costs are ``timings.prompt_n`` (evaluated) and ``cache_n``. llama.vscode does nothing when the
+  cursor moves or rests (no selection handler; its chunks are picked on completions, file switches and saves);
+  not modelled: its completion cache and its request for the suggestion after the one shown (both on keys, not jumps);
 - ``ours:PATH``: the same from another checkout (a branch beside main, in the same run);
 - ``remote`` / ``remote:N``: ``codellama-lsp --engine llama-server`` against its own llama-server (``--remote-slots``
   slots; the server picks the slot by similarity, or slot N is pinned), the costs again from our log (the server's
   own ``prompt_n``), the RSS of both processes.
 
-Per side: prompt tokens evaluated per jump (the first request of a visit; first visits and revisits apart) and per
-keystroke, p50/p95 latency of both (client-side, request to answer), suggestions shown and taken, background tokens,
+Per side: prompt tokens evaluated per jump (the first request of a visit; first visits and revisits apart: what the
+user waits for), apart from them the tokens evaluated in the background before that request (our prefill, the peer's
+ring updates), and per keystroke, p50/p95 latency of both (client-side, request to answer), suggestions shown and taken, background tokens,
 and memory: the process's RSS (with its llama-server for ``remote``), and the engine's own log line about kept
 prompts when it writes one. The targets of issue 21 are printed under each table: per jump at most 0.25x the peer's
 evaluated tokens, per key at most 2, key p50 at most 1.0x the peer's, a revisit evaluating a few tokens.
@@ -50,6 +58,7 @@ import argparse
 import ast
 import asyncio
 import json
+import math
 import os
 import random
 import re
@@ -75,6 +84,8 @@ N_PREDICT = 8
 N_PREFIX, N_SUFFIX = 256, 64
 RING_N_CHUNKS, RING_CHUNK_SIZE, RING_SCOPE = 16, 64, 1024
 MAX_LAST_PICK_LINE_DISTANCE = 32
+RING_UPDATE_S, RING_UPDATE_MIN_S = 1.0, 3.0  # ring_update_ms; RING_UPDATE_MIN_TIME_LAST_COMPL
+CURSOR_DEBOUNCE_S = 0.3  # our clients tell the server where the cursor rests after it rested this long
 # -n: the server's n_predict, which /infill's cut of the extra chunks counts (n_ctx - n_batch - 2 n_predict); left at
 # -1 the cut overflows a 4,096-token model by a few tokens and the request is refused (the context of a slot is capped
 # at the model's training context), so it says what the requests ask for
@@ -274,6 +285,7 @@ class Request:
     prompt: int
     shown: str  # the text the suggestion adds after the cursor ("" when none)
     source: str = "model"
+    background: int = 0  # prompt tokens evaluated in the background since the request before (prefill, ring updates)
 
 
 @dataclass
@@ -333,6 +345,13 @@ class LspSide:
 
         self._versions[uri] += 1
         insert(self.client, uri, line, col, text, self._versions[uri])
+
+    def cursor(self, uri: str, doc: str, offset: int) -> None:
+        """The editor client's ``cursor`` event: the cursor rests at ``offset`` (the server prefills that place)."""
+        line, col = position(doc, offset)
+        self.client.protocol.notify(
+            "codellama/event", {"kind": "cursor", "uri": uri, "position": {"line": line, "character": col}}
+        )
 
     async def ask(self, uri: str, doc: str, offset: int) -> tuple[float, str, dict[str, Any]]:
         from tests.fixtures.lsp_client import inline
@@ -410,6 +429,10 @@ class InfillSide:
         self.chunk_lines: list[list[str]] = []
         self.queued: list[tuple[dict[str, Any], list[str]]] = []
         self.last_line_pick = -9999
+        self.last_start = time.perf_counter()  # when the last completion started (ring updates wait 3 s after it)
+        self.timer_origin = time.perf_counter() + self.rng.random()  # the 1 s ring timer (setInterval) fires from here
+        self.last_tick = -1
+        self.ticks: list[asyncio.Task[None]] = []
 
     def pick_chunk(self, lines: list[str], filename: str, evict: bool) -> None:
         if len(lines) < 3:
@@ -432,13 +455,32 @@ class InfillSide:
         self.queued.append(({"text": text, "time": int(time.time() * 1000), "filename": filename}, new))
 
     def activated(self, doc: str, filename: str, line: int, dirty: bool) -> None:
-        """The file became the active editor: llama.vscode picks a chunk around the cursor (unmodified files only)."""
+        """The file became the active editor: llama.vscode picks a chunk around the cursor (unmodified files only),
+        twice (for the "previous" editor, which is the new one by then, and for the new one)."""
         if dirty:
             return
         lines = doc.split("\n")
-        self.pick_chunk(
-            lines[max(0, line - RING_CHUNK_SIZE // 2) : min(line + RING_CHUNK_SIZE // 2, len(lines) - 1) + 1], filename, True
-        )
+        for _ in range(2):
+            self.pick_chunk(
+                lines[max(0, line - RING_CHUNK_SIZE // 2) : min(line + RING_CHUNK_SIZE // 2, len(lines) - 1) + 1], filename, True
+            )
+
+    async def idle(self, seconds: float) -> None:
+        """The user is idle for ``seconds``: llama.vscode's 1 s ring timer fires, and moves a queued chunk into the
+        ring (with its background request) on each tick 3 s or more after the last completion started."""
+        end = time.perf_counter() + seconds
+        while True:
+            now = time.perf_counter()
+            due = max(now, self.last_start + RING_UPDATE_MIN_S)
+            k = max(self.last_tick + 1, math.ceil((due - self.timer_origin) / RING_UPDATE_S))
+            tick = self.timer_origin + k * RING_UPDATE_S
+            if tick >= end:
+                await asyncio.sleep(max(0.0, end - now))
+                return
+            await asyncio.sleep(max(0.0, tick - now))
+            self.last_tick = k
+            if self.queued:  # its request runs in the background, as llama.vscode's does (the server has one slot)
+                self.ticks.append(asyncio.get_running_loop().create_task(self.idle_tick()))
 
     async def idle_tick(self) -> None:
         """One ring update while the user is idle: one queued chunk into the ring, and a request that evaluates it."""
@@ -450,9 +492,19 @@ class InfillSide:
         while len(self.chunks) > RING_N_CHUNKS:
             self.chunks.pop(0)
             self.chunk_lines.pop(0)
-        body = {"input_prefix": "", "input_suffix": "", "input_extra": self.chunks, "prompt": "", "n_predict": 0,
-                "temperature": 0.0, "samplers": [], "stream": False, "cache_prompt": True,
-                "t_max_prompt_ms": 1, "t_max_predict_ms": 1}  # fmt: skip
+        body = {
+            "input_prefix": "",
+            "input_suffix": "",
+            "input_extra": self.chunks,
+            "prompt": "",
+            "n_predict": 0,
+            "samplers": [],
+            "stream": False,
+            "cache_prompt": True,
+            "id_slot": 0,
+            "t_max_prompt_ms": 500,
+            "t_max_predict_ms": 1,
+        }  # fmt: skip  (llama.vscode's createRequestPayload)
         r = await self.http.post(self.url + "/infill", json=body)
         r.raise_for_status()
         self.stats.background += int((r.json().get("timings") or {}).get("prompt_n") or 0)
@@ -482,7 +534,7 @@ class InfillSide:
             "t_max_prompt_ms": 500,
             "t_max_predict_ms": 1000,
         }
-        t0 = time.perf_counter()
+        t0 = self.last_start = time.perf_counter()
         r = await self.http.post(self.url + "/infill", json=body)
         ms = (time.perf_counter() - t0) * 1e3
         if r.status_code != 200:
@@ -496,6 +548,8 @@ class InfillSide:
         return rss_mib(self.pid)
 
     async def close(self) -> None:
+        for t in self.ticks:
+            await t
         await self.http.aclose()
 
 
@@ -559,6 +613,9 @@ async def replay(model_name: str, model: Path, args: argparse.Namespace) -> dict
         seen: set[int] = set()
         event = 0
         active = ""
+        peers = [side for side in sides if isinstance(side, InfillSide)]
+        idle = peers[0].idle if peers else asyncio.sleep  # the user idle: llama.vscode's ring timer may fire
+        bg_seen = {side.name: side.stats.background for side in sides}
         t_start = time.perf_counter()
         for v, number in enumerate(order):
             place = session.places[number]
@@ -566,14 +623,19 @@ async def replay(model_name: str, model: Path, args: argparse.Namespace) -> dict
             revisit = number in seen
             seen.add(number)
             if v:
-                await asyncio.sleep(args.visit_pause)  # the user moves to the next place
-            for side in sides:
-                if isinstance(side, InfillSide):
-                    if place.file != active:
-                        doc = session.docs[place.file]
-                        side.activated(doc, place.file, position(doc, place.offset)[0], place.file in session.dirty)
-                    await side.idle_tick()
+                await idle(args.visit_pause)  # the user moves to the next place
+            doc = session.docs[place.file]
+            for peer in peers:  # the cursor arrives; in another file, that editor becomes the active one
+                if place.file != active:
+                    peer.activated(doc, place.file, position(doc, place.offset)[0], place.file in session.dirty)
             active = place.file
+            # the person looks before typing (--rest); the cursor rested CURSOR_DEBOUNCE_S: our client tells the server
+            await idle(min(CURSOR_DEBOUNCE_S, args.rest))
+            if args.cursor_events:
+                for side in sides:
+                    if isinstance(side, LspSide):
+                        side.cursor(uri, doc, place.offset)
+            await idle(max(0.0, args.rest - CURSOR_DEBOUNCE_S))
             for k in range(keys):
                 # the key (or Tab on a suggestion that is exactly the code that comes next)
                 pending, place.accept = place.accept, ""
@@ -592,10 +654,12 @@ async def replay(model_name: str, model: Path, args: argparse.Namespace) -> dict
                 offers = []
                 for side in turn:
                     ms, shown, costs = await side.ask(uri, doc, place.offset)
+                    background, bg_seen[side.name] = side.stats.background - bg_seen[side.name], side.stats.background
                     side.stats.requests.append(
                         Request(
                             "jump" if k == 0 else "key", number, revisit, ms, int(costs.get("evaluated", 0)),
                             int(costs.get("reused", 0)), int(costs.get("prompt", 0)), shown, str(costs.get("source", "?")),
+                            background,
                         )
                     )  # fmt: skip
                     side.stats.rss.append(side.rss())
@@ -603,7 +667,7 @@ async def replay(model_name: str, model: Path, args: argparse.Namespace) -> dict
                         offers.append(shown)
                 if offers:
                     place.accept = max(offers, key=len)
-                await asyncio.sleep(rng.uniform(0.06, 0.2) * args.pace)
+                await idle(rng.uniform(0.06, 0.2) * args.pace)
         wall = time.perf_counter() - t_start
         await asyncio.sleep(0.5)
         for side in sides:
@@ -658,6 +722,7 @@ def summarize(st: SideStats) -> dict[str, Any]:
         "shown": sum(1 for r in st.requests if r.shown),
         "accepted": st.accepted,
         "background": st.background,
+        "background_per_jump": statistics.mean(r.background for r in jumps) if jumps else float("nan"),
         "rss_max_mib": max((x for x in st.rss if x == x), default=float("nan")),
         "rss_end_mib": st.rss[-1] if st.rss else float("nan"),
         "memory_line": st.memory_line,
@@ -686,14 +751,14 @@ def table(run: dict[str, Any]) -> str:
         f"load {run['load'][0]:.2f}; {run['wall_s']:.0f} s)",
         "",
         "| side | prompt tokens per jump | evaluated per jump (first visits / revisits) | per key (p50) | jump p50 / p95 | "
-        "key p50 / p95 | shown / taken | background tokens | RSS max |",
+        "key p50 / p95 | shown / taken | background per jump / all | RSS max |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, s in run["sides"].items():
         out.append(
             f"| {_label(name)} | {s['prompt_per_jump']:.0f} | {s['eval_per_jump']:.0f} ({s['eval_per_first_visit']:.0f} / {s['eval_per_revisit']:.0f}) | "
             f"{s['eval_per_key']:.1f} ({s['eval_per_key_p50']:.0f}) | {s['jump_p50_ms'] / 1e3:.2f} / {s['jump_p95_ms'] / 1e3:.2f} s | "
-            f"{s['key_p50_ms'] / 1e3:.3f} / {s['key_p95_ms'] / 1e3:.3f} s | {s['shown']} / {s['accepted']} | {s['background']} | "
+            f"{s['key_p50_ms'] / 1e3:.3f} / {s['key_p95_ms'] / 1e3:.3f} s | {s['shown']} / {s['accepted']} | {s['background_per_jump']:.0f} / {s['background']} | "
             f"{s['rss_max_mib']:.0f} MiB |"
         )
     peer = run["sides"].get("peer")
@@ -723,7 +788,14 @@ def main() -> None:
     p.add_argument("--order", default=",".join(map(str, ORDER)), help="the places visited, in turn (1-6)")
     p.add_argument("--keys", type=int, default=0, help="keys per visit (default 5; 3 with --quick)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads of each side's llama.cpp")
-    p.add_argument("--visit-pause", type=float, default=1.5, help="seconds between two visits")
+    p.add_argument("--visit-pause", type=float, default=2.0, help="seconds the user takes to move to the next place")
+    p.add_argument("--rest", type=float, default=1.0, help="seconds the cursor rests at a place before the first key")
+    p.add_argument(
+        "--cursor-events",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="our clients' cursor event where the cursor rests (--no-cursor-events: as before the clients sent it)",
+    )
     p.add_argument("--pace", type=float, default=1.0, help="scale of the 60-200 ms pause between keys")
     p.add_argument("--options", default="{}", help="extra initializationOptions for our server, as JSON")
     p.add_argument("--remote-slots", type=int, default=1, help="remote: the llama-server's slots")

@@ -222,6 +222,26 @@ def test_a_cut_prompt_is_continued_not_redone(demo: LlamaCppEngine, monkeypatch:
     assert back.evaluated_tokens == cut.prompt_tokens - cut.evaluated_tokens
 
 
+def test_a_prompt_cut_by_the_time_budget_goes_on_in_the_background(demo: LlamaCppEngine) -> None:
+    """A request whose prompt the time budget cut answers nothing at once; the evaluation goes on in the background
+    (small chunks, stopped by any request), so the next key there evaluates a token or two, not the rest."""
+    demo.reset()
+    text, at = THIRD, 5000
+    cut = demo.submit(_request(demo, text, at, time_budget_ms=10)).future.result(timeout=300)
+    assert cut.stop == "time" and cut.candidates == [] and cut.reused_tokens + cut.evaluated_tokens < cut.prompt_tokens
+    deadline = time.monotonic() + 300
+    while demo.cached_tokens < cut.prompt_tokens:  # the continuation at work (the engine says how far it got)
+        assert time.monotonic() < deadline, (demo.cached_tokens, cut)
+        time.sleep(0.01)
+    after = _run(demo, text, at)
+    assert after.evaluated_tokens <= 2 and after.candidates, after
+    # a key while it goes on: the request supersedes it between two small chunks and reuses what it evaluated
+    demo.reset()
+    cut = demo.submit(_request(demo, OTHER, 4000, time_budget_ms=10)).future.result(timeout=300)
+    key = _run(demo, OTHER[:4000] + "x" + OTHER[4000:], 4001)
+    assert key.stop not in ("superseded", "cancelled") and key.reused_tokens >= cut.reused_tokens + cut.evaluated_tokens
+
+
 def test_coming_back_when_the_budget_holds_one_prompt() -> None:
     """A budget of one prompt: going back to A keeps B (the live context) and restores A, whose copy the save of B
     pushes out of the store; A is put back all the same (once a KeyError: the completion failed)."""

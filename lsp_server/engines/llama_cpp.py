@@ -31,7 +31,9 @@ tokens that made it into the KV cache are reused by the next request (or kept, s
 
 Background requests (``GenerationRequest.background``, the server's prefill of a place the user opened or
 rests at) evaluate the prompt only, in chunks of about ``PREFILL_MS``; they never supersede a real request and
-any real request supersedes them, so one waits at most one such chunk.
+any real request supersedes them, so one waits at most one such chunk. A request whose prompt the time budget cut
+(it answers nothing) goes on the same way once its answer is out (``_continuation``): the next key's request, which
+wants nearly the same prompt, finds it evaluated instead of evaluating the rest in its own time.
 
 Speed: the warm-up and every request measure prompt tokens per second and ms per generated token (``speed``),
 which the server uses to size prompts for a latency target.
@@ -46,7 +48,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +67,7 @@ log = logging.getLogger(__name__)
 MAX_DEFAULT_CTX = 4096  # a 7B model's f16 KV cache at 16k tokens is about 8 GiB; ask for more explicitly
 PROMPT_CHUNK = 128  # tokens per decode call while evaluating a prompt (a cancellation point)
 PREFILL_MS = 30.0  # a background prompt evaluation decodes in chunks of about this long (what a real request may wait)
+CONTINUE_BUDGET_S = 120.0  # a cut prompt's evaluation continued in the background: its own cap (any request stops it)
 SAVE_MIN = 64  # evaluated tokens a request would lose that are worth a copy in host memory
 RESTORE_GAIN = 16  # tokens a kept copy must reuse beyond the live context to be put back
 KV_TYPES = ("f16", "q8_0")
@@ -333,6 +336,8 @@ class LlamaCppEngine:
                     result = self._run(job)
                     if not job.future.done():
                         job.future.set_result(result)
+                    if (more := self._continuation(job, result)) is not None:
+                        self._continue(more)
             except Exception as exc:  # the worker must survive; the job's caller sees the error
                 log.exception("completion %s failed", job.request.request_id)
                 self._ctx.clear()  # what the cache holds may no longer match its tokens: start from nothing
@@ -343,6 +348,31 @@ class LlamaCppEngine:
                 with self._cv:
                     self._running = None
                     self._cv.notify_all()
+
+    def _continuation(self, job: Job, result: GenerationResult) -> Job | None:
+        """A real request whose prompt the time budget cut (nothing generated): its evaluation goes on in the
+        background once the answer is out, so that the next key, which wants nearly the same prompt, finds it done
+        instead of evaluating the rest itself. None when nothing is left or a request waits."""
+        req = job.request
+        if req.background or result.stop != "time" or result.generated_tokens:
+            return None
+        if result.reused_tokens + result.evaluated_tokens >= result.prompt_tokens:
+            return None
+        more = Job(replace(req, background=True, time_budget_s=CONTINUE_BUDGET_S, request_id=f"{req.request_id}+"))
+        with self._cv:
+            if self._pending is not None or self._closed:
+                return None
+            self._running = more  # a real request submitted now supersedes it (between two small chunks)
+        return more
+
+    def _continue(self, more: Job) -> None:
+        r = self._run(more)
+        more.future.set_result(r)
+        log.info(
+            "%s continued in the background (its prompt was cut by the time budget): stop=%s prompt=%d reused=%d "
+            "evaluated=%d in %.1f ms",
+            more.request.request_id, r.stop, r.prompt_tokens, r.reused_tokens, r.evaluated_tokens, r.prompt_ms,
+        )  # fmt: skip
 
     @staticmethod
     def _interrupted(job: Job) -> Stop | None:
