@@ -37,7 +37,8 @@ minute to minute), on the same documents:
   ``n_predict`` 8; its costs are ``timings.prompt_n`` (evaluated) and ``cache_n``. llama.vscode does nothing when the
   cursor moves or rests (no selection handler; its chunks are picked on completions, file switches and saves);
   not modelled: its completion cache and its request for the suggestion after the one shown (both on keys, not jumps);
-- ``ours:PATH``: the same from another checkout (a branch beside main, in the same run);
+- ``ours:PATH``: the same from another checkout (a branch beside main, in the same run); ``ours-nocursor``: this
+  checkout driven by a client that sends no ``cursor`` events (as before the clients sent them);
 - ``remote`` / ``remote:N``: ``codellama-lsp --engine llama-server`` against its own llama-server (``--remote-slots``
   slots; the server picks the slot by similarity, or slot N is pinned), the costs again from our log (the server's
   own ``prompt_n``), the RSS of both processes.
@@ -307,6 +308,7 @@ class LspSide:
         self._read = 0
         self._versions: dict[str, int] = {}
         self.extra_pids: list[int] = []
+        self.cursor_events = True
 
     async def start(self) -> None:
         from lsprotocol import types
@@ -575,11 +577,13 @@ async def replay(model_name: str, model: Path, args: argparse.Namespace) -> dict
     wanted = [s.strip() for s in args.sides.split(",") if s.strip()]
     try:
         for s in wanted:
-            if s == "ours" or s.startswith("ours:"):  # ours:PATH runs codellama-lsp from another checkout
+            if s in ("ours", "ours-nocursor") or s.startswith("ours:"):  # ours:PATH runs codellama-lsp from another checkout
                 root = Path(s[5:]).resolve() if s.startswith("ours:") else args.server_root
-                label = "ours" if s == "ours" else f"ours@{root.name}"
+                label = f"ours@{root.name}" if s.startswith("ours:") else s
                 log = tmp / f"{label.replace('@', '-')}.log"
-                sides.append(LspSide(label, root, model, ("--threads", str(args.threads)), log, options))
+                side = LspSide(label, root, model, ("--threads", str(args.threads)), log, options)
+                side.cursor_events = s != "ours-nocursor"  # ours-nocursor: as a client that sends no cursor events
+                sides.append(side)
             elif s == "peer":
                 srv = LlamaServer(
                     model, slots=1, ctx_per_slot=n_ctx, threads=args.threads, extra=PEER_FLAGS, log=tmp / "peer-server.log"
@@ -633,7 +637,7 @@ async def replay(model_name: str, model: Path, args: argparse.Namespace) -> dict
             await idle(min(CURSOR_DEBOUNCE_S, args.rest))
             if args.cursor_events:
                 for side in sides:
-                    if isinstance(side, LspSide):
+                    if isinstance(side, LspSide) and side.cursor_events:
                         side.cursor(uri, doc, place.offset)
             await idle(max(0.0, args.rest - CURSOR_DEBOUNCE_S))
             for k in range(keys):
@@ -732,6 +736,7 @@ def summarize(st: SideStats) -> dict[str, Any]:
 
 LABELS = {
     "ours": "codellama-lsp (in-process)",
+    "ours-nocursor": "codellama-lsp (in-process), no cursor events",
     "peer": "llama-server /infill (llama.vscode's shape)",
     "remote": "codellama-lsp -> llama-server",
 }
@@ -782,7 +787,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", default="demo,random", help="demo, random (92 M), random400m, random1b, or GGUF paths")
     p.add_argument(
-        "--sides", default="ours,peer", help="ours, ours:PATH (another checkout), peer, remote, remote:N (comma-separated)"
+        "--sides",
+        default="ours,peer",
+        help="ours, ours-nocursor (no cursor events), ours:PATH (another checkout), peer, remote, remote:N (comma-separated)",
     )
     p.add_argument("--quick", action="store_true", help="a short session: 4 visits (one revisit), 3 keys each")
     p.add_argument("--order", default=",".join(map(str, ORDER)), help="the places visited, in turn (1-6)")
