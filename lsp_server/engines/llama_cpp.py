@@ -397,6 +397,8 @@ class LlamaCppEngine:
             if (why := self._interrupted(job)) is not None:
                 result.stop = why
                 result.prompt_ms = (time.perf_counter() - t1) * 1e3
+                if not req.background:  # a cut evaluation is a measurement too: the slowest ones would be missed
+                    self.speed.prompt(result.evaluated_tokens, (time.perf_counter() - t_eval) * 1e3)
                 return self._finish(result, job)
             chunk = prompt[pos : pos + step]
             self._ctx.decode(chunk)
