@@ -251,6 +251,8 @@ def test_nvim_plugin_completes_with_the_real_server(micro_model, which: str, tmp
     assert report["mode"] == "ghost"
     assert "\n".join(report["saved"]) == case.original.rstrip("\n")
     assert report["counts"]["accepted"] == 1 and report["counts"]["shown"] >= 1
+    # where the cursor rested (the buffer entered, the line typed on) the server was told: it prefills there
+    assert report["counts"]["cursor"] >= 1
 
 
 def readme_snippet() -> str:

@@ -78,7 +78,8 @@ local state = {
   last_cursor = nil, -- {uri, row}: the place last told in a `cursor` event
   suggestion = nil, -- {bufnr, s = logic suggestion, items, index, request_seq}
   seq = 0,
-  counts = { shown = 0, accepted = 0, requests = 0 }, -- requests: completion requests sent to the server
+  -- requests: completion requests sent to the server; cursor: places told where the cursor rests
+  counts = { shown = 0, accepted = 0, requests = 0, cursor = 0 },
 }
 
 local function has(version)
@@ -267,6 +268,7 @@ local function cursor_rests(bufnr)
       return
     end
     state.last_cursor = { uri = uri, row = cur[1] - 1 }
+    state.counts.cursor = state.counts.cursor + 1
     local line = vim.api.nvim_buf_get_lines(bufnr, cur[1] - 1, cur[1], false)[1] or ''
     local character = logic.to_units(line, cur[2], client.offset_encoding or 'utf-16')
     notify(client, 'codellama/event', {
