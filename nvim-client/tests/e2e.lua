@@ -76,6 +76,10 @@ co = coroutine.create(function()
     end, 60000)
     report.status_ready = cl.statusline()
     step('ready')
+    -- the cursor rests (cursor_event_ms): the server is told where, and prefills that place
+    wait('the cursor event', function()
+      return cl.counts().cursor >= 1
+    end, 10000)
 
     -- 1. textDocument/completion (the path of Neovim < 0.10): type on the blank line, ask, look; then
     --    the same through 'omnifunc' (<C-x><C-o>), which inserts the single match.
