@@ -649,14 +649,16 @@ async def replay(model_name: str, model: Path, args: argparse.Namespace) -> dict
                 session.insert(place, text)
                 doc = session.docs[place.file]
                 for side in sides:
-                    if isinstance(side, LspSide):
-                        side.insert(uri, line, col, text)
                     if pending:
                         side.stats.accepted += 1
                 turn = sides[event % len(sides) :] + sides[: event % len(sides)]
                 event += 1
                 offers = []
                 for side in turn:
+                    # the key reaches a side right before its request, as in an editor (the key, the debounce, the
+                    # request): sent to all sides at once, a side asked last had the others' request times to itself
+                    if isinstance(side, LspSide):
+                        side.insert(uri, line, col, text)
                     ms, shown, costs = await side.ask(uri, doc, place.offset)
                     background, bg_seen[side.name] = side.stats.background - bg_seen[side.name], side.stats.background
                     side.stats.requests.append(

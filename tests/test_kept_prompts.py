@@ -473,12 +473,12 @@ def test_over_lsp_a_resting_cursor_prefills_its_place_and_a_key_stops_it() -> No
             ):
                 assert time.monotonic() < deadline, s.stderr()[-3000:]
                 time.sleep(0.002)
+            rid = re.findall(rf"(f\d+) prefill a\.py {re.escape(rests)}: \d+ prompt tokens submitted", s.stderr())[-1]
             time.sleep(0.05)  # (not a timed assertion: the prefill gets some chunks done before the key, or none)
             version += 1
             key = {"range": {"start": {"line": line, "character": 0}, "end": {"line": line, "character": 0}}, "text": "x"}
             s.notify("textDocument/didChange", {"textDocument": {"uri": a, "version": version}, "contentChanges": [key]})
             assert "result" in inline(s, a, line, 1)
-            rid = re.findall(rf"(f\d+) prefill a\.py {re.escape(rests)}: \d+ prompt tokens submitted", s.stderr())[-1]
             stop, pre_prompt, pre_reused, pre_evaluated = prefill_result(s, rid)
             if stop == "superseded":
                 stopped = (pre_prompt, pre_reused, pre_evaluated, *request_costs(s.stderr()))

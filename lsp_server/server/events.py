@@ -27,7 +27,7 @@ class Events(Prefilling):
         when the change is an accepted suggestion."""
         uri = params.text_document.uri
         self.pacer.keystroke(uri)
-        self.cancel_prefill()  # any key: a prefill never competes with typing (what it evaluated stays)
+        stopped = self.cancel_prefill()  # any key: a prefill of the old text stops (what it evaluated stays)
         doc = self.workspace.text_documents.get(uri)
         if doc is None or self.is_excluded(doc):
             return
@@ -37,7 +37,9 @@ class Events(Prefilling):
         self.neighbors.ring.edited(view, line)
         if not self.prefetch_if_accepted(doc, view.text) and partial:
             encoding = self.workspace.position_encoding or types.PositionEncodingKind.Utf16
-            self.prefill_if_moved(uri, *_after(partial[-1], encoding))
+            at = _after(partial[-1], encoding)
+            self.reaim_prefill(stopped, uri, *at)
+            self.prefill_if_moved(uri, *at)
 
     def opened(self, uri: str) -> None:
         """A document was opened (pygls holds it already): the privacy check of ``Documents.opened``, then its

@@ -9,7 +9,8 @@ background request to the in-process engine (``GenerationRequest.background``) w
 would have; what it evaluates stays in the engine's cache (or its kept prompts) for the request that follows.
 
 It never gets in a request's way: nothing is started while a completion runs, any key stops it (``cancel_prefill``:
-what it evaluated stays, and the request continues from there), the engine drops a background request while a real
+what it evaluated stays, and the request continues from there; a key at the place being prefilled restarts it on
+the text after the key, ``reaim_prefill``, so the client's debounce is not lost), the engine drops a background request while a real
 one waits or runs and stops it between two small chunks when one comes (``engines.llama_cpp``), and prompts are
 built on a worker thread. Excluded files and disabled languages get none; remote engines neither (a server would
 generate for it).
@@ -38,6 +39,7 @@ PREFILL_BUDGET_S = 120.0  # a prefill's own cap; any real request stops it soone
 class Prefilling(Documents):
     _prefill_task: asyncio.Task[None] | None = None
     _last_place: tuple[str, int] | None = None
+    _prefill_of: tuple[str, str] | None = None  # the running prefill's document and reason
     prefills = 0  # prefills submitted to the engine
 
     def paced_settings(self) -> config.Settings:  # events.Events: the settings a request gets now
@@ -56,10 +58,24 @@ class Prefilling(Documents):
         encoding = self.workspace.position_encoding or types.PositionEncodingKind.Utf16
         self._prefill(uri, lambda text: context.offset_at(text, line, character, encoding), why)
 
-    def cancel_prefill(self) -> None:
-        """A key: the prefill running stops (between two chunks; what it evaluated stays for the request)."""
+    def cancel_prefill(self) -> tuple[str, str] | None:
+        """A key: the prefill running stops (between two chunks; what it evaluated stays for the request). Returns
+        the document and the reason of the one stopped (None: none was running)."""
         if self._prefill_task is not None and not self._prefill_task.done():
             self._prefill_task.cancel()
+            return self._prefill_of
+        return None
+
+    def reaim_prefill(self, stopped: tuple[str, str] | None, uri: str, line: int, character: int) -> None:
+        """A key stopped a prefill of this document's place: evaluate on from the text after the key (what it
+        evaluated is reused), so the time until the key's request comes (the client's debounce) is not lost. The
+        request supersedes it between two chunks."""
+        if stopped is None or stopped[0] != uri or self._last_place is None or self._last_place[0] != uri:
+            return
+        if abs(self._last_place[1] - line) >= NEW_PLACE_LINES:
+            return  # a new place: prefill_if_moved starts its own
+        encoding = self.workspace.position_encoding or types.PositionEncodingKind.Utf16
+        self._prefill(uri, lambda text: context.offset_at(text, line, character, encoding), stopped[1])
 
     def _prefill(self, uri: str, at: Callable[[str], int], why: str) -> None:
         engine = self.engine
@@ -76,6 +92,7 @@ class Prefilling(Documents):
         rid = f"f{next(self._ids)}"
         extra = self.extra_for(doc, text)
         name = uri.rsplit("/", 1)[-1]
+        self._prefill_of = (uri, why)
 
         async def run() -> None:
             cur = context.cursor(text, offset)
