@@ -102,6 +102,7 @@ def engine_summary(r: GenerationResult | None) -> str:
         f"{r.total_ms:.1f} ms (prompt {r.prompt_ms:.1f}, generation {r.generate_ms:.1f}), stop={r.stop}, "
         f"prompt={r.prompt_tokens} reused={r.reused_tokens} "
         f"evaluated={r.evaluated_tokens} generated={r.generated_tokens} moved={r.moved_tokens} restored={r.restored_tokens}"
+        + (f" threads={r.threads}" if r.threads else "")
     )
 
 
