@@ -332,6 +332,64 @@ async function missingServer() {
   m.ok = true;
 }
 
+// A Jupyter notebook (VS Code's built-in ipynb support; no Jupyter extension, no kernel): the extension's
+// server gets the notebook through LSP notebook sync and completes in a code cell with the other cells as
+// context. As a user: open the .ipynb, click into the cell, go to its blank line, type at the trial's speed,
+// the ghost text comes by itself, Tab, Ctrl+S; the saved notebook's cell has the text.
+async function notebook() {
+  const trial = cfg.notebook;
+  const n = { ok: false };
+  result.notebook = n;
+  const path = join(cfg.workspace, trial.file);
+  const before = readFileSync(path, 'utf8');
+  await page.locator('.monaco-workbench').click({ position: { x: 640, y: 300 } });
+  await openFile(trial.file);
+  await page.locator('.notebook-editor .code-cell-row .monaco-editor').first().waitFor({ timeout: 30000 });
+  await waitFor('the extension to log "language client started"', () => extensionLog().includes('language client started'), 60000);
+  await page.locator('[aria-label^="Code Llama: ready"]').first().waitFor({ timeout: cfg.readyTimeoutMs ?? 60000 });
+  mark('notebook open, server ready');
+  // the code cell's editor (markdown cells render as previews, not editors)
+  const cell = page.locator('.notebook-editor .code-cell-row').nth(trial.codeCell);
+  await cell.locator('.monaco-editor .view-lines').first().click();
+  await sleep(300);
+  await page.keyboard.press('Control+Home');
+  for (let i = 1; i < trial.line; i += 1) await page.keyboard.press('ArrowDown');
+  await page.keyboard.press('Home');
+  await page.keyboard.press('Home');
+  await sleep(500);
+  const r0 = lastRequestNumber();
+  await page.keyboard.type(trial.typed, { delay: trial.delayMs });
+  const lastKey = Date.now();
+  n.ghostText = await waitFor(
+    `ghost text ${JSON.stringify(trial.expectedGhost)} in the cell`,
+    async () => {
+      const g = await ghostText();
+      if (g.trim() !== '') n.lastGhostSeen = g;
+      return g.trim() !== '' && g.replace(/\s+$/, '') === trial.expectedGhost.replace(/\s+$/, '') ? g : false;
+    },
+    cfg.ghostTimeoutMs ?? 20000,
+    20,
+  );
+  n.ghostLatencyMs = Date.now() - lastKey;
+  n.requests = lastRequestNumber() - r0;
+  // the ghost is in the cell's editor, not in another cell's
+  n.ghostInCell = await cell.evaluate((el) => el.querySelector('[class*="ghost-text"]') !== null);
+  await page.screenshot({ path: join(outDir, 'notebook-ghost.png') });
+  await sleep(200);
+  await page.keyboard.press('Tab');
+  await sleep(300);
+  await page.keyboard.press('Control+S');
+  n.saved = await waitFor('the saved notebook to change', () => {
+    const now = readFileSync(path, 'utf8');
+    return now !== before ? now : false;
+  }, 15000);
+  await sleep(1000); // the save settling (see runTrial)
+  n.saved = readFileSync(path, 'utf8');
+  // the server's log lines of the cell's requests: the notebook's other cells were around it
+  n.cellLogLines = extensionLog().split('\n').filter((l) => l.includes('notebook cells around'));
+  n.ok = true;
+}
+
 try {
   // 1. Install the packaged extension, offline, into the isolated extensions folder.
   const install = spawnSync(cfg.codeServer, [...csArgs, '--install-extension', cfg.vsix], { env, encoding: 'utf8', timeout: 120000 });
@@ -371,6 +429,12 @@ try {
   await page.goto(`${base}/?folder=${encodeURIComponent(cfg.workspace)}`);
   await page.locator('.monaco-workbench').waitFor({ timeout: 90000 });
   mark('workbench loaded');
+
+  if (cfg.scenario === 'notebook') {
+    await notebook();
+    result.ok = result.notebook?.ok === true;
+    throw null; // done: skip the trials (caught below, not an error)
+  }
 
   if (cfg.scenario === 'missing-server') {
     await missingServer();
