@@ -589,3 +589,49 @@ def test_nvim_statusline_on_screen_without_a_key(which: str, tmp_path: Path) -> 
         assert nv.request("nvim_get_mode") == {"mode": "n", "blocking": False}
     finally:
         nv.close()
+
+
+@pytest.mark.slow
+def test_nvim_syntax_rules_follow_the_filetype_not_the_name(micro_model, tmp_path: Path) -> None:
+    """Issue 24 item 15 in Neovim 0.11 with the README's snippet: the syntax rules come from the buffer's filetype
+    (the server's languageId) before the file name. In a memorised file whose function is blanked to its first
+    characters ``def add(a``, ``, b`` is typed after them at 50 ms a key. The cursor is in a parameter list, where
+    the Python grammar keeps a completion to one line: a buffer with no name and ``filetype=python`` and a file
+    without an extension set to ``filetype=python`` show the ghost ``):`` alone; the same file with
+    ``filetype=conf`` (no grammar: indentation rules only) shows the body too, ``):\n    return a + b``. Each
+    accepted with <Tab>, the text byte for byte.
+
+    (Typed from an empty line, the first answer - the whole function, given at column 0 where no rule keeps it to
+    one line - is typed through and its rest stays on screen, as it should; the parameter list's rule then has
+    nothing to say about a suggestion already shown.)"""
+    original = micro_model.files["unicode_line.py"]
+    lines = original.split("\n")
+    index = lines.index("def add(a, b):")
+    assert lines[index + 1] == "    return a + b" and lines[index + 2] == ""
+    blanked = "\n".join([*lines[:index], "def add(a", *lines[index + 2 :]])
+    typed = ", b"
+    one_line = "\n".join([*lines[:index], "def add(a, b):", *lines[index + 2 :]])
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "add_report").write_text(blanked)
+    # one more blank line at its end: the server's cache of recent places (keyed by the text around the cursor,
+    # whatever the document) would otherwise give this buffer the Python buffers' answer
+    (work / "add_report_conf").write_text(blanked + "\n")
+    base = {"line": index + 1, "prefix": "def add(a", "typed": typed, "delay_ms": 50}
+    trials = [
+        {**base, "noname": True, "content": blanked.removesuffix("\n"), "filetype": "python", "want": "):"},
+        {**base, "file": str(work / "add_report"), "filetype": "python", "want": "):"},
+        {**base, "file": str(work / "add_report_conf"), "filetype": "conf", "want": "):\n    return a + b"},
+    ]
+    settings = {"timeBudgetMs": SERVER_SETTINGS["timeBudgetMs"]}
+    report = run_as_user(wheel_nvim(), micro_model, tmp_path, trials, "", settings, trials_only=True)
+    dest = ARTIFACTS / "nvim-filetype-wheel-0.11"
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "report.json").write_text(json.dumps(report, indent=2))
+    noname, extensionless, control = report["trials"]
+    for t in report["trials"]:
+        assert t["ok"], t
+    assert [t["filetype"] for t in report["trials"]] == ["python", "python", "conf"]
+    assert noname["ghost"] == extensionless["ghost"] == "):"
+    assert noname["saved"] == extensionless["saved"] == one_line
+    assert control["ghost"] == "):\n    return a + b" and control["saved"] == original + "\n"

@@ -321,3 +321,16 @@ async def test_notebook_sync_over_stdio_keeps_each_cell_exact() -> None:
             assert got == hashlib.sha256(text.encode()).hexdigest(), (uri, text)
         result = await inline(client, new.uri, 0, len(new.text))
         assert result is not None
+
+
+def test_a_buffer_without_a_name_is_context_and_gets_context() -> None:
+    """Neovim sends a buffer with no name as ``file://`` (no path): it is another file's context and gets context of
+    its own (os.path.relpath refused the empty path: every completion request failed while such a buffer was open)."""
+    ls = create_server(ServerOptions())
+    ls.protocol._workspace = Workspace("file:///w")
+    ws = ls.workspace
+    ws.put_text_document(types.TextDocumentItem(uri="file://", language_id="python", version=1, text="def add(a, b"))
+    ws.put_text_document(types.TextDocumentItem(uri="file:///w/x.py", language_id="python", version=1, text="x = 1\n"))
+    for uri in ("file://", "file:///w/x.py"):
+        extra = ls.extra_for(ws.get_text_document(uri), "text")
+        assert extra is not None and extra.doc.path and len(extra.others) == 1

@@ -72,9 +72,9 @@ class Documents(StatusReporting):
 
     def neighbor_view(self, doc: Any, text: str | None = None) -> neighbors.Doc:
         """The neighbors' view of an open pygls document: its path relative to the workspace root, if inside."""
-        path = doc.path
+        path = doc.path or doc.uri  # a Neovim buffer with no name comes as "file://": no path (relpath refuses "")
         root = self.workspace.root_path
-        if root and os.path.commonpath([os.path.abspath(path), os.path.abspath(root)]) == os.path.abspath(root):
+        if doc.path and root and os.path.commonpath([os.path.abspath(path), os.path.abspath(root)]) == os.path.abspath(root):
             path = os.path.relpath(path, root)
         return neighbors.Doc(
             doc.uri, path.replace(os.sep, "/"), doc.language_id or "", context.lf_text(doc.source) if text is None else text
