@@ -242,6 +242,12 @@ def test_vscode_ghost_text_end_to_end(micro_model, vsix: Path, tmp_path: Path) -
     assert manual["saved"].encode() == case.original.encode()
     assert result["ok"], f"{result.get('error')}\nscreenshot: {out / 'failure.png'}\n{proc.stderr[-4000:]}"
     assert result["toggled"] is True and result["restarted"] is True and result["recoveredFromCrash"] is True
+    # issue 24 item 11: the status item keeps its width whatever its state (the words are in its tooltip)
+    widths = result["statusWidths"]
+    print("status item (tag, label, width px):", *[(w["tag"], w["label"], w["width"]) for w in widths], sep="\n  ")
+    states = {w["label"].split(",")[0] for w in widths}
+    assert {"Code Llama: ready", "Code Llama: disabled", "Code Llama: stopped"} <= states, states
+    assert max(w["width"] for w in widths) - min(w["width"] for w in widths) < 0.5, widths
     assert result["cancelWarnings"] == [] and result["restartErrors"] == [], (result["cancelWarnings"], result["restartErrors"])
 
 
@@ -280,6 +286,14 @@ def test_vscode_missing_server_open_setting(vsix: Path, tmp_path: Path) -> None:
     assert editor["noResults"] == "" and "Remote" in editor["tab"], editor
     assert any("Python Path" in item for item in editor["items"]), editor
     assert m["restartToast"] is True and m["ready"] is True
+    # the status item in the error state is as wide as when ready (item 11: no background colour padding it)
+    widths = result["statusWidths"]
+    print("status item (tag, label, width px):", *[(w["tag"], w["label"], w["width"]) for w in widths], sep="\n  ")
+    assert [w["label"].split(",")[0] for w in widths] == ["Code Llama: error", "Code Llama: ready"]
+    assert abs(widths[0]["width"] - widths[1]["width"]) < 0.5, widths
+    # what code-server shows as the setting's title: VS Code derives it from the key ("codellama.server." reads
+    # "Codellama › Server"); contributes.configuration.title ("Code Llama") names the extension's section only
+    print("setting titles:", editor["titles"])
 
 
 def run_e2e(

@@ -288,6 +288,17 @@ async function runTrial(trial, t, index) {
   }
 }
 
+/** The status item's accessible label (its state) and its width on screen in pixels, kept in result.statusWidths:
+ *  the width must not change with the state (issue 24 item 11). */
+async function statusSample(tag) {
+  const s = await page.evaluate(() => {
+    const el = document.querySelector('[aria-label^="Code Llama:"]');
+    const item = el?.closest('.statusbar-item') ?? el;
+    return item ? { label: el.getAttribute('aria-label'), text: item.textContent, width: item.getBoundingClientRect().width } : null;
+  });
+  if (s) (result.statusWidths ??= []).push({ tag, ...s });
+}
+
 /** The texts of the notification toasts on screen. */
 async function toasts() {
   return page.evaluate(() => [...document.querySelectorAll('.notification-toast .notification-list-item-message')].map((e) => e.textContent ?? ''));
@@ -305,6 +316,7 @@ async function missingServer() {
   await waitFor('the "not found" notification', async () => (await toasts()).some((t) => /not found|did not start/.test(t)), 60000);
   await sleep(3000); // a second notification for the same failure would be on screen by now
   m.errorToasts = (await toasts()).filter((t) => t.includes('Code Llama') || /codellama/i.test(t));
+  await statusSample('error');
   const toast = page.locator('.notification-toast', { hasText: 'Code Llama' }).first();
   await toast.hover();
   await toast.locator('a.monaco-button, .monaco-button', { hasText: 'Open Setting' }).first().click();
@@ -318,6 +330,8 @@ async function missingServer() {
       tab: tab?.textContent ?? '',
       noResults: noResults && noResults.offsetParent !== null ? noResults.textContent ?? '' : '',
       items: [...(ed?.querySelectorAll('.setting-item-label') ?? [])].map((e) => e.textContent ?? ''),
+      // each setting's title as shown: its category ("Code Llama › Server: ") and its label
+      titles: [...(ed?.querySelectorAll('.setting-item-title') ?? [])].map((e) => e.textContent ?? ''),
       search: ed?.querySelector('.settings-header-widget textarea, .suggest-input-container textarea')?.value ?? '',
     };
   });
@@ -328,6 +342,7 @@ async function missingServer() {
   await waitFor('the restart notification', async () => (await toasts()).some((t) => t.includes('restarting the server')), 30000);
   m.restartToast = true;
   await page.locator('[aria-label^="Code Llama: ready"]').first().waitFor({ timeout: cfg.readyTimeoutMs ?? 90000 });
+  await statusSample('ready');
   m.ready = true;
   m.ok = true;
 }
@@ -448,9 +463,11 @@ try {
   await openFile(cfg.trials[0].file);
   await waitFor('the extension to log "language client started"', () => extensionLog().includes('language client started'), 60000);
   mark('language client started');
+  await statusSample('client started');
   const ready = page.locator('[aria-label^="Code Llama: ready"]');
   await ready.first().waitFor({ timeout: cfg.readyTimeoutMs ?? 60000 });
   mark('server ready');
+  await statusSample('ready');
 
   // 5. The trials: type, see ghost text, Tab, save, compare. One failing trial does not stop the others.
   for (const [index, trial] of cfg.trials.entries()) {
@@ -539,8 +556,10 @@ try {
   }
 
   // 9. The toggle command flips completions off and on; the status item says so.
+  await statusSample('ready after the trials');
   await runCommand('Code Llama: Toggle Completions');
   await page.locator('[aria-label^="Code Llama: disabled"]').first().waitFor({ timeout: 15000 });
+  await statusSample('off');
   await runCommand('Code Llama: Toggle Completions');
   await page.locator('[aria-label^="Code Llama: ready"]').first().waitFor({ timeout: 15000 });
   result.toggled = true;
@@ -550,6 +569,7 @@ try {
   const starts = () => (extensionLog().match(/language client started/g) ?? []).length;
   const before2 = starts();
   await runCommand('Code Llama: Restart Server');
+  await statusSample('restarting');
   await waitFor('the restarted client', () => starts() > before2, 30000);
   await page.locator('[aria-label^="Code Llama: ready"]').first().waitFor({ timeout: 60000 });
   result.restarted = true;
@@ -575,9 +595,11 @@ try {
   const before3 = starts();
   process.kill(Number(servers[0]), 'SIGKILL');
   await waitFor('the extension to notice the crash', () => /server exited unexpectedly; restarting in \d+ ms/.test(extensionLog()), 30000);
+  await statusSample('crashed');
   await waitFor('the client restarted after the crash', () => starts() > before3, 60000);
   await page.locator('[aria-label^="Code Llama: ready"]').first().waitFor({ timeout: 60000 });
   result.recoveredFromCrash = true;
+  await statusSample('recovered');
   mark('recovered from a crash');
   result.ok = result.trials.every((t) => t.ok) && (!cfg.manualTrial || result.manual?.ok === true);
 } catch (err) {
