@@ -376,8 +376,9 @@ def test_nvim_as_users_have_it(micro_model, which: str, tmp_path: Path) -> None:
     # :checkhealth codellama: the server found and running with its version, the model ready (item 7)
     assert "codellama-lsp" in report["health"] and "running: codellama-lsp" in report["health"], report["health"]
     assert "codellama: ready" in report["health"] and "ERROR" not in report["health"], report["health"]
-    # 0.7 - 0.9: the plugin's omnifunc although Python's filetype plugin sets its own
-    assert report["omnifunc"] == "v:lua.codellama_omnifunc"
+    # 0.7 - 0.9: the plugin's omnifunc although Python's filetype plugin sets its own; 0.10+ (ghost text) takes
+    # only an empty one and leaves the filetype's (init.lua, on_attach)
+    assert report["omnifunc"] == ("python3complete#Complete" if inline else "v:lua.codellama_omnifunc")
     assert report["servers"] == 1 and report["server_pids"] == 1
     assert report["ghost_cterm"] == {"fg": 244, "italic": True}
     # <Tab> without a ghost indents; switched off, the server runs no model for the menu either
