@@ -291,9 +291,11 @@ def test_vscode_missing_server_open_setting(vsix: Path, tmp_path: Path) -> None:
     print("status item (tag, label, width px):", *[(w["tag"], w["label"], w["width"]) for w in widths], sep="\n  ")
     assert [w["label"].split(",")[0] for w in widths] == ["Code Llama: error", "Code Llama: ready"]
     assert abs(widths[0]["width"] - widths[1]["width"]) < 0.5, widths
-    # what code-server shows as the setting's title: VS Code derives it from the key ("codellama.server." reads
-    # "Codellama › Server"); contributes.configuration.title ("Code Llama") names the extension's section only
-    print("setting titles:", editor["titles"])
+    # What code-server shows as the settings' titles (recorded, not yet as issue 24 item 11 asks): VS Code 1.99 derives
+    # a title's category from the key ("codellama.server.pythonPath" reads "Codellama › Server: Python Path", in the
+    # search and in the extension's own "@ext:" list alike); contributes.configuration's title ("Code Llama") and an
+    # "id" change nothing there. Only a key prefix "codeLlama." would read "Code Llama" (a rename of every setting).
+    print("setting titles:", editor["titles"], m.get("extensionSection"))
 
 
 def run_e2e(

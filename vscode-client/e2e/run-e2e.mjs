@@ -336,6 +336,19 @@ async function missingServer() {
     };
   });
   await page.screenshot({ path: join(outDir, 'open-setting.png') });
+  // the extension's own section of the Settings editor, as "@ext:" (the gear on the extension) shows it
+  await page.locator('.settings-editor').first().click({ position: { x: 300, y: 26 } }); // the search box
+  await page.keyboard.press('Control+A');
+  await page.keyboard.type('@ext:codellama-lsp.codellama-lsp', { delay: 20 });
+  await sleep(2500);
+  m.extensionSection = await page.evaluate(() => {
+    const ed = document.querySelector('.settings-editor');
+    return {
+      groups: [...(ed?.querySelectorAll('.settings-group-title-label') ?? [])].map((e) => e.textContent ?? ''),
+      titles: [...(ed?.querySelectorAll('.setting-item-title') ?? [])].map((e) => e.textContent ?? ''),
+    };
+  });
+  await page.screenshot({ path: join(outDir, 'extension-settings.png') });
   // the user sets it where the editor showed it: the Remote (machine) settings
   const machine = join(userData, 'Machine', 'settings.json');
   writeFileSync(machine, JSON.stringify({ ...cfg.settings, 'codellama.server.pythonPath': cfg.pythonPath }, null, 2));
