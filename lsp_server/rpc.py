@@ -36,6 +36,7 @@ import threading
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Protocol, cast
 
+import attrs
 import cattrs
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException
@@ -487,6 +488,26 @@ class LspProtocol(LanguageServerProtocol):
             )
         )
         if (user_handler := self.fm.features.get(types.TEXT_DOCUMENT_DID_CHANGE)) is not None:
+            yield user_handler, (params,), None
+
+    @lsp_method(types.NOTEBOOK_DOCUMENT_DID_CHANGE)
+    def lsp_notebook_document__did_change(
+        self, params: types.DidChangeNotebookDocumentParams
+    ) -> Iterator[tuple[Any, tuple[Any, ...], None]]:
+        """A notebook changed (LSP 3.17 notebook sync): pygls applies its structure and metadata (cells added,
+        removed, moved); the cells' text changes go through ``didChange`` above, one cell at a time, so that a
+        cell's copy is edited as exactly as a file's and the server's didChange handler sees the typing."""
+        cells = params.change.cells
+        texts = (cells.text_content if cells is not None else None) or []
+        if cells is not None and texts:
+            cells = attrs.evolve(cells, text_content=None)
+            params = attrs.evolve(params, change=attrs.evolve(params.change, cells=cells))
+        self.workspace.update_notebook_document(params)
+        for change in texts:
+            yield from self.lsp_text_document__did_change(
+                types.DidChangeTextDocumentParams(text_document=change.document, content_changes=change.changes)
+            )
+        if (user_handler := self.fm.features.get(types.NOTEBOOK_DOCUMENT_DID_CHANGE)) is not None:
             yield user_handler, (params,), None
 
 

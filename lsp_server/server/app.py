@@ -81,6 +81,18 @@ def create_server(options: ServerOptions = ServerOptions()) -> CodeLlamaServer:
     def on_open(ls: CodeLlamaServer, params: types.DidOpenTextDocumentParams) -> None:
         ls.opened(params.text_document.uri)  # pygls has stored the document already
 
+    @server.feature(types.NOTEBOOK_DOCUMENT_DID_OPEN)
+    def on_notebook_open(ls: CodeLlamaServer, params: types.DidOpenNotebookDocumentParams) -> None:
+        for cell in params.cell_text_documents:  # pygls has stored the notebook and its cells already
+            ls.opened(cell.uri)
+
+    @server.feature(types.NOTEBOOK_DOCUMENT_DID_CLOSE)
+    def on_notebook_close(ls: CodeLlamaServer, params: types.DidCloseNotebookDocumentParams) -> None:
+        for cell in params.cell_text_documents:
+            ls.cache.forget(cell.uri)
+            syntax.TREES.forget(cell.uri)
+            ls.closed(cell.uri)
+
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def on_change(ls: CodeLlamaServer, params: types.DidChangeTextDocumentParams) -> None:
         ls.changed(params)  # pygls has applied the change to its document already

@@ -4,7 +4,8 @@ In: a URI, a position and an item count (``inlineCompletion`` asks for ``maxItem
 Out: completions in the document's newline style, or None. Files matching ``exclude`` are refused (privacy: they
 never reach a prompt); a prefetched answer for the same place is joined; otherwise ``pipeline.complete`` runs (it
 awaits the engine's worker thread, so the event loop stays free). A reply is dropped when the document's text
-changed while the model ran, so stale text never reaches the editor. One log line per request gives the timings.
+changed while the model ran, so stale text never reaches the editor. A notebook cell is completed with the
+notebook's other code cells around it (``Documents.cells_around``). One log line per request gives the timings.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ class Completing(Events):
         source = doc.source
         encoding = self.workspace.position_encoding or types.PositionEncodingKind.Utf16
         at = edit_point(source, position, selected, encoding)
-        text, offset = at.text, at.offset
+        before, after = self.cells_around(doc)  # a notebook cell: the other cells around it
+        text, offset = before + at.text + after, len(before) + at.offset
         t_in = (time.perf_counter() - t0) * 1e3
         settings = self.paced_settings()
         try:
@@ -84,10 +86,11 @@ class Completing(Events):
         texts = [context.to_document_newlines(at.head + t, newline) for t in result.texts]
         if r is not None and result.source != "cache":
             self.pacer.finished(r.total_ms)
+        cells = f"; notebook cells around: {len(before)} chars above, {len(after)} below" if before or after else ""
         log.info(
-            "%s %s: %d item(s) from %s; handler %.2f ms + pipeline %.2f ms; engine %s%s",
+            "%s %s: %d item(s) from %s; handler %.2f ms + pipeline %.2f ms; engine %s%s%s",
             rid, uri.rsplit("/", 1)[-1], len(texts), result.source, t_in, result.pipeline_ms, engine_summary(r),
-            cut_reason(r, settings.time_budget_ms, self.settings.time_budget_ms),
+            cut_reason(r, settings.time_budget_ms, self.settings.time_budget_ms), cells,
         )  # fmt: skip
         self.overhead_ms = t_in + result.pipeline_ms + (time.perf_counter() - t1) * 1e3
         return texts, at.range, at.word

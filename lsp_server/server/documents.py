@@ -4,6 +4,10 @@ In: URIs, positions in the negotiated encoding (UTF-16 unless the client offered
 completion item. Out: the document text with LF newlines and the cursor offset (``edit_point``), the other open
 files and the ring of edited regions as context (``extra_for``), and a document forgotten when a change could not
 be applied (``document_lost``), so no completion comes from a copy that differs from the editor's.
+
+Notebook cells (LSP 3.17 notebook sync, e.g. VS Code's Jupyter notebooks) are documents of their own; a cell's
+completion sees the notebook's other code cells of its language as the text around it (``cells_around``): the cells
+above before the cell, the cells below after it, as if the notebook were one file.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from .status import StatusReporting
 
 log = logging.getLogger("lsp_server.server")
 _WORD_BEFORE = re.compile(r"\w+\Z")
+CELL_SEPARATOR = "\n\n"  # between two cells in a notebook's prompt: a blank line, as in a script exported from it
 MAX_NEIGHBOR_CHARS = 1 << 20  # an open document larger than this is no other file's context (it is copied per request)
 
 
@@ -67,23 +72,52 @@ class Documents(StatusReporting):
 
     def neighbor_view(self, doc: Any, text: str | None = None) -> neighbors.Doc:
         """The neighbors' view of an open pygls document: its path relative to the workspace root, if inside."""
-        path = doc.path
+        path = doc.path or doc.uri  # a Neovim buffer with no name comes as "file://": no path (relpath refuses "")
         root = self.workspace.root_path
-        if root and os.path.commonpath([os.path.abspath(path), os.path.abspath(root)]) == os.path.abspath(root):
+        if doc.path and root and os.path.commonpath([os.path.abspath(path), os.path.abspath(root)]) == os.path.abspath(root):
             path = os.path.relpath(path, root)
         return neighbors.Doc(
             doc.uri, path.replace(os.sep, "/"), doc.language_id or "", context.lf_text(doc.source) if text is None else text
         )
 
+    def cells_around(self, doc: Any) -> tuple[str, str]:
+        """For a notebook cell: the text of the notebook's code cells above it and of those below it, each cell
+        separated from the next by ``CELL_SEPARATOR``, so that ``before + cell + after`` reads as one file; cells of
+        another language (markdown, a %%bash cell's shell) and excluded ones are left out. ("", "") for a document
+        that is no cell of an open notebook."""
+        notebook = self.workspace.get_notebook_document(cell_uri=doc.uri)
+        if notebook is None:
+            return "", ""
+        above: list[str] = []
+        below: list[str] = []
+        found = False
+        for cell in notebook.cells:
+            if unquote(cell.document) == unquote(doc.uri):
+                found = True
+                continue
+            other = self.document(cell.document)
+            if cell.kind != types.NotebookCellKind.Code or other is None or other.language_id != doc.language_id:
+                continue
+            if not self.is_excluded(other):
+                (below if found else above).append(context.lf_text(other.source))
+        return "".join(t + CELL_SEPARATOR for t in above), "".join(CELL_SEPARATOR + t for t in below)
+
+    def notebook_cells(self, doc: Any) -> set[str]:
+        """The URIs of every cell of ``doc``'s notebook (unquoted; empty for a document that is no cell)."""
+        notebook = self.workspace.get_notebook_document(cell_uri=doc.uri)
+        return set() if notebook is None else {unquote(c.document) for c in notebook.cells}
+
     def extra_for(self, doc: Any, text: str) -> pipeline.Extra | None:
         """Where the request's context from other files comes from: the other open documents of its
-        language that are not excluded, and the ring (None when ``extraContextTokens`` is 0)."""
+        language that are not excluded, and the ring (None when ``extraContextTokens`` is 0). The cells of a
+        notebook are not other files to its own cells: they are in the prompt already (``cells_around``)."""
         if self.settings.extra_context_tokens <= 0:
             return None
+        siblings = self.notebook_cells(doc)
         others = tuple(
             self.neighbor_view(d) for d in self.workspace.text_documents.values()
             if d.uri != doc.uri and d.language_id == doc.language_id and len(d.source) <= MAX_NEIGHBOR_CHARS
-            and not self.is_excluded(d)
+            and not self.is_excluded(d) and unquote(d.uri) not in siblings
         )  # fmt: skip
         return pipeline.Extra(self.neighbors, self.neighbor_view(doc, text), others)
 

@@ -58,8 +58,9 @@ class Prefilling(Documents):
             return  # privacy: an excluded file never reaches a prompt
         if self._prefill_task is not None and not self._prefill_task.done():
             self._prefill_task.cancel()
-        text = context.lf_text(doc.source)
-        offset = at(text)
+        before, after = self.cells_around(doc)  # a notebook cell: as its completions will see it
+        cell = context.lf_text(doc.source)
+        text, offset = before + cell + after, len(before) + at(cell)
         settings = self.paced_settings()
         rid = f"f{next(self._ids)}"
         extra = self.extra_for(doc, text)

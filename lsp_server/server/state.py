@@ -48,6 +48,11 @@ class ServerState(LanguageServer):
             "codellama-lsp",
             VERSION,
             text_document_sync_kind=types.TextDocumentSyncKind.Incremental,
+            # Notebooks (LSP 3.17): every notebook and all its cells, so that a cell's completion sees the
+            # code cells above it as text before the cursor and those below as text after (``Documents.cells_around``).
+            notebook_document_sync=types.NotebookDocumentSyncOptions(
+                notebook_selector=[types.NotebookDocumentFilterWithNotebook(notebook="*")]
+            ),
             protocol_cls=LspProtocol,
             converter_factory=rpc.converter,
         )
