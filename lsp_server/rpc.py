@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import itertools
 import json
 import logging
 import os
@@ -35,6 +36,7 @@ import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Protocol, cast
+from urllib.parse import unquote
 
 import cattrs
 from lsprotocol import types
@@ -44,6 +46,7 @@ from pygls.protocol.json_rpc import JsonRPCNotification, JsonRPCRequestMessage
 from pygls.protocol.language_server import lsp_method
 
 from .errors import ServerError
+from .lines import LineIndex, LineIndexes
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +211,8 @@ def converter() -> cattrs.Converter:
 class DocumentHost(Protocol):
     """What this protocol needs of its server (``server.CodeLlamaServer``) beyond pygls' ``LanguageServer``."""
 
+    lines: LineIndexes  # line starts of the open documents (lines.py)
+
     def document(self, uri: str) -> Any: ...
 
     def document_lost(self, uri: str | None, reason: str) -> None: ...
@@ -227,8 +232,12 @@ class LspProtocol(LanguageServerProtocol):
         self.exit_code: int | None = None  # set when the server should stop
         self.stopped = asyncio.Event()
         self._pending: set[Any] = set()  # ids of client requests not answered yet
-        # request id -> (uri, document text) when it was dispatched, for requests on a document
-        self._dispatched_on: dict[Any, tuple[str, str | None]] = {}
+        # request id -> (uri, the document's text generation) when it was dispatched, for requests on a document;
+        # a number, not the text: pipelined keystrokes on a 50 MB document would keep a copy of it per request
+        self._dispatched_on: dict[Any, tuple[str, int]] = {}
+        # uri -> a number from _changes taken whenever its text changes (opened, edited, lost); closed: gone (0)
+        self._generations: dict[str, int] = {}
+        self._changes = itertools.count(1)
 
     # ---- lifecycle -----------------------------------------------------------------------------------
     def stop(self, code: int) -> None:
@@ -307,8 +316,7 @@ class LspProtocol(LanguageServerProtocol):
         self._pending.add(msg_id)
         uri = getattr(getattr(getattr(message, "params", None), "text_document", None), "uri", None)
         if isinstance(uri, str):
-            doc = self._host.document(uri)
-            self._dispatched_on[msg_id] = (uri, None if doc is None else doc.source)
+            self._dispatched_on[msg_id] = (uri, self.text_generation(uri))
         if method == types.INITIALIZE:
             self.initialize_seen = True
         elif method == types.SHUTDOWN:
@@ -387,20 +395,31 @@ class LspProtocol(LanguageServerProtocol):
             error = types.ResponseError(code=error.code, message=error.message)
         super()._send_response(msg_id, result, error)
 
-    def _stale(self, dispatched_on: tuple[str, str | None] | None) -> bool:
+    def text_generation(self, uri: str) -> int:
+        """A number that changes whenever the text of document ``uri`` does (see ``text_changed``)."""
+        return self._generations.get(unquote(uri), 0)
+
+    def text_changed(self, uri: str, closed: bool = False) -> None:
+        """The text of ``uri`` changed (opened, edited, closed or dropped): requests dispatched before are stale.
+        A closed document's entry goes (0, as for a document never opened): the table holds open documents only."""
+        if closed:
+            self._generations.pop(unquote(uri), None)
+        else:
+            self._generations[unquote(uri)] = next(self._changes)
+
+    def _stale(self, dispatched_on: tuple[str, int] | None) -> bool:
         """Whether the text of the document a request was about changed between its dispatch and now.
 
-        The text, not the version: a didChange that leaves the text as it is does not make an answer wrong.
-        Neovim 0.7 sends one with no changes at all when its debounce timer had already fired as a request
-        flushed the pending changes (the timer's scheduled callback sends again); answering null then left the
-        editor without a suggestion until the next key.
+        The text, not the version: a didChange that leaves the text as it is does not make an answer wrong
+        (it does not count as a change, see ``lsp_text_document__did_change``). Neovim 0.7 sends one with no
+        changes at all when its debounce timer had already fired as a request flushed the pending changes (the
+        timer's scheduled callback sends again); answering null then left the editor without a suggestion until
+        the next key.
         """
         if dispatched_on is None:
             return False
-        uri, text = dispatched_on
-        now = self._host.document(uri)
-        now_text = None if now is None else now.source
-        return now_text is not text and now_text != text
+        uri, generation = dispatched_on
+        return self.text_generation(uri) != generation
 
     def _handle_cancel_notification(self, msg_id: Any) -> None:
         # pygls' own, at debug level: a cancel that crosses the answer on the wire is normal while typing.
@@ -470,17 +489,28 @@ class LspProtocol(LanguageServerProtocol):
         if doc is None:
             self._host.document_lost(uri, f"{types.TEXT_DOCUMENT_DID_CHANGE}: the document is not open")
             return
-        text = doc.source
+        old = text = doc.source
         encoding = self.workspace.position_encoding or types.PositionEncodingKind.Utf16
+        # the line index makes finding the edited line cost the same at the end of a 50 MB document as at its start
+        index = self._host.lines.get(doc.uri, text)
         for change in params.content_changes:
             if isinstance(change, types.TextDocumentContentChangePartial):
                 try:
-                    text = apply_change(text, change.range, change.text, encoding)
+                    a, b = change_span(text, change.range, encoding, index)
                 except ValueError as exc:
                     self._host.document_lost(uri, f"{types.TEXT_DOCUMENT_DID_CHANGE}: {exc}")
                     return
+                new = text[:a] + change.text + text[b:]
+                index = index.edited(a, b, change.text, new) if index is not None and "\r" not in change.text else None
+                text = new
             else:
-                text = change.text
+                text, index = change.text, None
+        if text is not old and text != old:  # the same text (an empty or no-op change) leaves answers valid
+            self.text_changed(uri)
+        if index is not None:
+            self._host.lines.put(doc.uri, index)
+        else:
+            self._host.lines.forget(doc.uri)
         self.workspace.put_text_document(
             types.TextDocumentItem(
                 uri=doc.uri, language_id=doc.language_id or "", version=params.text_document.version, text=text
@@ -500,20 +530,29 @@ def apply_change(text: str, rng: types.Range, new_text: str, encoding: str) -> s
     means the end of the line (the LSP rule); a line past the last one, or a start after the end, is
     an error: guessing there is how a server's copy drifts from the editor's.
     """
+    a, b = change_span(text, rng, encoding)
+    return text[:a] + new_text + text[b:]
+
+
+def change_span(text: str, rng: types.Range, encoding: str, index: LineIndex | None = None) -> tuple[int, int]:
+    """The offsets in ``text`` that ``rng`` spans (see ``apply_change``); ``index``: ``text``'s line index, if held."""
     start, end = rng.start, rng.end
     if (start.line, start.character) > (end.line, end.character):
         raise ValueError(
             f"expected a range whose start is not after its end, got {start.line}:{start.character}-{end.line}:{end.character}"
         )
-    a = _offset(text, start.line, start.character, encoding)
-    b = _offset(text, end.line, end.character, encoding)
-    return text[:a] + new_text + text[b:]
+    return _offset(text, start.line, start.character, encoding, index), _offset(text, end.line, end.character, encoding, index)
 
 
-def _offset(text: str, line: int, character: int, encoding: str) -> int:
+def _offset(text: str, line: int, character: int, encoding: str, index: LineIndex | None = None) -> int:
     from .context import line_column  # UTF-16/8/32 code units -> code points, clamped to the line
 
-    if "\r" not in text:
+    if index is not None:  # an LF-only text
+        found = index.line_start(line)
+        if found is None:
+            raise ValueError(f"expected a range within lines 0..{index.line_of(len(text))} of the document, got line {line}")
+        start = found
+    elif "\r" not in text:
         parts = text.split("\n", line)  # touches only the lines up to `line`
         if len(parts) <= line:
             raise ValueError(f"expected a range within lines 0..{len(parts) - 1} of the document, got line {line}")

@@ -23,6 +23,7 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcInvalidParams
 
 from .. import config, context, messages, syntax
+from . import memory
 from .completion import Completing
 from .loading import ModelLoading
 from .state import ServerOptions
@@ -70,6 +71,8 @@ def create_server(options: ServerOptions = ServerOptions()) -> CodeLlamaServer:
     def on_close(ls: CodeLlamaServer, params: types.DidCloseTextDocumentParams) -> None:
         ls.cache.forget(params.text_document.uri)
         syntax.TREES.forget(params.text_document.uri)
+        ls.lines.forget(params.text_document.uri)
+        ls.protocol.text_changed(params.text_document.uri, closed=True)
         ls.closed(params.text_document.uri)
 
     @server.feature(types.WORKSPACE_DID_RENAME_FILES, _ALL_FILES)
@@ -79,6 +82,7 @@ def create_server(options: ServerOptions = ServerOptions()) -> CodeLlamaServer:
 
     @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
     def on_open(ls: CodeLlamaServer, params: types.DidOpenTextDocumentParams) -> None:
+        ls.protocol.text_changed(params.text_document.uri)  # requests sent before are about another text (or none)
         ls.opened(params.text_document.uri)  # pygls has stored the document already
 
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
@@ -135,6 +139,11 @@ def create_server(options: ServerOptions = ServerOptions()) -> CodeLlamaServer:
         source = doc.source
         sha = hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()
         return messages.to_wire(messages.DocumentState(version=doc.version, length=len(source), sha256=sha))
+
+    @server.feature(messages.MEMORY)
+    def on_memory(ls: CodeLlamaServer, _params: Any) -> dict[str, Any]:
+        # What the server holds (counts and bytes, never content): the soak tells a leak from a cache filling up.
+        return messages.to_wire(memory.report(ls))
 
     @server.feature(messages.MODELS)
     async def on_models(ls: CodeLlamaServer, params: Any) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from lsprotocol import types
 from .. import context, pipeline
 from ..engines import EngineError, GenerationResult
 from ..engines.remote import RemoteEngine
-from .documents import edit_point
+from .documents import edit_point, reach_view
 from .events import Events
 
 log = logging.getLogger("lsp_server.server")
@@ -42,12 +42,19 @@ class Completing(Events):
             log.info("%s: no model (%s)", rid, self.error or self.state)
             return None
         t0 = time.perf_counter()
+        generation = self.protocol.text_generation(uri)
         source = doc.source
+        newline = context.document_newline(source)
         encoding = self.workspace.position_encoding or types.PositionEncodingKind.Utf16
-        at = edit_point(source, position, selected, encoding)
-        text, offset = at.text, at.offset
-        t_in = (time.perf_counter() - t0) * 1e3
+        at = edit_point(source, position, selected, encoding, self.lines.get(uri, source))
         settings = self.paced_settings()
+        # A big document goes on as the part a prompt can reach: no request holds (or walks) the whole text while it
+        # waits, and the text's changes are told by the generation, not by comparing it.
+        text, offset = reach_view(at.text, at.offset, settings.context_tokens)
+        head, rng, word, line = at.head, at.range, at.word, at.line
+        extra, language_id = self.extra_for(doc, text), doc.language_id
+        del source, at, doc
+        t_in = (time.perf_counter() - t0) * 1e3
         try:
             with self.running() as job:
                 prefetched = await self.prefetcher.join(uri, text, offset) if selected is None else None
@@ -57,7 +64,17 @@ class Completing(Events):
                     )
                 else:
                     result = await pipeline.complete(
-                        engine, self.cache, uri, text, offset, settings, n, rid, self.extra_for(doc, text), doc.language_id
+                        engine,
+                        self.cache,
+                        uri,
+                        text,
+                        offset,
+                        settings,
+                        n,
+                        rid,
+                        extra,
+                        language_id,
+                        line,
                     )
                 r = result.result
                 # the model's answer (a cache hit or a superseded job has no latency worth showing)
@@ -76,12 +93,10 @@ class Completing(Events):
             log.info("%s: cancelled by the client after %.1f ms", rid, (time.perf_counter() - t0) * 1e3)
             raise
         t1 = time.perf_counter()
-        now = self.document(uri)
-        if now is None or (now.source is not source and now.source != source):  # the text, not the version
+        if self.protocol.text_generation(uri) != generation:  # the text changed (not only the version), or it closed
             log.debug("%s: document changed while completing; dropped", rid)
             return None
-        newline = context.document_newline(source)
-        texts = [context.to_document_newlines(at.head + t, newline) for t in result.texts]
+        texts = [context.to_document_newlines(head + t, newline) for t in result.texts]
         if r is not None and result.source != "cache":
             self.pacer.finished(r.total_ms)
         log.info(
@@ -90,7 +105,7 @@ class Completing(Events):
             cut_reason(r, settings.time_budget_ms, self.settings.time_budget_ms),
         )  # fmt: skip
         self.overhead_ms = t_in + result.pipeline_ms + (time.perf_counter() - t1) * 1e3
-        return texts, at.range, at.word
+        return texts, rng, word
 
 
 def engine_summary(r: GenerationResult | None) -> str:

@@ -18,11 +18,14 @@ from urllib.parse import unquote, urlsplit
 from lsprotocol import types
 
 from .. import context, neighbors, pipeline
+from ..lines import LineIndex
 from .status import StatusReporting
 
 log = logging.getLogger("lsp_server.server")
 _WORD_BEFORE = re.compile(r"\w+\Z")
 MAX_NEIGHBOR_CHARS = 1 << 20  # an open document larger than this is no other file's context (it is copied per request)
+VIEW_FROM = 1 << 20  # characters; a longer document goes on to a completion as the part its prompt can reach
+VIEW_GRID = 1 << 16  # the view's start moves on this grid (so the cache's windows stay comparable while typing)
 
 
 class Documents(StatusReporting):
@@ -36,6 +39,8 @@ class Documents(StatusReporting):
         if uri is not None:
             self.workspace.remove_text_document(uri)
             self.cache.forget(uri)
+            self.lines.forget(uri)
+            self.protocol.text_changed(uri, closed=True)
         where = uri or "a document"
         log.error("%s is out of sync: %s", where, reason)
         self.show(types.MessageType.Error, f"{where} is out of sync ({reason}); completions for it stop until it is reopened")
@@ -103,24 +108,57 @@ class EditPoint:
     range: types.Range  # what the completion replaces in the editor's document
     head: str  # the selected item's text, put in front of every completion ("" without one)
     word: str  # identifier characters just before the cursor, for textDocument/completion items ("" with a selection)
+    line: int = 0  # the line ``offset`` is on in ``text``
 
 
-def edit_point(source: str, position: types.Position, selected: types.SelectedCompletionInfo | None, encoding: str) -> EditPoint:
+def edit_point(
+    source: str,
+    position: types.Position,
+    selected: types.SelectedCompletionInfo | None,
+    encoding: str,
+    index: LineIndex | None = None,
+) -> EditPoint:
     """A request's document ``source`` and ``position`` (in ``encoding`` units) -> the text to complete and the
-    range to replace. With an item selected in the editor's completion widget, complete as if it were applied."""
+    range to replace. With an item selected in the editor's completion widget, complete as if it were applied.
+    ``index``: the line index of ``source`` (``lines``): finding the position then costs the same anywhere in a
+    document of any size."""
     text = context.lf_text(source)
-    offset = context.offset_at(text, position.line, position.character, encoding)
+    if index is not None and index.text is not text:
+        index = None
+    offset = context.offset_at(text, position.line, position.character, encoding, index)
     line_start = text.rfind("\n", 0, offset) + 1
-    start = types.Position(line=text.count("\n", 0, offset), character=context.units_of(text[line_start:offset], encoding))
+    line = index.line_of(offset) if index is not None else text.count("\n", 0, offset)
+    start = types.Position(line=line, character=context.units_of(text[line_start:offset], encoding))
     if selected is None:
         word = _WORD_BEFORE.search(text, line_start, offset)
-        return EditPoint(text, offset, types.Range(start=start, end=start), "", word.group(0) if word else "")
+        return EditPoint(text, offset, types.Range(start=start, end=start), "", word.group(0) if word else "", line)
     sel = selected.range
-    sel_start = context.offset_at(text, sel.start.line, sel.start.character, encoding)
-    sel_end = context.offset_at(text, sel.end.line, sel.end.character, encoding)
+    sel_start = context.offset_at(text, sel.start.line, sel.start.character, encoding, index)
+    sel_end = context.offset_at(text, sel.end.line, sel.end.character, encoding, index)
     first, last = (sel.start, sel.end) if sel_start <= sel_end else (sel.end, sel.start)
     sel_start, sel_end = min(sel_start, sel_end), max(sel_start, sel_end)  # a reversed range: the same span
     head = selected.text
+    line = (index.line_of(sel_start) if index is not None else text.count("\n", 0, sel_start)) + head.count("\n")
     return EditPoint(
-        text[:sel_start] + head + text[sel_end:], sel_start + len(head), types.Range(start=first, end=last), head, ""
+        text[:sel_start] + head + text[sel_end:], sel_start + len(head), types.Range(start=first, end=last), head, "", line
     )
+
+
+def reach_view(text: str, offset: int, context_tokens: int) -> tuple[str, int]:
+    """The part of a big document's ``text`` that a prompt around ``offset`` with windows of up to ``context_tokens``
+    tokens can reach (``context.REACH_CHARS`` a token, and a margin), and the cursor in it; ``text`` itself when it is
+    at most ``VIEW_FROM`` characters.
+
+    A completion request on a 20 MB document held the whole text while it waited for the engine, and pipelined
+    keystrokes each held their own (60 of them: 1.2 GB); the view is a few hundred KB and everything after it (the
+    cache, the windows, the prompt) costs what it costs on a small document. The windows cut from the view are the
+    ones cut from the whole text: the view starts at a line start before the prefix window's reach (so the grid lines
+    stay, given the cursor's line), and ends after the suffix window's reach, at the same distance from the cursor
+    while the user types before it (so the type-through cache still matches)."""
+    if len(text) <= VIEW_FROM:
+        return text, offset
+    reach = context_tokens * context.REACH_CHARS + VIEW_GRID
+    lo = max(0, (offset - reach) // VIEW_GRID * VIEW_GRID)
+    if lo > 0:
+        lo = text.rfind("\n", 0, lo) + 1
+    return text[lo : min(len(text), offset + reach)], offset - lo

@@ -16,6 +16,7 @@ import attrs
 from lsprotocol import types
 
 from .. import config, context, messages, pipeline
+from .documents import VIEW_FROM
 from .prefill import Prefilling
 
 log = logging.getLogger("lsp_server.server")
@@ -33,7 +34,7 @@ class Events(Prefilling):
         partial = [c for c in params.content_changes if isinstance(c, types.TextDocumentContentChangePartial)]
         line = partial[0].range.start.line if partial else 0
         view = self.neighbor_view(doc)
-        self.neighbors.ring.edited(view, line)
+        self.neighbors.ring.edited(view, line, self.lines.get(uri, view.text))
         if not self.prefetch_if_accepted(doc, view.text) and partial:
             encoding = self.workspace.position_encoding or types.PositionEncodingKind.Utf16
             self.prefill_if_moved(uri, *_after(partial[-1], encoding))
@@ -54,6 +55,8 @@ class Events(Prefilling):
 
     def prefetch_if_accepted(self, doc: Any, text: str) -> bool:
         """When ``text`` is the last suggestion accepted into ``doc``, start the next completion now (True)."""
+        if len(text) > VIEW_FROM:
+            return False  # a big document's requests see a view of it (documents.reach_view), its cache entries too
         engine, offset = self.engine, self.cache.accepted(doc.uri, text)
         if engine is None or offset is None or not self.settings.enabled_for(doc.language_id):
             return False

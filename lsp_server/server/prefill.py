@@ -21,7 +21,7 @@ from dataclasses import replace
 from lsprotocol import types
 
 from .. import config, context, pipeline
-from .documents import Documents
+from .documents import Documents, reach_view
 
 log = logging.getLogger("lsp_server.server")
 
@@ -47,7 +47,11 @@ class Prefilling(Documents):
         if last is not None and last[0] == uri and abs(last[1] - line) < NEW_PLACE_LINES:
             return
         encoding = self.workspace.position_encoding or types.PositionEncodingKind.Utf16
-        self._prefill(uri, lambda text: context.offset_at(text, line, character, encoding), "edited at a new place")
+        self._prefill(
+            uri,
+            lambda text: context.offset_at(text, line, character, encoding, self.lines.get(uri, text)),
+            "edited at a new place",
+        )
 
     def _prefill(self, uri: str, at: Callable[[str], int], why: str) -> None:
         engine = self.engine
@@ -60,12 +64,16 @@ class Prefilling(Documents):
             self._prefill_task.cancel()
         text = context.lf_text(doc.source)
         offset = at(text)
+        index = self.lines.get(uri, text)
+        line = index.line_of(offset) if index is not None else None
         settings = self.paced_settings()
+        text, offset = reach_view(text, offset, settings.context_tokens)  # a big document: the part a prompt reaches
         rid = f"f{next(self._ids)}"
         extra = self.extra_for(doc, text)
+        del doc
 
         async def run() -> None:
-            cur = context.cursor(text, offset)
+            cur = context.cursor(text, offset, line)
             request, _ctx = await asyncio.to_thread(
                 pipeline.build_request, engine, text, offset, settings, 1, rid, cur, None, extra
             )
