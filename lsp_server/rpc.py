@@ -64,7 +64,18 @@ _DOCUMENT_SYNC = {types.TEXT_DOCUMENT_DID_OPEN, types.TEXT_DOCUMENT_DID_CHANGE, 
 
 
 class FrameError(Exception):
-    """A frame that could not be read; the message says what was expected and what came."""
+    """A frame that could not be read; the message says what was expected and what came. ``head``: the first bytes
+    of a body skipped for its size (``OVERSIZED_HEAD``), so the document it carried can be named."""
+
+    def __init__(self, message: str, head: bytes = b"", length: int = 0) -> None:
+        super().__init__(message)
+        self.head = head
+        self.length = length
+
+
+OVERSIZED_HEAD = 4096  # bytes of a skipped body read to find its method and document
+_METHOD = re.compile(rb'"method"\s*:\s*"([^"\\]{1,100})"')
+_URI = re.compile(rb'"uri"\s*:\s*"((?:[^"\\]|\\.){1,2000})"')
 
 
 class FrameReader:
@@ -112,8 +123,14 @@ class FrameReader:
                 return exc
             del self._buf[: end.end()]
             if length > MAX_CONTENT_LENGTH:
+                while len(self._buf) < OVERSIZED_HEAD and await self._fill():
+                    pass  # its start names the document (a didOpen of a 70 MB file): the server says which
                 self._resync = True  # the body is skipped while looking for the next header
-                return FrameError(f"expected a Content-Length of at most {MAX_CONTENT_LENGTH}, got {length}")
+                return FrameError(
+                    f"expected a Content-Length of at most {MAX_CONTENT_LENGTH}, got {length}",
+                    bytes(self._buf[:OVERSIZED_HEAD]),
+                    length,
+                )
             while len(self._buf) < length:
                 if not await self._fill():
                     return None  # the client went away mid-message
@@ -217,6 +234,10 @@ class DocumentHost(Protocol):
 
     def document_lost(self, uri: str | None, reason: str) -> None: ...
 
+    def document_too_big(self, uri: str, size: int) -> None: ...
+
+    def is_too_big(self, uri: str) -> bool: ...
+
 
 class LspProtocol(LanguageServerProtocol):
     """pygls' protocol plus the rules above. ``dispatch`` is the entry point for a message body."""
@@ -250,6 +271,21 @@ class LspProtocol(LanguageServerProtocol):
         self.stop(0 if self.shutdown_seen else 1)
 
     # ---- messages in ---------------------------------------------------------------------------------
+    def oversized(self, error: FrameError) -> None:
+        """A body skipped for its size: when it opened or replaced a document (its start names the method and the
+        URI), that document is too big to follow; the server says so once and keeps quiet about it after."""
+        if not error.head or not self.initialize_seen:
+            return
+        method, uri = _METHOD.search(error.head), _URI.search(error.head)
+        if method is None or uri is None or method[1].decode() not in _DOCUMENT_SYNC:
+            return
+        try:
+            name = json.loads(b'"' + uri[1] + b'"')
+        except ValueError:
+            return
+        self.text_changed(name, closed=True)
+        self._host.document_too_big(name, error.length)
+
     def dispatch(self, body: bytes, reader: FrameReader | None = None) -> None:
         try:
             obj = json.loads(body, parse_constant=_no_constant)
@@ -487,6 +523,9 @@ class LspProtocol(LanguageServerProtocol):
         uri = params.text_document.uri
         doc = self._host.document(uri)
         if doc is None:
+            if self._host.is_too_big(uri):  # said once when it came; each keystroke in it is no news
+                log.debug("%s: change to a document too big to follow, ignored", uri)
+                return
             self._host.document_lost(uri, f"{types.TEXT_DOCUMENT_DID_CHANGE}: the document is not open")
             return
         old = text = doc.source
@@ -639,6 +678,7 @@ async def _pump(protocol: LspProtocol, reader: FrameReader) -> None:
             return
         if isinstance(frame, FrameError):
             protocol.reply_error(None, PARSE_ERROR, str(frame))
+            protocol.oversized(frame)
             continue
         try:
             protocol.dispatch(frame, reader)

@@ -834,6 +834,29 @@ def test_typing_in_a_big_document_keeps_it_in_sync_and_holds_one_copy() -> None:
         s.stop()
 
 
+def test_a_document_over_the_message_limit_is_refused_once_and_quietly() -> None:
+    """Item 9, past the edge's 64 MiB message limit: a 70 MB ``didOpen`` cannot be read (the framing refuses it), so
+    the document is refused by name: one warning says so, its keystrokes and requests follow quietly (an empty answer
+    each, no "out of sync" popup per keystroke, as there was), and a small document still answers."""
+    s = RawServer()
+    try:
+        s.initialize("demo", {"maxTokens": 4, "timeBudgetMs": 30000})
+        text = "".join(f"def f{k}(a, b):\n    return a * {k} + b\n\n\n" for k in range(1000)) * 1850
+        assert len(text) > 64 << 20
+        open_doc(s, "file:///w/huge.txt", text, language="plaintext")
+        open_doc(s, "file:///w/small.py", "def add(a, b):\n    \n")
+        line = text.count("\n")
+        for version in range(2, 5):
+            change(s, "file:///w/huge.txt", version, line, "x")
+            assert inline(s, "file:///w/huge.txt", line, 1) == {"items": []}
+        assert "items" in inline(s, "file:///w/small.py", 1, 4)
+        shown = messages(s)
+        assert len(shown) == 1 and "huge.txt" in shown[0] and "no completions" in shown[0], shown
+        assert "too big to follow" in s.stderr() and "Traceback" not in s.stderr()
+    finally:
+        s.stop()
+
+
 # ---- 12. memory under pipelined keystrokes ---------------------------------------------------------------------------
 @pytest.mark.slow
 def test_memory_is_flat_under_pipelined_keystrokes() -> None:

@@ -18,6 +18,7 @@ import asyncio
 import hashlib
 import logging
 from typing import Any
+from urllib.parse import unquote
 
 from lsprotocol import types
 from pygls.exceptions import JsonRpcInvalidParams
@@ -73,6 +74,7 @@ def create_server(options: ServerOptions = ServerOptions()) -> CodeLlamaServer:
         syntax.TREES.forget(params.text_document.uri)
         ls.lines.forget(params.text_document.uri)
         ls.protocol.text_changed(params.text_document.uri, closed=True)
+        ls._too_big.pop(unquote(params.text_document.uri), None)
         ls.closed(params.text_document.uri)
 
     @server.feature(types.WORKSPACE_DID_RENAME_FILES, _ALL_FILES)
@@ -83,6 +85,7 @@ def create_server(options: ServerOptions = ServerOptions()) -> CodeLlamaServer:
     @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
     def on_open(ls: CodeLlamaServer, params: types.DidOpenTextDocumentParams) -> None:
         ls.protocol.text_changed(params.text_document.uri)  # requests sent before are about another text (or none)
+        ls._too_big.pop(unquote(params.text_document.uri), None)
         ls.opened(params.text_document.uri)  # pygls has stored the document already
 
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)

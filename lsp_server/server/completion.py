@@ -33,7 +33,8 @@ class Completing(Events):
         rid = f"r{next(self._ids)}"
         doc = self.document(uri)
         if doc is None:
-            log.info("%s: %s is not open; nothing to complete", rid, uri)
+            why = "too big to follow (no completions for it)" if self.is_too_big(uri) else "not open"
+            log.info("%s: %s is %s; nothing to complete", rid, uri, why)
             return None
         if not self.settings.enabled_for(doc.language_id) or self.is_excluded(doc):
             return None  # privacy: an excluded file never gets a completion (so never reaches a prompt)

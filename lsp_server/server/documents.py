@@ -17,7 +17,7 @@ from urllib.parse import unquote, urlsplit
 
 from lsprotocol import types
 
-from .. import context, neighbors, pipeline
+from .. import context, neighbors, pipeline, rpc
 from ..lines import LineIndex
 from .status import StatusReporting
 
@@ -44,6 +44,25 @@ class Documents(StatusReporting):
         where = uri or "a document"
         log.error("%s is out of sync: %s", where, reason)
         self.show(types.MessageType.Error, f"{where} is out of sync ({reason}); completions for it stop until it is reopened")
+
+    def document_too_big(self, uri: str, size: int) -> None:
+        """A ``didOpen`` (or a whole-text change) of ``uri`` was skipped for its size (``rpc.MAX_CONTENT_LENGTH``): no
+        completions for it until it is reopened smaller; the user is told once (as Copilot does for very big files)."""
+        self.workspace.remove_text_document(uri)
+        self.cache.forget(uri)
+        self.lines.forget(uri)
+        first = unquote(uri) not in self._too_big
+        self._too_big[unquote(uri)] = size
+        message = (
+            f"{uri.rsplit('/', 1)[-1]} is {size / 1e6:.0f} MB, more than the {rpc.MAX_CONTENT_LENGTH >> 20} MiB a message "
+            "may carry: no completions for it"
+        )
+        log.warning("%s: %s", uri, message)
+        if first:
+            self.show(types.MessageType.Warning, message)
+
+    def is_too_big(self, uri: str) -> bool:
+        return unquote(uri) in self._too_big
 
     def opened(self, uri: str) -> None:
         """An excluded file opened (perhaps a file just renamed to ``.env``): chunks of its text leave the ring."""

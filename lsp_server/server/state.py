@@ -79,6 +79,7 @@ class ServerState(LanguageServer):
         self.cache = TypeThroughCache()
         self._ids = itertools.count(1)
         self.neighbors = neighbors.Neighbors()  # other files' chunks and recently edited regions
+        self._too_big: dict[str, int] = {}  # URIs whose didOpen was skipped for its size -> its size (documents.py)
         self.lines = LineIndexes()  # line starts of the open documents: a keystroke at the end of 50 MB finds its line at once
         self.pacer = Pacer()  # adaptive time budget and debounce
         self.sizer = PromptSizer()  # prompt sizes from the engine's measured speed (coldJumpMs)
