@@ -57,11 +57,13 @@ def main() -> int:
     p.add_argument("--initial-functions", type=int, default=400, help="functions in the document before typing (0: tiny)")
     p.add_argument("--kept-prompts-mib", type=int, default=None, help="the server's --kept-prompts-mib (default: its own)")
     p.add_argument("--tracemalloc", action="store_true", help="run the server under PYTHONTRACEMALLOC=1 (Python's heap)")
+    p.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE", help="e.g. MALLOC_ARENA_MAX=2")
     args = p.parse_args()
 
     t0 = time.perf_counter()
     server_args = () if args.kept_prompts_mib is None else ("--kept-prompts-mib", str(args.kept_prompts_mib))
     env = {**server_env(), **({"PYTHONTRACEMALLOC": "1"} if args.tracemalloc else {})}
+    env.update(kv.split("=", 1) for kv in args.server_env)
     with RawServer(args=server_args, env=env) as s:
         s.initialize(args.model, {"maxTokens": 16, "timeBudgetMs": 1000})
         assert s.statuses()[-1]["state"] == "ready", s.statuses()[-1]
@@ -108,6 +110,8 @@ def main() -> int:
                 rss_warm = rss
             rss_max = max(rss_max, rss)
         elapsed = time.perf_counter() - t0
+        # the allocator's free memory given back (glibc malloc_trim): what the RSS kept that nothing used
+        trimmed = s.request("codellama/memory", {"trim": True}, timeout=120)["result"]
         order = {
             json.dumps(f["id"]): i for i, f in enumerate(s.frames) if "id" in f and "method" not in f and f["id"] is not None
         }
@@ -150,6 +154,12 @@ def main() -> int:
     if len(reports) >= 4:
         print()
         print(memory_table(reports))
+        if trimmed["rssBytes"] is not None:
+            print(
+                f"after malloc_trim at the end: RSS {trimmed['rssBytes'] / mb:.1f} MB "
+                f"({(trimmed['rssBytes'] - samples[-1]) / mb:+.1f} MB: free memory the allocator held), "
+                f"without kept prompts {(trimmed['rssBytes'] - trimmed['keptPromptBytes']) / mb:.1f} MB"
+            )
     return 0 if answered_once == len(requests) and stale == 0 and tracebacks == 0 else 1
 
 

@@ -1,6 +1,6 @@
 """Line starts of an open document: line -> offset and offset -> line in time that does not grow with the document.
 
-In: a document's text (LF line ends; a text with a CR is not indexed, its callers take the plain path) and the edits
+In: a document's text (LF or CRLF line ends; a text with a lone CR is not indexed, its callers take the plain path) and the edits
 made to it (offsets ``a..b`` of the old text replaced by a string). Out: the offset where a line starts
 (``line_start``), the line an offset is on (``line_of``), and the index of the text after an edit (``edited``).
 
@@ -26,8 +26,14 @@ from urllib.parse import unquote
 SPACING = 16_384  # characters between checkpoints
 
 
+def has_lone_cr(text: str) -> bool:
+    """Whether ``text`` has a CR that does not start a CRLF (a line end of its own, which the index does not know)."""
+    return text.count("\r") != text.count("\r\n")
+
+
 class LineIndex:
-    """Checkpoints of one text (see the module docstring). ``text`` must not contain a CR."""
+    """Checkpoints of one text (see the module docstring). Lines end at LF (or CRLF: the line starts are the same);
+    ``text`` must have no lone CR."""
 
     __slots__ = ("_lines", "_lock", "_offsets", "text")
 
@@ -68,8 +74,15 @@ class LineIndex:
             l0, o0 = self._lines[i], self._offsets[i]
         return l0 + self.text.count("\n", o0, offset)
 
-    def edited(self, a: int, b: int, new: str, text: str) -> LineIndex:
-        """The index of ``text``, which is this index's text with ``[a, b)`` replaced by ``new``."""
+    def edited(self, a: int, b: int, new: str, text: str) -> LineIndex | None:
+        """The index of ``text``, which is this index's text with ``[a, b)`` replaced by ``new``; None when the edit
+        left a CR that is not followed by a LF (a line end the index does not know)."""
+        end = a + len(new)
+        cr = text.find("\r", max(0, a - 1), end + 1)
+        while cr >= 0:
+            if not text.startswith("\n", cr + 1):
+                return None
+            cr = text.find("\r", cr + 1, end + 1)
         with self._lock:
             old_lines, old_offsets = list(self._lines), list(self._offsets)
         delta = len(new) - (b - a)
@@ -112,13 +125,14 @@ class LineIndexes:
         self._by_uri: dict[str, LineIndex] = {}
 
     def get(self, uri: str, text: str) -> LineIndex | None:
-        """The index of ``text`` (the document ``uri``'s), built if the one held is of another text; None for a
-        text with a CR (its line ends are not only LF: the callers' plain path handles them)."""
+        """The index of ``text``, the document ``uri``'s source as the editor sent it (never a copy: the index held
+        for ``uri`` is replaced), built if the one held is of another text; None for a text with a lone CR (the
+        callers' plain path handles it)."""
         key = unquote(uri)  # as pygls keys its documents
         got = self._by_uri.get(key)
         if got is not None and got.text is text:
             return got
-        if "\r" in text:
+        if has_lone_cr(text):
             self._by_uri.pop(key, None)
             return None
         got = LineIndex.of(text)

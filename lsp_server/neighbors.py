@@ -161,6 +161,8 @@ class ChunkRing:
         each edit, a few lines' work with the index), not the whole text: a 50 MB document stays one copy.
         """
         start, text = block(doc.text, line, self.chunk_lines, index)
+        if "\r" in text:  # the document as sent (CRLF): chunks are LF, as prompts are
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
         with self._lock:
             prev = self._editing
             self._editing = (replace(doc, text=text), line, start)

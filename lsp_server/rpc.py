@@ -540,7 +540,7 @@ class LspProtocol(LanguageServerProtocol):
                     self._host.document_lost(uri, f"{types.TEXT_DOCUMENT_DID_CHANGE}: {exc}")
                     return
                 new = text[:a] + change.text + text[b:]
-                index = index.edited(a, b, change.text, new) if index is not None and "\r" not in change.text else None
+                index = index.edited(a, b, change.text, new) if index is not None else None
                 text = new
             else:
                 text, index = change.text, None
@@ -586,7 +586,7 @@ def change_span(text: str, rng: types.Range, encoding: str, index: LineIndex | N
 def _offset(text: str, line: int, character: int, encoding: str, index: LineIndex | None = None) -> int:
     from .context import line_column  # UTF-16/8/32 code units -> code points, clamped to the line
 
-    if index is not None:  # an LF-only text
+    if index is not None:  # a text whose lines end at LF or CRLF
         found = index.line_start(line)
         if found is None:
             raise ValueError(f"expected a range within lines 0..{index.line_of(len(text))} of the document, got line {line}")

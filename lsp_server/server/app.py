@@ -144,9 +144,11 @@ def create_server(options: ServerOptions = ServerOptions()) -> CodeLlamaServer:
         return messages.to_wire(messages.DocumentState(version=doc.version, length=len(source), sha256=sha))
 
     @server.feature(messages.MEMORY)
-    def on_memory(ls: CodeLlamaServer, _params: Any) -> dict[str, Any]:
-        # What the server holds (counts and bytes, never content): the soak tells a leak from a cache filling up.
-        return messages.to_wire(memory.report(ls))
+    def on_memory(ls: CodeLlamaServer, params: Any) -> dict[str, Any]:
+        # What the server holds (counts and bytes, never content): the soak tells a leak from a cache filling up, and
+        # with {"trim": true} (glibc's malloc_trim first) from memory the allocator keeps free.
+        trim = (params.get("trim") if isinstance(params, dict) else getattr(params, "trim", None)) is True
+        return messages.to_wire(memory.report(ls, trim))
 
     @server.feature(messages.MODELS)
     async def on_models(ls: CodeLlamaServer, params: Any) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from lsprotocol import types
 from .. import context, pipeline
 from ..engines import EngineError, GenerationResult
 from ..engines.remote import RemoteEngine
-from .documents import edit_point, reach_view
+from .documents import edit_point
 from .events import Events
 
 log = logging.getLogger("lsp_server.server")
@@ -47,11 +47,11 @@ class Completing(Events):
         source = doc.source
         newline = context.document_newline(source)
         encoding = self.workspace.position_encoding or types.PositionEncodingKind.Utf16
-        at = edit_point(source, position, selected, encoding, self.lines.get(uri, source))
         settings = self.paced_settings()
         # A big document goes on as the part a prompt can reach: no request holds (or walks) the whole text while it
         # waits, and the text's changes are told by the generation, not by comparing it.
-        text, offset = reach_view(at.text, at.offset, settings.context_tokens)
+        at = edit_point(source, position, selected, encoding, self.lines.get(uri, source), settings.context_tokens)
+        text, offset = at.text, at.offset
         head, rng, word, line = at.head, at.range, at.word, at.line
         extra, language_id = self.extra_for(doc, text), doc.language_id
         del source, at, doc

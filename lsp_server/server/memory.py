@@ -53,8 +53,27 @@ def _rss() -> int | None:
         return None
 
 
-def report(server: Any) -> messages.Memory:
-    """The memory report of ``server`` (a ``CodeLlamaServer``); called on the event loop."""
+def trim() -> bool:
+    """Give the allocator's free memory back to the system (glibc's ``malloc_trim``); False where there is none.
+    What comes back is what the RSS held that no allocation used: fragmentation and free pages kept by the arenas,
+    not a leak."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return False
+    try:
+        fn = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    fn(ctypes.c_size_t(0))
+    return True
+
+
+def report(server: Any, trim_first: bool = False) -> messages.Memory:
+    """The memory report of ``server`` (a ``CodeLlamaServer``); called on the event loop. ``trim_first``: ``trim``
+    before measuring (``codellama/memory`` with ``{"trim": true}``)."""
+    if trim_first:
+        gc.collect()
+        trim()
     mi = _mallinfo2()
     info = mi() if mi is not None else None
     docs = list(server.workspace.text_documents.values())
