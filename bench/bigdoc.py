@@ -1,6 +1,6 @@
 """Big documents over stdio: what opening, asking and typing in a 5-50 MB file cost, and whether others wait.
 
-In: document sizes in MB (default 5, 20, 50), the kinds (``.py``: a language with a grammar; ``.txt``: plain text),
+In: document sizes in MB (default 5, 20, 50), the kinds (``py``: a language with a grammar; ``txt``: plain text; ``crlf``),
 a model (default ``demo``), keystrokes to time. Out: a Markdown table on stdout, one row per size and kind, from a
 fresh ``codellama-lsp --stdio`` each:
 
@@ -12,14 +12,14 @@ fresh ``codellama-lsp --stdio`` each:
   there, until its reply (median and worst of ``--keys``);
 - other: a keystroke in the big document, then at once a request for a small open document: until the small one's
   reply (it must not wait behind the big one);
-- refused: whether the big document's requests were answered with no completion because it is over ``maxDocumentMB``;
+- refused: whether every request on the big document was answered with no completion;
 - RSS: the server's resident set at the end, and its peak (``VmHWM``).
 
-The text is Python (``def fN(a, b): return a * N + b`` repeated, then a function being typed), the same for both
-kinds; only the URI and language id differ. Each figure includes the demo model's own time for the request (a few
+The text is Python (``def fN(a, b): return a * N + b`` repeated, then a function being typed), the same for every
+kind; only the URI and language id differ, and ``crlf`` is the ``.txt`` with CRLF line ends (as Windows editors send). Each figure includes the demo model's own time for the request (a few
 ms); the server's log line per request separates handler, pipeline and engine.
 
-Run: ``python bench/bigdoc.py [--sizes 5 20 50] [--kinds py txt] [--keys 5] [--settings '{"maxDocumentMB": 100}']``.
+Run: ``python bench/bigdoc.py [--sizes 5 20 50] [--kinds txt py crlf] [--keys 5] [--settings '{"contextTokens": 4096}']``.
 """
 
 from __future__ import annotations
@@ -67,11 +67,11 @@ def inline(uri: str, line: int, col: int, rid: str) -> dict[str, Any]:
 
 
 def one(mb: float, kind: str, keys: int, model: str, settings: dict[str, Any], timeout: float) -> dict[str, Any]:
-    uri = f"file:///bench/big.{kind}"
-    text = big_text(mb)
+    uri = "file:///bench/big-crlf.txt" if kind == "crlf" else f"file:///bench/big.{kind}"
+    text = big_text(mb).replace("\n", "\r\n") if kind == "crlf" else big_text(mb)
     line, col = end_of(text)
     ids = iter(range(10**9))
-    row: dict[str, Any] = {"size": f"{len(text) / 1e6:.1f} MB", "kind": f".{kind}"}
+    row: dict[str, Any] = {"size": f"{len(text) / 1e6:.1f} MB", "kind": ".txt, CRLF" if kind == "crlf" else f".{kind}"}
     with RawServer() as s:
         s.initialize(model, {"maxTokens": 8, "timeBudgetMs": 5000, **settings})
         proc = psutil.Process(s.proc.pid)
@@ -121,7 +121,7 @@ def one(mb: float, kind: str, keys: int, model: str, settings: dict[str, Any], t
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     p.add_argument("--sizes", type=float, nargs="+", default=[5, 20, 50])
-    p.add_argument("--kinds", nargs="+", default=["txt", "py"], choices=["txt", "py"])
+    p.add_argument("--kinds", nargs="+", default=["txt", "py", "crlf"], choices=["txt", "py", "crlf"])
     p.add_argument("--keys", type=int, default=5)
     p.add_argument("--model", default="demo")
     p.add_argument("--settings", default="{}", help="more initializationOptions (JSON)")

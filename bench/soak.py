@@ -78,6 +78,7 @@ def main() -> int:
         rss_warm = rss_max = 0
         samples: list[int] = []
         reports: list[tuple[int, dict[str, Any]]] = []  # (keystrokes so far, codellama/memory)
+        trimmed_warm: dict[str, Any] | None = None
         sent = 0
         while sent < args.requests:
             burst: list[str] = []
@@ -105,6 +106,8 @@ def main() -> int:
             rss = proc.memory_info().rss
             samples.append(rss)
             if sent > args.warmup:
+                if trimmed_warm is None:  # the baseline: what is in use once the allocator gave its free memory back
+                    trimmed_warm = s.request("codellama/memory", {"trim": True}, timeout=120)["result"]
                 reports.append((sent, s.request("codellama/memory", timeout=120)["result"]))
             if sent <= args.warmup:
                 rss_warm = rss
@@ -154,11 +157,18 @@ def main() -> int:
     if len(reports) >= 4:
         print()
         print(memory_table(reports))
-        if trimmed["rssBytes"] is not None:
+        if trimmed["rssBytes"] is not None and trimmed_warm is not None:
+            # the flat-memory line: RSS less the kept prompts (a cache with a budget), each time after malloc_trim (so
+            # free memory the allocator holds, fragmentation, is not counted as growth)
+            a = trimmed_warm["rssBytes"] - trimmed_warm["keptPromptBytes"]
+            b = trimmed["rssBytes"] - trimmed["keptPromptBytes"]
+            n = reports[-1][0] - reports[0][0]
             print(
                 f"after malloc_trim at the end: RSS {trimmed['rssBytes'] / mb:.1f} MB "
-                f"({(trimmed['rssBytes'] - samples[-1]) / mb:+.1f} MB: free memory the allocator held), "
-                f"without kept prompts {(trimmed['rssBytes'] - trimmed['keptPromptBytes']) / mb:.1f} MB"
+                f"({(trimmed['rssBytes'] - samples[-1]) / mb:+.1f} MB: free memory the allocator held); "
+                f"RSS less kept prompts, trimmed: {a / mb:.1f} MB after warm-up, {b / mb:.1f} MB at the end "
+                f"({(b - a) / mb:+.1f} MB, {(b - a) / 1024 / max(n, 1):+.3f} KB per keystroke); kept prompts "
+                f"{trimmed['keptPromptBytes'] / mb:.1f} of {trimmed['keptPromptBudget'] / mb:.0f} MiB"
             )
     return 0 if answered_once == len(requests) and stale == 0 and tracebacks == 0 else 1
 

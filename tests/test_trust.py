@@ -1,4 +1,4 @@
-"""Trust boundaries (issue 23, items 2-21): what a hostile workspace, repository, remote server or client can make
+"""Trust boundaries and resources (issue 23, items 2-21): what a hostile workspace, repository, remote server or client can make
 the real server do, each case as it happened, through the real ``codellama-lsp --stdio`` process.
 
 The remote engine talks to a misbehaving HTTP server on 127.0.0.1 (``tests/fixtures/fake_openai.py``: a real
@@ -806,6 +806,33 @@ def test_a_keystroke_in_a_big_document_finds_its_line_through_the_index() -> Non
     starts = [*index._offsets, len(text)]
     longest_line = max(map(len, text.split("\n")))  # a checkpoint is a line start: a gap holds whole lines
     assert max(b - a for a, b in itertools.pairwise(starts)) <= 4 * lines.SPACING + longest_line + 1
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"], ids=["lf", "crlf"])
+def test_a_big_document_request_sees_the_windows_the_whole_text_gives(newline: str) -> None:
+    """Item 9: a request on a document over 1 MB goes on with only the part its prompt can reach
+    (``documents.view_around``); the prefix and suffix windows cut from that part, and the range and line the request
+    answers for, are the ones the whole text gives, at the start, middle and end, for LF and CRLF documents."""
+    import random
+
+    from lsp_server import context
+    from lsp_server.lines import LineIndex
+
+    rng = random.Random(9)
+    lines_ = [f"    v{k} = f{k % 97}(a, b) + {'x' * rng.randint(0, 90)}" for k in range(40_000)]
+    source = newline.join(lines_)
+    assert len(source) > 2_000_000
+    index = LineIndex.of(source)
+    counter = context.TokenCounter(lambda t: len(t) // 3 + 1, lambda t: len(t) // 3 + 1)
+    for line in (0, 5, 20_000, 39_999, 50_000):
+        pos = types.Position(line=line, character=7)
+        whole = edit_point(source, pos, None, "utf-16")
+        part = edit_point(source, pos, None, "utf-16", index, 2048)
+        assert len(part.text) < 600_000 and part.line == whole.line and part.range == whole.range
+        for budget, ratio in ((2048, 0.75), (500, 0.5)):
+            a = context.build(whole.text, whole.offset, counter, budget, ratio, whole.line)
+            b = context.build(part.text, part.offset, counter, budget, ratio, part.line)
+            assert (a.prefix, a.suffix) == (b.prefix, b.suffix), (line, budget)
 
 
 @pytest.mark.parametrize("newline", ["\n", "\r\n"], ids=["lf", "crlf"])
