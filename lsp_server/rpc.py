@@ -123,8 +123,11 @@ class FrameReader:
                 return exc
             del self._buf[: end.end()]
             if length > MAX_CONTENT_LENGTH:
-                while len(self._buf) < OVERSIZED_HEAD and await self._fill():
-                    pass  # its start names the document (a didOpen of a 70 MB file): the server says which
+                # its start names the document (a didOpen of a 70 MB file), so the server can say which: what came
+                # with the header, or the next chunk when the header came alone (a writer that sent them apart);
+                # never more waiting than that, the parse error is due now
+                if not self._buf:
+                    await self._fill()
                 self._resync = True  # the body is skipped while looking for the next header
                 return FrameError(
                     f"expected a Content-Length of at most {MAX_CONTENT_LENGTH}, got {length}",
