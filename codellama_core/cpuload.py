@@ -12,6 +12,10 @@ a thread the kernel took off its core while its partner burns the time slice, an
 as many threads as there are cores left over, the barriers have no descheduled partner to wait for, idle keeps
 libgomp's spinning, and a busy machine runs on the cores it has (one thread: no barrier at all).
 
+llama.cpp's arithmetic depends on the thread count (the last bits of the logits, enough to change a greedy pick
+between two near-equal tokens), so output compared token by token across runs needs a fixed count: ``--threads``,
+or ``CODELLAMA_ADAPTIVE_THREADS=0`` in the environment (the test suite sets it; the tests of this module unset it).
+
 Where ``/proc/stat`` cannot be read (macOS, Windows), the one-minute load average minus this process's own CPU
 use stands in: slower to notice a change, never wrong for long.
 """
@@ -27,6 +31,11 @@ import time
 PERIOD_S = 0.25  # a sample every quarter second (two small file reads)
 WINDOW_S = 1.0  # the load of the last second decides: a build that starts is seen within a keystroke or two
 FREE_MIN = 0.5  # a core counts as free for a thread when at most half of it is taken by others
+
+
+def adaptive() -> bool:
+    """Whether the thread count may follow the load (``CODELLAMA_ADAPTIVE_THREADS=0`` turns it off)."""
+    return os.environ.get("CODELLAMA_ADAPTIVE_THREADS", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def _machine_busy_s() -> float | None:

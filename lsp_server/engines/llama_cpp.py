@@ -188,7 +188,8 @@ class LlamaCppEngine:
         # (codellama_core.cpuload); --threads fixes the count
         self._threads_most = self._ctx.threads
         self._cores = os.cpu_count() or self._threads_most
-        self._load = cpuload.OtherLoad().start() if options.threads is None and self._threads_most > 1 else None
+        adaptive = options.threads is None and self._threads_most > 1 and cpuload.adaptive()
+        self._load = cpuload.OtherLoad().start() if adaptive else None
         self._live_saved: tuple[int, ...] = ()  # the live tokens as last copied to or from the kept prompts
         self.bytes_per_token = 0.0
         log.info("model %s sentinels: %s", name, self.vocab.sentinels.describe())
