@@ -41,13 +41,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 REPO = Path(__file__).resolve().parents[1]
 
-# name -> (environment for the child, --threads); the child's environment is the parent's minus these knobs
-SETTINGS = {
-    "passive": ({}, None),
-    "spin": ({"GOMP_SPINCOUNT": "300000"}, None),
-    "active": ({"OMP_WAIT_POLICY": "active"}, None),
-    "t1": ({}, 1),
+# name -> (environment for the child, --threads); the child's environment is the parent's minus these knobs.
+# --threads None: the default (as many threads as physical cores on an idle machine, the cores left over while
+# other processes keep some busy: codellama_core.cpuload); "all": every physical core, fixed (the old default)
+SETTINGS: dict[str, tuple[dict[str, str], int | str | None]] = {
+    "default": ({}, None),
+    "adaptive-passive": ({"OMP_WAIT_POLICY": "passive"}, None),
+    "adaptive-spin": ({"GOMP_SPINCOUNT": "300000"}, None),
+    "passive": ({"OMP_WAIT_POLICY": "passive"}, "all"),
+    "spin": ({"GOMP_SPINCOUNT": "300000"}, "all"),
+    "active": ({"OMP_WAIT_POLICY": "active"}, "all"),
+    "t1": ({"OMP_WAIT_POLICY": "passive"}, 1),
     "spin-t1": ({"GOMP_SPINCOUNT": "300000"}, 1),
+    # libgomp's spin count between the two: how long a thread spins at a barrier before it sleeps
+    "spin30k": ({"GOMP_SPINCOUNT": "30000"}, "all"),
+    "adaptive-spin30k": ({"GOMP_SPINCOUNT": "30000"}, None),
+    "spin1k": ({"GOMP_SPINCOUNT": "1000"}, "all"),
+    "adaptive-spin1k": ({"GOMP_SPINCOUNT": "1000"}, None),
+    "spin10k": ({"GOMP_SPINCOUNT": "10000"}, "all"),
 }
 KNOBS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS")
 WORKER = "import signal, sys\nsignal.alarm(int(sys.argv[1]))\nwhile True:\n    pass\n"
@@ -85,6 +96,12 @@ def child_env(setting: str) -> dict[str, str]:
 
 
 # ---- one setting, one model, in its own process ------------------------------------------------------------
+def _threads(spec: int | str | None) -> int | None:
+    from codellama_core.llama import physical_cores
+
+    return physical_cores() if spec == "all" else spec if isinstance(spec, int) else None
+
+
 async def _type(model: str, threads: int | None, chars: int, seed: int) -> dict:
     import random
 
@@ -110,7 +127,9 @@ async def _type(model: str, threads: int | None, chars: int, seed: int) -> dict:
             ms = (time.perf_counter() - t0) * 1e3
             r = out.result
             if out.source != "cache" and r is not None and k:  # the first request is the cold start
-                reqs.append({"ms": ms, "text": bool(out.texts), "stop": r.stop, "generated": r.generated_tokens})
+                reqs.append(
+                    {"ms": ms, "text": bool(out.texts), "stop": r.stop, "generated": r.generated_tokens, "threads": r.threads}
+                )
             await asyncio.sleep(rng.uniform(0.03, 0.08))
     finally:
         engine.close()
@@ -118,7 +137,7 @@ async def _type(model: str, threads: int | None, chars: int, seed: int) -> dict:
 
 
 def child(args: argparse.Namespace) -> None:
-    threads = SETTINGS[args.child][1]
+    threads = _threads(SETTINGS[args.child][1])
     print(json.dumps(asyncio.run(_type(args.model, threads, args.chars, args.seed))))
 
 
@@ -138,7 +157,7 @@ ENGINE_LINE = re.compile(r"prompt (\d+) tokens, generated (\d+), (\d+) ms, stop=
 
 
 def run_complete(setting: str, timeout: float) -> dict:
-    threads = SETTINGS[setting][1]
+    threads = _threads(SETTINGS[setting][1])
     cmd = [sys.executable, "-m", "lsp_server", "complete", "examples/demo.py", "--line", "6", "--character", "0",
            "--model", "demo", "-v"] + (["--threads", str(threads)] if threads else [])  # fmt: skip
     t0 = time.perf_counter()
@@ -176,6 +195,7 @@ def keystroke_rows(results: list[dict]) -> list[dict]:
                 "p50_ms": pct([q["ms"] for q in reqs], 0.5), "p95_ms": pct([q["ms"] for q in reqs], 0.95),
                 "with_text": sum(q["text"] for q in reqs) / max(1, len(reqs)),
                 "cut": sum(q["stop"] == "time" for q in reqs) / max(1, len(reqs)),
+                "threads": sorted({q.get("threads", 0) for q in reqs}),
                 "errors": errors,
             }
         )  # fmt: skip
@@ -197,13 +217,15 @@ def keystroke_verdicts(rows: list[dict], busiest: int) -> list[str]:
 
 
 def keystroke_table(rows: list[dict]) -> str:
-    out = ["| model | setting | busy cores | model requests | p50 ms | p95 ms | answered with text | cut by the budget |"]
-    out.append("|" + "---|" * 8)
+    out = [
+        "| model | setting | busy cores | model requests | p50 ms | p95 ms | answered with text | cut by the budget | threads |"
+    ]
+    out.append("|" + "---|" * 9)
     for r in rows:
         err = f" ({len(r['errors'])} run(s) failed: {r['errors'][0]})" if r["errors"] else ""
         out.append(
             f"| {r['model']} | {r['setting']} | {r['busy']} | {r['requests']}{err} | {r['p50_ms']:.1f} | {r['p95_ms']:.1f} | "
-            f"{100 * r['with_text']:.0f}% | {100 * r['cut']:.0f}% |"
+            f"{100 * r['with_text']:.0f}% | {100 * r['cut']:.0f}% | {'/'.join(map(str, r['threads']))} |"
         )
     return "\n".join(out)
 

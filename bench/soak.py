@@ -1,25 +1,31 @@
 """Soak: many edits and completion requests against the real ``codellama-lsp --stdio``; memory and stale replies.
 
-In: a model (default ``demo``), how many completion requests (default 10,000), the burst size.
-Out: a Markdown table on stdout: requests sent and answered (each exactly once), replies with items,
-stale replies, the server's RSS after warm-up and at the end, and its growth.
+In: a model (default ``demo``), how many completion requests (default 10,000), the burst size. Out: a Markdown table
+on stdout: requests sent and answered (each exactly once), replies with items, stale replies, the server's RSS after
+warm-up and at the end, and a second table of memory slopes: KB per keystroke after warm-up of the RSS, of glibc's
+bytes in use, of the engine's kept prompts and of the RSS without them, over all samples after warm-up and over
+their last half (flat there: the plateau), read from the server's own ``codellama/memory`` report after each burst.
 
 Typing is simulated in bursts, as an editor sends them: each keystroke is a ``didChange`` (one
 character inserted at the cursor, every 40th a newline), a ``codellama/documentState`` probe and an
 ``inlineCompletion`` request (every 10th, never the last of a burst, cancelled at once with ``$/cancelRequest``); after each burst
 the client waits for all replies. A reply is stale when it has items although the document was edited
 after its request and the server answered the probe sent after that edit first (so it had the edit
-before it replied). RSS is the server process's resident set (psutil), sampled after each burst; the
-first ``--warmup`` requests are warm-up (model pages, caches, allocator pools).
+before it replied). The first ``--warmup`` requests are warm-up (model pages, caches, allocator pools).
 
 The document starts longer than the prompt window (``--initial-functions``, default 400 small functions, ~13k
 characters, more than ``contextTokens`` 2048 tokens): a document that starts tiny and grows one character per
 key makes every prompt longer than the last until it fills the window, and llama.cpp's buffers and our token
-lists grow with it - about 1.3 KB per keystroke, which an earlier soak read as a leak (issue 23, item 12). In
-process (the pipeline alone, 1,500 requests): a fixed-size document stays flat (+0.1 MB after warm-up); a
-growing one already past the window grows 0.2 KB per request, flattening; one that starts tiny 1.3 KB per request.
+lists grow with it - about 1.3 KB per keystroke, which an earlier soak read as a leak (issue 23, item 12).
 
-Run: ``python bench/soak.py`` (about two minutes with the demo model on two cores).
+Where the rest of the growth went (issue 23, item 12): the engine keeps the evaluated prompts of recent places in
+host memory (``engines.kept``), up to a budget (64 MiB for the demo model: eight full contexts); the soak's prompts
+jump every few lines typed, each jump keeps a copy, and the store takes thousands of keystrokes to fill. The RSS
+without the kept prompts is flat after warm-up; with them it grows until the budget is reached, then plateaus.
+``--kept-prompts-mib`` passes the server's option (0: none kept), ``--tracemalloc`` runs the server under
+``PYTHONTRACEMALLOC=1`` so that its report has Python's heap too (slower).
+
+Run: ``python bench/soak.py`` (a few minutes with the demo model on two cores).
 """
 
 from __future__ import annotations
@@ -28,12 +34,15 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tests.fixtures.lsp_client import server_env
 from tests.fixtures.raw_lsp import RawServer
 
 URI = "file:///soak/typing.py"
@@ -46,10 +55,16 @@ def main() -> int:
     p.add_argument("--burst", type=int, default=20)
     p.add_argument("--warmup", type=int, default=2_000)
     p.add_argument("--initial-functions", type=int, default=400, help="functions in the document before typing (0: tiny)")
+    p.add_argument("--kept-prompts-mib", type=int, default=None, help="the server's --kept-prompts-mib (default: its own)")
+    p.add_argument("--tracemalloc", action="store_true", help="run the server under PYTHONTRACEMALLOC=1 (Python's heap)")
+    p.add_argument("--server-env", action="append", default=[], metavar="NAME=VALUE", help="e.g. MALLOC_ARENA_MAX=2")
     args = p.parse_args()
 
     t0 = time.perf_counter()
-    with RawServer(args=()) as s:
+    server_args = () if args.kept_prompts_mib is None else ("--kept-prompts-mib", str(args.kept_prompts_mib))
+    env = {**server_env(), **({"PYTHONTRACEMALLOC": "1"} if args.tracemalloc else {})}
+    env.update(kv.split("=", 1) for kv in args.server_env)
+    with RawServer(args=server_args, env=env) as s:
         s.initialize(args.model, {"maxTokens": 16, "timeBudgetMs": 1000})
         assert s.statuses()[-1]["state"] == "ready", s.statuses()[-1]
         proc = psutil.Process(s.proc.pid)
@@ -62,6 +77,8 @@ def main() -> int:
         probes: list[tuple[str, int]] = []  # (probe id, edits before it)
         rss_warm = rss_max = 0
         samples: list[int] = []
+        reports: list[tuple[int, dict[str, Any]]] = []  # (keystrokes so far, codellama/memory)
+        trimmed_warm: dict[str, Any] | None = None
         sent = 0
         while sent < args.requests:
             burst: list[str] = []
@@ -88,10 +105,16 @@ def main() -> int:
                 s.response(i, timeout=120)
             rss = proc.memory_info().rss
             samples.append(rss)
+            if sent > args.warmup:
+                if trimmed_warm is None:  # the baseline: what is in use once the allocator gave its free memory back
+                    trimmed_warm = s.request("codellama/memory", {"trim": True}, timeout=120)["result"]
+                reports.append((sent, s.request("codellama/memory", timeout=120)["result"]))
             if sent <= args.warmup:
                 rss_warm = rss
             rss_max = max(rss_max, rss)
         elapsed = time.perf_counter() - t0
+        # the allocator's free memory given back (glibc malloc_trim): what the RSS kept that nothing used
+        trimmed = s.request("codellama/memory", {"trim": True}, timeout=120)["result"]
         order = {
             json.dumps(f["id"]): i for i, f in enumerate(s.frames) if "id" in f and "method" not in f and f["id"] is not None
         }
@@ -131,7 +154,62 @@ def main() -> int:
         print(
             f"\nRSS after warm-up: min {min(after) / mb:.1f} MB, max {max(after) / mb:.1f} MB over {len(after)} samples; tracebacks: {tracebacks}"
         )
+    if len(reports) >= 4:
+        print()
+        print(memory_table(reports))
+        if trimmed["rssBytes"] is not None and trimmed_warm is not None:
+            # the flat-memory line: RSS less the kept prompts (a cache with a budget), each time after malloc_trim (so
+            # free memory the allocator holds, fragmentation, is not counted as growth)
+            a = trimmed_warm["rssBytes"] - trimmed_warm["keptPromptBytes"]
+            b = trimmed["rssBytes"] - trimmed["keptPromptBytes"]
+            n = reports[-1][0] - reports[0][0]
+            print(
+                f"after malloc_trim at the end: RSS {trimmed['rssBytes'] / mb:.1f} MB "
+                f"({(trimmed['rssBytes'] - samples[-1]) / mb:+.1f} MB: free memory the allocator held); "
+                f"RSS less kept prompts, trimmed: {a / mb:.1f} MB after warm-up, {b / mb:.1f} MB at the end "
+                f"({(b - a) / mb:+.1f} MB, {(b - a) / 1024 / max(n, 1):+.3f} KB per keystroke); kept prompts "
+                f"{trimmed['keptPromptBytes'] / mb:.1f} of {trimmed['keptPromptBudget'] / mb:.0f} MiB"
+            )
     return 0 if answered_once == len(requests) and stale == 0 and tracebacks == 0 else 1
+
+
+def slope(points: list[tuple[int, float]]) -> float:
+    """Least-squares slope of (x, y) points (bytes per keystroke)."""
+    n = len(points)
+    mx = sum(x for x, _ in points) / n
+    my = sum(y for _, y in points) / n
+    var = sum((x - mx) ** 2 for x, _ in points)
+    return sum((x - mx) * (y - my) for x, y in points) / var if var else 0.0
+
+
+def memory_table(reports: list[tuple[int, dict[str, Any]]]) -> str:
+    """Slopes in KB per keystroke after warm-up (all samples, and their last half: the plateau) of each measure."""
+    measures: dict[str, Callable[[dict[str, Any]], float | None]] = {
+        "RSS": lambda r: r["rssBytes"],
+        "glibc in use": lambda r: r["mallocInUseBytes"],
+        "kept prompts": lambda r: r["keptPromptBytes"],
+        "RSS without kept prompts": lambda r: r["rssBytes"] - r["keptPromptBytes"] if r["rssBytes"] is not None else None,
+        "Python heap": lambda r: r["pythonHeapBytes"],
+        "gc objects (count)": lambda r: r["gcObjects"] * 1024,  # shown per keystroke, in objects
+    }
+    lines = [
+        f"| measure (after {reports[0][0]:,} keystrokes) | first | last | KB per keystroke | KB per keystroke, last half |",
+        "|---|---|---|---|---|",
+    ]
+    for name, get in measures.items():
+        if get(reports[0][1]) is None:
+            continue
+        pts = [(k, float(get(r) or 0)) for k, r in reports]
+        a, b = pts[0][1], pts[-1][1]
+        unit = (lambda v: f"{v / 1024:.0f}") if name.startswith("gc") else (lambda v: f"{v / 2**20:.1f} MB")
+        lines.append(f"| {name} | {unit(a)} | {unit(b)} | {slope(pts) / 1024:+.3f} | {slope(pts[len(pts) // 2 :]) / 1024:+.3f} |")
+    last = reports[-1][1]
+    lines.append(
+        f"\nkept prompts at the end: {last['keptPrompts']} copies, {last['keptPromptBytes'] / 2**20:.1f} of "
+        f"{last['keptPromptBudget'] / 2**20:.0f} MiB; pending requests {last['pendingRequests']}, asyncio tasks "
+        f"{last['asyncioTasks']}, line indexes {last['lineIndexes']}, cache places {last['cachePlaces']}"
+    )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -14,12 +14,14 @@ quantize) and ``model_train.eval`` - goes through this module, so the platform w
   where the CPU has no AMX (``cpu_has_amx``): repacked weights are what llama-server runs by default.
 - Flash attention: off (the reference path) unless asked for (``ContextOptions.flash_attn``) or needed by
   a quantized V cache; the completion engine asks for it, as llama-server does by default.
-- Threads that wait without spinning: llama-cpp-python's llama.cpp is built with OpenMP (libgomp), whose
-  threads spin at every barrier (dozens a token). When other processes hold the cores, each barrier waits
-  for a descheduled thread while its partner burns the time slice: 20-100x slower generation on a busy
-  machine (docs/benchmarks.md, "A busy machine"). ``lib()`` sets ``OMP_WAIT_POLICY=passive`` before
-  ``llama_cpp`` (and with it libgomp, which reads its environment once, when it loads) is imported, unless
-  the user set ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` (their choice wins). llama.cpp's own threadpool
+- Threads on a busy machine: llama-cpp-python's llama.cpp is built with OpenMP (libgomp), whose threads spin
+  at every barrier (dozens a token) before they sleep. On an idle machine that is the fastest wait; when other
+  processes hold the cores, each barrier waits for a descheduled thread while its partner burns the time slice:
+  5-20x slower generation (docs/benchmarks.md, "A busy machine"). A passive wait policy (``OMP_WAIT_POLICY``)
+  fixes that but costs 1.5-1.8x on an idle machine, so libgomp keeps its default here and the completion engine
+  lowers the thread count instead while other processes keep cores busy (``Context.set_threads``, chosen per
+  request by ``codellama_core.cpuload``): one thread has no barrier to wait at. The user's ``OMP_WAIT_POLICY`` /
+  ``GOMP_SPINCOUNT`` reach libgomp unchanged and are logged. llama.cpp's own threadpool
   (``llama_attach_threadpool``) does not help here: an OpenMP build computes every graph in an OpenMP team.
 - Logging: llama.cpp's log goes to the Python logger ``llama.cpp`` (errors at WARNING, warnings at INFO,
   the rest at DEBUG) instead of llama-cpp-python's handler, which prints everything to stderr; the last
@@ -61,25 +63,15 @@ class LlamaError(Exception):
     """llama.cpp refused a file or an operation; the message says what was expected and what happened."""
 
 
-WAIT_POLICY = "passive"  # OMP_WAIT_POLICY for llama.cpp's OpenMP threads unless the user chose one
-_WAIT_KNOBS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")  # libgomp's own settings: set by the user, left alone
+_WAIT_KNOBS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")  # libgomp's own settings: the user's, left alone
 
 
-def set_wait_policy() -> str:
-    """Make llama.cpp's OpenMP threads sleep at barriers instead of spinning, before libgomp loads.
-
-    Returns what applies, for the log: ``"OMP_WAIT_POLICY=passive"``, the user's own setting, or why
-    nothing could be set (llama_cpp, and with it libgomp, was loaded already: libgomp reads its environment once).
-    """
-    import sys
-
+def wait_policy() -> str:
+    """What libgomp's threads do at a barrier, for the log: the user's own setting or libgomp's default."""
     chosen = [f"{k}={os.environ[k]}" for k in _WAIT_KNOBS if os.environ.get(k, "").strip()]
     if chosen:
         return " ".join(chosen) + " (the user's)"
-    if "llama_cpp" in sys.modules:
-        return "libgomp's default (llama_cpp was imported before the adapter could set OMP_WAIT_POLICY)"
-    os.environ["OMP_WAIT_POLICY"] = WAIT_POLICY  # os.environ writes through to the C environment (putenv)
-    return f"OMP_WAIT_POLICY={WAIT_POLICY}"
+    return "libgomp's default (spin, then sleep); the engine runs fewer threads while other processes hold cores"
 
 
 def lib() -> Any:
@@ -88,7 +80,7 @@ def lib() -> Any:
     if not _ready:
         with _init_lock:
             if not _ready:
-                policy = set_wait_policy()  # before the import: libgomp reads its environment when it loads
+                policy = wait_policy()
                 import llama_cpp
 
                 llama_cpp.llama_backend_init()
@@ -396,12 +388,21 @@ class Context:
         self.n_batch = int(p.n_batch)
         self.all_logits = options.all_logits
         self.scratch = options.scratch
+        self.threads = threads
         self.tokens: list[int] = []
         self._shift_pending = False  # moved keys not yet rotated (``rearrange``)
         self._batch = lc.llama_batch_init(self.n_batch, 0, 1)
         for i in range(self.n_batch):  # one sequence: set once, never changes
             self._batch.n_seq_id[i] = 1
             self._batch.seq_id[i][0] = 0
+
+    def set_threads(self, threads: int) -> None:
+        """Run the next decodes on ``threads`` threads (generation and prompt alike; llama.cpp applies it per call)."""
+        if threads < 1:
+            raise LlamaError(f"expected at least one thread, got {threads}")
+        if threads != self.threads:
+            lib().llama_set_n_threads(self.handle, threads, threads)
+            self.threads = threads
 
     def decode(self, tokens: list[int], *, every_logits: bool = False) -> None:
         """Evaluate ``tokens`` after what the cache holds (in batches of ``n_batch``).

@@ -30,8 +30,13 @@ TYPED_BACK = 64  # characters typed since a recent place that still find it
 
 @dataclass(frozen=True)
 class _Entry:
-    text: str
+    """The last answered request of a document: its windows around the cursor, not its text (a 50 MB document
+    would be kept twice)."""
+
+    length: int  # of the text
     offset: int
+    before: str  # text[offset - WINDOW : offset]
+    after: str  # text[offset : offset + WINDOW]
     completions: tuple[str, ...]
 
 
@@ -60,7 +65,9 @@ class TypeThroughCache:
             while len(self._recent) > self._recent_max:
                 self._recent.popitem(last=False)
         self._entries.pop(uri, None)
-        self._entries[uri] = _Entry(text, offset, tuple(completions))
+        self._entries[uri] = _Entry(
+            len(text), offset, text[max(0, offset - WINDOW) : offset], text[offset : offset + WINDOW], tuple(completions)
+        )
         while len(self._entries) > self._max:
             self._entries.pop(next(iter(self._entries)))
 
@@ -75,10 +82,10 @@ class TypeThroughCache:
         for c in e.completions:
             end = e.offset + len(c)
             if (
-                len(text) == len(e.text) + len(c)
+                len(text) == e.length + len(c)
                 and text.startswith(c, e.offset)
-                and text[lo : e.offset] == e.text[lo : e.offset]
-                and text[end : end + WINDOW] == e.text[e.offset : e.offset + WINDOW]
+                and text[lo : e.offset] == e.before
+                and text[end : end + WINDOW] == e.after
             ):
                 return end
         return None
@@ -118,15 +125,15 @@ class TypeThroughCache:
 
     def _lookup(self, uri: str, text: str, offset: int) -> list[str] | None:
         e = self._entries.get(uri)
-        if e is None or offset < e.offset or len(text) - offset != len(e.text) - e.offset:
+        if e is None or offset < e.offset or len(text) - offset != e.length - e.offset:
             return None
         typed = text[e.offset : offset]
         if "\n" in typed and not any(c.startswith(typed) for c in e.completions):
             return None
         lo = max(0, e.offset - WINDOW)
-        if text[lo : e.offset] != e.text[lo : e.offset]:
+        if text[lo : e.offset] != e.before:
             return None  # the prefix changed somewhere before the old cursor
-        if text[offset : offset + WINDOW] != e.text[e.offset : e.offset + WINDOW]:
+        if text[offset : offset + WINDOW] != e.after:
             return None  # the suffix changed
         rest = [c[len(typed) :] for c in e.completions if c.startswith(typed) and c[len(typed) :].strip()]
         return rest or None

@@ -28,6 +28,7 @@ STATUS = "codellama/status"  # server -> client notification
 EVENT = "codellama/event"  # client -> server notification: shown / accepted (counted locally only), cursor (prefill)
 DOCUMENT_STATE = "codellama/documentState"  # client -> server request: {uri} -> DocumentState | null
 MODELS = "codellama/models"  # client -> server request: {folders?, nCtx?} -> Models (the editors' model pickers)
+MEMORY = "codellama/memory"  # client -> server request: no params -> Memory (what the server holds; soak and tests)
 
 State = Literal["starting", "loading", "ready", "busy", "error"]
 STATES: tuple[str, ...] = ("starting", "loading", "ready", "busy", "error")
@@ -95,6 +96,30 @@ class DocumentState:
     version: int | None
     length: int
     sha256: str
+
+
+@attrs.define(frozen=True)
+class Memory:
+    """``codellama/memory``: what the server holds, to tell a leak from a cache filling up (bench/soak.py, tests).
+
+    Counts and bytes of each bounded store, the process's resident set, glibc's bytes in use (``mallinfo2``: the C
+    heap, llama.cpp's included; None elsewhere) and Python's: the objects the garbage collector tracks and, when the
+    server runs under ``PYTHONTRACEMALLOC``, the bytes Python allocated (None otherwise)."""
+
+    rss_bytes: int | None
+    malloc_in_use_bytes: int | None
+    python_heap_bytes: int | None
+    gc_objects: int
+    asyncio_tasks: int
+    pending_requests: int  # client requests not answered yet (and pygls' futures for them)
+    documents: int
+    document_chars: int  # of all open documents together
+    line_indexes: int
+    cache_places: int  # the completion cache's recent places
+    ring_chunks: int
+    kept_prompts: int  # evaluated prompts kept in host memory (llama.cpp engine)
+    kept_prompt_bytes: int
+    kept_prompt_budget: int
 
 
 @attrs.define(frozen=True)
@@ -173,7 +198,7 @@ def _snake(name: str) -> str:
 
 def _make_converter() -> cattrs.Converter:
     conv = cattrs.Converter()
-    for cls in (Status, Event, DocumentStateParams, DocumentState, ModelsParams, LocalModel, KnownModel, Models):
+    for cls in (Status, Event, DocumentStateParams, DocumentState, Memory, ModelsParams, LocalModel, KnownModel, Models):
         names = {a.name: override(rename=_camel(a.name), omit_if_default=a.name in _OPTIONAL) for a in attrs.fields(cls)}
         conv.register_unstructure_hook(cls, make_dict_unstructure_fn(cls, conv, **names))  # type: ignore[arg-type]
         conv.register_structure_hook(cls, make_dict_structure_fn(cls, conv, **names))  # type: ignore[arg-type]
@@ -183,7 +208,7 @@ def _make_converter() -> cattrs.Converter:
 CONVERTER = _make_converter()
 
 
-def to_wire(message: Status | Event | DocumentState | DocumentStateParams | Models) -> dict[str, Any]:
+def to_wire(message: Status | Event | DocumentState | DocumentStateParams | Memory | Models) -> dict[str, Any]:
     wire: dict[str, Any] = CONVERTER.unstructure(message)
     return wire
 
@@ -265,6 +290,7 @@ def schema() -> dict[str, dict[str, dict[str, Any]]]:
 __all__ = [
     "DOCUMENT_STATE",
     "EVENT",
+    "MEMORY",
     "MODELS",
     "STATES",
     "STATUS",
@@ -275,6 +301,7 @@ __all__ = [
     "EventPosition",
     "KnownModel",
     "LocalModel",
+    "Memory",
     "Models",
     "ModelsParams",
     "Status",

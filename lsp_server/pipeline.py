@@ -130,11 +130,11 @@ def build_request(
     # without FIM the suffix cannot be shown to the model: the whole budget goes to the prefix
     ratio = settings.prefix_ratio if s.has_fim else 1.0
     counter = token_counter(vocab)
-    ctx = context.build(text, offset, counter, budget, ratio)
+    ctx = context.build(text, offset, counter, budget, ratio, cur.line)
     if extra is not None and reserve > 0:
         window = (ctx.prefix_start, ctx.suffix_end)
         extra_budget = min(settings.extra_context_tokens, room - budget)
-        chunks = extra.neighbors.select(extra.doc, offset, window, extra.others, extra_budget, counter.count)
+        chunks = extra.neighbors.select(extra.doc, offset, window, extra.others, extra_budget, counter.count, cur.line)
         ctx = replace(ctx, extra=neighbors.render(chunks))
     prompt = fim.prompt_tokens(ctx, vocab, settings.fim_order)
     heal = b""
@@ -159,13 +159,16 @@ async def complete(
     request_id: str = "-",
     extra: Extra | None = None,
     language_id: str | None = None,
+    line: int | None = None,
 ) -> Completion:
+    """``line``: the line ``offset`` is on, when the caller knows it (a request's position): nothing then walks the
+    document up to the cursor (see ``context.build``)."""
     t0 = time.perf_counter()
     hit = cache.get(key, text, offset)
     # a hit holds what an earlier request asked for (often one item): a request for several goes to the model
     if hit is not None and len(hit) >= max(1, n):
         return Completion(texts=hit[: max(1, n)], source="cache", pipeline_ms=(time.perf_counter() - t0) * 1e3)
-    cur = cursor(text, offset)
+    cur = cursor(text, offset, line)
     ticket = _LATEST[engine] = next(_TICKETS)
     # the syntax at the cursor: an incremental parse on the syntax thread, beside the prompt's evaluation
     # (by the editor's language id first: an ``untitled:`` buffer has no extension; a big document is not parsed)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import itertools
 import json
 import logging
 import os
@@ -35,7 +36,9 @@ import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Protocol, cast
+from urllib.parse import unquote
 
+import attrs
 import cattrs
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException
@@ -44,6 +47,7 @@ from pygls.protocol.json_rpc import JsonRPCNotification, JsonRPCRequestMessage
 from pygls.protocol.language_server import lsp_method
 
 from .errors import ServerError
+from .lines import LineIndex, LineIndexes
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +65,18 @@ _DOCUMENT_SYNC = {types.TEXT_DOCUMENT_DID_OPEN, types.TEXT_DOCUMENT_DID_CHANGE, 
 
 
 class FrameError(Exception):
-    """A frame that could not be read; the message says what was expected and what came."""
+    """A frame that could not be read; the message says what was expected and what came. ``head``: the first bytes
+    of a body skipped for its size (``OVERSIZED_HEAD``), so the document it carried can be named."""
+
+    def __init__(self, message: str, head: bytes = b"", length: int = 0) -> None:
+        super().__init__(message)
+        self.head = head
+        self.length = length
+
+
+OVERSIZED_HEAD = 4096  # bytes of a skipped body read to find its method and document
+_METHOD = re.compile(rb'"method"\s*:\s*"([^"\\]{1,100})"')
+_URI = re.compile(rb'"uri"\s*:\s*"((?:[^"\\]|\\.){1,2000})"')
 
 
 class FrameReader:
@@ -109,8 +124,17 @@ class FrameReader:
                 return exc
             del self._buf[: end.end()]
             if length > MAX_CONTENT_LENGTH:
+                # its start names the document (a didOpen of a 70 MB file), so the server can say which: what came
+                # with the header, or the next chunk when the header came alone (a writer that sent them apart);
+                # never more waiting than that, the parse error is due now
+                if not self._buf:
+                    await self._fill()
                 self._resync = True  # the body is skipped while looking for the next header
-                return FrameError(f"expected a Content-Length of at most {MAX_CONTENT_LENGTH}, got {length}")
+                return FrameError(
+                    f"expected a Content-Length of at most {MAX_CONTENT_LENGTH}, got {length}",
+                    bytes(self._buf[:OVERSIZED_HEAD]),
+                    length,
+                )
             while len(self._buf) < length:
                 if not await self._fill():
                     return None  # the client went away mid-message
@@ -208,9 +232,15 @@ def converter() -> cattrs.Converter:
 class DocumentHost(Protocol):
     """What this protocol needs of its server (``server.CodeLlamaServer``) beyond pygls' ``LanguageServer``."""
 
+    lines: LineIndexes  # line starts of the open documents (lines.py)
+
     def document(self, uri: str) -> Any: ...
 
     def document_lost(self, uri: str | None, reason: str) -> None: ...
+
+    def document_too_big(self, uri: str, size: int) -> None: ...
+
+    def is_too_big(self, uri: str) -> bool: ...
 
 
 class LspProtocol(LanguageServerProtocol):
@@ -227,8 +257,12 @@ class LspProtocol(LanguageServerProtocol):
         self.exit_code: int | None = None  # set when the server should stop
         self.stopped = asyncio.Event()
         self._pending: set[Any] = set()  # ids of client requests not answered yet
-        # request id -> (uri, document text) when it was dispatched, for requests on a document
-        self._dispatched_on: dict[Any, tuple[str, str | None]] = {}
+        # request id -> (uri, the document's text generation) when it was dispatched, for requests on a document;
+        # a number, not the text: pipelined keystrokes on a 50 MB document would keep a copy of it per request
+        self._dispatched_on: dict[Any, tuple[str, int]] = {}
+        # uri -> a number from _changes taken whenever its text changes (opened, edited, lost); closed: gone (0)
+        self._generations: dict[str, int] = {}
+        self._changes = itertools.count(1)
 
     # ---- lifecycle -----------------------------------------------------------------------------------
     def stop(self, code: int) -> None:
@@ -241,6 +275,21 @@ class LspProtocol(LanguageServerProtocol):
         self.stop(0 if self.shutdown_seen else 1)
 
     # ---- messages in ---------------------------------------------------------------------------------
+    def oversized(self, error: FrameError) -> None:
+        """A body skipped for its size: when it opened or replaced a document (its start names the method and the
+        URI), that document is too big to follow; the server says so once and keeps quiet about it after."""
+        if not error.head or not self.initialize_seen:
+            return
+        method, uri = _METHOD.search(error.head), _URI.search(error.head)
+        if method is None or uri is None or method[1].decode() not in _DOCUMENT_SYNC:
+            return
+        try:
+            name = json.loads(b'"' + uri[1] + b'"')
+        except ValueError:
+            return
+        self.text_changed(name, closed=True)
+        self._host.document_too_big(name, error.length)
+
     def dispatch(self, body: bytes, reader: FrameReader | None = None) -> None:
         try:
             obj = json.loads(body, parse_constant=_no_constant)
@@ -307,8 +356,7 @@ class LspProtocol(LanguageServerProtocol):
         self._pending.add(msg_id)
         uri = getattr(getattr(getattr(message, "params", None), "text_document", None), "uri", None)
         if isinstance(uri, str):
-            doc = self._host.document(uri)
-            self._dispatched_on[msg_id] = (uri, None if doc is None else doc.source)
+            self._dispatched_on[msg_id] = (uri, self.text_generation(uri))
         if method == types.INITIALIZE:
             self.initialize_seen = True
         elif method == types.SHUTDOWN:
@@ -387,20 +435,31 @@ class LspProtocol(LanguageServerProtocol):
             error = types.ResponseError(code=error.code, message=error.message)
         super()._send_response(msg_id, result, error)
 
-    def _stale(self, dispatched_on: tuple[str, str | None] | None) -> bool:
+    def text_generation(self, uri: str) -> int:
+        """A number that changes whenever the text of document ``uri`` does (see ``text_changed``)."""
+        return self._generations.get(unquote(uri), 0)
+
+    def text_changed(self, uri: str, closed: bool = False) -> None:
+        """The text of ``uri`` changed (opened, edited, closed or dropped): requests dispatched before are stale.
+        A closed document's entry goes (0, as for a document never opened): the table holds open documents only."""
+        if closed:
+            self._generations.pop(unquote(uri), None)
+        else:
+            self._generations[unquote(uri)] = next(self._changes)
+
+    def _stale(self, dispatched_on: tuple[str, int] | None) -> bool:
         """Whether the text of the document a request was about changed between its dispatch and now.
 
-        The text, not the version: a didChange that leaves the text as it is does not make an answer wrong.
-        Neovim 0.7 sends one with no changes at all when its debounce timer had already fired as a request
-        flushed the pending changes (the timer's scheduled callback sends again); answering null then left the
-        editor without a suggestion until the next key.
+        The text, not the version: a didChange that leaves the text as it is does not make an answer wrong
+        (it does not count as a change, see ``lsp_text_document__did_change``). Neovim 0.7 sends one with no
+        changes at all when its debounce timer had already fired as a request flushed the pending changes (the
+        timer's scheduled callback sends again); answering null then left the editor without a suggestion until
+        the next key.
         """
         if dispatched_on is None:
             return False
-        uri, text = dispatched_on
-        now = self._host.document(uri)
-        now_text = None if now is None else now.source
-        return now_text is not text and now_text != text
+        uri, generation = dispatched_on
+        return self.text_generation(uri) != generation
 
     def _handle_cancel_notification(self, msg_id: Any) -> None:
         # pygls' own, at debug level: a cancel that crosses the answer on the wire is normal while typing.
@@ -468,25 +527,59 @@ class LspProtocol(LanguageServerProtocol):
         uri = params.text_document.uri
         doc = self._host.document(uri)
         if doc is None:
+            if self._host.is_too_big(uri):  # said once when it came; each keystroke in it is no news
+                log.debug("%s: change to a document too big to follow, ignored", uri)
+                return
             self._host.document_lost(uri, f"{types.TEXT_DOCUMENT_DID_CHANGE}: the document is not open")
             return
-        text = doc.source
+        old = text = doc.source
         encoding = self.workspace.position_encoding or types.PositionEncodingKind.Utf16
+        # the line index makes finding the edited line cost the same at the end of a 50 MB document as at its start
+        index = self._host.lines.get(doc.uri, text)
         for change in params.content_changes:
             if isinstance(change, types.TextDocumentContentChangePartial):
                 try:
-                    text = apply_change(text, change.range, change.text, encoding)
+                    a, b = change_span(text, change.range, encoding, index)
                 except ValueError as exc:
                     self._host.document_lost(uri, f"{types.TEXT_DOCUMENT_DID_CHANGE}: {exc}")
                     return
+                new = text[:a] + change.text + text[b:]
+                index = index.edited(a, b, change.text, new) if index is not None else None
+                text = new
             else:
-                text = change.text
+                text, index = change.text, None
+        if text is not old and text != old:  # the same text (an empty or no-op change) leaves answers valid
+            self.text_changed(uri)
+        if index is not None:
+            self._host.lines.put(doc.uri, index)
+        else:
+            self._host.lines.forget(doc.uri)
         self.workspace.put_text_document(
             types.TextDocumentItem(
                 uri=doc.uri, language_id=doc.language_id or "", version=params.text_document.version, text=text
             )
         )
         if (user_handler := self.fm.features.get(types.TEXT_DOCUMENT_DID_CHANGE)) is not None:
+            yield user_handler, (params,), None
+
+    @lsp_method(types.NOTEBOOK_DOCUMENT_DID_CHANGE)
+    def lsp_notebook_document__did_change(
+        self, params: types.DidChangeNotebookDocumentParams
+    ) -> Iterator[tuple[Any, tuple[Any, ...], None]]:
+        """A notebook changed (LSP 3.17 notebook sync): pygls applies its structure and metadata (cells added,
+        removed, moved); the cells' text changes go through ``didChange`` above, one cell at a time, so that a
+        cell's copy is edited as exactly as a file's and the server's didChange handler sees the typing."""
+        cells = params.change.cells
+        texts = (cells.text_content if cells is not None else None) or []
+        if cells is not None and texts:
+            cells = attrs.evolve(cells, text_content=None)
+            params = attrs.evolve(params, change=attrs.evolve(params.change, cells=cells))
+        self.workspace.update_notebook_document(params)
+        for change in texts:
+            yield from self.lsp_text_document__did_change(
+                types.DidChangeTextDocumentParams(text_document=change.document, content_changes=change.changes)
+            )
+        if (user_handler := self.fm.features.get(types.NOTEBOOK_DOCUMENT_DID_CHANGE)) is not None:
             yield user_handler, (params,), None
 
 
@@ -500,20 +593,29 @@ def apply_change(text: str, rng: types.Range, new_text: str, encoding: str) -> s
     means the end of the line (the LSP rule); a line past the last one, or a start after the end, is
     an error: guessing there is how a server's copy drifts from the editor's.
     """
+    a, b = change_span(text, rng, encoding)
+    return text[:a] + new_text + text[b:]
+
+
+def change_span(text: str, rng: types.Range, encoding: str, index: LineIndex | None = None) -> tuple[int, int]:
+    """The offsets in ``text`` that ``rng`` spans (see ``apply_change``); ``index``: ``text``'s line index, if held."""
     start, end = rng.start, rng.end
     if (start.line, start.character) > (end.line, end.character):
         raise ValueError(
             f"expected a range whose start is not after its end, got {start.line}:{start.character}-{end.line}:{end.character}"
         )
-    a = _offset(text, start.line, start.character, encoding)
-    b = _offset(text, end.line, end.character, encoding)
-    return text[:a] + new_text + text[b:]
+    return _offset(text, start.line, start.character, encoding, index), _offset(text, end.line, end.character, encoding, index)
 
 
-def _offset(text: str, line: int, character: int, encoding: str) -> int:
+def _offset(text: str, line: int, character: int, encoding: str, index: LineIndex | None = None) -> int:
     from .context import line_column  # UTF-16/8/32 code units -> code points, clamped to the line
 
-    if "\r" not in text:
+    if index is not None:  # a text whose lines end at LF or CRLF
+        found = index.line_start(line)
+        if found is None:
+            raise ValueError(f"expected a range within lines 0..{index.line_of(len(text))} of the document, got line {line}")
+        start = found
+    elif "\r" not in text:
         parts = text.split("\n", line)  # touches only the lines up to `line`
         if len(parts) <= line:
             raise ValueError(f"expected a range within lines 0..{len(parts) - 1} of the document, got line {line}")
@@ -600,6 +702,7 @@ async def _pump(protocol: LspProtocol, reader: FrameReader) -> None:
             return
         if isinstance(frame, FrameError):
             protocol.reply_error(None, PARSE_ERROR, str(frame))
+            protocol.oversized(frame)
             continue
         try:
             protocol.dispatch(frame, reader)

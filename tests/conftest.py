@@ -6,8 +6,12 @@ import os
 # On a machine whose cores other processes hold, spinning made a training step of the micro model's size 7x
 # slower (1,132-1,280 against 151-180 ms at load average 15 on 2 cores), and training the micro model outlived
 # the test run's timeout. The wait policy changes no arithmetic: the trained weights are the same.
-# (llama.cpp gets the same policy from codellama_core.llama; a user's own setting wins.)
+# (llama.cpp, in the tests' processes and the servers they start, gets the same: it is the user's own setting.)
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+# llama.cpp's last bits depend on its thread count, and many tests compare greedy output token by token across
+# engines and runs: the thread count stays fixed here instead of following the machine's load (the engine's default;
+# tests/test_busy_machine.py turns it back on where it tests it).
+os.environ.setdefault("CODELLAMA_ADAPTIVE_THREADS", "0")
 
 pytest_plugins = [
     "tests.fixtures.checkpoints",

@@ -378,8 +378,9 @@ def test_nvim_as_users_have_it(micro_model, which: str, tmp_path: Path) -> None:
     # :checkhealth codellama: the server found and running with its version, the model ready (item 7)
     assert "codellama-lsp" in report["health"] and "running: codellama-lsp" in report["health"], report["health"]
     assert "codellama: ready" in report["health"] and "ERROR" not in report["health"], report["health"]
-    # 0.7 - 0.9: the plugin's omnifunc although Python's filetype plugin sets its own
-    assert report["omnifunc"] == "v:lua.codellama_omnifunc"
+    # 0.7 - 0.9: the plugin's omnifunc although Python's filetype plugin sets its own; 0.10+ (ghost text) takes
+    # only an empty one and leaves the filetype's (init.lua, on_attach)
+    assert report["omnifunc"] == ("python3complete#Complete" if inline else "v:lua.codellama_omnifunc")
     assert report["servers"] == 1 and report["server_pids"] == 1
     assert report["ghost_cterm"] == {"fg": 244, "italic": True}
     # <Tab> without a ghost indents; switched off, the server runs no model for the menu either
@@ -512,3 +513,128 @@ def test_nvim_model_picker_with_the_real_server(which: str, tmp_path: Path) -> N
     assert len(report["asked"]) == 1 and "codellama-34b.Q4_K_M.gguf has no fill-in-the-middle tokens" in report["asked"][0]
     assert report["set"] == [str(local)], "cancelled: nothing set; then the local file"
     assert report["status"]["model"] == str(local) and report["statusline"].startswith("codellama: ready | my-codellama.f16")
+
+
+def server_children(pid: int) -> list[int]:
+    """The server processes Neovim ``pid`` started (its children running codellama-lsp)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == pid and (b"codellama-lsp" in cmdline or b"lsp_server" in cmdline):
+            out.append(int(entry))
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("which", NVIMS)
+def test_nvim_statusline_on_screen_without_a_key(which: str, tmp_path: Path) -> None:
+    """Issue 24 items 3 and 4, on a screen: Neovim with a UI attached (``nvim --embed``, ext_linegrid, 80x24), the
+    README's snippet as init.lua with the plugin's statusline in 'statusline', a Python file opened. The screen's
+    statusline goes from ``codellama: starting``/``loading`` to ``codellama: ready`` with no key pressed and no
+    API call after the UI attached (0.11 left a statusline alone until a key when only a Lua value changed). Then
+    the server is killed: the statusline shows the error and the restart, and ``codellama: ready`` again, with
+    no key pressed, no ``Press ENTER`` on any screen in between, and Neovim not blocked in a prompt."""
+    import signal
+
+    from tests.fixtures.nvim_ui import EmbeddedNvim
+
+    binary = NVIMS[which]()
+    snippet = readme_snippet().replace("/path/to/codellama-lsp/nvim-client", str(NVIM_CLIENT))
+    init_text = snippet.replace("~/models/codellama-7b.Q4_K_M.gguf", "demo")
+    assert init_text != snippet
+    # the statusline as the plugin's README suggests it
+    init_text += "vim.o.laststatus = 2\nvim.o.statusline = \"%f %{v:lua.require'codellama'.statusline()}\"\n"
+    (tmp_path / "init.lua").write_text(init_text)
+    (tmp_path / "x.py").write_text("def f():\n    return 1\n")
+    env = server_env()
+    env["PATH"] = str(Path(server_command()[0]).parent) + os.pathsep + env.get("PATH", "")
+    for xdg in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME", "XDG_CACHE_HOME"):
+        env[xdg] = str(tmp_path / xdg.lower())
+    nv = EmbeddedNvim([binary, "-u", str(tmp_path / "init.lua"), "x.py"], env, str(tmp_path))
+    try:
+        nv.request("nvim_ui_attach", 80, 24, {"ext_linegrid": True, "rgb": True})
+        attached = nv.calls
+
+        def status(f: Any) -> str:
+            return next((r.rstrip() for r in f.rows if "codellama:" in r), "")
+
+        first = nv.wait_screen(
+            "codellama: starting or loading", lambda f: re.search(r"codellama: (starting|loading)", status(f)), 60
+        )
+        ready = nv.wait_screen("codellama: ready", lambda f: "codellama: ready" in status(f), 180, first)
+        seen = list(dict.fromkeys(status(f) for f in nv.frames[: ready + 1] if status(f)))
+        print(f"nvim {which} statuslines on screen until ready:", *seen, sep="\n  ")
+        assert nv.frames[ready].calls == attached, "no key and no API call between the UI attaching and the ready text"
+        assert status(nv.frames[ready]).startswith("x.py codellama: ready | demo")
+
+        # the crash: a signal from outside, no key; the error, the restart, ready again, all on screen by themselves
+        (pid,) = server_children(nv.proc.pid)
+        os.kill(pid, signal.SIGKILL)
+        err = nv.wait_screen(
+            "the error and the restart", lambda f: "codellama: error | restarting in 1 s" in status(f), 60, ready
+        )
+        back = nv.wait_screen("codellama: ready after the restart", lambda f: "codellama: ready" in status(f), 180, err)
+        between = nv.frames[ready : back + 1]
+        seen = list(dict.fromkeys(status(f) for f in between if status(f)))
+        print(f"nvim {which} statuslines on screen from the crash to ready:", *seen, sep="\n  ")
+        print("last screen:", *nv.frames[back].rows, sep="\n|")
+        assert nv.frames[back].calls == attached, "the restart came without a key"
+        prompts = [f for f in between if any("Press ENTER" in row for row in f.rows)]
+        assert not prompts, "\n".join(prompts[0].rows)
+        assert server_children(nv.proc.pid) not in ([], [pid])
+        assert nv.request("nvim_get_mode") == {"mode": "n", "blocking": False}
+    finally:
+        nv.close()
+
+
+@pytest.mark.slow
+def test_nvim_syntax_rules_follow_the_filetype_not_the_name(micro_model, tmp_path: Path) -> None:
+    """Issue 24 item 15 in Neovim 0.11 with the README's snippet: the syntax rules come from the buffer's filetype
+    (the server's languageId) before the file name. In a memorised file whose function is blanked to its first
+    characters ``def add(a``, ``, b`` is typed after them at 50 ms a key. The cursor is in a parameter list, where
+    the Python grammar keeps a completion to one line: a buffer with no name and ``filetype=python`` and a file
+    without an extension set to ``filetype=python`` show the ghost ``):`` alone; the same file with
+    ``filetype=conf`` (no grammar: indentation rules only) shows the body too, ``):\n    return a + b``. Each
+    accepted with <Tab>, the text byte for byte.
+
+    (Typed from an empty line, the first answer - the whole function, given at column 0 where no rule keeps it to
+    one line - is typed through and its rest stays on screen, as it should; the parameter list's rule then has
+    nothing to say about a suggestion already shown.)"""
+    original = micro_model.files["unicode_line.py"]
+    lines = original.split("\n")
+    index = lines.index("def add(a, b):")
+    assert lines[index + 1] == "    return a + b" and lines[index + 2] == ""
+    blanked = "\n".join([*lines[:index], "def add(a", *lines[index + 2 :]])
+    typed = ", b"
+    one_line = "\n".join([*lines[:index], "def add(a, b):", *lines[index + 2 :]])
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "add_report").write_text(blanked)
+    # one more blank line at its end: the server's cache of recent places (keyed by the text around the cursor,
+    # whatever the document) would otherwise give this buffer the Python buffers' answer
+    (work / "add_report_conf").write_text(blanked + "\n")
+    base = {"line": index + 1, "prefix": "def add(a", "typed": typed, "delay_ms": 50}
+    trials = [
+        {**base, "noname": True, "content": blanked.removesuffix("\n"), "filetype": "python", "want": "):"},
+        {**base, "file": str(work / "add_report"), "filetype": "python", "want": "):"},
+        {**base, "file": str(work / "add_report_conf"), "filetype": "conf", "want": "):\n    return a + b"},
+    ]
+    settings = {"timeBudgetMs": SERVER_SETTINGS["timeBudgetMs"]}
+    report = run_as_user(wheel_nvim(), micro_model, tmp_path, trials, "", settings, trials_only=True)
+    dest = ARTIFACTS / "nvim-filetype-wheel-0.11"
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "report.json").write_text(json.dumps(report, indent=2))
+    noname, extensionless, control = report["trials"]
+    for t in report["trials"]:
+        assert t["ok"], t
+    assert [t["filetype"] for t in report["trials"]] == ["python", "python", "conf"]
+    assert noname["ghost"] == extensionless["ghost"] == "):"
+    assert noname["saved"] == extensionless["saved"] == one_line
+    assert control["ghost"] == "):\n    return a + b" and control["saved"] == original + "\n"

@@ -242,6 +242,12 @@ def test_vscode_ghost_text_end_to_end(micro_model, vsix: Path, tmp_path: Path) -
     assert manual["saved"].encode() == case.original.encode()
     assert result["ok"], f"{result.get('error')}\nscreenshot: {out / 'failure.png'}\n{proc.stderr[-4000:]}"
     assert result["toggled"] is True and result["restarted"] is True and result["recoveredFromCrash"] is True
+    # issue 24 item 11: the status item keeps its width whatever its state (the words are in its tooltip)
+    widths = result["statusWidths"]
+    print("status item (tag, label, width px):", *[(w["tag"], w["label"], w["width"]) for w in widths], sep="\n  ")
+    states = {w["label"].split(",")[0] for w in widths}
+    assert {"Code Llama: ready", "Code Llama: disabled", "Code Llama: stopped"} <= states, states
+    assert max(w["width"] for w in widths) - min(w["width"] for w in widths) < 0.5, widths
     assert result["cancelWarnings"] == [] and result["restartErrors"] == [], (result["cancelWarnings"], result["restartErrors"])
 
 
@@ -280,6 +286,16 @@ def test_vscode_missing_server_open_setting(vsix: Path, tmp_path: Path) -> None:
     assert editor["noResults"] == "" and "Remote" in editor["tab"], editor
     assert any("Python Path" in item for item in editor["items"]), editor
     assert m["restartToast"] is True and m["ready"] is True
+    # the status item in the error state is as wide as when ready (item 11: no background colour padding it)
+    widths = result["statusWidths"]
+    print("status item (tag, label, width px):", *[(w["tag"], w["label"], w["width"]) for w in widths], sep="\n  ")
+    assert [w["label"].split(",")[0] for w in widths] == ["Code Llama: error", "Code Llama: ready"]
+    assert abs(widths[0]["width"] - widths[1]["width"]) < 0.5, widths
+    # What code-server shows as the settings' titles (recorded, not yet as issue 24 item 11 asks): VS Code 1.99 derives
+    # a title's category from the key ("codellama.server.pythonPath" reads "Codellama › Server: Python Path", in the
+    # search and in the extension's own "@ext:" list alike); contributes.configuration's title ("Code Llama") and an
+    # "id" change nothing there. Only a key prefix "codeLlama." would read "Code Llama" (a rename of every setting).
+    print("setting titles:", editor["titles"], m.get("extensionSection"))
 
 
 def run_e2e(
@@ -310,3 +326,94 @@ def run_e2e(
     result: dict[str, Any] = json.loads(lines[-1])
     (out / "result.json").write_text(json.dumps(result, indent=2))
     return result, proc
+
+
+def notebook_cells(text: str) -> list[str]:
+    """A memorised file cut into notebook cells at its double blank lines, each cell ending with its newline:
+    joined the way the server joins cells (a blank line between two), they are the file again."""
+    pieces = text.split("\n\n\n")
+    return [p + "\n" for p in pieces[:-1]] + [pieces[-1]]
+
+
+def ipynb(cells: list[tuple[str, str]]) -> str:
+    """A Jupyter notebook (nbformat 4) of (cell type, text) pairs, as Jupyter writes it (source as lines)."""
+    return json.dumps(
+        {
+            "cells": [
+                {"cell_type": kind, "metadata": {}, "source": text.splitlines(keepends=True)}
+                | ({"execution_count": None, "outputs": []} if kind == "code" else {})
+                for kind, text in cells
+            ],
+            "metadata": {
+                "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+                "language_info": {"name": "python"},
+            },
+            "nbformat": 4,
+            "nbformat_minor": 5,
+        },
+        indent=1,
+    )
+
+
+@pytest.mark.slow
+def test_vscode_notebook_cell_completion(micro_model, vsix: Path, tmp_path: Path) -> None:
+    """Issue 24 item 16: a Jupyter notebook in code-server (VS Code's built-in ipynb support, no Jupyter extension,
+    no kernel): the memorised file in code cells (a markdown cell first), the function body blanked in its cell;
+    "    if" typed at 150 ms a key in that cell, the rest of the body shown as ghost text in the cell by itself, Tab,
+    Ctrl+S, and the saved notebook's cell is the memorised one. The server completed the cell with the cells
+    above and below around it (its log line of the request; tests/test_lsp_context_speed.py reads that prompt)."""
+    case = multiline_case(micro_model.files)
+    cells = notebook_cells(case.original)
+    target = next(i for i, c in enumerate(cells) if case.typed + case.expected in c)
+    lines = cells[target].split("\n")
+    first = lines.index(case.typed + case.expected.split("\n", 1)[0])
+    blanked = "\n".join([*lines[:first], "", *lines[first + case.expected.count("\n") + 1 :]])
+    assert (
+        "".join(c + "\n\n" for c in cells[:target]) + blanked + "".join("\n\n" + c for c in cells[target + 1 :]) == case.blanked
+    )
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    venv_bin = workspace / ".venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    script = Path(server_command()[0])
+    (venv_bin / "codellama-lsp").symlink_to(script)
+    nb_cells = [
+        ("markdown", "# Shapes\nMeasured in Python."),
+        *[("code", blanked if i == target else c) for i, c in enumerate(cells)],
+    ]
+    (workspace / "shapes.ipynb").write_text(ipynb(nb_cells))
+    out = ARTIFACTS / "vscode-notebook"
+    shutil.rmtree(out, ignore_errors=True)
+    cfg = {
+        "scenario": "notebook",
+        "codeServer": str(CODE_SERVER),
+        "vsix": str(vsix),
+        "workspace": str(workspace),
+        "trials": [],
+        "notebook": {
+            "file": "shapes.ipynb",
+            "codeCell": target,  # among the code cells
+            "line": first + 1,
+            "typed": case.typed,
+            "delayMs": 150,
+            "expectedGhost": case.expected,
+        },
+        "outDir": str(out),
+        "tmpDir": str(tmp_path),
+        "readyTimeoutMs": 90000,
+        "ghostTimeoutMs": 20000,
+        "settings": {"codellama.model": str(micro_model.gguf), "codellama.server.extraArgs": ["-v"]},
+    }
+    result, proc = run_e2e(cfg, tmp_path, out, script)
+    n = result.get("notebook") or {}
+    print("notebook run:", json.dumps({k: v for k, v in n.items() if k != "saved"}, indent=2)[:3000])
+    assert result.get("error") is None, f"{result['error']}\nscreenshot: {out / 'failure.png'}\n{proc.stderr[-3000:]}"
+    assert n["ok"] and n["ghostInCell"] is True
+    saved = json.loads(n["saved"])
+    sources = ["".join(c["source"]) for c in saved["cells"]]
+    assert sources[1 + target] == cells[target], sources[1 + target]
+    assert sources[1:] == cells and sources[0] == "# Shapes\nMeasured in Python."
+    # the server had the cells above and below around the cell (their characters: the file around the cell)
+    above = sum(len(c) + 2 for c in cells[:target])
+    below = sum(len(c) + 2 for c in cells[target + 1 :])
+    assert any(f"{above} chars above, {below} below" in line for line in n["cellLogLines"]), n["cellLogLines"]

@@ -189,3 +189,148 @@ async def test_no_completion_in_an_excluded_file() -> None:
         open_doc(client, "file:///w/id_rsa", "-----BEGIN OPENSSH PRIVATE KEY-----\n", language="plaintext")
         assert items_of(await inline(client, "file:///w/.env", 0, 10)) == []
         assert items_of(await inline(client, "file:///w/id_rsa", 1, 0)) == []
+
+
+# ---- notebooks ------------------------------------------------------------------------------------------
+NOTEBOOK = "file:///w/analysis.ipynb"
+CELLS = [
+    (types.NotebookCellKind.Code, "python", "import statistics\n\nSAMPLES_ABOVE = [3, 1, 4, 1, 5]"),
+    (types.NotebookCellKind.Markup, "markdown", "## Notes_in_markdown stay out of the prompt"),
+    (types.NotebookCellKind.Code, "python", "def spread(xs):\n    return max(xs) - min(xs)\n\nmean = statistics."),
+    (types.NotebookCellKind.Code, "python", "print(spread(SAMPLES_ABOVE), mean_BELOW)"),
+]
+
+
+def _cell_uri(i: int) -> str:
+    # how VS Code names a cell: the notebook's path with the scheme vscode-notebook-cell and a fragment per cell
+    return f"vscode-notebook-cell:/w/analysis.ipynb#W{i}sZmlsZQ%3D%3D"
+
+
+def _open_notebook() -> types.DidOpenNotebookDocumentParams:
+    return types.DidOpenNotebookDocumentParams(
+        notebook_document=types.NotebookDocument(
+            uri=NOTEBOOK,
+            notebook_type="jupyter-notebook",
+            version=1,
+            cells=[types.NotebookCell(kind=kind, document=_cell_uri(i)) for i, (kind, _, _) in enumerate(CELLS)],
+        ),
+        cell_text_documents=[
+            types.TextDocumentItem(uri=_cell_uri(i), language_id=lang, version=1, text=text)
+            for i, (_, lang, text) in enumerate(CELLS)
+        ],
+    )
+
+
+class _RecordingEngine:
+    """The demo engine, with the prompts of the requests it gets kept (decoded) for the test to read."""
+
+    def __init__(self, engine: LlamaCppEngine) -> None:
+        self._engine = engine
+        self.prompts: list[str] = []
+
+    def submit(self, request: object) -> object:
+        self.prompts.append(self._engine.vocab.decode(list(request.prompt)))  # type: ignore[attr-defined]
+        return self._engine.submit(request)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._engine, name)
+
+
+async def test_notebook_cell_prompt_has_the_cells_above_before_and_below_after(demo_engine: LlamaCppEngine) -> None:
+    """Issue 24 item 16: a completion in a notebook cell sees the notebook's other code cells of its language, those
+    above before the cursor and those below after it (as Tabby and Copilot do); markdown cells stay out, and the
+    cells are not repeated as chunks of "other files"."""
+    ls = create_server(ServerOptions())
+    ls.protocol._workspace = Workspace("file:///w")  # what `initialize` sets up, without a client
+    ls.workspace.put_notebook_document(_open_notebook())
+    ls.settings = Settings(fim_order="psm", max_tokens=4, time_budget_ms=60_000)
+    recorder = _RecordingEngine(demo_engine)
+    ls.engine = recorder  # type: ignore[assignment]
+    ls.protocol.notify = lambda *a, **k: None  # type: ignore[method-assign]  # no client: the status goes nowhere
+    cell = CELLS[2][2]
+    end = types.Position(line=cell.count("\n"), character=len(cell.rsplit("\n", 1)[-1]))
+    got = await ls.complete_at(_cell_uri(2), end, 1)
+    assert got is not None and got[1].start == end  # the range is in the cell's own lines
+    (prompt,) = recorder.prompts
+    above, here, below = prompt.index("SAMPLES_ABOVE = [3"), prompt.index("mean = statistics."), prompt.index("mean_BELOW")
+    # PSM: [PRE] prefix [SUF] suffix [MID] (the sentinels decode to nothing): the cells above in the prefix, the
+    # cell up to the cursor at its end, the cells below in the suffix
+    assert above < here < below, prompt
+    assert "Notes_in_markdown" not in prompt
+    assert prompt.count("SAMPLES_ABOVE = [3") == 1 and prompt.count("mean_BELOW") == 1, "no cell again as another file's chunk"
+    # a document that is no cell: nothing around it
+    ls.workspace.put_text_document(types.TextDocumentItem(uri="file:///w/x.py", language_id="python", version=1, text="x = 1"))
+    assert ls.cells_around(ls.workspace.get_text_document("file:///w/x.py")) == ("", "")
+
+
+async def test_notebook_sync_over_stdio_keeps_each_cell_exact() -> None:
+    """LSP 3.17 notebook sync through the real server: advertised to a client that has it; cells typed into (the
+    edits go through the same exact incremental edit as a file's), a cell added, and the server's copy of each
+    cell equal to the editor's (``codellama/documentState``); a completion in a cell is answered."""
+    import hashlib
+
+    async with lsp_session(DEMO, options={"maxTokens": 8}, notebooks=True) as client:
+        sync = client.init_result.capabilities.notebook_document_sync
+        assert sync is not None and sync.notebook_selector[0].notebook == "*"
+        client.notebook_document_did_open(_open_notebook())
+        texts = [text for _, _, text in CELLS]
+        # the user types " + 1" at the end of the first cell's last line, one key at a time
+        line = texts[0].count("\n")
+        for k, ch in enumerate(" + 1"):
+            pos = types.Position(line=line, character=len(texts[0].rsplit("\n", 1)[-1]))
+            change = types.TextDocumentContentChangePartial(range=types.Range(start=pos, end=pos), text=ch)
+            texts[0] += ch
+            client.notebook_document_did_change(
+                types.DidChangeNotebookDocumentParams(
+                    notebook_document=types.VersionedNotebookDocumentIdentifier(version=2 + k, uri=NOTEBOOK),
+                    change=types.NotebookDocumentChangeEvent(
+                        cells=types.NotebookDocumentCellChanges(
+                            text_content=[
+                                types.NotebookDocumentCellContentChanges(
+                                    document=types.VersionedTextDocumentIdentifier(uri=_cell_uri(0), version=2 + k),
+                                    changes=[change],
+                                )
+                            ]
+                        )
+                    ),
+                )
+            )
+        # a new cell at the end
+        new = types.TextDocumentItem(uri=_cell_uri(9), language_id="python", version=1, text="total = sum(")
+        client.notebook_document_did_change(
+            types.DidChangeNotebookDocumentParams(
+                notebook_document=types.VersionedNotebookDocumentIdentifier(version=9, uri=NOTEBOOK),
+                change=types.NotebookDocumentChangeEvent(
+                    cells=types.NotebookDocumentCellChanges(
+                        structure=types.NotebookDocumentCellChangeStructure(
+                            array=types.NotebookCellArrayChange(
+                                start=len(CELLS),
+                                delete_count=0,
+                                cells=[types.NotebookCell(kind=types.NotebookCellKind.Code, document=new.uri)],
+                            ),
+                            did_open=[new],
+                        )
+                    )
+                ),
+            )
+        )
+        for uri, text in [(_cell_uri(0), texts[0]), (_cell_uri(2), texts[2]), (new.uri, new.text)]:
+            state = await client.protocol.send_request_async("codellama/documentState", {"uri": uri})
+            assert state is not None, uri
+            got = state["sha256"] if isinstance(state, dict) else state.sha256
+            assert got == hashlib.sha256(text.encode()).hexdigest(), (uri, text)
+        result = await inline(client, new.uri, 0, len(new.text))
+        assert result is not None
+
+
+def test_a_buffer_without_a_name_is_context_and_gets_context() -> None:
+    """Neovim sends a buffer with no name as ``file://`` (no path): it is another file's context and gets context of
+    its own (os.path.relpath refused the empty path: every completion request failed while such a buffer was open)."""
+    ls = create_server(ServerOptions())
+    ls.protocol._workspace = Workspace("file:///w")
+    ws = ls.workspace
+    ws.put_text_document(types.TextDocumentItem(uri="file://", language_id="python", version=1, text="def add(a, b"))
+    ws.put_text_document(types.TextDocumentItem(uri="file:///w/x.py", language_id="python", version=1, text="x = 1\n"))
+    for uri in ("file://", "file:///w/x.py"):
+        extra = ls.extra_for(ws.get_text_document(uri), "text")
+        assert extra is not None and extra.doc.path and len(extra.others) == 1

@@ -1,4 +1,4 @@
-"""Trust boundaries (issue 23, items 2-21): what a hostile workspace, repository, remote server or client can make
+"""Trust boundaries and resources (issue 23, items 2-21): what a hostile workspace, repository, remote server or client can make
 the real server do, each case as it happened, through the real ``codellama-lsp --stdio`` process.
 
 The remote engine talks to a misbehaving HTTP server on 127.0.0.1 (``tests/fixtures/fake_openai.py``: a real
@@ -10,6 +10,7 @@ and symlinks in a temporary workspace. VS Code's settings scopes are checked aga
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import socket
@@ -724,6 +725,203 @@ def test_a_big_document_never_stalls_the_others(tmp_path: Path) -> None:
         s.send({"jsonrpc": "2.0", "id": msg_id, "method": "textDocument/inlineCompletion", "params": params})
         assert "items" in inline(s, "file:///w/small.py", 1, 4)
         assert "result" in s.response(msg_id, timeout=180)
+        assert "Traceback" not in s.stderr()
+    finally:
+        s.stop()
+
+
+def _keystrokes(s: RawServer, uri: str, text: str, keys: int, version: int, first: int = 0) -> tuple[str, int, list[str]]:
+    """Send ``keys`` keystrokes at the end of ``uri`` (whose text is ``text``), each a one-character ``didChange`` and
+    an ``inlineCompletion`` there (every 10th cancelled at once, every 40th character a newline), without waiting.
+    Returns the text and version after them and the requests' ids."""
+    ids: list[str] = []
+    line, col = text.count("\n"), len(text) - text.rfind("\n") - 1
+    for k in range(first, first + keys):
+        ch = "\n" if k % 40 == 39 else "abcdefghij"[k % 10]
+        version += 1
+        pos = {"line": line, "character": col}
+        s.notify("textDocument/didChange", {"textDocument": {"uri": uri, "version": version},
+                                            "contentChanges": [{"range": {"start": pos, "end": pos}, "text": ch}]})  # fmt: skip
+        text += ch
+        line, col = (line + 1, 0) if ch == "\n" else (line, col + 1)
+        rid = f"t{version}"
+        s.send({"jsonrpc": "2.0", "id": rid, "method": "textDocument/inlineCompletion", "params": {
+            "textDocument": {"uri": uri}, "position": {"line": line, "character": col}, "context": {"triggerKind": 2}}})  # fmt: skip
+        if k % 10 == 4:
+            s.notify("$/cancelRequest", {"id": rid})
+        ids.append(rid)
+    return text, version, ids
+
+
+def _type_at_end(s: RawServer, uri: str, text: str, keys: int, version: int, burst: int = 20) -> tuple[str, int]:
+    """``keys`` keystrokes (``_keystrokes``) in bursts whose replies are awaited, as an editor's are (the soak's typing)."""
+    for first in range(0, keys, burst):
+        text, version, ids = _keystrokes(s, uri, text, min(burst, keys - first), version, first)
+        for r in ids:
+            s.response(r, timeout=120)
+    return text, version
+
+
+def memory(s: RawServer) -> dict[str, Any]:
+    reply = s.request("codellama/memory", timeout=120)
+    assert "result" in reply, reply
+    return reply["result"]
+
+
+def test_a_keystroke_in_a_big_document_finds_its_line_through_the_index() -> None:
+    """Item 9: the line index (``lines``) that replaced splitting the text up to the cursor (250 ms per call at the end
+    of 50 MB, several calls a keystroke) agrees with the split after any edits, and a lookup leaves no gap between
+    checkpoints wider than the bound (so it looks at a bounded part of the text, whatever the document's size)."""
+    import random
+
+    from lsp_server import lines
+    from lsp_server.rpc import change_span
+
+    rng = random.Random(23)
+    text = "".join(rng.choice(["ab", "\n", "cde\r\n", "x" * 300, "\n\n"]) for _ in range(40_000))  # LF and CRLF
+    index: lines.LineIndex | None = lines.LineIndex.of(text)
+    for step in range(400):
+        assert index is not None
+        a = rng.randint(0, len(text))
+        b = min(len(text), a + rng.choice([0, 0, 1, 5, 200, 50_000]))
+        new = rng.choice(["", "q", "\n", "a\r\nb\n", "z" * 70_000, "\n" * 30])
+        changed = text[:a] + new + text[b:]
+        index, text = index.edited(a, b, new, changed), changed
+        if index is None:  # the edit split a CRLF (or made a lone CR): the plain path, as lines.LineIndexes.get says
+            assert lines.has_lone_cr(text)
+            text = text.replace("\r", "")
+            index = lines.LineIndex.of(text)
+        for _ in range(5):
+            line = rng.randint(0, text.count("\n") + 2)
+            parts = text.split("\n", line)
+            assert index.line_start(line) == (None if len(parts) <= line else len(text) - len(parts[-1])), (step, line)
+            offset = rng.randint(0, len(text))
+            assert index.line_of(offset) == text.count("\n", 0, offset)
+            if line <= text.count("\n"):  # the edge's positions: the same with the index as by walking the text
+                pos = types.Position(line=line, character=rng.randint(0, 400))
+                rng_ = types.Range(start=pos, end=pos)
+                assert change_span(text, rng_, "utf-16", index) == change_span(text, rng_, "utf-16")
+    for line in range(0, text.count("\n"), 97):
+        index.line_start(line)
+    starts = [*index._offsets, len(text)]
+    longest_line = max(map(len, text.split("\n")))  # a checkpoint is a line start: a gap holds whole lines
+    assert max(b - a for a, b in itertools.pairwise(starts)) <= 4 * lines.SPACING + longest_line + 1
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"], ids=["lf", "crlf"])
+def test_a_big_document_request_sees_the_windows_the_whole_text_gives(newline: str) -> None:
+    """Item 9: a request on a document over 1 MB goes on with only the part its prompt can reach
+    (``documents.view_around``); the prefix and suffix windows cut from that part, and the range and line the request
+    answers for, are the ones the whole text gives, at the start, middle and end, for LF and CRLF documents."""
+    import random
+
+    from lsp_server import context
+    from lsp_server.lines import LineIndex
+
+    rng = random.Random(9)
+    lines_ = [f"    v{k} = f{k % 97}(a, b) + {'x' * rng.randint(0, 90)}" for k in range(40_000)]
+    source = newline.join(lines_)
+    assert len(source) > 2_000_000
+    index = LineIndex.of(source)
+    counter = context.TokenCounter(lambda t: len(t) // 3 + 1, lambda t: len(t) // 3 + 1)
+    for line in (0, 5, 20_000, 39_999, 50_000):
+        pos = types.Position(line=line, character=7)
+        whole = edit_point(source, pos, None, "utf-16")
+        part = edit_point(source, pos, None, "utf-16", index, 2048)
+        assert len(part.text) < 600_000 and part.line == whole.line and part.range == whole.range
+        for budget, ratio in ((2048, 0.75), (500, 0.5)):
+            a = context.build(whole.text, whole.offset, counter, budget, ratio, whole.line)
+            b = context.build(part.text, part.offset, counter, budget, ratio, part.line)
+            assert (a.prefix, a.suffix) == (b.prefix, b.suffix), (line, budget)
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n"], ids=["lf", "crlf"])
+def test_typing_in_a_big_document_keeps_it_in_sync_and_holds_one_copy(newline: str) -> None:
+    """Item 9 over stdio: a 20 MB ``.txt`` (no grammar: every cost is the text's handling; LF and CRLF) typed at its end with
+    pipelined keystrokes and requests. The server's copy stays the editor's (``documentState``'s SHA-256 after the
+    edits), every request is answered, a small document answers between them, and the server's memory stays about
+    one copy of the document: the edge no longer keeps the text each pending request was sent on (20 pipelined
+    keystrokes held 20 copies, 400 MB), the completion cache keeps windows, the ring a block."""
+    import hashlib
+
+    s = RawServer()
+    try:
+        s.initialize("demo", {"maxTokens": 4, "timeBudgetMs": 30000})
+        open_doc(s, "file:///w/small.py", "def add(a, b):\n    \n")
+        assert "items" in inline(s, "file:///w/small.py", 1, 4)
+        before = memory(s)
+        block = "".join(f"def f{k}(a, b):\n    return a * {k} + b\n\n\n" for k in range(1000)).replace("\n", newline)
+        text = block * 530 + f"def main():{newline}    "
+        assert len(text) > 20_000_000
+        open_doc(s, "file:///w/big.txt", text, language="plaintext")
+        text, version, ids = _keystrokes(s, "file:///w/big.txt", text, 60, 1)  # all 60 pipelined
+        during = memory(s)  # answered in order: after the 60 requests were dispatched, before most are answered
+        assert "items" in inline(s, "file:///w/small.py", 1, 4)
+        for r in ids:
+            assert "result" in s.response(r, timeout=300) or s.responses[json.dumps(r)][0]["error"]["code"] == -32800
+        state = s.request("codellama/documentState", {"uri": "file:///w/big.txt"}, timeout=120)["result"]
+        assert state["sha256"] == hashlib.sha256(text.encode()).hexdigest() and state["version"] == version
+        after = memory(s)
+        assert after["documentChars"] - before["documentChars"] == len(text)
+        assert after["pendingRequests"] <= 1  # this request
+        # glibc's bytes in use (Python's strings are malloc'ed): about one copy of 20 MB, with or without requests in
+        # flight - not one per pending request (60: 1.2 GB). RSS is not the measure: freed blocks stay mapped.
+        for m in (during, after):
+            assert m["mallocInUseBytes"] - before["mallocInUseBytes"] < 2.5 * len(text), (before, during, after)
+        assert "Traceback" not in s.stderr()
+    finally:
+        s.stop()
+
+
+def test_a_document_over_the_message_limit_is_refused_once_and_quietly() -> None:
+    """Item 9, past the edge's 64 MiB message limit: a 70 MB ``didOpen`` cannot be read (the framing refuses it), so
+    the document is refused by name: one warning says so, its keystrokes and requests follow quietly (an empty answer
+    each, no "out of sync" popup per keystroke, as there was), and a small document still answers."""
+    s = RawServer()
+    try:
+        s.initialize("demo", {"maxTokens": 4, "timeBudgetMs": 30000})
+        text = "".join(f"def f{k}(a, b):\n    return a * {k} + b\n\n\n" for k in range(1000)) * 1850
+        assert len(text) > 64 << 20
+        open_doc(s, "file:///w/huge.txt", text, language="plaintext")
+        open_doc(s, "file:///w/small.py", "def add(a, b):\n    \n")
+        line = text.count("\n")
+        for version in range(2, 5):
+            change(s, "file:///w/huge.txt", version, line, "x")
+            assert inline(s, "file:///w/huge.txt", line, 1) == {"items": []}
+        assert "items" in inline(s, "file:///w/small.py", 1, 4)
+        shown = messages(s)
+        assert len(shown) == 1 and "huge.txt" in shown[0] and "no completions" in shown[0], shown
+        assert "too big to follow" in s.stderr() and "Traceback" not in s.stderr()
+    finally:
+        s.stop()
+
+
+# ---- 12. memory under pipelined keystrokes ---------------------------------------------------------------------------
+@pytest.mark.slow
+def test_memory_is_flat_under_pipelined_keystrokes() -> None:
+    """Item 12 over stdio: the soak's typing (bursts of 20 keystrokes, each a ``didChange`` and a request, every 10th
+    cancelled) in a document longer than the prompt window. After 1,000 keystrokes of warm-up, 3,000 more leave
+    Python's heap (tracemalloc in the server, ``PYTHONTRACEMALLOC``: bytes, not time, so a busy machine cannot
+    break this) less than 1.5 MB (0.5 KB a keystroke; the issue saw 2 KB) above where it was, once the kept prompts
+    are taken out, and the kept prompts within their budget (8 MiB here). The growth the issue saw was the kept
+    prompts filling their budget (64 MiB for the demo model, thousands of keystrokes to fill)."""
+    s = RawServer(("--kept-prompts-mib", "8"), env={**server_env(), "PYTHONTRACEMALLOC": "1"})
+    try:
+        s.initialize("demo", {"maxTokens": 8, "timeBudgetMs": 2000})
+        uri = "file:///w/typing.py"
+        text = "import os\n\n\n" + "".join(f"def f{k}(a, b):\n    return a * {k} + b\n\n\n" for k in range(400))
+        text += "def main(argv):\n    total = 0\n    "
+        open_doc(s, uri, text)
+        text, version = _type_at_end(s, uri, text, 1000, 1)
+        warm = memory(s)
+        text, version = _type_at_end(s, uri, text, 3000, version)
+        end = memory(s)
+        heap = (end["pythonHeapBytes"] - end["keptPromptBytes"]) - (warm["pythonHeapBytes"] - warm["keptPromptBytes"])
+        print(f"Python heap without kept prompts: {heap / 1024:+.0f} KB over 3,000 keystrokes; warm {warm}; end {end}")
+        assert heap < 1_500_000, (warm, end)
+        assert end["keptPromptBytes"] <= end["keptPromptBudget"] == 8 << 20
+        assert end["pendingRequests"] <= 1 and end["asyncioTasks"] <= warm["asyncioTasks"] + 2
+        assert end["gcObjects"] - warm["gcObjects"] < 3000, (warm["gcObjects"], end["gcObjects"])  # not one per keystroke
         assert "Traceback" not in s.stderr()
     finally:
         s.stop()

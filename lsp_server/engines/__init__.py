@@ -78,6 +78,7 @@ class GenerationResult:
     prompt_ms: float = 0.0
     generate_ms: float = 0.0
     total_ms: float = 0.0  # from submit to done (includes waiting for the worker)
+    threads: int = 0  # llama.cpp threads the request ran on (0: a remote engine)
 
     @property
     def texts(self) -> list[str]:

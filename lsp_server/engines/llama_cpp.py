@@ -53,7 +53,7 @@ from pathlib import Path
 
 import numpy as np
 
-from codellama_core import llama
+from codellama_core import cpuload, llama
 
 from .. import healing
 from ..lookup import DraftPolicy, Lookup
@@ -188,6 +188,12 @@ class LlamaCppEngine:
         self._reuse_min = max(0, options.reuse_min) if self._ctx.can_shift else 0
         self._reuse_gap = max(0, options.reuse_gap) if self._reuse_min else 0
         self._kept = KeptPrompts(0)
+        # threads: the configured count on an idle machine, the cores left over while other processes hold some
+        # (codellama_core.cpuload); --threads fixes the count
+        self._threads_most = self._ctx.threads
+        self._cores = os.cpu_count() or self._threads_most
+        adaptive = options.threads is None and self._threads_most > 1 and cpuload.adaptive()
+        self._load = cpuload.OtherLoad().start() if adaptive else None
         self._live_saved: tuple[int, ...] = ()  # the live tokens as last copied to or from the kept prompts
         self.bytes_per_token = 0.0
         log.info("model %s sentinels: %s", name, self.vocab.sentinels.describe())
@@ -260,6 +266,8 @@ class LlamaCppEngine:
             self._cv.notify_all()
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout=30)
+        if self._load is not None:
+            self._load.stop()
         self._ctx.close()
         self._model.close()
 
@@ -309,11 +317,12 @@ class LlamaCppEngine:
         full = self.bytes_per_token * self.info.n_ctx
         log.info(
             "kept prompts: up to %.0f MiB of host memory%s (%.1f KiB per token: %.1f full contexts of %d tokens); "
-            "moved text reused from %s; speed at warm-up: %.0f prompt tokens/s, %.1f ms per generated token",
+            "moved text reused from %s; speed at warm-up: %.0f prompt tokens/s, %.1f ms per generated token; threads: %s",
             budget / 2**20, "" if mib is None else " (--kept-prompts-mib)", self.bytes_per_token / 1024,
             budget / full if full else 0.0, self.info.n_ctx,
             f"runs of {self._reuse_min}+ tokens" if self._reuse_min else "nowhere (the common prefix only)",
             self.speed.prompt_tps, self.speed.gen_ms,
+            f"{self._threads_most}" + (", fewer while other processes keep cores busy" if self._load else " (fixed)"),
         )  # fmt: skip
 
     def _loop(self) -> None:
@@ -383,10 +392,20 @@ class LlamaCppEngine:
             return "time"
         return None
 
+    def _fit_threads(self) -> int:
+        """Threads for the next request: as many as the cores other processes leave free (see ``cpuload``)."""
+        if self._load is not None:
+            others = self._load.cores()
+            n = cpuload.threads_beside(others, self._threads_most, self._cores)
+            if n != self._ctx.threads:
+                log.info("threads: %d (other processes keep %.1f of %d CPUs busy)", n, others, self._cores)
+                self._ctx.set_threads(n)
+        return self._ctx.threads
+
     def _run(self, job: Job) -> GenerationResult:
         req = job.request
         prompt = list(req.prompt)
-        result = GenerationResult(candidates=[], stop="eot", prompt_tokens=len(prompt))
+        result = GenerationResult(candidates=[], stop="eot", prompt_tokens=len(prompt), threads=self._fit_threads())
         if not prompt or len(prompt) >= self.info.n_ctx:
             result.stop = "context"
             return self._finish(result, job)

@@ -18,11 +18,13 @@ import asyncio
 import hashlib
 import logging
 from typing import Any
+from urllib.parse import unquote
 
 from lsprotocol import types
 from pygls.exceptions import JsonRpcInvalidParams
 
 from .. import config, context, messages, syntax
+from . import memory
 from .completion import Completing
 from .loading import ModelLoading
 from .state import ServerOptions
@@ -70,6 +72,9 @@ def create_server(options: ServerOptions = ServerOptions()) -> CodeLlamaServer:
     def on_close(ls: CodeLlamaServer, params: types.DidCloseTextDocumentParams) -> None:
         ls.cache.forget(params.text_document.uri)
         syntax.TREES.forget(params.text_document.uri)
+        ls.lines.forget(params.text_document.uri)
+        ls.protocol.text_changed(params.text_document.uri, closed=True)
+        ls._too_big.pop(unquote(params.text_document.uri), None)
         ls.closed(params.text_document.uri)
 
     @server.feature(types.WORKSPACE_DID_RENAME_FILES, _ALL_FILES)
@@ -79,7 +84,21 @@ def create_server(options: ServerOptions = ServerOptions()) -> CodeLlamaServer:
 
     @server.feature(types.TEXT_DOCUMENT_DID_OPEN)
     def on_open(ls: CodeLlamaServer, params: types.DidOpenTextDocumentParams) -> None:
+        ls.protocol.text_changed(params.text_document.uri)  # requests sent before are about another text (or none)
+        ls._too_big.pop(unquote(params.text_document.uri), None)
         ls.opened(params.text_document.uri)  # pygls has stored the document already
+
+    @server.feature(types.NOTEBOOK_DOCUMENT_DID_OPEN)
+    def on_notebook_open(ls: CodeLlamaServer, params: types.DidOpenNotebookDocumentParams) -> None:
+        for cell in params.cell_text_documents:  # pygls has stored the notebook and its cells already
+            ls.opened(cell.uri)
+
+    @server.feature(types.NOTEBOOK_DOCUMENT_DID_CLOSE)
+    def on_notebook_close(ls: CodeLlamaServer, params: types.DidCloseNotebookDocumentParams) -> None:
+        for cell in params.cell_text_documents:
+            ls.cache.forget(cell.uri)
+            syntax.TREES.forget(cell.uri)
+            ls.closed(cell.uri)
 
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def on_change(ls: CodeLlamaServer, params: types.DidChangeTextDocumentParams) -> None:
@@ -135,6 +154,13 @@ def create_server(options: ServerOptions = ServerOptions()) -> CodeLlamaServer:
         source = doc.source
         sha = hashlib.sha256(source.encode("utf-8", "surrogatepass")).hexdigest()
         return messages.to_wire(messages.DocumentState(version=doc.version, length=len(source), sha256=sha))
+
+    @server.feature(messages.MEMORY)
+    def on_memory(ls: CodeLlamaServer, params: Any) -> dict[str, Any]:
+        # What the server holds (counts and bytes, never content): the soak tells a leak from a cache filling up, and
+        # with {"trim": true} (glibc's malloc_trim first) from memory the allocator keeps free.
+        trim = (params.get("trim") if isinstance(params, dict) else getattr(params, "trim", None)) is True
+        return messages.to_wire(memory.report(ls, trim))
 
     @server.feature(messages.MODELS)
     async def on_models(ls: CodeLlamaServer, params: Any) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import attrs
 from lsprotocol import types
 
 from .. import config, context, messages, pipeline
+from .documents import VIEW_FROM
 from .prefill import Prefilling
 
 log = logging.getLogger("lsp_server.server")
@@ -33,9 +34,12 @@ class Events(Prefilling):
             return
         partial = [c for c in params.content_changes if isinstance(c, types.TextDocumentContentChangePartial)]
         line = partial[0].range.start.line if partial else 0
-        view = self.neighbor_view(doc)
-        self.neighbors.ring.edited(view, line)
-        if not self.prefetch_if_accepted(doc, view.text) and partial:
+        # the ring cuts the edited block from the text as sent (found through the line index, normalised to LF
+        # itself): a keystroke in a big CRLF document does not normalise the whole text
+        source = doc.source
+        self.neighbors.ring.edited(self.neighbor_view(doc, source), line, self.lines.get(uri, source))
+        accepted = len(source) <= VIEW_FROM and self.prefetch_if_accepted(doc, context.lf_text(source))
+        if not accepted and partial:
             encoding = self.workspace.position_encoding or types.PositionEncodingKind.Utf16
             at = _after(partial[-1], encoding)
             self.reaim_prefill(stopped, uri, *at)
@@ -62,6 +66,8 @@ class Events(Prefilling):
 
     def prefetch_if_accepted(self, doc: Any, text: str) -> bool:
         """When ``text`` is the last suggestion accepted into ``doc``, start the next completion now (True)."""
+        if len(text) > VIEW_FROM:
+            return False  # a big document's requests see a view of it (documents.view_around), its cache entries too
         engine, offset = self.engine, self.cache.accepted(doc.uri, text)
         if engine is None or offset is None or not self.settings.enabled_for(doc.language_id):
             return False

@@ -21,14 +21,13 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-from collections.abc import Callable
 from dataclasses import replace
 
 from lsprotocol import types
 
 from .. import config, context, pipeline
 from ..engines import GenerationResult
-from .documents import Documents
+from .documents import Documents, edit_point
 
 log = logging.getLogger("lsp_server.server")
 
@@ -47,7 +46,7 @@ class Prefilling(Documents):
 
     def prefill_opened(self, uri: str) -> None:
         """``uri`` was opened: prefill its first place."""
-        self._prefill(uri, lambda text: 0, "opened")
+        self._prefill(uri, 0, 0, "opened")
 
     def prefill_if_moved(self, uri: str, line: int, character: int, why: str = "edited at a new place") -> None:
         """The cursor is at ``line:character`` of ``uri`` (after an edit, or resting there): prefill there when that
@@ -55,8 +54,7 @@ class Prefilling(Documents):
         last, self._last_place = self._last_place, (uri, line)
         if last is not None and last[0] == uri and abs(last[1] - line) < NEW_PLACE_LINES:
             return
-        encoding = self.workspace.position_encoding or types.PositionEncodingKind.Utf16
-        self._prefill(uri, lambda text: context.offset_at(text, line, character, encoding), why)
+        self._prefill(uri, line, character, why)
 
     def cancel_prefill(self) -> tuple[str, str] | None:
         """A key: the prefill running stops (between two chunks; what it evaluated stays for the request). Returns
@@ -74,10 +72,9 @@ class Prefilling(Documents):
             return
         if abs(self._last_place[1] - line) >= NEW_PLACE_LINES:
             return  # a new place: prefill_if_moved starts its own
-        encoding = self.workspace.position_encoding or types.PositionEncodingKind.Utf16
-        self._prefill(uri, lambda text: context.offset_at(text, line, character, encoding), stopped[1])
+        self._prefill(uri, line, character, stopped[1])
 
-    def _prefill(self, uri: str, at: Callable[[str], int], why: str) -> None:
+    def _prefill(self, uri: str, line: int, character: int, why: str) -> None:
         engine = self.engine
         doc = self.document(uri)
         if engine is None or doc is None or engine.info.kind != "llama.cpp" or self._inflight:
@@ -86,16 +83,22 @@ class Prefilling(Documents):
             return  # privacy: an excluded file never reaches a prompt
         if self._prefill_task is not None and not self._prefill_task.done():
             self._prefill_task.cancel()
-        text = context.lf_text(doc.source)
-        offset = at(text)
         settings = self.paced_settings()
-        rid = f"f{next(self._ids)}"
+        encoding = self.workspace.position_encoding or types.PositionEncodingKind.Utf16
+        source = doc.source
+        # where a request there would point, in the text it would see (a big document: the part its prompt reaches)
+        at = edit_point(source, types.Position(line=line, character=character), None, encoding, self.lines.get(uri, source),
+                        settings.context_tokens)  # fmt: skip
+        before, after = self.cells_around(doc)  # a notebook cell: as its completions will see it
+        text, offset, line = before + at.text + after, len(before) + at.offset, at.line + before.count("\n")
         extra = self.extra_for(doc, text)
+        del doc, source, at
+        rid = f"f{next(self._ids)}"
         name = uri.rsplit("/", 1)[-1]
         self._prefill_of = (uri, why)
 
         async def run() -> None:
-            cur = context.cursor(text, offset)
+            cur = context.cursor(text, offset, line)
             request, _ctx = await asyncio.to_thread(
                 pipeline.build_request, engine, text, offset, settings, 1, rid, cur, None, extra
             )

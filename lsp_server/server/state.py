@@ -22,6 +22,7 @@ from ..cache import TypeThroughCache
 from ..engines import Engine
 from ..engines.llama_cpp import EngineOptions
 from ..engines.remote import RemoteOptions
+from ..lines import LineIndexes
 from ..pacing import BudgetCuts, Pacer, PromptSizer
 from ..prefetch import Prefetcher
 from ..rpc import LspProtocol
@@ -48,6 +49,11 @@ class ServerState(LanguageServer):
             "codellama-lsp",
             VERSION,
             text_document_sync_kind=types.TextDocumentSyncKind.Incremental,
+            # Notebooks (LSP 3.17): every notebook and all its cells, so that a cell's completion sees the
+            # code cells above it as text before the cursor and those below as text after (``Documents.cells_around``).
+            notebook_document_sync=types.NotebookDocumentSyncOptions(
+                notebook_selector=[types.NotebookDocumentFilterWithNotebook(notebook="*")]
+            ),
             protocol_cls=LspProtocol,
             converter_factory=rpc.converter,
         )
@@ -78,6 +84,8 @@ class ServerState(LanguageServer):
         self.cache = TypeThroughCache()
         self._ids = itertools.count(1)
         self.neighbors = neighbors.Neighbors()  # other files' chunks and recently edited regions
+        self._too_big: dict[str, int] = {}  # URIs whose didOpen was skipped for its size -> its size (documents.py)
+        self.lines = LineIndexes()  # line starts of the open documents: a keystroke at the end of 50 MB finds its line at once
         self.pacer = Pacer()  # adaptive time budget and debounce
         self.sizer = PromptSizer()  # prompt sizes from the engine's measured speed (coldJumpMs)
         self.cuts = BudgetCuts()  # which recent answers the time budget cut (the status says "slow")

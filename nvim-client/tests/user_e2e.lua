@@ -4,7 +4,9 @@
 -- the model filled in): no --clean, filetype plugins and indent scripts on, the plugin's default debounce,
 -- time budget and keys. This file runs after it (`-c luafile`).
 -- In: $CODELLAMA_E2E, a JSON file: {trials: [{file, line (1-based, empty), typed, delay_ms, want,
--- type_through (characters of the ghost to type before accepting), accept_line (<M-Down> first)}], out,
+-- type_through (characters of the ghost to type before accepting), accept_line (<M-Down> first), filetype (set
+-- after opening), noname (a buffer with no name holding `content` instead of `file`), prefix (text on the
+-- line already: typing goes after it)}], out,
 -- timeout_ms, manual (auto_trigger = false: wait, then <M-\>), trials_only (skip the checks after the trials)}.
 -- Out: a JSON report at `out`: per trial the latency of the completion after the last key,
 -- the requests that reached the server, and the file as written; then the highlight group of the ghost,
@@ -117,8 +119,18 @@ end
 local function run_trial(trial, index)
   local r = { file = trial.file, delay_ms = trial.delay_ms, ok = false }
   table.insert(report.trials, r)
-  vim.cmd('edit ' .. vim.fn.fnameescape(trial.file))
+  if trial.noname then
+    -- a buffer with no name (no file, no extension) holding `content`
+    vim.cmd('enew')
+    vim.api.nvim_buf_set_lines(0, 0, -1, false, vim.split(trial.content, '\n', { plain = true }))
+  else
+    vim.cmd('edit ' .. vim.fn.fnameescape(trial.file))
+  end
   local bufnr = vim.api.nvim_get_current_buf()
+  if trial.filetype then
+    vim.bo[bufnr].filetype = trial.filetype -- as `:set filetype=...`: the plugin attaches on FileType
+  end
+  r.filetype = vim.bo[bufnr].filetype
   wait('the client to attach', function()
     local c = cl.client()
     return c and vim.lsp.buf_is_attached(bufnr, c.id)
@@ -130,8 +142,10 @@ local function run_trial(trial, index)
     report.omnifunc = vim.bo[bufnr].omnifunc
     report.status_ready = cl.statusline()
   end
+  -- `prefix`: text already on the line (the cursor goes after it); otherwise the line is empty
+  local head = trial.prefix or ''
   vim.api.nvim_win_set_cursor(0, { trial.line, 0 })
-  feed('i')
+  feed(head == '' and 'i' or 'A')
   wait('insert mode', function()
     return vim.fn.mode() == 'i'
   end)
@@ -145,9 +159,9 @@ local function run_trial(trial, index)
   end
   local last_key = now_ms()
   wait('the typed text', function()
-    return vim.api.nvim_get_current_line() == trial.typed
+    return vim.api.nvim_get_current_line() == head .. trial.typed
   end, 5000, 5)
-  local want_lines = vim.split(trial.typed .. trial.want, '\n', { plain = true })
+  local want_lines = vim.split(head .. trial.typed .. trial.want, '\n', { plain = true })
   local want = trial.want
   if inline then
     if cfg.manual then
@@ -217,13 +231,21 @@ local function run_trial(trial, index)
   wait('the completion in the buffer', function()
     return vim.deep_equal(vim.api.nvim_buf_get_lines(bufnr, trial.line - 1, trial.line - 1 + #want_lines, false), want_lines)
   end, 10000)
-  feed('<Esc>:w<CR>')
-  wait('the file to be written', function()
-    return not vim.bo[bufnr].modified and vim.fn.mode() == 'n'
-  end)
-  local f = assert(io.open(trial.file, 'rb'))
-  r.saved = f:read('*a')
-  f:close()
+  if trial.noname then
+    feed('<Esc>')
+    wait('normal mode', function()
+      return vim.fn.mode() == 'n'
+    end)
+    r.saved = table.concat(vim.api.nvim_buf_get_lines(bufnr, 0, -1, false), '\n') .. '\n' -- as :w would write it
+  else
+    feed('<Esc>:w<CR>')
+    wait('the file to be written', function()
+      return not vim.bo[bufnr].modified and vim.fn.mode() == 'n'
+    end)
+    local f = assert(io.open(trial.file, 'rb'))
+    r.saved = f:read('*a')
+    f:close()
+  end
   r.preview_windows = preview_windows()
   r.ok = true
 end

@@ -288,6 +288,17 @@ async function runTrial(trial, t, index) {
   }
 }
 
+/** The status item's accessible label (its state) and its width on screen in pixels, kept in result.statusWidths:
+ *  the width must not change with the state (issue 24 item 11). */
+async function statusSample(tag) {
+  const s = await page.evaluate(() => {
+    const el = document.querySelector('[aria-label^="Code Llama:"]');
+    const item = el?.closest('.statusbar-item') ?? el;
+    return item ? { label: el.getAttribute('aria-label'), text: item.textContent, width: item.getBoundingClientRect().width } : null;
+  });
+  if (s) (result.statusWidths ??= []).push({ tag, ...s });
+}
+
 /** The texts of the notification toasts on screen. */
 async function toasts() {
   return page.evaluate(() => [...document.querySelectorAll('.notification-toast .notification-list-item-message')].map((e) => e.textContent ?? ''));
@@ -305,6 +316,7 @@ async function missingServer() {
   await waitFor('the "not found" notification', async () => (await toasts()).some((t) => /not found|did not start/.test(t)), 60000);
   await sleep(3000); // a second notification for the same failure would be on screen by now
   m.errorToasts = (await toasts()).filter((t) => t.includes('Code Llama') || /codellama/i.test(t));
+  await statusSample('error');
   const toast = page.locator('.notification-toast', { hasText: 'Code Llama' }).first();
   await toast.hover();
   await toast.locator('a.monaco-button, .monaco-button', { hasText: 'Open Setting' }).first().click();
@@ -318,18 +330,92 @@ async function missingServer() {
       tab: tab?.textContent ?? '',
       noResults: noResults && noResults.offsetParent !== null ? noResults.textContent ?? '' : '',
       items: [...(ed?.querySelectorAll('.setting-item-label') ?? [])].map((e) => e.textContent ?? ''),
+      // each setting's title as shown: its category ("Code Llama › Server: ") and its label
+      titles: [...(ed?.querySelectorAll('.setting-item-title') ?? [])].map((e) => e.textContent ?? ''),
       search: ed?.querySelector('.settings-header-widget textarea, .suggest-input-container textarea')?.value ?? '',
     };
   });
   await page.screenshot({ path: join(outDir, 'open-setting.png') });
+  // the extension's own section of the Settings editor, as "@ext:" (the gear on the extension) shows it
+  await page.locator('.settings-editor').first().click({ position: { x: 300, y: 26 } }); // the search box
+  await page.keyboard.press('Control+A');
+  await page.keyboard.type('@ext:codellama-lsp.codellama-lsp', { delay: 20 });
+  await sleep(2500);
+  m.extensionSection = await page.evaluate(() => {
+    const ed = document.querySelector('.settings-editor');
+    return {
+      groups: [...(ed?.querySelectorAll('.settings-group-title-label') ?? [])].map((e) => e.textContent ?? ''),
+      titles: [...(ed?.querySelectorAll('.setting-item-title') ?? [])].map((e) => e.textContent ?? ''),
+    };
+  });
+  await page.screenshot({ path: join(outDir, 'extension-settings.png') });
   // the user sets it where the editor showed it: the Remote (machine) settings
   const machine = join(userData, 'Machine', 'settings.json');
   writeFileSync(machine, JSON.stringify({ ...cfg.settings, 'codellama.server.pythonPath': cfg.pythonPath }, null, 2));
   await waitFor('the restart notification', async () => (await toasts()).some((t) => t.includes('restarting the server')), 30000);
   m.restartToast = true;
   await page.locator('[aria-label^="Code Llama: ready"]').first().waitFor({ timeout: cfg.readyTimeoutMs ?? 90000 });
+  await statusSample('ready');
   m.ready = true;
   m.ok = true;
+}
+
+// A Jupyter notebook (VS Code's built-in ipynb support; no Jupyter extension, no kernel): the extension's
+// server gets the notebook through LSP notebook sync and completes in a code cell with the other cells as
+// context. As a user: open the .ipynb, click into the cell, go to its blank line, type at the trial's speed,
+// the ghost text comes by itself, Tab, Ctrl+S; the saved notebook's cell has the text.
+async function notebook() {
+  const trial = cfg.notebook;
+  const n = { ok: false };
+  result.notebook = n;
+  const path = join(cfg.workspace, trial.file);
+  const before = readFileSync(path, 'utf8');
+  await page.locator('.monaco-workbench').click({ position: { x: 640, y: 300 } });
+  await openFile(trial.file);
+  await page.locator('.notebook-editor .code-cell-row .monaco-editor').first().waitFor({ timeout: 30000 });
+  await waitFor('the extension to log "language client started"', () => extensionLog().includes('language client started'), 60000);
+  await page.locator('[aria-label^="Code Llama: ready"]').first().waitFor({ timeout: cfg.readyTimeoutMs ?? 60000 });
+  mark('notebook open, server ready');
+  // the code cell's editor (markdown cells render as previews, not editors)
+  const cell = page.locator('.notebook-editor .code-cell-row').nth(trial.codeCell);
+  await cell.locator('.monaco-editor .view-lines').first().click();
+  await sleep(300);
+  await page.keyboard.press('Control+Home');
+  for (let i = 1; i < trial.line; i += 1) await page.keyboard.press('ArrowDown');
+  await page.keyboard.press('Home');
+  await page.keyboard.press('Home');
+  await sleep(500);
+  const r0 = lastRequestNumber();
+  await page.keyboard.type(trial.typed, { delay: trial.delayMs });
+  const lastKey = Date.now();
+  n.ghostText = await waitFor(
+    `ghost text ${JSON.stringify(trial.expectedGhost)} in the cell`,
+    async () => {
+      const g = await ghostText();
+      if (g.trim() !== '') n.lastGhostSeen = g;
+      return g.trim() !== '' && g.replace(/\s+$/, '') === trial.expectedGhost.replace(/\s+$/, '') ? g : false;
+    },
+    cfg.ghostTimeoutMs ?? 20000,
+    20,
+  );
+  n.ghostLatencyMs = Date.now() - lastKey;
+  n.requests = lastRequestNumber() - r0;
+  // the ghost is in the cell's editor, not in another cell's
+  n.ghostInCell = await cell.evaluate((el) => el.querySelector('[class*="ghost-text"]') !== null);
+  await page.screenshot({ path: join(outDir, 'notebook-ghost.png') });
+  await sleep(200);
+  await page.keyboard.press('Tab');
+  await sleep(300);
+  await page.keyboard.press('Control+S');
+  n.saved = await waitFor('the saved notebook to change', () => {
+    const now = readFileSync(path, 'utf8');
+    return now !== before ? now : false;
+  }, 15000);
+  await sleep(1000); // the save settling (see runTrial)
+  n.saved = readFileSync(path, 'utf8');
+  // the server's log lines of the cell's requests: the notebook's other cells were around it
+  n.cellLogLines = extensionLog().split('\n').filter((l) => l.includes('notebook cells around'));
+  n.ok = true;
 }
 
 try {
@@ -372,6 +458,12 @@ try {
   await page.locator('.monaco-workbench').waitFor({ timeout: 90000 });
   mark('workbench loaded');
 
+  if (cfg.scenario === 'notebook') {
+    await notebook();
+    result.ok = result.notebook?.ok === true;
+    throw null; // done: skip the trials (caught below, not an error)
+  }
+
   if (cfg.scenario === 'missing-server') {
     await missingServer();
     result.ok = result.missing?.ok === true;
@@ -384,9 +476,11 @@ try {
   await openFile(cfg.trials[0].file);
   await waitFor('the extension to log "language client started"', () => extensionLog().includes('language client started'), 60000);
   mark('language client started');
+  await statusSample('client started');
   const ready = page.locator('[aria-label^="Code Llama: ready"]');
   await ready.first().waitFor({ timeout: cfg.readyTimeoutMs ?? 60000 });
   mark('server ready');
+  await statusSample('ready');
 
   // 5. The trials: type, see ghost text, Tab, save, compare. One failing trial does not stop the others.
   for (const [index, trial] of cfg.trials.entries()) {
@@ -475,8 +569,10 @@ try {
   }
 
   // 9. The toggle command flips completions off and on; the status item says so.
+  await statusSample('ready after the trials');
   await runCommand('Code Llama: Toggle Completions');
   await page.locator('[aria-label^="Code Llama: disabled"]').first().waitFor({ timeout: 15000 });
+  await statusSample('off');
   await runCommand('Code Llama: Toggle Completions');
   await page.locator('[aria-label^="Code Llama: ready"]').first().waitFor({ timeout: 15000 });
   result.toggled = true;
@@ -486,6 +582,7 @@ try {
   const starts = () => (extensionLog().match(/language client started/g) ?? []).length;
   const before2 = starts();
   await runCommand('Code Llama: Restart Server');
+  await statusSample('restarting');
   await waitFor('the restarted client', () => starts() > before2, 30000);
   await page.locator('[aria-label^="Code Llama: ready"]').first().waitFor({ timeout: 60000 });
   result.restarted = true;
@@ -511,9 +608,11 @@ try {
   const before3 = starts();
   process.kill(Number(servers[0]), 'SIGKILL');
   await waitFor('the extension to notice the crash', () => /server exited unexpectedly; restarting in \d+ ms/.test(extensionLog()), 30000);
+  await statusSample('crashed');
   await waitFor('the client restarted after the crash', () => starts() > before3, 60000);
   await page.locator('[aria-label^="Code Llama: ready"]').first().waitFor({ timeout: 60000 });
   result.recoveredFromCrash = true;
+  await statusSample('recovered');
   mark('recovered from a crash');
   result.ok = result.trials.every((t) => t.ok) && (!cfg.manualTrial || result.manual?.ok === true);
 } catch (err) {

@@ -144,12 +144,9 @@ class ServerManager {
     const stats = this.counter.shown > 0 ? `\nThis session: ${this.counter.accepted} of ${this.counter.shown} suggestions accepted` : '';
     this.item.tooltip = view.tooltip + stats;
     this.item.accessibilityInformation = { label: view.label };
-    this.item.backgroundColor =
-      view.severity === 'error'
-        ? new vscode.ThemeColor('statusBarItem.errorBackground')
-        : view.severity === 'warning'
-          ? new vscode.ThemeColor('statusBarItem.warningBackground')
-          : undefined;
+    // No background colour: VS Code pads an item that has one, so it grew by 4 px when off or stopped (measured
+    // in code-server) and the items beside it moved. The icon says the state; an error is also drawn in red.
+    this.item.color = view.severity === 'error' ? new vscode.ThemeColor('errorForeground') : undefined;
   }
 
   async start(): Promise<void> {

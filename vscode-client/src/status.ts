@@ -3,8 +3,8 @@
  *
  * In: the notification's params as they arrive (checked field by field: a newer or older server may send
  * more, fewer or differently typed fields), plus the client's own state (completions toggled off, server
- * not running). Out: the item's text (with a codicon), tooltip, and whether it is drawn as an error or
- * warning. No `vscode` import: unit-tested under plain Node.
+ * not running). Out: the item's text (a codicon and "Code Llama", the same width in every state), its tooltip
+ * (the state in words first), its accessible label, and whether it is drawn as an error or warning. No `vscode` import: unit-tested under plain Node.
  */
 import { modelLabel } from './modelSpec';
 
@@ -74,23 +74,11 @@ const ICONS: Record<ServerState, string> = {
   stopped: '$(circle-slash)',
 };
 
-/** U+2007 FIGURE SPACE: as wide as a digit, never collapsed or wrapped by the status bar's HTML. */
-const FIGURE_SPACE = '\u2007';
-/** Characters of the item's text after the icon ("loading 100%" and "ready 9999 ms" are the longest). */
-export const STATUS_WIDTH = 13;
-
-/** `text` padded with figure spaces to `width` characters, so the item keeps its place and size. */
-export function fixedWidth(text: string, width: number = STATUS_WIDTH): string {
-  return text.length >= width ? text : text + FIGURE_SPACE.repeat(width - text.length);
-}
-
-/** A latency in 7 characters: "\u2007118 ms" below 10 s, then seconds ("\u200717.9 s", "\u2007\u2007123 s"):
- *  a 17.9 s answer read "9999 ms" when milliseconds were capped at four digits. */
+/** A latency in words: "118 ms" below 10 s, then seconds ("17.9 s", "123 s"): a 17.9 s answer read "9999 ms"
+ *  when milliseconds were capped at four digits. */
 export function latencyWords(ms: number): string {
   const rounded = Math.round(ms);
-  const words =
-    rounded < 10000 ? `${rounded} ms` : ms < 99950 ? `${(ms / 1000).toFixed(1)} s` : `${Math.min(99999, Math.round(ms / 1000))} s`;
-  return FIGURE_SPACE.repeat(Math.max(0, 7 - words.length)) + words;
+  return rounded < 10000 ? `${rounded} ms` : ms < 99950 ? `${(ms / 1000).toFixed(1)} s` : `${Math.min(99999, Math.round(ms / 1000))} s`;
 }
 
 /** The state in words: "loading 42%", "ready 118 ms", "slow: answers cut at 2.0 s", "busy", "error", "off", ... */
@@ -109,12 +97,20 @@ export function stateWords(status: ServerStatus, enabled: boolean): string {
   }
 }
 
+/**
+ * The item's text is the same in every state, an icon and "Code Llama": the status bar's proportional font drew
+ * each state's words at another width (193-206 px, padding or not), and the items beside it moved. The icon
+ * tells the state at a glance (spinning: starting, loading, busy; sparkle: ready; watch: slow; error; slashed
+ * circle: off or stopped), errors and warnings colour the item, and the words ("ready 118 ms", "loading 42%")
+ * lead the tooltip and the accessible label.
+ */
 export function renderStatus(status: ServerStatus, enabled: boolean): StatusView {
   const model = modelLabel(status.model);
   const parts: string[] = [];
   const icon = !enabled ? ICONS.stopped : status.state === 'ready' && status.slow ? '$(watch)' : ICONS[status.state];
-  const text = `${icon} Code Llama ${fixedWidth(stateWords(status, enabled))}`;
+  const text = `${icon} Code Llama`;
 
+  parts.push(`Code Llama: ${stateWords(status, enabled)}`);
   parts.push(`Server: ${status.state}${status.message ? ` (${status.message})` : ''}`);
   if (status.slow) parts.push(`Slow: ${status.slow}${status.hint ? `\nTry: ${status.hint}` : ''}`);
   if (status.model) parts.push(`Model: ${status.model}`);

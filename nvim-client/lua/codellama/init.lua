@@ -105,6 +105,30 @@ local function echo_quietly(msg)
   end)
 end
 
+--- Neovim's LSP client announces a server that died by a signal with a warning of its own ("Client codellama
+--- quit with exit code 0 and signal 9. Check log for errors: /long/path/lsp.log"): on 80 columns it wraps
+--- over three lines, and a message of several lines waits at the hit-enter prompt (0.11: the restart sat
+--- behind "Press ENTER" until two keys). The plugin says the same in one line, in the statusline and in the
+--- LSP log (`fail`); this drops that one warning, and only it, for the crash being handled.
+local function drop_exit_warning()
+  local notify = vim.notify
+  local filter
+  local function restore()
+    if vim.notify == filter then
+      vim.notify = notify
+    end
+  end
+  filter = function(msg, level, opts)
+    if type(msg) == 'string' and msg:match('^Client codellama quit with exit code') then
+      restore()
+      return
+    end
+    return notify(msg, level, opts)
+  end
+  vim.notify = filter
+  vim.defer_fn(restore, 5000) -- a Neovim that says nothing: leave vim.notify as it was
+end
+
 --- Tells statuslines to redraw: 0.11 does not redraw a statusline by itself when only a Lua value it
 --- shows changed (the status stayed 'starting' until the next key).
 local function status_changed()
@@ -830,6 +854,7 @@ local function client_config()
         status_changed()
         return
       end
+      drop_exit_warning() -- before Neovim's own (scheduled) warning runs
       state.client_id = nil
       state.crashes = state.crashes + 1
       local delay = RESTART_DELAYS_MS[state.crashes]

@@ -67,10 +67,10 @@ test('bytes are quoted as downloads are', () => {
   assert.deepEqual([formatBytes(4.08e9), formatBytes(36_879_616), formatBytes(500)], ['4.1 GB', '37 MB', '1 kB']);
 });
 
-test('a download in the status item: percentage in the text, size and speed in the tooltip', () => {
+test('a download in the status item: percentage, size and speed in the tooltip', () => {
   // what lsp_server/models.py reports while huggingface_hub downloads (tests/test_models_hub.py checks the server)
   const message = 'downloading codellama-7b.Q4_K_M.gguf: 1402.0 of 4081.0 MB, 23.4 MB/s';
   const view = renderStatus(parseStatus({ state: 'loading', model: 'TheBloke/CodeLlama-7B-GGUF:codellama-7b.Q4_K_M.gguf', percentage: 34, message }), true);
-  assert.match(view.text, /Code Llama loading 34%/);
+  assert.match(view.tooltip, /^Code Llama: loading 34%\n/);
   assert.ok(view.tooltip.includes(`Server: loading (${message})`), view.tooltip);
 });
