@@ -27,7 +27,7 @@ from lsp_server import pipeline
 from lsp_server.config import Settings
 from lsp_server.context import cursor
 from lsp_server.engines import GenerationRequest
-from lsp_server.engines.kept import GramIndex, KeptPrompts, plan
+from lsp_server.engines.kept import MAX_COPIES, GramIndex, KeptPrompts, plan
 from lsp_server.engines.llama_cpp import EngineOptions, LlamaCppEngine, kept_budget
 from tests.fixtures.lsp_models import lsp_random_gguf  # noqa: F401
 from tests.fixtures.raw_lsp import RawServer
@@ -77,6 +77,11 @@ def test_kept_prompts_stay_within_their_budget() -> None:
     # a copy that starts with most of an older one replaces it (the same place, typed on)
     kept.add(llama.SavedState(tuple(range(9000, 9100)) + (5,), None, 300))
     assert len(kept) == 3 and kept.entries()[-1][1].tokens[-1] == 5
+    # many small copies: capped by count as well (each request plans against every copy)
+    many = KeptPrompts(budget=1 << 30)
+    for i in range(MAX_COPIES + 10):
+        many.add(llama.SavedState(tuple(range(i * 1000, i * 1000 + 100)), None, 300))
+    assert len(many) == MAX_COPIES and many.entries()[0][1].tokens[0] == 10_000  # the oldest ten went
     assert kept_budget(2048, 4096, ram=64 << 30) == 8 * 2048 * 4096
     assert kept_budget(512 * 1024, 4096, ram=16 << 30) == 2 << 30  # a 7B f16 cache on a 16 GiB laptop: one context
 

@@ -653,7 +653,9 @@ def test_fuzz_scoring_and_clean_up(statements: list[tuple[str, bool]]) -> None:
     token = "codellama-sandbox-fuzz-" + secrets.token_hex(6)
     body = "\n".join(textwrap.indent(s, "    ") for s, _ in statements)
     program = f"TOKEN = {token!r}\ndef f():\n{body}\nf()\n"
-    r = sandbox.run(program, sandbox.Limits(timeout_s=10))
+    # benign one by one, not together: each statement may leave a grandchild or a thread behind (and a child, a
+    # zombie until reaped), so five of them need more than the default 4 tasks (a fork then fails with EAGAIN)
+    r = sandbox.run(program, sandbox.Limits(timeout_s=10, processes=16))
     expected = "failed" if any(fatal for _, fatal in statements) else "passed"
     assert r.status == expected, (program, r)
     assert procs_with(token) == []

@@ -192,8 +192,12 @@ class Kept:
         return self.state.size
 
 
+MAX_COPIES = 32  # every request plans against each copy: a small model's many small copies are capped by count too
+
+
 class KeptPrompts:
-    """Copies of evaluated prompts, the least recently used dropped first once their bytes pass ``budget``."""
+    """Copies of evaluated prompts, the least recently used dropped first once their bytes pass ``budget`` or their
+    number passes ``MAX_COPIES`` (a 64 MiB budget held 377 copies of a small model's prompts in a soak)."""
 
     def __init__(self, budget: int) -> None:
         self.budget = budget
@@ -224,7 +228,7 @@ class KeptPrompts:
         self._ids += 1
         self._entries[self._ids] = Kept(state, GramIndex(state.tokens))
         self.saved += 1
-        while self.bytes > self.budget:
+        while self.bytes > self.budget or len(self._entries) > MAX_COPIES:
             self._entries.popitem(last=False)
             self.dropped += 1
         return self._ids
