@@ -1,7 +1,7 @@
 """How much CPU other processes use right now, and how many llama.cpp threads fit beside them.
 
-In: the kernel's CPU counters (Linux ``/proc/stat``: busy time of the whole machine) and this process's own CPU
-time (``os.times``), sampled by a daemon thread every ``PERIOD_S``. Out: ``OtherLoad.cores()``, the CPUs that
+In: the kernel's CPU counters (Linux ``/proc/stat``: busy time of the CPUs this process may run on) and this
+process's own CPU time (``os.times``), sampled by a daemon thread every ``PERIOD_S``. Out: ``OtherLoad.cores()``, the CPUs (of ours) that
 other processes kept busy over the last ``WINDOW_S`` (a float; steal time of a virtual machine counts as busy), and
 ``threads_beside(others, most)``, the thread count for the next request.
 
@@ -38,20 +38,36 @@ def adaptive() -> bool:
     return os.environ.get("CODELLAMA_ADAPTIVE_THREADS", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
-def _machine_busy_s() -> float | None:
-    """Seconds of CPU time the whole machine has spent busy since boot (None where /proc/stat is missing)."""
+def cpus() -> set[int] | None:
+    """The CPUs this process may run on (a container's cpuset, ``taskset``), or None where that cannot be asked."""
+    return set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+
+
+def _machine_busy_s(cpus: set[int] | None = None) -> float | None:
+    """Seconds of CPU time spent busy since boot, on ``cpus`` (None: the machine); None where /proc/stat is missing.
+    Counting only our own CPUs keeps a container's cpuset (2 CPUs of a 64-CPU host) from reading the host as idle."""
     try:
         with open("/proc/stat", "rb") as f:
-            fields = f.readline().split()
+            lines = f.read().splitlines()
     except OSError:
         return None
-    if not fields or fields[0] != b"cpu":
-        return None
-    ticks = [int(x) for x in fields[1:]]
-    # user nice system idle iowait irq softirq steal guest guest_nice; guest time is already counted in user/nice
-    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)
-    busy = sum(ticks[:8]) - idle
-    return busy / _CLK_TCK
+    busy = 0
+    seen = False
+    for line in lines:
+        if not line.startswith(b"cpu"):
+            continue
+        fields = line.split()
+        name = fields[0][3:]
+        if cpus is None and name:
+            continue  # the machine: the first line's totals
+        if cpus is not None and (not name or int(name) not in cpus):
+            continue
+        ticks = [int(x) for x in fields[1:]]
+        # user nice system idle iowait irq softirq steal guest guest_nice; guest time is already in user/nice
+        idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)
+        busy += sum(ticks[:8]) - idle
+        seen = True
+    return busy / _CLK_TCK if seen else None
 
 
 _CLK_TCK = float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 100.0
@@ -80,7 +96,8 @@ class OtherLoad:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.available = _machine_busy_s() is not None
+        self.cpus = cpus()
+        self.available = _machine_busy_s(self.cpus) is not None
 
     def start(self) -> OtherLoad:
         if self._thread is None:
@@ -100,7 +117,7 @@ class OtherLoad:
             self._sample()
 
     def _sample(self) -> None:
-        busy = _machine_busy_s()
+        busy = _machine_busy_s(self.cpus)
         if busy is None:
             return
         with self._lock:

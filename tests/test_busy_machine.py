@@ -121,7 +121,7 @@ def test_other_processes_on_every_core_leave_llama_cpp_one_thread(monkeypatch: p
     adaptive = LlamaCppEngine(path, "demo", EngineOptions(n_ctx=256))
     fixed = LlamaCppEngine(path, "demo", EngineOptions(n_ctx=256, threads=llama.physical_cores()))
     spin = "import signal, sys\nsignal.alarm(60)\nwhile True:\n    pass\n"
-    workers = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(os.cpu_count() or 1)]
+    workers = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(len(cpuload.cpus() or [0]))]
     try:
         time.sleep(2 * cpuload.WINDOW_S)  # the sampler sees a full window of the competitors
         prompt = [1, *adaptive.vocab.encode("def add(a, b):\n    return")]
@@ -148,6 +148,12 @@ def test_threads_beside_other_load() -> None:
     assert cpuload.threads_beside(3.0, 8, 16) == 8
     assert cpuload.threads_beside(10.2, 8, 16) == 6
     assert cpuload.threads_beside(0.0, 1, 16) == 1
+    # the load is read on the CPUs this process may run on (a container's cpuset), from /proc/stat's per-CPU lines
+    every = set(range(os.cpu_count() or 1))
+    machine, ours = cpuload._machine_busy_s(), cpuload._machine_busy_s(every)
+    assert machine is not None and ours == pytest.approx(machine, rel=0.01, abs=1.0)
+    one = cpuload._machine_busy_s({min(cpuload.cpus() or {0})})
+    assert one is not None and one <= machine + 1.0
 
 
 def slow_complete(delay_ms: int, *extra: str) -> tuple[subprocess.CompletedProcess[str], tuple[int, int, str]]:

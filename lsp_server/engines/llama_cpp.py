@@ -191,7 +191,8 @@ class LlamaCppEngine:
         # threads: the configured count on an idle machine, the cores left over while other processes hold some
         # (codellama_core.cpuload); --threads fixes the count
         self._threads_most = self._ctx.threads
-        self._cores = os.cpu_count() or self._threads_most
+        cpus = cpuload.cpus()
+        self._cores = len(cpus) if cpus else (os.cpu_count() or self._threads_most)  # the CPUs the load is sampled on
         adaptive = options.threads is None and self._threads_most > 1 and cpuload.adaptive()
         self._load = cpuload.OtherLoad().start() if adaptive else None
         self._live_saved: tuple[int, ...] = ()  # the live tokens as last copied to or from the kept prompts
