@@ -123,10 +123,17 @@ class OtherLoad:
         with self._lock:
             self._samples.append((time.monotonic(), busy, _own_s()))
 
-    def cores(self) -> float:
-        """CPUs other processes kept busy over the last ``window_s`` (0.0 until two samples exist)."""
+    def cores(self, wait_s: float = 0.0) -> float:
+        """CPUs other processes kept busy over the last ``window_s`` (0.0 until two samples exist; with ``wait_s``, a
+        sampler just started takes a second sample that long after its first instead: a start-up's first reading)."""
         if not self.available:
             return self._load_average()
+        if wait_s > 0:
+            with self._lock:
+                first = self._samples[0][0] if len(self._samples) == 1 else None
+            if first is not None:
+                time.sleep(max(0.0, first + wait_s - time.monotonic()))
+                self._sample()
         with self._lock:
             if len(self._samples) < 2:
                 return 0.0

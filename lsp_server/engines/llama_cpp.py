@@ -289,6 +289,8 @@ class LlamaCppEngine:
         instead of 3.1 ms per token here when the warm-up ran on the loading thread.
         """
         try:
+            # the machine's load decides the threads from the first decode: the speed measured here sizes the prompts
+            self._fit_threads(wait_s=0.15)
             warm = [self.vocab.sentinels.bos or 0] * min(PROMPT_CHUNK, max(1, self.info.n_ctx // 2))
             self._ctx.decode(warm)
             self._ctx.decode(warm[:1])
@@ -393,10 +395,10 @@ class LlamaCppEngine:
             return "time"
         return None
 
-    def _fit_threads(self) -> int:
+    def _fit_threads(self, wait_s: float = 0.0) -> int:
         """Threads for the next request: as many as the cores other processes leave free (see ``cpuload``)."""
         if self._load is not None:
-            others = self._load.cores()
+            others = self._load.cores(wait_s)
             n = cpuload.threads_beside(others, self._threads_most, self._cores)
             if n != self._ctx.threads:
                 log.info("threads: %d (other processes keep %.1f of %d CPUs busy)", n, others, self._cores)
