@@ -44,7 +44,8 @@ class TypeThroughCache:
     def __init__(self, max_documents: int = 64, recent: int = RECENT) -> None:
         self._entries: dict[str, _Entry] = {}
         self._max = max_documents
-        self._recent: OrderedDict[tuple[str, str], tuple[str, ...]] = OrderedDict()
+        # (language, text before, text after): one language's answer (its syntax rules cut it) is not another's
+        self._recent: OrderedDict[tuple[str, str, str], tuple[str, ...]] = OrderedDict()
         self._recent_max = recent
         self.hits = 0
         self.misses = 0
@@ -54,12 +55,12 @@ class TypeThroughCache:
         """Entries of the recent-places store."""
         return len(self._recent)
 
-    def put(self, uri: str, text: str, offset: int, completions: list[str]) -> None:
+    def put(self, uri: str, text: str, offset: int, completions: list[str], language: str = "") -> None:
         if not completions:
             self._entries.pop(uri, None)
             return
         if self._recent_max > 0:
-            key = _key(text, offset)
+            key = _key(text, offset, language)
             self._recent.pop(key, None)
             self._recent[key] = tuple(completions)
             while len(self._recent) > self._recent_max:
@@ -93,10 +94,10 @@ class TypeThroughCache:
     def forget(self, uri: str) -> None:
         self._entries.pop(uri, None)
 
-    def get(self, uri: str, text: str, offset: int) -> list[str] | None:
+    def get(self, uri: str, text: str, offset: int, language: str = "") -> list[str] | None:
         found = self._lookup(uri, text, offset)
         if not found:
-            found = self._recent_lookup(text, offset)
+            found = self._recent_lookup(text, offset, language)
             if found:
                 self.recent_hits += 1
         if found:
@@ -105,14 +106,14 @@ class TypeThroughCache:
             self.misses += 1
         return found
 
-    def _recent_lookup(self, text: str, offset: int) -> list[str] | None:
+    def _recent_lookup(self, text: str, offset: int, language: str = "") -> list[str] | None:
         """The completions of a recent place with this text around the cursor, or typed past by a few characters
         of the cursor's line (their rest)."""
         if not self._recent:
             return None
         line_start = text.rfind("\n", 0, offset) + 1
         for back in range(0, min(TYPED_BACK, offset - line_start) + 1):
-            key = (text[max(0, offset - back - KEY_BEFORE) : offset - back], text[offset : offset + KEY_AFTER])
+            key = (language, text[max(0, offset - back - KEY_BEFORE) : offset - back], text[offset : offset + KEY_AFTER])
             got = self._recent.get(key)
             if got is None:
                 continue
@@ -139,5 +140,5 @@ class TypeThroughCache:
         return rest or None
 
 
-def _key(text: str, offset: int) -> tuple[str, str]:
-    return text[max(0, offset - KEY_BEFORE) : offset], text[offset : offset + KEY_AFTER]
+def _key(text: str, offset: int, language: str = "") -> tuple[str, str, str]:
+    return language, text[max(0, offset - KEY_BEFORE) : offset], text[offset : offset + KEY_AFTER]

@@ -164,7 +164,7 @@ async def complete(
     """``line``: the line ``offset`` is on, when the caller knows it (a request's position): nothing then walks the
     document up to the cursor (see ``context.build``)."""
     t0 = time.perf_counter()
-    hit = cache.get(key, text, offset)
+    hit = cache.get(key, text, offset, language_id or "")
     # a hit holds what an earlier request asked for (often one item): a request for several goes to the model
     if hit is not None and len(hit) >= max(1, n):
         return Completion(texts=hit[: max(1, n)], source="cache", pipeline_ms=(time.perf_counter() - t0) * 1e3)
@@ -214,7 +214,7 @@ async def complete(
     # with syntax, cleaning parses the document with each candidate inserted: off the event loop too
     texts = await asyncio.to_thread(clean_all) if info is not None and result.candidates else clean_all()
     if result.stop not in ("cancelled", "superseded"):
-        cache.put(key, text, offset, texts)
+        cache.put(key, text, offset, texts, language_id or "")
     t3 = time.perf_counter()
     return Completion(
         texts=texts,

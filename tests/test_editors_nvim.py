@@ -622,8 +622,8 @@ def test_nvim_syntax_rules_follow_the_filetype_not_the_name(micro_model, tmp_pat
     work = tmp_path / "work"
     work.mkdir()
     (work / "add_report").write_text(blanked)
-    # one more blank line at its end: the server's cache of recent places (keyed by the text around the cursor,
-    # whatever the document) would otherwise give this buffer the Python buffers' answer
+    # one more blank line at its end: a text of its own (the server's store of recent places, keyed by the text
+    # around the cursor, gave this buffer the Python buffers' answer before it was keyed by language too)
     (work / "add_report_conf").write_text(blanked + "\n")
     base = {"line": index + 1, "prefix": "def add(a", "typed": typed, "delay_ms": 50}
     trials = [

@@ -208,6 +208,18 @@ def test_cache_sees_an_accepted_suggestion() -> None:
     assert cache.accepted("other", accepted) is None
 
 
+def test_a_recent_place_is_one_language_s_answer() -> None:
+    """The recent-places store answers the same text around the cursor in another document (backspacing, a copy of
+    the file), but only in the same language: an answer cut by Python's syntax rules is not a plain-text buffer's."""
+    cache = TypeThroughCache()
+    text = "def add(a, b):\n    \n"
+    off = text.index("    \n") + 4
+    cache.put("file:///w/a.py", text, off, ["return a + b"], "python")
+    assert cache.get("untitled:Untitled-1", text, off, "python") == ["return a + b"]
+    assert cache.get("file:///w/add_report", text, off, "conf") is None
+    assert cache.get("file:///w/add_report", text, off) is None
+
+
 def test_draft_policy_drafts_only_what_pays() -> None:
     from lsp_server.lookup import DraftPolicy
 
