@@ -32,16 +32,23 @@ class _MallInfo2(ctypes.Structure):
 
 
 @cache
-def _mallinfo2() -> Any:
-    """glibc's ``mallinfo2`` (2.33+), or None (another libc, macOS, Windows)."""
+def _libc_function(symbol: str) -> Any:
+    """A function of the C library by name, or None (not found: another libc, macOS, Windows)."""
     name = ctypes.util.find_library("c")
     if name is None:
         return None
     try:
-        fn = ctypes.CDLL(name).mallinfo2
+        return getattr(ctypes.CDLL(name), symbol)
     except (OSError, AttributeError):
         return None
-    fn.restype = _MallInfo2
+
+
+@cache
+def _mallinfo2() -> Any:
+    """glibc's ``mallinfo2`` (2.33+), or None."""
+    fn = _libc_function("mallinfo2")
+    if fn is not None:
+        fn.restype = _MallInfo2
     return fn
 
 
@@ -57,12 +64,8 @@ def trim() -> bool:
     """Give the allocator's free memory back to the system (glibc's ``malloc_trim``); False where there is none.
     What comes back is what the RSS held that no allocation used: fragmentation and free pages kept by the arenas,
     not a leak."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
-    try:
-        fn = ctypes.CDLL(name).malloc_trim
-    except (OSError, AttributeError):
+    fn = _libc_function("malloc_trim")
+    if fn is None:
         return False
     fn(ctypes.c_size_t(0))
     return True

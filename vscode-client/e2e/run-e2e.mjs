@@ -178,6 +178,24 @@ async function openFile(name) {
   await page.locator('.monaco-editor .view-lines').first().waitFor({ timeout: 15000 });
 }
 
+// Open `file` and put the cursor at the start of `line` as a user does (Ctrl+G, the line number, Enter, Home),
+// then wait for the inline requests of the cursor move to come and go before the first key.
+async function openAtLineStart(file, line) {
+  await openFile(file);
+  await page.locator('.monaco-editor .view-lines').first().click();
+  await page.keyboard.press('Control+G');
+  const quick = page.locator('.quick-input-box input');
+  await quick.waitFor({ state: 'visible', timeout: 10000 });
+  await quick.fill(`:${line}`);
+  await sleep(200);
+  await page.keyboard.press('Enter');
+  await sleep(300);
+  await page.keyboard.press('Home');
+  await page.keyboard.press('Home'); // twice: the first may stop at the indentation
+  await sleep(500);
+}
+
+
 /** The highest server request number (r17 -> 17) in the extension's log: the server numbers every
  *  completion request it receives, so the difference counts the requests that reached it. */
 function lastRequestNumber() {
@@ -193,18 +211,7 @@ async function runTrial(trial, t, index) {
     throw new Error(`expected line ${trial.line} of ${trial.file} to be empty, got ${JSON.stringify(blank)}`);
   }
   const before = readFileSync(path, 'utf8');
-  await openFile(trial.file);
-  await page.locator('.monaco-editor .view-lines').first().click();
-  await page.keyboard.press('Control+G');
-  const quick = page.locator('.quick-input-box input');
-  await quick.waitFor({ state: 'visible', timeout: 10000 });
-  await quick.fill(`:${trial.line}`);
-  await sleep(200);
-  await page.keyboard.press('Enter');
-  await sleep(300);
-  await page.keyboard.press('Home');
-  await page.keyboard.press('Home'); // twice: the first may stop at the indentation
-  await sleep(500); // the inline requests of the cursor move come and go before the first key
+  await openAtLineStart(trial.file, trial.line);
   const r0 = lastRequestNumber();
   // VS Code's word suggestions and the ghost (issue 24 item 13): `extra` (e.g. " w", which opens the word
   // widget on "width") typed before the ghost came ("widget-first") or after it was shown ("ghost-first").
@@ -518,18 +525,7 @@ try {
     try {
       const path = join(cfg.workspace, trial.file);
       const before = readFileSync(path, 'utf8');
-      await openFile(trial.file);
-      await page.locator('.monaco-editor .view-lines').first().click();
-      await page.keyboard.press('Control+G');
-      const quick = page.locator('.quick-input-box input');
-      await quick.waitFor({ state: 'visible', timeout: 10000 });
-      await quick.fill(`:${trial.line}`);
-      await sleep(200);
-      await page.keyboard.press('Enter');
-      await sleep(300);
-      await page.keyboard.press('Home');
-      await page.keyboard.press('Home');
-      await sleep(500);
+      await openAtLineStart(trial.file, trial.line);
       const r0 = lastRequestNumber();
       await page.keyboard.type(trial.typed, { delay: trial.delayMs });
       await sleep(2000); // a long pause: automatic ghost text would have come by now
