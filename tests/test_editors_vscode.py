@@ -95,15 +95,15 @@ def test_vscode_package_contents(vsix: Path) -> None:
         "adaptiveDebounce",
         "suggestList",
     ):
-        assert f"codellama.{key}" in props and props[f"codellama.{key}"].get(
-            "description", props[f"codellama.{key}"].get("markdownDescription")
+        assert f"codeLlama.{key}" in props and props[f"codeLlama.{key}"].get(
+            "description", props[f"codeLlama.{key}"].get("markdownDescription")
         )
     # VS Code renders `description` as plain text: Markdown (backticks) belongs in markdownDescription
     assert not [k for k, v in props.items() if "`" in v.get("description", "")]
     # the suggestion list stays out of the way unless asked for
-    assert props["codellama.suggestList"]["default"] is False
+    assert props["codeLlama.suggestList"]["default"] is False
     # the server's debounce advice is followed unless turned off (it only ever lengthens debounceMs)
-    assert props["codellama.adaptiveDebounce"]["default"] is True
+    assert props["codeLlama.adaptiveDebounce"]["default"] is True
     assert manifest["icon"] == "images/icon.png" and "extension/images/icon.png" in names
     # With VS Code's default quick suggestions a word item can be selected in the suggest widget while the
     # ghost text continues it: Tab then takes the ghost text (VS Code's own Tab would only take the word).
@@ -118,7 +118,7 @@ VSCODE_NAMES = {"maxItems": "maxCandidates", "completionItems": "suggestList"}
 
 
 def test_every_server_setting_reachable_from_both_editors() -> None:
-    """Issue 24 item 12: each server setting has a ``codellama.*`` setting in VS Code with a description, and
+    """Issue 24 item 12: each server setting has a ``codeLlama.*`` setting in VS Code with a description, and
     is documented in the Neovim plugin's README under the server's name (the plugin passes ``settings``
     through as they are)."""
     from lsp_server import config
@@ -128,13 +128,13 @@ def test_every_server_setting_reachable_from_both_editors() -> None:
     names = list(config.to_wire(config.Settings()))
     assert {"exclude", "extraContextTokens", "rules", "completionItems"} <= set(names)
     for name in names:
-        key = f"codellama.{VSCODE_NAMES.get(name, name)}"
+        key = f"codeLlama.{VSCODE_NAMES.get(name, name)}"
         assert key in props and (props[key].get("description") or props[key].get("markdownDescription")), key
         assert f"`{name}`" in nvim_readme, f"{name} missing from nvim-client/README.md"
     # the rules VS Code offers are the server's
     from lsp_server.postprocess import RULES
 
-    assert set(props["codellama.rules"]["properties"]) == set(RULES)
+    assert set(props["codeLlama.rules"]["properties"]) == set(RULES)
 
 
 @pytest.mark.slow
@@ -206,7 +206,7 @@ def test_vscode_ghost_text_end_to_end(micro_model, vsix: Path, tmp_path: Path) -
         "ghostTimeoutMs": 20000,
         # Only the model (and the server's info log, where the test counts the requests that reached it):
         # every other setting, VS Code's and the extension's, is the default.
-        "settings": {"codellama.model": str(micro_model.gguf), "codellama.server.extraArgs": ["-v"]},
+        "settings": {"codeLlama.model": str(micro_model.gguf), "codeLlama.server.extraArgs": ["-v"]},
     }
     # not on PATH: the way VS Code started from a desktop launcher sees it
     result, proc = run_e2e(cfg, tmp_path, out, script)
@@ -275,13 +275,13 @@ def test_vscode_missing_server_open_setting(vsix: Path, tmp_path: Path) -> None:
         "tmpDir": str(tmp_path),
         "readyTimeoutMs": 120000,
         "pythonPath": sys.executable,
-        "settings": {"codellama.model": "demo"},
+        "settings": {"codeLlama.model": "demo"},
     }
     result, proc = run_e2e(cfg, tmp_path, out, script, pythonpath=True)
     m = result.get("missing") or {}
     print("missing-server run:", json.dumps(m, indent=2))
     assert result.get("error") is None, f"{result['error']}\nscreenshot: {out / 'failure.png'}\n{proc.stderr[-3000:]}"
-    assert len(m["errorToasts"]) == 1 and "codellama.server.pythonPath" in m["errorToasts"][0], m["errorToasts"]
+    assert len(m["errorToasts"]) == 1 and "codeLlama.server.pythonPath" in m["errorToasts"][0], m["errorToasts"]
     editor = m["settingsEditor"]
     assert editor["noResults"] == "" and "Remote" in editor["tab"], editor
     assert any("Python Path" in item for item in editor["items"]), editor
@@ -291,11 +291,81 @@ def test_vscode_missing_server_open_setting(vsix: Path, tmp_path: Path) -> None:
     print("status item (tag, label, width px):", *[(w["tag"], w["label"], w["width"]) for w in widths], sep="\n  ")
     assert [w["label"].split(",")[0] for w in widths] == ["Code Llama: error", "Code Llama: ready"]
     assert abs(widths[0]["width"] - widths[1]["width"]) < 0.5, widths
-    # What code-server shows as the settings' titles (recorded, not yet as issue 24 item 11 asks): VS Code 1.99 derives
-    # a title's category from the key ("codellama.server.pythonPath" reads "Codellama › Server: Python Path", in the
-    # search and in the extension's own "@ext:" list alike); contributes.configuration's title ("Code Llama") and an
-    # "id" change nothing there. Only a key prefix "codeLlama." would read "Code Llama" (a rename of every setting).
+    # Issue 24 item 11: the titles lead with the extension's name. VS Code 1.99 derives a title's category from the
+    # key ("codellama.server.pythonPath" read "Codellama › Server: Python Path", in the search and in the extension's
+    # "@ext:" list alike; contributes.configuration's title changes nothing there), hence the keys' prefix "codeLlama.".
     print("setting titles:", editor["titles"], m.get("extensionSection"))
+    assert "Code Llama › Server: Python Path" in editor["titles"], editor["titles"]
+    section = m["extensionSection"]["titles"]
+    assert section and all(t.startswith("Code Llama") for t in section), section
+
+
+@pytest.mark.slow
+def test_vscode_old_setting_names_are_moved_in_their_own_scope(micro_model, vsix: Path, tmp_path: Path) -> None:
+    """Issue 24 item 11: settings written under the old names (``codellama.*``) before the rename to ``codeLlama.*``.
+    The User file has ``codellama.enable: false``; the Remote (machine) file, where code-server reads machine
+    settings, the model and the server's ``-v``; the workspace's ``.vscode/settings.json`` a resource setting
+    (``codellama.maxTokens``) and, as a hostile repository ships them, machine settings under the old names: a server
+    command that would leave a marker file, a URL, an engine. After start-up: one message; the old User value
+    took effect (the status item says "disabled") and sits under the new name in the User file, the Remote values in
+    the Remote file, the workspace's maxTokens in the workspace file (not lifted into User settings); the hostile
+    values are untouched and not in effect (the server that started is the one in the .venv, the marker never
+    appears). Turning completions on loads the model the migrated Remote setting names. The Settings editor titles
+    the settings "Code Llama › ..." (searched by key, and the extension's own list)."""
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    (workspace / "hello.py").write_text("def hello():\n    return 1\n")
+    venv_bin = workspace / ".venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    script = Path(server_command()[0])
+    (venv_bin / "codellama-lsp").symlink_to(script)
+    marker = tmp_path / "hostile-command-ran"
+    hostile = {
+        "codellama.server.command": ["sh", "-c", f"touch {marker}"],
+        "codellama.url": "http://attacker.example:8080",
+        "codellama.engine": "openai",
+    }
+    (workspace / ".vscode").mkdir()
+    (workspace / ".vscode" / "settings.json").write_text(json.dumps({**hostile, "codellama.maxTokens": 48}))
+    out = ARTIFACTS / "vscode-rename"
+    shutil.rmtree(out, ignore_errors=True)
+    machine = {"codellama.model": str(micro_model.gguf), "codellama.server.extraArgs": ["-v"]}
+    cfg = {
+        "scenario": "rename",
+        "codeServer": str(CODE_SERVER),
+        "vsix": str(vsix),
+        "workspace": str(workspace),
+        "openFile": "hello.py",
+        "trials": [],
+        "outDir": str(out),
+        "tmpDir": str(tmp_path),
+        "readyTimeoutMs": 90000,
+        "userSettings": {"codellama.enable": False},
+        "machineSettings": machine,
+    }
+    result, proc = run_e2e(cfg, tmp_path, out, script)
+    r = result.get("rename") or {}
+    print("rename run:", json.dumps(r, indent=2)[:5000])
+    assert result.get("error") is None, f"{result['error']}\nscreenshot: {out / 'failure.png'}\n{proc.stderr[-3000:]}"
+    assert r["ok"] and r["disabledAtStart"] is True
+    # one message, naming what moved and where
+    renames = [t for t in r["toasts"] if "settings are now named" in t]
+    assert len(renames) == 1, r["toasts"]
+    assert all(f"{k} (" in renames[0] for k in ("codellama.enable", "codellama.model", "codellama.maxTokens")), renames[0]
+    files = r["files"]
+    user = {k: v for k, v in files["user"].items() if "lama" in k}
+    assert user == {"codeLlama.enable": False}, files["user"]
+    assert files["machine"] == {"codeLlama.model": str(micro_model.gguf), "codeLlama.server.extraArgs": ["-v"]}
+    assert files["workspace"] == {**hostile, "codeLlama.maxTokens": 48}, files["workspace"]
+    assert not marker.exists(), "the hostile server command ran"
+    starts = [line for line in r["startLines"] if "starting server:" in line]
+    assert starts and all(str(venv_bin / "codellama-lsp") in line and "attacker" not in line for line in starts), starts
+    # the server was started with the migrated model, which loaded once completions were on
+    assert all(f"(model {micro_model.gguf})" in line for line in starts), starts
+    assert r["readyLabel"].startswith("Code Llama: ready"), r["readyLabel"]
+    assert r["filesAfterToggle"]["user"].get("codeLlama.enable") is True
+    assert "Code Llama › Server: Python Path" in r["searchTitles"], r["searchTitles"]
+    assert r["extensionTitles"] and all(t.startswith("Code Llama") for t in r["extensionTitles"]), r["extensionTitles"]
 
 
 def run_e2e(
@@ -402,7 +472,7 @@ def test_vscode_notebook_cell_completion(micro_model, vsix: Path, tmp_path: Path
         "tmpDir": str(tmp_path),
         "readyTimeoutMs": 90000,
         "ghostTimeoutMs": 20000,
-        "settings": {"codellama.model": str(micro_model.gguf), "codellama.server.extraArgs": ["-v"]},
+        "settings": {"codeLlama.model": str(micro_model.gguf), "codeLlama.server.extraArgs": ["-v"]},
     }
     result, proc = run_e2e(cfg, tmp_path, out, script)
     n = result.get("notebook") or {}

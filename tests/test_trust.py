@@ -160,12 +160,17 @@ HOSTILE_WORKSPACE = {
 }
 
 
-def test_a_hostile_workspace_settings_file_cannot_set_where_prompts_go(tmp_path: Path) -> None:
+@pytest.mark.parametrize("names", ["codeLlama", "codellama"])
+def test_a_hostile_workspace_settings_file_cannot_set_where_prompts_go(tmp_path: Path, names: str) -> None:
     """Item 2 in VS Code: a cloned repository's ``.vscode/settings.json`` sets the remote settings; VS Code ignores a
     workspace value of an ``application``/``machine`` setting, and an untrusted workspace's values of the
-    ``restrictedConfigurations``. Every key of the hostile file must be one of those."""
+    ``restrictedConfigurations``. Every key of the hostile file must be one of those, under the settings' names
+    (``codeLlama.*``) and under their old names (``codellama.*``, issue 24 item 11: still registered, hidden, with the
+    same scopes; the extension's migration never moves a workspace's machine value, see vscode-client/src/rename.ts
+    and its unit tests)."""
     (tmp_path / ".vscode").mkdir()
-    (tmp_path / ".vscode" / "settings.json").write_text(json.dumps(HOSTILE_WORKSPACE))
+    hostile_file = {f"{names}.{k.split('.', 1)[1]}": v for k, v in HOSTILE_WORKSPACE.items()}
+    (tmp_path / ".vscode" / "settings.json").write_text(json.dumps(hostile_file))
     package = json.loads((REPO / "vscode-client" / "package.json").read_text())
     props = package["contributes"]["configuration"]["properties"]
     hostile = json.loads((tmp_path / ".vscode" / "settings.json").read_text())
@@ -175,8 +180,8 @@ def test_a_hostile_workspace_settings_file_cannot_set_where_prompts_go(tmp_path:
     untrusted = package["capabilities"]["untrustedWorkspaces"]
     assert untrusted["supported"] in ("limited", False)
     restricted = set(untrusted.get("restrictedConfigurations", []))
-    assert "codellama.model" in restricted
-    assert set(HOSTILE_WORKSPACE) <= restricted
+    assert f"{names}.model" in restricted
+    assert set(hostile) <= restricted
 
 
 # ---- 3. secrets in messages ---------------------------------------------------------------------------------------

@@ -93,14 +93,14 @@ const userSettings = {
   'workbench.enableExperiments': false,
   'chat.commandCenter.enabled': false,
   // No editor.* or files.* setting here: the editor behaves as it does for a new user.
-  ...cfg.settings,
+  ...(cfg.userSettings ?? cfg.settings),
 };
 writeFileSync(join(userData, 'User', 'settings.json'), JSON.stringify(userSettings, null, 2));
 // code-server is a remote setup: settings of scope "machine" / "machine-overridable" (server command,
 // model path) come from the remote machine's settings; user settings alone are dropped at the first
 // configuration change.
 mkdirSync(join(userData, 'Machine'), { recursive: true });
-writeFileSync(join(userData, 'Machine', 'settings.json'), JSON.stringify(cfg.settings ?? {}, null, 2));
+writeFileSync(join(userData, 'Machine', 'settings.json'), JSON.stringify(cfg.machineSettings ?? cfg.settings ?? {}, null, 2));
 const csArgs = ['--config', emptyConfig, '--user-data-dir', userData, '--extensions-dir', extensions];
 
 let codeServer;
@@ -358,13 +358,145 @@ async function missingServer() {
   await page.screenshot({ path: join(outDir, 'extension-settings.png') });
   // the user sets it where the editor showed it: the Remote (machine) settings
   const machine = join(userData, 'Machine', 'settings.json');
-  writeFileSync(machine, JSON.stringify({ ...cfg.settings, 'codellama.server.pythonPath': cfg.pythonPath }, null, 2));
+  writeFileSync(machine, JSON.stringify({ ...cfg.settings, 'codeLlama.server.pythonPath': cfg.pythonPath }, null, 2));
   await waitFor('the restart notification', async () => (await toasts()).some((t) => t.includes('restarting the server')), 30000);
   m.restartToast = true;
   await page.locator('[aria-label^="Code Llama: ready"]').first().waitFor({ timeout: cfg.readyTimeoutMs ?? 90000 });
   await statusSample('ready');
   m.ready = true;
   m.ok = true;
+}
+
+/** The Settings editor's rows on screen: each setting's title as shown ("Code Llama › Server: " and its label). */
+async function settingsTitles() {
+  return page.evaluate(() => [...document.querySelectorAll('.settings-editor .setting-item-title')].map((e) => e.textContent ?? ''));
+}
+
+// Settings under their old names (issue 24 item 11): the User file has `codellama.enable: false`, the Remote
+// (machine) file `codellama.model` and `codellama.server.extraArgs`, the workspace's .vscode/settings.json a
+// resource setting (`codellama.maxTokens`) and, as a hostile repository would ship them, machine settings under
+// the old names (a server command, a URL). After start-up: one message about the rename; the old User value has
+// taken effect (the status item says "disabled") and sits under the new name in the User file; the Remote file
+// and the workspace file have their own values under the new names; the hostile values are left where they
+// were, not moved, not in effect (the server started is the one found in the .venv, the hostile command never
+// ran). Turning completions on loads the model the migrated Remote setting names. The Settings editor titles the
+// settings "Code Llama › ...".
+async function renamedSettings() {
+  const r = { ok: false };
+  result.rename = r;
+  const files = {
+    user: join(userData, 'User', 'settings.json'),
+    machine: join(userData, 'Machine', 'settings.json'),
+    workspace: join(cfg.workspace, '.vscode', 'settings.json'),
+  };
+  await page.locator('.monaco-workbench').click({ position: { x: 640, y: 300 } });
+  await openFile(cfg.openFile);
+  await waitFor('the extension to log "language client started"', () => extensionLog().includes('language client started'), 60000);
+  await waitFor('the rename message', async () => (await toasts()).some((t) => t.includes('settings are now named')), 30000);
+  await sleep(2000); // a second message would be on screen by now
+  r.toasts = (await toasts()).filter((t) => t.includes('Code Llama'));
+  await page.locator('[aria-label^="Code Llama: disabled"]').first().waitFor({ timeout: 30000 });
+  r.disabledAtStart = true;
+  r.files = Object.fromEntries(Object.entries(files).map(([k, f]) => [k, JSON.parse(readFileSync(f, 'utf8'))]));
+  r.startLines = extensionLog().split('\n').filter((l) => l.includes('starting server:') || l.includes('moved to'));
+  // the Settings editor, searched for one setting, as a user types it
+  await runCommand('Preferences: Open Remote Settings');
+  await page.locator('.settings-editor').first().waitFor({ timeout: 15000 });
+  await sleep(1000);
+  await page.locator('.settings-editor').first().click({ position: { x: 300, y: 26 } }); // the search box
+  await page.keyboard.press('Control+A');
+  await page.keyboard.type('codeLlama.server.pythonPath', { delay: 20 });
+  await sleep(2500);
+  r.searchTitles = await settingsTitles();
+  await page.screenshot({ path: join(outDir, 'settings-titles.png') });
+  await page.keyboard.press('Control+A');
+  await page.keyboard.type('@ext:codellama-lsp.codellama-lsp', { delay: 20 });
+  await sleep(2500);
+  r.extensionTitles = await settingsTitles();
+  await page.screenshot({ path: join(outDir, 'extension-settings.png') });
+  // completions on: the model named by the migrated Remote setting loads
+  await runCommand('Code Llama: Toggle Completions');
+  await page.locator('[aria-label^="Code Llama: ready"]').first().waitFor({ timeout: cfg.readyTimeoutMs ?? 90000 });
+  r.readyLabel = await page.evaluate(() => document.querySelector('[aria-label^="Code Llama: ready"]')?.getAttribute('aria-label') ?? '');
+  r.filesAfterToggle = Object.fromEntries(Object.entries(files).map(([k, f]) => [k, JSON.parse(readFileSync(f, 'utf8'))]));
+  r.ok = true;
+}
+
+// An `untitled:` buffer (issue 24 item 15): File: New Untitled File, its language set to Python (Change Language
+// Mode, as a user does), the trial's text typed at human speed; the server chooses the syntax rules from the
+// languageId (there is no file name to go by), so after `def add(a` typing `, b` shows the one-line ghost the
+// Python rules give. Then Tab and Save As to a path: the saved bytes. A control buffer left as plain text
+// (plaintext completions switched on for the test) gets the model's text with no Python rule applied.
+async function untitledBuffers() {
+  const u = { ok: false, buffers: [] };
+  result.untitled = u;
+  await page.locator('.monaco-workbench').click({ position: { x: 640, y: 300 } });
+  await openFile(cfg.openFile);
+  await waitFor('the extension to log "language client started"', () => extensionLog().includes('language client started'), 60000);
+  await page.locator('[aria-label^="Code Llama: ready"]').first().waitFor({ timeout: cfg.readyTimeoutMs ?? 90000 });
+  mark('server ready');
+  for (const b of cfg.untitled) {
+    const t = { language: b.language, ok: false };
+    u.buffers.push(t);
+    try {
+      await runCommand('File: New Untitled Text File');
+      await page.locator('.tab.active', { hasText: 'Untitled' }).first().waitFor({ timeout: 15000 });
+      await sleep(500);
+      if (b.language !== 'plaintext') {
+        await runCommand('Change Language Mode');
+        const input = page.locator('.quick-input-box input');
+        await input.waitFor({ state: 'visible', timeout: 10000 });
+        await sleep(300);
+        await input.fill(b.languageName);
+        await page.locator('.quick-input-list .monaco-list-row', { hasText: b.languageName }).first().waitFor({ timeout: 10000 });
+        await sleep(300);
+        await page.keyboard.press('Enter');
+        await page.locator('.statusbar-item', { hasText: b.languageName }).first().waitFor({ timeout: 10000 });
+      }
+      t.languageShown = await page.evaluate(() => document.querySelector('[id="status.editor.mode"]')?.textContent ?? '');
+      await page.locator('.monaco-editor .view-lines').first().click();
+      await sleep(300);
+      // what the user had typed before the pause (at the trial's speed), then the keys the ghost follows
+      await page.keyboard.type(b.before, { delay: b.delayMs });
+      await sleep(b.pauseMs ?? 0);
+      await page.keyboard.type(b.typed, { delay: b.delayMs });
+      t.ghostText = await waitFor(
+        `ghost text ${JSON.stringify(b.expectedGhost)}`,
+        async () => {
+          const g = await ghostText();
+          if (g.trim() !== '') t.lastGhostSeen = g;
+          return g.trim() !== '' && g.replace(/\s+$/, '') === b.expectedGhost.replace(/\s+$/, '') ? g : false;
+        },
+        cfg.ghostTimeoutMs ?? 20000,
+        20,
+      );
+      t.uri = await page.evaluate(() => document.querySelector('.tab.active')?.getAttribute('data-resource-name') ?? '');
+      await page.screenshot({ path: join(outDir, `untitled-${b.language}.png`) });
+      await sleep(200);
+      await page.keyboard.press('Tab');
+      await sleep(300);
+      // Save As: Ctrl+S on an untitled buffer asks where; VS Code's simple file dialog (code-server) takes a path
+      await page.keyboard.press('Control+S');
+      const input = page.locator('.quick-input-box input');
+      await input.waitFor({ state: 'visible', timeout: 10000 });
+      await sleep(300);
+      await input.fill(join(cfg.workspace, b.saveAs));
+      await sleep(300);
+      await page.keyboard.press('Enter');
+      const path = join(cfg.workspace, b.saveAs);
+      t.saved = await waitFor('the saved file', () => (existsSync(path) ? readFileSync(path, 'utf8') : false), 15000);
+      await sleep(1000); // the save settling (see runTrial)
+      t.saved = readFileSync(path, 'utf8');
+      t.ok = true;
+    } catch (err) {
+      t.error = err instanceof Error ? err.message : String(err);
+      await page.screenshot({ path: join(outDir, `failure-untitled-${b.language}.png`) }).catch(() => undefined);
+      await page.keyboard.press('Escape').catch(() => undefined);
+    }
+    mark(`untitled ${b.language}: ${t.ok ? 'ok' : t.error}`);
+  }
+  u.requestLines = extensionLog().split('\n').filter((l) => l.includes('untitled:'));
+  u.ok = u.buffers.every((t) => t.ok);
 }
 
 // A Jupyter notebook (VS Code's built-in ipynb support; no Jupyter extension, no kernel): the extension's
@@ -471,6 +603,18 @@ try {
     throw null; // done: skip the trials (caught below, not an error)
   }
 
+  if (cfg.scenario === 'rename') {
+    await renamedSettings();
+    result.ok = result.rename?.ok === true;
+    throw null; // done: skip the trials (caught below, not an error)
+  }
+
+  if (cfg.scenario === 'untitled') {
+    await untitledBuffers();
+    result.ok = result.untitled?.ok === true;
+    throw null; // done: skip the trials (caught below, not an error)
+  }
+
   if (cfg.scenario === 'missing-server') {
     await missingServer();
     result.ok = result.missing?.ok === true;
@@ -514,7 +658,7 @@ try {
       const before = changes();
       // (with a long time budget: Suggest Completions asks for several candidates, which a loaded machine
       // cut short within the default 2 s)
-      const manual = on ? {} : { 'codellama.autoTrigger': false, 'codellama.timeBudgetMs': 20000 };
+      const manual = on ? {} : { 'codeLlama.autoTrigger': false, 'codeLlama.timeBudgetMs': 20000 };
       writeFileSync(settingsFile, JSON.stringify({ ...(cfg.settings ?? {}), ...manual }, null, 2));
       await waitFor('the settings change to reach the extension', () => changes() > before, 15000);
     };

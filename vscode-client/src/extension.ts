@@ -1,7 +1,8 @@
 /**
  * The VS Code side of codellama-lsp: starts the server, shows its ghost text, and keeps the user informed.
  *
- * In: the `codellama.*` settings and the user's commands. Out: a running `codellama-lsp --stdio` (through
+ * In: the `codeLlama.*` settings (moved from their old `codellama.*` names at start-up, see rename.ts) and the user's
+ * commands. Out: a running `codellama-lsp --stdio` (through
  * vscode-languageclient, which registers the inline-completion provider the server advertises), one log
  * channel that also receives the server's stderr, a status item fed by `codellama/status`, and
  * `codellama/event` notifications: shown/accepted for the server's local statistics, and where the cursor rests
@@ -15,7 +16,7 @@
  * the server, and the model picker.
  *
  * Ghost text is the product: the server's `textDocument/completion` (meant for editors without inline
- * completion) is kept out of VS Code's suggestion list unless `codellama.suggestList` is on. With VS Code's
+ * completion) is kept out of VS Code's suggestion list unless `codeLlama.suggestList` is on. With VS Code's
  * default `editor.quickSuggestions` an item there opens the suggest widget on every key, Enter accepts it,
  * and inline requests then ask to continue the selected item instead of showing ghost text.
  */
@@ -46,10 +47,10 @@ import { LaunchError, type SearchPlaces, launchSpec } from './launch';
 import { StderrLeveler } from './logLevel';
 import { MODELS_METHOD, type PickerEntry, parseModels, pickerEntries } from './modelPicker';
 import { modelLabel, parseModelSpec } from './modelSpec';
+import { OLD_SECTION, SECTION, type SettingsStore, type Target, fallbackGetter, migrateSettings, migrationMessage, renamedKeys } from './rename';
 import { RESTART_KEYS, clientSwitches, effectiveDebounceMs, languageEnabled, serverSettings } from './settings';
 import { ServerStatus, parseStatus, renderStatus } from './status';
 
-const SECTION = 'codellama';
 /** How long the cursor must rest before the server is told where (it then prefills that place). */
 const CURSOR_REST_MS = 300;
 /** The documents the client attaches (its documentSelector's schemes): only they get cursor events. */
@@ -61,6 +62,8 @@ let manager: ServerManager | undefined;
 export async function activate(context: vscode.ExtensionContext): Promise<void> {
   const log = vscode.window.createOutputChannel('Code Llama', { log: true });
   context.subscriptions.push(log);
+  // Before the server starts: it is launched with the values found under the old names too.
+  await migrateOldSettings(context, log);
   manager = new ServerManager(context, log);
   context.subscriptions.push(
     vscode.commands.registerCommand('codellama.toggle', () => manager?.toggle()),
@@ -71,10 +74,47 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
     vscode.commands.registerCommand('codellama.statusMenu', () => statusMenu()),
     vscode.commands.registerCommand(ACCEPT_COMMAND, (event: CompletionEvent) => manager?.report(event)),
     vscode.workspace.onDidChangeConfiguration((e) => manager?.configurationChanged(e)),
+    // an untrusted workspace's files are left alone; once trusted, its old values move like the others
+    vscode.workspace.onDidGrantWorkspaceTrust(() => void migrateOldSettings(context, log)),
     vscode.window.onDidChangeTextEditorSelection((e) => manager?.cursorMoved(e.textEditor)),
     vscode.window.onDidChangeActiveTextEditor((editor) => editor && manager?.cursorMoved(editor)),
   );
   await manager.start();
+}
+
+/** Where `ConfigurationTarget`s are. */
+const TARGETS: Record<Target, vscode.ConfigurationTarget> = {
+  global: vscode.ConfigurationTarget.Global,
+  workspace: vscode.ConfigurationTarget.Workspace,
+  workspaceFolder: vscode.ConfigurationTarget.WorkspaceFolder,
+};
+
+/** Each value under an old `codellama.*` name moves to its `codeLlama.*` name in the same scope (rename.ts); one
+ *  message says what moved. A value that cannot move (read-only file) is still read under its old name. */
+async function migrateOldSettings(context: vscode.ExtensionContext, log: vscode.LogOutputChannel): Promise<void> {
+  const scoped = (section: string, folder?: string) => vscode.workspace.getConfiguration(section, folder ? vscode.Uri.parse(folder) : undefined);
+  const store: SettingsStore = {
+    inspect: (section, key, folder) => scoped(section, folder).inspect(key),
+    update: async (section, key, value, target, folder) => {
+      await scoped(section, folder).update(key, value, TARGETS[target]);
+    },
+  };
+  const manifest = context.extension.packageJSON as { contributes?: { configuration?: { properties?: Record<string, { scope?: string }> } } };
+  // in a single-folder window the folder's settings are the workspace's (moved once, as "workspace")
+  const folders = vscode.workspace.workspaceFile ? (vscode.workspace.workspaceFolders ?? []).map((f) => f.uri.toString()) : [];
+  const report = await migrateSettings(store, renamedKeys(manifest.contributes?.configuration?.properties ?? {}), {
+    trusted: vscode.workspace.isTrusted,
+    folders,
+  });
+  for (const m of report.moved) log.info(`setting ${OLD_SECTION}.${m.key} moved to ${SECTION}.${m.key} (${m.target}${m.folder ? ` ${m.folder}` : ''})`);
+  for (const f of report.failed) log.warn(`could not move ${OLD_SECTION}.${f.key} (${f.target}): ${f.error}; its value is still read`);
+  const message = migrationMessage(report);
+  if (!message) return;
+  // said once: a file that cannot be written would otherwise repeat the message at every start
+  const said = `renameNotice:${message}`;
+  if (context.globalState.get(said)) return;
+  await context.globalState.update(said, true);
+  void vscode.window.showInformationMessage(message);
 }
 
 export async function deactivate(): Promise<void> {
@@ -129,8 +169,11 @@ class ServerManager {
     return vscode.workspace.getConfiguration(SECTION);
   }
 
+  /** A setting by its key in the section; a value left under the old name (not movable) still counts. */
+  private readonly get = settingGetter();
+
   private get enabled(): boolean {
-    return clientSwitches((k) => this.config().get(k)).enable;
+    return clientSwitches(this.get).enable;
   }
 
   private setStatus(status: ServerStatus): void {
@@ -150,7 +193,7 @@ class ServerManager {
   }
 
   async start(): Promise<void> {
-    const get = (k: string): unknown => this.config().get(k);
+    const get = this.get;
     let spec;
     try {
       spec = launchSpec(get, process.env, await searchPlaces());
@@ -230,7 +273,8 @@ class ServerManager {
         },
       },
     };
-    const client = new CodeLlamaClient('codellama', 'Code Llama', serverOptions, clientOptions);
+    // the id names the trace setting vscode-languageclient reads: `codeLlama.trace.server`
+    const client = new CodeLlamaClient('codeLlama', 'Code Llama', serverOptions, clientOptions);
     client.onNotification(STATUS_METHOD, (params: unknown) => this.setStatus(parseStatus(params)));
     this.client = client;
     this.cursorTracker.reset();
@@ -245,8 +289,8 @@ class ServerManager {
       this.log.error(`server failed to start: ${message}`);
       this.setStatus({ state: 'error', message: `expected a running codellama-lsp, got: ${message}` });
       void offerSetting(
-        `${spec.command} did not start (${message}). Set "codellama.server.pythonPath" to a Python that has codellama-lsp installed, or "codellama.server.command".`,
-        'codellama.server.pythonPath',
+        `${spec.command} did not start (${message}). Set "codeLlama.server.pythonPath" to a Python that has codellama-lsp installed, or "codeLlama.server.command".`,
+        'codeLlama.server.pythonPath',
       );
       return;
     }
@@ -319,7 +363,7 @@ class ServerManager {
     this.cursorTimer = setTimeout(() => {
       if (vscode.window.activeTextEditor !== editor || !this.client?.isRunning()) return;
       const document = editor.document;
-      const switches = clientSwitches((k) => this.config().get(k));
+      const switches = clientSwitches(this.get);
       if (!switches.enable || !languageEnabled(switches.enabledLanguages, document.languageId)) return;
       if (!SCHEMES.includes(document.uri.scheme)) return;
       const at = editor.selection.active;
@@ -329,15 +373,17 @@ class ServerManager {
   }
 
   configurationChanged(e: vscode.ConfigurationChangeEvent): void {
-    if (!e.affectsConfiguration(SECTION)) return;
-    if (RESTART_KEYS.some((k) => e.affectsConfiguration(`${SECTION}.${k}`))) {
+    // the old names too: a value the migration could not move is still read (and removing one is a change)
+    const affects = (key?: string) => [SECTION, OLD_SECTION].some((s) => e.affectsConfiguration(key ? `${s}.${key}` : s));
+    if (!affects()) return;
+    if (RESTART_KEYS.some((k) => affects(k))) {
       // said, not only logged: the user who just fixed the server path sees that it is being used
       void vscode.window.showInformationMessage('Code Llama: server settings changed; restarting the server.');
       void this.restart('launch settings changed; restarting the server');
       return;
     }
     this.render();
-    const settings = serverSettings((k) => this.config().get(k));
+    const settings = serverSettings(this.get);
     if (settings.model !== this.status.model && this.status.state !== 'error') {
       this.setStatus({ ...this.status, state: 'loading', model: settings.model });
     }
@@ -369,6 +415,14 @@ class ServerManager {
       return undefined;
     }
   }
+}
+
+/** Reads `codeLlama.<key>`, falling back to `codellama.<key>` (rename.ts). */
+function settingGetter(): (key: string) => unknown {
+  return fallbackGetter(
+    () => vscode.workspace.getConfiguration(SECTION),
+    () => vscode.workspace.getConfiguration(OLD_SECTION),
+  );
 }
 
 /** Resolves after `ms`, or as soon as `token` is cancelled. */
@@ -433,7 +487,7 @@ async function openSettingWhereItApplies(setting: string): Promise<void> {
 }
 
 async function statusMenu(): Promise<void> {
-  const enabled = vscode.workspace.getConfiguration(SECTION).get('enable') !== false;
+  const enabled = settingGetter()('enable') !== false;
   const items: (vscode.QuickPickItem & { command: string })[] = [
     { label: enabled ? '$(circle-slash) Disable completions' : '$(check) Enable completions', command: 'codellama.toggle' },
     { label: '$(debug-restart) Restart server', command: 'codellama.restart' },

@@ -1,7 +1,7 @@
 /**
  * Settings -> the command line that starts the server.
  *
- * In: `codellama.server.*` (command, pythonPath, extraArgs, env), `codellama.contextWindow` / `gpuLayers`
+ * In: `codeLlama.server.*` (command, pythonPath, extraArgs, env), `codeLlama.contextWindow` / `gpuLayers`
  * (sizes fixed when the model loads), the process environment, and where else a user's install may be:
  * the workspace folders (their `.venv`) and the Python interpreter selected in VS Code.
  * Out: `{command, args, env}` for vscode-languageclient's `Executable`, always talking over stdio, or a
@@ -24,7 +24,7 @@ export interface LaunchSpec {
 
 export class LaunchError extends Error {
   /** The setting that fixes it (the error message offers to open it). */
-  readonly setting = 'codellama.server.pythonPath';
+  readonly setting = 'codeLlama.server.pythonPath';
 }
 
 /** Where to look for a server besides PATH. */
@@ -92,7 +92,7 @@ export function launchSpec(get: ConfigGetter, baseEnv: NodeJS.ProcessEnv, places
   const commandLine = stringArray(get('server.command')) ?? ['codellama-lsp'];
   const parts = commandLine.filter((p) => p.trim() !== '');
   if (parts.length === 0) {
-    throw new LaunchError('expected codellama.server.command to name a program, got an empty list');
+    throw new LaunchError('expected codeLlama.server.command to name a program, got an empty list');
   }
   const [name, ...args] = parts;
   let command = name;
@@ -101,8 +101,8 @@ export function launchSpec(get: ConfigGetter, baseEnv: NodeJS.ProcessEnv, places
     if (found === undefined) {
       throw new LaunchError(
         `${name} was not found on PATH, in the workspace's .venv or beside the selected Python interpreter. ` +
-          'Set "codellama.server.pythonPath" to a Python that has codellama-lsp installed ' +
-          '(e.g. /path/to/venv/bin/python), or "codellama.server.command" to the program.',
+          'Set "codeLlama.server.pythonPath" to a Python that has codellama-lsp installed ' +
+          '(e.g. /path/to/venv/bin/python), or "codeLlama.server.command" to the program.',
       );
     }
     command = found;

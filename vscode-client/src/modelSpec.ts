@@ -1,5 +1,5 @@
 /**
- * What the user typed or picked as a model -> a validated `codellama.model` value.
+ * What the user typed or picked as a model -> a validated `codeLlama.model` value.
  *
  * Accepted: `demo`; a path to a `.gguf` file (absolute, `~/...`, or relative to the workspace is left to
  * the server); a Hugging Face `owner/repo:file.gguf` (the server downloads it into the Hugging Face cache).

@@ -1,15 +1,15 @@
 /**
- * VS Code settings (`codellama.*`) -> what the server and the launcher need.
+ * VS Code settings (`codeLlama.*`) -> what the server and the launcher need.
  *
- * In: a getter over the `codellama` configuration section (VS Code's `WorkspaceConfiguration.get`, or a
- * plain object in tests). Out: `ServerSettings`, the camelCase object the server receives as
+ * In: a getter over the `codeLlama` configuration section (VS Code's `WorkspaceConfiguration.get`, with the old
+ * `codellama.*` names as a fallback, see rename.ts; or a plain object in tests). Out: `ServerSettings`, the camelCase object the server receives as
  * `initializationOptions` and again in every `workspace/didChangeConfiguration`, plus the client-side
  * switches (enable, per-language enablement) the extension applies before asking the server at all.
  *
  * This module does not import `vscode`, so the unit tests run under plain Node.
  */
 
-/** Reads one key of the `codellama` section; `undefined` when unset. */
+/** Reads one key of the `codeLlama` section; `undefined` when unset. */
 export type ConfigGetter = (key: string) => unknown;
 
 /**
@@ -26,7 +26,7 @@ export interface ServerSettings {
   maxItems?: number;
   timeBudgetMs?: number;
   fimOrder?: 'spm' | 'psm';
-  /** language id (or "*") -> on/off; VS Code's `codellama.enabledLanguages`. */
+  /** language id (or "*") -> on/off; VS Code's `codeLlama.enabledLanguages`. */
   enable?: Record<string, boolean>;
   /** remote engines (docs/deployment.md); the API key travels in the server's environment, never here */
   engine?: 'llama.cpp' | 'llama-server' | 'openai';
@@ -184,9 +184,9 @@ export function clientSwitches(get: ConfigGetter): ClientSwitches {
 }
 
 /**
- * The debounce an automatic inline request waits, in ms. In: the `codellama.debounceMs` setting, the
+ * The debounce an automatic inline request waits, in ms. In: the `codeLlama.debounceMs` setting, the
  * server's advice from its latest status (undefined before one arrived, or from a server that gives none)
- * and `codellama.adaptiveDebounce`. Out: the configured debounce is the floor; the advice may only
+ * and `codeLlama.adaptiveDebounce`. Out: the configured debounce is the floor; the advice may only
  * lengthen it (when the server's answers take longer than the gaps between keys, requests sent during a
  * burst would be superseded before they finish).
  */

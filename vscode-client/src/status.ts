@@ -26,7 +26,7 @@ export interface ServerStatus {
   hint?: string;
 }
 
-/** The longest advised debounce taken from a server: what the `codellama.debounceMs` setting allows too. */
+/** The longest advised debounce taken from a server: what the `codeLlama.debounceMs` setting allows too. */
 export const MAX_ADVISED_DEBOUNCE_MS = 2000;
 
 const STATES: readonly ServerState[] = ['starting', 'loading', 'ready', 'busy', 'error', 'stopped'];

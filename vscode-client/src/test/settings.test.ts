@@ -172,6 +172,6 @@ test('launch: a server found nowhere is an error that names the setting to fix',
   })();
   assert.ok(err instanceof LaunchError);
   assert.match(err.message, /codellama-lsp was not found on PATH, in the workspace's \.venv or beside the selected Python interpreter/);
-  assert.match(err.message, /codellama\.server\.pythonPath/);
-  assert.equal(err.setting, 'codellama.server.pythonPath');
+  assert.match(err.message, /codeLlama\.server\.pythonPath/);
+  assert.equal(err.setting, 'codeLlama.server.pythonPath');
 });
