@@ -238,6 +238,10 @@ class DocumentHost(Protocol):
 
     def document_lost(self, uri: str | None, reason: str) -> None: ...
 
+    def notebook_lost(self, uri: str | None, reason: str) -> None: ...
+
+    def was_closed(self, uri: str) -> bool: ...
+
     def document_too_big(self, uri: str, size: int) -> None: ...
 
     def is_too_big(self, uri: str) -> bool: ...
@@ -375,11 +379,13 @@ class LspProtocol(LanguageServerProtocol):
         except (cattrs.BaseValidationError, ValueError, TypeError, KeyError, AttributeError) as exc:
             reason = _short(exc)
             log.warning("%s: invalid params: %s", method, reason)
-            if method in _DOCUMENT_SYNC:
+            if method in _DOCUMENT_SYNC or method == types.NOTEBOOK_DOCUMENT_DID_CHANGE:
                 params = obj.get("params")
-                doc = params.get("textDocument") if isinstance(params, dict) else None
+                notebook = method == types.NOTEBOOK_DOCUMENT_DID_CHANGE
+                doc = params.get("notebookDocument" if notebook else "textDocument") if isinstance(params, dict) else None
                 uri = doc.get("uri") if isinstance(doc, dict) else None
-                self._host.document_lost(uri if isinstance(uri, str) else None, f"{method}: {reason}")
+                lost = self._host.notebook_lost if notebook else self._host.document_lost
+                lost(uri if isinstance(uri, str) else None, f"{method}: {reason}")
             return
         self._handle_parsed(message, structured=True)
 
@@ -530,6 +536,9 @@ class LspProtocol(LanguageServerProtocol):
             if self._host.is_too_big(uri):  # said once when it came; each keystroke in it is no news
                 log.debug("%s: change to a document too big to follow, ignored", uri)
                 return
+            if self._host.was_closed(uri):  # a late change of a closed document: there is no copy to be out of sync
+                log.debug("%s: change after the document was closed, ignored", uri)
+                return
             self._host.document_lost(uri, f"{types.TEXT_DOCUMENT_DID_CHANGE}: the document is not open")
             return
         old = text = doc.source
@@ -569,6 +578,16 @@ class LspProtocol(LanguageServerProtocol):
         """A notebook changed (LSP 3.17 notebook sync): pygls applies its structure and metadata (cells added,
         removed, moved); the cells' text changes go through ``didChange`` above, one cell at a time, so that a
         cell's copy is edited as exactly as a file's and the server's didChange handler sees the typing."""
+        notebook = self.workspace.get_notebook_document(notebook_uri=params.notebook_document.uri)
+        if notebook is None and self._host.was_closed(params.notebook_document.uri):
+            log.debug("%s: change after the notebook was closed, ignored", params.notebook_document.uri)
+            return
+        problem = notebook_change_problem(params, notebook)
+        if problem is not None:
+            # applied in part, the server's copy would differ from the editor's without anyone knowing: the notebook
+            # is forgotten (no completion from a wrong copy) and the user told; the client's next didOpen resyncs it
+            self._host.notebook_lost(params.notebook_document.uri, f"{types.NOTEBOOK_DOCUMENT_DID_CHANGE}: {problem}")
+            return
         cells = params.change.cells
         texts = (cells.text_content if cells is not None else None) or []
         if cells is not None and texts:
@@ -581,6 +600,41 @@ class LspProtocol(LanguageServerProtocol):
             )
         if (user_handler := self.fm.features.get(types.NOTEBOOK_DOCUMENT_DID_CHANGE)) is not None:
             yield user_handler, (params,), None
+
+
+def notebook_change_problem(params: types.DidChangeNotebookDocumentParams, notebook: types.NotebookDocument | None) -> str | None:
+    """Why ``params`` cannot be applied to the server's copy of ``notebook`` (None: it can). The cell array change
+    must lie within the cells; afterwards every cell must have its text (open before, or opened by this change, and
+    not closed by it); text changes must be for cells of the notebook."""
+    if notebook is None:
+        return "the notebook is not open"
+    cells = params.change.cells
+    if cells is None:
+        return None
+    order = [unquote(c.document) for c in notebook.cells]
+    have = set(order)
+    if (structure := cells.structure) is not None:
+        array, n = structure.array, len(order)
+        if not (0 <= array.start <= n and array.delete_count >= 0 and array.start + array.delete_count <= n):
+            return (
+                f"expected a cell array change within the notebook's {n} cells, "
+                f"got start {array.start} and deleteCount {array.delete_count}"
+            )
+        order = [
+            *order[: array.start],
+            *(unquote(c.document) for c in array.cells or []),
+            *order[array.start + array.delete_count :],
+        ]
+        opened = {unquote(d.uri) for d in structure.did_open or []}
+        closed = {unquote(d.uri) for d in structure.did_close or []}
+        for uri in order:
+            if uri in closed or (uri not in have and uri not in opened):
+                return f"expected the text of cell {uri} (didOpen), got none"
+        have = set(order)
+    for change in cells.text_content or []:
+        if unquote(change.document.uri) not in have:
+            return f"expected a text change of a cell of the notebook, got one for {change.document.uri}"
+    return None
 
 
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")

@@ -9,11 +9,14 @@ model accepts) and the tiny random fixture model (noise, every token a near-tie 
 from __future__ import annotations
 
 import sysconfig
+import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from lsprotocol import types
+from lsprotocol.converters import get_converter
 from pygls.workspace import Workspace
 
 from lsp_server import context, models, neighbors, pipeline
@@ -23,6 +26,7 @@ from lsp_server.engines.llama_cpp import EngineOptions, LlamaCppEngine
 from lsp_server.server import ServerOptions, create_server
 from tests.fixtures.lsp_client import inline, insert, items_of, lsp_session, open_doc
 from tests.fixtures.lsp_models import lsp_random_gguf  # noqa: F401
+from tests.fixtures.raw_lsp import RawServer
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 DEMO = models.resolve("demo").path
@@ -201,9 +205,9 @@ CELLS = [
 ]
 
 
-def _cell_uri(i: int) -> str:
+def _cell_uri(i: int, notebook: str = NOTEBOOK) -> str:
     # how VS Code names a cell: the notebook's path with the scheme vscode-notebook-cell and a fragment per cell
-    return f"vscode-notebook-cell:/w/analysis.ipynb#W{i}sZmlsZQ%3D%3D"
+    return f"vscode-notebook-cell:{notebook.removeprefix('file://')}#W{i}sZmlsZQ%3D%3D"
 
 
 def _open_notebook() -> types.DidOpenNotebookDocumentParams:
@@ -334,3 +338,190 @@ def test_a_buffer_without_a_name_is_context_and_gets_context() -> None:
     for uri in ("file://", "file:///w/x.py"):
         extra = ls.extra_for(ws.get_text_document(uri), "text")
         assert extra is not None and extra.doc.path and len(extra.others) == 1
+
+
+# ---- notebooks over stdio: a change that cannot be applied, cells added after open (issue 24 item 16) ----------------
+def _notebook_json(cells: list[tuple[types.NotebookCellKind, str, str]] = CELLS, uri: str = NOTEBOOK) -> dict[str, Any]:
+    params = types.DidOpenNotebookDocumentParams(
+        notebook_document=types.NotebookDocument(
+            uri=uri,
+            notebook_type="jupyter-notebook",
+            version=1,
+            cells=[types.NotebookCell(kind=kind, document=_cell_uri(i, uri)) for i, (kind, _, _) in enumerate(cells)],
+        ),
+        cell_text_documents=[
+            types.TextDocumentItem(uri=_cell_uri(i, uri), language_id=lang, version=1, text=text)
+            for i, (_, lang, text) in enumerate(cells)
+        ],
+    )
+    out: dict[str, Any] = get_converter().unstructure(params)
+    return out
+
+
+def _added_cell(notebook: str, at: int, uri: str, language: str, text: str, version: int = 2) -> dict[str, Any]:
+    """A notebookDocument/didChange that adds one code cell at ``at``, as VS Code sends it."""
+    return {
+        "notebookDocument": {"uri": notebook, "version": version},
+        "change": {
+            "cells": {
+                "structure": {
+                    "array": {"start": at, "deleteCount": 0, "cells": [{"kind": 2, "document": uri}]},
+                    "didOpen": [{"uri": uri, "languageId": language, "version": 1, "text": text}],
+                }
+            }
+        },
+    }
+
+
+def _inline_items(s: RawServer, uri: str, line: int, character: int) -> list[Any]:
+    params = {"textDocument": {"uri": uri}, "position": {"line": line, "character": character}, "context": {"triggerKind": 1}}
+    reply = s.request("textDocument/inlineCompletion", params, timeout=300)
+    assert "result" in reply, reply
+    result = reply["result"]
+    return [] if result is None else result["items"] if isinstance(result, dict) else result
+
+
+def _document_sha(s: RawServer, uri: str) -> str | None:
+    reply = s.request("codellama/documentState", {"uri": uri})
+    assert "result" in reply, reply
+    return None if reply["result"] is None else reply["result"]["sha256"]
+
+
+def _errors(s: RawServer) -> list[str]:
+    return [m["params"]["message"] for m in s.notifications("window/showMessage") if m["params"]["type"] == 1]
+
+
+def test_a_notebook_change_that_cannot_be_applied_is_told_once_and_a_resync_restores_it() -> None:
+    """A ``notebookDocument/didChange`` whose params do not parse, then one whose cell array change lies outside
+    the cells: the user gets one error naming the notebook (not one per message); the notebook is forgotten (its
+    cells get no completion from a copy that differs from the editor's), the server lives on (a file is completed);
+    the client's next full sync (``didOpen`` of the notebook again) makes it usable, with the text it sent. A later
+    failure is told again."""
+    import hashlib
+
+    end = CELLS[2][2].count("\n"), len(CELLS[2][2].rsplit("\n", 1)[-1])
+    with RawServer(args=("-v",)) as s:
+        s.initialize(DEMO, {"maxTokens": 4, "timeBudgetMs": 120000, "coldJumpMs": 0})
+        s.notify("notebookDocument/didOpen", _notebook_json())
+        assert _document_sha(s, _cell_uri(2)) == hashlib.sha256(CELLS[2][2].encode()).hexdigest()
+        # params that do not parse: a cell array change whose start is no number
+        bad = {"notebookDocument": {"uri": NOTEBOOK, "version": 2}, "change": {"cells": {"structure": {"array": {"start": "x"}}}}}
+        s.notify("notebookDocument/didChange", bad)
+        s.wait(lambda: _errors(s), timeout=60)
+        (error,) = _errors(s)
+        assert "analysis.ipynb is out of sync" in error and "reopened" in error, error
+        # a change outside the cells (the server has none of them now): no second message
+        s.notify("notebookDocument/didChange", _added_cell(NOTEBOOK, 99, _cell_uri(9), "python", "x = 1", version=3))
+        assert _document_sha(s, _cell_uri(2)) is None, "the notebook's cells are forgotten"
+        assert _inline_items(s, _cell_uri(2), *end) == []
+        # the server lives on: a file is completed
+        s.notify(
+            "textDocument/didOpen",
+            {
+                "textDocument": {
+                    "uri": "file:///w/a.py",
+                    "languageId": "python",
+                    "version": 1,
+                    "text": "def add(a, b):\n    return",
+                }
+            },
+        )
+        assert "result" in s.request(
+            "textDocument/inlineCompletion",
+            {"textDocument": {"uri": "file:///w/a.py"}, "position": {"line": 1, "character": 10}, "context": {"triggerKind": 1}},
+            timeout=300,
+        )
+        assert len(_errors(s)) == 1, _errors(s)
+        # the client's full sync: the notebook as the editor has it now (a cell edited meanwhile)
+        cells = [*CELLS[:2], (CELLS[2][0], CELLS[2][1], CELLS[2][2] + "mean"), CELLS[3]]
+        s.notify("notebookDocument/didOpen", _notebook_json(cells))
+        assert _document_sha(s, _cell_uri(2)) == hashlib.sha256(cells[2][2].encode()).hexdigest()
+        assert _inline_items(s, _cell_uri(2), end[0], end[1] + 4) is not None
+        assert len(_errors(s)) == 1
+        # cells added, then a change outside the (now 5) cells: told again, once
+        s.notify("notebookDocument/didChange", _added_cell(NOTEBOOK, 4, _cell_uri(4), "python", "y = 2", version=2))
+        assert _document_sha(s, _cell_uri(4)) == hashlib.sha256(b"y = 2").hexdigest()
+        s.notify("notebookDocument/didChange", _added_cell(NOTEBOOK, 7, _cell_uri(8), "python", "z = 3", version=3))
+        s.wait(lambda: len(_errors(s)) == 2, timeout=60)
+        assert "expected a cell array change within the notebook's 5 cells, got start 7" in _errors(s)[1], _errors(s)
+        assert "Traceback" not in s.stderr(), s.stderr()[-3000:]
+        assert s.proc.poll() is None
+
+
+def test_cells_added_after_open_get_the_checks_and_the_prefill_of_cells_present_at_open() -> None:
+    """Cells added by ``notebookDocument/didChange`` are treated as cells present at ``didOpen``: a code cell of an
+    ordinary notebook is prefilled (its first place evaluated before the first key) and completed; a cell added to a
+    notebook whose name is excluded (the built-in ``secrets.*``) and a cell of a disabled language get no prefill and
+    no completion. A cell deleted later is closed: a late change for it is no error."""
+    secrets = "file:///w/secrets.ipynb"
+    with RawServer(args=("-v",)) as s:
+        s.initialize(DEMO, {"maxTokens": 4, "timeBudgetMs": 120000, "coldJumpMs": 0, "enable": {"*": True, "r": False}})
+        s.notify("notebookDocument/didOpen", _notebook_json())
+        s.notify("notebookDocument/didOpen", _notebook_json(CELLS[:1], uri=secrets))
+        deadline = time.monotonic() + 300
+        # the cells present at open: each one's prefill submitted, the last one's run (a newer prefill drops an older)
+        while "(opened): stop=" not in s.stderr():
+            assert time.monotonic() < deadline, s.stderr()[-3000:]
+            time.sleep(0.05)
+        assert "prefill secrets.ipynb" not in s.stderr()
+        added = _cell_uri(7)
+        s.notify("notebookDocument/didChange", _added_cell(NOTEBOOK, 4, added, "python", "total = sum("))
+        name = added.rsplit("/", 1)[-1]
+        deadline = time.monotonic() + 300
+        while f"prefill {name} (opened): stop=" not in s.stderr():
+            assert time.monotonic() < deadline, s.stderr()[-3000:]
+            time.sleep(0.05)
+        assert _inline_items(s, added, 0, len("total = sum(")), "the added cell is completed"
+        # an added cell of an excluded notebook, and one of a disabled language
+        hidden = _cell_uri(5, secrets)
+        s.notify("notebookDocument/didChange", _added_cell(secrets, 1, hidden, "python", "API_KEY = 'sk-"))
+        r_cell = _cell_uri(8)
+        s.notify("notebookDocument/didChange", _added_cell(NOTEBOOK, 5, r_cell, "r", "x <- c(", version=3))
+        assert _inline_items(s, hidden, 0, len("API_KEY = 'sk-")) == []
+        assert _inline_items(s, r_cell, 0, len("x <- c(")) == []
+        time.sleep(1.0)  # a prefill would have been logged by now (the demo model's takes milliseconds)
+        log = s.stderr()
+        assert f"prefill {hidden.rsplit('/', 1)[-1]}" not in log and f"prefill {r_cell.rsplit('/', 1)[-1]}" not in log
+        # the added cell deleted, then a late text change for it: no error for the user
+        s.notify(
+            "notebookDocument/didChange",
+            {
+                "notebookDocument": {"uri": NOTEBOOK, "version": 4},
+                "change": {"cells": {"structure": {"array": {"start": 4, "deleteCount": 1}, "didClose": [{"uri": added}]}}},
+            },
+        )
+        s.notify(
+            "textDocument/didChange",
+            {"textDocument": {"uri": added, "version": 3}, "contentChanges": [{"text": "gone"}]},
+        )
+        assert _document_sha(s, added) is None
+        assert _errors(s) == [], _errors(s)
+        assert "Traceback" not in s.stderr(), s.stderr()[-3000:]
+
+
+def test_a_change_after_an_untitled_buffer_is_closed_is_no_error() -> None:
+    """VS Code sends a change of an ``untitled:`` buffer after closing it when the buffer is saved under a name (seen
+    in code-server: Save As): there is no copy to be out of sync with, so the user gets no error. A change of a
+    document that was never opened is still one."""
+    with RawServer() as s:
+        s.initialize(DEMO, {"maxTokens": 4})
+        uri = "untitled:Untitled-1"
+        s.notify(
+            "textDocument/didOpen", {"textDocument": {"uri": uri, "languageId": "python", "version": 1, "text": "def add(a"}}
+        )
+        s.notify("textDocument/didClose", {"textDocument": {"uri": uri}})
+        s.notify("textDocument/didChange", {"textDocument": {"uri": uri, "version": 2}, "contentChanges": [{"text": ""}]})
+        assert _document_sha(s, uri) is None
+        assert _errors(s) == []
+        s.notify(
+            "textDocument/didChange",
+            {"textDocument": {"uri": "untitled:Untitled-2", "version": 2}, "contentChanges": [{"text": ""}]},
+        )
+        s.wait(lambda: _errors(s), timeout=60)
+        assert "Untitled-2 is out of sync" in _errors(s)[0]
+        # opened again under the same name: its changes are followed as before
+        s.notify("textDocument/didOpen", {"textDocument": {"uri": uri, "languageId": "python", "version": 1, "text": "x"}})
+        s.notify("textDocument/didChange", {"textDocument": {"uri": uri, "version": 2}, "contentChanges": [{"text": "xy"}]})
+        import hashlib
+
+        assert _document_sha(s, uri) == hashlib.sha256(b"xy").hexdigest()

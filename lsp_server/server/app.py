@@ -41,6 +41,28 @@ class CodeLlamaServer(ModelLoading, Completing):
     """Every concern of the server over one ``ServerState``."""
 
 
+CLOSED_KEPT = 256  # closed URIs remembered (a late change of one of them is no lost document)
+
+
+def remember_closed(ls: CodeLlamaServer, uri: str) -> None:
+    """``uri`` (a document or a notebook) was closed by the client: a change that comes after is late, not lost."""
+    key = unquote(uri)
+    ls._closed.pop(key, None)
+    ls._closed[key] = None
+    while len(ls._closed) > CLOSED_KEPT:
+        del ls._closed[next(iter(ls._closed))]
+
+
+def cell_closed(ls: CodeLlamaServer, uri: str) -> None:
+    """A notebook cell closed (its notebook closed, or the cell deleted): what a closed document leaves behind goes."""
+    ls.cache.forget(uri)
+    syntax.TREES.forget(uri)
+    ls.lines.forget(uri)
+    ls.protocol.text_changed(uri, closed=True)
+    ls.closed(uri)
+    remember_closed(ls, uri)
+
+
 def create_server(options: ServerOptions = ServerOptions()) -> CodeLlamaServer:
     server = CodeLlamaServer(options)
 
@@ -76,6 +98,7 @@ def create_server(options: ServerOptions = ServerOptions()) -> CodeLlamaServer:
         ls.protocol.text_changed(params.text_document.uri, closed=True)
         ls._too_big.pop(unquote(params.text_document.uri), None)
         ls.closed(params.text_document.uri)
+        remember_closed(ls, params.text_document.uri)
 
     @server.feature(types.WORKSPACE_DID_RENAME_FILES, _ALL_FILES)
     def on_rename(ls: CodeLlamaServer, params: types.RenameFilesParams) -> None:
@@ -86,19 +109,35 @@ def create_server(options: ServerOptions = ServerOptions()) -> CodeLlamaServer:
     def on_open(ls: CodeLlamaServer, params: types.DidOpenTextDocumentParams) -> None:
         ls.protocol.text_changed(params.text_document.uri)  # requests sent before are about another text (or none)
         ls._too_big.pop(unquote(params.text_document.uri), None)
+        ls._closed.pop(unquote(params.text_document.uri), None)
         ls.opened(params.text_document.uri)  # pygls has stored the document already
 
     @server.feature(types.NOTEBOOK_DOCUMENT_DID_OPEN)
     def on_notebook_open(ls: CodeLlamaServer, params: types.DidOpenNotebookDocumentParams) -> None:
+        ls.notebook_opened(params.notebook_document.uri, [c.uri for c in params.cell_text_documents])
         for cell in params.cell_text_documents:  # pygls has stored the notebook and its cells already
             ls.opened(cell.uri)
 
     @server.feature(types.NOTEBOOK_DOCUMENT_DID_CLOSE)
     def on_notebook_close(ls: CodeLlamaServer, params: types.DidCloseNotebookDocumentParams) -> None:
         for cell in params.cell_text_documents:
-            ls.cache.forget(cell.uri)
-            syntax.TREES.forget(cell.uri)
-            ls.closed(cell.uri)
+            cell_closed(ls, cell.uri)
+        remember_closed(ls, params.notebook_document.uri)
+
+    @server.feature(types.NOTEBOOK_DOCUMENT_DID_CHANGE)
+    def on_notebook_change(ls: CodeLlamaServer, params: types.DidChangeNotebookDocumentParams) -> None:
+        # cells added after the notebook opened get what cells present at open got: the privacy check of an opened
+        # document and their first place prefilled (pygls has applied the change; the text edits went through
+        # didChange); removed cells are closed like the cells of a closed notebook
+        structure = params.change.cells.structure if params.change.cells is not None else None
+        if structure is None:
+            return
+        for cell in structure.did_close or []:
+            cell_closed(ls, cell.uri)
+        for new in structure.did_open or []:
+            ls.protocol.text_changed(new.uri)
+            ls._closed.pop(unquote(new.uri), None)
+            ls.opened(new.uri)
 
     @server.feature(types.TEXT_DOCUMENT_DID_CHANGE)
     def on_change(ls: CodeLlamaServer, params: types.DidChangeTextDocumentParams) -> None:

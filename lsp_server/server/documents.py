@@ -7,7 +7,10 @@ be applied (``document_lost``), so no completion comes from a copy that differs 
 
 Notebook cells (LSP 3.17 notebook sync, e.g. VS Code's Jupyter notebooks) are documents of their own; a cell's
 completion sees the notebook's other code cells of its language as the text around it (``cells_around``): the cells
-above before the cell, the cells below after it, as if the notebook were one file.
+above before the cell, the cells below after it, as if the notebook were one file. A notebook change that cannot be
+applied forgets the notebook and tells the user once (``notebook_lost``), until the client opens it again. A change that
+comes after the client closed a document (VS Code sends one for an ``untitled:`` buffer saved under a name) is late,
+not a lost document (``was_closed``).
 """
 
 from __future__ import annotations
@@ -49,6 +52,45 @@ class Documents(StatusReporting):
         where = uri or "a document"
         log.error("%s is out of sync: %s", where, reason)
         self.show(types.MessageType.Error, f"{where} is out of sync ({reason}); completions for it stop until it is reopened")
+
+    def was_closed(self, uri: str) -> bool:
+        """Whether the client closed ``uri`` (and has not opened it since)."""
+        return unquote(uri) in self._closed
+
+    def notebook_lost(self, uri: str | None, reason: str) -> None:
+        """A ``notebookDocument/didChange`` could not be applied (params that do not parse, a cell array change
+        outside the cells, a cell without its text): the notebook and its cells are forgotten, so no completion
+        comes from a copy that differs from the editor's, and the user is told once per notebook. The client's next
+        ``notebookDocument/didOpen`` of it (reopening it, or a client's full resync) makes it usable again."""
+        notebook = self.workspace.get_notebook_document(notebook_uri=uri) if uri is not None else None
+        if uri is not None and notebook is not None:
+            for cell in notebook.cells:
+                self.workspace.remove_text_document(cell.document)
+                self.cache.forget(cell.document)
+                self.lines.forget(cell.document)
+                self.protocol.text_changed(cell.document, closed=True)
+            self.workspace.remove_notebook_document(
+                types.DidCloseNotebookDocumentParams(
+                    notebook_document=types.NotebookDocumentIdentifier(uri=uri), cell_text_documents=[]
+                )
+            )
+        key = unquote(uri) if uri is not None else ""
+        first = key not in self._notebooks_lost
+        self._notebooks_lost.add(key)
+        log.error("notebook %s is out of sync: %s", uri or "(no uri)", reason)
+        if first:
+            name = (uri or "a notebook").rsplit("/", 1)[-1]
+            self.show(
+                types.MessageType.Error,
+                f"notebook {name} is out of sync ({reason}); completions in its cells stop until it is reopened",
+            )
+
+    def notebook_opened(self, uri: str, cells: list[str]) -> None:
+        """A notebook was opened (again: a resync after it was lost); ``cells``: its cells' URIs."""
+        self._notebooks_lost.discard(unquote(uri))
+        self._closed.pop(unquote(uri), None)
+        for cell in cells:
+            self._closed.pop(unquote(cell), None)
 
     def document_too_big(self, uri: str, size: int) -> None:
         """A ``didOpen`` (or a whole-text change) of ``uri`` was skipped for its size (``rpc.MAX_CONTENT_LENGTH``): no

@@ -85,6 +85,12 @@ class ServerState(LanguageServer):
         self._ids = itertools.count(1)
         self.neighbors = neighbors.Neighbors()  # other files' chunks and recently edited regions
         self._too_big: dict[str, int] = {}  # URIs whose didOpen was skipped for its size -> its size (documents.py)
+        # URIs the client closed (unquoted, most recent last, bounded): a change that comes after the close is late,
+        # not a lost document (VS Code sends one for an untitled buffer saved under a name)
+        self._closed: dict[str, None] = {}
+        # notebooks forgotten after a notebookDocument/didChange that could not be applied; told once each, until
+        # the client opens the notebook again (its full sync)
+        self._notebooks_lost: set[str] = set()
         self.lines = LineIndexes()  # line starts of the open documents: a keystroke at the end of 50 MB finds its line at once
         self.pacer = Pacer()  # adaptive time budget and debounce
         self.sizer = PromptSizer()  # prompt sizes from the engine's measured speed (coldJumpMs)
