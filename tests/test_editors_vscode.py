@@ -368,6 +368,81 @@ def test_vscode_old_setting_names_are_moved_in_their_own_scope(micro_model, vsix
     assert r["extensionTitles"] and all(t.startswith("Code Llama") for t in r["extensionTitles"]), r["extensionTitles"]
 
 
+@pytest.mark.slow
+def test_vscode_untitled_buffer_gets_the_syntax_rules_of_its_language(micro_model, vsix: Path, tmp_path: Path) -> None:
+    """Issue 24 item 15 in VS Code, as ``test_nvim_syntax_rules_follow_the_filetype_not_the_name`` in Neovim: an
+    ``untitled:`` buffer (File: New Untitled Text File) set to Python with Change Language Mode, the memorised file's
+    text pasted in with its function blanked to ``def add(a``; the cursor at the end of that line, ``, b`` typed at
+    50 ms a key. There is no file name: the server takes the grammar from the languageId, and the cursor is in a
+    parameter list, where the Python rules keep the completion to one line: the ghost is ``):`` alone. The control,
+    another untitled buffer left as plain text (no grammar: indentation rules only; plain text switched on for the
+    test, it is off by default), shows the body too, ``):\n    return a + b``. Each accepted with Tab and saved with
+    Save As to a path in the workspace: the saved bytes."""
+    original = micro_model.files["unicode_line.py"]
+    lines = original.split("\n")
+    index = lines.index("def add(a, b):")
+    assert lines[index + 1] == "    return a + b" and lines[index + 2] == ""
+    blanked = "\n".join([*lines[:index], "def add(a", *lines[index + 2 :]])
+    one_line = "\n".join([*lines[:index], "def add(a, b):", *lines[index + 2 :]])
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    (workspace / "hello.py").write_text("def hello():\n    return 1\n")
+    venv_bin = workspace / ".venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    script = Path(server_command()[0])
+    (venv_bin / "codellama-lsp").symlink_to(script)
+    base = {"line": index + 1, "typed": ", b", "delayMs": 50}
+    buffers = [
+        {**base, "language": "python", "languageName": "Python", "text": blanked, "expectedGhost": "):", "saveAs": "add_py"},
+        # one more line at its end: a text of its own (see the Neovim test: the store of recent places)
+        {
+            **base,
+            "language": "plaintext",
+            "languageName": "Plain Text",
+            "text": blanked + "\n",
+            "expectedGhost": "):\n    return a + b",
+            "saveAs": "add_txt",
+        },
+    ]
+    out = ARTIFACTS / "vscode-untitled"
+    shutil.rmtree(out, ignore_errors=True)
+    settings = {
+        "codeLlama.model": str(micro_model.gguf),
+        "codeLlama.server.extraArgs": ["-v"],
+        # (VS Code merges an object setting with its default: plaintext must be switched on by name)
+        "codeLlama.enabledLanguages": {"*": True, "plaintext": True},
+    }
+    cfg = {
+        "scenario": "untitled",
+        "codeServer": str(CODE_SERVER),
+        "vsix": str(vsix),
+        "workspace": str(workspace),
+        "openFile": "hello.py",
+        "trials": [],
+        "untitled": buffers,
+        "outDir": str(out),
+        "tmpDir": str(tmp_path),
+        "readyTimeoutMs": 90000,
+        "ghostTimeoutMs": 20000,
+        "settings": settings,
+    }
+    result, proc = run_e2e(cfg, tmp_path, out, script)
+    u = result.get("untitled") or {}
+    print("untitled run:", json.dumps(u, indent=2)[:5000])
+    assert result.get("error") is None, f"{result['error']}\nscreenshot: {out}\n{proc.stderr[-3000:]}"
+    python, plain = u["buffers"]
+    for t in u["buffers"]:
+        assert t["ok"], t
+    assert python["languageShown"] == "Python" and plain["languageShown"] == "Plain Text", (python, plain)
+    assert python["ghostText"].rstrip() == "):" and plain["ghostText"].rstrip() == "):\n    return a + b"
+    assert python["saved"] == one_line, python["saved"]
+    assert plain["saved"] == original + "\n", plain["saved"]
+    # saving an untitled buffer under a name is no error (the server was sent a change after the buffer closed)
+    for t in u["buffers"]:
+        assert not [m for m in t["toasts"] if "out of sync" in m or "codellama-lsp:" in m], t["toasts"]
+        assert "add_" in t["savedTab"], t["savedTab"]  # the saved file is the editor now
+
+
 def run_e2e(
     cfg: dict[str, object], tmp_path: Path, out: Path, script: Path, pythonpath: bool = False
 ) -> tuple[dict[str, Any], subprocess.CompletedProcess[str]]:

@@ -439,7 +439,12 @@ async function untitledBuffers() {
     const t = { language: b.language, ok: false };
     u.buffers.push(t);
     try {
-      await runCommand('File: New Untitled Text File');
+      // the row named exactly so ("File: Compare New Untitled Text Files" may come first in the list)
+      await page.keyboard.press('F1');
+      const palette = page.locator('.quick-input-box input');
+      await palette.waitFor({ state: 'visible', timeout: 10000 });
+      await palette.fill('>File: New Untitled Text File');
+      await page.locator('.quick-input-list .monaco-list-row[aria-label^="File: New Untitled Text File"]').first().click({ timeout: 10000 });
       await page.locator('.tab.active', { hasText: 'Untitled' }).first().waitFor({ timeout: 15000 });
       await sleep(500);
       if (b.language !== 'plaintext') {
@@ -456,9 +461,21 @@ async function untitledBuffers() {
       t.languageShown = await page.evaluate(() => document.querySelector('[id="status.editor.mode"]')?.textContent ?? '');
       await page.locator('.monaco-editor .view-lines').first().click();
       await sleep(300);
-      // what the user had typed before the pause (at the trial's speed), then the keys the ghost follows
-      await page.keyboard.type(b.before, { delay: b.delayMs });
-      await sleep(b.pauseMs ?? 0);
+      // the text pasted in (Ctrl+V: VS Code does not re-indent a paste by default), the cursor put at the end of
+      // the trial's line (Ctrl+G, the line, End), then the keys typed at the trial's speed
+      await page.evaluate((text) => navigator.clipboard.writeText(text), b.text);
+      await page.keyboard.press('Control+V');
+      await waitFor('the pasted text', async () => (await page.evaluate(() => document.querySelectorAll('.monaco-editor .view-line').length)) > 3, 10000);
+      await sleep(500);
+      await page.keyboard.press('Control+G');
+      const go = page.locator('.quick-input-box input');
+      await go.waitFor({ state: 'visible', timeout: 10000 });
+      await go.fill(`:${b.line}`);
+      await sleep(200);
+      await page.keyboard.press('Enter');
+      await sleep(300);
+      await page.keyboard.press('End');
+      await sleep(1000); // the requests of the cursor's move come and go
       await page.keyboard.type(b.typed, { delay: b.delayMs });
       t.ghostText = await waitFor(
         `ghost text ${JSON.stringify(b.expectedGhost)}`,
@@ -487,6 +504,10 @@ async function untitledBuffers() {
       t.saved = await waitFor('the saved file', () => (existsSync(path) ? readFileSync(path, 'utf8') : false), 15000);
       await sleep(1000); // the save settling (see runTrial)
       t.saved = readFileSync(path, 'utf8');
+      t.savedTab = await page.evaluate(() => document.querySelector('.tab.active')?.textContent ?? '');
+      // what the user sees after saving: no error (the buffer was closed and the saved file opened)
+      await sleep(1000);
+      t.toasts = await toasts();
       t.ok = true;
     } catch (err) {
       t.error = err instanceof Error ? err.message : String(err);
@@ -593,6 +614,8 @@ try {
     args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
   });
   page = browser.pages()[0] ?? (await browser.newPage());
+  // the clipboard, for a scenario that pastes text as a user does
+  await browser.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: base });
   await page.goto(`${base}/?folder=${encodeURIComponent(cfg.workspace)}`);
   await page.locator('.monaco-workbench').waitFor({ timeout: 90000 });
   mark('workbench loaded');
