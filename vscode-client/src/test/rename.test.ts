@@ -75,7 +75,8 @@ test('rename: each scope keeps its own value; a workspace value stays in the wor
   assert.equal(report.moved.length, 5);
   assert.deepEqual(report.failed, []);
   const message = migrationMessage(report) ?? '';
-  assert.match(message, /codellama\.maxTokens \(User\), codellama\.model \(User\)|codellama\.model \(User\)/);
+  assert.match(message, /codellama\.model \(User\)/);
+  assert.match(message, /codellama\.maxTokens \(User\)/);
   assert.match(message, /codellama\.maxTokens \(Workspace\)/);
   assert.match(message, /codellama\.temperature \(Folder\)/);
   // a second start finds nothing: no message
