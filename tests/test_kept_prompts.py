@@ -289,35 +289,52 @@ def test_the_memory_budget_is_respected() -> None:
         off.close()
 
 
+@pytest.mark.parametrize("abortable", [True, False], ids=["abort", "chunks"])
 def test_prefill_is_superseded_by_a_real_request_and_never_delays_it(
-    demo: LlamaCppEngine, monkeypatch: pytest.MonkeyPatch
+    demo: LlamaCppEngine, monkeypatch: pytest.MonkeyPatch, abortable: bool
 ) -> None:
-    """A background prefill decodes small chunks; a real request arriving during one waits for that chunk only,
-    then runs, reusing what the prefill evaluated. A prefill submitted while a real request waits is dropped."""
+    """A real request arriving during a background prefill's decode stops it: where llama.cpp honours the abort
+    callback (every CPU build: this one) the decode under way is aborted at once - that chunk's work is thrown away,
+    the cache keeps the chunks before it - and the prefill decodes big chunks; elsewhere the prefill decodes small
+    chunks and the request waits for the one under way. Either way the request then runs, reusing what the prefill
+    evaluated. A prefill submitted while a real request waits is dropped."""
+    assert demo._abortable  # the CPU build under test honours the abort callback
+    monkeypatch.setattr(demo, "_abortable", abortable)
     demo.reset()
     text, at = OTHER, 7000
     background = _request(demo, text, at)
     background = replace(background, background=True)
     events: list[tuple[str, int]] = []
+    aborted: list[int] = []
     real_job: list = []
     real = llama.Context.decode
 
     def decode(self: llama.Context, tokens: list[int], **kw: object) -> None:
         events.append(("decode", len(tokens)))
-        if len(events) == 3:  # the prefill is under way: a key
+        if len(events) == 3:  # the prefill is under way: a key (the decode below starts after it)
             events.append(("key", 0))
             real_job.append(demo.submit(_request(demo, text[:at] + "x" + text[at:], at + 1)))
-        return real(self, tokens, **kw)
+        try:
+            return real(self, tokens, **kw)
+        except llama.Aborted:
+            aborted.append(len(tokens))
+            raise
 
     monkeypatch.setattr(llama.Context, "decode", decode)
     pre = demo.submit(background).future.result(timeout=300)
     result = real_job[0].future.result(timeout=300)
     monkeypatch.setattr(llama.Context, "decode", real)
     assert pre.stop == "superseded" and pre.candidates == [] and 0 < pre.evaluated_tokens < pre.prompt_tokens
-    chunk = max(n for what, n in events[:3] if what == "decode")
-    assert chunk <= 128
+    chunks = [n for what, n in events[:3] if what == "decode"]
+    if abortable:
+        assert aborted == [chunks[2]]  # the chunk under way when the key came: stopped, not finished
+        assert pre.evaluated_tokens == chunks[0] + chunks[1]
+        assert max(chunks) > 128  # big chunks: nobody waits for them
+    else:
+        assert aborted == [] and max(chunks) <= 128
+        assert pre.evaluated_tokens == sum(chunks)  # the request waited for the chunk under way
     key = events.index(("key", 0))
-    # after the key: the prefill's chunk in progress (already counted), then the real request's own decodes
+    # after the key: the real request's own decodes, reusing what the prefill evaluated
     assert result.stop not in ("superseded", "cancelled") and result.candidates
     assert result.reused_tokens >= pre.evaluated_tokens  # the prefill's work is used
     assert len(events) > key + 1
