@@ -43,10 +43,17 @@ minute to minute), on the same documents:
   slots; the server picks the slot by similarity, or slot N is pinned), the costs again from our log (the server's
   own ``prompt_n``), the RSS of both processes.
 
+While one side answers a request the other sides' processes are stopped (SIGSTOP; ``--no-isolate`` turns it off):
+a user's machine runs one completion server, and two llama.cpp processes with two threads each on the same two
+cores slow each other down many times over, so one side's background work (our prefill, the peer's ring update)
+would be measured against the other's request. Background work of both still overlaps in the pauses.
+
 Per side: prompt tokens evaluated per jump (the first request of a visit; first visits and revisits apart: what the
 user waits for), apart from them the tokens evaluated in the background before that request (our prefill, the peer's
-ring updates), and per keystroke, p50/p95 latency of both (client-side, request to answer), suggestions shown and taken, background tokens,
-and memory: the process's RSS (with its llama-server for ``remote``), and the engine's own log line about kept
+ring updates), and per keystroke, p50/p95 latency of both (client-side, request to answer), the tokens generated per
+key and the key p50 less the engine's generation time (greedy decoding writes all 8 tokens where the peer's infill
+sampler often ends at once on a random-weight model: the raw key p50s then compare different work), suggestions
+shown and taken, background tokens, and memory: the process's RSS (with its llama-server for ``remote``), and the engine's own log line about kept
 prompts when it writes one. The targets of issue 21 are printed under each table: per jump at most 0.25x the peer's
 evaluated tokens, per key at most 2, key p50 at most 1.0x the peer's, a revisit evaluating a few tokens.
 

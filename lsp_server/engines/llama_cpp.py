@@ -32,10 +32,12 @@ tokens that made it into the KV cache are reused by the next request (or kept, s
 Background requests (``GenerationRequest.background``, the server's prefill of a place the user opened or
 rests at) evaluate the prompt only; they never supersede a real request and any real request supersedes them.
 Where llama.cpp honours an abort callback (CPU builds; probed at warm-up, ``Context.enable_abort``) a real request
-stops the background decode between two graph nodes, so background work runs in chunks of about
-``BACKGROUND_CHUNK_MS`` (up to ``n_batch`` tokens: twice as fast as 64-token chunks on the 92 M model) and the
-request waits for none of it; what an abort throws away is that one chunk. Elsewhere the chunks take about
-``PREFILL_MS``, and a real request waits at most one. A request whose prompt the time budget cut
+that has no use for the chunk under way (its prompt does not start with it: the user went elsewhere) stops that
+decode between two graph nodes; one that would evaluate the same tokens again at once (a key at the place being
+prefilled, the key after a cut prompt) lets the chunk finish and reuses it. So background work runs in chunks of
+about ``BACKGROUND_CHUNK_MS`` (up to ``n_batch`` tokens: 1.4-1.6x the speed of 64-token chunks on the 92 M model)
+and a request never waits for work it does not need. Elsewhere the chunks take about ``PREFILL_MS``, and a real
+request waits at most one. A request whose prompt the time budget cut
 (it answers nothing) goes on the same way once its answer is out (``_continuation``): the next key's request, which
 wants nearly the same prompt, finds it evaluated instead of evaluating the rest in its own time.
 
@@ -196,6 +198,7 @@ class LlamaCppEngine:
         self._kept = KeptPrompts(0)
         self._abortable = False  # llama.cpp stops a decode when asked (set at warm-up)
         self._armed: Job | None = None  # the background job whose decodes a real request aborts
+        self._inflight: tuple[Sequence[int], int] = ((), 0)  # its prompt, and where the decode under way ends
         # threads: the configured count on an idle machine, the cores left over while other processes hold some
         # (codellama_core.cpuload); --threads fixes the count
         self._threads_most = self._ctx.threads
@@ -258,8 +261,8 @@ class LlamaCppEngine:
                 self._resolve_empty(self._pending, "superseded")
             if self._running is not None:
                 self._running.cancel("superseded")
-                if self._armed is self._running:  # a background decode: stop it now, not at the end of its chunk
-                    self._ctx.abort()
+                if self._armed is self._running and not self._needs_inflight(request.prompt):
+                    self._ctx.abort()  # a background decode the request has no use for: stop it now
             self._pending = job
             self._cv.notify_all()
         return job
@@ -441,6 +444,7 @@ class LlamaCppEngine:
                         self.speed.prompt(result.evaluated_tokens, (time.perf_counter() - t_eval) * 1e3)
                     return self._finish(result, job)
                 chunk = prompt[pos : pos + step]
+                self._inflight = (prompt, pos + len(chunk))
                 try:
                     self._ctx.decode(chunk)
                 except llama.Aborted:  # a real request came (``submit``): the cache holds what it held before the chunk
@@ -501,6 +505,13 @@ class LlamaCppEngine:
         if result.stop in ("cancelled", "superseded"):
             result.candidates = []
         return result
+
+    def _needs_inflight(self, prompt: Sequence[int]) -> bool:
+        """Whether ``prompt`` starts with everything the running background decode will have evaluated: then the
+        request would evaluate that chunk again at once (a key at the place being prefilled, the key after a cut
+        prompt), and letting the chunk finish costs it nothing; it is aborted only when the request has no use for it."""
+        evaluating, end = self._inflight
+        return len(prompt) >= end and list(prompt[:end]) == list(evaluating[:end])
 
     @contextlib.contextmanager
     def _armed_for(self, job: Job) -> Iterator[None]:
