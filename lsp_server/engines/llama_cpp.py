@@ -344,7 +344,7 @@ class LlamaCppEngine:
             f"runs of {self._reuse_min}+ tokens" if self._reuse_min else "nowhere (the common prefix only)",
             self.speed.prompt_tps, self.speed.gen_ms,
             f"{self._threads_most}" + (", fewer while other processes keep cores busy" if self._load else " (fixed)"),
-            "aborted at once by a request" if self._abortable else f"in chunks of about {PREFILL_MS:.0f} ms",
+            "aborted by a request that has no use for it" if self._abortable else f"in chunks of about {PREFILL_MS:.0f} ms",
         )  # fmt: skip
 
     def _loop(self) -> None:
