@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol
 
@@ -239,37 +239,32 @@ class LlamaVocab:
         return ids
 
     def _line(self, infill: bool, line: str) -> list[int]:
-        key = (infill, line)
+        return self._cached(self._lines, self.LINE_MEMO, (infill, line), lambda: self._whole(infill, line))
+
+    def _cached(
+        self, memo: OrderedDict[tuple[bool, str], list[int]], limit: int, key: tuple[bool, str], compute: Callable[[], list[int]]
+    ) -> list[int]:
+        """``memo[key]``, computed (outside the lock: tokenizing takes long) and kept when missing; the least
+        recently used of more than ``limit`` entries goes."""
         with self._lock:
-            ids = self._lines.get(key)
+            ids = memo.get(key)
             if ids is not None:
-                self._lines.move_to_end(key)
+                memo.move_to_end(key)
                 return ids
-        ids = self._whole(infill, line)
+        ids = compute()
         with self._lock:
-            self._lines[key] = ids
-            if len(self._lines) > self.LINE_MEMO:
-                self._lines.popitem(last=False)
+            memo[key] = ids
+            if len(memo) > limit:
+                memo.popitem(last=False)
         return ids
 
     def decode(self, tokens: Sequence[int]) -> str:
         return b"".join(self.pieces[t] for t in tokens).decode("utf-8", errors="replace")
 
     def _memoized(self, infill: bool, text: str) -> list[int]:
-        key = (infill, text)
-        with self._lock:
-            ids = self._memo.get(key)
-            if ids is not None:
-                self._memo.move_to_end(key)
-                return ids
-        if not text:
-            ids = []
-        elif self._by_lines and "\n" in text:
-            ids = self._encode_lines(infill, text)
-        else:
-            ids = self._whole(infill, text)
-        with self._lock:
-            self._memo[key] = ids
-            if len(self._memo) > self.MEMO:
-                self._memo.popitem(last=False)
-        return ids
+        def compute() -> list[int]:
+            if self._by_lines and "\n" in text:
+                return self._encode_lines(infill, text)
+            return self._whole(infill, text)
+
+        return self._cached(self._memo, self.MEMO, (infill, text), compute)
