@@ -40,6 +40,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -61,6 +62,26 @@ _callback: Any = None  # keeps the ctypes callback alive for the life of the pro
 
 class LlamaError(Exception):
     """llama.cpp refused a file or an operation; the message says what was expected and what happened."""
+
+
+class Aborted(LlamaError):
+    """A ``decode`` stopped by ``Context.abort`` (from another thread) before it finished: the cache holds what it held
+    before the batch that was running (llama.cpp removes that batch's positions), ``Context.tokens`` says what."""
+
+
+def _strlen() -> Any:
+    """The address of the C library's ``strlen``, or None.
+
+    It is the abort callback llama.cpp calls between two graph nodes (``bool (*)(void *)``) with a 2-byte flag buffer
+    as its argument: the length of the flag's string is 1 once ``abort`` set its first byte, 0 otherwise. A C function
+    reads it without the GIL; a Python callback would take the GIL at every node of every decode."""
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
+        return ctypes.cast(libc.strlen, ctypes.c_void_p).value
+    except (OSError, AttributeError):
+        return None
 
 
 _WAIT_KNOBS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")  # libgomp's own settings: the user's, left alone
@@ -97,6 +118,10 @@ _pending: list[str] = []
 _pending_level = [0]
 
 
+# what llama.cpp logs about a decode that the abort callback stopped (ggml's status 1 is GGML_STATUS_ABORTED)
+_ABORT_LINES = re.compile(r"compute status: 1\b|failed with error 1\b|failed to decode, ret = 2\b|removing memory module entries")
+
+
 def _on_log(level: int, text: bytes, _user: Any) -> None:
     # llama.cpp sends a line in pieces; CONT pieces carry on the level of the line they continue
     s = text.decode("utf-8", errors="replace")
@@ -109,7 +134,9 @@ def _on_log(level: int, text: bytes, _user: Any) -> None:
     _pending.clear()
     if not line:
         return
-    if _pending_level[0] == _GGML_LOG_ERROR:
+    if _ABORT_LINES.search(line):  # a decode stopped on purpose (``Context.abort``): not an error
+        log.debug("%s", line)
+    elif _pending_level[0] == _GGML_LOG_ERROR:
         _errors.append(line.strip())
         log.warning("%s", line)
     elif _pending_level[0] == _GGML_LOG_WARN:
@@ -391,6 +418,8 @@ class Context:
         self.threads = threads
         self.tokens: list[int] = []
         self._shift_pending = False  # moved keys not yet rotated (``rearrange``)
+        self._abort_flag: Any = None  # see enable_abort
+        self._abort_callback: Any = None
         self._batch = lc.llama_batch_init(self.n_batch, 0, 1)
         for i in range(self.n_batch):  # one sequence: set once, never changes
             self._batch.n_seq_id[i] = 1
@@ -429,10 +458,50 @@ class Context:
             b.logits[n - 1] = True
             b.n_tokens = n
             rc = lc.llama_decode(self.handle, b)
+            if rc == 2 and self._abort_flag is not None and self._abort_flag[0] != b"\x00":
+                raise Aborted(f"a decode of {n} tokens was aborted; the cache holds its {len(self.tokens)} tokens before it")
             if rc != 0:
                 raise LlamaError(f"expected llama_decode to return 0, got {rc}{': ' + last_error() if last_error() else ''}")
             self.tokens.extend(chunk)
             self._shift_pending = False
+
+    # ---- stopping a decode from another thread ------------------------------------------------------------
+    def enable_abort(self) -> bool:
+        """Let ``abort`` (from any thread) stop a running ``decode`` between two graph nodes (``Aborted``); until
+        ``reset_abort`` every decode stops at once. Returns whether this build honours it: probed with a one-token
+        decode that must come back aborted and leave the cache as it was (CPU builds do; a backend without the hook
+        finishes the decode, and then this returns False and leaves the context as it was)."""
+        lc = lib()
+        address = _strlen()
+        if address is None or not hasattr(lc, "llama_set_abort_callback") or len(self.tokens) >= self.n_ctx:
+            return False
+        flag = ctypes.create_string_buffer(2)
+        callback = lc.ggml_abort_callback(address)
+        lc.llama_set_abort_callback(self.handle, callback, ctypes.cast(flag, ctypes.c_void_p))
+        self._abort_flag, self._abort_callback = flag, callback  # alive as long as the context uses them
+        held = len(self.tokens)
+        flag[0] = b"\x01"
+        try:
+            self.decode([self.model.bos or 0])
+        except Aborted:
+            pos_max = int(lc.llama_memory_seq_pos_max(lc.llama_get_memory(self.handle), 0))
+            if pos_max == held - 1:
+                return True
+        finally:
+            flag[0] = b"\x00"
+        lc.llama_set_abort_callback(self.handle, lc.ggml_abort_callback(), None)
+        self._abort_flag = self._abort_callback = None
+        self.clear()  # whatever that decode left, the cache no longer matches ``tokens``: start from nothing
+        return False
+
+    def abort(self) -> None:
+        """Stop the running decode, and every one after it until ``reset_abort`` (no-op unless ``enable_abort``)."""
+        if self._abort_flag is not None:
+            self._abort_flag[0] = b"\x01"
+
+    def reset_abort(self) -> None:
+        if self._abort_flag is not None:
+            self._abort_flag[0] = b"\x00"
 
     def logits(self, i: int = -1) -> np.ndarray:
         """Logits of the last decode's position ``i`` (-1: its last), float32 (n_vocab,): a view, valid

@@ -135,6 +135,8 @@ def build_request(
         window = (ctx.prefix_start, ctx.suffix_end)
         extra_budget = min(settings.extra_context_tokens, room - budget)
         chunks = extra.neighbors.select(extra.doc, offset, window, extra.others, extra_budget, counter.count, cur.line)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s: other files' chunks: %s", request_id, ", ".join(f"{c.path}:{c.start_line}" for c in chunks) or "none")
         ctx = replace(ctx, extra=neighbors.render(chunks))
     prompt = fim.prompt_tokens(ctx, vocab, settings.fim_order)
     heal = b""

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal, Protocol
 
@@ -158,6 +158,10 @@ class LlamaVocab:
     """``Vocab`` over a model loaded by the llama.cpp adapter (a vocab-only load is enough)."""
 
     MEMO = 16  # whole-text encodings kept: the windows a request measures and then encodes again
+    LINE_MEMO = 1 << 16  # encodings of single lines kept (a line is about 10 tokens: a few MiB)
+    # what a vocabulary must tokenize line by line exactly as whole, before it is trusted to (indentation,
+    # blank lines, a literal sentinel, multi-byte text, a line that starts with a space)
+    LINES_PROBE = "def f(a, b):\n    return a  # é 😀\n\n\n\t<PRE> ▁<EOT>\n x = 1\n  \nend"
 
     def __init__(self, model: Model) -> None:
         self.n_vocab = model.n_vocab
@@ -178,6 +182,8 @@ class LlamaVocab:
         self._space_prefix = self.decode(self._tokenize("a")).startswith(" ")
         self._memo: OrderedDict[tuple[bool, str], list[int]] = OrderedDict()
         self._lock = threading.Lock()  # prompts are built on worker threads, possibly two at once
+        self._lines: OrderedDict[tuple[bool, str], list[int]] = OrderedDict()
+        self._by_lines = self._lines_tokenize_apart()
 
     def encode(self, text: str) -> list[int]:
         return self._memoized(False, text)
@@ -190,26 +196,75 @@ class LlamaVocab:
     def piece(self, token: int) -> bytes:
         return self.pieces[token]
 
+    def _whole(self, infill: bool, text: str) -> list[int]:
+        """llama.cpp's tokenizer on the whole of ``text`` (``infill``: without the leading space)."""
+        if not text:
+            return []
+        if infill:
+            both = self._tokenize("\n" + text)
+            k = len(self._nl)
+            return both[k:] if both[:k] == self._nl else self._tokenize(text)
+        return self._tokenize(text)
+
+    def _lines_tokenize_apart(self) -> bool:
+        """Whether a text's tokens are its lines' tokens joined by the newline's: so when the one piece that holds a
+        newline is the newline itself (SentencePiece Llamas: the byte token ``<0x0A>``) - no merge can cross it - and
+        the probe text says so. A vocabulary with pieces such as ``"\\n\\n"`` or ``"\\n    "`` (byte-level BPE) is
+        tokenized whole."""
+        holders = [t for t, p in enumerate(self.pieces) if b"\n" in p]
+        if len(holders) != 1 or self.pieces[holders[0]] != b"\n" or self._nl[-1:] != holders:
+            return False
+        try:
+            return all(
+                self._encode_lines(infill, self.LINES_PROBE) == self._whole(infill, self.LINES_PROBE) for infill in (False, True)
+            )
+        finally:
+            self._lines.clear()
+
+    def _encode_lines(self, infill: bool, text: str) -> list[int]:
+        """``text``'s tokens from its lines' (each kept in a memo): a keystroke changes one line of a prompt window of
+        hundreds, and tokenizing the window whole took most of the time a request spends outside the engine.
+
+        The first line is tokenized as the start of the text (with the leading space unless ``infill``), every other
+        line as the text after a newline, without it (``encode_infill``'s rule)."""
+        first, *rest = text.split("\n")
+        nl = self._nl[-1]
+        if first or infill or not self._space_prefix:
+            ids = list(self._line(infill or not self._space_prefix, first))
+        else:
+            ids = self._nl[:-1]  # a text that starts with a newline: the leading space alone comes before it
+        for line in rest:
+            ids.append(nl)
+            ids.extend(self._line(True, line))
+        return ids
+
+    def _line(self, infill: bool, line: str) -> list[int]:
+        return self._cached(self._lines, self.LINE_MEMO, (infill, line), lambda: self._whole(infill, line))
+
+    def _cached(
+        self, memo: OrderedDict[tuple[bool, str], list[int]], limit: int, key: tuple[bool, str], compute: Callable[[], list[int]]
+    ) -> list[int]:
+        """``memo[key]``, computed (outside the lock: tokenizing takes long) and kept when missing; the least
+        recently used of more than ``limit`` entries goes."""
+        with self._lock:
+            ids = memo.get(key)
+            if ids is not None:
+                memo.move_to_end(key)
+                return ids
+        ids = compute()
+        with self._lock:
+            memo[key] = ids
+            if len(memo) > limit:
+                memo.popitem(last=False)
+        return ids
+
     def decode(self, tokens: Sequence[int]) -> str:
         return b"".join(self.pieces[t] for t in tokens).decode("utf-8", errors="replace")
 
     def _memoized(self, infill: bool, text: str) -> list[int]:
-        key = (infill, text)
-        with self._lock:
-            ids = self._memo.get(key)
-            if ids is not None:
-                self._memo.move_to_end(key)
-                return ids
-        if not text:
-            ids = []
-        elif infill:
-            both = self._tokenize("\n" + text)
-            k = len(self._nl)
-            ids = both[k:] if both[:k] == self._nl else self._tokenize(text)
-        else:
-            ids = self._tokenize(text)
-        with self._lock:
-            self._memo[key] = ids
-            if len(self._memo) > self.MEMO:
-                self._memo.popitem(last=False)
-        return ids
+        def compute() -> list[int]:
+            if self._by_lines and "\n" in text:
+                return self._encode_lines(infill, text)
+            return self._whole(infill, text)
+
+        return self._cached(self._memo, self.MEMO, (infill, text), compute)

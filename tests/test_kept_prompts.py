@@ -289,38 +289,56 @@ def test_the_memory_budget_is_respected() -> None:
         off.close()
 
 
+@pytest.mark.parametrize("case", ["elsewhere", "same-place", "no-abort"])
 def test_prefill_is_superseded_by_a_real_request_and_never_delays_it(
-    demo: LlamaCppEngine, monkeypatch: pytest.MonkeyPatch
+    demo: LlamaCppEngine, monkeypatch: pytest.MonkeyPatch, case: str
 ) -> None:
-    """A background prefill decodes small chunks; a real request arriving during one waits for that chunk only,
-    then runs, reusing what the prefill evaluated. A prefill submitted while a real request waits is dropped."""
+    """A real request arriving during a background prefill's decode stops the prefill. Where llama.cpp honours the
+    abort callback (every CPU build: this one) the prefill decodes big chunks, and a request elsewhere aborts the
+    decode under way at once (that chunk's work is thrown away, the cache keeps the chunks before it), while a key at
+    the place being prefilled lets the chunk finish (it would evaluate the same tokens again at once) and reuses it.
+    Without the callback the prefill decodes small chunks and the request waits for the one under way. A prefill
+    submitted while a real request waits is dropped."""
+    assert demo._abortable  # the CPU build under test honours the abort callback
+    monkeypatch.setattr(demo, "_abortable", case != "no-abort")
     demo.reset()
     text, at = OTHER, 7000
     background = _request(demo, text, at)
     background = replace(background, background=True)
+    key = _request(demo, THIRD, 3000) if case == "elsewhere" else _request(demo, text[:at] + "x" + text[at:], at + 1)
     events: list[tuple[str, int]] = []
+    aborted: list[int] = []
     real_job: list = []
     real = llama.Context.decode
 
     def decode(self: llama.Context, tokens: list[int], **kw: object) -> None:
         events.append(("decode", len(tokens)))
-        if len(events) == 3:  # the prefill is under way: a key
+        if len(events) == 3:  # the prefill is under way: a key (the decode below starts after it)
             events.append(("key", 0))
-            real_job.append(demo.submit(_request(demo, text[:at] + "x" + text[at:], at + 1)))
-        return real(self, tokens, **kw)
+            real_job.append(demo.submit(key))
+        try:
+            return real(self, tokens, **kw)
+        except llama.Aborted:
+            aborted.append(len(tokens))
+            raise
 
     monkeypatch.setattr(llama.Context, "decode", decode)
     pre = demo.submit(background).future.result(timeout=300)
     result = real_job[0].future.result(timeout=300)
     monkeypatch.setattr(llama.Context, "decode", real)
     assert pre.stop == "superseded" and pre.candidates == [] and 0 < pre.evaluated_tokens < pre.prompt_tokens
-    chunk = max(n for what, n in events[:3] if what == "decode")
-    assert chunk <= 128
-    key = events.index(("key", 0))
-    # after the key: the prefill's chunk in progress (already counted), then the real request's own decodes
+    chunks = [n for what, n in events[:3] if what == "decode"]
+    if case == "elsewhere":
+        assert aborted == [chunks[2]]  # the chunk under way when the key came: stopped, not finished
+        assert pre.evaluated_tokens == chunks[0] + chunks[1]
+    else:
+        assert aborted == []
+        assert pre.evaluated_tokens == sum(chunks)  # the chunk under way finished, and then the prefill stopped
+        assert result.reused_tokens >= pre.evaluated_tokens  # the prefill's work is used
+    assert max(chunks) > 128 if case != "no-abort" else max(chunks) <= 128  # big chunks only where they can be stopped
+    # after the key: the real request's own decodes
     assert result.stop not in ("superseded", "cancelled") and result.candidates
-    assert result.reused_tokens >= pre.evaluated_tokens  # the prefill's work is used
-    assert len(events) > key + 1
+    assert len(events) > events.index(("key", 0)) + 1
     # a real request waiting: a prefill is dropped at once
     slow = demo.submit(_request(demo, THIRD, 3000))
     dropped = demo.submit(background)

@@ -47,6 +47,36 @@ def test_decode_truncate_reuse_match_a_fresh_evaluation(lsp_random_gguf: Path) -
             ctx.decode([prompt[0]] * 300)
 
 
+def test_an_aborted_decode_leaves_the_cache_as_it_was(lsp_random_gguf: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """``abort`` (the C library's strlen over a flag, no GIL) stops a decode from another thread: the batch under way
+    is dropped by llama.cpp, the cache and ``tokens`` hold what they held, and decoding the same batch again gives
+    exactly the logits of a context that was never aborted. The lines llama.cpp logs about it are not errors."""
+    opts = llama.ContextOptions(n_ctx=256, n_batch=32)
+    with llama.open_context(lsp_random_gguf, opts) as ref:
+        prompt = [ref.model.bos] + ref.model.tokenize("def add(a, b):\n    return a + b\n" * 3)
+        ref.decode(prompt[:10])
+        ref.decode(prompt[10:])
+        expected = ref.logits().copy()
+    with llama.open_context(lsp_random_gguf, opts) as ctx, caplog.at_level(logging.DEBUG, logger="codellama_core.llama"):
+        ctx.decode(prompt[:10])
+        assert ctx.enable_abort()
+        assert ctx.tokens == prompt[:10]  # the probe left nothing behind
+        ctx.abort()
+        with pytest.raises(llama.Aborted):
+            ctx.decode(prompt[10:])
+        lc = llama.lib()
+        assert ctx.tokens == prompt[:10]
+        assert lc.llama_memory_seq_pos_max(lc.llama_get_memory(ctx.handle), 0) == 9
+        with pytest.raises(llama.Aborted):  # every decode, until reset
+            ctx.decode(prompt[10:11])
+        ctx.reset_abort()
+        ctx.decode(prompt[10:])
+        assert ctx.tokens == prompt
+        assert np.array_equal(ctx.logits(), expected)
+    assert not [r for r in caplog.records if r.levelno >= logging.INFO and "llama" in r.name]
+    assert "aborted" not in llama.last_error() and "status: 1" not in llama.last_error()
+
+
 def test_a_file_llama_cpp_refuses_says_why(lsp_random_gguf: Path, tmp_path: Path) -> None:
     bad = tmp_path / "truncated.gguf"
     bad.write_bytes(lsp_random_gguf.read_bytes()[:5000])

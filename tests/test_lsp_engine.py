@@ -132,6 +132,37 @@ def test_special_text_is_not_a_control_token(engine: LlamaCppEngine) -> None:
         assert not set(toks) & {s.pre, s.suf, s.mid, s.eot}, text
 
 
+LINES = st.sampled_from(["", "    ", "\t", "def f(a, b):", "    return a  # é", " x = 1", "<PRE> ▁<EOT>", "😀中", "  ", "end"])
+
+
+def _tokenized_whole(vocab, infill: bool, text: str) -> list[int]:
+    """llama.cpp's tokenizer on the whole text (what ``encode`` returned before it went line by line)."""
+    return vocab._whole(infill, text)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(LINES, max_size=12).map("\n".join))
+def test_line_by_line_tokens_equal_the_whole_texts(engine: LlamaCppEngine, cl_engine: LlamaCppEngine, text: str) -> None:
+    """A window's tokens are put together from its lines' (a keystroke changes one line of hundreds): both
+    vocabularies (the fixture's and Code Llama's own) must give exactly what tokenizing the whole text gives."""
+    for vocab in (engine.vocab, cl_engine.vocab):
+        assert vocab._by_lines
+        assert vocab.encode(text) == _tokenized_whole(vocab, False, text), repr(text)
+        assert vocab.encode_infill(text) == _tokenized_whole(vocab, True, text), repr(text)
+
+
+def test_line_by_line_tokens_of_whole_source_files(engine: LlamaCppEngine, cl_engine: LlamaCppEngine) -> None:
+    import sysconfig
+
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    for name in ("textwrap.py", "shlex.py", "heapq.py"):
+        text = (stdlib / name).read_text(encoding="utf-8")
+        for vocab in (engine.vocab, cl_engine.vocab):
+            for cut in (text, text[text.index("\n") :], text[1000:5000]):
+                assert vocab.encode(cut) == _tokenized_whole(vocab, False, cut)
+                assert vocab.encode_infill(cut) == _tokenized_whole(vocab, True, cut)
+
+
 # ---- engine behaviour --------------------------------------------------------------------------------
 DOC = "".join(f"def function_{i}(a, b):\n    return a * {i} + b\n\n" for i in range(60))
 
