@@ -15,7 +15,8 @@ request, sent after the previous answer came (editors debounce ~50-100 ms, a typ
 every key gets its request); the next key waits for the answer, so every request's costs are counted, none is
 cancelled. Between two visits the user moves (``--visit-pause``, 2 s); when the cursor arrives at the place, the person
 looks before typing (``--rest``, 1 s): the editor client tells our server where the cursor rests (the ``cursor``
-event, after the clients' 300 ms debounce) and the server prefills that place. Both are time a server may use in the
+event, after the clients' 300 ms debounce, at once when the place is in another file: both clients tell a switch of
+editor or buffer at once) and the server prefills that place. Both are time a server may use in the
 background; the peer gets the same pauses and does in them what llama.vscode does.
 
 Sides (``--sides``), asked in turn for every request (which goes first rotates: the machine's load changes from
@@ -95,6 +96,7 @@ RING_N_CHUNKS, RING_CHUNK_SIZE, RING_SCOPE = 16, 64, 1024
 MAX_LAST_PICK_LINE_DISTANCE = 32
 RING_UPDATE_S, RING_UPDATE_MIN_S = 1.0, 3.0  # ring_update_ms; RING_UPDATE_MIN_TIME_LAST_COMPL
 CURSOR_DEBOUNCE_S = 0.3  # our clients tell the server where the cursor rests after it rested this long
+SWITCH_DEBOUNCE_S = 0.0  # ... and at once when another editor (buffer) became active
 # -n: the server's n_predict, which /infill's cut of the extra chunks counts (n_ctx - n_batch - 2 n_predict); left at
 # -1 the cut overflows a 4,096-token model by a few tokens and the request is refused (the context of a slot is capped
 # at the model's training context), so it says what the requests ask for
@@ -675,14 +677,16 @@ async def replay(model_name: str, model: Path, args: argparse.Namespace) -> dict
             for peer in peers:  # the cursor arrives; in another file, that editor becomes the active one
                 if place.file != active:
                     peer.activated(doc, place.file, position(doc, place.offset)[0], place.file in session.dirty)
+            # the person looks before typing (--rest); our client tells the server where the cursor rests: at once
+            # when another editor became active (--switch-debounce), after CURSOR_DEBOUNCE_S within one
+            debounce = min(args.switch_debounce if place.file != active else CURSOR_DEBOUNCE_S, args.rest)
             active = place.file
-            # the person looks before typing (--rest); the cursor rested CURSOR_DEBOUNCE_S: our client tells the server
-            await idle(min(CURSOR_DEBOUNCE_S, args.rest))
+            await idle(debounce)
             if args.cursor_events:
                 for side in sides:
                     if isinstance(side, LspSide) and side.cursor_events:
                         side.cursor(uri, doc, place.offset)
-            await idle(max(0.0, args.rest - CURSOR_DEBOUNCE_S))
+            await idle(max(0.0, args.rest - debounce))
             for k in range(keys):
                 # the key (or Tab on a suggestion that is exactly the code that comes next)
                 pending, place.accept = place.accept, ""
@@ -858,6 +862,12 @@ def main() -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="our clients' cursor event where the cursor rests (--no-cursor-events: as before the clients sent it)",
+    )
+    p.add_argument(
+        "--switch-debounce",
+        type=float,
+        default=SWITCH_DEBOUNCE_S,
+        help="seconds after another editor becomes active before our client's cursor event (0.3: as before 2026-12-07 noon)",
     )
     p.add_argument(
         "--isolate",

@@ -50,6 +50,33 @@ export class CursorTracker {
   }
 }
 
+/**
+ * How long the cursor must rest before the server is told where. An editor that became active is told at once: the
+ * person is going to type there, and the server prefills that place meanwhile; the selection events that come with
+ * the switch keep that timer (`moved` returns undefined). A move within an editor waits `restMs`.
+ */
+export class CursorDebounce {
+  private switched: string | undefined; // the editor (its document's URI) that became active, not told yet
+
+  constructor(readonly restMs: number) {}
+
+  /** The wait for this move, or undefined: leave the running timer alone. */
+  moved(uri: string, becameActive: boolean): number | undefined {
+    if (becameActive) {
+      this.switched = uri;
+      return 0;
+    }
+    if (this.switched === uri) return undefined;
+    this.switched = undefined;
+    return this.restMs;
+  }
+
+  /** The timer fired (the place was told, or nothing was to tell). */
+  fired(): void {
+    this.switched = undefined;
+  }
+}
+
 export function describeText(text: string): { chars: number; lines: number } {
   return { chars: text.length, lines: text === '' ? 0 : text.split(/\r?\n/).length };
 }

@@ -6,7 +6,7 @@
  * vscode-languageclient, which registers the inline-completion provider the server advertises), one log
  * channel that also receives the server's stderr, a status item fed by `codellama/status`, and
  * `codellama/event` notifications: shown/accepted for the server's local statistics, and where the cursor rests
- * (`cursor`, ~300 ms after the selection stops moving or an editor becomes active), so that the server evaluates
+ * (`cursor`, ~300 ms after the selection stops moving, at once when an editor becomes active), so that the server evaluates
  * that place's prompt before the first key there.
  *
  * The extension is deliberately thin: all completion logic lives in the server. What it adds is the
@@ -36,6 +36,7 @@ import { RestartPolicy } from './backoff';
 import {
   ACCEPT_COMMAND,
   CompletionEvent,
+  CursorDebounce,
   CursorTracker,
   EVENT_METHOD,
   EventCounter,
@@ -77,7 +78,7 @@ export async function activate(context: vscode.ExtensionContext): Promise<void> 
     // an untrusted workspace's files are left alone; once trusted, its old values move like the others
     vscode.workspace.onDidGrantWorkspaceTrust(() => void migrateOldSettings(context, log)),
     vscode.window.onDidChangeTextEditorSelection((e) => manager?.cursorMoved(e.textEditor)),
-    vscode.window.onDidChangeActiveTextEditor((editor) => editor && manager?.cursorMoved(editor)),
+    vscode.window.onDidChangeActiveTextEditor((editor) => editor && manager?.cursorMoved(editor, true)),
   );
   await manager.start();
 }
@@ -149,6 +150,7 @@ class ServerManager {
   private readonly counter = new EventCounter();
   private readonly shownTracker = new ShownTracker();
   private readonly cursorTracker = new CursorTracker();
+  private readonly cursorDebounce = new CursorDebounce(CURSOR_REST_MS);
   private cursorTimer: NodeJS.Timeout | undefined;
   private restartTimer: NodeJS.Timeout | undefined;
   private stopping = false;
@@ -358,9 +360,12 @@ class ServerManager {
    * The cursor moved (or an editor became active): once it rests CURSOR_REST_MS, tell the server where, for a
    * document whose ghost text is on (the server prefills that place; any key stops it).
    */
-  cursorMoved(editor: vscode.TextEditor): void {
+  cursorMoved(editor: vscode.TextEditor, becameActive = false): void {
+    const wait = this.cursorDebounce.moved(editor.document.uri.toString(), becameActive);
+    if (wait === undefined) return;
     clearTimeout(this.cursorTimer);
     this.cursorTimer = setTimeout(() => {
+      this.cursorDebounce.fired();
       if (vscode.window.activeTextEditor !== editor || !this.client?.isRunning()) return;
       const document = editor.document;
       const switches = clientSwitches(this.get);
@@ -369,7 +374,7 @@ class ServerManager {
       const at = editor.selection.active;
       const event = this.cursorTracker.rests(document.uri.toString(), document.languageId, at.line, at.character);
       if (event) this.client.sendNotification(EVENT_METHOD, event).catch(() => undefined);
-    }, CURSOR_REST_MS);
+    }, wait);
   }
 
   configurationChanged(e: vscode.ConfigurationChangeEvent): void {

@@ -75,6 +75,7 @@ local state = {
   ns = nil,
   timer = nil,
   cursor_timer = nil, -- the debounce of `cursor` events
+  cursor_entered = nil, -- the buffer just entered whose place is told at once (see logic.cursor_wait)
   last_cursor = nil, -- {uri, row}: the place last told in a `cursor` event
   suggestion = nil, -- {bufnr, s = logic suggestion, items, index, request_seq}
   seq = 0,
@@ -268,17 +269,24 @@ local function report(kind, bufnr, s, items, index, latency)
 end
 
 --- The cursor moved in `bufnr`: once it rests there `cursor_event_ms`, tell the server where (a `cursor` event:
---- the server prefills that place's prompt; any key stops it). Only for buffers with completions on.
-local function cursor_rests(bufnr)
-  local wait = state.opts.cursor_event_ms
-  if type(wait) ~= 'number' or wait <= 0 then
+--- the server prefills that place's prompt; any key stops it); on entering the buffer (`entered`) at once. Only for
+--- buffers with completions on.
+local function cursor_rests(bufnr, entered)
+  local rest = state.opts.cursor_event_ms
+  if type(rest) ~= 'number' or rest <= 0 then
     return
   end
+  local wait, pending = logic.cursor_wait(state.cursor_entered, bufnr, entered, rest)
+  if wait == nil then
+    return
+  end
+  state.cursor_entered = pending
   if not state.cursor_timer then
     state.cursor_timer = vim.loop.new_timer()
   end
   state.cursor_timer:stop()
   state.cursor_timer:start(wait, 0, vim.schedule_wrap(function()
+    state.cursor_entered = nil
     if not vim.api.nvim_buf_is_valid(bufnr) or vim.api.nvim_get_current_buf() ~= bufnr then
       return
     end
@@ -797,11 +805,11 @@ local function on_attach(client, bufnr)
   vim.api.nvim_create_autocmd({ 'CursorMoved', 'CursorMovedI', 'BufEnter' }, {
     group = rgroup,
     buffer = bufnr,
-    callback = function()
-      cursor_rests(bufnr)
+    callback = function(ev)
+      cursor_rests(bufnr, ev.event == 'BufEnter')
     end,
   })
-  cursor_rests(bufnr)
+  cursor_rests(bufnr, true)
   local cgroup = vim.api.nvim_create_augroup('codellama_complete_' .. bufnr, { clear = true })
   vim.api.nvim_create_autocmd('CompleteDone', { group = cgroup, buffer = bufnr, callback = complete_done })
   vim.api.nvim_create_autocmd('InsertLeave', { group = cgroup, buffer = bufnr, callback = restore_menu })

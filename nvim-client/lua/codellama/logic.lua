@@ -272,6 +272,20 @@ function M.cursor_moved(last, uri, row)
   return type(last) ~= 'table' or last.uri ~= uri or last.row ~= row
 end
 
+--- How long the cursor must rest in `bufnr` before the server is told where (milliseconds), and the buffer whose
+--- entering is still to be told. Entering a buffer (`entered`) is told at once: the person is going to type there,
+--- and the server prefills that place meanwhile; the CursorMoved that comes with the entering keeps that timer
+--- (nil: leave the running timer alone). A move within a buffer waits `rest_ms`.
+function M.cursor_wait(pending, bufnr, entered, rest_ms)
+  if entered then
+    return 0, bufnr
+  end
+  if pending == bufnr then
+    return nil, pending
+  end
+  return rest_ms, nil
+end
+
 --- `text` cut to `width` characters from the right, with "..." where it was cut (the start, where the
 --- state is, always stays).
 function M.truncate(text, width)

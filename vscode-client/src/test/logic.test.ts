@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { RestartPolicy } from '../backoff';
-import { CursorTracker, EventCounter, ShownTracker, acceptedEvent, describeText, shownEvent } from '../events';
+import { CursorDebounce, CursorTracker, EventCounter, ShownTracker, acceptedEvent, describeText, shownEvent } from '../events';
 import { modelLabel, parseModelSpec } from '../modelSpec';
 import { StderrLeveler } from '../logLevel';
 import { latencyWords, parseStatus, renderStatus } from '../status';
@@ -172,4 +172,15 @@ test('a cursor event when the cursor rests on a line not told before', () => {
   assert.equal(t.rests('file:///b.py', 'python', 90, 0)?.uri, 'file:///b.py', 'another file');
   t.reset();
   assert.notEqual(t.rests('file:///b.py', 'python', 90, 0), undefined, 'a new server is told again');
+});
+
+test('an editor that became active is told at once; its own selection events keep that timer', () => {
+  const d = new CursorDebounce(300);
+  assert.equal(d.moved('file:///a.py', true), 0);
+  assert.equal(d.moved('file:///a.py', false), undefined, 'the selection event that comes with the switch');
+  d.fired();
+  assert.equal(d.moved('file:///a.py', false), 300, 'a move once the switch was told rests first');
+  assert.equal(d.moved('file:///b.py', true), 0);
+  assert.equal(d.moved('file:///a.py', false), 300, 'a move in another editor rests first');
+  assert.equal(d.moved('file:///b.py', false), 300, 'and the switch it replaced is no longer pending');
 });
