@@ -513,3 +513,20 @@ def test_over_lsp_a_resting_cursor_prefills_its_place_and_a_key_stops_it() -> No
         assert pre_reused + pre_evaluated < pre_prompt, stopped
         assert reused >= pre_reused + pre_evaluated - 16, (stopped, s.stderr()[-3000:])
         assert "prefill secrets.py" not in s.stderr()
+
+
+def test_an_abort_hook_that_cannot_be_set_leaves_the_engine_working(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A llama.cpp build whose abort callback cannot be set (here: setting it raises) is no failed start: background
+    work decodes small chunks, as before, and requests complete."""
+
+    def broken(self: llama.Context) -> bool:
+        raise OSError("no such symbol: llama_set_abort_callback")
+
+    monkeypatch.setattr(llama.Context, "enable_abort", broken)
+    e = LlamaCppEngine(DEMO, "demo")
+    try:
+        r = _run(e, THIRD, 3000)
+        assert r.candidates and not e._abortable
+        assert e._prefill_chunk() <= 128
+    finally:
+        e.close()

@@ -322,7 +322,11 @@ class LlamaCppEngine:
             self.speed.generated(1, (time.perf_counter() - t) * 1e3)
             self.bytes_per_token = self._ctx.state_size() / len(self._ctx.tokens)
             self._ctx.truncate(0)
-            self._abortable = self._ctx.enable_abort()
+            try:
+                self._abortable = self._ctx.enable_abort()
+            except (llama.LlamaError, OSError, AttributeError, TypeError, ValueError) as exc:  # a hook we cannot set
+                log.info("llama.cpp's abort callback is not available (%s): background work in small chunks", exc)
+                self._ctx.clear()
             self._ctx.truncate(0)
             self._set_kept_budget()
         except Exception as exc:
