@@ -460,10 +460,10 @@ class InfillSide:
 
     name = "peer"
 
-    def __init__(self, url: str, pid: int, seed: int) -> None:
+    def __init__(self, url: str, pid: int, seed: int, greedy: bool = False) -> None:
         import httpx
 
-        self.url, self.pid = url, pid
+        self.url, self.pid, self.greedy = url, pid, greedy
         self.http = httpx.AsyncClient(timeout=900)
         self.rng = random.Random(seed)
         self.stats = SideStats()
@@ -568,10 +568,12 @@ class InfillSide:
             "input_extra": self.chunks,
             "prompt": cur[:col],
             "n_predict": N_PREDICT,
-            "top_k": 40,
+            "top_k": 1 if self.greedy else 40,
             "top_p": 0.99,
             "stream": False,
-            "samplers": ["top_k", "top_p", "infill"],
+            # --peer-greedy: the top token, as our side decodes (llama.vscode's infill sampler ends early on weights
+            # that are unsure of everything, so the two sides' keys generate different numbers of tokens)
+            "samplers": ["top_k"] if self.greedy else ["top_k", "top_p", "infill"],
             "cache_prompt": True,
             "t_max_prompt_ms": 500,
             "t_max_predict_ms": 1000,
@@ -634,7 +636,7 @@ async def replay(model_name: str, model: Path, args: argparse.Namespace) -> dict
                     model, slots=1, ctx_per_slot=n_ctx, threads=args.threads, extra=PEER_FLAGS, log=tmp / "peer-server.log"
                 )
                 servers.append(srv)
-                sides.append(InfillSide(srv.url, srv.proc.pid, args.seed))
+                sides.append(InfillSide(srv.url, srv.proc.pid, args.seed, args.peer_greedy))
             elif s == "remote" or s.startswith("remote:"):  # remote:N pins slot N (--slot), remote lets the server pick
                 slot = s[7:] if s.startswith("remote:") else args.remote_slot
                 srv = LlamaServer(
@@ -747,6 +749,7 @@ async def replay(model_name: str, model: Path, args: argparse.Namespace) -> dict
         "keys_per_visit": keys,
         "wall_s": wall,
         "load": os.getloadavg(),
+        "peer_sampling": "greedy" if args.peer_greedy else "llama.vscode's",
         "sides": {side.name: summarize(side.stats) for side in sides},
         "requests": {side.name: [r.__dict__ for r in side.stats.requests] for side in sides},
     }
@@ -808,7 +811,7 @@ def _label(name: str) -> str:
 def table(run: dict[str, Any]) -> str:
     out = [
         f"**{run['model']}** (n_ctx {run['n_ctx']}; {len(run['visits'])} visits x {run['keys_per_visit']} keys; "
-        f"load {run['load'][0]:.2f}; {run['wall_s']:.0f} s)",
+        f"load {run['load'][0]:.2f}; {run['wall_s']:.0f} s; the peer's sampling: {run.get('peer_sampling', '?')})",
         "",
         "| side | prompt tokens per jump | evaluated per jump (first visits / revisits) | per key (p50) | jump p50 / p95 | "
         "key p50 / p95 | shown / taken | background per jump / all | RSS max |",
@@ -868,6 +871,11 @@ def main() -> None:
         type=float,
         default=SWITCH_DEBOUNCE_S,
         help="seconds after another editor becomes active before our client's cursor event (0.3: as before 2026-12-07 noon)",
+    )
+    p.add_argument(
+        "--peer-greedy",
+        action="store_true",
+        help="the peer decodes greedily (top token) instead of llama.vscode's top-k/top-p/infill samplers",
     )
     p.add_argument(
         "--isolate",
