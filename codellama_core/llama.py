@@ -49,6 +49,8 @@ from typing import Any, cast
 
 import numpy as np
 
+from . import libc
+
 log = logging.getLogger("llama.cpp")
 
 KV_TYPES = {"f16": 1, "q8_0": 8, "f32": 0}  # ggml_type ids of the KV cache types offered
@@ -75,13 +77,8 @@ def _strlen() -> Any:
     It is the abort callback llama.cpp calls between two graph nodes (``bool (*)(void *)``) with a 2-byte flag buffer
     as its argument: the length of the flag's string is 1 once ``abort`` set its first byte, 0 otherwise. A C function
     reads it without the GIL; a Python callback would take the GIL at every node of every decode."""
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
-        return ctypes.cast(libc.strlen, ctypes.c_void_p).value
-    except (OSError, AttributeError):
-        return None
+    strlen = libc.function("strlen")
+    return None if strlen is None else ctypes.cast(strlen, ctypes.c_void_p).value
 
 
 _WAIT_KNOBS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")  # libgomp's own settings: the user's, left alone

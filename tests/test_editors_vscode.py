@@ -137,17 +137,25 @@ def test_every_server_setting_reachable_from_both_editors() -> None:
     assert set(props["codeLlama.rules"]["properties"]) == set(RULES)
 
 
-@pytest.mark.slow
-def test_vscode_ghost_text_end_to_end(micro_model, vsix: Path, tmp_path: Path) -> None:
-    case = multiline_case(micro_model.files)
+def workspace_with_server(tmp_path: Path, hello: bool = False) -> tuple[Path, Path]:
+    """A workspace folder holding the user's virtual environment with ``codellama-lsp`` in it (the extension finds the
+    server there by itself), and ``hello.py`` when ``hello``: the folder and the console script pip installed."""
     workspace = tmp_path / "workspace"
     workspace.mkdir()
-    # The user's virtual environment in the workspace: the extension finds the server there by itself.
+    if hello:
+        (workspace / "hello.py").write_text("def hello():\n    return 1\n")
     venv_bin = workspace / ".venv" / "bin"
     venv_bin.mkdir(parents=True)
     script = Path(server_command()[0])
-    assert script.name == "codellama-lsp", "expected the console script pip installs"
     (venv_bin / "codellama-lsp").symlink_to(script)
+    return workspace, script
+
+
+@pytest.mark.slow
+def test_vscode_ghost_text_end_to_end(micro_model, vsix: Path, tmp_path: Path) -> None:
+    case = multiline_case(micro_model.files)
+    workspace, script = workspace_with_server(tmp_path)
+    assert script.name == "codellama-lsp", "expected the console script pip installs"
     trials = []
     for repeat in range(REPEATS):
         for delay in TYPING_DELAYS_MS:
@@ -312,13 +320,7 @@ def test_vscode_old_setting_names_are_moved_in_their_own_scope(micro_model, vsix
     values are untouched and not in effect (the server that started is the one in the .venv, the marker never
     appears). Turning completions on loads the model the migrated Remote setting names. The Settings editor titles
     the settings "Code Llama › ..." (searched by key, and the extension's own list)."""
-    workspace = tmp_path / "workspace"
-    workspace.mkdir()
-    (workspace / "hello.py").write_text("def hello():\n    return 1\n")
-    venv_bin = workspace / ".venv" / "bin"
-    venv_bin.mkdir(parents=True)
-    script = Path(server_command()[0])
-    (venv_bin / "codellama-lsp").symlink_to(script)
+    workspace, script = workspace_with_server(tmp_path, hello=True)
     marker = tmp_path / "hostile-command-ran"
     hostile = {
         "codellama.server.command": ["sh", "-c", f"touch {marker}"],
@@ -360,7 +362,7 @@ def test_vscode_old_setting_names_are_moved_in_their_own_scope(micro_model, vsix
     assert not marker.exists(), "the hostile server command ran"
     starts = [line for line in r["startLines"] if "starting server:" in line]
     assert len(starts) == 1, starts  # moving the values did not restart the server
-    assert all(str(venv_bin / "codellama-lsp") in line and "attacker" not in line for line in starts), starts
+    assert all(str(workspace / ".venv" / "bin" / "codellama-lsp") in line and "attacker" not in line for line in starts), starts
     # the server was started with the migrated model, which loaded once completions were on
     assert all(f"(model {micro_model.gguf})" in line for line in starts), starts
     assert r["readyLabel"].startswith("Code Llama: ready"), r["readyLabel"]
@@ -385,13 +387,7 @@ def test_vscode_untitled_buffer_gets_the_syntax_rules_of_its_language(micro_mode
     assert lines[index + 1] == "    return a + b" and lines[index + 2] == ""
     blanked = "\n".join([*lines[:index], "def add(a", *lines[index + 2 :]])
     one_line = "\n".join([*lines[:index], "def add(a, b):", *lines[index + 2 :]])
-    workspace = tmp_path / "workspace"
-    workspace.mkdir()
-    (workspace / "hello.py").write_text("def hello():\n    return 1\n")
-    venv_bin = workspace / ".venv" / "bin"
-    venv_bin.mkdir(parents=True)
-    script = Path(server_command()[0])
-    (venv_bin / "codellama-lsp").symlink_to(script)
+    workspace, script = workspace_with_server(tmp_path, hello=True)
     base = {"line": index + 1, "typed": ", b", "delayMs": 50}
     buffers = [
         {**base, "language": "python", "languageName": "Python", "text": blanked, "expectedGhost": "):", "saveAs": "add_py"},
@@ -517,12 +513,7 @@ def test_vscode_notebook_cell_completion(micro_model, vsix: Path, tmp_path: Path
     assert (
         "".join(c + "\n\n" for c in cells[:target]) + blanked + "".join("\n\n" + c for c in cells[target + 1 :]) == case.blanked
     )
-    workspace = tmp_path / "workspace"
-    workspace.mkdir()
-    venv_bin = workspace / ".venv" / "bin"
-    venv_bin.mkdir(parents=True)
-    script = Path(server_command()[0])
-    (venv_bin / "codellama-lsp").symlink_to(script)
+    workspace, script = workspace_with_server(tmp_path)
     nb_cells = [
         ("markdown", "# Shapes\nMeasured in Python."),
         *[("code", blanked if i == target else c) for i, c in enumerate(cells)],

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import ctypes.util
 import gc
 import os
 import tracemalloc
 from functools import cache
 from typing import Any
+
+from codellama_core import libc
 
 from .. import messages
 
@@ -32,21 +33,9 @@ class _MallInfo2(ctypes.Structure):
 
 
 @cache
-def _libc_function(symbol: str) -> Any:
-    """A function of the C library by name, or None (not found: another libc, macOS, Windows)."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    try:
-        return getattr(ctypes.CDLL(name), symbol)
-    except (OSError, AttributeError):
-        return None
-
-
-@cache
 def _mallinfo2() -> Any:
     """glibc's ``mallinfo2`` (2.33+), or None."""
-    fn = _libc_function("mallinfo2")
+    fn = libc.function("mallinfo2")
     if fn is not None:
         fn.restype = _MallInfo2
     return fn
@@ -64,7 +53,7 @@ def trim() -> bool:
     """Give the allocator's free memory back to the system (glibc's ``malloc_trim``); False where there is none.
     What comes back is what the RSS held that no allocation used: fragmentation and free pages kept by the arenas,
     not a leak."""
-    fn = _libc_function("malloc_trim")
+    fn = libc.function("malloc_trim")
     if fn is None:
         return False
     fn(ctypes.c_size_t(0))

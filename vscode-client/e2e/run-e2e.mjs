@@ -620,27 +620,17 @@ try {
   await page.locator('.monaco-workbench').waitFor({ timeout: 90000 });
   mark('workbench loaded');
 
-  if (cfg.scenario === 'notebook') {
-    await notebook();
-    result.ok = result.notebook?.ok === true;
-    throw null; // done: skip the trials (caught below, not an error)
-  }
-
-  if (cfg.scenario === 'rename') {
-    await renamedSettings();
-    result.ok = result.rename?.ok === true;
-    throw null; // done: skip the trials (caught below, not an error)
-  }
-
-  if (cfg.scenario === 'untitled') {
-    await untitledBuffers();
-    result.ok = result.untitled?.ok === true;
-    throw null; // done: skip the trials (caught below, not an error)
-  }
-
-  if (cfg.scenario === 'missing-server') {
-    await missingServer();
-    result.ok = result.missing?.ok === true;
+  // scenarios of their own, instead of the typing trials below: [what runs, the key of `result` it fills]
+  const scenarios = {
+    notebook: [notebook, 'notebook'],
+    rename: [renamedSettings, 'rename'],
+    untitled: [untitledBuffers, 'untitled'],
+    'missing-server': [missingServer, 'missing'],
+  };
+  if (Object.hasOwn(scenarios, cfg.scenario ?? '')) {
+    const [run, key] = scenarios[cfg.scenario];
+    await run();
+    result.ok = result[key]?.ok === true;
     throw null; // done: skip the trials (caught below, not an error)
   }
 
