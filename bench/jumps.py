@@ -70,9 +70,14 @@ def run_session(model: str, prefill: bool, budget_ms: int, cold_jump_ms: int) ->
         speed = getattr(engine, "speed", None)
         if sizer is None or speed is None or speed.prompt_tps <= 0 or settings.cold_jump_ms <= 0:  # type: ignore[attr-defined]
             return settings
-        got = sizer.choose(
-            speed.prompt_tps, speed.gen_ms, settings.cold_jump_ms, settings.context_tokens, settings.extra_context_tokens
-        )  # type: ignore[attr-defined]
+        got = sizer.choose(  # type: ignore[attr-defined]
+            speed.prompt_tps,
+            speed.gen_ms,
+            settings.cold_jump_ms,
+            settings.context_tokens,
+            settings.extra_context_tokens,
+            *([speed.ms_per_position] if hasattr(speed, "ms_per_position") else []),
+        )
         sizes.append(got.context_tokens + got.extra_context_tokens)
         return attrs.evolve(settings, context_tokens=got.context_tokens, extra_context_tokens=got.extra_context_tokens)
 

@@ -29,6 +29,7 @@ nothing comes (a completion cut mid-line keeps only its complete lines).
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections import deque
@@ -119,9 +120,22 @@ class PromptSizer:
         self._room: float | None = None
         self.sizes: PromptSizes | None = None
 
-    def choose(self, prompt_tps: float, gen_ms: float, target_ms: int, context_tokens: int, extra_tokens: int) -> PromptSizes:
+    def choose(
+        self,
+        prompt_tps: float,
+        gen_ms: float,
+        target_ms: int,
+        context_tokens: int,
+        extra_tokens: int,
+        ms_per_position: float = 0.0,
+    ) -> PromptSizes:
+        """``prompt_tps``: prompt tokens per second at the start of a prompt; ``ms_per_position``: what a prompt token
+        costs more per token before it (attention; the engine's ``Speed``), so a prompt of ``n`` tokens takes
+        ``n / prompt_tps + ms_per_position * n * n / 2`` ms."""
         gen = EXPECTED_TOKENS * gen_ms
-        room = max(0.0, (target_ms - gen) * prompt_tps / 1e3)
+        base = 1e3 / prompt_tps if prompt_tps > 0 else 0.0
+        slope = max(0.0, ms_per_position)
+        room = _tokens_within(max(0.0, target_ms - gen), base, slope)
         if self.sizes is not None and self._room is not None and abs(room - self._room) <= RESIZE_BY * self._room:
             return self.sizes
         self._room = room
@@ -130,13 +144,23 @@ class PromptSizer:
         else:
             ctx = max(MIN_CONTEXT, min(context_tokens, int(room * 0.8) // SIZE_STEP * SIZE_STEP))
             extra = min(extra_tokens, max(0, int(room - ctx) // SIZE_STEP * SIZE_STEP))
-        cold = (ctx + extra) / prompt_tps * 1e3 + gen if prompt_tps > 0 else 0.0
+        n = ctx + extra
+        cold = n * base + slope * n * n / 2 + gen
+        deeper = f", {1e3 / (base + slope * n):.0f} at token {n}" if slope > 0 and base > 0 else ""
         why = (
-            f"{prompt_tps:.0f} prompt tokens/s and {gen_ms:.1f} ms per generated token measured here: a cold jump "
-            f"({ctx + extra} prompt tokens + {EXPECTED_TOKENS} generated) takes about {cold:.0f} ms, coldJumpMs {target_ms}"
+            f"{prompt_tps:.0f} prompt tokens/s at the start of a prompt{deeper} and {gen_ms:.1f} ms per generated token "
+            f"measured here: a cold jump ({n} prompt tokens + {EXPECTED_TOKENS} generated) takes about {cold:.0f} ms, "
+            f"coldJumpMs {target_ms}"
         )
         self.sizes = PromptSizes(ctx, extra, why)
         return self.sizes
+
+
+def _tokens_within(ms: float, base: float, slope: float) -> float:
+    """The most prompt tokens evaluated in ``ms`` from position 0 when a token at position p takes ``base + slope * p``."""
+    if slope <= 0:
+        return ms / base if base > 0 else 0.0
+    return (-base + math.sqrt(base * base + 2 * slope * ms)) / slope
 
 
 CUT_WINDOW = 6  # model answers looked at for "answers are being cut"

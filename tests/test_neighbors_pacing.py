@@ -254,3 +254,18 @@ def test_prompt_size_fits_a_cold_jump_into_the_target() -> None:
     assert faster.context_tokens > slow.context_tokens
     crawl = PromptSizer().choose(30.0, 150.0, 1500, 2048, 512)  # a 7B on a laptop CPU: the least there is
     assert (crawl.context_tokens, crawl.extra_context_tokens) == (MIN_CONTEXT, 0)
+
+
+def test_prompt_size_counts_what_deeper_tokens_cost() -> None:
+    """Tokens later in a prompt take longer (attention): with the engine's measured slope a cold jump's time is
+    ``n * base + slope * n * n / 2``; the 92 M test model (3,000 tokens/s at the start of a prompt, 1,000 at 2,048)
+    gets a smaller prompt than its start-of-prompt speed alone would give, one whose cold jump fits the target."""
+    flat = PromptSizer().choose(3000.0, 2.5, 1500, 2048, 512)
+    assert (flat.context_tokens, flat.extra_context_tokens) == (2048, 512)  # 2,560 tokens "in 0.9 s"
+    deep = PromptSizer().choose(3000.0, 2.5, 1500, 2048, 512, ms_per_position=0.00033)
+    n = deep.context_tokens + deep.extra_context_tokens
+    assert 1024 <= n < 2560 and deep.context_tokens % 128 == 0 and deep.extra_context_tokens % 128 == 0
+    cold = n / 3.0 + 0.00033 * n * n / 2 + 16 * 2.5
+    assert cold <= 1500 < (n + 256) / 3.0 + 0.00033 * (n + 256) ** 2 / 2 + 16 * 2.5
+    assert "at token" in deep.why and "coldJumpMs 1500" in deep.why
+    assert PromptSizer().choose(3000.0, 2.5, 1500, 2048, 512, ms_per_position=0.0) == flat

@@ -50,12 +50,14 @@ from __future__ import annotations
 import codecs
 import contextlib
 import logging
+import math
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -97,19 +99,71 @@ class EngineOptions:
     reuse_gap: int = 512  # most new tokens evaluated between two reused runs (0: reuse stops at the first new token)
 
 
+SPEED_SAMPLES = 64  # recent prompt chunks the speed is fitted to (a full prompt is 10-20 of them)
+SPEED_DECAY = 0.95  # weight of a chunk per newer one: a machine that gets busy shows within a prompt or two
+SPEED_SPREAD = 256.0  # tokens: positions must spread this much (weighted std) before the slope is fitted again
+WARM_DEPTH_S = 0.4  # the warm-up measures a deeper position too when filling the context that far takes at most this
+WARM_DEPTH = 1024  # ... that far at most
+
+
 @dataclass
 class Speed:
-    """What this engine measured on this machine: prompt tokens per second and ms per generated token, from the
-    warm-up and then from every request (a moving average, so a machine that gets busy shows it)."""
+    """What this engine measured on this machine: how long a prompt token takes and ms per generated token, from the
+    warm-up and then from every evaluated prompt chunk (recent ones weigh more, so a machine that gets busy shows).
 
-    prompt_tps: float = 0.0
+    A prompt token costs more the later it comes: attention reads every position before it. So the time per token is
+    fitted as ``base_ms + ms_per_position * position`` (weighted least squares over the recent chunks, each at its
+    middle position): on the 92 M test model a 128-token chunk took 52 ms at position 0 and 155 ms at 2,200, and a
+    speed measured at the start of a prompt alone promised a cold 2,300-token jump in 0.8 s that took 1.65 s."""
+
+    prompt_tps: float = 0.0  # at the start of a prompt (1000 / base_ms)
     gen_ms: float = 0.0
     samples: int = 0
+    ms_per_position: float = 0.0  # what a prompt token costs more per position before it (ms)
+    _chunks: deque[tuple[float, float, float]] = field(default_factory=lambda: deque(maxlen=SPEED_SAMPLES))
 
-    def prompt(self, tokens: int, ms: float) -> None:
-        if tokens >= 16 and ms > 0:  # a handful of tokens measures the call overhead, not the model
-            self.prompt_tps = _average(self.prompt_tps, tokens / ms * 1e3)
-            self.samples += 1
+    @property
+    def base_ms(self) -> float:
+        return 1e3 / self.prompt_tps if self.prompt_tps > 0 else 0.0
+
+    def chunk(self, start: int, tokens: int, ms: float) -> None:
+        """One evaluated prompt chunk: ``tokens`` from position ``start`` in ``ms`` (a handful of tokens measures the
+        call overhead, not the model: those are left out)."""
+        if tokens < 16 or ms <= 0:
+            return
+        self._chunks.append((start + (tokens - 1) / 2, ms / tokens, float(tokens)))
+        self.samples += 1
+        self._fit()
+
+    def _fit(self) -> None:
+        n = len(self._chunks)
+        x = np.array([c[0] for c in self._chunks])
+        y = np.array([c[1] for c in self._chunks])
+        w = np.array([c[2] for c in self._chunks]) * SPEED_DECAY ** np.arange(n - 1, -1, -1)
+        mx, my = float(np.average(x, weights=w)), float(np.average(y, weights=w))
+        var = float(np.average((x - mx) ** 2, weights=w))
+        slope = self.ms_per_position
+        if var >= SPEED_SPREAD**2:  # positions far enough apart to tell the slope (else the last one holds)
+            slope = max(0.0, float(np.average((x - mx) * (y - my), weights=w)) / var)
+        base = my - slope * mx
+        if base <= 0.0:  # noise: a slope steeper than the samples allow; the mean alone then
+            slope, base = 0.0, my
+        self.ms_per_position = slope
+        self.prompt_tps = 1e3 / base
+
+    def prompt_ms(self, tokens: int, start: int = 0) -> float:
+        """The predicted time to evaluate ``tokens`` prompt tokens from position ``start``."""
+        return tokens * (self.base_ms + self.ms_per_position * (start + (tokens - 1) / 2))
+
+    def tokens_within(self, ms: float, start: int = 0) -> int:
+        """How many prompt tokens from position ``start`` are evaluated in about ``ms``."""
+        per = self.base_ms + self.ms_per_position * start
+        if per <= 0:
+            return 0
+        b = self.ms_per_position / 2
+        if b <= 0:
+            return int(ms / per)
+        return int((-per + math.sqrt(per * per + 4 * b * ms)) / (2 * b))
 
     def generated(self, tokens: int, ms: float) -> None:
         if tokens > 0 and ms > 0:
@@ -316,11 +370,12 @@ class LlamaCppEngine:
                 t = time.perf_counter()
                 self._ctx.decode(warm)
                 ms.append((time.perf_counter() - t) * 1e3)
-            self.speed.prompt(len(warm), min(ms))
+            self.speed.chunk(0, len(warm), min(ms))
             t = time.perf_counter()
             self._ctx.decode(warm[:1])
             self.speed.generated(1, (time.perf_counter() - t) * 1e3)
             self.bytes_per_token = self._ctx.state_size() / len(self._ctx.tokens)
+            self._warm_depth(warm)
             self._ctx.truncate(0)
             try:
                 self._abortable = self._ctx.enable_abort()
@@ -334,6 +389,26 @@ class LlamaCppEngine:
             raise
         self._warm.set_result(None)
 
+    def _warm_depth(self, warm: list[int]) -> None:
+        """Where filling the context takes little time (small models, fast machines), the speed deeper in a prompt too:
+        there attention, which reads every earlier position, costs the most next to the rest of the model, and a speed
+        measured at position 0 alone sizes prompts that take twice the time (``Speed``). Slower engines learn it from
+        their first prompts."""
+        depth = min(WARM_DEPTH, self.info.n_ctx // 2, self.speed.tokens_within(WARM_DEPTH_S * 1e3))
+        depth = depth // len(warm) * len(warm)
+        if depth < 4 * len(warm) or depth + len(warm) > self.info.n_ctx:
+            return
+        self._ctx.truncate(0)
+        for _ in range(0, depth, len(warm)):
+            self._ctx.decode(warm)
+        ms = []
+        for _ in range(2):  # the faster of two, as at position 0
+            self._ctx.truncate(depth)
+            t = time.perf_counter()
+            self._ctx.decode(warm)
+            ms.append((time.perf_counter() - t) * 1e3)
+        self.speed.chunk(depth, len(warm), min(ms))
+
     def _set_kept_budget(self) -> None:
         mib = self._options.kept_prompts_mib
         budget = kept_budget(self.bytes_per_token, self.info.n_ctx) if mib is None else max(0, mib) << 20
@@ -341,12 +416,15 @@ class LlamaCppEngine:
         full = self.bytes_per_token * self.info.n_ctx
         log.info(
             "kept prompts: up to %.0f MiB of host memory%s (%.1f KiB per token: %.1f full contexts of %d tokens); "
-            "moved text reused from %s; speed at warm-up: %.0f prompt tokens/s, %.1f ms per generated token; threads: %s; "
+            "moved text reused from %s; speed at warm-up: %.0f prompt tokens/s (%s), %.1f ms per generated token; threads: %s; "
             "background work %s",
             budget / 2**20, "" if mib is None else " (--kept-prompts-mib)", self.bytes_per_token / 1024,
             budget / full if full else 0.0, self.info.n_ctx,
             f"runs of {self._reuse_min}+ tokens" if self._reuse_min else "nowhere (the common prefix only)",
-            self.speed.prompt_tps, self.speed.gen_ms,
+            self.speed.prompt_tps,
+            f"{1e3 / (self.speed.base_ms + self.speed.ms_per_position * 2048):.0f} at token 2048"
+            if self.speed.ms_per_position else "at the start of a prompt; deeper ones measured as they come",
+            self.speed.gen_ms,
             f"{self._threads_most}" + (", fewer while other processes keep cores busy" if self._load else " (fixed)"),
             "aborted by a request that has no use for it" if self._abortable else f"in chunks of about {PREFILL_MS:.0f} ms",
         )  # fmt: skip
@@ -438,29 +516,27 @@ class LlamaCppEngine:
         t1 = time.perf_counter()
         pos = self._prepare(prompt, result)
         step = self._prefill_chunk() if req.background else PROMPT_CHUNK
-        t_eval = time.perf_counter()
         with self._armed_for(job):
             while pos < len(prompt):
                 if (why := self._interrupted(job)) is not None:
                     result.stop = why
                     result.prompt_ms = (time.perf_counter() - t1) * 1e3
-                    if not req.background:  # a cut evaluation is a measurement too: the slowest ones would be missed
-                        self.speed.prompt(result.evaluated_tokens, (time.perf_counter() - t_eval) * 1e3)
                     return self._finish(result, job)
                 chunk = prompt[pos : pos + step]
                 self._inflight = (prompt, pos + len(chunk))
+                t = time.perf_counter()
                 try:
                     self._ctx.decode(chunk)
                 except llama.Aborted:  # a real request came (``submit``): the cache holds what it held before the chunk
                     if self._interrupted(job) is None:  # (only ``submit`` and ``close`` abort, after cancelling the job)
                         job.cancel("superseded")
                     continue
+                # every chunk is a measurement, a cut evaluation's too (only finished ones would miss the slowest)
+                self.speed.chunk(pos, len(chunk), (time.perf_counter() - t) * 1e3)
                 pos += len(chunk)
                 result.evaluated_tokens += len(chunk)
         t2 = time.perf_counter()
         result.prompt_ms = (t2 - t1) * 1e3
-        if not req.background:  # (small chunks: a prefill's speed says more about llama.cpp's per-call cost)
-            self.speed.prompt(result.evaluated_tokens, (t2 - t_eval) * 1e3)
         if req.background:  # a prefill: the prompt is evaluated, nothing to generate
             result.stop = "length"
             return self._finish(result, job)
@@ -542,7 +618,9 @@ class LlamaCppEngine:
         A small model's decode of a few dozen tokens costs mostly per-call overhead (thread barriers), the more on a
         busy machine: measured on the 92 M model, 2 threads, load 8, a 1,906-token prompt evaluated in chunks of 32
         ran at 214-306 tokens/s, of 64 at 322-535, of 128 at 461-688. A big model's decode is compute: there 32
-        tokens already take about ``PREFILL_MS`` or more, and stay the chunk."""
+        tokens already take about ``PREFILL_MS`` or more, and stay the chunk. The speed is the one at the start of a
+        prompt (``Speed``), deeper chunks take longer: sized by the position, they were smaller and slower (the 92 M
+        model's 2,300-token prompt in chunks of about 150 ms there: 2.1 s; of 440 tokens: 1.86 s; of 512: 1.81 s)."""
         tps = self.speed.prompt_tps
         if self._abortable:  # a real request does not wait for the chunk: only an aborted chunk's work is lost
             return int(min(self._ctx.n_batch, max(32, tps * BACKGROUND_CHUNK_MS / 1e3)))

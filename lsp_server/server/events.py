@@ -99,7 +99,10 @@ class Events(Prefilling):
         before = self.sizer.sizes
         # a time budget raised above the default says slower answers are welcome: the target follows it
         target = max(s.cold_jump_ms, self.settings.time_budget_ms * 3 // 4)
-        got = self.sizer.choose(speed.prompt_tps, speed.gen_ms, target, s.context_tokens, s.extra_context_tokens)
+        got = self.sizer.choose(
+            speed.prompt_tps, speed.gen_ms, target, s.context_tokens, s.extra_context_tokens,
+            getattr(speed, "ms_per_position", 0.0),
+        )  # fmt: skip
         if got != before:
             log.info(
                 "prompt size: contextTokens %d, extraContextTokens %d (%s)", got.context_tokens, got.extra_context_tokens, got.why
