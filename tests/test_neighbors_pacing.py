@@ -269,3 +269,32 @@ def test_prompt_size_counts_what_deeper_tokens_cost() -> None:
     assert cold <= 1500 < (n + 256) / 3.0 + 0.00033 * (n + 256) ** 2 / 2 + 16 * 2.5
     assert "at token" in deep.why and "coldJumpMs 1500" in deep.why
     assert PromptSizer().choose(3000.0, 2.5, 1500, 2048, 512, ms_per_position=0.0) == flat
+
+
+def test_prompt_sizes_change_only_at_a_new_place() -> None:
+    """A size that changed while the user types at one place would move the windows under the keys (each key then
+    evaluates the place's prompt again): the server chooses sizes again only for the prefill of a new place (or the
+    first request), and a request at the same place keeps the last ones whatever the speed says now."""
+    from types import SimpleNamespace
+
+    from lsp_server.config import Settings
+    from lsp_server.engines.llama_cpp import Speed
+    from lsp_server.server.events import Events
+
+    speed = Speed()
+    speed.chunk(0, 128, 128 / 3.0)  # 3,000 tokens/s: the configured sizes fit
+    speed.generated(1, 2.5)
+    server = object.__new__(Events)  # the sizing alone: an engine with a speed, the settings, the sizer
+    server.engine = SimpleNamespace(speed=speed)  # type: ignore[assignment]
+    server.settings = Settings()
+    server.sizer = PromptSizer()
+    first = server.sized(Settings(), resize=False)  # nothing chosen yet: chosen now
+    assert (first.context_tokens, first.extra_context_tokens) == (2048, 512)
+    for _ in range(64):  # the machine got four times slower
+        speed.chunk(0, 128, 4 * 128 / 3.0)
+    same_place = server.sized(Settings(), resize=False)
+    assert (same_place.context_tokens, same_place.extra_context_tokens) == (2048, 512)
+    new_place = server.sized(Settings(), resize=True)
+    assert new_place.context_tokens + new_place.extra_context_tokens < 2048 + 512
+    user_set = server.sized(Settings(context_tokens=4000, extra_context_tokens=100), resize=True)
+    assert (user_set.context_tokens, user_set.extra_context_tokens) == (4000, 100)  # the user's sizes are never changed

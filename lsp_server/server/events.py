@@ -80,16 +80,21 @@ class Events(Prefilling):
         )  # fmt: skip
         return True
 
-    def paced_settings(self) -> config.Settings:
+    def paced_settings(self, new_place: bool = False) -> config.Settings:
         """The settings with the time budget the user's typing allows (pacing; ``timeBudgetMs`` stays the cap) and
-        the prompt sizes the engine's measured speed allows (``coldJumpMs``)."""
+        the prompt sizes the engine's measured speed allows (``coldJumpMs``; chosen again only for a ``new_place``)."""
         s = attrs.evolve(self.settings, time_budget_ms=self.pacer.budget_ms(self.settings.time_budget_ms))
-        return self.sized(s)
+        return self.sized(s, new_place)
 
-    def sized(self, s: config.Settings) -> config.Settings:
+    def sized(self, s: config.Settings, resize: bool = True) -> config.Settings:
         """``s`` with ``contextTokens``/``extraContextTokens`` chosen so that a cold jump fits ``coldJumpMs`` (or three
         quarters of a larger ``timeBudgetMs``) on this engine (its ``speed``), where the user left them at their
-        defaults; what was chosen and why is logged."""
+        defaults; what was chosen and why is logged.
+
+        Sizes are chosen again only when ``resize`` (the prefill of a new place: its prompt is evaluated anew anyway);
+        between two new places the last sizes hold. A size that changed while the user typed at one place would move
+        the windows under the keys, and each key would evaluate the place's prompt again: on a busy machine, where the
+        measured speed swings 2-3x, the 92 M model's keys evaluated 13.3 tokens on average instead of 1 that way."""
         speed = getattr(self.engine, "speed", None)
         defaults = config.Settings()
         auto_ctx = s.context_tokens == defaults.context_tokens
@@ -99,7 +104,7 @@ class Events(Prefilling):
         before = self.sizer.sizes
         # a time budget raised above the default says slower answers are welcome: the target follows it
         target = max(s.cold_jump_ms, self.settings.time_budget_ms * 3 // 4)
-        got = self.sizer.choose(
+        got = before if before is not None and not resize else self.sizer.choose(
             speed.prompt_tps, speed.gen_ms, target, s.context_tokens, s.extra_context_tokens,
             getattr(speed, "ms_per_position", 0.0),
         )  # fmt: skip

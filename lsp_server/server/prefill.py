@@ -41,12 +41,12 @@ class Prefilling(Documents):
     _prefill_of: tuple[str, str] | None = None  # the running prefill's document and reason
     prefills = 0  # prefills submitted to the engine
 
-    def paced_settings(self) -> config.Settings:  # events.Events: the settings a request gets now
+    def paced_settings(self, new_place: bool = False) -> config.Settings:  # events.Events: the settings a request gets now
         raise NotImplementedError
 
     def prefill_opened(self, uri: str) -> None:
         """``uri`` was opened: prefill its first place."""
-        self._prefill(uri, 0, 0, "opened")
+        self._prefill(uri, 0, 0, "opened", new_place=True)
 
     def prefill_if_moved(self, uri: str, line: int, character: int, why: str = "edited at a new place") -> None:
         """The cursor is at ``line:character`` of ``uri`` (after an edit, or resting there): prefill there when that
@@ -54,7 +54,7 @@ class Prefilling(Documents):
         last, self._last_place = self._last_place, (uri, line)
         if last is not None and last[0] == uri and abs(last[1] - line) < NEW_PLACE_LINES:
             return
-        self._prefill(uri, line, character, why)
+        self._prefill(uri, line, character, why, new_place=True)
 
     def cancel_prefill(self) -> tuple[str, str] | None:
         """A key: the prefill running stops (between two chunks; what it evaluated stays for the request). Returns
@@ -74,7 +74,8 @@ class Prefilling(Documents):
             return  # a new place: prefill_if_moved starts its own
         self._prefill(uri, line, character, stopped[1])
 
-    def _prefill(self, uri: str, line: int, character: int, why: str) -> None:
+    def _prefill(self, uri: str, line: int, character: int, why: str, new_place: bool = False) -> None:
+        """``new_place``: the prompt sizes may be chosen again (``Events.sized``)."""
         engine = self.engine
         doc = self.document(uri)
         if engine is None or doc is None or engine.info.kind != "llama.cpp" or self._inflight:
@@ -83,7 +84,7 @@ class Prefilling(Documents):
             return  # privacy: an excluded file never reaches a prompt
         if self._prefill_task is not None and not self._prefill_task.done():
             self._prefill_task.cancel()
-        settings = self.paced_settings()
+        settings = self.paced_settings(new_place)
         encoding = self.workspace.position_encoding or types.PositionEncodingKind.Utf16
         source = doc.source
         # where a request there would point, in the text it would see (a big document: the part its prompt reaches)
