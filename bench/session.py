@@ -47,7 +47,9 @@ minute to minute), on the same documents:
 While one side answers a request the other sides' processes are stopped (SIGSTOP; ``--no-isolate`` turns it off):
 a user's machine runs one completion server, and two llama.cpp processes with two threads each on the same two
 cores slow each other down many times over, so one side's background work (our prefill, the peer's ring update)
-would be measured against the other's request. Background work of both still overlaps in the pauses.
+would be measured against the other's request. Background work of both still overlaps in the pauses, where our
+prefill and the peer's ring updates halve each other's speed; ``--sequential`` runs each side's whole session alone,
+one after the other (the same places, keys and pauses; a suggestion is taken when that side offered it).
 
 Per side: prompt tokens evaluated per jump (the first request of a visit; first visits and revisits apart: what the
 user waits for), apart from them the tokens evaluated in the background before that request (our prefill, the peer's
@@ -628,7 +630,8 @@ async def replay(model_name: str, model: Path, args: argparse.Namespace) -> dict
                 root = Path(s[5:]).resolve() if s.startswith("ours:") else args.server_root
                 label = f"ours@{root.name}" if s.startswith("ours:") else s
                 log = tmp / f"{label.replace('@', '-')}.log"
-                side = LspSide(label, root, model, ("--threads", str(args.threads)), log, options)
+                threads = () if args.our_threads == "auto" else ("--threads", str(args.our_threads or args.threads))
+                side = LspSide(label, root, model, threads, log, options)
                 side.cursor_events = s != "ours-nocursor"  # ours-nocursor: as a client that sends no cursor events
                 sides.append(side)
             elif s == "peer":
@@ -811,7 +814,9 @@ def _label(name: str) -> str:
 def table(run: dict[str, Any]) -> str:
     out = [
         f"**{run['model']}** (n_ctx {run['n_ctx']}; {len(run['visits'])} visits x {run['keys_per_visit']} keys; "
-        f"load {run['load'][0]:.2f}; {run['wall_s']:.0f} s; the peer's sampling: {run.get('peer_sampling', '?')})",
+        f"load {run['load'][0]:.2f}; {run['wall_s']:.0f} s; the peer's sampling: {run.get('peer_sampling', '?')}"
+        + ("; sides one after the other" if run.get("sequential") else "; sides in turn")
+        + ")",
         "",
         "| side | prompt tokens per jump | evaluated per jump (first visits / revisits) | per key (p50) | jump p50 / p95 | "
         "key p50 / p95 | shown / taken | background per jump / all | RSS max |",
@@ -858,6 +863,11 @@ def main() -> None:
     p.add_argument("--order", default=",".join(map(str, ORDER)), help="the places visited, in turn (1-6)")
     p.add_argument("--keys", type=int, default=0, help="keys per visit (default 5; 3 with --quick)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads of each side's llama.cpp")
+    p.add_argument(
+        "--our-threads",
+        default="",
+        help="our server's --threads if not --threads; auto: none given (its default: the cores other processes leave free)",
+    )
     p.add_argument("--visit-pause", type=float, default=2.0, help="seconds the user takes to move to the next place")
     p.add_argument("--rest", type=float, default=1.0, help="seconds the cursor rests at a place before the first key")
     p.add_argument(
@@ -883,6 +893,12 @@ def main() -> None:
         default=True,
         help="stop the other sides' processes while one side answers (--no-isolate: all run at once)",
     )
+    p.add_argument(
+        "--sequential",
+        action="store_true",
+        help="each side replays the session alone, one after the other (no side's idle-time work shares the cores "
+        "with the other's; a suggestion is taken when that side offered it)",
+    )
     p.add_argument("--pace", type=float, default=1.0, help="scale of the 60-200 ms pause between keys")
     p.add_argument("--options", default="{}", help="extra initializationOptions for our server, as JSON")
     p.add_argument("--remote-slots", type=int, default=1, help="remote: the llama-server's slots")
@@ -896,7 +912,14 @@ def main() -> None:
     runs = []
     for spec in [m.strip() for m in args.models.split(",") if m.strip()]:
         name, path = model_path(spec)
-        run = asyncio.run(replay(name, path, args))
+        if args.sequential:  # each side replays the session alone on the machine, one after the other
+            parts = [asyncio.run(replay(name, path, argparse.Namespace(**{**vars(args), "sides": side})))
+                     for side in args.sides.split(",") if side.strip()]  # fmt: skip
+            run = {**parts[-1], "wall_s": sum(r["wall_s"] for r in parts), "sequential": True}
+            run["sides"] = {k: v for r in parts for k, v in r["sides"].items()}
+            run["requests"] = {k: v for r in parts for k, v in r["requests"].items()}
+        else:
+            run = asyncio.run(replay(name, path, args))
         runs.append(run)
         print(table(run), flush=True)
         print(flush=True)

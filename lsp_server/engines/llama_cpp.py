@@ -41,8 +41,9 @@ request waits at most one. A request whose prompt the time budget cut
 (it answers nothing) goes on the same way once its answer is out (``_continuation``): the next key's request, which
 wants nearly the same prompt, finds it evaluated instead of evaluating the rest in its own time.
 
-Speed: the warm-up and every request measure prompt tokens per second and ms per generated token (``speed``),
-which the server uses to size prompts for a latency target.
+Speed: the warm-up and every evaluated prompt chunk measure what a prompt token costs at its position (``Speed``: a
+base plus a slope per position, attention's share) and ms per generated token, which the server uses to size
+prompts for a latency target.
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ class EngineOptions:
     reuse_gap: int = 512  # most new tokens evaluated between two reused runs (0: reuse stops at the first new token)
 
 
+SPEED_MIN_CHUNK = 64  # a smaller chunk measures llama.cpp's per-call cost more than the model (1.4-12 ms a token at 32-54)
 SPEED_SAMPLES = 64  # recent prompt chunks the speed is fitted to (a full prompt is 10-20 of them)
 SPEED_DECAY = 0.95  # weight of a chunk per newer one: a machine that gets busy shows within a prompt or two
 SPEED_SPREAD = 256.0  # tokens: positions must spread this much (weighted std) before the slope is fitted again
@@ -127,9 +129,9 @@ class Speed:
         return 1e3 / self.prompt_tps if self.prompt_tps > 0 else 0.0
 
     def chunk(self, start: int, tokens: int, ms: float) -> None:
-        """One evaluated prompt chunk: ``tokens`` from position ``start`` in ``ms`` (a handful of tokens measures the
-        call overhead, not the model: those are left out)."""
-        if tokens < 16 or ms <= 0:
+        """One evaluated prompt chunk: ``tokens`` from position ``start`` in ``ms`` (fewer than ``SPEED_MIN_CHUNK`` are
+        left out: they measure the call overhead, not the model)."""
+        if tokens < SPEED_MIN_CHUNK or ms <= 0:
             return
         self._chunks.append((start + (tokens - 1) / 2, ms / tokens, float(tokens)))
         self.samples += 1
@@ -626,7 +628,7 @@ class LlamaCppEngine:
         model's 2,300-token prompt in chunks of about 150 ms there: 2.1 s; of 440 tokens: 1.86 s; of 512: 1.81 s)."""
         tps = self.speed.prompt_tps
         if self._abortable:  # a real request does not wait for the chunk: only an aborted chunk's work is lost
-            return int(min(self._ctx.n_batch, max(32, tps * BACKGROUND_CHUNK_MS / 1e3)))
+            return int(min(self._ctx.n_batch, max(PROMPT_CHUNK, tps * BACKGROUND_CHUNK_MS / 1e3)))
         return int(min(PROMPT_CHUNK, max(32, tps * PREFILL_MS / 1e3, min(64, tps * PREFILL_MAX_MS / 1e3))))
 
     def _prepare(self, prompt: list[int], result: GenerationResult) -> int:
