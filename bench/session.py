@@ -19,8 +19,8 @@ event, after the clients' 300 ms debounce, at once when the place is in another 
 editor or buffer at once) and the server prefills that place. Both are time a server may use in the
 background; the peer gets the same pauses and does in them what llama.vscode does.
 
-Sides (``--sides``), asked in turn for every request (which goes first rotates: the machine's load changes from
-minute to minute), on the same documents:
+Sides (``--sides``), each replaying the session alone (or, with ``--no-sequential``, asked in turn for every request,
+which goes first rotating: the machine's load changes from minute to minute), on the same documents:
 
 - ``ours``: the real ``codellama-lsp --stdio`` (``--server-root`` picks the checkout it runs from) driven by a real
   LSP client, its settings left at their defaults but ``maxTokens`` (8); the costs come from the server's log line
@@ -47,9 +47,10 @@ minute to minute), on the same documents:
 While one side answers a request the other sides' processes are stopped (SIGSTOP; ``--no-isolate`` turns it off):
 a user's machine runs one completion server, and two llama.cpp processes with two threads each on the same two
 cores slow each other down many times over, so one side's background work (our prefill, the peer's ring update)
-would be measured against the other's request. Background work of both still overlaps in the pauses, where our
-prefill and the peer's ring updates halve each other's speed; ``--sequential`` runs each side's whole session alone,
-one after the other (the same places, keys and pauses; a suggestion is taken when that side offered it).
+would be measured against the other's request. Background work of both would still overlap in the pauses, where our
+prefill and the peer's ring updates halve each other's speed, so by default (``--sequential``) each side replays the
+whole session alone, one after the other (the same places, keys and pauses; a suggestion is taken when that side
+offered it); ``--no-sequential`` asks the sides in turn, request by request.
 
 Per side: prompt tokens evaluated per jump (the first request of a visit; first visits and revisits apart: what the
 user waits for), apart from them the tokens evaluated in the background before that request (our prefill, the peer's
@@ -895,9 +896,11 @@ def main() -> None:
     )
     p.add_argument(
         "--sequential",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="each side replays the session alone, one after the other (no side's idle-time work shares the cores "
-        "with the other's; a suggestion is taken when that side offered it)",
+        "with the other's; a suggestion is taken when that side offered it); --no-sequential: sides in turn, "
+        "request by request, as before 2026-12-07 13:30",
     )
     p.add_argument("--pace", type=float, default=1.0, help="scale of the 60-200 ms pause between keys")
     p.add_argument("--options", default="{}", help="extra initializationOptions for our server, as JSON")
