@@ -29,11 +29,12 @@ nothing comes (a completion cut mid-line keeps only its complete lines).
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections import deque
 from dataclasses import dataclass
+
+from .engines import tokens_within
 
 WINDOW = 32
 BURST_MS = 1500.0
@@ -135,7 +136,7 @@ class PromptSizer:
         gen = EXPECTED_TOKENS * gen_ms
         base = 1e3 / prompt_tps if prompt_tps > 0 else 0.0
         slope = max(0.0, ms_per_position)
-        room = _tokens_within(max(0.0, target_ms - gen), base, slope)
+        room = tokens_within(max(0.0, target_ms - gen), base, slope)
         if self.sizes is not None and self._room is not None and abs(room - self._room) <= RESIZE_BY * self._room:
             return self.sizes
         self._room = room
@@ -154,13 +155,6 @@ class PromptSizer:
         )
         self.sizes = PromptSizes(ctx, extra, why)
         return self.sizes
-
-
-def _tokens_within(ms: float, base: float, slope: float) -> float:
-    """The most prompt tokens evaluated in ``ms`` from position 0 when a token at position p takes ``base + slope * p``."""
-    if slope <= 0:
-        return ms / base if base > 0 else 0.0
-    return (-base + math.sqrt(base * base + 2 * slope * ms)) / slope
 
 
 CUT_WINDOW = 6  # model answers looked at for "answers are being cut"

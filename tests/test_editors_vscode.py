@@ -203,13 +203,10 @@ def test_vscode_ghost_text_end_to_end(micro_model, vsix: Path, tmp_path: Path) -
     out = ARTIFACTS / "vscode"
     shutil.rmtree(out, ignore_errors=True)
     cfg = {
-        "codeServer": str(CODE_SERVER),
         "vsix": str(vsix),
         "workspace": str(workspace),
         "trials": trials,
         "manualTrial": manual_trial,
-        "outDir": str(out),
-        "tmpDir": str(tmp_path),
         "readyTimeoutMs": 90000,
         "ghostTimeoutMs": 20000,
         # Only the model (and the server's info log, where the test counts the requests that reached it):
@@ -274,13 +271,9 @@ def test_vscode_missing_server_open_setting(vsix: Path, tmp_path: Path) -> None:
     script = Path(server_command()[0])
     cfg = {
         "scenario": "missing-server",
-        "codeServer": str(CODE_SERVER),
         "vsix": str(vsix),
         "workspace": str(workspace),
         "openFile": "hello.py",
-        "trials": [],
-        "outDir": str(out),
-        "tmpDir": str(tmp_path),
         "readyTimeoutMs": 120000,
         "pythonPath": sys.executable,
         "settings": {"codeLlama.model": "demo"},
@@ -334,13 +327,9 @@ def test_vscode_old_setting_names_are_moved_in_their_own_scope(micro_model, vsix
     machine = {"codellama.model": str(micro_model.gguf), "codellama.server.extraArgs": ["-v"]}
     cfg = {
         "scenario": "rename",
-        "codeServer": str(CODE_SERVER),
         "vsix": str(vsix),
         "workspace": str(workspace),
         "openFile": "hello.py",
-        "trials": [],
-        "outDir": str(out),
-        "tmpDir": str(tmp_path),
         "readyTimeoutMs": 90000,
         "userSettings": {"codellama.enable": False},
         "machineSettings": machine,
@@ -411,14 +400,10 @@ def test_vscode_untitled_buffer_gets_the_syntax_rules_of_its_language(micro_mode
     }
     cfg = {
         "scenario": "untitled",
-        "codeServer": str(CODE_SERVER),
         "vsix": str(vsix),
         "workspace": str(workspace),
         "openFile": "hello.py",
-        "trials": [],
         "untitled": buffers,
-        "outDir": str(out),
-        "tmpDir": str(tmp_path),
         "readyTimeoutMs": 90000,
         "ghostTimeoutMs": 20000,
         "settings": settings,
@@ -443,9 +428,11 @@ def test_vscode_untitled_buffer_gets_the_syntax_rules_of_its_language(micro_mode
 def run_e2e(
     cfg: dict[str, object], tmp_path: Path, out: Path, script: Path, pythonpath: bool = False
 ) -> tuple[dict[str, Any], subprocess.CompletedProcess[str]]:
-    """``e2e/run-e2e.mjs`` with ``cfg``; its last JSON line (also saved as ``out/result.json``) and the process.
+    """``e2e/run-e2e.mjs`` with ``cfg`` (code-server, ``out``, ``tmp_path`` and no typing trials unless it says
+    otherwise); its last JSON line (also saved as ``out/result.json``) and the process.
     ``codellama-lsp`` (in ``script``'s folder) is left off PATH: the way VS Code started from a desktop launcher sees it;
     ``pythonpath`` puts this checkout on PYTHONPATH (for a server started as ``python -m lsp_server``)."""
+    cfg = {"codeServer": str(CODE_SERVER), "outDir": str(out), "tmpDir": str(tmp_path), "trials": [], **cfg}
     cfg_path = tmp_path / "e2e.json"
     cfg_path.write_text(json.dumps(cfg))
     node = shutil.which("node")
@@ -523,10 +510,8 @@ def test_vscode_notebook_cell_completion(micro_model, vsix: Path, tmp_path: Path
     shutil.rmtree(out, ignore_errors=True)
     cfg = {
         "scenario": "notebook",
-        "codeServer": str(CODE_SERVER),
         "vsix": str(vsix),
         "workspace": str(workspace),
-        "trials": [],
         "notebook": {
             "file": "shapes.ipynb",
             "codeCell": target,  # among the code cells
@@ -535,8 +520,6 @@ def test_vscode_notebook_cell_completion(micro_model, vsix: Path, tmp_path: Path
             "delayMs": 150,
             "expectedGhost": case.expected,
         },
-        "outDir": str(out),
-        "tmpDir": str(tmp_path),
         "readyTimeoutMs": 90000,
         "ghostTimeoutMs": 20000,
         "settings": {"codeLlama.model": str(micro_model.gguf), "codeLlama.server.extraArgs": ["-v"]},

@@ -15,6 +15,7 @@ is a ``vocab.Vocab``.
 from __future__ import annotations
 
 import concurrent.futures
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -134,3 +135,11 @@ class Engine(Protocol):
     def submit(self, request: GenerationRequest) -> Job: ...
 
     def close(self) -> None: ...
+
+
+def tokens_within(ms: float, base: float, slope: float) -> float:
+    """The most prompt tokens evaluated in ``ms`` when the first takes ``base`` ms and each later one ``slope`` ms more
+    per token before it (the engine's ``Speed``: from any position, ``base`` is the cost there)."""
+    if slope <= 0:
+        return ms / base if base > 0 else 0.0
+    return (-base + math.sqrt(base * base + 2 * slope * ms)) / slope

@@ -51,7 +51,6 @@ from __future__ import annotations
 import codecs
 import contextlib
 import logging
-import math
 import os
 import threading
 import time
@@ -69,7 +68,7 @@ from .. import healing
 from ..lookup import DraftPolicy, Lookup
 from ..sampling import sample
 from ..vocab import LlamaVocab
-from . import EngineError, EngineInfo, Generation, GenerationRequest, GenerationResult, Job, Stop
+from . import EngineError, EngineInfo, Generation, GenerationRequest, GenerationResult, Job, Stop, tokens_within
 from .kept import KeptPrompts, Plan, common_prefix, plan
 
 log = logging.getLogger(__name__)
@@ -159,13 +158,7 @@ class Speed:
 
     def tokens_within(self, ms: float, start: int = 0) -> int:
         """How many prompt tokens from position ``start`` are evaluated in about ``ms``."""
-        per = self.base_ms + self.ms_per_position * start
-        if per <= 0:
-            return 0
-        b = self.ms_per_position / 2
-        if b <= 0:
-            return int(ms / per)
-        return int((-per + math.sqrt(per * per + 4 * b * ms)) / (2 * b))
+        return int(tokens_within(ms, self.base_ms + self.ms_per_position * start, self.ms_per_position))
 
     def generated(self, tokens: int, ms: float) -> None:
         if tokens > 0 and ms > 0:
